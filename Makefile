@@ -1,0 +1,68 @@
+# posttrain: two commands on a fresh machine: `make demo` and `make test`.
+# The virtual environment and every cache live outside the checkout (POSTTRAIN_HOME), so that a
+# second run, and CI on the same machine, reuse them.
+
+SHELL := /bin/bash
+POSTTRAIN_HOME ?= $(HOME)/.cache/posttrain
+export POSTTRAIN_HOME
+VENV := $(POSTTRAIN_HOME)/venv
+PY := $(VENV)/bin/python
+UV := $(POSTTRAIN_HOME)/uvbin/bin/uv
+export UV_CACHE_DIR := $(POSTTRAIN_HOME)/uv-cache
+BIN := $(VENV)/bin
+B ?= bus
+
+# Editable installs of every member; the trainer agent and the event schemas can also be
+# installed alone (see README).
+MEMBERS := -e ./libs/events -e '.[dev]'
+
+.PHONY: install lint typecheck unit test demo bench stack-up stack-down stack-status doctor clean-stack
+
+$(UV):
+	python3 -m pip install --quiet --disable-pip-version-check --target $(POSTTRAIN_HOME)/uvbin uv
+
+$(PY): | $(UV)
+	$(UV) venv --quiet --python 3.11 $(VENV)
+
+install: $(PY)
+	$(UV) pip install --quiet --python $(PY) $(MEMBERS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy libs/events/posttrain/events src/posttrain
+
+stack-up: install
+	$(BIN)/posttrain stack up
+
+stack-down:
+	@if [ -x $(BIN)/posttrain ]; then $(BIN)/posttrain stack down; fi
+
+stack-status: install
+	$(BIN)/posttrain stack status
+
+doctor: install
+	$(BIN)/posttrain doctor
+
+# Starts the stack, runs lint, types and every test, and stops the stack it started whatever
+# the outcome.
+test: install
+	@set -o pipefail; started=0; \
+	if ! $(BIN)/posttrain stack status --quiet; then started=1; fi; \
+	$(BIN)/posttrain stack up || exit 1; \
+	rc=0; \
+	$(BIN)/ruff check . || rc=1; \
+	$(BIN)/mypy libs/events/posttrain/events src/posttrain || rc=1; \
+	$(BIN)/pytest || rc=1; \
+	if [ $$started = 1 ]; then $(BIN)/posttrain stack down; fi; \
+	exit $$rc
+
+demo: install
+	$(BIN)/posttrain stack up
+	$(BIN)/python -m examples.demo
+
+bench: install
+	$(BIN)/posttrain stack up
+	$(BIN)/python -m bench.$(B)

@@ -1,0 +1,127 @@
+"""The wire format: an envelope as one orjson document, with its type and version in headers too.
+
+``decode`` never lets a bad message pass silently: it raises ``DecodeError`` whose ``reason`` says
+what was wrong, which consumers put on the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from posttrain.events.envelope import Envelope
+from posttrain.events.messages import MESSAGE_TYPES, Message
+from posttrain.events.upcasters import MissingUpcaster, UpcasterTable, upcast
+
+HEADER_TYPE = "posttrain-type"
+HEADER_VERSION = "posttrain-version"
+HEADER_CONTENT_TYPE = "content-type"
+CONTENT_TYPE = b"application/json"
+_RESERVED = {HEADER_TYPE, HEADER_VERSION, HEADER_CONTENT_TYPE}
+
+KafkaHeaders = list[tuple[str, bytes]]
+
+
+class DecodeError(ValueError):
+    """A message that cannot be read. ``reason`` is one of: malformed, unknown_type,
+    future_version, invalid."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(envelope: Envelope[Any]) -> tuple[bytes, bytes, KafkaHeaders]:
+    """The Kafka key, value and headers of an envelope."""
+    data = envelope.data
+    doc = {
+        "id": envelope.id,
+        "type": data.TYPE,
+        "version": data.VERSION,
+        "occurred_at": envelope.occurred_at.isoformat(),
+        "key": envelope.key,
+        "correlation_id": envelope.correlation_id,
+        "causation_id": envelope.causation_id,
+        # mode="json" keeps NaN/inf as strings: orjson alone would write them as null.
+        "data": data.model_dump(mode="json"),
+    }
+    headers: KafkaHeaders = [
+        (HEADER_TYPE, data.TYPE.encode()),
+        (HEADER_VERSION, str(data.VERSION).encode()),
+        (HEADER_CONTENT_TYPE, CONTENT_TYPE),
+    ]
+    headers.extend((k, v.encode()) for k, v in envelope.headers.items())
+    return envelope.key.encode(), orjson.dumps(doc), headers
+
+
+def decode(
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] = (),
+    *,
+    types: Mapping[str, type[Message]] | None = None,
+    upcasters: UpcasterTable | None = None,
+) -> Envelope[Any]:
+    """Read an envelope, upcasting older versions of its type to the current one."""
+    registry = MESSAGE_TYPES if types is None else types
+    if value is None:
+        raise DecodeError("malformed", "empty value (tombstone)")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("malformed", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DecodeError("malformed", f"expected a JSON object, got {type(doc).__name__}")
+    type_name = doc.get("type")
+    version = doc.get("version")
+    data = doc.get("data")
+    if not isinstance(type_name, str) or not isinstance(version, int) or not isinstance(data, dict):
+        raise DecodeError("malformed", "envelope needs string 'type', int 'version', object 'data'")
+    cls = registry.get(type_name)
+    if cls is None:
+        raise DecodeError("unknown_type", f"unknown message type {type_name!r}")
+    if version > cls.VERSION:
+        raise DecodeError(
+            "future_version",
+            f"{type_name} v{version} is newer than this reader's v{cls.VERSION}: upgrade the reader",
+        )
+    if version < 1:
+        raise DecodeError("malformed", f"{type_name} has invalid version {version}")
+    try:
+        if version < cls.VERSION:
+            data = upcast(type_name, data, version, cls.VERSION, upcasters)
+        message = cls.model_validate(data)
+        occurred_at = datetime.fromisoformat(doc["occurred_at"])
+        envelope_id = doc["id"]
+        key = doc["key"]
+    except MissingUpcaster as exc:
+        raise DecodeError("invalid", str(exc)) from None
+    except ValidationError as exc:
+        raise DecodeError("invalid", f"{type_name} v{version}: {_short(exc)}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError("malformed", f"bad envelope field: {exc!r}") from None
+    if not isinstance(envelope_id, str) or not isinstance(key, str):
+        raise DecodeError("malformed", "envelope 'id' and 'key' must be strings")
+    extra = {k: v.decode("utf-8", "replace") for k, v in headers if k not in _RESERVED}
+    return Envelope(
+        id=envelope_id,
+        occurred_at=occurred_at,
+        key=key,
+        data=message,
+        correlation_id=doc.get("correlation_id"),
+        causation_id=doc.get("causation_id"),
+        headers=extra,
+    )
+
+
+def _short(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -1,0 +1,79 @@
+"""The envelope every message travels in."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from posttrain.events.messages.base import Message
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope(Generic[M]):
+    """A message with its identity and lineage.
+
+    ``correlation_id`` ties together everything caused by one submission; ``causation_id`` is the
+    id of the message that directly caused this one. Code that is replayed (the orchestrator's
+    core) passes ``id`` and ``occurred_at`` explicitly; a shell may let ``create`` stamp them.
+    """
+
+    id: str
+    occurred_at: datetime
+    key: str
+    data: M
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def type(self) -> str:
+        return self.data.TYPE
+
+    @property
+    def version(self) -> int:
+        return self.data.VERSION
+
+    @classmethod
+    def create(
+        cls,
+        data: M,
+        *,
+        key: str,
+        id: str | None = None,
+        occurred_at: datetime | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Envelope[M]:
+        """Wrap ``data``; a missing id or time is stamped now (shell code only, never in replay)."""
+        return cls(
+            id=id if id is not None else new_id(),
+            occurred_at=occurred_at if occurred_at is not None else datetime.now(UTC),
+            key=key,
+            data=data,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            headers=dict(headers or {}),
+        )
+
+    def caused(
+        self, data: M, *, key: str | None = None, id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Envelope[M]:
+        """A follow-up message: same correlation, caused by this one."""
+        return Envelope.create(
+            data,
+            key=self.key if key is None else key,
+            id=id,
+            occurred_at=occurred_at,
+            correlation_id=self.correlation_id or self.id,
+            causation_id=self.id,
+        )
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

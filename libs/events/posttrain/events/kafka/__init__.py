@@ -1,0 +1,21 @@
+"""Kafka helpers over aiokafka: settings, admin, batched idempotent producer, consumers with a
+dead-letter topic, and a transactional consume-transform-produce loop."""
+
+from posttrain.events.kafka.admin import TopicProblem, check_topics, ensure_topics
+from posttrain.events.kafka.consumer import EventConsumer, Received
+from posttrain.events.kafka.dlq import DeadLetterPublisher
+from posttrain.events.kafka.producer import EventProducer
+from posttrain.events.kafka.settings import KafkaSettings
+from posttrain.events.kafka.transactional import TransactionalProcessor
+
+__all__ = [
+    "DeadLetterPublisher",
+    "EventConsumer",
+    "EventProducer",
+    "KafkaSettings",
+    "Received",
+    "TopicProblem",
+    "TransactionalProcessor",
+    "check_topics",
+    "ensure_topics",
+]

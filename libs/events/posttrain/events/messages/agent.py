@@ -1,0 +1,86 @@
+"""Commands to trainer agents (posttrain.agent.commands) and their heartbeats (posttrain.agents).
+
+Both topics are keyed by agent_id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from posttrain.events.messages.base import Message
+
+JsonDict = dict[str, Any]
+
+
+class RunStage(Message):
+    """Run one attempt of a stage. ``command_id`` is deterministic (pipeline, stage, attempt):
+    an agent that sees the same id twice reports the first outcome instead of training again."""
+
+    TYPE = "RunStage"
+
+    command_id: str
+    agent_id: str
+    pipeline_id: str
+    stage: str
+    attempt: int
+    job_id: str
+    task: str
+    params: JsonDict
+    resume_from: str | None = None
+    timeout_s: float | None = None
+
+
+class _StageControl(Message):
+    """A control command for a running stage, applied at the next step boundary."""
+
+    action_id: str
+    agent_id: str
+    run_command_id: str
+    pipeline_id: str
+    stage: str
+    attempt: int
+    reason: str = ""
+
+
+class CancelStage(_StageControl):
+    TYPE = "CancelStage"
+
+
+class PauseStage(_StageControl):
+    TYPE = "PauseStage"
+
+
+class ResumeStage(_StageControl):
+    TYPE = "ResumeStage"
+
+
+class AdjustLearningRate(_StageControl):
+    TYPE = "AdjustLearningRate"
+
+    factor: float
+
+
+class ForceCheckpoint(_StageControl):
+    TYPE = "ForceCheckpoint"
+
+
+class AgentHeartbeat(Message):
+    """Liveness and capacity of one agent; the compacted topic keeps the latest per agent.
+
+    v2 replaced v1's comma-separated ``labels`` string by a list and added ``free_gpus``.
+    """
+
+    TYPE = "AgentHeartbeat"
+    VERSION = 2
+
+    agent_id: str
+    host: str
+    gpus: int
+    free_gpus: int
+    labels: list[str] = Field(default_factory=list)
+    running: list[str] = Field(default_factory=list)
+    interval_s: float = 5.0
+    sent_at: float
+    stopping: bool = False

@@ -1,0 +1,85 @@
+"""What agents report about the stages they run (posttrain.stage.reports, key pipeline_id).
+
+The orchestrator records the reports it accepts on the pipeline event log with the same types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from posttrain.events.messages.base import Message
+from posttrain.events.messages.pipeline import ActionKind
+
+JsonDict = dict[str, Any]
+
+FailureKind = Literal["error", "oom", "cancelled", "lost", "timeout"]
+
+
+class _StageReport(Message):
+    pipeline_id: str
+    stage: str
+    attempt: int
+    command_id: str
+    agent_id: str
+    job_id: str
+
+
+class StageStarted(_StageReport):
+    TYPE = "StageStarted"
+
+    started_at: float
+    log_path: str | None = None
+
+
+class StageSucceeded(_StageReport):
+    TYPE = "StageSucceeded"
+
+    finished_at: float
+    outputs: JsonDict = Field(default_factory=dict)
+    replayed: bool = False  # True when the agent's journal answered instead of running again
+
+
+class StageFailed(_StageReport):
+    """v2 added ``kind``; v1 payloads are upcast by reading the error text."""
+
+    TYPE = "StageFailed"
+    VERSION = 2
+
+    finished_at: float
+    kind: FailureKind
+    error: str
+    details: JsonDict = Field(default_factory=dict)
+
+
+class StageRejected(_StageReport):
+    """The agent cannot take the stage (no capacity, missing label); the orchestrator re-places it."""
+
+    TYPE = "StageRejected"
+
+    reason: str
+
+
+class StagePaused(_StageReport):
+    TYPE = "StagePaused"
+
+    step: int
+    checkpoint: str | None = None
+
+
+class CheckpointSaved(_StageReport):
+    TYPE = "CheckpointSaved"
+
+    step: int
+    path: str
+    reason: str = "scheduled"
+
+
+class ActionApplied(_StageReport):
+    TYPE = "ActionApplied"
+
+    action_id: str
+    action: ActionKind
+    step: int
+    details: JsonDict = Field(default_factory=dict)
