@@ -39,24 +39,27 @@ class DecodeError(ValueError):
 def encode(envelope: Envelope[Any]) -> tuple[bytes, bytes, KafkaHeaders]:
     """The Kafka key, value and headers of an envelope."""
     data = envelope.data
-    doc = {
-        "id": envelope.id,
-        "type": data.TYPE,
-        "version": data.VERSION,
-        "occurred_at": envelope.occurred_at.isoformat(),
-        "key": envelope.key,
-        "correlation_id": envelope.correlation_id,
-        "causation_id": envelope.causation_id,
-        # mode="json" keeps NaN/inf as strings: orjson alone would write them as null.
-        "data": data.model_dump(mode="json"),
-    }
+    head = orjson.dumps(
+        {
+            "id": envelope.id,
+            "type": data.TYPE,
+            "version": data.VERSION,
+            "occurred_at": envelope.occurred_at.isoformat(),
+            "key": envelope.key,
+            "correlation_id": envelope.correlation_id,
+            "causation_id": envelope.causation_id,
+        }
+    )
+    # pydantic writes the payload itself: it keeps NaN/inf as "NaN"/"Infinity" strings, where
+    # orjson would silently write null (and a NaN loss must never become a missing loss).
+    value = head[:-1] + b',"data":' + data.model_dump_json().encode() + b"}"
     headers: KafkaHeaders = [
         (HEADER_TYPE, data.TYPE.encode()),
         (HEADER_VERSION, str(data.VERSION).encode()),
         (HEADER_CONTENT_TYPE, CONTENT_TYPE),
     ]
     headers.extend((k, v.encode()) for k, v in envelope.headers.items())
-    return envelope.key.encode(), orjson.dumps(doc), headers
+    return envelope.key.encode(), value, headers
 
 
 def decode(
@@ -95,17 +98,20 @@ def decode(
         if version < cls.VERSION:
             data = upcast(type_name, data, version, cls.VERSION, upcasters)
         message = cls.model_validate(data)
-        occurred_at = datetime.fromisoformat(doc["occurred_at"])
-        envelope_id = doc["id"]
-        key = doc["key"]
     except MissingUpcaster as exc:
         raise DecodeError("invalid", str(exc)) from None
     except ValidationError as exc:
         raise DecodeError("invalid", f"{type_name} v{version}: {_short(exc)}") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DecodeError("malformed", f"bad envelope field: {exc!r}") from None
+    envelope_id = doc.get("id")
+    key = doc.get("key")
     if not isinstance(envelope_id, str) or not isinstance(key, str):
         raise DecodeError("malformed", "envelope 'id' and 'key' must be strings")
+    try:
+        occurred_at = datetime.fromisoformat(doc.get("occurred_at", ""))
+    except (TypeError, ValueError):
+        raise DecodeError(
+            "malformed", f"envelope 'occurred_at' is not an ISO 8601 time: {doc.get('occurred_at')!r}"
+        ) from None
     extra = {k: v.decode("utf-8", "replace") for k, v in headers if k not in _RESERVED}
     return Envelope(
         id=envelope_id,
