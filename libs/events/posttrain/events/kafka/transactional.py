@@ -69,6 +69,10 @@ class TransactionalProcessor:
         self.processed = 0
         self.dead_lettered = 0
 
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        return self._consumer
+
     async def start(self) -> None:
         await self.producer.start()
         await self._consumer.start()

@@ -1,0 +1,119 @@
+"""Fixtures over the real stack: the broker named by KAFKA_BOOTSTRAP_SERVERS and the PostgreSQL
+server named by DATABASE_URL (both started by `posttrain stack up`; `make test` does it).
+
+Each test run gets its own topic namespace and its own database, so runs never see each other's
+data; each bus test gets a fresh namespace of its own. Everything is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from aiokafka.admin import AIOKafkaAdminClient
+
+from posttrain.events.kafka import EventProducer, KafkaSettings, ensure_topics
+
+RUN_ID = f"t{uuid.uuid4().hex[:8]}"
+DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
+_counter = itertools.count(1)
+
+
+def _require_port(address: str, what: str) -> None:
+    host, _, port = address.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return
+    except OSError as exc:
+        pytest.fail(
+            f"{what} at {address} is not reachable ({exc}): start the stack with "
+            "`posttrain stack up` (or `make test`, which does it)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def base_kafka_settings() -> KafkaSettings:
+    settings = KafkaSettings.from_env(client_id="posttrain-tests")
+    _require_port(settings.bootstrap_servers, "Kafka")
+    return settings
+
+
+@pytest_asyncio.fixture(scope="session")
+async def _namespaces(base_kafka_settings: KafkaSettings) -> AsyncIterator[list[str]]:
+    created: list[str] = []
+    yield created
+    admin = AIOKafkaAdminClient(bootstrap_servers=base_kafka_settings.bootstrap_servers)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(f"{RUN_ID}")]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def kafka_settings(
+    base_kafka_settings: KafkaSettings, _namespaces: list[str]
+) -> KafkaSettings:
+    """Settings naming a fresh namespace with every declared topic created in it."""
+    settings = replace(base_kafka_settings, namespace=f"{RUN_ID}-{next(_counter)}")
+    await ensure_topics(settings)
+    _namespaces.append(settings.namespace)
+    return settings
+
+
+@pytest_asyncio.fixture
+async def producer(kafka_settings: KafkaSettings) -> AsyncIterator[EventProducer]:
+    async with EventProducer(kafka_settings) as p:
+        yield p
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def base_database_url() -> str:
+    url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    parts = urlsplit(url)
+    _require_port(f"{parts.hostname}:{parts.port or 5432}", "PostgreSQL")
+    return url
+
+
+@pytest_asyncio.fixture(scope="session")
+async def database_url(base_database_url: str) -> AsyncIterator[str]:
+    """A database of this run's own, migrated to the latest schema, dropped at the end."""
+    from posttrain.db.migrate import apply_migrations
+
+    name = f"posttrain_{RUN_ID}"
+    admin = await asyncpg.connect(base_database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_database(base_database_url, name)
+    await apply_migrations(url)
+    yield url
+    admin = await asyncpg.connect(base_database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def run_id() -> Iterator[str]:
+    yield f"{RUN_ID}-{uuid.uuid4().hex[:6]}"
+
