@@ -1,0 +1,167 @@
+"""``posttrain stack up|down|status``: the local Kafka broker and PostgreSQL server, no Docker.
+
+``up`` is idempotent (a running component is left alone), also creates the declared topics,
+the database role and database, and applies pending migrations. ``down`` stops only what ``up``
+started and keeps the data. Each returns a process exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from posttrain.stack import kafka, postgres, process
+from posttrain.stack.component import ComponentStatus, StackError, State
+from posttrain.stack.config import DEFAULT_DATABASE_URL, database_target, kafka_address
+from posttrain.stack.paths import StackPaths, stack_paths
+
+COMPONENTS: tuple[str, ...] = (kafka.NAME, postgres.NAME)
+# Right after the port opens the broker may still refuse admin requests for a moment.
+TOPICS_TIMEOUT_S = 60.0
+
+T = TypeVar("T")
+
+_STOPS: dict[str, Callable[[StackPaths], str]] = {
+    kafka.NAME: kafka.stop,
+    postgres.NAME: postgres.stop,
+}
+
+
+def _selected(components: Sequence[str] | None) -> list[str]:
+    wanted = list(COMPONENTS if components is None else components)
+    unknown = [c for c in wanted if c not in COMPONENTS]
+    if unknown:
+        raise ValueError(f"unknown stack components {unknown}; known: {list(COMPONENTS)}")
+    return wanted
+
+
+def _report_failure(error: StackError) -> None:
+    print(f"{error.component}: FAILED: {error.message}", file=sys.stderr)
+    if error.log is not None:
+        print(f"  log: {error.log} (last lines below)", file=sys.stderr)
+        for line in process.tail(error.log, 15).splitlines():
+            print(f"    {line}", file=sys.stderr)
+
+
+def _attempt(action: Callable[[], T]) -> T | None:
+    """Run one step; on a StackError report it and return None so the other steps still run."""
+    try:
+        return action()
+    except StackError as error:
+        _report_failure(error)
+        return None
+
+
+def _started_line(action: str, current: ComponentStatus) -> str:
+    return f"{current.name}: {action} at {current.address} (pid {current.pid})"
+
+
+def _ensure_topics() -> list[str]:
+    try:
+        from posttrain.events.kafka.admin import ensure_topics
+        from posttrain.events.kafka.settings import KafkaSettings
+    except ImportError as exc:
+        raise StackError("topics", f"cannot import posttrain.events.kafka: {exc}") from exc
+    from aiokafka.errors import KafkaError
+
+    settings = KafkaSettings.from_env()
+    deadline = time.monotonic() + TOPICS_TIMEOUT_S
+    while True:
+        try:
+            return asyncio.run(asyncio.wait_for(ensure_topics(settings), 30))
+        except (KafkaError, RuntimeError, OSError, TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise StackError("topics", f"creating the declared topics failed: {exc!r}") from exc
+            time.sleep(1.0)
+
+
+def _topics_step() -> str:
+    from posttrain.events.topics import TOPICS
+
+    created = _ensure_topics()
+    if created:
+        return f"topics: created {len(created)} of {len(TOPICS)} ({', '.join(sorted(created))})"
+    return f"topics: all {len(TOPICS)} declared topics present"
+
+
+def _database_step(paths: StackPaths) -> str:
+    from posttrain.db.migrate import apply_migrations
+
+    target = database_target(os.environ)
+    created = postgres.ensure_role_and_database(paths, target)
+    dsn = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    try:
+        applied = asyncio.run(apply_migrations(dsn))
+    except Exception as exc:  # asyncpg and SQL errors alike: report, do not trace back
+        raise StackError("migrations", f"applying migrations failed: {exc!r}") from exc
+    parts = [f"created {', '.join(created)}"] if created else []
+    parts.append(f"applied {', '.join(applied)}" if applied else "migrations up to date")
+    return f"database: {target.database} as {target.user}: {'; '.join(parts)}"
+
+
+def up(components: Sequence[str] | None = None) -> int:
+    """Start the components that are not running and prepare them; 0 if all are ready."""
+    wanted = _selected(components)
+    paths = stack_paths()
+    ok = True
+    with process.file_lock(paths.lock):
+        if kafka.NAME in wanted:
+            address = kafka_address(os.environ)
+            started = _attempt(lambda: kafka.start(paths, address))
+            if started is None:
+                ok = False
+            else:
+                print(_started_line(*started))
+                line = _attempt(_topics_step)
+                ok = ok and line is not None
+                if line is not None:
+                    print(line)
+        if postgres.NAME in wanted:
+            target = database_target(os.environ)
+            pg_started = _attempt(lambda: postgres.start(paths, target))
+            if pg_started is None:
+                ok = False
+            else:
+                print(_started_line(*pg_started))
+                line = _attempt(lambda: _database_step(paths))
+                ok = ok and line is not None
+                if line is not None:
+                    print(line)
+    return 0 if ok else 1
+
+
+def down(components: Sequence[str] | None = None) -> int:
+    """Stop what ``up`` started (all components, or the named ones); data is kept."""
+    wanted = _selected(components)
+    paths = stack_paths()
+    ok = True
+    with process.file_lock(paths.lock):
+        for name in wanted:
+            stop: Callable[[StackPaths], str] = _STOPS[name]
+            result = _attempt(lambda: stop(paths))  # noqa: B023 (called at once)
+            if result is None:
+                ok = False
+            else:
+                print(f"{name}: {result}")
+    return 0 if ok else 1
+
+
+def statuses(paths: StackPaths | None = None) -> list[ComponentStatus]:
+    paths = paths or stack_paths()
+    return [
+        kafka.status(paths, kafka_address(os.environ)),
+        postgres.status(paths, database_target(os.environ)),
+    ]
+
+
+def status(quiet: bool = False) -> int:
+    """One line per component; 0 only if every component is running."""
+    current = statuses()
+    if not quiet:
+        for component in current:
+            print(component.line())
+    return 0 if all(c.state is State.RUNNING for c in current) else 1

@@ -1,0 +1,43 @@
+"""What every stack component reports about itself, and how it fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+
+class State(StrEnum):
+    RUNNING = "running"
+    # Our process is alive but its port does not answer yet (or any more).
+    STARTING = "starting"
+    STOPPED = "stopped"
+    # The port answers, but not from a process `posttrain stack up` started.
+    FOREIGN = "port-taken"
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentStatus:
+    name: str
+    state: State
+    address: str
+    pid: int | None
+    data_dir: Path
+    log: Path
+
+    def line(self) -> str:
+        pid = str(self.pid) if self.pid is not None else "-"
+        return (
+            f"{self.name:<9} {self.state.value:<10} {self.address:<16} pid {pid:<8} "
+            f"data {self.data_dir}  log {self.log}"
+        )
+
+
+class StackError(Exception):
+    """A component could not be brought to the wanted state; says which and where to look."""
+
+    def __init__(self, component: str, message: str, log: Path | None = None) -> None:
+        super().__init__(message)
+        self.component = component
+        self.message = message
+        self.log = log

@@ -1,0 +1,172 @@
+"""Pure configuration logic for the local stack: addresses from the environment and the text of
+every configuration file the stack writes. No I/O here, so all of it is unit-testable."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaAddress:
+    host: str
+    port: int
+
+    @property
+    def controller_port(self) -> int:
+        # The convention of this project: the KRaft controller listens right above the broker.
+        return self.port + 1
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    user: str
+    password: str
+    host: str
+    port: int
+    database: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_bootstrap(value: str | None) -> KafkaAddress:
+    """The first ``host:port`` of a KAFKA_BOOTSTRAP_SERVERS value: the node the stack runs."""
+    first = (value or DEFAULT_BOOTSTRAP).split(",")[0].strip()
+    if "://" in first:  # tolerate PLAINTEXT://host:port
+        first = first.split("://", 1)[1]
+    host, sep, port = first.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"KAFKA_BOOTSTRAP_SERVERS: expected host:port, got {value!r}")
+    return KafkaAddress(host.strip("[]"), int(port))
+
+
+def parse_database_url(value: str | None) -> DatabaseTarget:
+    url = urlsplit(value or DEFAULT_DATABASE_URL)
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"DATABASE_URL: expected postgresql://..., got {value!r}")
+    database = unquote(url.path.lstrip("/"))
+    if not url.username or not database:
+        raise ValueError(f"DATABASE_URL: needs a user and a database name, got {value!r}")
+    return DatabaseTarget(
+        user=unquote(url.username),
+        password=unquote(url.password or ""),
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 5432,
+        database=database,
+    )
+
+
+def kafka_address(env: Mapping[str, str]) -> KafkaAddress:
+    return parse_bootstrap(env.get("KAFKA_BOOTSTRAP_SERVERS"))
+
+
+def database_target(env: Mapping[str, str]) -> DatabaseTarget:
+    return parse_database_url(env.get("DATABASE_URL"))
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id as ``StorageTool random-uuid`` makes it, without starting a JVM.
+
+    Kafka's Uuid prints as URL-safe base64 without padding and never hands out ids that start
+    with '-' (they read as command-line flags)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+def render_server_properties(address: KafkaAddress, data_dir: Path) -> str:
+    host = address.host
+    lines = [
+        "# Written by `posttrain stack up`; rewritten on every start.",
+        "# One combined KRaft node: broker and controller in one process.",
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@{host}:{address.controller_port}",
+        f"listeners=PLAINTEXT://{host}:{address.port},CONTROLLER://{host}:{address.controller_port}",
+        f"advertised.listeners=PLAINTEXT://{host}:{address.port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={data_dir}",
+        "num.partitions=1",
+        # A single node can hold only one replica of the internal topics.
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        # Tests join groups constantly; the default 3 s delay would slow every one of them.
+        "group.initial.rebalance.delay.ms=0",
+        # Topics are declared in posttrain.events.topics and created by the project.
+        "auto.create.topics.enable=false",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_log4j2(log_file: Path) -> str:
+    """Kafka 4 logs through log4j2: everything to one file, nothing to the console.
+
+    log4j2's own shutdown hook would stop logging while Kafka's hook is still shutting down;
+    disabled so that the log shows the whole controlled shutdown."""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by `posttrain stack up`. -->
+<Configuration status="WARN" shutdownHook="disable">
+  <Appenders>
+    <File name="file" fileName="{log_file}" append="true">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </File>
+  </Appenders>
+  <Loggers>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+    <Logger name="org.apache.kafka.controller" level="INFO"/>
+    <Root level="INFO">
+      <AppenderRef ref="file"/>
+    </Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def render_postgresql_conf(target: DatabaseTarget, socket_dir: Path) -> str:
+    """Included from postgresql.conf; durability settings (fsync, synchronous_commit) keep their
+    defaults on purpose: tests claim data survives restarts."""
+    return "\n".join(
+        [
+            "# Written by `posttrain stack up`; rewritten on every start.",
+            f"listen_addresses = '{target.host}'",
+            f"port = {target.port}",
+            f"unix_socket_directories = '{socket_dir}'",
+            "max_connections = 200",
+            "shared_buffers = 256MB",
+            "password_encryption = 'scram-sha-256'",
+            "",
+        ]
+    )
+
+
+def render_pg_hba() -> str:
+    return "\n".join(
+        [
+            "# Written by `posttrain stack up`.",
+            "# The socket lives inside the private data dir: only its owner (and root) reach it.",
+            "local   all   all                  trust",
+            "host    all   all   127.0.0.1/32   scram-sha-256",
+            "host    all   all   ::1/128        scram-sha-256",
+            "",
+        ]
+    )

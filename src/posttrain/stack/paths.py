@@ -1,0 +1,80 @@
+"""Where the local stack keeps its software, data, logs and pid files.
+
+Everything lives outside the checkout so that a fresh clone, a second run and CI on the same
+machine reuse the fetched jars and the data. Pure: computed from an environment mapping and
+the current user, no I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+
+# When we run as root, /root is mode 700 and the postgres OS user cannot reach ~/.cache, so the
+# database lives in a directory that user owns.
+ROOT_STATE_DIR = Path("/var/lib/posttrain")
+POSTGRES_OS_USER = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class StackPaths:
+    home: Path
+    kafka_dist: Path
+    kafka_libs: Path
+    kafka_fetched_marker: Path
+    kafka_config_dir: Path
+    kafka_server_properties: Path
+    kafka_log4j2: Path
+    kafka_data: Path
+    kafka_cluster_id: Path
+    kafka_log: Path
+    kafka_pid: Path
+    pg_data: Path
+    pg_log: Path
+    # Run PostgreSQL's tools as this OS user (None: as ourselves).
+    pg_os_user: str | None
+    lock: Path
+
+    @property
+    def pg_socket_dir(self) -> Path:
+        # Inside the data dir: always writable by the server user, private to this cluster.
+        return self.pg_data
+
+
+def posttrain_home(env: Mapping[str, str]) -> Path:
+    configured = env.get("POSTTRAIN_HOME")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(env.get("HOME", str(Path.home()))) / ".cache" / "posttrain"
+
+
+def stack_paths(env: Mapping[str, str] | None = None, *, is_root: bool | None = None) -> StackPaths:
+    env = os.environ if env is None else env
+    root = os.geteuid() == 0 if is_root is None else is_root
+    home = posttrain_home(env)
+    dist = home / "kafka" / KAFKA_VERSION
+    config_dir = home / "kafka-config"
+    state_dir = ROOT_STATE_DIR if root else home
+    pg_data = Path(env["POSTTRAIN_PGDATA"]) if env.get("POSTTRAIN_PGDATA") else None
+    return StackPaths(
+        home=home,
+        kafka_dist=dist,
+        kafka_libs=dist / "libs",
+        kafka_fetched_marker=dist / ".fetched",
+        kafka_config_dir=config_dir,
+        kafka_server_properties=config_dir / "server.properties",
+        kafka_log4j2=config_dir / "log4j2.xml",
+        kafka_data=home / "kafka-data",
+        kafka_cluster_id=home / "kafka-cluster-id",
+        kafka_log=home / "logs" / "kafka.log",
+        kafka_pid=home / "run" / "kafka.pid",
+        pg_data=pg_data or state_dir / "postgres",
+        # The server writes its own log, so it must sit where the server user can write.
+        pg_log=state_dir / "logs" / "postgres.log",
+        pg_os_user=POSTGRES_OS_USER if root else None,
+        lock=home / "run" / "stack.lock",
+    )
