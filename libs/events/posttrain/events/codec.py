@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from posttrain.events.envelope import Envelope
+from posttrain.events.envelope import NO_HEADERS, Envelope
 from posttrain.events.messages import MESSAGE_TYPES, Message
 from posttrain.events.upcasters import MissingUpcaster, UpcasterTable, upcast
 
@@ -44,7 +45,7 @@ def encode(envelope: Envelope[Any]) -> tuple[bytes, bytes, KafkaHeaders]:
             "id": envelope.id,
             "type": data.TYPE,
             "version": data.VERSION,
-            "occurred_at": envelope.occurred_at.isoformat(),
+            "occurred_at": envelope.occurred_at,
             "key": envelope.key,
             "correlation_id": envelope.correlation_id,
             "causation_id": envelope.causation_id,
@@ -53,13 +54,26 @@ def encode(envelope: Envelope[Any]) -> tuple[bytes, bytes, KafkaHeaders]:
     # pydantic writes the payload itself: it keeps NaN/inf as "NaN"/"Infinity" strings, where
     # orjson would silently write null (and a NaN loss must never become a missing loss).
     value = head[:-1] + b',"data":' + data.model_dump_json().encode() + b"}"
-    headers: KafkaHeaders = [
-        (HEADER_TYPE, data.TYPE.encode()),
-        (HEADER_VERSION, str(data.VERSION).encode()),
-        (HEADER_CONTENT_TYPE, CONTENT_TYPE),
-    ]
-    headers.extend((k, v.encode()) for k, v in envelope.headers.items())
+    headers = _type_headers(type(data))
+    if envelope.headers:
+        headers = headers + [(k, v.encode()) for k, v in envelope.headers.items()]
     return envelope.key.encode(), value, headers
+
+
+_TYPE_HEADERS: dict[type[Message], KafkaHeaders] = {}
+
+
+def _type_headers(cls: type[Message]) -> KafkaHeaders:
+    # The same three headers for every message of a type: built once. Callers never mutate it.
+    headers = _TYPE_HEADERS.get(cls)
+    if headers is None:
+        headers = [
+            (HEADER_TYPE, cls.TYPE.encode()),
+            (HEADER_VERSION, str(cls.VERSION).encode()),
+            (HEADER_CONTENT_TYPE, CONTENT_TYPE),
+        ]
+        _TYPE_HEADERS[cls] = headers
+    return headers
 
 
 def decode(
@@ -120,7 +134,7 @@ def decode(
         data=message,
         correlation_id=doc.get("correlation_id"),
         causation_id=doc.get("causation_id"),
-        headers=extra,
+        headers=MappingProxyType(extra) if extra else NO_HEADERS,
     )
 
 

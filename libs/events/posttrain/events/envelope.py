@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from types import MappingProxyType
+from typing import Generic, NamedTuple, TypeVar
 
 from posttrain.events.messages.base import Message
 
 M = TypeVar("M", bound=Message)
 
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
-@dataclass(frozen=True, slots=True)
-class Envelope(Generic[M]):
+
+# A NamedTuple rather than a frozen dataclass: immutable all the same, and built in a third of
+# the time, which matters on the hot path of a million messages.
+class Envelope(NamedTuple, Generic[M]):
     """A message with its identity and lineage.
 
     ``correlation_id`` ties together everything caused by one submission; ``causation_id`` is the
@@ -27,7 +31,7 @@ class Envelope(Generic[M]):
     data: M
     correlation_id: str | None = None
     causation_id: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = NO_HEADERS
 
     @property
     def type(self) -> str:
@@ -47,7 +51,7 @@ class Envelope(Generic[M]):
         occurred_at: datetime | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Envelope[M]:
         """Wrap ``data``; a missing id or time is stamped now (shell code only, never in replay)."""
         return cls(
@@ -57,7 +61,7 @@ class Envelope(Generic[M]):
             data=data,
             correlation_id=correlation_id,
             causation_id=causation_id,
-            headers=dict(headers or {}),
+            headers=MappingProxyType(dict(headers)) if headers else NO_HEADERS,
         )
 
     def caused(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -20,8 +19,7 @@ from posttrain.events.topics import Topic
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
+class Received(NamedTuple):
     """A decoded message and where it was read from."""
 
     envelope: Envelope[Any]
@@ -99,6 +97,7 @@ class EventConsumer:
         """The next batch of decoded messages, in partition order."""
         batches = await self._client.getmany(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Received] = []
+        append = out.append
         for records in batches.values():
             for record in records:
                 try:
@@ -106,7 +105,7 @@ class EventConsumer:
                 except DecodeError as exc:
                     await self._dead_letter(record, exc)
                     continue
-                out.append(
+                append(
                     Received(envelope, record.topic, record.partition, record.offset,
                              record.timestamp)
                 )

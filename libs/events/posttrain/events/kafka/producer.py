@@ -104,11 +104,21 @@ class EventProducer:
     ) -> int:
         """``send_many`` for messages already encoded (key, value, headers)."""
         name = self.settings.topic(topic)
+        partitions = await self._partition_count(name)
+        cache = self._key_partition
+        if len(cache) >= _PARTITION_CACHE_LIMIT:
+            cache.clear()
         by_partition: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
         count = 0
         for record in encoded:
-            partition = await self._partition(name, record[0])
-            by_partition.setdefault(partition, []).append(record)
+            cache_key = (name, record[0])
+            partition = cache.get(cache_key)
+            if partition is None:
+                partition = cache[cache_key] = partition_for(record[0], partitions)
+            group = by_partition.get(partition)
+            if group is None:
+                group = by_partition[partition] = []
+            group.append(record)
             count += 1
         futures = await asyncio.gather(
             *(self._send_partition(name, p, records) for p, records in by_partition.items())
@@ -131,19 +141,19 @@ class EventProducer:
             futures.append(await self._client.send_batch(batch, name, partition=partition))
         return futures
 
-    async def _partition(self, name: str, key: bytes) -> int:
-        cached = self._key_partition.get((name, key))
-        if cached is not None:
-            return cached
+    async def _partition_count(self, name: str) -> int:
         count = self._partitions.get(name)
         if count is None:
             count = len(await self._client.partitions_for(name))
             self._partitions[name] = count
-        partition = partition_for(key, count)
-        if len(self._key_partition) >= _PARTITION_CACHE_LIMIT:
-            self._key_partition.clear()
-        self._key_partition[(name, key)] = partition
-        return partition
+        return count
+
+    async def _partition(self, name: str, key: bytes) -> int:
+        cached = self._key_partition.get((name, key))
+        if cached is None:
+            cached = partition_for(key, await self._partition_count(name))
+            self._key_partition[(name, key)] = cached
+        return cached
 
     async def flush(self) -> None:
         await self._client.flush()
