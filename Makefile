@@ -10,11 +10,13 @@ PY := $(VENV)/bin/python
 UV := $(POSTTRAIN_HOME)/uvbin/bin/uv
 export UV_CACHE_DIR := $(POSTTRAIN_HOME)/uv-cache
 BIN := $(VENV)/bin
+MYPY_TARGETS := libs/events/posttrain/events src/posttrain $(wildcard services/*/posttrain/*)
 B ?= bus
 
 # Editable installs of every member; the trainer agent and the event schemas can also be
 # installed alone (see README).
-MEMBERS := -e ./libs/events -e '.[dev]'
+MEMBERS := -e ./libs/events -e ./services/orchestrator -e ./services/metrics_ingest \
+	-e ./services/diagnostics -e ./services/trainer_agent -e ./services/gateway -e '.[dev]'
 
 .PHONY: install lint typecheck unit test demo bench stack-up stack-down stack-status doctor clean-stack
 
@@ -32,7 +34,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy libs/events/posttrain/events src/posttrain
+	$(BIN)/mypy $(MYPY_TARGETS)
 
 stack-up: install
 	$(BIN)/posttrain stack up
@@ -54,7 +56,7 @@ test: install
 	$(BIN)/posttrain stack up || exit 1; \
 	rc=0; \
 	$(BIN)/ruff check . || rc=1; \
-	$(BIN)/mypy libs/events/posttrain/events src/posttrain || rc=1; \
+	$(BIN)/mypy $(MYPY_TARGETS) || rc=1; \
 	$(BIN)/pytest || rc=1; \
 	if [ $$started = 1 ]; then $(BIN)/posttrain stack down; fi; \
 	exit $$rc

@@ -31,8 +31,12 @@ WHEN = datetime(2026, 1, 1, tzinfo=UTC)
 
 def _envelopes(start: int, count: int) -> list[Envelope[TickClock]]:
     return [
-        Envelope.create(TickClock(pipeline_id=f"p-{i % 1000}", now=float(i)),
-                        key=f"p-{i % 1000}", id=f"e-{i}", occurred_at=WHEN)
+        Envelope.create(
+            TickClock(pipeline_id=f"p-{i % 1000}", now=float(i)),
+            key=f"p-{i % 1000}",
+            id=f"e-{i}",
+            occurred_at=WHEN,
+        )
         for i in range(start, start + count)
     ]
 
@@ -47,9 +51,14 @@ async def _produce(settings: KafkaSettings, total: int) -> float:
 
 
 async def _consume(settings: KafkaSettings, total: int) -> float:
-    async with EventConsumer(settings, [TOPIC], group_id=None, name="bench-bus",
-                             max_partition_fetch_bytes=4 * 1024 * 1024,
-                             fetch_max_bytes=16 * 1024 * 1024) as consumer:
+    async with EventConsumer(
+        settings,
+        [TOPIC],
+        group_id=None,
+        name="bench-bus",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    ) as consumer:
         seen = 0
         started = None
         while seen < total:
@@ -66,18 +75,24 @@ def _consumer_process(settings: KafkaSettings, total: int, out: mp.Queue) -> Non
 
 
 async def _naive(settings: KafkaSettings, total: int) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers,
-                                enable_idempotence=True, acks="all")
-    consumer = AIOKafkaConsumer(settings.topic(TOPIC), bootstrap_servers=settings.bootstrap_servers,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all"
+    )
+    consumer = AIOKafkaConsumer(
+        settings.topic(TOPIC),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
     await producer.start()
     await consumer.start()
     try:
         started = time.perf_counter()
         for envelope in _envelopes(0, total):
             key, value, headers = encode(envelope)
-            await producer.send_and_wait(settings.topic(TOPIC), value=value, key=key,
-                                         headers=headers)
+            await producer.send_and_wait(
+                settings.topic(TOPIC), value=value, key=key, headers=headers
+            )
         for _ in range(total):
             record = await consumer.getone()
             decode(record.value, record.headers)

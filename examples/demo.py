@@ -41,10 +41,13 @@ async def submit_and_read_back(settings: KafkaSettings, command: SubmitPipeline)
     envelope = Envelope.create(command, key=command.pipeline_id)
     async with EventProducer(settings) as producer:
         partition, offset = await producer.send(Topic.PIPELINE_COMMANDS, envelope)
-    print(f"submitted {command.name} as {command.pipeline_id} "
-          f"({settings.topic(Topic.PIPELINE_COMMANDS)}[{partition}]@{offset})")
-    async with EventConsumer(settings, [Topic.PIPELINE_COMMANDS], group_id=None,
-                             name="demo") as consumer:
+    print(
+        f"submitted {command.name} as {command.pipeline_id} "
+        f"({settings.topic(Topic.PIPELINE_COMMANDS)}[{partition}]@{offset})"
+    )
+    async with EventConsumer(
+        settings, [Topic.PIPELINE_COMMANDS], group_id=None, name="demo"
+    ) as consumer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while loop.time() < deadline:

@@ -7,7 +7,6 @@ data; each bus test gets a fresh namespace of its own. Everything is deleted at 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import socket
@@ -116,4 +115,3 @@ async def database_url(base_database_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 def run_id() -> Iterator[str]:
     yield f"{RUN_ID}-{uuid.uuid4().hex[:6]}"
-

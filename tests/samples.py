@@ -41,10 +41,7 @@ def sample_value(annotation: Any, name: str) -> Any:
 
 def sample_model(cls: type[BaseModel]) -> Any:
     return cls(
-        **{
-            field: sample_value(info.annotation, field)
-            for field, info in cls.model_fields.items()
-        }
+        **{field: sample_value(info.annotation, field) for field, info in cls.model_fields.items()}
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from posttrain.events import Envelope, decode
-from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
+from posttrain.events.kafka import EventConsumer, KafkaSettings
 from posttrain.events.kafka.dlq import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
 from posttrain.events.messages import MetricPoint, MetricsReported, StageFailed, TickClock
 from posttrain.events.topics import Topic, topics_for_type
@@ -24,17 +24,25 @@ pytestmark = pytest.mark.integration
 
 
 async def _read_all(
-    settings: KafkaSettings, topic: Topic, expected: int, *, isolation: str = "read_committed",
+    settings: KafkaSettings,
+    topic: Topic,
+    expected: int,
+    *,
+    isolation: str = "read_committed",
     timeout: float = 30.0,
 ) -> list[Any]:
     """Every raw record of a topic, from the beginning, once ``expected`` have arrived."""
     consumer = AIOKafkaConsumer(
-        settings.topic(topic), bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest", enable_auto_commit=False, isolation_level=isolation,
+        settings.topic(topic),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation,
     )
     await consumer.start()
     records: list[Any] = []
     try:
+
         async def enough() -> bool:
             for batch in (await consumer.getmany(timeout_ms=200)).values():
                 records.extend(batch)
@@ -49,8 +57,13 @@ async def _read_all(
 async def test_every_message_type_round_trips_through_kafka(kafka_settings, producer):
     sent = {}
     for i, message in enumerate(sample_messages()):
-        envelope = Envelope.create(message, key=f"key-{i}", correlation_id=f"corr-{i}",
-                                   causation_id=f"cause-{i}", headers={"trace-id": f"tr-{i}"})
+        envelope = Envelope.create(
+            message,
+            key=f"key-{i}",
+            correlation_id=f"corr-{i}",
+            causation_id=f"cause-{i}",
+            headers={"trace-id": f"tr-{i}"},
+        )
         topic = topics_for_type(message.TYPE)[0]
         sent[envelope.id] = (topic, envelope)
         await producer.send(topic, envelope)
@@ -68,27 +81,49 @@ async def test_every_message_type_round_trips_through_kafka(kafka_settings, prod
     assert received == sent
 
 
-async def test_unreadable_messages_go_to_the_dlq_and_the_consumer_goes_on(
-    kafka_settings, producer
-):
+async def test_unreadable_messages_go_to_the_dlq_and_the_consumer_goes_on(kafka_settings, producer):
     topic = kafka_settings.topic(Topic.METRICS)
     good = Envelope.create(
-        MetricsReported(job_id="job-1", source="s", first_seq=0,
-                        points=[MetricPoint(step=1, timestamp=1.0, loss=0.5)]),
+        MetricsReported(
+            job_id="job-1",
+            source="s",
+            first_seq=0,
+            points=[MetricPoint(step=1, timestamp=1.0, loss=0.5)],
+        ),
         key="job-1",
     )
-    future = orjson.dumps({"id": "f", "type": "MetricsReported", "version": 99, "key": "job-1",
-                           "occurred_at": "2026-11-28T00:00:00+00:00", "data": {}})
-    unknown = orjson.dumps({"id": "u", "type": "Telepathy", "version": 1, "key": "job-1",
-                            "occurred_at": "2026-11-28T00:00:00+00:00", "data": {}})
-    bad = [(b"\x89PNG not json", "malformed"), (unknown, "unknown_type"),
-           (future, "future_version")]
+    future = orjson.dumps(
+        {
+            "id": "f",
+            "type": "MetricsReported",
+            "version": 99,
+            "key": "job-1",
+            "occurred_at": "2026-11-28T00:00:00+00:00",
+            "data": {},
+        }
+    )
+    unknown = orjson.dumps(
+        {
+            "id": "u",
+            "type": "Telepathy",
+            "version": 1,
+            "key": "job-1",
+            "occurred_at": "2026-11-28T00:00:00+00:00",
+            "data": {},
+        }
+    )
+    bad = [
+        (b"\x89PNG not json", "malformed"),
+        (unknown, "unknown_type"),
+        (future, "future_version"),
+    ]
     for value, _ in bad:
         await producer.client.send_and_wait(topic, key=b"job-1", value=value)
     await producer.send(Topic.METRICS, good)
 
-    consumer = EventConsumer(kafka_settings, [Topic.METRICS], group_id="dlq-test",
-                             name="dlq-test", dead_letters=producer)
+    consumer = EventConsumer(
+        kafka_settings, [Topic.METRICS], group_id="dlq-test", name="dlq-test", dead_letters=producer
+    )
     await consumer.start()
     try:
         got: list[Any] = []
@@ -113,17 +148,31 @@ async def test_unreadable_messages_go_to_the_dlq_and_the_consumer_goes_on(
 
 
 async def test_v1_payload_is_read_as_the_current_version(kafka_settings, producer):
-    v1 = orjson.dumps({
-        "id": "old", "type": "StageFailed", "version": 1, "key": "p-1",
-        "occurred_at": "2025-01-01T00:00:00+00:00",
-        "data": {"pipeline_id": "p-1", "stage": "sft", "attempt": 2, "command_id": "c",
-                 "agent_id": "a", "job_id": "j", "finished_at": 3.0,
-                 "error": "RuntimeError: CUDA out of memory. Tried to allocate 1.00 GiB"},
-    })
-    await producer.client.send_and_wait(kafka_settings.topic(Topic.STAGE_REPORTS),
-                                        key=b"p-1", value=v1)
-    async with EventConsumer(kafka_settings, [Topic.STAGE_REPORTS], group_id=None,
-                             name="upcast-test") as consumer:
+    v1 = orjson.dumps(
+        {
+            "id": "old",
+            "type": "StageFailed",
+            "version": 1,
+            "key": "p-1",
+            "occurred_at": "2025-01-01T00:00:00+00:00",
+            "data": {
+                "pipeline_id": "p-1",
+                "stage": "sft",
+                "attempt": 2,
+                "command_id": "c",
+                "agent_id": "a",
+                "job_id": "j",
+                "finished_at": 3.0,
+                "error": "RuntimeError: CUDA out of memory. Tried to allocate 1.00 GiB",
+            },
+        }
+    )
+    await producer.client.send_and_wait(
+        kafka_settings.topic(Topic.STAGE_REPORTS), key=b"p-1", value=v1
+    )
+    async with EventConsumer(
+        kafka_settings, [Topic.STAGE_REPORTS], group_id=None, name="upcast-test"
+    ) as consumer:
         got: list[Any] = []
 
         async def arrived() -> bool:
@@ -138,25 +187,39 @@ async def test_v1_payload_is_read_as_the_current_version(kafka_settings, produce
 
 def _worker(settings: KafkaSettings, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tests.integration.txn_worker", "--bootstrap",
-         settings.bootstrap_servers, "--namespace", settings.namespace, *extra],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.txn_worker",
+            "--bootstrap",
+            settings.bootstrap_servers,
+            "--namespace",
+            settings.namespace,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
 async def test_killed_transaction_leaves_nothing_visible_and_input_is_read_again(
     kafka_settings, producer
 ):
-    inputs = [Envelope.create(TickClock(pipeline_id=f"p-{i}", now=float(i)), key=f"p-{i}")
-              for i in range(5)]
+    inputs = [
+        Envelope.create(TickClock(pipeline_id=f"p-{i}", now=float(i)), key=f"p-{i}")
+        for i in range(5)
+    ]
     await producer.send_many(Topic.PIPELINE_COMMANDS, inputs)
 
     crashed = await asyncio.to_thread(_worker, kafka_settings, "--crash")
     assert crashed.returncode == -9, crashed.stderr[-2000:]
 
     # The outputs did reach the log (a read_uncommitted reader sees them) ...
-    uncommitted = await _read_all(kafka_settings, Topic.PIPELINE_EVENTS, 5,
-                                  isolation="read_uncommitted")
+    uncommitted = await _read_all(
+        kafka_settings, Topic.PIPELINE_EVENTS, 5, isolation="read_uncommitted"
+    )
     assert len(uncommitted) == 5
     # ... but they were never committed: after the restart aborts them, read_committed readers
     # see each output exactly once, from the second run.
@@ -169,8 +232,9 @@ async def test_killed_transaction_leaves_nothing_visible_and_input_is_read_again
     assert sorted(e.causation_id for e in outputs) == sorted(e.id for e in inputs)
     assert not {e.id for e in outputs} & {decode(r.value, r.headers).id for r in uncommitted}
 
-    async with EventConsumer(kafka_settings, [Topic.PIPELINE_EVENTS], group_id=None,
-                             name="txn-check") as consumer:
+    async with EventConsumer(
+        kafka_settings, [Topic.PIPELINE_EVENTS], group_id=None, name="txn-check"
+    ) as consumer:
         seen: list[Any] = []
         ends = None
 

@@ -18,8 +18,13 @@ WHEN = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 @pytest.mark.parametrize("message", sample_messages(), ids=lambda m: m.TYPE)
 def test_every_type_round_trips(message):
     envelope = Envelope.create(
-        message, key="k-1", id="e-1", occurred_at=WHEN, correlation_id="c-1",
-        causation_id="x-1", headers={"trace": "abc"},
+        message,
+        key="k-1",
+        id="e-1",
+        occurred_at=WHEN,
+        correlation_id="c-1",
+        causation_id="x-1",
+        headers={"trace": "abc"},
     )
     key, value, headers = encode(envelope)
     assert key == b"k-1"
@@ -32,8 +37,13 @@ def test_every_registered_type_has_a_sample():
 
 
 def test_non_finite_metrics_survive_the_wire():
-    point = MetricPoint(step=3, timestamp=1.0, loss=float("nan"), grad_norm=float("inf"),
-                        kl_divergence=float("-inf"))
+    point = MetricPoint(
+        step=3,
+        timestamp=1.0,
+        loss=float("nan"),
+        grad_norm=float("inf"),
+        kl_divergence=float("-inf"),
+    )
     message = MetricsReported(job_id="j", source="s", first_seq=0, points=[point])
     _, value, headers = encode(Envelope.create(message, key="j"))
     back = decode(value, headers).data.points[0]
@@ -45,8 +55,12 @@ def test_non_finite_metrics_survive_the_wire():
 
 def _doc(**overrides):
     doc = {
-        "id": "e", "type": "PipelineSucceeded", "version": 1, "key": "p",
-        "occurred_at": WHEN.isoformat(), "data": {"pipeline_id": "p"},
+        "id": "e",
+        "type": "PipelineSucceeded",
+        "version": 1,
+        "key": "p",
+        "occurred_at": WHEN.isoformat(),
+        "data": {"pipeline_id": "p"},
     }
     doc.update(overrides)
     return orjson.dumps(doc)
@@ -76,8 +90,13 @@ def test_v1_stage_failed_is_read_as_v2():
         type="StageFailed",
         version=1,
         data={
-            "pipeline_id": "p", "stage": "sft", "attempt": 1, "command_id": "c", "agent_id": "a",
-            "job_id": "j", "finished_at": 2.0,
+            "pipeline_id": "p",
+            "stage": "sft",
+            "attempt": 1,
+            "command_id": "c",
+            "agent_id": "a",
+            "job_id": "j",
+            "finished_at": 2.0,
             "error": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB",
         },
     )

@@ -18,8 +18,10 @@ def test_every_type_travels_on_some_topic_and_every_listed_type_exists():
 
 
 def test_pipeline_topics_are_co_partitioned():
-    counts = {TOPICS[t].partitions for t in
-              (Topic.PIPELINE_COMMANDS, Topic.PIPELINE_EVENTS, Topic.STAGE_REPORTS)}
+    counts = {
+        TOPICS[t].partitions
+        for t in (Topic.PIPELINE_COMMANDS, Topic.PIPELINE_EVENTS, Topic.STAGE_REPORTS)
+    }
     assert counts == {PIPELINE_PARTITIONS}
 
 

@@ -27,15 +27,22 @@ CHAIN = {
 
 
 def _payload(type_name: str, version: int, data: dict) -> bytes:
-    return orjson.dumps({
-        "id": "e", "type": type_name, "version": version, "key": "k",
-        "occurred_at": "2026-11-28T00:00:00+00:00", "data": data,
-    })
+    return orjson.dumps(
+        {
+            "id": "e",
+            "type": type_name,
+            "version": version,
+            "key": "k",
+            "occurred_at": "2026-11-28T00:00:00+00:00",
+            "data": data,
+        }
+    )
 
 
 def test_chain_applies_every_step_in_order():
     assert upcast("Renamed", {"name": "x", "tags": "a,b"}, 1, 3, CHAIN) == {
-        "full_name": "x", "tags": ["a", "b"],
+        "full_name": "x",
+        "tags": ["a", "b"],
     }
 
 
@@ -57,19 +64,36 @@ def test_a_gap_in_the_chain_is_an_invalid_message():
 
 
 def test_heartbeat_v1_labels_and_free_gpus():
-    beat = decode(_payload("AgentHeartbeat", 1, {
-        "agent_id": "a", "host": "h", "gpus": 4, "labels": "a100, big", "running": ["c1"],
-        "sent_at": 1.0,
-    })).data
+    beat = decode(
+        _payload(
+            "AgentHeartbeat",
+            1,
+            {
+                "agent_id": "a",
+                "host": "h",
+                "gpus": 4,
+                "labels": "a100, big",
+                "running": ["c1"],
+                "sent_at": 1.0,
+            },
+        )
+    ).data
     assert isinstance(beat, AgentHeartbeat)
     assert beat.labels == ["a100", "big"]
     assert beat.free_gpus == 3
 
 
 def test_metrics_v1_job_uuid_becomes_job_id_with_an_idempotency_key():
-    batch = decode(_payload("MetricsReported", 1, {
-        "job_uuid": "zzz2", "points": [{"step": 5, "timestamp": 1.0, "loss": 0.5}],
-    })).data
+    batch = decode(
+        _payload(
+            "MetricsReported",
+            1,
+            {
+                "job_uuid": "zzz2",
+                "points": [{"step": 5, "timestamp": 1.0, "loss": 0.5}],
+            },
+        )
+    ).data
     assert isinstance(batch, MetricsReported)
     assert batch.job_id == "zzz2"
     assert (batch.source, batch.first_seq) == ("v1:5", 0)

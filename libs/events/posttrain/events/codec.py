@@ -104,7 +104,8 @@ def decode(
     if version > cls.VERSION:
         raise DecodeError(
             "future_version",
-            f"{type_name} v{version} is newer than this reader's v{cls.VERSION}: upgrade the reader",
+            f"{type_name} v{version} is newer than this reader's v{cls.VERSION}: "
+            "upgrade the reader",
         )
     if version < 1:
         raise DecodeError("malformed", f"{type_name} has invalid version {version}")
@@ -124,7 +125,8 @@ def decode(
         occurred_at = datetime.fromisoformat(doc.get("occurred_at", ""))
     except (TypeError, ValueError):
         raise DecodeError(
-            "malformed", f"envelope 'occurred_at' is not an ISO 8601 time: {doc.get('occurred_at')!r}"
+            "malformed",
+            f"envelope 'occurred_at' is not an ISO 8601 time: {doc.get('occurred_at')!r}",
         ) from None
     extra = {k: v.decode("utf-8", "replace") for k, v in headers if k not in _RESERVED}
     return Envelope(

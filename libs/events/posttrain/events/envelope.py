@@ -65,7 +65,11 @@ class Envelope(NamedTuple, Generic[M]):
         )
 
     def caused(
-        self, data: M, *, key: str | None = None, id: str | None = None,
+        self,
+        data: M,
+        *,
+        key: str | None = None,
+        id: str | None = None,
         occurred_at: datetime | None = None,
     ) -> Envelope[M]:
         """A follow-up message: same correlation, caused by this one."""

@@ -47,7 +47,9 @@ def _stage_failed_v1_to_v2(data: Data) -> Data:
 def _agent_heartbeat_v1_to_v2(data: Data) -> Data:
     # v1: labels as "a,b" and no free count; an agent then took one stage per GPU it ran.
     raw = data.get("labels", "")
-    labels = [part.strip() for part in raw.split(",") if part.strip()] if isinstance(raw, str) else raw
+    labels = (
+        [part.strip() for part in raw.split(",") if part.strip()] if isinstance(raw, str) else raw
+    )
     running = data.get("running", [])
     gpus = int(data.get("gpus", 0))
     return {**data, "labels": labels, "free_gpus": max(gpus - len(running), 0)}

@@ -93,7 +93,9 @@ class EventConsumer:
     ) -> None:
         await self.stop()
 
-    async def getmany(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[Received]:
+    async def getmany(
+        self, timeout_ms: int = 1000, max_records: int | None = None
+    ) -> list[Received]:
         """The next batch of decoded messages, in partition order."""
         batches = await self._client.getmany(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Received] = []
@@ -106,8 +108,9 @@ class EventConsumer:
                     await self._dead_letter(record, exc)
                     continue
                 append(
-                    Received(envelope, record.topic, record.partition, record.offset,
-                             record.timestamp)
+                    Received(
+                        envelope, record.topic, record.partition, record.offset, record.timestamp
+                    )
                 )
         return out
 
@@ -115,8 +118,13 @@ class EventConsumer:
         self.undecodable += 1
         log.warning(
             "unreadable message parked in DLQ",
-            extra={"topic": record.topic, "partition": record.partition,
-                   "offset": record.offset, "reason": exc.reason, "detail": exc.detail},
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": exc.reason,
+                "detail": exc.detail,
+            },
         )
         if self._dlq is None:
             raise RuntimeError(

@@ -35,9 +35,7 @@ def dead_letter_headers(
     record: RawRecord, reason: str, detail: str, consumer: str
 ) -> list[tuple[str, bytes]]:
     """The original headers plus where the message came from and why it was parked."""
-    headers = [
-        (k, v) for k, v in (record.headers or ()) if not k.startswith("dlq-")
-    ]
+    headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq-")]
     headers += [
         (HEADER_REASON, reason.encode()),
         (HEADER_DETAIL, detail[:2000].encode("utf-8", "replace")),

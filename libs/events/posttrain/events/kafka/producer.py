@@ -23,7 +23,7 @@ _PARTITION_CACHE_LIMIT = 100_000
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2, as the Java client): the same key always lands on
     the same partition whichever client wrote it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class EventProducer:

@@ -83,9 +83,7 @@ class TransactionalProcessor:
 
     async def process_batch(self, timeout_ms: int = 1000) -> int:
         """Process one batch of input in one transaction; returns how many messages it read."""
-        batches = await self._consumer.getmany(
-            timeout_ms=timeout_ms, max_records=self._max_records
-        )
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
         if not batches:
             return 0
         client = self.producer.client
@@ -124,8 +122,9 @@ class TransactionalProcessor:
                 headers=dead_letter_headers(record, exc.reason, exc.detail, self.name),
             )
             return
-        received = Received(envelope, record.topic, record.partition, record.offset,
-                            record.timestamp)
+        received = Received(
+            envelope, record.topic, record.partition, record.offset, record.timestamp
+        )
         result = self._handler(received)
         outputs = await result if inspect.isawaitable(result) else result
         for topic, out in outputs:

@@ -54,7 +54,8 @@ class StageFailed(_StageReport):
 
 
 class StageRejected(_StageReport):
-    """The agent cannot take the stage (no capacity, missing label); the orchestrator re-places it."""
+    """The agent cannot take the stage (no capacity, missing label): the orchestrator places it
+    elsewhere."""
 
     TYPE = "StageRejected"
 

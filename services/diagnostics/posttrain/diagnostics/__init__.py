@@ -1,0 +1,1 @@
+"""posttrain diagnostics: Streaming anomaly detection, alerts and automatic actions."""

@@ -1,0 +1,1 @@
+"""posttrain gateway: The HTTP API."""

@@ -1,0 +1,1 @@
+"""posttrain orchestrator: Event-sourced DAG orchestrator."""

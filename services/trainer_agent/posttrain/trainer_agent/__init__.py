@@ -1,0 +1,1 @@
+"""posttrain trainer_agent: Trainer agent: runs stages with torch on GPU nodes."""
