@@ -14,6 +14,8 @@ class State(StrEnum):
     STOPPED = "stopped"
     # The port answers, but not from a process `posttrain stack up` started.
     FOREIGN = "port-taken"
+    # Ours is running, but at another address than the environment asks for now.
+    ELSEWHERE = "running-elsewhere"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +26,15 @@ class ComponentStatus:
     pid: int | None
     data_dir: Path
     log: Path
+    # Where ours actually serves, when that is not ``address`` (state ELSEWHERE).
+    serving_at: str | None = None
 
     def line(self) -> str:
         pid = str(self.pid) if self.pid is not None else "-"
+        elsewhere = f" (ours serves {self.serving_at})" if self.serving_at else ""
         return (
-            f"{self.name:<9} {self.state.value:<10} {self.address:<16} pid {pid:<8} "
-            f"data {self.data_dir}  log {self.log}"
+            f"{self.name:<9} {self.state.value:<17} {self.address:<16} pid {pid:<8} "
+            f"data {self.data_dir}  log {self.log}{elsewhere}"
         )
 
 

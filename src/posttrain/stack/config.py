@@ -117,6 +117,18 @@ def render_server_properties(address: KafkaAddress, data_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def served_address(server_properties: str) -> KafkaAddress | None:
+    """The client address a rendered server.properties advertises (what a running broker that
+    was started from it serves)."""
+    for line in server_properties.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "advertised.listeners":
+            for listener in value.split(","):
+                if listener.strip().startswith("PLAINTEXT://"):
+                    return parse_bootstrap(listener.strip())
+    return None
+
+
 def render_log4j2(log_file: Path) -> str:
     """Kafka 4 logs through log4j2: everything to one file, nothing to the console.
 

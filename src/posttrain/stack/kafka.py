@@ -14,6 +14,7 @@ from posttrain.stack.config import (
     new_cluster_id,
     render_log4j2,
     render_server_properties,
+    served_address,
 )
 from posttrain.stack.paths import KAFKA_VERSION, StackPaths
 
@@ -140,8 +141,30 @@ def our_pid(paths: StackPaths) -> int | None:
     return found[0] if found else None
 
 
+def _serving_at(paths: StackPaths) -> KafkaAddress | None:
+    # server.properties is rewritten only when the broker is (re)started, so it says where the
+    # running one listens.
+    try:
+        return served_address(paths.kafka_server_properties.read_text())
+    except OSError:
+        return None
+
+
 def status(paths: StackPaths, address: KafkaAddress) -> ComponentStatus:
     pid = our_pid(paths)
+    if pid is not None:
+        serving = _serving_at(paths)
+        if serving is not None and serving != address:
+            # Something else may answer on the asked-for port: it is not ours.
+            return ComponentStatus(
+                NAME,
+                State.ELSEWHERE,
+                str(address),
+                pid,
+                paths.kafka_data,
+                paths.kafka_log,
+                serving_at=str(serving),
+            )
     answers = process.port_open(address.host, address.port, timeout=0.5)
     if pid is not None:
         state = State.RUNNING if answers else State.STARTING
@@ -165,6 +188,12 @@ def start(paths: StackPaths, address: KafkaAddress) -> tuple[str, ComponentStatu
             NAME,
             f"port {address} is in use by a process that `posttrain stack up` did not start; "
             "stop it or point KAFKA_BOOTSTRAP_SERVERS at a free port",
+        )
+    if current.state is State.ELSEWHERE:
+        raise StackError(
+            NAME,
+            f"our broker (pid {current.pid}) serves {current.serving_at}, but "
+            f"KAFKA_BOOTSTRAP_SERVERS asks for {address}; run `posttrain stack down` first",
         )
     if current.state is State.STARTING and current.pid is not None:
         # Another `stack up` started it a moment ago, or it is slow: wait for it, do not fork a

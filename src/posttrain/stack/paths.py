@@ -73,8 +73,9 @@ def stack_paths(env: Mapping[str, str] | None = None, *, is_root: bool | None = 
         kafka_log=home / "logs" / "kafka.log",
         kafka_pid=home / "run" / "kafka.pid",
         pg_data=pg_data or state_dir / "postgres",
-        # The server writes its own log, so it must sit where the server user can write.
-        pg_log=state_dir / "logs" / "postgres.log",
+        # The server writes its own log, so it must sit where the server user can write; with
+        # an explicit data dir, inside it (not in a directory of ours it may not share).
+        pg_log=pg_data / "log" / "postgres.log" if pg_data else state_dir / "logs" / "postgres.log",
         pg_os_user=POSTGRES_OS_USER if root else None,
         lock=home / "run" / "stack.lock",
     )

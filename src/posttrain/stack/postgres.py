@@ -60,24 +60,44 @@ def _write(path: Path, text: str, paths: StackPaths) -> None:
     _own(path, paths)
 
 
-def _postmaster_pid(paths: StackPaths) -> int | None:
-    """The server's pid from postmaster.pid, if that process is alive and is a postgres."""
+def _postmaster(paths: StackPaths) -> tuple[int, int | None] | None:
+    """(pid, port) from postmaster.pid, if that process is alive and is a postgres."""
     pid_file = paths.pg_data / "postmaster.pid"
     try:
-        first = pid_file.read_text().splitlines()[0].strip()
-    except (OSError, IndexError):
+        # Line 1 is the pid, line 4 the port (see PostgreSQL's pidfile.h).
+        lines = pid_file.read_text().splitlines()
+    except OSError:
         return None
-    if not first.isdigit():
+    if not lines or not lines[0].strip().isdigit():
         return None
-    pid = int(first)
+    pid = int(lines[0].strip())
     if not process.pid_alive(pid):
         return None
     argv = process.cmdline(pid)
-    return pid if argv and "postgres" in Path(argv[0]).name else None
+    if not argv or "postgres" not in Path(argv[0]).name:
+        return None  # a stale file naming a reused pid
+    port = lines[3].strip() if len(lines) > 3 else ""
+    return pid, int(port) if port.isdigit() else None
+
+
+def _postmaster_pid(paths: StackPaths) -> int | None:
+    found = _postmaster(paths)
+    return found[0] if found else None
 
 
 def status(paths: StackPaths, target: DatabaseTarget) -> ComponentStatus:
-    pid = _postmaster_pid(paths)
+    found = _postmaster(paths)
+    pid = found[0] if found else None
+    if found is not None and found[1] is not None and found[1] != target.port:
+        return ComponentStatus(
+            NAME,
+            State.ELSEWHERE,
+            target.address,
+            pid,
+            paths.pg_data,
+            paths.pg_log,
+            serving_at=f"{target.host}:{found[1]}",
+        )
     answers = process.port_open(target.host, target.port, timeout=0.5)
     if pid is not None:
         state = State.RUNNING if answers else State.STARTING
@@ -97,11 +117,9 @@ def init_cluster(paths: StackPaths) -> bool:
             f"{data} is not empty and holds no PostgreSQL cluster; move it away or set "
             "POSTTRAIN_PGDATA to another directory",
         )
-    for directory in (data.parent, paths.pg_log.parent):
-        directory.mkdir(parents=True, exist_ok=True)
+    data.parent.mkdir(parents=True, exist_ok=True)
     data.mkdir(mode=0o700, exist_ok=True)
     _own(data, paths)
-    _own(paths.pg_log.parent, paths)
     result = process.run(
         [
             _tool("initdb"),
@@ -145,10 +163,18 @@ def start(paths: StackPaths, target: DatabaseTarget) -> tuple[str, ComponentStat
             f"port {target.address} is in use by a server that `posttrain stack up` did not "
             "start; stop it or point DATABASE_URL at a free port",
         )
+    if current.state is State.ELSEWHERE:
+        raise StackError(
+            NAME,
+            f"our server (pid {current.pid}) serves {current.serving_at}, but DATABASE_URL asks "
+            f"for {target.address}; run `posttrain stack down` first",
+        )
     created = init_cluster(paths)
     configure(paths, target)
     if current.state is State.STOPPED:
+        # After initdb, which wants an empty data dir (the log may live inside it).
         paths.pg_log.parent.mkdir(parents=True, exist_ok=True)
+        _own(paths.pg_log.parent, paths)
         result = process.run(
             [
                 _tool("pg_ctl"),
@@ -208,9 +234,10 @@ async def _ensure_role_and_database(paths: StackPaths, target: DatabaseTarget) -
         # DDL takes no bind parameters; format() quotes the identifier and the literal.
         role_exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", target.user)
         verb = "ALTER" if role_exists else "CREATE"
-        # ALTER also resets the password, so the role always matches DATABASE_URL.
+        # ALTER also resets the password, so the role always matches DATABASE_URL. CREATEDB:
+        # the test suite gives each run a database of its own.
         statement = await conn.fetchval(
-            f"SELECT format('{verb} ROLE %I WITH LOGIN PASSWORD %L', $1::text, $2::text)",
+            f"SELECT format('{verb} ROLE %I WITH LOGIN CREATEDB PASSWORD %L', $1::text, $2::text)",
             target.user,
             target.password,
         )

@@ -1,0 +1,227 @@
+"""The local stack itself: `posttrain stack up|down|status`, `posttrain doctor` and migrations,
+against the real broker and PostgreSQL server.
+
+These tests stop and start the shared stack, so each one brings it back up in a `finally`: the
+rest of the suite needs it running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from posttrain.db.migrate import apply_migrations, load_migrations, pending_migrations
+from posttrain.events.kafka.admin import check_topics
+from posttrain.events.kafka.settings import KafkaSettings
+from posttrain.stack import commands, kafka
+from posttrain.stack.component import State
+from posttrain.stack.config import DEFAULT_DATABASE_URL, database_target, kafka_address
+from posttrain.stack.paths import stack_paths
+from posttrain.stack.process import find_pids, pid_alive, port_open, wait_until
+
+pytestmark = pytest.mark.integration
+
+POSTTRAIN = str(Path(sys.executable).with_name("posttrain"))
+DSN = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [POSTTRAIN, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def stack_up() -> None:
+    result = run_cli("stack", "up")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def restore_stack() -> None:
+    """Bring the whole stack back and prove it is running (for the tests that follow)."""
+    stack_up()
+    assert run_cli("stack", "status", "--quiet").returncode == 0
+
+
+def pids() -> dict[str, int | None]:
+    return {s.name: s.pid for s in commands.statuses()}
+
+
+def our_ports() -> list[tuple[str, int]]:
+    address = kafka_address(os.environ)
+    target = database_target(os.environ)
+    return [
+        (address.host, address.port),
+        (address.host, address.controller_port),
+        (target.host, target.port),
+    ]
+
+
+def gone(pid: int) -> bool:
+    return not pid_alive(pid)
+
+
+def closed(host: str, port: int) -> bool:
+    return not port_open(host, port, 0.5)
+
+
+def topic_problems() -> list[str]:
+    problems = asyncio.run(check_topics(KafkaSettings.from_env()))
+    return [f"{p.topic}: {p.problem}" for p in problems]
+
+
+async def _insert_marker(name: str) -> None:
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute("INSERT INTO stack_markers (name) VALUES ($1)", name)
+    finally:
+        await conn.close()
+
+
+async def _marker_exists(name: str) -> bool:
+    conn = await asyncpg.connect(DSN)
+    try:
+        return bool(await conn.fetchval("SELECT 1 FROM stack_markers WHERE name = $1", name))
+    finally:
+        await conn.close()
+
+
+async def _delete_marker(name: str) -> None:
+    conn = await asyncpg.connect(DSN)
+    try:
+        await conn.execute("DELETE FROM stack_markers WHERE name = $1", name)
+    finally:
+        await conn.close()
+
+
+def test_up_twice_is_harmless() -> None:
+    try:
+        stack_up()
+        before = pids()
+        assert all(before.values()), before
+
+        second = run_cli("stack", "up")
+
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "kafka: already running" in second.stdout
+        assert "postgres: already running" in second.stdout
+        assert pids() == before
+        status = run_cli("stack", "status")
+        assert status.returncode == 0, status.stdout
+        assert status.stdout.count(" running ") == 2, status.stdout
+    finally:
+        restore_stack()
+
+
+def test_down_stops_everything_and_up_brings_back_topics_and_data() -> None:
+    marker = f"survives-{uuid.uuid4().hex[:8]}"
+    paths = stack_paths()
+    try:
+        stack_up()
+        asyncio.run(_insert_marker(marker))
+        before = pids()
+
+        down = run_cli("stack", "down")
+
+        assert down.returncode == 0, down.stdout + down.stderr
+        for name, pid in before.items():
+            assert pid is not None
+            assert wait_until(partial(gone, pid), 30), f"{name} pid {pid} still alive"
+        for host, port in our_ports():
+            assert wait_until(partial(closed, host, port), 30), f"{host}:{port} still open"
+        # Nothing of ours under another pid either, and no stale pid files.
+        assert find_pids(lambda argv: kafka._is_our_broker(paths, argv)) == []
+        assert not paths.kafka_pid.exists()
+        assert not (paths.pg_data / "postmaster.pid").exists()
+        status = run_cli("stack", "status")
+        assert status.returncode == 1
+        assert status.stdout.count(" stopped ") == 2, status.stdout
+        assert run_cli("stack", "status", "--quiet").stdout == ""
+
+        up = run_cli("stack", "up")
+
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "topics: all" in up.stdout  # the topics survived: nothing to create
+        assert topic_problems() == []
+        assert asyncio.run(_marker_exists(marker))
+    finally:
+        restore_stack()
+        asyncio.run(_delete_marker(marker))
+
+
+def test_doctor_reports_a_stopped_broker_with_the_fix() -> None:
+    address = kafka_address(os.environ)
+    try:
+        stack_up()
+        assert commands.down(components=["kafka"]) == 0
+        assert not port_open(address.host, address.port, 0.5)
+        assert commands.statuses()[0].state is State.STOPPED
+
+        started = time.monotonic()
+        doctor = run_cli("doctor", timeout=60)
+        elapsed = time.monotonic() - started
+
+        assert doctor.returncode == 1, doctor.stdout
+        assert f"Kafka broker at {address} is not reachable" in doctor.stdout
+        assert "fix: posttrain stack up" in doctor.stdout
+        # Only the broker is down: PostgreSQL is still reported fine.
+        assert "OK       PostgreSQL" in doctor.stdout
+        assert elapsed < 20, f"doctor took {elapsed:.1f} s on a stopped broker"
+    finally:
+        restore_stack()
+    healthy = run_cli("doctor", timeout=60)
+    assert healthy.returncode == 0, healthy.stdout
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+async def _migrations_in_fresh_database() -> tuple[list[list[str]], list[str], list[str], int]:
+    name = f"posttrain_migrate_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(DSN, name)
+    try:
+        pending_before = await pending_migrations(url)
+        # Two callers at once: the advisory lock lets exactly one apply each file.
+        concurrent = await asyncio.gather(apply_migrations(url), apply_migrations(url))
+        again = await apply_migrations(url)
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+        finally:
+            await conn.close()
+        assert await pending_migrations(url) == []
+        return list(concurrent), pending_before, again, int(rows)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def test_migrations_are_idempotent_and_safe_when_concurrent() -> None:
+    try:
+        every = [m.id for m in load_migrations()]
+        assert every and every[0] == "0001_foundation"
+
+        concurrent, pending_before, again, rows = asyncio.run(_migrations_in_fresh_database())
+
+        assert pending_before == every
+        assert sorted([*concurrent[0], *concurrent[1]]) == every
+        assert [] in concurrent
+        assert again == []
+        assert rows == len(every)
+        # The stack's own database is up to date, and re-applying changes nothing.
+        assert asyncio.run(pending_migrations(DSN)) == []
+        assert asyncio.run(apply_migrations(DSN)) == []
+    finally:
+        restore_stack()
