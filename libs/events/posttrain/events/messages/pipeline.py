@@ -106,12 +106,15 @@ class RequestAction(Message):
 
 
 class TickClock(Message):
-    """The orchestrator's shell records the passage of time so that replay decides identically."""
+    """The orchestrator's shell records the passage of time so that replay decides identically.
+
+    ``silent_agents`` are the agents the shell had not heard from for too long at ``now``."""
 
     TYPE = "TickClock"
 
     pipeline_id: str
     now: float
+    silent_agents: list[str] = Field(default_factory=list)
 
 
 # --- events (posttrain.pipeline.events, key pipeline_id; the orchestrator's log) -------------
