@@ -27,7 +27,7 @@ from posttrain.stack import commands, kafka
 from posttrain.stack.component import State
 from posttrain.stack.config import DEFAULT_DATABASE_URL, database_target, kafka_address
 from posttrain.stack.paths import stack_paths
-from posttrain.stack.process import find_pids, pid_alive, port_open, wait_until
+from posttrain.stack.process import pid_alive, port_open, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_down_stops_everything_and_up_brings_back_topics_and_data() -> None:
         for host, port in our_ports():
             assert wait_until(partial(closed, host, port), 30), f"{host}:{port} still open"
         # Nothing of ours under another pid either, and no stale pid files.
-        assert find_pids(lambda argv: kafka._is_our_broker(paths, argv)) == []
+        assert kafka.our_pid(paths) is None
         assert not paths.kafka_pid.exists()
         assert not (paths.pg_data / "postmaster.pid").exists()
         status = run_cli("stack", "status")
