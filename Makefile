@@ -5,7 +5,10 @@
 SHELL := /bin/bash
 POSTTRAIN_HOME ?= $(HOME)/.cache/posttrain
 export POSTTRAIN_HOME
-VENV := $(POSTTRAIN_HOME)/venv
+# One environment per checkout (a CI clone must not re-point the work tree's editable
+# installs); they share uv's cache, so a new one is made in seconds.
+CHECKOUT_ID := $(shell printf %s "$(CURDIR)" | md5sum | cut -c1-10)
+VENV ?= $(POSTTRAIN_HOME)/venvs/$(CHECKOUT_ID)
 PY := $(VENV)/bin/python
 UV := $(POSTTRAIN_HOME)/uvbin/bin/uv
 export UV_CACHE_DIR := $(POSTTRAIN_HOME)/uv-cache
