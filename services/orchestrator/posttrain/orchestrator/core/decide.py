@@ -1,0 +1,493 @@
+"""``decide(state, message, context) -> Decision``: what the orchestrator does about a message.
+
+The decided events are applied to ``state`` as they are decided (so each step sees the last), and
+returned with the agent commands to send. Ids and times come from the message: the same message
+on the same state always gives the same decision. The shell writes the events, the commands and
+the consumed offsets in one Kafka transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from posttrain.events import Envelope, Message
+from posttrain.events.messages import (
+    ActionApplied,
+    ActionRequested,
+    AdjustLearningRate,
+    CancelPipeline,
+    CancelStage,
+    CheckpointSaved,
+    ForceCheckpoint,
+    PauseStage,
+    PipelineCancelled,
+    PipelineFailed,
+    PipelineRejected,
+    PipelineResumed,
+    PipelineSubmitted,
+    PipelineSucceeded,
+    RequestAction,
+    ResumePipeline,
+    ResumeStage,
+    RetryStage,
+    RunStage,
+    StageCached,
+    StageCancelled,
+    StageDispatched,
+    StageFailed,
+    StageLost,
+    StagePaused,
+    StageRejected,
+    StageRetryScheduled,
+    StageStarted,
+    StageSucceeded,
+    StageWaiting,
+    SubmitPipeline,
+    TickClock,
+)
+from posttrain.events.topics import Topic
+from posttrain.orchestrator.core import dag, ids
+from posttrain.orchestrator.core.state import (
+    ACTIVE,
+    PipelineState,
+    PipelineStatus,
+    StageState,
+    StageStatus,
+    apply,
+)
+
+# A stage lost with its agent this many times fails: something about it kills agents.
+MAX_LOSSES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """An agent as the shell sees it now (from the compacted heartbeat topic)."""
+
+    agent_id: str
+    gpus: int
+    free_gpus: int
+    labels: frozenset[str] = frozenset()
+    alive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    outputs: Mapping[str, Any]
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the shell knows beyond the pipeline's own log. Decisions based on it are recorded on
+    the log, so replay never needs it."""
+
+    agents: Mapping[str, AgentView] = field(default_factory=dict)
+    cache: Mapping[str, CacheEntry] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Decision:
+    events: list[Envelope[Any]] = field(default_factory=list)
+    commands: list[tuple[Topic, Envelope[Any]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.commands)
+
+
+class _Builder:
+    """Stamps decided messages with ids and times derived from the cause, and applies events."""
+
+    def __init__(self, state: PipelineState, cause: Envelope[Any], now: float) -> None:
+        self.state = state
+        self.cause = cause
+        self.now = now
+        self.when = datetime.fromtimestamp(now, UTC) if isinstance(cause.data, TickClock) \
+            else cause.occurred_at
+        self.decision = Decision()
+        self._n = 0
+        self.free: dict[str, int] = {}  # GPUs taken by this decision, per agent
+        self.retry_excluded = False
+
+    def _envelope(self, data: Message, key: str) -> Envelope[Any]:
+        self._n += 1
+        return Envelope(
+            id=ids.event_id(self.cause.id, self._n),
+            occurred_at=self.when,
+            key=key,
+            data=data,
+            correlation_id=self.state.correlation_id or self.cause.correlation_id or self.cause.id,
+            causation_id=self.cause.id,
+        )
+
+    def event(self, data: Message) -> None:
+        envelope = self._envelope(data, self.state.pipeline_id)
+        apply(self.state, envelope)
+        self.decision.events.append(envelope)
+
+    def command(self, data: Message, agent_id: str) -> None:
+        self.decision.commands.append((Topic.AGENT_COMMANDS, self._envelope(data, agent_id)))
+
+
+def decide(state: PipelineState, message: Envelope[Any], context: Context) -> Decision:
+    """Decide and apply. ``state`` is a fresh ``PipelineState(pipeline_id)`` for an unknown id."""
+    data = message.data
+    now = data.now if isinstance(data, TickClock) else message.occurred_at.timestamp()
+    b = _Builder(state, message, max(now, state.now))
+    handler = _HANDLERS.get(type(data))
+    if handler is None:
+        return b.decision
+    submitted = bool(state.stages) or state.status == PipelineStatus.REJECTED
+    if not submitted and not isinstance(data, SubmitPipeline):
+        return b.decision  # nothing to act on (e.g. a report for a pipeline we never accepted)
+    handler(b, data, context)
+    return b.decision
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _submit(b: _Builder, c: SubmitPipeline, ctx: Context) -> None:
+    if b.state.stages or b.state.status == PipelineStatus.REJECTED:
+        return  # a duplicate submission: the first one stands
+    specs, errors = dag.validate(c.stages)
+    if errors:
+        b.event(PipelineRejected(pipeline_id=c.pipeline_id, errors=[e.as_dict() for e in errors]))
+        return
+    b.event(
+        PipelineSubmitted(
+            pipeline_id=c.pipeline_id, name=c.name, stages=specs,
+            layers=dag.execution_layers(specs), submitted_by=c.submitted_by, settings=c.settings,
+        )
+    )
+    _progress(b, ctx)
+
+
+def _resume(b: _Builder, c: ResumePipeline, ctx: Context) -> None:
+    if b.state.status in (PipelineStatus.SUCCEEDED, PipelineStatus.REJECTED):
+        return
+    to_run = [
+        s.name for s in _ordered(b.state)
+        if s.status in (StageStatus.FAILED, StageStatus.CANCELLED, StageStatus.LOST)
+        or (s.status == StageStatus.PENDING and b.state.status != PipelineStatus.RUNNING)
+    ]
+    if not to_run:
+        return
+    b.event(PipelineResumed(pipeline_id=b.state.pipeline_id, stages_to_run=to_run))
+    _progress(b, ctx)
+
+
+def _retry_stage(b: _Builder, c: RetryStage, ctx: Context) -> None:
+    stage = b.state.stages.get(c.stage)
+    if stage is None or stage.status not in (
+        StageStatus.FAILED, StageStatus.CANCELLED, StageStatus.LOST
+    ):
+        return
+    blocked = [
+        name for name in dag.descendants([s.spec for s in b.state.stages.values()], c.stage)
+        if b.state.stages[name].status in (StageStatus.CANCELLED, StageStatus.FAILED)
+    ]
+    b.event(PipelineResumed(pipeline_id=b.state.pipeline_id, stages_to_run=[c.stage, *blocked]))
+    _progress(b, ctx)
+
+
+def _cancel(b: _Builder, c: CancelPipeline, ctx: Context) -> None:
+    if b.state.status != PipelineStatus.RUNNING:
+        return
+    for stage in _ordered(b.state):
+        if stage.status in ACTIVE:
+            run = stage.current
+            assert run is not None
+            b.command(_control(CancelStage, b, stage, f"cancel:{b.cause.id}", c.reason), run.agent_id)
+            b.event(StageCancelled(pipeline_id=b.state.pipeline_id, stage=stage.name,
+                                   attempt=stage.attempt, reason=c.reason))
+        elif stage.status in (StageStatus.PENDING, StageStatus.WAITING, StageStatus.RETRY_WAIT):
+            b.event(StageCancelled(pipeline_id=b.state.pipeline_id, stage=stage.name,
+                                   attempt=stage.attempt, reason=c.reason))
+    b.event(PipelineCancelled(pipeline_id=b.state.pipeline_id, reason=c.reason))
+
+
+_ACTION_COMMANDS: dict[str, type[Any]] = {
+    "pause": PauseStage,
+    "resume": ResumeStage,
+    "adjust_learning_rate": AdjustLearningRate,
+    "force_checkpoint": ForceCheckpoint,
+    "cancel": CancelStage,
+}
+
+
+def _request_action(b: _Builder, c: RequestAction, ctx: Context) -> None:
+    stage = b.state.stages.get(c.stage)
+    if (
+        c.dry_run
+        or c.action_id in b.state.actions
+        or stage is None
+        or stage.attempt != c.attempt
+        or stage.status not in ACTIVE
+        or c.action not in _ACTION_COMMANDS
+        or (c.action == "resume") != (stage.status == StageStatus.PAUSED)
+        or (c.action == "adjust_learning_rate" and not c.factor)
+    ):
+        return  # stale, duplicate, or not applicable to the stage as it is now
+    run = stage.current
+    assert run is not None
+    b.event(
+        ActionRequested(
+            action_id=c.action_id, pipeline_id=c.pipeline_id, stage=c.stage, attempt=c.attempt,
+            action=c.action, factor=c.factor, reason=c.reason, anomaly_id=c.anomaly_id,
+            agent_id=run.agent_id,
+        )
+    )
+    cls = _ACTION_COMMANDS[c.action]
+    extra = {"factor": c.factor} if cls is AdjustLearningRate else {}
+    b.command(_control(cls, b, stage, c.action_id, c.reason, **extra), run.agent_id)
+
+
+def _tick(b: _Builder, t: TickClock, ctx: Context) -> None:
+    if b.state.status != PipelineStatus.RUNNING:
+        return
+    before = len(b.decision.events)
+    silent = set(t.silent_agents)
+    for stage in _ordered(b.state):
+        run = stage.current
+        if stage.status in ACTIVE and run is not None:
+            if run.agent_id in silent:
+                b.event(StageLost(pipeline_id=b.state.pipeline_id, stage=stage.name,
+                                  attempt=stage.attempt, command_id=run.command_id,
+                                  agent_id=run.agent_id,
+                                  reason=f"agent {run.agent_id} stopped sending heartbeats"))
+            elif stage.spec.timeout_s is not None:
+                started = run.started_at if run.started_at is not None else run.dispatched_at
+                if b.now - started > stage.spec.timeout_s:
+                    b.command(_control(CancelStage, b, stage, f"timeout:{run.command_id}",
+                                       "timed out"), run.agent_id)
+                    b.event(StageFailed(
+                        pipeline_id=b.state.pipeline_id, stage=stage.name, attempt=stage.attempt,
+                        command_id=run.command_id, agent_id=run.agent_id, job_id=run.job_id,
+                        finished_at=b.now, kind="timeout",
+                        error=f"timed out after {stage.spec.timeout_s:g} s",
+                    ))
+                    _after_failure(b, stage)
+    # Agents that rejected a stage may have room now: a tick lets them be tried again.
+    b.retry_excluded = True
+    _progress(b, ctx)
+    if len(b.decision.events) > before:
+        # Record the tick itself first so that the log shows what time the decisions saw.
+        tick_event = b._envelope(t, b.state.pipeline_id)
+        b.decision.events.insert(before, tick_event)
+
+
+# --- reports from agents --------------------------------------------------------------------
+
+
+def _current(b: _Builder, r: Any) -> StageState | None:
+    stage = b.state.stages.get(r.stage)
+    if stage is None or stage.attempt != r.attempt:
+        return None
+    run = stage.current
+    if run is None or run.command_id != r.command_id:
+        return None
+    return stage
+
+
+def _started(b: _Builder, r: StageStarted, ctx: Context) -> None:
+    stage = _current(b, r)
+    if stage is not None and stage.status == StageStatus.ASSIGNED:
+        b.event(r)
+
+
+def _succeeded(b: _Builder, r: StageSucceeded, ctx: Context) -> None:
+    stage = _current(b, r)
+    if stage is not None and stage.status in ACTIVE:
+        b.event(r)
+        _progress(b, ctx)
+
+
+def _failed(b: _Builder, r: StageFailed, ctx: Context) -> None:
+    stage = _current(b, r)
+    if stage is None or stage.status not in ACTIVE:
+        return
+    b.event(r)
+    if r.kind != "cancelled":
+        _after_failure(b, stage)
+    _progress(b, ctx)
+
+
+def _rejected(b: _Builder, r: StageRejected, ctx: Context) -> None:
+    stage = _current(b, r)
+    if stage is not None and stage.status == StageStatus.ASSIGNED:
+        b.event(r)
+        _progress(b, ctx)
+
+
+def _record_if_current(b: _Builder, r: Any, ctx: Context) -> None:
+    stage = _current(b, r)
+    if stage is not None and stage.status in ACTIVE:
+        b.event(r)
+
+
+# --- scheduling -----------------------------------------------------------------------------
+
+
+def _after_failure(b: _Builder, stage: StageState) -> None:
+    policy = stage.spec.retries
+    if stage.failures < policy.max_attempts:
+        delay = min(policy.backoff_s * policy.backoff_multiplier ** (stage.failures - 1),
+                    policy.max_backoff_s)
+        b.event(StageRetryScheduled(pipeline_id=b.state.pipeline_id, stage=stage.name,
+                                    next_attempt=stage.attempt + 1, not_before=b.now + delay))
+
+
+def _ordered(state: PipelineState) -> list[StageState]:
+    return [state.stages[name] for layer in state.layers for name in layer]
+
+
+def _progress(b: _Builder, ctx: Context) -> None:
+    """Dispatch every stage whose dependencies have succeeded, then settle the pipeline."""
+    state = b.state
+    if state.status != PipelineStatus.RUNNING:
+        return
+    for stage in _ordered(state):
+        ready_status = stage.status in (StageStatus.PENDING, StageStatus.WAITING) or (
+            stage.status == StageStatus.RETRY_WAIT
+            and stage.not_before is not None and stage.not_before <= b.now
+        ) or (stage.status == StageStatus.LOST and stage.losses < MAX_LOSSES)
+        if ready_status and all(
+            state.stages[d].status == StageStatus.SUCCEEDED for d in stage.spec.depends_on
+        ):
+            _dispatch(b, stage, ctx)
+    _settle(b)
+
+
+def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
+    state = b.state
+    run = stage.current
+    # A rejected attempt is placed again under the same attempt number (it never ran).
+    attempt = stage.attempt if run is not None and run.status == StageStatus.PENDING \
+        else stage.attempt + 1
+    command = ids.command_id(state.pipeline_id, stage.name, attempt)
+    job = ids.job_id(state.pipeline_id, stage.name, stage.spec.params)
+    try:
+        params = dag.resolve_references(stage.spec.params, state.stage_outputs())
+    except KeyError as exc:
+        b.event(StageDispatched(pipeline_id=state.pipeline_id, stage=stage.name, attempt=attempt,
+                                command_id=command, agent_id="orchestrator", job_id=job,
+                                task=stage.spec.task, params={}))
+        b.event(StageFailed(pipeline_id=state.pipeline_id, stage=stage.name, attempt=attempt,
+                            command_id=command, agent_id="orchestrator", job_id=job,
+                            finished_at=b.now, kind="error", error=f"unresolved reference: {exc}"))
+        return  # no retry: running again cannot produce a missing upstream output
+    if stage.spec.cache:
+        upstream = {d: state.stages[d].outputs for d in stage.spec.depends_on}
+        key = ids.cache_key(stage.spec.task, params, upstream)
+        hit = ctx.cache.get(key) or _local_cache(state).get(key)
+        if hit is not None:
+            b.event(StageCached(pipeline_id=state.pipeline_id, stage=stage.name, cache_key=key,
+                                outputs=dict(hit.outputs), from_command_id=hit.command_id))
+            return
+    agent = _place(b, stage, ctx)
+    if agent is None:
+        return
+    b.free[agent.agent_id] = b.free.get(agent.agent_id, agent.free_gpus) - stage.spec.resources.gpus
+    b.event(StageDispatched(pipeline_id=state.pipeline_id, stage=stage.name, attempt=attempt,
+                            command_id=command, agent_id=agent.agent_id, job_id=job,
+                            task=stage.spec.task, params=params))
+    b.command(
+        RunStage(command_id=command, agent_id=agent.agent_id, pipeline_id=state.pipeline_id,
+                 stage=stage.name, attempt=attempt, job_id=job, task=stage.spec.task,
+                 params=params, resume_from=stage.last_checkpoint if attempt > 1 else None,
+                 timeout_s=stage.spec.timeout_s),
+        agent.agent_id,
+    )
+
+
+def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
+    need = stage.spec.resources
+    labels = set(need.labels)
+    fitting = [
+        a for a in ctx.agents.values()
+        if a.alive and labels <= a.labels and b.free.get(a.agent_id, a.free_gpus) >= need.gpus
+    ]
+    excluded = set() if b.retry_excluded else stage.excluded_agents
+    candidates = [a for a in fitting if a.agent_id not in excluded]
+    if candidates:
+        return max(candidates, key=lambda a: (b.free.get(a.agent_id, a.free_gpus), a.agent_id))
+    if fitting:
+        reason = "rejected by every agent that fits: " + ", ".join(sorted(stage.excluded_agents))
+    elif not any(a.alive for a in ctx.agents.values()):
+        reason = "no agent is alive"
+    else:
+        reason = (f"no live agent has {need.gpus} free GPU(s)"
+                  + (f" and labels {sorted(labels)}" if labels else ""))
+    if stage.status != StageStatus.WAITING or stage.waiting_reason != reason:
+        b.event(StageWaiting(pipeline_id=b.state.pipeline_id, stage=stage.name, reason=reason))
+    return None
+
+
+def _local_cache(state: PipelineState) -> dict[str, CacheEntry]:
+    return {e.key: e.entry for e in cache_entries(state)}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedCacheEntry:
+    key: str
+    entry: CacheEntry
+
+
+def cache_entries(state: PipelineState) -> list[KeyedCacheEntry]:
+    """The cache entries this pipeline's successful ``cache: true`` stages provide."""
+    out = []
+    for stage in state.stages.values():
+        run = stage.current
+        if stage.spec.cache and stage.status == StageStatus.SUCCEEDED and run is not None \
+                and stage.cached_from is None:
+            upstream = {d: state.stages[d].outputs for d in stage.spec.depends_on}
+            key = ids.cache_key(stage.spec.task, run.params, upstream)
+            out.append(KeyedCacheEntry(key, CacheEntry(dict(stage.outputs), run.command_id)))
+    return out
+
+
+def _settle(b: _Builder) -> None:
+    state = b.state
+    statuses = [s.status for s in state.stages.values()]
+    if all(s == StageStatus.SUCCEEDED for s in statuses):
+        b.event(PipelineSucceeded(pipeline_id=state.pipeline_id))
+        return
+    in_flight = any(
+        s in ACTIVE or s in (StageStatus.RETRY_WAIT, StageStatus.WAITING) for s in statuses
+    ) or any(
+        s.status == StageStatus.LOST and s.losses < MAX_LOSSES for s in state.stages.values()
+    )
+    if not in_flight:
+        failed = [s.name for s in _ordered(state)
+                  if s.status in (StageStatus.FAILED, StageStatus.LOST, StageStatus.CANCELLED)]
+        b.event(PipelineFailed(pipeline_id=state.pipeline_id, failed_stages=failed))
+
+
+def _control(cls: type[Any], b: _Builder, stage: StageState, action_id: str, reason: str,
+             **extra: Any) -> Any:
+    run = stage.current
+    assert run is not None
+    return cls(action_id=action_id, agent_id=run.agent_id, run_command_id=run.command_id,
+               pipeline_id=b.state.pipeline_id, stage=stage.name, attempt=stage.attempt,
+               reason=reason, **extra)
+
+
+_HANDLERS: dict[type[Message], Any] = {
+    SubmitPipeline: _submit,
+    ResumePipeline: _resume,
+    RetryStage: _retry_stage,
+    CancelPipeline: _cancel,
+    RequestAction: _request_action,
+    TickClock: _tick,
+    StageStarted: _started,
+    StageSucceeded: _succeeded,
+    StageFailed: _failed,
+    StageRejected: _rejected,
+    StagePaused: _record_if_current,
+    CheckpointSaved: _record_if_current,
+    ActionApplied: _record_if_current,
+}

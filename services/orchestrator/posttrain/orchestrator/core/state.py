@@ -1,0 +1,364 @@
+"""``PipelineState = fold(events)``: one mutator per event type, nothing else changes state.
+
+State is mutable for speed (replay folds a million events), but only ``apply`` mutates it and
+``apply`` reads nothing but the event: replaying the same log always gives the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from posttrain.events import Envelope, Message
+from posttrain.events.messages import (
+    ActionApplied,
+    ActionRequested,
+    CheckpointSaved,
+    PipelineCancelled,
+    PipelineFailed,
+    PipelineRejected,
+    PipelineResumed,
+    PipelineSubmitted,
+    PipelineSucceeded,
+    StageCached,
+    StageCancelled,
+    StageDispatched,
+    StageFailed,
+    StageLost,
+    StagePaused,
+    StageRejected,
+    StageRetryScheduled,
+    StageSpec,
+    StageStarted,
+    StageSucceeded,
+    StageWaiting,
+    TickClock,
+)
+
+
+class StageStatus(StrEnum):
+    PENDING = "pending"  # never dispatched, or reset by a resume
+    WAITING = "waiting"  # ready, but no agent fits (see waiting_reason)
+    RETRY_WAIT = "retry_wait"  # failed, next attempt after not_before
+    ASSIGNED = "assigned"  # RunStage sent
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+ACTIVE = frozenset({StageStatus.ASSIGNED, StageStatus.RUNNING, StageStatus.PAUSED})
+DONE_OK = frozenset({StageStatus.SUCCEEDED})
+RERUNNABLE = frozenset(
+    {StageStatus.FAILED, StageStatus.CANCELLED, StageStatus.LOST, StageStatus.PENDING,
+     StageStatus.WAITING, StageStatus.RETRY_WAIT}
+)
+
+
+class PipelineStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One attempt of a stage: the original design's "task id in the DB", and more."""
+
+    attempt: int
+    command_id: str
+    agent_id: str
+    job_id: str
+    params: dict[str, Any]
+    dispatched_at: float
+    status: StageStatus = StageStatus.ASSIGNED
+    started_at: float | None = None
+    finished_at: float | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    failure_kind: str | None = None
+    rejected_by: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StageState:
+    spec: StageSpec
+    status: StageStatus = StageStatus.PENDING
+    attempt: int = 0  # the current (or last) attempt number; 0 before the first dispatch
+    failures: int = 0  # attempts that failed for the stage's own reasons (counted by retries)
+    losses: int = 0  # attempts lost with their agent (not the stage's fault)
+    attempts: dict[int, Attempt] = field(default_factory=dict)
+    not_before: float | None = None
+    waiting_reason: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    cached_from: str | None = None
+    last_checkpoint: str | None = None
+    excluded_agents: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def current(self) -> Attempt | None:
+        return self.attempts.get(self.attempt)
+
+
+@dataclass(slots=True)
+class PipelineState:
+    pipeline_id: str
+    name: str = ""
+    status: PipelineStatus = PipelineStatus.RUNNING
+    stages: dict[str, StageState] = field(default_factory=dict)
+    layers: list[list[str]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    submitted_by: str | None = None
+    correlation_id: str | None = None
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    now: float = 0.0  # the latest time seen on the log (event times and recorded ticks)
+    actions: set[str] = field(default_factory=set)  # action ids already requested
+    version: int = 0  # events applied
+
+    def stage_outputs(self) -> dict[str, dict[str, Any]]:
+        return {n: s.outputs for n, s in self.stages.items() if s.status in DONE_OK}
+
+
+def _ts(envelope: Envelope[Any]) -> float:
+    return envelope.occurred_at.timestamp()
+
+
+Mutator = Callable[[PipelineState, Any, float], None]
+_MUTATORS: dict[type[Message], Mutator] = {}
+
+
+def _on(cls: type[Message]) -> Callable[[Mutator], Mutator]:
+    def register(fn: Mutator) -> Mutator:
+        _MUTATORS[cls] = fn
+        return fn
+
+    return register
+
+
+@_on(PipelineSubmitted)
+def _submitted(s: PipelineState, e: PipelineSubmitted, t: float) -> None:
+    s.name = e.name
+    s.stages = {spec.name: StageState(spec=spec) for spec in e.stages}
+    s.layers = [list(layer) for layer in e.layers]
+    s.settings = dict(e.settings)
+    s.submitted_by = e.submitted_by
+    s.submitted_at = t
+    s.status = PipelineStatus.RUNNING
+
+
+@_on(PipelineRejected)
+def _rejected(s: PipelineState, e: PipelineRejected, t: float) -> None:
+    s.status = PipelineStatus.REJECTED
+    s.errors = list(e.errors)
+    s.finished_at = t
+
+
+@_on(PipelineResumed)
+def _resumed(s: PipelineState, e: PipelineResumed, t: float) -> None:
+    s.status = PipelineStatus.RUNNING
+    s.finished_at = None
+    for name in e.stages_to_run:
+        stage = s.stages[name]
+        stage.status = StageStatus.PENDING
+        stage.failures = 0
+        stage.losses = 0
+        stage.not_before = None
+        stage.waiting_reason = None
+        stage.excluded_agents.clear()
+
+
+@_on(PipelineSucceeded)
+def _p_succeeded(s: PipelineState, e: PipelineSucceeded, t: float) -> None:
+    s.status = PipelineStatus.SUCCEEDED
+    s.finished_at = t
+
+
+@_on(PipelineFailed)
+def _p_failed(s: PipelineState, e: PipelineFailed, t: float) -> None:
+    s.status = PipelineStatus.FAILED
+    s.finished_at = t
+
+
+@_on(PipelineCancelled)
+def _p_cancelled(s: PipelineState, e: PipelineCancelled, t: float) -> None:
+    s.status = PipelineStatus.CANCELLED
+    s.finished_at = t
+
+
+@_on(StageDispatched)
+def _dispatched(s: PipelineState, e: StageDispatched, t: float) -> None:
+    stage = s.stages[e.stage]
+    previous = stage.attempts.get(e.attempt)
+    if previous is None:
+        stage.excluded_agents.clear()  # a new attempt may go anywhere
+    stage.attempt = e.attempt
+    stage.attempts[e.attempt] = Attempt(
+        attempt=e.attempt, command_id=e.command_id, agent_id=e.agent_id, job_id=e.job_id,
+        params=dict(e.params), dispatched_at=t,
+        rejected_by=list(previous.rejected_by) if previous else [],
+    )
+    stage.status = StageStatus.ASSIGNED
+    stage.waiting_reason = None
+    stage.not_before = None
+
+
+@_on(StageWaiting)
+def _waiting(s: PipelineState, e: StageWaiting, t: float) -> None:
+    stage = s.stages[e.stage]
+    stage.status = StageStatus.WAITING
+    stage.waiting_reason = e.reason
+
+
+@_on(StageRetryScheduled)
+def _retry(s: PipelineState, e: StageRetryScheduled, t: float) -> None:
+    stage = s.stages[e.stage]
+    stage.status = StageStatus.RETRY_WAIT
+    stage.not_before = e.not_before
+
+
+@_on(StageStarted)
+def _started(s: PipelineState, e: StageStarted, t: float) -> None:
+    stage = s.stages[e.stage]
+    run = stage.attempts[e.attempt]
+    run.status = StageStatus.RUNNING
+    run.started_at = e.started_at
+    stage.status = StageStatus.RUNNING
+
+
+@_on(StageSucceeded)
+def _succeeded(s: PipelineState, e: StageSucceeded, t: float) -> None:
+    stage = s.stages[e.stage]
+    run = stage.attempts[e.attempt]
+    run.status = StageStatus.SUCCEEDED
+    run.finished_at = e.finished_at
+    run.outputs = dict(e.outputs)
+    stage.outputs = dict(e.outputs)
+    stage.status = StageStatus.SUCCEEDED
+    if "checkpoint" in e.outputs:
+        stage.last_checkpoint = str(e.outputs["checkpoint"])
+
+
+@_on(StageFailed)
+def _failed(s: PipelineState, e: StageFailed, t: float) -> None:
+    stage = s.stages[e.stage]
+    run = stage.attempts[e.attempt]
+    run.status = StageStatus.CANCELLED if e.kind == "cancelled" else StageStatus.FAILED
+    run.finished_at = e.finished_at
+    run.error = e.error
+    run.failure_kind = e.kind
+    stage.status = run.status
+    if e.kind != "cancelled":
+        stage.failures += 1
+
+
+@_on(StageRejected)
+def _stage_rejected(s: PipelineState, e: StageRejected, t: float) -> None:
+    stage = s.stages[e.stage]
+    run = stage.attempts[e.attempt]
+    run.rejected_by.append(e.agent_id)
+    run.status = StageStatus.PENDING  # never ran: placed again under the same attempt number
+    stage.excluded_agents.add(e.agent_id)
+    stage.status = StageStatus.PENDING
+
+
+@_on(StageLost)
+def _lost(s: PipelineState, e: StageLost, t: float) -> None:
+    stage = s.stages[e.stage]
+    run = stage.attempts[e.attempt]
+    run.status = StageStatus.LOST
+    run.error = e.reason
+    run.finished_at = t
+    stage.status = StageStatus.LOST
+    stage.losses += 1
+    stage.excluded_agents.add(e.agent_id)
+
+
+@_on(StageCancelled)
+def _cancelled(s: PipelineState, e: StageCancelled, t: float) -> None:
+    stage = s.stages[e.stage]
+    run = stage.attempts.get(e.attempt)
+    if run is not None and run.status in ACTIVE:
+        run.status = StageStatus.CANCELLED
+        run.finished_at = t
+    stage.status = StageStatus.CANCELLED
+
+
+@_on(StageCached)
+def _cached(s: PipelineState, e: StageCached, t: float) -> None:
+    stage = s.stages[e.stage]
+    stage.status = StageStatus.SUCCEEDED
+    stage.outputs = dict(e.outputs)
+    stage.cached_from = e.from_command_id
+
+
+@_on(StagePaused)
+def _paused(s: PipelineState, e: StagePaused, t: float) -> None:
+    stage = s.stages[e.stage]
+    stage.status = StageStatus.PAUSED
+    stage.attempts[e.attempt].status = StageStatus.PAUSED
+    if e.checkpoint:
+        stage.last_checkpoint = e.checkpoint
+
+
+@_on(CheckpointSaved)
+def _checkpoint(s: PipelineState, e: CheckpointSaved, t: float) -> None:
+    s.stages[e.stage].last_checkpoint = e.path
+
+
+@_on(ActionRequested)
+def _action_requested(s: PipelineState, e: ActionRequested, t: float) -> None:
+    s.actions.add(e.action_id)
+
+
+@_on(ActionApplied)
+def _action_applied(s: PipelineState, e: ActionApplied, t: float) -> None:
+    stage = s.stages[e.stage]
+    if e.action == "resume" and stage.status == StageStatus.PAUSED:
+        stage.status = StageStatus.RUNNING
+        stage.attempts[e.attempt].status = StageStatus.RUNNING
+
+
+@_on(TickClock)
+def _tick(s: PipelineState, e: TickClock, t: float) -> None:
+    s.now = max(s.now, e.now)
+
+
+def apply(state: PipelineState, envelope: Envelope[Any]) -> None:
+    """Apply one event of this pipeline's log to its state."""
+    mutator = _MUTATORS.get(type(envelope.data))
+    if mutator is None:
+        raise TypeError(f"{envelope.type} is not a pipeline event")
+    t = _ts(envelope)
+    if t > state.now:
+        state.now = t
+    if state.correlation_id is None:
+        state.correlation_id = envelope.correlation_id or envelope.id
+    mutator(state, envelope.data, t)
+    state.version += 1
+
+
+def fold(events: Iterable[Envelope[Any]]) -> dict[str, PipelineState]:
+    """Every pipeline's state from its events, in log order."""
+    states: dict[str, PipelineState] = {}
+    for envelope in events:
+        pid = envelope.data.pipeline_id  # every pipeline event carries it
+        state = states.get(pid)
+        if state is None:
+            state = states[pid] = PipelineState(pipeline_id=pid)
+        apply(state, envelope)
+    return states
+
+
+PIPELINE_EVENT_TYPES = frozenset(cls.TYPE for cls in _MUTATORS)
