@@ -110,6 +110,9 @@ def render_server_properties(address: KafkaAddress, data_dir: Path) -> str:
         "share.coordinator.state.topic.min.isr=1",
         # Tests join groups constantly; the default 3 s delay would slow every one of them.
         "group.initial.rebalance.delay.ms=0",
+        # A crashed service's partitions move to its replacement once its session expires:
+        # allow sessions short enough for that to take seconds, not tens of seconds.
+        "group.min.session.timeout.ms=1000",
         # Topics are declared in posttrain.events.topics and created by the project.
         "auto.create.topics.enable=false",
         "",
