@@ -1,0 +1,148 @@
+"""Rows of the ``metrics`` table, built from points, with every check that COPY would otherwise
+fail on.
+
+A batch is written with one COPY: a single value PostgreSQL refuses (a NUL character, a step
+beyond bigint, a timestamp past year 9999) would fail the whole batch, and with it every good
+point around it. So whatever PostgreSQL could refuse is refused here first, per message, and
+the message goes to the dead-letter topic instead (``RowError``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from posttrain.events.messages.metrics import CORE_FIELDS
+
+# The identity of a point is (job, source, seq); job and source are stored as small integers
+# (``metric_jobs``, ``metric_sources``) that the writer prepends to every row.
+ID_COLUMNS: tuple[str, ...] = ("job_no", "source_no")
+ROW_COLUMNS: tuple[str, ...] = ("seq", "step", "epoch", "ts", *CORE_FIELDS, "custom")
+TABLE_COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *ROW_COLUMNS)
+
+# A row as the core builds it, in ROW_COLUMNS order (the ids are prepended at write time).
+Row = tuple[Any, ...]
+
+INT8_MIN = -(2**63)
+INT8_MAX = 2**63 - 1
+INT4_MAX = 2**31 - 1
+
+
+class RowError(ValueError):
+    """A point, or a message, that PostgreSQL would refuse. ``reason`` goes to the DLQ header."""
+
+    reason = "unstorable"
+
+
+class ReportRows(NamedTuple):
+    """The rows of one ``MetricsReported`` message, and where they are routed."""
+
+    job_id: str
+    source: str
+    rows: list[Row]
+    pipeline_id: str | None = None
+    stage: str | None = None
+    attempt: int | None = None
+
+
+def check_text(value: str, what: str) -> str:
+    """PostgreSQL text holds neither NUL nor unpaired surrogates (not valid UTF-8)."""
+    if "\x00" in value:
+        raise RowError(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError(f"{what} is not valid UTF-8 text") from None
+    return value
+
+
+def check_int8(value: int, what: str) -> int:
+    if not INT8_MIN <= value <= INT8_MAX:
+        raise RowError(f"{what} {value} is outside the 64-bit integer range")
+    return value
+
+
+def timestamp_of(seconds: float) -> datetime:
+    """The ``timestamptz`` of a point's Unix time."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise RowError(f"timestamp {seconds!r} is not a representable time") from None
+
+
+def custom_json(custom: Mapping[str, Any]) -> str | None:
+    """The JSONB text of ``custom``; None (SQL NULL) when empty, which costs PostgreSQL nothing
+    to parse. Non-finite floats become the strings "NaN"/"Infinity"/"-Infinity", as on the wire:
+    JSON has no other way to say them."""
+    if not custom:
+        return None
+    try:
+        text = orjson.dumps(custom).decode()
+    except TypeError:
+        raise RowError("custom holds a value that is not JSON") from None
+    # orjson writes NaN and infinities as null; a genuine null is fine too, so only re-encode
+    # when a float is not finite.
+    if "null" in text and _has_non_finite(custom):
+        text = orjson.dumps(_finite_or_string(custom)).decode()
+    if "\\u0000" in text:
+        raise RowError("custom contains a NUL character, which JSONB cannot store")
+    return text
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def _finite_or_string(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite_or_string(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_string(v) for v in value]
+    return value
+
+
+def point_row(
+    seq: int,
+    step: int,
+    epoch: float | None,
+    timestamp: float,
+    values: Sequence[float | None],
+    custom: Mapping[str, Any],
+) -> Row:
+    """One row in ROW_COLUMNS order; ``values`` follow CORE_FIELDS."""
+    return (
+        check_int8(seq, "seq"),
+        check_int8(step, "step"),
+        epoch,
+        timestamp_of(timestamp),
+        *values,
+        custom_json(custom),
+    )
+
+
+def check_routing(
+    job_id: str, source: str, pipeline_id: str | None, stage: str | None, attempt: int | None
+) -> None:
+    """The per-message strings and numbers that go to ``metric_jobs``/``metric_sources``."""
+    check_text(job_id, "job_id")
+    check_text(source, "source")
+    if not job_id:
+        raise RowError("job_id is empty")
+    if pipeline_id is not None:
+        check_text(pipeline_id, "pipeline_id")
+    if stage is not None:
+        check_text(stage, "stage")
+    if attempt is not None and not -INT4_MAX <= attempt <= INT4_MAX:
+        raise RowError(f"attempt {attempt} is outside the 32-bit integer range")
