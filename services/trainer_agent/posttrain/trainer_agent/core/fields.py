@@ -1,0 +1,174 @@
+"""Map the names trainers log onto ``MetricPoint``'s canonical fields (METRICS.md, SEED.md s.2).
+
+One table serves every path in: the direct callback (the seed's names such as
+``grad_norm_actor``), the Hugging Face/TRL callback (``reward``, ``kl``, ``completions/...``) and
+verl's ``file`` logger (``actor/pg_loss``, ``critic/score/mean``). A name that feeds no canonical
+field is kept under ``custom``: nothing a trainer logs is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from posttrain.events.messages import CORE_FIELDS, MetricPoint
+
+# canonical field -> the names that feed it, in priority order: the first one present wins and
+# the others stay under ``custom`` (so verl's post-KL reward is kept next to the raw score).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "loss": ("loss", "train/loss", "actor/pg_loss"),
+    "policy_loss": ("policy_loss", "loss/policy_avg", "actor/pg_loss"),
+    "value_loss": ("value_loss", "loss/value_avg", "critic/vf_loss"),
+    "learning_rate": ("learning_rate", "lr", "actor/lr", "train/lr"),
+    "grad_norm": ("grad_norm", "grad_norm_actor", "actor/grad_norm"),
+    "reward_mean": (
+        "reward_mean",
+        "reward",
+        "objective/scores",
+        "critic/score/mean",
+        "critic/rewards/mean",
+        # DPO has no sampled reward; the implicit reward margin is what rises as it learns.
+        "rewards/margins",
+    ),
+    "reward_std": ("reward_std",),
+    "kl_divergence": ("kl_divergence", "kl", "objective/kl", "actor/ppo_kl", "actor/kl_loss"),
+    "entropy": ("entropy", "objective/entropy", "policy/entropy_avg", "actor/entropy"),
+    "response_length_mean": (
+        "response_length_mean",
+        "completions/mean_length",
+        "response_length/mean",
+    ),
+    "clip_frac": (
+        "clip_frac",
+        "clip_ratio/region_mean",
+        "policy/clipfrac_avg",
+        "actor/pg_clipfrac",
+    ),
+    "throughput_samples_per_sec": ("throughput_samples_per_sec",),
+    "tokens_per_second": ("tokens_per_second", "perf/throughput"),
+    "gpu_memory_allocated_gb": (
+        "gpu_memory_allocated_gb",
+        "gpu_memory_allocated_gib",
+        "perf/max_memory_allocated_gb",
+    ),
+    "gpu_utilization_percent": ("gpu_utilization_percent",),
+    "eval_loss": ("eval_loss", "eval/loss"),
+    "eval_accuracy": ("eval_accuracy", "eval/accuracy"),
+}
+
+assert set(ALIASES) == set(CORE_FIELDS), "every canonical field needs an alias entry"
+
+# Names that are not metrics but the point's coordinates (and, in files, its job).
+COORDINATES = frozenset({"step", "epoch", "timestamp"})
+_RECORD_KEYS = frozenset({"job_id"})
+
+# How non-finite floats travel in JSON (pydantic's "strings" mode, which the platform uses).
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def as_number(value: Any) -> float | None:
+    """A float for a numeric value (tensor and numpy scalars too, through ``item()``), else None.
+
+    NaN and infinities are returned as they are: hiding a NaN loss would hide the anomaly."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return _NON_FINITE.get(value)
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            unwrapped = item()
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        if isinstance(unwrapped, int | float) and not isinstance(unwrapped, bool):
+            return float(unwrapped)
+    return None
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-friendly form of a custom value: numbers unwrapped, containers kept, the rest text."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    number = as_number(value)
+    if number is not None:
+        return number
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def canonical_fields(
+    fields: Mapping[str, Any], skip: frozenset[str] = COORDINATES
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Split logged names into (canonical values, custom values).
+
+    A name is consumed only when its value became a canonical field; a losing alias or a
+    non-numeric value under a canonical name is kept under ``custom``."""
+    canonical: dict[str, float] = {}
+    used: set[str] = set()
+    for field, names in ALIASES.items():
+        for name in names:
+            if name not in fields:
+                continue
+            number = as_number(fields[name])
+            if number is None:
+                continue
+            canonical[field] = number
+            used.add(name)
+            break
+    custom: dict[str, Any] = {}
+    nested = fields.get("custom")
+    if isinstance(nested, Mapping):
+        custom.update({str(k): jsonable(v) for k, v in nested.items()})
+    for name, value in fields.items():
+        if name in used or name in skip or name == "custom":
+            continue
+        custom[name] = jsonable(value)
+    return canonical, custom
+
+
+def to_point(
+    step: int,
+    epoch: float | None,
+    timestamp: float,
+    fields: Mapping[str, Any],
+    skip: frozenset[str] = COORDINATES,
+) -> MetricPoint:
+    """One ``MetricPoint`` from a step's logged names."""
+    canonical, custom = canonical_fields(fields, skip)
+    return MetricPoint(step=step, epoch=epoch, timestamp=timestamp, custom=custom, **canonical)
+
+
+def point_from_record(record: Mapping[str, Any], default_timestamp: float) -> MetricPoint | None:
+    """A point from one JSONL record of either format the platform reads, or None if the record
+    has no usable step.
+
+    - the project's format: ``{"step": n, "epoch": e, "timestamp": t, <names>..., "custom": {}}``
+      (canonical names or any trainer's names, mapped by ``ALIASES``);
+    - verl's ``file`` logger: ``{"step": n, "data": {<verl names>}}``.
+    """
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
+        return None
+    data = record.get("data")
+    fields: Mapping[str, Any]
+    if isinstance(data, Mapping) and not any(k in record for k in ALIASES):
+        fields = data  # verl: everything but the step sits under "data"
+        epoch_value: Any = data.get("epoch", record.get("epoch"))
+    else:
+        fields = record
+        epoch_value = record.get("epoch")
+    epoch = as_number(epoch_value)
+    timestamp = as_number(record.get("timestamp"))
+    return to_point(
+        int(step),
+        epoch,
+        timestamp if timestamp is not None else default_timestamp,
+        fields,
+        COORDINATES | _RECORD_KEYS,
+    )

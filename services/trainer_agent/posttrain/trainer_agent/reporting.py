@@ -1,0 +1,519 @@
+"""Metrics from a training loop to ``posttrain.metrics`` without ever blocking the step.
+
+``create_training_callback(job_uuid)`` (SEED.md section 2, mode A) returns a callable::
+
+    report = create_training_callback("job-42")
+    for step in ...:
+        report(step=step, epoch=epoch, policy_loss=..., grad_norm_actor=..., my_metric=...)
+    report.close()
+
+The call only stamps the time, takes a sequence number and puts the raw values on a bounded
+queue (a few microseconds). A background thread maps the names onto ``MetricPoint``'s canonical
+fields (``core.fields``), batches the points into ``MetricsReported`` messages and sends them with
+the idempotent producer. When Kafka cannot be reached, or the queue is full, points go to a local
+spill file (``spill``) and are sent once the broker answers again, by this reporter or, if the
+process is gone, by the next reporter of the same job. Every point is identified by
+``(job_id, source, seq)`` for ever, so a re-sent point is deduplicated by ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posttrain.events import Envelope
+from posttrain.events.kafka import EventProducer, KafkaSettings
+from posttrain.events.messages import MetricPoint, MetricsReported
+from posttrain.events.topics import Topic
+from posttrain.trainer_agent.core.batching import Routing, contiguous_batches
+from posttrain.trainer_agent.core.fields import to_point
+from posttrain.trainer_agent.spill import (
+    OrphanFiles,
+    SpilledPoint,
+    SpillFile,
+    adopt_orphans,
+    default_spill_dir,
+    read_points,
+)
+
+log = logging.getLogger(__name__)
+
+# Environment the agent sets for a stage's process, so that a user's script calling
+# ``create_training_callback(job_id)`` routes its points to the right pipeline stage.
+ENV_JOB_ID = "POSTTRAIN_JOB_ID"
+ENV_PIPELINE_ID = "POSTTRAIN_PIPELINE_ID"
+ENV_STAGE = "POSTTRAIN_STAGE"
+ENV_ATTEMPT = "POSTTRAIN_ATTEMPT"
+
+
+@dataclass(frozen=True, slots=True)
+class ReporterOptions:
+    """Tuning of the background delivery; the defaults suit a training loop of any speed."""
+
+    queue_size: int = 20_000
+    # Points per MetricsReported message: keeps a message far below the 512 KiB batch limit
+    # even with a few hundred custom fields per point.
+    max_points_per_message: int = 256
+    # How long the sender waits to fill a batch; also the worst-case latency of a point.
+    linger_s: float = 0.2
+    send_timeout_s: float = 10.0
+    retry_min_s: float = 0.5
+    retry_max_s: float = 10.0
+
+
+def new_source() -> str:
+    """A reporter's source name: unique per process and reporter, readable by a human."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# One item of the queue: (source, seq, payload); the payload is a ready point (tailer) or the raw
+# (step, epoch, timestamp, fields) that the sender thread maps, keeping the mapping off the step.
+_Raw = tuple[int, float | None, float, dict[str, Any]]
+_Item = tuple[str, int, "MetricPoint | _Raw"]
+
+
+class MetricsReporter:
+    """Delivers points of one job to ``posttrain.metrics`` from a background thread.
+
+    ``submit`` never blocks. ``flush(timeout)`` waits until every point submitted so far is on
+    the broker; ``wait_durable(timeout)`` only until each is on the broker or in the spill file.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        pipeline_id: str | None = None,
+        stage: str | None = None,
+        attempt: int | None = None,
+        settings: KafkaSettings | None = None,
+        spill_dir: str | Path | None = None,
+        source: str | None = None,
+        options: ReporterOptions | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.source = source or new_source()
+        self.routing = Routing(job_id, pipeline_id, stage, attempt)
+        self.settings = settings or KafkaSettings.from_env(client_id="posttrain-metrics")
+        self.options = options or ReporterOptions()
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else default_spill_dir()
+        self._spill = SpillFile(self.spill_dir, job_id, self.source)
+        self._queue: queue.Queue[_Item] = queue.Queue(self.options.queue_size)
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        # Counters; ``_accepted`` is written by the submitting thread only, the others by the
+        # sender thread only (each under the condition when waiters care).
+        self._accepted_counter = itertools.count(1)
+        self._accepted = 0
+        self._settled = 0  # delivered or spilled, of this reporter's own points
+        self._delivered = 0  # of this reporter's own points, from the queue or its spill file
+        self._spilled = 0
+        self._adopted_delivered = 0
+        self._dropped = 0
+        self._connected = False
+        self._last_error: str | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"posttrain-metrics-{job_id}", daemon=True
+        )
+        self._thread.start()
+        _LIVE.add(self)
+
+    # --- the training thread's side ---------------------------------------------------------
+
+    def submit(self, source: str, seq: int, point: MetricPoint) -> None:
+        """Queue one ready point with its identity (the tailer's path). Never blocks."""
+        self._enqueue((source, seq, point))
+
+    def _enqueue(self, item: _Item) -> None:
+        self._accepted = next(self._accepted_counter)
+        if self._closing.is_set():
+            # Too late for the sender: on disk, for the next reporter of this job to deliver.
+            self._spill_items([item], from_queue=False)
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            # The sender is behind (or the broker is away and the disk slow): the point goes
+            # to the spill file now rather than make the training step wait.
+            self._spill_items([item], from_queue=False)
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every point submitted before this call is on the broker; False if the
+        timeout passed first (the rest stays queued or spilled, and is sent later)."""
+        target = self._accepted
+        self._wake.set()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._delivered >= target, timeout)
+
+    def wait_durable(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every point submitted so far is on the broker or in the spill file."""
+        target = self._accepted
+        self._wake.set()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._settled >= target, timeout)
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Deliver what can be delivered within ``timeout``, stop the sender; returns how many
+        of this reporter's points are left in the spill file for a later reporter."""
+        if not self._closing.is_set():
+            self._closing.set()
+            self._wake.set()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                # The sender is stuck in a send: keep what is still queued on disk.
+                leftovers: list[_Item] = []
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        leftovers.append(self._queue.get_nowait())
+                self._spill_items(leftovers, from_queue=True)
+            self._spill.close()
+            _LIVE.discard(self)
+        return max(0, self._accepted - self._delivered)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "accepted": self._accepted,
+            "delivered": self._delivered,
+            "spilled": self._spilled,
+            "adopted_delivered": self._adopted_delivered,
+            "dropped": self._dropped,
+            "queued": self._queue.qsize(),
+            "connected": self._connected,
+            "last_error": self._last_error,
+            "spill_file": str(self._spill.path),
+        }
+
+    def __enter__(self) -> MetricsReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the sender thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # aiokafka's clients bind to the thread's current loop
+        sender = _Sender(self, loop)
+        try:
+            while True:
+                points: list[SpilledPoint] = []
+                try:
+                    points = [self._as_spilled(item) for item in self._drain()]
+                    self._deliver(sender, points)
+                except Exception:
+                    # The sender must never die: say why, keep the batch on disk, go on.
+                    log.exception("metrics sender failed", extra={"job_id": self.job_id})
+                    self._spill_points(points)
+                    sender.stop()
+                    time.sleep(self.options.retry_min_s)
+                if self._closing.is_set() and self._queue.empty():
+                    with contextlib.suppress(Exception):
+                        if sender.backlog_waiting() and sender.ready():
+                            sender.deliver_backlog()
+                    break
+        finally:
+            sender.stop()
+            loop.close()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _deliver(self, sender: _Sender, points: list[SpilledPoint]) -> None:
+        if not points:
+            if sender.backlog_waiting() and sender.ready():
+                sender.deliver_backlog()
+            return
+        # Spilled points go first, so that new points never overtake a backlog for long.
+        if sender.ready() and sender.deliver_backlog() and sender.send(points):
+            self._settle(len(points), delivered=len(points))
+        else:
+            self._spill_points(points)
+
+    def _drain(self) -> list[_Item]:
+        """The next batch: waits up to ``linger_s`` for a first point (less when woken)."""
+        options = self.options
+        items: list[_Item] = []
+        deadline = time.monotonic() + options.linger_s
+        limit = options.max_points_per_message * 8
+        while len(items) < limit:
+            if self._wake.is_set() or self._closing.is_set():
+                self._wake.clear()
+                with contextlib.suppress(queue.Empty):
+                    while len(items) < limit:
+                        items.append(self._queue.get_nowait())
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                items.append(self._queue.get(timeout=min(remaining, 0.05)))
+            except queue.Empty:
+                continue
+        return items
+
+    def _as_spilled(self, item: _Item) -> SpilledPoint:
+        source, seq, payload = item
+        if isinstance(payload, MetricPoint):
+            point = payload
+        else:
+            step, epoch, timestamp, fields = payload
+            point = to_point(step, epoch, timestamp, fields)
+        routing = self.routing
+        return SpilledPoint(
+            routing.job_id, source, seq, point, routing.pipeline_id, routing.stage, routing.attempt
+        )
+
+    def _spill_items(self, items: Sequence[_Item], *, from_queue: bool) -> None:
+        if items:
+            self._spill_points([self._as_spilled(item) for item in items])
+
+    def _spill_points(self, points: Sequence[SpilledPoint]) -> None:
+        try:
+            written = self._spill.append(points)
+        except OSError as exc:
+            # Nothing is dropped silently: this is loud, counted and visible in stats().
+            self._dropped += len(points)
+            log.error(
+                "metric points lost: spill file not writable",
+                extra={"job_id": self.job_id, "points": len(points), "error": str(exc)},
+            )
+            written = 0
+        self._spilled += written
+        self._settle(len(points), delivered=0)
+
+    def _settle(self, settled: int, *, delivered: int) -> None:
+        with self._cond:
+            self._settled += settled
+            self._delivered += delivered
+            self._cond.notify_all()
+
+
+class _Sender:
+    """The sender thread's connection to Kafka, with reconnection and backlog delivery."""
+
+    def __init__(self, reporter: MetricsReporter, loop: asyncio.AbstractEventLoop) -> None:
+        self.reporter = reporter
+        self.loop = loop
+        self.producer: EventProducer | None = None
+        self.retry_at = 0.0
+        self.retry_s = reporter.options.retry_min_s
+        self._outage_logged = False
+        self._orphans_checked = False
+
+    def ready(self) -> bool:
+        """Connected, or connected now; False while the broker is away (and between retries)."""
+        if self.producer is not None:
+            return True
+        now = time.monotonic()
+        if now < self.retry_at and not self.reporter._closing.is_set():
+            return False
+        options = self.reporter.options
+        created: list[EventProducer] = []
+
+        async def connect() -> None:
+            # aiokafka clients must be built inside the loop that runs them.
+            producer = EventProducer(
+                self.reporter.settings,
+                linger_ms=5,
+                request_timeout_ms=int(options.send_timeout_s * 1000),
+            )
+            created.append(producer)
+            await producer.start()
+
+        try:
+            self._run(connect(), options.send_timeout_s)
+        except Exception as exc:
+            self._failed(exc)
+            if created:
+                self._discard(created[0])
+            return False
+        self.producer = created[0]
+        self.reporter._connected = True
+        self.retry_s = options.retry_min_s
+        if self._outage_logged:
+            log.warning("metrics: Kafka reachable again", extra={"job_id": self.reporter.job_id})
+            self._outage_logged = False
+        return True
+
+    def send(self, points: Sequence[SpilledPoint]) -> bool:
+        producer = self.producer
+        if producer is None:
+            return False
+        envelopes = [
+            Envelope.create(message, key=message.job_id)
+            for message in _messages(points, self.reporter.options.max_points_per_message)
+        ]
+        try:
+            self._run(
+                producer.send_many(Topic.METRICS, envelopes), self.reporter.options.send_timeout_s
+            )
+        except Exception as exc:
+            # A timed-out batch may still land later: ingest dedups it by (job, source, seq).
+            self._failed(exc)
+            self._discard(producer)
+            self.producer = None
+            self.reporter._connected = False
+            return False
+        return True
+
+    def backlog_waiting(self) -> bool:
+        return not self._orphans_checked or self.reporter._spill.has_pending()
+
+    def deliver_backlog(self) -> bool:
+        """Send the spill file (and, once, the files of earlier reporters of the same job);
+        True when nothing is left waiting, so that new points may go straight out."""
+        reporter = self.reporter
+        if not self._orphans_checked:
+            for orphans in adopt_orphans(reporter.spill_dir, reporter.job_id, reporter._spill.stem):
+                if not self._deliver_orphans(orphans):
+                    return False
+            self._orphans_checked = True
+        while reporter._spill.has_pending():
+            points = reporter._spill.take()
+            if points and not self.send(points):
+                return False
+            reporter._spill.acknowledge()
+            own = sum(1 for p in points if p.source == reporter.source)
+            reporter._settle(0, delivered=own)
+        return True
+
+    def _deliver_orphans(self, orphans: OrphanFiles) -> bool:
+        for path in orphans.files:
+            points = read_points(path)
+            if points and not self.send(points):
+                orphans.abandon()
+                return False
+            self.reporter._adopted_delivered += len(points)
+        orphans.release()
+        return True
+
+    def stop(self) -> None:
+        if self.producer is not None:
+            self._discard(self.producer)
+            self.producer = None
+
+    def _run(self, coro: Any, timeout: float) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def _discard(self, producer: EventProducer) -> None:
+        with contextlib.suppress(Exception):
+            self._run(producer.stop(), 5.0)
+
+    def _failed(self, exc: BaseException) -> None:
+        reporter = self.reporter
+        reporter._connected = False
+        reporter._last_error = f"{type(exc).__name__}: {exc}"
+        self.retry_at = time.monotonic() + self.retry_s
+        self.retry_s = min(self.retry_s * 2, reporter.options.retry_max_s)
+        if not self._outage_logged:
+            log.warning(
+                "metrics: Kafka unreachable, spilling points to disk",
+                extra={"job_id": reporter.job_id, "error": reporter._last_error},
+            )
+            self._outage_logged = True
+
+
+def _messages(points: Iterable[SpilledPoint], max_points: int) -> list[MetricsReported]:
+    return [
+        MetricsReported(
+            job_id=routing.job_id,
+            source=source,
+            first_seq=first_seq,
+            points=batch,
+            pipeline_id=routing.pipeline_id,
+            stage=routing.stage,
+            attempt=routing.attempt,
+        )
+        for routing, source, first_seq, batch in contiguous_batches(points, max_points)
+    ]
+
+
+class TrainingCallback(MetricsReporter):
+    """The callable that ``create_training_callback`` returns."""
+
+    def __call__(self, step: int, epoch: float | None = None, **fields: Any) -> None:
+        """Report one step's values under any names (the seed's, TRL's, verl's, your own).
+
+        Known names become canonical fields; the rest is kept under ``custom``. Never blocks
+        the caller; NaN values are kept as NaN."""
+        self._enqueue((self.source, next(self._seq), (step, epoch, time.time(), fields)))
+
+    def __init__(self, job_id: str, **kwargs: Any) -> None:
+        self._seq = itertools.count(0)
+        super().__init__(job_id, **kwargs)
+
+
+def _routing_from_env(job_uuid: str) -> tuple[str | None, str | None, int | None]:
+    if os.environ.get(ENV_JOB_ID) != job_uuid:
+        return None, None, None
+    attempt = os.environ.get(ENV_ATTEMPT)
+    return (
+        os.environ.get(ENV_PIPELINE_ID) or None,
+        os.environ.get(ENV_STAGE) or None,
+        int(attempt) if attempt and attempt.isdigit() else None,
+    )
+
+
+def create_training_callback(
+    job_uuid: str,
+    *,
+    pipeline_id: str | None = None,
+    stage: str | None = None,
+    attempt: int | None = None,
+    settings: KafkaSettings | None = None,
+    spill_dir: str | Path | None = None,
+    options: ReporterOptions | None = None,
+) -> TrainingCallback:
+    """A callable ``callback(step=..., epoch=..., **fields)`` that reports to the platform.
+
+    Under the trainer agent, the pipeline, stage and attempt come from the environment it sets
+    for the stage (``POSTTRAIN_*``) when not given. Kafka's address comes from
+    ``KAFKA_BOOTSTRAP_SERVERS``; the spill directory from ``POSTTRAIN_SPILL_DIR`` (default
+    ``~/.cache/posttrain/spill``). Call ``close()`` at the end (an exit hook does it otherwise).
+    """
+    env_pipeline, env_stage, env_attempt = _routing_from_env(job_uuid)
+    return TrainingCallback(
+        job_uuid,
+        pipeline_id=pipeline_id if pipeline_id is not None else env_pipeline,
+        stage=stage if stage is not None else env_stage,
+        attempt=attempt if attempt is not None else env_attempt,
+        settings=settings,
+        spill_dir=spill_dir,
+        options=options,
+    )
+
+
+# Reporters still open at interpreter exit are closed (flushed, or left spilled) by this hook.
+_LIVE: weakref.WeakSet[MetricsReporter] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_reporters() -> None:
+    for reporter in list(_LIVE):
+        with contextlib.suppress(Exception):
+            reporter.close(timeout=5.0)
+
+
+__all__ = [
+    "MetricsReporter",
+    "ReporterOptions",
+    "TrainingCallback",
+    "create_training_callback",
+    "new_source",
+]

@@ -1,0 +1,161 @@
+"""Follow a JSONL metrics file onto ``posttrain.metrics``: the project's file format
+(``metrics_file``) or verl's ``file`` logger (``VERL_FILE_LOGGER_PATH``).
+
+The tailer resumes from the offset it saved, waits for a line's newline before reading it, and
+notices when the file was truncated or replaced (then it starts again at the top, as a new
+generation). Each line's identity is ``(source, seq)``: the source names the file (host, path,
+inode, generation) and seq is the line's number, so re-reading lines after a crash re-sends the
+same points, which ingest dedups, and never invents new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from posttrain.events.messages import MetricPoint
+from posttrain.trainer_agent.core.lines import complete_lines, parse_line
+from posttrain.trainer_agent.reporting import MetricsReporter
+
+# How many bytes at the head of the file identify it: a file rewritten in place (truncated and
+# refilled past the saved offset between two polls) shows a different head.
+_HEAD_BYTES = 256
+_READ_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class TailState:
+    offset: int = 0
+    line: int = 0
+    generation: int = 0
+    inode: int = 0
+    head: str = ""  # sha1 of the first head_len bytes
+    head_len: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TailedPoint:
+    source: str
+    seq: int
+    point: MetricPoint
+
+
+class MetricsFileTailer:
+    """Reads new complete lines of one file; ``save()`` persists the position."""
+
+    def __init__(self, path: str | Path, state_path: str | Path | None = None) -> None:
+        self.path = Path(path)
+        self.state_path = (
+            Path(state_path) if state_path else self.path.with_name(self.path.name + ".offset")
+        )
+        self.state = self._load_state()
+        self._path_id = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:10]
+        self._host = socket.gethostname()
+        self.skipped_lines = 0
+
+    @property
+    def source(self) -> str:
+        s = self.state
+        return f"file:{self._host}:{self._path_id}:{s.inode}:g{s.generation}"
+
+    def poll(self) -> list[TailedPoint]:
+        """The points of the lines completed since the last poll."""
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            return []
+        with fh:
+            st = os.fstat(fh.fileno())
+            self._check_identity(st.st_ino, st.st_size)
+            state = self.state
+            if st.st_size <= state.offset:
+                return []
+            fh.seek(state.offset)
+            chunk = fh.read(_READ_BYTES)
+        lines, consumed = complete_lines(chunk)
+        if not lines:
+            return []
+        now = time.time()
+        out: list[TailedPoint] = []
+        source = self.source
+        for line in lines:
+            point = parse_line(line, now)
+            if point is None:
+                if line.strip():
+                    self.skipped_lines += 1
+            else:
+                out.append(TailedPoint(source, state.line, point))
+            state.line += 1
+        state.offset += consumed
+        if state.head_len < min(state.offset, _HEAD_BYTES):
+            state.head_len = min(state.offset, _HEAD_BYTES)
+            state.head = self._head_digest(state.head_len)
+        return out
+
+    def save(self) -> None:
+        """Persist the position (atomically: a crash leaves the old or the new one)."""
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self.state)))
+        tmp.replace(self.state_path)
+
+    def _check_identity(self, inode: int, size: int) -> None:
+        state = self.state
+        if state.inode == 0 and state.offset == 0:
+            state.inode = inode
+            return
+        replaced = inode != state.inode
+        truncated = size < state.offset
+        rewritten = (
+            not replaced
+            and not truncated
+            and state.head_len > 0
+            and self._head_digest(state.head_len) != state.head
+        )
+        if replaced or truncated or rewritten:
+            self.state = TailState(generation=state.generation + 1, inode=inode)
+
+    def _head_digest(self, length: int) -> str:
+        with contextlib.suppress(FileNotFoundError), open(self.path, "rb") as fh:
+            return hashlib.sha1(fh.read(length)).hexdigest()
+        return ""
+
+    def _load_state(self) -> TailState:
+        try:
+            doc = json.loads(self.state_path.read_text())
+            return TailState(**{k: doc[k] for k in TailState.__dataclass_fields__ if k in doc})
+        except (FileNotFoundError, ValueError, TypeError):
+            return TailState()
+
+
+def follow(
+    tailer: MetricsFileTailer,
+    reporter: MetricsReporter,
+    stop: threading.Event,
+    *,
+    poll_s: float = 0.5,
+    durable_timeout_s: float = 30.0,
+) -> int:
+    """Tail until ``stop`` is set, then read what is left; returns the number of points sent.
+
+    The position is saved only once the points read are on the broker or in the reporter's
+    spill file: a crash before that re-reads them (same identity) instead of losing them."""
+    sent = 0
+    while True:
+        finishing = stop.is_set()
+        points = tailer.poll()
+        for p in points:
+            reporter.submit(p.source, p.seq, p.point)
+        sent += len(points)
+        if points and reporter.wait_durable(durable_timeout_s):
+            tailer.save()
+        if finishing and not points:
+            return sent
+        if not points:
+            stop.wait(poll_s)
