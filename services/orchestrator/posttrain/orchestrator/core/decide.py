@@ -491,3 +491,25 @@ _HANDLERS: dict[type[Message], Any] = {
     CheckpointSaved: _record_if_current,
     ActionApplied: _record_if_current,
 }
+
+
+def tick_due(state: PipelineState, now: float, silent_agents: frozenset[str]) -> bool:
+    """Whether a tick at ``now`` could decide anything for this pipeline (so the shell ticks
+    only pipelines that wait on time or on agents)."""
+    if state.status != PipelineStatus.RUNNING:
+        return False
+    for stage in state.stages.values():
+        run = stage.current
+        if stage.status in ACTIVE and run is not None:
+            if run.agent_id in silent_agents:
+                return True
+            if stage.spec.timeout_s is not None:
+                started = run.started_at if run.started_at is not None else run.dispatched_at
+                if now - started > stage.spec.timeout_s:
+                    return True
+        elif stage.status == StageStatus.RETRY_WAIT:
+            if stage.not_before is not None and stage.not_before <= now:
+                return True
+        elif stage.status == StageStatus.WAITING:
+            return True
+    return False

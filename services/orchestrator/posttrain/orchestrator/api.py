@@ -1,0 +1,157 @@
+"""The seed's Python API over the event-sourced orchestrator.
+
+``PipelineExecutor(pipeline_uuid).execute(stages)`` validates the DAG here (the same validator
+the orchestrator runs), submits it as a ``SubmitPipeline`` command and returns the id and the
+execution layers; ``.resume()``, ``.cancel()`` and ``.retry_stage()`` send the matching commands.
+``get_pipeline_status(uuid)`` reads the read model in PostgreSQL.
+Each call has an ``a``-prefixed coroutine twin for code already inside an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import asyncpg
+import orjson
+
+from posttrain.events import Envelope, Message
+from posttrain.events.kafka import EventProducer, KafkaSettings
+from posttrain.events.messages import (
+    CancelPipeline,
+    ResumePipeline,
+    RetryStage,
+    StageSpec,
+    SubmitPipeline,
+)
+from posttrain.events.topics import Topic
+from posttrain.orchestrator.core.dag import DagResolver
+
+DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
+
+
+def _database_url(url: str | None) -> str:
+    return url or os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+class PipelineExecutor:
+    def __init__(
+        self,
+        pipeline_uuid: str | None = None,
+        *,
+        settings: KafkaSettings | None = None,
+        submitted_by: str | None = None,
+    ) -> None:
+        self.pipeline_uuid = pipeline_uuid or uuid.uuid4().hex
+        self.settings = settings or KafkaSettings.from_env(client_id="posttrain-sdk")
+        self.submitted_by = submitted_by
+
+    async def _send(self, message: Message) -> None:
+        async with EventProducer(self.settings) as producer:
+            await producer.send(
+                Topic.PIPELINE_COMMANDS, Envelope.create(message, key=self.pipeline_uuid)
+            )
+
+    async def aexecute(
+        self,
+        stages: Iterable[Mapping[str, Any] | StageSpec],
+        *,
+        name: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Validate and submit; raises ``InvalidPipeline`` listing every problem."""
+        resolver = DagResolver(list(stages))
+        layers = resolver.get_execution_layers()
+        await self._send(
+            SubmitPipeline(
+                pipeline_id=self.pipeline_uuid, name=name or self.pipeline_uuid,
+                stages=resolver.stages, submitted_by=self.submitted_by,
+                settings=dict(settings or {}),
+            )
+        )
+        return {"pipeline_uuid": self.pipeline_uuid, "layers": layers}
+
+    def execute(
+        self,
+        stages: Iterable[Mapping[str, Any] | StageSpec],
+        *,
+        name: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return asyncio.run(self.aexecute(stages, name=name, settings=settings))
+
+    async def aresume(self) -> None:
+        await self._send(ResumePipeline(pipeline_id=self.pipeline_uuid,
+                                        requested_by=self.submitted_by))
+
+    def resume(self) -> None:
+        """Run again every failed, cancelled or lost stage (and what waits on them)."""
+        asyncio.run(self.aresume())
+
+    async def acancel(self, reason: str = "") -> None:
+        await self._send(CancelPipeline(pipeline_id=self.pipeline_uuid, reason=reason,
+                                        requested_by=self.submitted_by))
+
+    def cancel(self, reason: str = "") -> None:
+        asyncio.run(self.acancel(reason))
+
+    async def aretry_stage(self, stage: str) -> None:
+        await self._send(RetryStage(pipeline_id=self.pipeline_uuid, stage=stage,
+                                    requested_by=self.submitted_by))
+
+    def retry_stage(self, stage: str) -> None:
+        asyncio.run(self.aretry_stage(stage))
+
+
+async def aget_pipeline_status(
+    pipeline_uuid: str, database_url: str | None = None
+) -> dict[str, Any] | None:
+    """Status and, per stage, name, status, command id, agent, attempts, times; None if the
+    pipeline is unknown (or not projected yet)."""
+    conn = await asyncpg.connect(_database_url(database_url))
+    try:
+        row = await conn.fetchrow("SELECT * FROM pipelines WHERE pipeline_id = $1", pipeline_uuid)
+        if row is None:
+            return None
+        stages = await conn.fetch(
+            "SELECT * FROM pipeline_stages WHERE pipeline_id = $1 ORDER BY position",
+            pipeline_uuid,
+        )
+    finally:
+        await conn.close()
+    return {
+        "pipeline_uuid": row["pipeline_id"],
+        "name": row["name"],
+        "status": row["status"],
+        "submitted_by": row["submitted_by"],
+        "submitted_at": row["submitted_at"],
+        "finished_at": row["finished_at"],
+        "layers": orjson.loads(row["layers"]),
+        "errors": orjson.loads(row["errors"]),
+        "stages": [
+            {
+                "name": s["name"],
+                "task": s["task"],
+                "status": s["status"],
+                "task_id": s["command_id"],
+                "attempt": s["attempt"],
+                "agent_id": s["agent_id"],
+                "job_id": s["job_id"],
+                "started_at": s["started_at"],
+                "finished_at": s["finished_at"],
+                "outputs": orjson.loads(s["outputs"]),
+                "error": s["error"],
+                "waiting_reason": s["waiting_reason"],
+                "cached_from": s["cached_from"],
+                "attempts": orjson.loads(s["attempts"]),
+            }
+            for s in stages
+        ],
+    }
+
+
+def get_pipeline_status(pipeline_uuid: str, database_url: str | None = None) -> dict[str, Any] | None:
+    return asyncio.run(aget_pipeline_status(pipeline_uuid, database_url))

@@ -1,0 +1,268 @@
+"""The orchestrator service: consume commands and reports, decide, and commit the new events,
+the agent commands and the consumed offsets in one Kafka transaction per partition batch.
+
+Partitions are owned through a consumer group. On being assigned partition p, an instance
+first fences any previous owner (a transactional producer ``orchestrator-p<p>``: initialising it
+aborts the predecessor's open transaction) and then replays p of the event log up to its end:
+from then on its state for p is exactly what the log says. Crashing at any point loses nothing
+and repeats nothing visible: an uncommitted decision is aborted with its offsets, and the input
+is decided again on the rebuilt state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from posttrain.events import DecodeError, Envelope, decode, encode
+from posttrain.events.kafka import EventProducer, KafkaSettings
+from posttrain.events.kafka.dlq import dead_letter_headers
+from posttrain.events.messages import TickClock
+from posttrain.events.topics import TOPICS, Topic
+from posttrain.orchestrator.core.decide import (
+    CacheEntry,
+    Context,
+    Decision,
+    cache_entries,
+    decide,
+    tick_due,
+)
+from posttrain.orchestrator.core.state import ACTIVE, PipelineState
+from posttrain.orchestrator.shell.agents import AgentTable
+from posttrain.orchestrator.shell.replay import replay_partitions
+
+log = logging.getLogger(__name__)
+
+GROUP = "orchestrator"
+INPUTS = (Topic.PIPELINE_COMMANDS, Topic.STAGE_REPORTS)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: Orchestrator) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass  # kept until the new assignment says otherwise: see on_partitions_assigned
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.owner._assign({tp.partition for tp in assigned})
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        tick_interval_s: float = 1.0,
+        silence_intervals: float = 3.0,
+        session_timeout_ms: int = 6000,
+    ) -> None:
+        self.settings = settings
+        self.tick_interval_s = tick_interval_s
+        self._group = settings.group(GROUP)
+        self._agents = AgentTable(settings, silence_intervals=silence_intervals)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id}-orchestrator",
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(session_timeout_ms // 3, 100),
+        )
+        self._producers: dict[int, EventProducer] = {}
+        self.states: dict[int, dict[str, PipelineState]] = {}
+        self._inflight: dict[str, tuple[str, int]] = {}  # command id -> (agent, gpus)
+        self._cache: dict[str, CacheEntry] = {}
+        self._last_tick = 0.0
+        self.replayed_events = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._agents.start()
+        await self._consumer.start()
+        self._consumer.subscribe(
+            [self.settings.topic(t) for t in INPUTS], listener=_Rebalance(self)
+        )
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+        for producer in self._producers.values():
+            await producer.stop()
+        await self._agents.stop()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.step(timeout_ms=int(self.tick_interval_s * 500))
+
+    async def step(self, timeout_ms: int = 500) -> None:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
+        by_partition: dict[int, list[Any]] = {}
+        for tp, records in batches.items():
+            by_partition.setdefault(tp.partition, []).extend(records)
+        for p, records in by_partition.items():
+            if p in self._producers:
+                await self._process(p, records)
+        now = time.time()
+        if now - self._last_tick >= self.tick_interval_s:
+            self._last_tick = now
+            await self._tick(now)
+
+    # --- ownership ----------------------------------------------------------------------------
+
+    async def _assign(self, partitions: set[int]) -> None:
+        for p in set(self._producers) - partitions:
+            await self._producers.pop(p).stop()
+            self._drop(p)
+        new = sorted(partitions - set(self._producers))
+        for p in new:
+            producer = EventProducer(self.settings, transactional_id=f"orchestrator-p{p}",
+                                     linger_ms=0)
+            await producer.start()
+            # Fence the previous owner: initialising our transactional id aborts its open
+            # transaction before we read the log's end.
+            await producer.client.begin_transaction()
+            await producer.client.abort_transaction()
+            self._producers[p] = producer
+        await self._rebuild(new)
+        log.info("orchestrator owns partitions %s", sorted(self._producers))
+
+    def _drop(self, p: int) -> None:
+        for state in self.states.pop(p, {}).values():
+            for stage in state.stages.values():
+                if stage.current is not None:
+                    self._inflight.pop(stage.current.command_id, None)
+
+    async def _rebuild(self, partitions: Sequence[int]) -> None:
+        for p in partitions:
+            self._drop(p)
+        states, count = await replay_partitions(self.settings, partitions)
+        self.replayed_events += count
+        for p, by_pipeline in states.items():
+            self.states[p] = by_pipeline
+            for state in by_pipeline.values():
+                self._index(state)
+
+    def _index(self, state: PipelineState) -> None:
+        """Keep the reservations and the cache in step with a pipeline's state."""
+        for stage in state.stages.values():
+            current = stage.current
+            for run in stage.attempts.values():
+                if run is current and stage.status in ACTIVE:
+                    self._inflight[run.command_id] = (run.agent_id, stage.spec.resources.gpus)
+                else:
+                    self._inflight.pop(run.command_id, None)
+        for entry in cache_entries(state):
+            self._cache[entry.key] = entry.entry
+
+    def _context(self, now: float) -> Context:
+        reserved: dict[str, int] = {}
+        for command, (agent, gpus) in self._inflight.items():
+            if command not in self._agents.running(agent):
+                reserved[agent] = reserved.get(agent, 0) + gpus
+        return Context(agents=self._agents.views(now, reserved), cache=self._cache)
+
+    # --- deciding -----------------------------------------------------------------------------
+
+    async def _process(self, p: int, records: list[Any]) -> None:
+        producer = self._producers[p]
+        states = self.states.setdefault(p, {})
+        try:
+            async with producer.client.transaction():
+                offsets: dict[TopicPartition, int] = {}
+                for record in records:
+                    offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+                    try:
+                        envelope = decode(record.value, record.headers)
+                        pid = envelope.data.pipeline_id
+                    except (DecodeError, AttributeError) as exc:
+                        reason = exc.reason if isinstance(exc, DecodeError) else "invalid"
+                        await producer.client.send(
+                            self.settings.topic(Topic.DLQ), key=record.key, value=record.value,
+                            headers=dead_letter_headers(record, reason, str(exc), "orchestrator"),
+                        )
+                        continue
+                    state = states.get(pid) or PipelineState(pid)
+                    decision = decide(state, envelope, self._context(time.time()))
+                    if decision:
+                        states[pid] = state
+                        # Reservations follow each decision at once: the next one in this
+                        # batch places stages with them (an abort rebuilds them from the log).
+                        self._index(state)
+                        await self._emit(producer, p, decision)
+                await producer.client.send_offsets_to_transaction(offsets, self._group)
+        except Exception:
+            log.exception("transaction on partition %s failed: rebuilding it from the log", p)
+            await self._recover(p)
+
+    async def _tick(self, now: float) -> None:
+        silent = frozenset(self._agents.silent(now))
+        for p, states in list(self.states.items()):
+            producer = self._producers.get(p)
+            due = [s for s in states.values() if tick_due(s, now, silent)]
+            if producer is None or not due:
+                continue
+            try:
+                decisions: list[tuple[PipelineState, Decision]] = []
+                for state in due:
+                    tick = Envelope(
+                        id=f"tick:{state.pipeline_id}:{now:.6f}",
+                        occurred_at=datetime.fromtimestamp(now, UTC),
+                        key=state.pipeline_id,
+                        data=TickClock(pipeline_id=state.pipeline_id, now=now,
+                                       silent_agents=sorted(silent)),
+                    )
+                    decision = decide(state, tick, self._context(now))
+                    if decision:
+                        decisions.append((state, decision))
+                        self._index(state)
+                if not decisions:
+                    continue
+                async with producer.client.transaction():
+                    for _, decision in decisions:
+                        await self._emit(producer, p, decision)
+            except Exception:
+                log.exception("tick on partition %s failed: rebuilding it from the log", p)
+                await self._recover(p)
+
+    async def _emit(self, producer: EventProducer, p: int, decision: Decision) -> None:
+        client = producer.client
+        events_topic = self.settings.topic(Topic.PIPELINE_EVENTS)
+        for envelope in decision.events:
+            key, value, headers = encode(envelope)
+            # Co-partitioned: the pipeline's events go to the partition its commands came from.
+            await client.send(events_topic, key=key, value=value, headers=headers, partition=p)
+        for topic, envelope in decision.commands:
+            key, value, headers = encode(envelope)
+            await client.send(self.settings.topic(topic), key=key, value=value, headers=headers)
+
+    async def _recover(self, p: int) -> None:
+        """After an aborted transaction: the in-memory state ran ahead of the log; rebuild it
+        and read the input again from the committed offsets."""
+        producer = self._producers.get(p)
+        if producer is not None:
+            await producer.stop()
+            producer = EventProducer(self.settings, transactional_id=f"orchestrator-p{p}",
+                                     linger_ms=0)
+            await producer.start()
+            self._producers[p] = producer
+        await self._rebuild([p])
+        for topic in INPUTS:
+            tp = TopicPartition(self.settings.topic(topic), p)
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+
+
+def expected_partitions() -> int:
+    return TOPICS[Topic.PIPELINE_EVENTS].partitions
