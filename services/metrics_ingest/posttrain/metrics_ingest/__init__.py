@@ -1,1 +1,37 @@
-"""posttrain metrics_ingest: metrics from Kafka into PostgreSQL, exactly once, and queries."""
+"""posttrain metrics_ingest: metrics from Kafka into PostgreSQL, exactly once, and queries.
+
+The query and sync API (what the gateway and the SDK import)::
+
+    from posttrain.metrics_ingest import get_latest_metrics, get_metrics_range,
+        get_downsampled_metrics, sync_metrics_from_file, flush_metrics
+
+The service itself: ``python -m posttrain.metrics_ingest`` (``posttrain-ingest``).
+"""
+
+from posttrain.metrics_ingest.filesync import SyncResult, sync_metrics_from_file
+from posttrain.metrics_ingest.queries import (
+    DownsampledSeries,
+    MetricSeries,
+    StoredMetric,
+    UnknownField,
+    close_default_pool,
+    get_downsampled_metrics,
+    get_latest_metrics,
+    get_metrics_range,
+)
+from posttrain.metrics_ingest.service import IngestService, flush_metrics
+
+__all__ = [
+    "DownsampledSeries",
+    "IngestService",
+    "MetricSeries",
+    "StoredMetric",
+    "SyncResult",
+    "UnknownField",
+    "close_default_pool",
+    "flush_metrics",
+    "get_downsampled_metrics",
+    "get_latest_metrics",
+    "get_metrics_range",
+    "sync_metrics_from_file",
+]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,18 +54,18 @@ class FileLine:
     error: str | None = None
 
 
-def read_lines(data: bytes, job_id: str, default_timestamp: float) -> Iterator[FileLine]:
-    """Every non-blank line of ``data`` (a whole file) with its point or its error."""
-    lines = data.split(b"\n")
-    last = len(lines) - 1
+def read_lines(lines: Iterable[bytes], job_id: str, default_timestamp: float) -> Iterator[FileLine]:
+    """Every non-blank line (as a file iterates them, newline included) with its point or its
+    error, numbered from 0."""
     for number, line in enumerate(lines):
         if not line.strip():
             continue
+        finished = line.endswith(b"\n")
         try:
             point = parse_line(line, job_id, default_timestamp)
         except LineError as exc:
-            if number == last:
-                return  # an unfinished last line: read it on the next sync
+            if not finished:
+                return  # the last line, still being written: read it on the next sync
             yield FileLine(number, None, str(exc))
             continue
         yield FileLine(number, point)

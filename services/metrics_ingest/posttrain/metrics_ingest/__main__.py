@@ -1,0 +1,68 @@
+"""``python -m posttrain.metrics_ingest`` (also the ``posttrain-ingest`` command): run the
+service until SIGTERM or SIGINT, then write and commit what was read, and exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from posttrain.events.kafka import KafkaSettings
+from posttrain.metrics_ingest.endpoints import HttpEndpoints
+from posttrain.metrics_ingest.logs import configure_json_logging
+from posttrain.metrics_ingest.service import ConsumerOptions, IngestService
+from posttrain.metrics_ingest.settings import IngestConfig, load_config
+
+log = logging.getLogger("posttrain.metrics_ingest")
+
+
+async def serve(config: IngestConfig) -> None:
+    service = IngestService(
+        KafkaSettings.from_env(client_id="posttrain-ingest"),
+        config.database_url,
+        policy=config.policy,
+        consumer=ConsumerOptions(
+            group_instance_id=config.instance_id,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(500, config.session_timeout_ms // 5),
+        ),
+        migrate=config.migrate,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    endpoints = None
+    if config.http_host is not None:
+        endpoints = HttpEndpoints(service, config.http_host, config.http_port)
+    policy = config.policy
+    try:
+        if endpoints is not None:
+            port = await endpoints.start()
+            log.info("http endpoints listening", extra={"host": config.http_host, "port": port})
+        log.info(
+            "ingest starting",
+            extra={
+                "batch_rows": policy.max_rows,
+                "batch_age_s": policy.max_age_s,
+                "max_pending_rows": policy.max_pending_rows,
+            },
+        )
+        await service.run(stop)
+    finally:
+        if endpoints is not None:
+            await endpoints.stop()
+        log.info("ingest stopped", extra={"rows_inserted": service.stats.rows_inserted})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    configure_json_logging(config.log_level)
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

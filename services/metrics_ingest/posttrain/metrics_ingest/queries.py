@@ -1,0 +1,365 @@
+"""Reading metrics back: the Python API the gateway and the SDK use.
+
+- ``get_latest_metrics(job_uuid, limit=10)``: the most recently emitted points, newest first.
+- ``get_metrics_range(job_uuid, fields, ...)``: chosen fields over a step range and/or a time
+  range, in order.
+- ``get_downsampled_metrics(job_uuid, field, ...)``: one field over millions of points, reduced
+  for a chart: per-bucket min/max/mean (computed by PostgreSQL) or LTTB.
+
+Every query names one job, so it reads one partition of ``metrics`` through an index:
+``(job_no, step, ...)`` for steps, ``(job_no, ts)`` for times. Fields are canonical names
+(``loss``, ``grad_norm``...), ``epoch``, or ``custom.<key>`` for a value kept under custom.
+
+Each function takes ``db`` (an asyncpg pool or connection); without it, a pool on
+``DATABASE_URL`` is opened on first use (``close_default_pool()`` closes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+
+from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint
+from posttrain.metrics_ingest.core.downsample import Bucket, BucketGrid, bucket_sql, lttb
+from posttrain.metrics_ingest.settings import database_url
+
+# An asyncpg Pool or Connection (asyncpg ships no type hints).
+Db = Any
+Axis = Literal["step", "time"]
+Method = Literal["minmax", "lttb"]
+
+CUSTOM_PREFIX = "custom."
+_COLUMNS = frozenset({"epoch", *CORE_FIELDS})
+_NON_FINITE_SQL = "('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)"
+
+
+class UnknownField(ValueError):
+    """A field name that is neither a column nor ``custom.<key>``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMetric:
+    """A stored point with its permanent identity."""
+
+    job_id: str
+    source: str
+    seq: int
+    point: MetricPoint
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSeries:
+    """Chosen fields of a job's points, one list per field, aligned with ``steps``."""
+
+    job_id: str
+    fields: tuple[str, ...]
+    steps: list[int] = dataclasses.field(default_factory=list)
+    timestamps: list[float] = dataclasses.field(default_factory=list)
+    values: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class DownsampledSeries:
+    """One field reduced for a chart. ``method`` minmax fills ``buckets`` (buckets without a
+    value are left out); lttb fills ``points`` as (x, y) pairs. ``x`` is the step, or the Unix
+    time in seconds when ``axis`` is time. ``source_points`` is how many values were reduced."""
+
+    job_id: str
+    field: str
+    method: Method
+    axis: Axis
+    source_points: int
+    buckets: list[Bucket] = dataclasses.field(default_factory=list)
+    points: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+
+
+class Params:
+    """Positional query parameters: ``add`` returns the placeholder of the value it adds."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values: list[Any] = list(values)
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def value_sql(name: str, params: Params) -> str:
+    """The SQL expression of a field of ``metrics m``, or ``UnknownField``. Column names come
+    from a fixed set; a custom key travels as a parameter, never inside the SQL text."""
+    if name in _COLUMNS:
+        return f"m.{name}"
+    if name.startswith(CUSTOM_PREFIX) and len(name) > len(CUSTOM_PREFIX):
+        return f"(m.custom -> {params.add(name[len(CUSTOM_PREFIX) :])}::text)"
+    raise UnknownField(
+        f"unknown metric field {name!r}: use one of {', '.join(sorted(_COLUMNS))} "
+        f"or {CUSTOM_PREFIX}<key>"
+    )
+
+
+def numeric_sql(name: str, params: Params) -> str:
+    """Like ``value_sql`` but always float8: a custom value that is not a number (or one of the
+    strings "NaN"/"Infinity"/"-Infinity") is NULL."""
+    if name in _COLUMNS:
+        return value_sql(name, params)
+    expr = value_sql(name, params)
+    text = f"({expr} #>> '{{}}')"
+    return (
+        f"(CASE WHEN jsonb_typeof({expr}) = 'number' "
+        f"OR {text} IN ('NaN', 'Infinity', '-Infinity') THEN {text}::float8 END)"
+    )
+
+
+_JOBS: dict[str, int] = {}
+
+
+async def _job_no(db: Db, job_id: str) -> int | None:
+    # Job numbers never change once given: remember them (only those that exist).
+    known = _JOBS.get(job_id)
+    if known is None:
+        known = await db.fetchval("SELECT job_no FROM metric_jobs WHERE job_id = $1", job_id)
+        if known is not None:
+            _JOBS[job_id] = known
+    return known
+
+
+def _epoch(value: float | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromtimestamp(value, UTC)
+
+
+async def get_latest_metrics(
+    job_uuid: str, limit: int = 10, *, db: Db | None = None
+) -> list[StoredMetric]:
+    """The ``limit`` most recently emitted points of a job (by timestamp), newest first."""
+    db = db or await default_pool()
+    job_no = await _job_no(db, job_uuid)
+    if job_no is None or limit <= 0:
+        return []
+    columns = ", ".join(f"m.{f}" for f in CORE_FIELDS)
+    rows = await db.fetch(
+        f"""
+        SELECT s.source, m.seq, m.step, m.epoch, m.ts, {columns}, m.custom
+        FROM metrics m JOIN metric_sources s ON s.source_no = m.source_no
+        WHERE m.job_no = $1
+        ORDER BY m.ts DESC, m.step DESC, m.seq DESC
+        LIMIT $2
+        """,
+        job_no,
+        limit,
+    )
+    out = []
+    for row in rows:
+        values = {f: row[f] for f in CORE_FIELDS if row[f] is not None}
+        point = MetricPoint(
+            step=row["step"],
+            epoch=row["epoch"],
+            timestamp=row["ts"].timestamp(),
+            custom=orjson.loads(row["custom"]) if row["custom"] is not None else {},
+            **values,
+        )
+        out.append(StoredMetric(job_uuid, row["source"], row["seq"], point))
+    return out
+
+
+async def get_metrics_range(
+    job_uuid: str,
+    fields: Sequence[str],
+    *,
+    step_from: int | None = None,
+    step_to: int | None = None,
+    time_from: float | datetime | None = None,
+    time_to: float | datetime | None = None,
+    order_by: Axis = "step",
+    limit: int | None = None,
+    db: Db | None = None,
+) -> MetricSeries:
+    """The chosen fields of a job's points with step in [step_from, step_to] and time in
+    [time_from, time_to] (each bound optional; times as Unix seconds or datetimes), ordered by
+    step or time. Custom values come back as their JSON values; NaN stays NaN."""
+    chosen = tuple(fields)
+    params = Params(None)  # $1: the job number, known below
+    exprs = [value_sql(name, params) for name in chosen]
+    series = MetricSeries(job_uuid, chosen, values={name: [] for name in chosen})
+    db = db or await default_pool()
+    job_no = await _job_no(db, job_uuid)
+    if job_no is None:
+        return series
+    params.values[0] = job_no
+    where = ["m.job_no = $1"]
+    if step_from is not None:
+        where.append(f"m.step >= {params.add(step_from)}")
+    if step_to is not None:
+        where.append(f"m.step <= {params.add(step_to)}")
+    if time_from is not None:
+        where.append(f"m.ts >= {params.add(_epoch(time_from))}")
+    if time_to is not None:
+        where.append(f"m.ts <= {params.add(_epoch(time_to))}")
+    order = "m.step, m.ts" if order_by == "step" else "m.ts, m.step"
+    sql = (
+        f"SELECT m.step, m.ts{''.join(', ' + e for e in exprs)} FROM metrics m "
+        f"WHERE {' AND '.join(where)} ORDER BY {order}, m.source_no, m.seq"
+    )
+    if limit is not None:
+        sql += f" LIMIT {params.add(limit)}"
+    rows = await db.fetch(sql, *params.values)
+    custom = [name.startswith(CUSTOM_PREFIX) for name in chosen]
+    for row in rows:
+        series.steps.append(row[0])
+        series.timestamps.append(row[1].timestamp())
+        for i, name in enumerate(chosen):
+            value = row[2 + i]
+            if custom[i] and value is not None:
+                value = orjson.loads(value)
+            series.values[name].append(value)
+    return series
+
+
+async def get_downsampled_metrics(
+    job_uuid: str,
+    field: str,
+    *,
+    buckets: int = 500,
+    method: Method = "minmax",
+    axis: Axis = "step",
+    start: float | None = None,
+    end: float | None = None,
+    db: Db | None = None,
+) -> DownsampledSeries:
+    """One field of a job reduced to about ``buckets`` entries for a chart.
+
+    The x range is [start, end] (steps, or Unix seconds for the time axis), by default the
+    job's whole range. ``minmax``: the range is cut into ``buckets`` equal slices
+    (``core.downsample.BucketGrid``) and each gets the count, min, max and mean of its finite
+    values and the count of its non-finite ones, all computed in PostgreSQL. ``lttb``: the
+    finite values are read in x order and LTTB keeps ``buckets`` of them."""
+    if method not in ("minmax", "lttb"):
+        raise ValueError(f"method must be 'minmax' or 'lttb', got {method!r}")
+    params = Params(None)  # $1: the job number, known below
+    value = numeric_sql(field, params)
+    result = DownsampledSeries(job_uuid, field, method, axis, 0)
+    db = db or await default_pool()
+    job_no = await _job_no(db, job_uuid)
+    if job_no is None:
+        return result
+    params.values[0] = job_no
+    if start is None or end is None:
+        lo, hi = await _x_range(db, job_no, axis)
+        if lo is None or hi is None:
+            return result
+        start = lo if start is None else start
+        end = hi if end is None else end
+    if axis == "step":
+        first, last = math.ceil(start), math.floor(end)
+        if first > last:
+            return result
+        grid = BucketGrid.for_steps(first, last, buckets)
+        x = "m.step"
+        in_range = f"m.step BETWEEN {params.add(first)} AND {params.add(last)}"
+    else:
+        if start > end:
+            return result
+        grid = BucketGrid.for_times(float(start), float(end), buckets)
+        x = "date_part('epoch', m.ts)"
+        in_range = f"m.ts BETWEEN {params.add(_epoch(start))} AND {params.add(_epoch(end))}"
+    source = f"FROM metrics m WHERE m.job_no = $1 AND {in_range}"
+    if method == "minmax":
+        bucket = bucket_sql(x, params.add(grid.lo), params.add(grid.span), params.add(grid.buckets))
+        finite = f"v NOT IN {_NON_FINITE_SQL}"
+        rows = await db.fetch(
+            f"""
+            SELECT b, count(*) AS n,
+                   min(v) FILTER (WHERE {finite}) AS lo,
+                   max(v) FILTER (WHERE {finite}) AS hi,
+                   avg(v) FILTER (WHERE {finite}) AS mean,
+                   count(*) FILTER (WHERE NOT {finite}) AS bad
+            FROM (SELECT {bucket} AS b, {value} AS v {source}) q
+            WHERE v IS NOT NULL
+            GROUP BY b ORDER BY b
+            """,
+            *params.values,
+        )
+        for row in rows:
+            i = row["b"]
+            result.buckets.append(
+                Bucket(
+                    i,
+                    grid.start(i),
+                    grid.end(i),
+                    row["n"],
+                    row["lo"],
+                    row["hi"],
+                    row["mean"],
+                    row["bad"],
+                )
+            )
+        return dataclasses.replace(result, source_points=sum(b.count for b in result.buckets))
+    rows = await db.fetch(
+        f"""
+        SELECT x, v FROM (SELECT {x}::float8 AS x, {value} AS v,
+                                 m.step, m.ts, m.source_no, m.seq {source}) q
+        WHERE v IS NOT NULL AND v NOT IN {_NON_FINITE_SQL}
+        ORDER BY x, step, ts, source_no, seq
+        """,
+        *params.values,
+    )
+    xs = [r[0] for r in rows]
+    ys = [r[1] for r in rows]
+    result.points.extend((xs[i], ys[i]) for i in lttb(xs, ys, buckets))
+    return dataclasses.replace(result, source_points=len(xs))
+
+
+async def _x_range(db: Db, job_no: int, axis: Axis) -> tuple[Any, Any]:
+    # min/max on an index's leading columns: two index probes, whatever the table's size.
+    if axis == "step":
+        row = await db.fetchrow(
+            "SELECT min(step) AS lo, max(step) AS hi FROM metrics WHERE job_no = $1", job_no
+        )
+        return (row["lo"], row["hi"]) if row else (None, None)
+    row = await db.fetchrow(
+        "SELECT min(ts) AS lo, max(ts) AS hi FROM metrics WHERE job_no = $1", job_no
+    )
+    if row is None or row["lo"] is None:
+        return None, None
+    return row["lo"].timestamp(), row["hi"].timestamp()
+
+
+# --- the default pool ---------------------------------------------------------------------
+
+_POOLS: dict[tuple[str, int], asyncpg.Pool] = {}
+_POOL_LOCK: dict[int, asyncio.Lock] = {}
+
+
+async def default_pool() -> asyncpg.Pool:
+    """A pool on ``DATABASE_URL`` for the running event loop, opened on first use."""
+    loop = asyncio.get_running_loop()
+    key = (database_url(), id(loop))
+    pool = _POOLS.get(key)
+    if pool is not None:
+        return pool
+    lock = _POOL_LOCK.setdefault(id(loop), asyncio.Lock())
+    async with lock:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = await asyncpg.create_pool(key[0], min_size=1, max_size=4)
+            _POOLS[key] = pool
+    return pool
+
+
+async def close_default_pool() -> None:
+    """Close the default pool of the running event loop."""
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _POOLS if k[1] == loop_id]:
+        await _POOLS.pop(key).close()
