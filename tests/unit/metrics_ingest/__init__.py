@@ -1,0 +1,1 @@
+"""Unit tests of metrics_ingest: the pure core and the pieces without I/O."""
