@@ -1,0 +1,861 @@
+"""The rules. Each rule folds one job's points, in order, into a small state and appends the
+anomalies that a point raises; each serializes its state to a JSON-able dict.
+
+A rule raises once per episode: a condition that holds for many steps in a row (a NaN loss that
+stays NaN, a KL that stays high) is one anomaly, raised at the step where it began; the rule
+re-arms when the condition clears. Every value a rule reads may be missing (trainers report
+different fields) or non-finite (the NaN rule reports those; the others skip them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Protocol
+
+from posttrain.diagnostics.core.anomaly import Anomaly, AnomalyType, fmt, make
+from posttrain.diagnostics.core.config import (
+    DetectorConfig,
+    EntropyConfig,
+    GradConfig,
+    KlConfig,
+    LengthConfig,
+    LossSpikeConfig,
+    MemoryConfig,
+    NewBestRewardConfig,
+    NonFiniteConfig,
+    PlateauConfig,
+    RewardConfig,
+)
+from posttrain.diagnostics.core.windows import (
+    EmaStats,
+    JsonDict,
+    RollingMedian,
+    RollingWindow,
+    linear_slope,
+)
+from posttrain.events.messages.metrics import MetricPoint
+
+_POINT_FIELDS = frozenset(MetricPoint.model_fields)
+
+
+def read(point: MetricPoint, name: str) -> float | None:
+    """A numeric field of the point (a canonical field, else a key of ``custom``)."""
+    value: Any = getattr(point, name) if name in _POINT_FIELDS else point.custom.get(name)
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+        return float(value.replace("Infinity", "inf"))
+    return None
+
+
+def read_first(point: MetricPoint, names: tuple[str, ...]) -> float | None:
+    for name in names:
+        value = read(point, name)
+        if value is not None:
+            return value
+    return None
+
+
+def _finite(point: MetricPoint, name: str) -> float | None:
+    value = read(point, name)
+    return value if value is not None and math.isfinite(value) else None
+
+
+class Rule(Protocol):
+    name: str
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None: ...
+
+    def on_rewind(self) -> None:
+        """The job's steps went backwards (a rollback or a resume from a checkpoint)."""
+
+    def to_dict(self) -> JsonDict: ...
+
+
+class NonFiniteRule:
+    name = "non_finite"
+
+    def __init__(self, cfg: NonFiniteConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.core = tuple(f for f in cfg.fields if f in _POINT_FIELDS)
+        self.custom = tuple(f for f in cfg.fields if f not in _POINT_FIELDS)
+        self.active = bool(state.get("active", False))
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        bad: list[tuple[str, float]] = []
+        for name in self.core:
+            value = getattr(point, name)
+            if value is not None and not math.isfinite(value):
+                bad.append((name, value))
+        for name in self.custom:
+            value = read(point, name)
+            if value is not None and not math.isfinite(value):
+                bad.append((name, value))
+        if not bad:
+            self.active = False
+            return
+        if self.active:
+            return
+        self.active = True
+        listed = ", ".join(f"{name}={value}" for name, value in bad)
+        out.append(
+            make(
+                AnomalyType.NON_FINITE,
+                "critical",
+                point.step,
+                bad[0][1],
+                bad[0][0],
+                f"non-finite values at step {point.step}: {listed}",
+                {f"non_finite_{name}": 1.0 for name, _ in bad},
+            )
+        )
+
+    def on_rewind(self) -> None:
+        self.active = False
+
+    def to_dict(self) -> JsonDict:
+        return {"active": self.active}
+
+
+class LossSpikeRule:
+    name = "loss_spike"
+
+    def __init__(self, cfg: LossSpikeConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
+        self.active = bool(state.get("active", False))
+        self.episode = int(state.get("episode", 0))
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        value = _finite(point, cfg.field)
+        if value is None:
+            return
+        w = self.window
+        spiking = False
+        if len(w) >= cfg.min_points:
+            mean = w.mean
+            std = w.std
+            spread = max(std, cfg.min_rel_std * abs(mean), cfg.min_abs_std)
+            limit = mean + cfg.k * spread
+            spiking = value > limit
+            if spiking and not self.active:
+                out.append(
+                    make(
+                        AnomalyType.LOSS_SPIKE,
+                        "warning",
+                        point.step,
+                        value,
+                        cfg.field,
+                        f"{cfg.field} {fmt(value)} at step {point.step} is above mean "
+                        f"{fmt(mean)} + {fmt(cfg.k)} x std {fmt(spread)} = {fmt(limit)} over "
+                        f"the last {len(w)} points",
+                        {"mean": mean, "std": std, "threshold": limit, "points": len(w)},
+                    )
+                )
+        if spiking:
+            self.active = True
+            self.episode += 1
+        else:
+            self.active = False
+            self.episode = 0
+        # A spike stays out of the baseline, unless it lasts: then it is the new level.
+        if not spiking or self.episode > cfg.min_points:
+            w.push(value)
+
+    def on_rewind(self) -> None:
+        self.active = False
+        self.episode = 0
+
+    def to_dict(self) -> JsonDict:
+        return {"window": self.window.to_dict(), "active": self.active, "episode": self.episode}
+
+
+class KlRule:
+    name = "kl"
+
+    def __init__(self, cfg: KlConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.median = RollingMedian.from_dict(state.get("median", {}), cfg.median_window)
+        self.recent: deque[float] = deque(
+            (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
+        )
+        self.active = bool(state.get("active", False))
+        self.saturated_run = int(state.get("saturated_run", 0))
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        value = _finite(point, cfg.field)
+        if value is None:
+            return
+        self.recent.append(value)
+        # The median of the last few: one heavy-tailed step does not move it, a level that has
+        # risen and stayed does.
+        ordered = sorted(self.recent)
+        n = len(ordered)
+        level = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2.0
+        reasons: list[str] = []
+        window: dict[str, float] = {"recent_median": level}
+        if cfg.target is not None:
+            limit = cfg.abs_factor * cfg.target
+            window["abs_threshold"] = limit
+            if level > limit:
+                reasons.append(
+                    f"above {fmt(cfg.abs_factor)} x target {fmt(cfg.target)} = {fmt(limit)}"
+                )
+        m = self.median
+        if len(m) >= cfg.median_min_points:
+            median = m.median
+            window["median"] = median
+            window["points"] = float(len(m))
+            if level > cfg.median_floor and level > cfg.median_factor * max(median, 1e-12):
+                reasons.append(
+                    f"{fmt(level / median) if median > 0 else 'far'} x its rolling median "
+                    f"{fmt(median)} (limit {fmt(cfg.median_factor)} x)"
+                )
+        if reasons and not self.active:
+            out.append(
+                make(
+                    AnomalyType.KL_BLOWUP,
+                    "critical" if len(reasons) > 1 else "warning",
+                    point.step,
+                    value,
+                    cfg.field,
+                    f"{cfg.field} at step {point.step} (median of the last {len(self.recent)}: "
+                    f"{fmt(level)}, now {fmt(value)}) is " + " and ".join(reasons),
+                    window,
+                )
+            )
+        self.active = bool(reasons)
+        m.push(value)
+        if cfg.saturation_value is not None:
+            if abs(value) >= cfg.saturation_value * (1.0 - 1e-6):
+                self.saturated_run += 1
+                if self.saturated_run == cfg.saturation_steps:
+                    out.append(
+                        make(
+                            AnomalyType.KL_SATURATED,
+                            "warning",
+                            point.step,
+                            value,
+                            cfg.field,
+                            f"{cfg.field} has sat at its clamp {fmt(cfg.saturation_value)} for "
+                            f"{self.saturated_run} steps (step {point.step})",
+                            {"clamp": cfg.saturation_value, "steps": float(self.saturated_run)},
+                        )
+                    )
+            else:
+                self.saturated_run = 0
+
+    def on_rewind(self) -> None:
+        self.active = False
+        self.saturated_run = 0
+        self.recent.clear()
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "median": self.median.to_dict(),
+            "recent": list(self.recent),
+            "active": self.active,
+            "saturated_run": self.saturated_run,
+        }
+
+
+def _zscore(w: RollingWindow, value: float, min_abs: float, min_rel: float) -> tuple[float, float]:
+    """(z, the spread used): the spread is floored so that a flat series has a finite z."""
+    mean = w.mean
+    spread = max(w.std, min_abs, min_rel * abs(mean))
+    if spread == 0.0:
+        return 0.0, spread
+    return (value - mean) / spread, spread
+
+
+class RewardRule:
+    name = "reward"
+
+    def __init__(self, cfg: RewardConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
+        self.direction = int(state.get("direction", 0))  # +1 spiking, -1 dropping, 0 neither
+        self.collapse_run = int(state.get("collapse_run", 0))
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        value = _finite(point, cfg.field)
+        if value is not None:
+            self._zscore(point, value, out)
+        self._collapse(point, out)
+
+    def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        w = self.window
+        direction = 0
+        if len(w) >= cfg.min_points:
+            z, spread = _zscore(w, value, cfg.min_abs_std, cfg.min_rel_std)
+            if z > cfg.z and cfg.detect_spike:
+                direction = 1
+            elif z < -cfg.z and cfg.detect_drop:
+                direction = -1
+            if direction and direction != self.direction:
+                kind = AnomalyType.REWARD_SPIKE if direction > 0 else AnomalyType.REWARD_DROP
+                word = "spike" if direction > 0 else "drop"
+                out.append(
+                    make(
+                        kind,
+                        "warning",
+                        point.step,
+                        value,
+                        cfg.field,
+                        f"{cfg.field} {word} at step {point.step}: {fmt(value)} is "
+                        f"{fmt(abs(z))} std from the mean {fmt(w.mean)} of the last {len(w)} "
+                        f"points (limit {fmt(cfg.z)})",
+                        {"mean": w.mean, "std": w.std, "z": z, "spread": spread, "points": len(w)},
+                    )
+                )
+        self.direction = direction
+        w.push(value)
+
+    def _collapse(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        std = _finite(point, cfg.std_field)
+        frac = None
+        for key in cfg.zero_std_frac_keys:
+            frac = _finite(point, key)
+            if frac is not None:
+                break
+        if std is None and frac is None:
+            return
+        collapsed = (std is not None and std <= cfg.collapse_std_eps) or (
+            frac is not None and frac >= cfg.zero_std_frac_max
+        )
+        if not collapsed:
+            self.collapse_run = 0
+            return
+        self.collapse_run += 1
+        if self.collapse_run != cfg.collapse_steps:
+            return
+        parts = []
+        window: dict[str, float] = {"steps": float(self.collapse_run)}
+        if std is not None:
+            parts.append(f"{cfg.std_field}={fmt(std)}")
+            window[cfg.std_field] = std
+        if frac is not None:
+            parts.append(f"zero-std fraction {fmt(frac)} (limit {fmt(cfg.zero_std_frac_max)})")
+            window["frac_reward_zero_std"] = frac
+        out.append(
+            make(
+                AnomalyType.REWARD_COLLAPSE,
+                "warning",
+                point.step,
+                std if std is not None else frac,
+                cfg.std_field if std is not None else "frac_reward_zero_std",
+                f"reward variance collapsed for {self.collapse_run} steps (step {point.step}): "
+                + ", ".join(parts),
+                window,
+            )
+        )
+
+    def on_rewind(self) -> None:
+        self.direction = 0
+        self.collapse_run = 0
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "window": self.window.to_dict(),
+            "direction": self.direction,
+            "collapse_run": self.collapse_run,
+        }
+
+
+class GradRule:
+    name = "grad"
+
+    def __init__(self, cfg: GradConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.ema = EmaStats.from_dict(state.get("ema", {}), cfg.alpha)
+        self.warmup: list[float] = [float(v) for v in state.get("warmup", [])]
+        self.active = bool(state.get("active", False))
+        self.vanish_run = int(state.get("vanish_run", 0))
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        value = _finite(point, cfg.field)
+        if value is None:
+            return
+        self._vanishing(point, value, out)
+        ema = self.ema
+        if ema.count == 0:
+            # ZClip's warm-up: the first N norms give the initial mean and variance.
+            self.warmup.append(value)
+            if len(self.warmup) >= cfg.warmup_points:
+                n = len(self.warmup)
+                mean = math.fsum(self.warmup) / n
+                ema.mean = mean
+                ema.var = math.fsum((v - mean) ** 2 for v in self.warmup) / n
+                ema.count = n
+                self.warmup = []
+            return
+        mean = ema.mean
+        std = max(ema.std, cfg.min_abs_std)
+        z = (value - mean) / std
+        if z > cfg.z:
+            exploding = value > cfg.min_ratio * mean
+            if exploding and not self.active:
+                out.append(
+                    make(
+                        AnomalyType.GRAD_EXPLOSION,
+                        "critical",
+                        point.step,
+                        value,
+                        cfg.field,
+                        f"{cfg.field} {fmt(value)} at step {point.step} is {fmt(z)} std above "
+                        f"its EMA {fmt(mean)} (limit z {fmt(cfg.z)}, {fmt(value / mean)} x the "
+                        "mean)"
+                        if mean > 0
+                        else f"{cfg.field} {fmt(value)} at step {point.step} is {fmt(z)} std "
+                        f"above its EMA {fmt(mean)}",
+                        {"ema_mean": mean, "ema_std": std, "z": z},
+                    )
+                )
+            self.active = exploding
+            # ZClip: the EMA follows the clipped value, so a spike does not hide the next one.
+            ema.push(mean + cfg.z * std)
+        else:
+            self.active = False
+            ema.push(value)
+
+    def _vanishing(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        if value >= cfg.vanish_eps:
+            self.vanish_run = 0
+            return
+        self.vanish_run += 1
+        if self.vanish_run == cfg.vanish_steps:
+            out.append(
+                make(
+                    AnomalyType.GRAD_VANISHING,
+                    "warning",
+                    point.step,
+                    value,
+                    cfg.field,
+                    f"{cfg.field} has been below {fmt(cfg.vanish_eps)} for {self.vanish_run} "
+                    f"steps (step {point.step}, now {fmt(value)})",
+                    {"eps": cfg.vanish_eps, "steps": float(self.vanish_run)},
+                )
+            )
+
+    def on_rewind(self) -> None:
+        self.active = False
+        self.vanish_run = 0
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "ema": self.ema.to_dict(),
+            "warmup": self.warmup,
+            "active": self.active,
+            "vanish_run": self.vanish_run,
+        }
+
+
+class PlateauRule:
+    """torch.optim.lr_scheduler.ReduceLROnPlateau's bookkeeping, one evaluation per block."""
+
+    name = "plateau"
+
+    def __init__(self, cfg: PlateauConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.block_sum = float(state.get("block_sum", 0.0))
+        self.block_n = int(state.get("block_n", 0))
+        best = state.get("best")
+        self.best: float | None = None if best is None else float(best)
+        self.best_step = int(state.get("best_step", 0))
+        self.num_bad = int(state.get("num_bad", 0))
+        self.cooldown_counter = int(state.get("cooldown_counter", 0))
+
+    def is_better(self, a: float, best: float) -> bool:
+        cfg = self.cfg
+        if cfg.mode == "min":
+            if cfg.threshold_mode == "rel":
+                return a < best * (1.0 - cfg.threshold)
+            return a < best - cfg.threshold
+        if cfg.threshold_mode == "rel":
+            return a > best * (1.0 + cfg.threshold)
+        return a > best + cfg.threshold
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        value = _finite(point, cfg.field)
+        if value is None:
+            return
+        self.block_sum += value
+        self.block_n += 1
+        if self.block_n < cfg.eval_every:
+            return
+        current = self.block_sum / self.block_n
+        self.block_sum = 0.0
+        self.block_n = 0
+        if self.best is None or self.is_better(current, self.best):
+            self.best = current
+            self.best_step = point.step
+            self.num_bad = 0
+        else:
+            self.num_bad += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad = 0
+        if self.num_bad > cfg.patience:
+            out.append(
+                make(
+                    AnomalyType.LOSS_PLATEAU,
+                    "warning",
+                    point.step,
+                    current,
+                    cfg.field,
+                    f"{cfg.field} has not improved on its best {fmt(self.best)} (step "
+                    f"{self.best_step}) for {self.num_bad} evaluations of {cfg.eval_every} "
+                    f"points (patience {cfg.patience}, threshold {fmt(cfg.threshold)} "
+                    f"{cfg.threshold_mode})",
+                    {"best": self.best, "evaluations_without_improvement": float(self.num_bad)},
+                )
+            )
+            self.cooldown_counter = cfg.cooldown
+            self.num_bad = 0
+
+    def on_rewind(self) -> None:
+        self.block_sum = 0.0
+        self.block_n = 0
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "block_sum": self.block_sum,
+            "block_n": self.block_n,
+            "best": self.best,
+            "best_step": self.best_step,
+            "num_bad": self.num_bad,
+            "cooldown_counter": self.cooldown_counter,
+        }
+
+
+class EntropyRule:
+    name = "entropy"
+
+    def __init__(self, cfg: EntropyConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.early = EmaStats.from_dict(state.get("early", {}), cfg.early_alpha)
+        self.recent = EmaStats.from_dict(state.get("recent", {}), cfg.recent_alpha)
+        self.seen_reward = bool(state.get("seen_reward", False))
+        self.active = bool(state.get("active", False))
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        if not self.seen_reward and point.reward_mean is not None:
+            self.seen_reward = True
+        value = _finite(point, cfg.field)
+        if value is None:
+            return
+        self.recent.push(value)
+        if self.early.count < cfg.early_points:
+            self.early.push(value)
+            return
+        if cfg.rl_only and not self.seen_reward:
+            return
+        reference = self.early.mean
+        limit = cfg.ratio * reference
+        collapsed = reference > 0 and self.recent.mean < limit
+        if collapsed and not self.active:
+            out.append(
+                make(
+                    AnomalyType.ENTROPY_COLLAPSE,
+                    "warning",
+                    point.step,
+                    value,
+                    cfg.field,
+                    f"{cfg.field} collapsed at step {point.step}: recent EMA "
+                    f"{fmt(self.recent.mean)} is below {fmt(cfg.ratio)} x its early EMA "
+                    f"{fmt(reference)}",
+                    {"early_ema": reference, "recent_ema": self.recent.mean, "threshold": limit},
+                )
+            )
+        self.active = collapsed
+
+    def on_rewind(self) -> None:
+        self.active = False
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "early": self.early.to_dict(),
+            "recent": self.recent.to_dict(),
+            "seen_reward": self.seen_reward,
+            "active": self.active,
+        }
+
+
+class LengthRule:
+    name = "length"
+
+    def __init__(self, cfg: LengthConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
+        self.direction = int(state.get("direction", 0))
+        self.clip_ref_sum = float(state.get("clip_ref_sum", 0.0))
+        self.clip_ref_n = int(state.get("clip_ref_n", 0))
+        self.clip_active = bool(state.get("clip_active", False))
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        value = _finite(point, cfg.field)
+        if value is not None:
+            self._zscore(point, value, out)
+        clip = None
+        for key in cfg.clip_ratio_keys:
+            clip = _finite(point, key)
+            if clip is not None:
+                self._clip(point, clip, out)
+                break
+
+    def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        w = self.window
+        direction = 0
+        if len(w) >= cfg.min_points:
+            mean = w.mean
+            z, spread = _zscore(w, value, cfg.min_abs_std, 0.0)
+            far = abs(value - mean) > cfg.min_rel_change * abs(mean)
+            if far and z > cfg.z:
+                direction = 1
+            elif far and z < -cfg.z:
+                direction = -1
+            if direction and direction != self.direction:
+                kind = (
+                    AnomalyType.LENGTH_EXPLOSION if direction > 0 else AnomalyType.LENGTH_COLLAPSE
+                )
+                word = "explosion" if direction > 0 else "collapse"
+                out.append(
+                    make(
+                        kind,
+                        "warning",
+                        point.step,
+                        value,
+                        cfg.field,
+                        f"response length {word} at step {point.step}: mean length "
+                        f"{fmt(value)} vs {fmt(mean)} over the last {len(w)} points "
+                        f"(z {fmt(z)}, limit {fmt(cfg.z)})",
+                        {"mean": mean, "std": w.std, "z": z, "spread": spread, "points": len(w)},
+                    )
+                )
+        self.direction = direction
+        w.push(value)
+
+    def _clip(self, point: MetricPoint, clip: float, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        if self.clip_ref_n < cfg.min_points:
+            self.clip_ref_sum += clip
+            self.clip_ref_n += 1
+            return
+        reference = self.clip_ref_sum / self.clip_ref_n
+        rising = clip > cfg.clip_ratio_max and clip > reference + cfg.clip_ratio_rise
+        if rising and not self.clip_active:
+            out.append(
+                make(
+                    AnomalyType.LENGTH_EXPLOSION,
+                    "warning",
+                    point.step,
+                    clip,
+                    "response_length_clip_ratio",
+                    f"{fmt(clip * 100)}% of responses hit the length limit at step {point.step} "
+                    f"(limit {fmt(cfg.clip_ratio_max * 100)}%, early level "
+                    f"{fmt(reference * 100)}%)",
+                    {"clip_ratio": clip, "early_clip_ratio": reference},
+                )
+            )
+        self.clip_active = rising
+
+    def on_rewind(self) -> None:
+        self.direction = 0
+        self.clip_active = False
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "window": self.window.to_dict(),
+            "direction": self.direction,
+            "clip_ref_sum": self.clip_ref_sum,
+            "clip_ref_n": self.clip_ref_n,
+            "clip_active": self.clip_active,
+        }
+
+
+class MemoryRule:
+    name = "memory"
+
+    def __init__(self, cfg: MemoryConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.recent: deque[tuple[int, float]] = deque(
+            ((int(s), float(v)) for s, v in state.get("recent", [])), maxlen=cfg.trend_points
+        )
+        self.counters: dict[str, float] = {
+            k: float(v) for k, v in state.get("counters", {}).items()
+        }
+        self.active = bool(state.get("active", False))
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        reasons: list[str] = []
+        window: dict[str, float] = {}
+        for key in cfg.counter_keys:
+            count = _finite(point, key)
+            if count is None:
+                continue
+            before = self.counters.get(key)
+            self.counters[key] = count
+            if before is not None and count > before:
+                reasons.append(f"{key} rose from {fmt(before)} to {fmt(count)}")
+                window[key] = count
+        used = read_first(point, cfg.reserved_keys)
+        if used is None or not math.isfinite(used):
+            used = _finite(point, cfg.field)
+        capacity = cfg.capacity_gb
+        if capacity is None:
+            capacity = read_first(point, cfg.capacity_keys)
+        value = used
+        if used is not None:
+            self.recent.append((point.step, used))
+            if capacity is not None and math.isfinite(capacity) and capacity > 0:
+                window["used_gb"] = used
+                window["capacity_gb"] = capacity
+                if used >= cfg.near_fraction * capacity:
+                    reasons.append(
+                        f"{fmt(used)} GB in use of {fmt(capacity)} GB "
+                        f"({fmt(100 * used / capacity)}% >= {fmt(100 * cfg.near_fraction)}%)"
+                    )
+                elif len(self.recent) == cfg.trend_points:
+                    slope = self._slope()
+                    window["slope_gb_per_step"] = slope
+                    if slope > 0:
+                        steps_left = (capacity - used) / slope
+                        if steps_left <= cfg.trend_horizon_steps:
+                            reasons.append(
+                                f"at +{fmt(slope)} GB/step it reaches {fmt(capacity)} GB in "
+                                f"~{fmt(steps_left)} steps"
+                            )
+        if reasons and not self.active:
+            out.append(
+                make(
+                    AnomalyType.GPU_MEMORY_PRESSURE,
+                    "warning",
+                    point.step,
+                    value,
+                    cfg.field,
+                    f"GPU memory close to running out at step {point.step}: " + "; ".join(reasons),
+                    window,
+                )
+            )
+        self.active = bool(reasons)
+
+    def _slope(self) -> float:
+        steps = [s for s, _ in self.recent]
+        values = [v for _, v in self.recent]
+        n = len(values)
+        mean_s = math.fsum(steps) / n
+        mean_v = math.fsum(values) / n
+        den = math.fsum((s - mean_s) ** 2 for s in steps)
+        if den == 0:
+            return linear_slope(values)
+        return math.fsum((s - mean_s) * (v - mean_v) for s, v in self.recent) / den
+
+    def on_rewind(self) -> None:
+        self.active = False
+        self.recent.clear()
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "recent": [[s, v] for s, v in self.recent],
+            "counters": self.counters,
+            "active": self.active,
+        }
+
+
+class NewBestRewardRule:
+    name = "new_best_reward"
+
+    def __init__(self, cfg: NewBestRewardConfig, state: JsonDict) -> None:
+        self.cfg = cfg
+        self.recent: deque[float] = deque(
+            (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
+        )
+        self.seen = int(state.get("seen", 0))
+        best = state.get("best")
+        self.best: float | None = None if best is None else float(best)
+        last = state.get("last_raised_step")
+        self.last_raised_step: int | None = None if last is None else int(last)
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        cfg = self.cfg
+        value = _finite(point, cfg.field)
+        if value is None:
+            return
+        self.recent.append(value)
+        self.seen += 1
+        smoothed = math.fsum(self.recent) / len(self.recent)
+        if self.seen < max(cfg.warmup_points, cfg.smoothing):
+            if self.best is None or smoothed > self.best:
+                self.best = smoothed
+            return
+        if self.best is not None and smoothed <= self.best + cfg.min_delta:
+            return
+        previous = self.best
+        self.best = smoothed
+        last = self.last_raised_step
+        if last is not None and point.step - last < cfg.min_steps_between:
+            return
+        self.last_raised_step = point.step
+        out.append(
+            make(
+                AnomalyType.NEW_BEST_REWARD,
+                "info",
+                point.step,
+                smoothed,
+                cfg.field,
+                f"new best {cfg.field} {fmt(smoothed)} (mean of the last {len(self.recent)}) at "
+                f"step {point.step}"
+                + (f", previous best {fmt(previous)}" if previous is not None else ""),
+                {"previous_best": previous if previous is not None else math.nan, "raw": value},
+            )
+        )
+
+    def on_rewind(self) -> None:
+        self.last_raised_step = None
+        self.recent.clear()
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "recent": list(self.recent),
+            "seen": self.seen,
+            "best": self.best,
+            "last_raised_step": self.last_raised_step,
+        }
+
+
+def build_rules(config: DetectorConfig, state: dict[str, JsonDict]) -> list[Rule]:
+    """The enabled rules in a fixed order, each restored from its part of ``state``."""
+    candidates: list[tuple[bool, Any, Any]] = [
+        (config.non_finite.enabled, NonFiniteRule, config.non_finite),
+        (config.loss_spike.enabled, LossSpikeRule, config.loss_spike),
+        (config.kl.enabled, KlRule, config.kl),
+        (config.reward.enabled, RewardRule, config.reward),
+        (config.grad.enabled, GradRule, config.grad),
+        (config.plateau.enabled, PlateauRule, config.plateau),
+        (config.entropy.enabled, EntropyRule, config.entropy),
+        (config.length.enabled, LengthRule, config.length),
+        (config.memory.enabled, MemoryRule, config.memory),
+        (config.new_best_reward.enabled, NewBestRewardRule, config.new_best_reward),
+    ]
+    rules: list[Rule] = []
+    for enabled, cls, cfg in candidates:
+        if enabled:
+            rules.append(cls(cfg, state.get(cls.name, {})))
+    return rules
