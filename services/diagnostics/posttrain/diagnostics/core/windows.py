@@ -77,13 +77,25 @@ class RollingWindow:
         return math.sqrt(max(self._sumsq / n - m * m, 0.0))
 
     def to_dict(self) -> JsonDict:
-        return {"size": self.size, "values": list(self.values)}
+        # The running sums travel too, so that a restored window computes bit for bit what the
+        # original would have (a restarted stream and the batch then raise identical anomalies).
+        return {
+            "size": self.size,
+            "values": list(self.values),
+            "sums": [self._shift, self._sum, self._sumsq, self._since_recompute],
+        }
 
     @classmethod
     def from_dict(cls, data: JsonDict, size: int) -> RollingWindow:
         """Restore a window; ``size`` is the configured size now (a changed configuration keeps
         the most recent values that fit)."""
-        return cls(size, [float(v) for v in data.get("values", [])])
+        values = [float(v) for v in data.get("values", [])]
+        window = cls(size, values)
+        sums = data.get("sums")
+        if sums and data.get("size") == size:
+            window._shift, window._sum, window._sumsq = (float(x) for x in sums[:3])
+            window._since_recompute = int(sums[3])
+        return window
 
 
 class RollingMedian:
