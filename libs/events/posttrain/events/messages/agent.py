@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field
 
 from posttrain.events.messages.base import Message
+from posttrain.events.messages.pipeline import Resources
 
 JsonDict = dict[str, Any]
 
@@ -30,6 +31,9 @@ class RunStage(Message):
     params: JsonDict
     resume_from: str | None = None
     timeout_s: float | None = None
+    # What the stage needs (the spec's ``resources``): the agent, the authority on its own
+    # capacity, rejects a stage it has not the free GPUs or the labels for.
+    resources: Resources = Field(default_factory=Resources)
 
 
 class _StageControl(Message):
