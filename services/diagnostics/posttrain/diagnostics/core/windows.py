@@ -50,6 +50,9 @@ class RollingWindow:
 
     def push(self, value: float) -> None:
         values = self.values
+        if not values:
+            self._shift = value
+            self._sum = self._sumsq = 0.0
         k = self._shift
         if len(values) == self.size:
             old = values[0] - k
