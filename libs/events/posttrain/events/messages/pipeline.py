@@ -103,6 +103,11 @@ class RequestAction(Message):
     reason: str = ""
     anomaly_id: str | None = None
     dry_run: bool = False
+    # The training step the request is about (the anomaly's step), and for ``rollback``: how many
+    # steps to go back and how many data batches to skip afterwards (PaLM's remedy for a spike).
+    step: int | None = None
+    rollback_steps: int | None = None
+    skip_batches: int | None = None
 
 
 class TickClock(Message):
