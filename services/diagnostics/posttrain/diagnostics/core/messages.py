@@ -1,0 +1,48 @@
+"""Anomalies as events: the AnomalyDetected a rule's Anomaly becomes on posttrain.anomalies."""
+
+from __future__ import annotations
+
+from posttrain.diagnostics.core.alerting import Alert
+from posttrain.diagnostics.core.anomaly import Anomaly
+from posttrain.events.messages.diagnostics import AnomalyDetected
+
+
+def anomaly_detected(
+    job_id: str,
+    anomaly: Anomaly,
+    *,
+    pipeline_id: str | None = None,
+    stage: str | None = None,
+    attempt: int | None = None,
+    emitted_at: float | None = None,
+) -> AnomalyDetected:
+    return AnomalyDetected(
+        anomaly_id=anomaly.id_for(job_id),
+        job_id=job_id,
+        anomaly_type=anomaly.anomaly_type.value,
+        severity=anomaly.severity,
+        step=anomaly.step,
+        value=anomaly.value,
+        message=anomaly.message,
+        suggestions=list(anomaly.suggestions),
+        window=dict(anomaly.window),
+        pipeline_id=pipeline_id,
+        stage=stage,
+        attempt=attempt,
+        emitted_at=emitted_at,
+    )
+
+
+def alert_for(event: AnomalyDetected) -> Alert:
+    return Alert(
+        job_id=event.job_id,
+        anomaly_type=event.anomaly_type,
+        message=event.message,
+        severity=event.severity,
+        anomaly_id=event.anomaly_id,
+        step=event.step,
+        value=event.value,
+        pipeline_id=event.pipeline_id,
+        stage=event.stage,
+        suggestions=tuple(event.suggestions),
+    )

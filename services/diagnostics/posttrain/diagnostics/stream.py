@@ -1,0 +1,336 @@
+"""The diagnostics stream: a Faust app over posttrain.metrics, keyed by job.
+
+Agents (each with concurrency 1: faust-streaming can lose messages on restart with more, see
+DESIGN.md; scale by partitions):
+
+- ``detect`` folds each MetricsReported into its job's ``JobState`` (a changelog-backed table)
+  and emits AnomalyDetected on posttrain.anomalies. A restarted worker restores the table from
+  its changelog; the points it reads again (offsets not yet committed) are recognised by their
+  (source, seq) and raise nothing twice.
+- ``failures`` turns StageFailed(kind=oom) reports into gpu_oom anomalies, once per command.
+- ``act`` applies the action policy to each anomaly (per-job cooldowns in a table) and sends a
+  RequestAction on posttrain.pipeline.commands, keyed by pipeline, or in dry-run mode an
+  ActionRecommended on posttrain.anomalies.
+- ``alert`` routes each anomaly to its pipeline's channels, deduplicated per (job, type) with a
+  cooldown in a table; the table entry is flushed to its changelog before the HTTP call, so a
+  crash never sends the same alert twice.
+
+Topics are the project's (namespaced by KafkaSettings, never declared here); only Faust's own
+changelog topics are created by Faust, with the partition count of the topic they shadow.
+
+    python -m posttrain.diagnostics.stream  # KAFKA_BOOTSTRAP_SERVERS, POSTTRAIN_TOPIC_NAMESPACE
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+import orjson
+from faust.serializers import codecs
+
+from posttrain.diagnostics.alerts import Alerter, load_config_book
+from posttrain.diagnostics.core.alerting import AlertDedup
+from posttrain.diagnostics.core.anomaly import Anomaly
+from posttrain.diagnostics.core.config import ConfigBook
+from posttrain.diagnostics.core.messages import anomaly_detected
+from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
+from posttrain.diagnostics.core.state import JobState
+from posttrain.events import DecodeError, Envelope, decode, encode
+from posttrain.events.kafka import KafkaSettings
+from posttrain.events.kafka.dlq import dead_letter_headers
+from posttrain.events.messages.diagnostics import AnomalyDetected
+from posttrain.events.messages.metrics import MetricsReported
+from posttrain.events.messages.pipeline import RequestAction
+from posttrain.events.messages.stage import StageFailed
+from posttrain.events.topics import TOPICS, Topic
+
+log = logging.getLogger(__name__)
+APP_NAME = "posttrain-diagnostics"
+_OOM_NAMESPACE = uuid.UUID("9a0c2f1b-7d5e-4c3a-8b6f-1e2d3c4b5a69")
+
+
+class _StateCodec(codecs.Codec):
+    """Table values on the changelog: a state object's ``to_dict()`` as JSON; read back as the
+    dict, turned into the state object (with its pipeline's configuration) on first use."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj.to_dict() if hasattr(obj, "to_dict") else obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return orjson.loads(s)
+
+
+codecs.register("posttrain_state", _StateCodec())
+
+
+def _broker_url(bootstrap_servers: str) -> str:
+    return ";".join(f"kafka://{h.strip()}" for h in bootstrap_servers.split(",") if h.strip())
+
+
+class _Record:
+    """What dead_letter_headers needs of a Faust message."""
+
+    def __init__(self, message: Any) -> None:
+        self.topic = message.topic
+        self.partition = message.partition
+        self.offset = message.offset
+        self.key = message.key
+        self.value = message.value
+        self.headers = (
+            list((message.headers or {}).items())
+            if isinstance(message.headers, dict)
+            else list(message.headers or [])
+        )
+
+
+class DiagnosticsStream:
+    """Builds the Faust app and its agents for one Kafka namespace and one configuration."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        book: ConfigBook | None = None,
+        *,
+        alerter: Alerter | None = None,
+        web_port: int | None = None,
+        **faust_options: Any,
+    ) -> None:
+        self.settings = settings
+        self.book = book or ConfigBook()
+        self.alerter = alerter or Alerter(self.book)
+        self.processed_messages = 0
+        self.dead_lettered = 0
+        metrics_partitions = TOPICS[Topic.METRICS].partitions
+        options: dict[str, Any] = {
+            "broker": _broker_url(settings.bootstrap_servers),
+            "store": "memory://",
+            "topic_partitions": metrics_partitions,
+            "topic_disable_leader": True,
+            "consumer_auto_offset_reset": "earliest",
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+            "producer_linger_ms": 0,
+            "web_enabled": web_port is not None,
+            "table_cleanup_interval": 3600.0,
+        }
+        if web_port is not None:
+            options["web_port"] = web_port
+            options["web_host"] = "127.0.0.1"
+        options.update(faust_options)
+        self.app = faust.App(settings.group(APP_NAME), **options)
+        app = self.app
+
+        def topic(t: Topic) -> Any:
+            return app.topic(
+                settings.topic(t),
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                internal=False,
+            )
+
+        self.metrics = topic(Topic.METRICS)
+        self.reports = topic(Topic.STAGE_REPORTS)
+        self.anomalies = topic(Topic.ANOMALIES)
+        self.commands = topic(Topic.PIPELINE_COMMANDS)
+        self.alerts = topic(Topic.ALERTS)
+        self.dlq = topic(Topic.DLQ)
+
+        def table(name: str, partitions: int) -> Any:
+            t = app.Table(name, default=None, partitions=partitions, key_type=str)
+            t.value_serializer = "posttrain_state"  # type: ignore[attr-defined]
+            return t
+
+        self.jobs = table("jobs", metrics_partitions)
+        self.failures_seen = table("failures-seen", TOPICS[Topic.STAGE_REPORTS].partitions)
+        self.policies = table("policies", TOPICS[Topic.ANOMALIES].partitions)
+        self.dedup = table("alert-dedup", TOPICS[Topic.ANOMALIES].partitions)
+
+        app.agent(self.metrics, name="detect", concurrency=1)(self._detect)
+        app.agent(self.reports, name="failures", concurrency=1)(self._failures)
+        app.agent(self.anomalies, name="act", concurrency=1)(self._act)
+        app.agent(self.anomalies, name="alert", concurrency=1)(self._alert)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _decode(self, event: Any) -> Envelope[Any] | None:
+        message = event.message
+        headers = message.headers
+        pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+        try:
+            return decode(message.value, pairs)
+        except DecodeError as exc:
+            self.dead_lettered += 1
+            log.warning("unreadable message parked in DLQ", extra={"reason": exc.reason})
+            record = _Record(message)
+            await self.dlq.send(
+                key=message.key,
+                value=message.value,
+                headers=dead_letter_headers(record, exc.reason, exc.detail, APP_NAME),
+            )
+            return None
+
+    async def _send(self, topic: Any, envelope: Envelope[Any]) -> None:
+        key, value, headers = encode(envelope)
+        await topic.send(key=key, value=value, headers=headers)
+
+    def _job_state(self, job_id: str, pipeline_id: str | None) -> JobState:
+        config = self.book.for_pipeline(pipeline_id).detectors
+        current = self.jobs.get(job_id)
+        if isinstance(current, JobState):
+            return current
+        return JobState(config, current if isinstance(current, dict) else None)
+
+    # --- agents ----------------------------------------------------------------------------
+
+    async def _detect(self, stream: Any) -> AsyncIterator[None]:
+        async for event in stream.events():
+            envelope = await self._decode(event)
+            if envelope is None or not isinstance(envelope.data, MetricsReported):
+                yield None
+                continue
+            data: MetricsReported = envelope.data
+            state = self._job_state(data.job_id, data.pipeline_id)
+            raised: list[tuple[Anomaly, float]] = []
+            for i, point in enumerate(data.points):
+                for anomaly in state.observe(point, source=data.source, seq=data.first_seq + i):
+                    raised.append((anomaly, point.timestamp))
+            # The state goes to the changelog before the anomalies leave: a crash in between
+            # re-reads these points, finds them folded in already, and raises nothing twice.
+            self.jobs[data.job_id] = state
+            for anomaly, emitted_at in raised:
+                out = anomaly_detected(
+                    data.job_id,
+                    anomaly,
+                    pipeline_id=data.pipeline_id,
+                    stage=data.stage,
+                    attempt=data.attempt,
+                    emitted_at=emitted_at,
+                )
+                await self._send(self.anomalies, envelope.caused(out, key=data.job_id))
+            self.processed_messages += 1
+            yield None
+
+    async def _failures(self, stream: Any) -> AsyncIterator[None]:
+        async for event in stream.events():
+            envelope = await self._decode(event)
+            if envelope is None or not isinstance(envelope.data, StageFailed):
+                yield None
+                continue
+            failed: StageFailed = envelope.data
+            if failed.kind != "oom" or self.failures_seen.get(failed.command_id):
+                yield None
+                continue
+            self.failures_seen[failed.command_id] = {"job_id": failed.job_id}
+            state = JobState(self.book.for_pipeline(failed.pipeline_id).detectors)
+            step = failed.details.get("step")
+            for anomaly in state.observe_failure(
+                "oom",
+                failed.error,
+                attempt_key=failed.command_id,
+                step=int(step) if isinstance(step, int) else 0,
+            ):
+                out = anomaly_detected(
+                    failed.job_id,
+                    anomaly,
+                    pipeline_id=failed.pipeline_id,
+                    stage=failed.stage,
+                    attempt=failed.attempt,
+                    emitted_at=failed.finished_at,
+                )
+                out = out.model_copy(
+                    update={
+                        "anomaly_id": str(
+                            uuid.uuid5(_OOM_NAMESPACE, f"{failed.job_id}/{failed.command_id}")
+                        )
+                    }
+                )
+                await self._send(self.anomalies, envelope.caused(out, key=failed.job_id))
+            yield None
+
+    async def _act(self, stream: Any) -> AsyncIterator[None]:
+        async for event in stream.events():
+            envelope = await self._decode(event)
+            if envelope is None or not isinstance(envelope.data, AnomalyDetected):
+                yield None
+                continue
+            anomaly: AnomalyDetected = envelope.data
+            config = self.book.for_pipeline(anomaly.pipeline_id).actions
+            stored = self.policies.get(anomaly.job_id)
+            state = stored if isinstance(stored, PolicyState) else PolicyState(stored)
+            decision = decide(anomaly, config, state)
+            self.policies[anomaly.job_id] = state
+            if decision is not None:
+                message = to_message(anomaly, decision)
+                if isinstance(message, RequestAction):
+                    out = envelope.caused(message, key=message.pipeline_id)
+                    await self._send(self.commands, out)
+                else:
+                    await self._send(self.anomalies, envelope.caused(message, key=anomaly.job_id))
+            yield None
+
+    async def _alert(self, stream: Any) -> AsyncIterator[None]:
+        async for event in stream.events():
+            envelope = await self._decode(event)
+            if envelope is None or not isinstance(envelope.data, AnomalyDetected):
+                yield None
+                continue
+            anomaly: AnomalyDetected = envelope.data
+            stored = self.dedup.get(anomaly.job_id)
+            dedup = stored if isinstance(stored, AlertDedup) else AlertDedup(stored)
+            send, held_back = self.alerter.admit(anomaly, dedup)
+            self.dedup[anomaly.job_id] = dedup
+            if send:
+                # At most once: the decision is durable before the HTTP call.
+                await self.app.producer.flush()
+                deliveries = await self.alerter.deliver(anomaly, held_back)
+                for d in deliveries:
+                    await self._send(self.alerts, envelope.caused(_outcome(anomaly, d)))
+            yield None
+
+
+def _outcome(anomaly: AnomalyDetected, d: Any) -> Any:
+    from posttrain.events.messages.diagnostics import AlertFailed, AlertSent
+
+    if d.ok:
+        return AlertSent(
+            anomaly_id=anomaly.anomaly_id,
+            job_id=anomaly.job_id,
+            channel=d.channel,
+            attempts=d.attempts,
+        )
+    return AlertFailed(
+        anomaly_id=anomaly.anomaly_id,
+        job_id=anomaly.job_id,
+        channel=d.channel,
+        attempts=d.attempts,
+        error=d.error[:1000],
+    )
+
+
+def create_app(
+    settings: KafkaSettings | None = None, book: ConfigBook | None = None, **options: Any
+) -> faust.App:
+    settings = settings or KafkaSettings.from_env(client_id=APP_NAME)
+    return DiagnosticsStream(settings, book or load_config_book(), **options).app
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
+    port = os.environ.get("POSTTRAIN_DIAGNOSTICS_WEB_PORT")
+    app = create_app(web_port=int(port) if port else None)
+    worker = faust.Worker(app, loglevel=os.environ.get("LOG_LEVEL", "info").lower())
+    started = time.time()
+    log.info("diagnostics stream starting", extra={"app": app.conf.id, "t": started})
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
