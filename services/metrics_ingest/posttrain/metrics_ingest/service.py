@@ -58,7 +58,7 @@ class ConsumerOptions:
     """Kafka consumer tuning. Fetch sizes bound what the client prefetches per partition, which
     counts in memory on top of ``max_pending_rows``."""
 
-    max_poll_records: int = 200
+    max_poll_records: int = 64
     fetch_max_bytes: int = 16 * 1024 * 1024
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
     session_timeout_ms: int = 10_000
@@ -219,12 +219,15 @@ class IngestService:
                 await asyncio.sleep(0.5)
                 continue
             self.last_poll_at = now = self._clock()
+            max_rows = self.policy.max_rows
             for tp, records in fetched.items():
                 for record in records:
                     pending = await self._read(record)
                     rows = len(pending.report.rows) if pending is not None else 0
                     batcher.add(tp, record.offset + 1, pending, rows, now)
                     self.stats.messages += 1
+                    if batcher.rows >= max_rows:
+                        self._seal()  # a poll may bring many batches' worth
             if batcher.due(self._clock()):
                 self._seal()
             self.stats.pending_rows = batcher.rows + self._inflight_rows

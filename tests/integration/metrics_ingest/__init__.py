@@ -1,0 +1,1 @@
+"""metrics_ingest on the real broker and PostgreSQL."""

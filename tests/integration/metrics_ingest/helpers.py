@@ -1,0 +1,184 @@
+"""Known sets of points, what the table holds, and an ingest service in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from posttrain.events import Envelope
+from posttrain.events.kafka import KafkaSettings
+from posttrain.events.messages.metrics import MetricPoint, MetricsReported
+
+REPO = Path(__file__).resolve().parents[3]
+WHEN = datetime(2026, 1, 1, tzinfo=UTC)
+
+# (job_id, source, seq) -> (step, loss): what a point is, for comparing sets exactly.
+PointSet = dict[tuple[str, str, int], tuple[int, float | None]]
+
+
+def point(step: int, t0: float) -> MetricPoint:
+    loss = math.nan if step % 97 == 13 else 1.0 / (1 + step)
+    return MetricPoint(
+        step=step,
+        epoch=step / 1000,
+        timestamp=t0 + step * 0.001,
+        loss=loss,
+        grad_norm=0.5 + (step % 7),
+        custom={"k": step % 5} if step % 3 == 0 else {},
+    )
+
+
+def messages(
+    job_id: str, source: str, count: int, *, per_message: int = 200, t0: float = 1.78e9
+) -> tuple[list[Envelope[MetricsReported]], PointSet]:
+    """``count`` points of one job and source, ``per_message`` to a message, and their set."""
+    envelopes = []
+    expected: PointSet = {}
+    for first in range(0, count, per_message):
+        points = [point(s, t0) for s in range(first, min(count, first + per_message))]
+        envelopes.append(
+            Envelope.create(
+                MetricsReported(job_id=job_id, source=source, first_seq=first, points=points),
+                key=job_id,
+                occurred_at=WHEN,
+            )
+        )
+        for i, p in enumerate(points):
+            expected[(job_id, source, first + i)] = (p.step, p.loss)
+    return envelopes, expected
+
+
+async def stored(conn: asyncpg.Connection, job_ids: Iterable[str]) -> PointSet:
+    """What the table holds for these jobs (duplicates would show as a count mismatch)."""
+    rows = await conn.fetch(
+        """
+        SELECT j.job_id, s.source, m.seq, m.step, m.loss
+        FROM metrics m
+        JOIN metric_jobs j ON j.job_no = m.job_no
+        JOIN metric_sources s ON s.source_no = m.source_no
+        WHERE j.job_id = ANY($1::text[])
+        """,
+        list(job_ids),
+    )
+    out: PointSet = {}
+    for r in rows:
+        key = (r["job_id"], r["source"], r["seq"])
+        assert key not in out, f"point {key} stored twice"
+        out[key] = (r["step"], r["loss"])
+    return out
+
+
+async def count(conn: asyncpg.Connection, job_ids: Iterable[str]) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM metrics m JOIN metric_jobs j ON j.job_no = m.job_no "
+            "WHERE j.job_id = ANY($1::text[])",
+            list(job_ids),
+        )
+    )
+
+
+def same_points(a: PointSet, b: PointSet) -> bool:
+    def norm(v: tuple[int, float | None]) -> tuple[int, Any]:
+        loss = v[1]
+        return v[0], "nan" if loss is not None and math.isnan(loss) else loss
+
+    return a.keys() == b.keys() and all(norm(a[k]) == norm(b[k]) for k in a)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class IngestProcess:
+    """``python -m posttrain.metrics_ingest`` in a child process, killable with SIGKILL."""
+
+    def __init__(
+        self, settings: KafkaSettings, database_url: str, log_path: Path, **env: str
+    ) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
+            "DATABASE_URL": database_url,
+            "POSTTRAIN_INGEST_HTTP": f"127.0.0.1:{self.port}",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "posttrain.metrics_ingest"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # SIGKILL: no flush, no commit, no goodbye to the group
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait: the service writes and commits what it read, then exits."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    async def prometheus(self) -> dict[str, float]:
+        """The service's /metrics, as {sample name: value}; empty while it is not answering."""
+
+        def get() -> str:
+            url = f"http://127.0.0.1:{self.port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return str(response.read().decode())
+
+        try:
+            text = await asyncio.to_thread(get)
+        except OSError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
