@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,7 +35,7 @@ from faust.serializers import codecs
 
 from posttrain.diagnostics.alerts import Alerter, load_config_book
 from posttrain.diagnostics.core.alerting import AlertDedup
-from posttrain.diagnostics.core.anomaly import Anomaly
+from posttrain.diagnostics.core.anomaly import Anomaly, oom_anomaly_id
 from posttrain.diagnostics.core.config import ConfigBook
 from posttrain.diagnostics.core.messages import anomaly_detected
 from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
@@ -52,7 +51,6 @@ from posttrain.events.topics import TOPICS, Topic
 
 log = logging.getLogger(__name__)
 APP_NAME = "posttrain-diagnostics"
-_OOM_NAMESPACE = uuid.UUID("9a0c2f1b-7d5e-4c3a-8b6f-1e2d3c4b5a69")
 
 
 class _StateCodec(codecs.Codec):
@@ -246,11 +244,7 @@ class DiagnosticsStream:
                     emitted_at=failed.finished_at,
                 )
                 out = out.model_copy(
-                    update={
-                        "anomaly_id": str(
-                            uuid.uuid5(_OOM_NAMESPACE, f"{failed.job_id}/{failed.command_id}")
-                        )
-                    }
+                    update={"anomaly_id": oom_anomaly_id(failed.job_id, failed.command_id)}
                 )
                 await self._send(self.anomalies, envelope.caused(out, key=failed.job_id))
             yield None

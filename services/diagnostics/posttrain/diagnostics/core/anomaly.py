@@ -111,6 +111,11 @@ def anomaly_id(job_id: str, generation: int, anomaly_type: str, step: int) -> st
     return str(uuid.uuid5(_NAMESPACE, f"{job_id}/{generation}/{anomaly_type}/{step}"))
 
 
+def oom_anomaly_id(job_id: str, command_id: str) -> str:
+    """A failed attempt's OOM: one id whether the stream or the periodic scan finds it."""
+    return str(uuid.uuid5(_NAMESPACE, f"{job_id}/oom/{command_id}"))
+
+
 @dataclass(frozen=True, slots=True)
 class Anomaly:
     anomaly_type: AnomalyType

@@ -1,0 +1,280 @@
+"""Batch diagnosis over the metric rows in PostgreSQL, through the same detectors as the stream.
+
+    service = DiagnosticService(database_url)
+    await service.diagnose_job(job_uuid)        # {"has_anomaly", "anomaly_type", ...}
+    await service.diagnose_step(job_uuid, step)
+
+Rows are read from metrics_ingest's ``metric_points`` (migration 0002) in each source's emission
+order (seq), exactly as the stream folds them, so both find the same anomalies with the same ids.
+``scan_failed_jobs`` finds stages that failed out of GPU memory in the orchestrator's read model
+(migration 0003) and raises gpu_oom for each, with the id the stream gives the same failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from posttrain.diagnostics.core.anomaly import (
+    SEVERITY_RANK,
+    Anomaly,
+    AnomalyType,
+    make,
+    oom_anomaly_id,
+)
+from posttrain.diagnostics.core.config import ConfigBook, DetectorConfig
+from posttrain.diagnostics.core.messages import anomaly_detected
+from posttrain.diagnostics.core.state import JobState
+from posttrain.events import Envelope
+from posttrain.events.kafka import EventProducer
+from posttrain.events.messages.diagnostics import AnomalyDetected
+from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint
+from posttrain.events.topics import Topic
+
+log = logging.getLogger(__name__)
+DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
+
+_COLUMNS = ", ".join(("source", "seq", "step", "epoch", "ts", *CORE_FIELDS, "custom"))
+_POINTS_SQL = f"SELECT {_COLUMNS} FROM metric_points WHERE job_id = $1 ORDER BY source, seq"
+_POINTS_UPTO_SQL = (
+    f"SELECT {_COLUMNS} FROM metric_points WHERE job_id = $1 AND step <= $2 ORDER BY source, seq"
+)
+_JOB_SQL = "SELECT pipeline_id, stage, attempt FROM metric_jobs WHERE job_id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedPoint:
+    source: str | None
+    seq: int | None
+    point: MetricPoint
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    pipeline_id: str | None = None
+    stage: str | None = None
+    attempt: int | None = None
+
+
+def diagnose(points: Iterable[SourcedPoint | MetricPoint], config: DetectorConfig) -> list[Anomaly]:
+    """Fold points (in emission order) through a fresh job state; every anomaly raised."""
+    state = JobState(config)
+    out: list[Anomaly] = []
+    for item in points:
+        if isinstance(item, MetricPoint):
+            out.extend(state.observe(item))
+        else:
+            out.extend(state.observe(item.point, source=item.source, seq=item.seq))
+    return out
+
+
+def summarize(job_id: str, anomalies: Sequence[Anomaly], **extra: Any) -> dict[str, Any]:
+    """The seed's result: has_anomaly / anomaly_type / anomaly_message / suggestions describe the
+    most severe anomaly (the latest among equals); info-level ones (a new best reward) are
+    listed but do not count as an anomaly. ``anomalies`` has them all, in order."""
+    serious = [a for a in anomalies if a.severity != "info"]
+    top = None
+    if serious:
+        top = max(serious, key=lambda a: (SEVERITY_RANK[a.severity], a.generation, a.step))
+    return {
+        "job_id": job_id,
+        "has_anomaly": top is not None,
+        "anomaly_type": top.anomaly_type.value if top else None,
+        "anomaly_message": top.message if top else None,
+        "suggestions": list(top.suggestions) if top else [],
+        "anomalies": [{"anomaly_id": a.id_for(job_id), **a.to_dict()} for a in anomalies],
+        **extra,
+    }
+
+
+def _row_point(row: asyncpg.Record) -> SourcedPoint:
+    fields: dict[str, Any] = {name: row[name] for name in CORE_FIELDS if row[name] is not None}
+    custom = row["custom"]
+    if isinstance(custom, str):
+        custom = orjson.loads(custom)
+    ts = row["ts"]
+    point = MetricPoint(
+        step=row["step"],
+        epoch=row["epoch"],
+        timestamp=ts.timestamp() if isinstance(ts, datetime) else float(ts),
+        custom=custom or {},
+        **fields,
+    )
+    return SourcedPoint(row["source"], row["seq"], point)
+
+
+def _emission_order(points: list[SourcedPoint]) -> list[SourcedPoint]:
+    """Each source in seq order; several sources interleaved by time (as they were sent)."""
+    by_source: dict[str | None, list[SourcedPoint]] = {}
+    for p in points:
+        by_source.setdefault(p.source, []).append(p)
+    if len(by_source) <= 1:
+        return points
+    return list(heapq.merge(*by_source.values(), key=lambda p: (p.point.timestamp, p.source or "")))
+
+
+class DiagnosticService:
+    """The seed's ``DiagnosticService(session)``: here over a database URL or an asyncpg pool."""
+
+    def __init__(
+        self,
+        database: str | asyncpg.Pool | None = None,
+        book: ConfigBook | None = None,
+    ) -> None:
+        self._database = database or DEFAULT_DATABASE_URL
+        self._pool: asyncpg.Pool | None = database if isinstance(database, asyncpg.Pool) else None
+        self._own_pool = self._pool is None
+        self._lock = asyncio.Lock()
+        self.book = book or ConfigBook()
+
+    async def _db(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(str(self._database), min_size=1, max_size=4)
+            return self._pool
+
+    async def close(self) -> None:
+        if self._own_pool and self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def __aenter__(self) -> DiagnosticService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def load(
+        self, job_id: str, up_to_step: int | None = None
+    ) -> tuple[JobContext, list[SourcedPoint]]:
+        pool = await self._db()
+        async with pool.acquire() as conn:
+            job = await conn.fetchrow(_JOB_SQL, job_id)
+            if up_to_step is None:
+                rows = await conn.fetch(_POINTS_SQL, job_id)
+            else:
+                rows = await conn.fetch(_POINTS_UPTO_SQL, job_id, up_to_step)
+        context = (
+            JobContext(job["pipeline_id"], job["stage"], job["attempt"]) if job else JobContext()
+        )
+        return context, _emission_order([_row_point(r) for r in rows])
+
+    async def anomalies(self, job_id: str) -> tuple[JobContext, list[Anomaly]]:
+        context, points = await self.load(job_id)
+        config = self.book.for_pipeline(context.pipeline_id).detectors
+        return context, diagnose(points, config)
+
+    async def diagnose_job(self, job_uuid: str) -> dict[str, Any]:
+        """Every anomaly of the job's stored points."""
+        context, found = await self.anomalies(job_uuid)
+        return summarize(job_uuid, found, pipeline_id=context.pipeline_id, stage=context.stage)
+
+    async def diagnose_step(self, job_uuid: str, step: int) -> dict[str, Any]:
+        """The anomalies raised at ``step`` (with the job's history before it as the windows)."""
+        context, points = await self.load(job_uuid, up_to_step=step)
+        config = self.book.for_pipeline(context.pipeline_id).detectors
+        at_step = [a for a in diagnose(points, config) if a.step == step]
+        return summarize(
+            job_uuid, at_step, step=step, pipeline_id=context.pipeline_id, stage=context.stage
+        )
+
+    async def anomaly_events(self, job_id: str) -> list[AnomalyDetected]:
+        """The job's anomalies as the stream would have emitted them."""
+        context, found = await self.anomalies(job_id)
+        return [
+            anomaly_detected(
+                job_id,
+                a,
+                pipeline_id=context.pipeline_id,
+                stage=context.stage,
+                attempt=context.attempt,
+            )
+            for a in found
+        ]
+
+    async def scan_failed_jobs(self) -> list[AnomalyDetected]:
+        """gpu_oom for every failed attempt in the orchestrator's read model whose failure kind
+        is ``oom`` (or whose error says CUDA ran out of memory)."""
+        pool = await self._db()
+        async with pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass('pipeline_stages')") is None:
+                return []
+            rows = await conn.fetch(
+                "SELECT pipeline_id, name, attempt, command_id, job_id, error, attempts "
+                "FROM pipeline_stages WHERE attempts::text LIKE '%oom%' "
+                "OR error ILIKE '%out of memory%'"
+            )
+        found: list[AnomalyDetected] = []
+        for row in rows:
+            for attempt in _oom_attempts(row):
+                job_id = attempt.get("job_id") or row["job_id"]
+                command_id = attempt.get("command_id") or row["command_id"]
+                if not job_id or not command_id:
+                    continue
+                error = str(attempt.get("error") or row["error"] or "out of memory")
+                anomaly = make(
+                    AnomalyType.GPU_OOM,
+                    "critical",
+                    0,
+                    None,
+                    "failure",
+                    f"stage {row['name']} attempt {attempt.get('attempt', row['attempt'])} ran "
+                    f"out of GPU memory: {error.strip().splitlines()[0][:300] if error else ''}",
+                )
+                event = anomaly_detected(
+                    job_id,
+                    anomaly,
+                    pipeline_id=row["pipeline_id"],
+                    stage=row["name"],
+                    attempt=int(attempt.get("attempt", row["attempt"])),
+                )
+                found.append(
+                    event.model_copy(update={"anomaly_id": oom_anomaly_id(job_id, command_id)})
+                )
+        return found
+
+    async def publish_failed_jobs(self, producer: EventProducer) -> int:
+        """Raise the scan's anomalies on posttrain.anomalies (ids are stable: re-raising one is
+        harmless downstream, where actions and alerts dedup by anomaly id)."""
+        events = await self.scan_failed_jobs()
+        if events:
+            await producer.send_many(
+                Topic.ANOMALIES, [Envelope.create(e, key=e.job_id) for e in events]
+            )
+        return len(events)
+
+    async def run_periodic_scan(
+        self, producer: EventProducer, interval_s: float = 60.0, stop: asyncio.Event | None = None
+    ) -> None:
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await self.publish_failed_jobs(producer)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("failed-job scan failed", extra={"error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
+def _oom_attempts(row: asyncpg.Record) -> list[dict[str, Any]]:
+    attempts = row["attempts"]
+    if isinstance(attempts, str):
+        attempts = orjson.loads(attempts)
+    items = list(attempts.values()) if isinstance(attempts, dict) else list(attempts or [])
+    ooms = [
+        a
+        for a in items
+        if isinstance(a, dict) and (a.get("failure_kind") == "oom" or a.get("kind") == "oom")
+    ]
+    if not ooms and "out of memory" in str(row["error"] or "").lower():
+        ooms = [{}]
+    return ooms
