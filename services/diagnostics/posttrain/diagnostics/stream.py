@@ -116,6 +116,12 @@ class DiagnosticsStream:
             "producer_linger_ms": 0,
             "web_enabled": web_port is not None,
             "table_cleanup_interval": 3600.0,
+            # A worker that died is replaced within ~10 s instead of the default minute: its
+            # partitions (and so its jobs' detection) wait for the group to notice it is gone.
+            "broker_session_timeout": float(
+                os.environ.get("POSTTRAIN_DIAGNOSTICS_SESSION_TIMEOUT_S", "10")
+            ),
+            "broker_heartbeat_interval": 1.0,
         }
         if web_port is not None:
             options["web_port"] = web_port
