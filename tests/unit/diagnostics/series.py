@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -57,4 +58,29 @@ def healthy_long_run(steps: int = 2000, seed: int = 1) -> list[MetricPoint]:
                 },
             )
         )
+    return points
+
+
+def troubled_run() -> list:
+    """A run that raises many kinds of anomaly."""
+    points = []
+    losses = noisy(300, 2.0, 0.02)
+    grads = noisy(300, 1.0, 0.1, seed=3)
+    for i in range(300):
+        step = i + 1
+        fields = {
+            "loss": losses[i],
+            "grad_norm": grads[i],
+            "reward_mean": 0.2 + 0.002 * i,
+            "reward_std": 0.3 if i < 250 else 0.0,
+            "kl_divergence": 0.02 if i < 200 else 0.4,
+            "entropy": 1.0 if i < 100 else max(0.1, 1.0 - 0.01 * (i - 100)),
+        }
+        if step == 120:
+            fields["loss"] = 4.0
+        if step == 150:
+            fields["grad_norm"] = 30.0
+        if step == 170:
+            fields["loss"] = math.nan
+        points.append(pt(step, **fields))
     return points
