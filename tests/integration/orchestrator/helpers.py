@@ -9,21 +9,37 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from posttrain.events import decode
 from posttrain.events.kafka import KafkaSettings
-from posttrain.events.topics import Topic
+from posttrain.events.topics import TOPICS, Topic
 
 
 def start_orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
+    }
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "posttrain.orchestrator", "--tick-interval", "0.2",
-             "--silence-intervals", "4", "--session-timeout-ms", "2000", *extra],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "posttrain.orchestrator",
+                "--tick-interval",
+                "0.2",
+                "--silence-intervals",
+                "4",
+                "--session-timeout-ms",
+                "2000",
+                *extra,
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -45,14 +61,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 async def read_log(settings: KafkaSettings) -> list[Any]:
     """Every committed event on the pipeline event log, in partition order."""
     consumer = AIOKafkaConsumer(
-        settings.topic(Topic.PIPELINE_EVENTS), bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest", enable_auto_commit=False, isolation_level="read_committed",
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
     )
     await consumer.start()
     events: list[Any] = []
     try:
-        await consumer.getmany(timeout_ms=100)  # join the assignment
-        ends = await consumer.end_offsets(list(consumer.assignment()))
+        topic = settings.topic(Topic.PIPELINE_EVENTS)
+        tps = [TopicPartition(topic, p) for p in range(TOPICS[Topic.PIPELINE_EVENTS].partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
         while True:
             for records in (await consumer.getmany(timeout_ms=300)).values():
                 events.extend(decode(r.value, r.headers) for r in records)

@@ -40,6 +40,7 @@ class ScriptedAgent:
         default_duration: float = 0.2,
         fail: Mapping[str, Sequence[int]] | None = None,
         heartbeat_s: float = 0.5,
+        holds: Mapping[str, asyncio.Event] | None = None,
     ) -> None:
         self.settings = settings
         self.agent_id = agent_id
@@ -49,6 +50,7 @@ class ScriptedAgent:
         self.default_duration = default_duration
         self.fail = {k: set(v) for k, v in (fail or {}).items()}
         self.heartbeat_s = heartbeat_s
+        self.holds = dict(holds or {})  # a stage does not finish before its event is set
         self.running: dict[str, asyncio.Task[None]] = {}
         self.received: list[RunStage] = []
         self.dispatched_at: dict[str, float] = {}  # command id -> when it reached us
@@ -57,8 +59,10 @@ class ScriptedAgent:
 
     async def start(self) -> None:
         await self._producer.start()
-        self._tasks = [asyncio.create_task(self._heartbeats()),
-                       asyncio.create_task(self._commands())]
+        self._tasks = [
+            asyncio.create_task(self._heartbeats()),
+            asyncio.create_task(self._commands()),
+        ]
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self.running.values()]:
@@ -70,10 +74,16 @@ class ScriptedAgent:
         await self._producer.stop()
 
     async def _beat(self, stopping: bool = False) -> None:
-        beat = AgentHeartbeat(agent_id=self.agent_id, host="test", gpus=self.gpus,
-                              free_gpus=self.gpus, running=sorted(self.running),
-                              interval_s=self.heartbeat_s, sent_at=time.time(),
-                              stopping=stopping)
+        beat = AgentHeartbeat(
+            agent_id=self.agent_id,
+            host="test",
+            gpus=self.gpus,
+            free_gpus=self.gpus,
+            running=sorted(self.running),
+            interval_s=self.heartbeat_s,
+            sent_at=time.time(),
+            stopping=stopping,
+        )
         await self._producer.send(Topic.AGENTS, Envelope.create(beat, key=self.agent_id))
 
     async def _heartbeats(self) -> None:
@@ -87,7 +97,8 @@ class ScriptedAgent:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.settings.group(f"agent-{self.agent_id}"),
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
             isolation_level="read_committed",
         )
         await consumer.start()
@@ -110,8 +121,17 @@ class ScriptedAgent:
             self.dispatched_at[command.command_id] = time.time()
             self.received.append(command)
             with self.record.open("ab") as fh:
-                fh.write(orjson.dumps({"command_id": command.command_id, "stage": command.stage,
-                                       "attempt": command.attempt, "at": time.time()}) + b"\n")
+                fh.write(
+                    orjson.dumps(
+                        {
+                            "command_id": command.command_id,
+                            "stage": command.stage,
+                            "attempt": command.attempt,
+                            "at": time.time(),
+                        }
+                    )
+                    + b"\n"
+                )
                 fh.flush()
                 os.fsync(fh.fileno())
             self.running[command.command_id] = asyncio.create_task(self._run(command))
@@ -121,22 +141,40 @@ class ScriptedAgent:
                 task.cancel()
 
     async def _report(self, run: RunStage, message_cls: type[Any], **fields: Any) -> None:
-        message = message_cls(pipeline_id=run.pipeline_id, stage=run.stage, attempt=run.attempt,
-                              command_id=run.command_id, agent_id=self.agent_id,
-                              job_id=run.job_id, **fields)
-        await self._producer.send(Topic.STAGE_REPORTS,
-                                  Envelope.create(message, key=run.pipeline_id))
+        message = message_cls(
+            pipeline_id=run.pipeline_id,
+            stage=run.stage,
+            attempt=run.attempt,
+            command_id=run.command_id,
+            agent_id=self.agent_id,
+            job_id=run.job_id,
+            **fields,
+        )
+        await self._producer.send(
+            Topic.STAGE_REPORTS, Envelope.create(message, key=run.pipeline_id)
+        )
 
     async def _run(self, run: RunStage) -> None:
         try:
             await self._report(run, StageStarted, started_at=time.time())
             await asyncio.sleep(self.durations.get(run.stage, self.default_duration))
+            if run.stage in self.holds:
+                await self.holds[run.stage].wait()
             if run.attempt in self.fail.get(run.stage, ()):
-                await self._report(run, StageFailed, finished_at=time.time(), kind="error",
-                                   error=f"scripted failure of {run.stage} attempt {run.attempt}")
+                await self._report(
+                    run,
+                    StageFailed,
+                    finished_at=time.time(),
+                    kind="error",
+                    error=f"scripted failure of {run.stage} attempt {run.attempt}",
+                )
             else:
-                await self._report(run, StageSucceeded, finished_at=time.time(),
-                                   outputs={"checkpoint": f"/ckpt/{run.command_id}"})
+                await self._report(
+                    run,
+                    StageSucceeded,
+                    finished_at=time.time(),
+                    outputs={"checkpoint": f"/ckpt/{run.command_id}"},
+                )
         finally:
             self.running.pop(run.command_id, None)
 

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.integration
 
 
 def cmd(name, deps=(), **extra):
-    return {"name": name, "task": "command", "params": {"argv": ["train", name]},
-            "depends_on": list(deps), **extra}
+    return {
+        "name": name,
+        "task": "command",
+        "params": {"argv": ["train", name]},
+        "depends_on": list(deps),
+        **extra,
+    }
 
 
 @contextlib.asynccontextmanager
@@ -33,8 +38,10 @@ async def running(kafka_settings, database_url, agent):
     await orchestrator.start()
     await projection.start()
     await agent.start()
-    tasks = [asyncio.create_task(orchestrator.run(stop_event)),
-             asyncio.create_task(projection.run(stop_event))]
+    tasks = [
+        asyncio.create_task(orchestrator.run(stop_event)),
+        asyncio.create_task(projection.run(stop_event)),
+    ]
     try:
         yield orchestrator
     finally:
@@ -58,8 +65,13 @@ async def test_fan_out_pipeline_runs_and_status_is_queryable(
     agent = ScriptedAgent(kafka_settings, "gpu-1", tmp_path / "record.jsonl")
     async with running(kafka_settings, database_url, agent):
         submitted = await PipelineExecutor(run_id, settings=kafka_settings).aexecute(
-            [cmd("preprocess"), cmd("sft", ["preprocess"]), cmd("rl_1", ["sft"]),
-             cmd("rl_2", ["sft"]), cmd("evaluate", ["rl_1", "rl_2"])],
+            [
+                cmd("preprocess"),
+                cmd("sft", ["preprocess"]),
+                cmd("rl_1", ["sft"]),
+                cmd("rl_2", ["sft"]),
+                cmd("evaluate", ["rl_1", "rl_2"]),
+            ],
             name="seed-shape",
         )
         assert submitted["layers"] == [["preprocess"], ["sft"], ["rl_1", "rl_2"], ["evaluate"]]
@@ -70,7 +82,7 @@ async def test_fan_out_pipeline_runs_and_status_is_queryable(
     assert by_name["sft"]["agent_id"] == "gpu-1"
     assert by_name["evaluate"]["outputs"] == {"checkpoint": f"/ckpt/{run_id}:evaluate:1"}
     assert all(s["started_at"] and s["finished_at"] for s in status["stages"])
-    assert [r["stage"] for r in read_record(tmp_path / "record.jsonl")][0] == "preprocess"
+    assert next(r["stage"] for r in read_record(tmp_path / "record.jsonl")) == "preprocess"
 
 
 async def test_resume_runs_only_the_failed_stage_and_its_descendants(
@@ -80,11 +92,16 @@ async def test_resume_runs_only_the_failed_stage_and_its_descendants(
     agent = ScriptedAgent(kafka_settings, "gpu-1", record, fail={"c": [1]})
     async with running(kafka_settings, database_url, agent):
         executor = PipelineExecutor(run_id, settings=kafka_settings)
-        await executor.aexecute([cmd("a"), cmd("b", ["a"]), cmd("c", ["a"]), cmd("d", ["c"]),
-                                 cmd("e", ["b"])])
+        await executor.aexecute(
+            [cmd("a"), cmd("b", ["a"]), cmd("c", ["a"]), cmd("d", ["c"]), cmd("e", ["b"])]
+        )
         failed = await _status(run_id, database_url, {"failed"})
         assert {s["name"]: s["status"] for s in failed["stages"]} == {
-            "a": "succeeded", "b": "succeeded", "c": "failed", "d": "pending", "e": "succeeded",
+            "a": "succeeded",
+            "b": "succeeded",
+            "c": "failed",
+            "d": "pending",
+            "e": "succeeded",
         }
         before = len(read_record(record))
         await executor.aresume()
@@ -102,37 +119,60 @@ async def test_kill_9_at_random_moments_runs_every_stage_attempt_exactly_once(
     stages = [
         cmd("prep"),
         cmd("sft", ["prep"]),
-        cmd("grpo", ["sft"]), cmd("dpo", ["sft"]), cmd("ppo", ["sft"], retries={
-            "max_attempts": 2, "backoff_s": 0.5}),
-        cmd("eval_grpo", ["grpo"]), cmd("eval_dpo", ["dpo"]), cmd("eval_ppo", ["ppo"]),
+        cmd("grpo", ["sft"]),
+        cmd("dpo", ["sft"]),
+        cmd("ppo", ["sft"], retries={"max_attempts": 2, "backoff_s": 0.5}),
+        cmd("eval_grpo", ["grpo"]),
+        cmd("eval_dpo", ["dpo"]),
+        cmd("eval_ppo", ["ppo"]),
         cmd("report", ["eval_grpo", "eval_dpo", "eval_ppo"]),
     ]
     record = tmp_path / "record.jsonl"
-    agent = ScriptedAgent(kafka_settings, "gpu-1", record, default_duration=0.6,
-                          fail={"ppo": [1]})
+    # The last stage is held until the 20th kill, so every kill lands while the pipeline runs.
+    release = asyncio.Event()
+    agent = ScriptedAgent(
+        kafka_settings,
+        "gpu-1",
+        record,
+        default_duration=1.0,
+        fail={"ppo": [1]},
+        holds={"report": release},
+    )
     await agent.start()
     rng = random.Random(20261128)
     log = tmp_path / "orchestrator.log"
     kills = 0
     try:
         await PipelineExecutor(run_id, settings=kafka_settings).aexecute(stages)
-        finished = False
-        while not finished:
+        while True:
+            ready_before = log.read_text().count("owns partitions") if log.exists() else 0
             process = start_orchestrator(kafka_settings, log, "--no-projection")
-            deadline = asyncio.get_running_loop().time() + rng.uniform(0.3, 2.5)
-            while asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-                if process.poll() is not None:
-                    raise AssertionError(f"orchestrator died by itself:\n{log.read_text()[-3000:]}")
-            events = await read_log(kafka_settings)
-            finished = any(e.type in ("PipelineSucceeded", "PipelineFailed") for e in events)
-            if finished and kills >= 20:
-                stop(process)
-                break
+            if kills >= 20:
+                release.set()
+                break  # enough: let this one finish the pipeline
+            if rng.random() < 0.25:
+                # kill while it starts up, fences, or replays
+                await asyncio.sleep(rng.uniform(0.2, 3.0))
+            else:
+                await wait_for(
+                    lambda p=process, n=ready_before: (
+                        log.read_text().count("owns partitions") > n or p.poll() is not None
+                    ),
+                    timeout=60,
+                    what="the orchestrator to own its partitions",
+                )
+                # ... or while it is deciding and committing
+                await asyncio.sleep(rng.uniform(0.05, 1.5))
+            if process.poll() is not None:
+                raise AssertionError(f"orchestrator died by itself:\n{log.read_text()[-3000:]}")
             kill(process)
             kills += 1
-            finished = False
-            assert kills < 80, "the pipeline did not finish"
+
+        async def finished():
+            return any(e.type == "PipelineSucceeded" for e in await read_log(kafka_settings))
+
+        await wait_for(finished, timeout=120, interval=0.5, what="the pipeline to succeed")
+        stop(process)
     finally:
         await agent.stop()
 
@@ -140,8 +180,9 @@ async def test_kill_9_at_random_moments_runs_every_stage_attempt_exactly_once(
     assert [e.type for e in events if e.type.startswith("Pipeline")][-1] == "PipelineSucceeded"
     ids = Counter(e.id for e in events)
     assert [i for i, n in ids.items() if n > 1] == []
-    dispatched = Counter((e.data.stage, e.data.attempt) for e in events
-                         if e.type == "StageDispatched")
+    dispatched = Counter(
+        (e.data.stage, e.data.attempt) for e in events if e.type == "StageDispatched"
+    )
     assert all(n == 1 for n in dispatched.values()), dispatched
     executed = Counter((r["stage"], r["attempt"]) for r in read_record(record))
     assert all(n == 1 for n in executed.values()), executed

@@ -39,21 +39,31 @@ class World:
 
     def send(self, message: Message) -> Decision:
         self._n += 1
-        envelope = Envelope(id=f"in-{self._n}", occurred_at=datetime.fromtimestamp(self.now, UTC),
-                            key=self.pipeline_id, data=message)
+        envelope = Envelope(
+            id=f"in-{self._n}",
+            occurred_at=datetime.fromtimestamp(self.now, UTC),
+            key=self.pipeline_id,
+            data=message,
+        )
         decision = decide(self.state, envelope, Context(agents=self.agents))
         self.log.extend(decision.events)
         self.commands.extend(c for _, c in decision.commands)
         return decision
 
     def submit(self, stages: list[dict[str, Any]] | list[StageSpec]) -> Decision:
-        return self.send(SubmitPipeline(pipeline_id=self.pipeline_id, name="test",
-                                        stages=[StageSpec.model_validate(s) for s in stages]))
+        return self.send(
+            SubmitPipeline(
+                pipeline_id=self.pipeline_id,
+                name="test",
+                stages=[StageSpec.model_validate(s) for s in stages],
+            )
+        )
 
     def tick(self, advance: float = 0.0, silent: list[str] | None = None) -> Decision:
         self.now += advance
-        return self.send(TickClock(pipeline_id=self.pipeline_id, now=self.now,
-                                   silent_agents=silent or []))
+        return self.send(
+            TickClock(pipeline_id=self.pipeline_id, now=self.now, silent_agents=silent or [])
+        )
 
     def runs(self) -> list[RunStage]:
         return [c.data for c in self.commands if isinstance(c.data, RunStage)]
@@ -62,8 +72,14 @@ class World:
         return [r for r in self.runs() if r.stage == stage][-1]
 
     def _report(self, run: RunStage) -> dict[str, Any]:
-        return dict(pipeline_id=run.pipeline_id, stage=run.stage, attempt=run.attempt,
-                    command_id=run.command_id, agent_id=run.agent_id, job_id=run.job_id)
+        return dict(
+            pipeline_id=run.pipeline_id,
+            stage=run.stage,
+            attempt=run.attempt,
+            command_id=run.command_id,
+            agent_id=run.agent_id,
+            job_id=run.job_id,
+        )
 
     def start(self, stage: str) -> Decision:
         return self.send(StageStarted(**self._report(self.run_for(stage)), started_at=self.now))
@@ -73,15 +89,15 @@ class World:
         self.start(stage)
         self.now += 1
         outputs = outputs if outputs is not None else {"checkpoint": f"/ckpt/{run.command_id}"}
-        return self.send(StageSucceeded(**self._report(run), finished_at=self.now,
-                                        outputs=outputs))
+        return self.send(StageSucceeded(**self._report(run), finished_at=self.now, outputs=outputs))
 
     def fail(self, stage: str, kind: str = "error") -> Decision:
         run = self.run_for(stage)
         self.start(stage)
         self.now += 1
-        return self.send(StageFailed(**self._report(run), finished_at=self.now, kind=kind,
-                                     error="boom"))
+        return self.send(
+            StageFailed(**self._report(run), finished_at=self.now, kind=kind, error="boom")
+        )
 
     def reject(self, stage: str) -> Decision:
         return self.send(StageRejected(**self._report(self.run_for(stage)), reason="full"))

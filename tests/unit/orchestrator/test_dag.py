@@ -17,8 +17,12 @@ from posttrain.orchestrator.core.dag import (
 
 
 def sft(name, deps=(), model="base", **extra):
-    return {"name": name, "task": "train_model", "depends_on": list(deps),
-            "params": {"config": {"algorithm": "sft", "model_path": model, **extra}}}
+    return {
+        "name": name,
+        "task": "train_model",
+        "depends_on": list(deps),
+        "params": {"config": {"algorithm": "sft", "model_path": model, **extra}},
+    }
 
 
 def errors_of(stages):
@@ -30,8 +34,12 @@ SEED_EXAMPLE = [
     sft("train_sft", ["preprocess"]),
     sft("train_rl_1", ["train_sft"], model="${train_sft.checkpoint}"),
     sft("train_rl_2", ["train_sft"], model="${train_sft.checkpoint}"),
-    {"name": "evaluate", "task": "run_evaluation", "depends_on": ["train_rl_1", "train_rl_2"],
-     "params": {"model_path": "${train_rl_1.checkpoint}"}},
+    {
+        "name": "evaluate",
+        "task": "run_evaluation",
+        "depends_on": ["train_rl_1", "train_rl_2"],
+        "params": {"model_path": "${train_rl_1.checkpoint}"},
+    },
 ]
 
 
@@ -39,7 +47,10 @@ def test_seed_example_layers():
     resolver = DagResolver(SEED_EXAMPLE)
     assert resolver.validate() is True
     assert resolver.get_execution_layers() == [
-        ["preprocess"], ["train_sft"], ["train_rl_1", "train_rl_2"], ["evaluate"],
+        ["preprocess"],
+        ["train_sft"],
+        ["train_rl_1", "train_rl_2"],
+        ["evaluate"],
     ]
 
 
@@ -49,30 +60,59 @@ def test_seed_example_layers():
         ([], "field 'stages': a pipeline needs at least one stage"),
         ([sft("a", ["ghost"])], "stage 'a', field 'depends_on': unknown dependency 'ghost'"),
         ([sft("a", ["a"])], "stage 'a', field 'depends_on': stage 'a' depends on itself"),
-        ([sft("a", ["c"]), sft("b", ["a"]), sft("c", ["b"])],
-         "stage 'a', field 'depends_on': dependency cycle: a -> c -> b -> a"),
+        (
+            [sft("a", ["c"]), sft("b", ["a"]), sft("c", ["b"])],
+            "stage 'a', field 'depends_on': dependency cycle: a -> c -> b -> a",
+        ),
         ([sft("a"), sft("a")], "stage 'a', field 'name': duplicate stage name 'a'"),
         ([{"name": "a", "task": "train_modle"}], "stage 'a', field 'task': unknown task"),
-        ([{"name": "a", "task": "train_model", "params": {"config": {"algorithm": "rlhf",
-                                                                      "model_path": "m"}}}],
-         "stage 'a', field 'params.config.algorithm': must be one of"),
-        ([{"name": "a", "task": "train_model", "params": {}}],
-         "stage 'a', field 'params.config': train_model needs a config object"),
-        ([{"name": "a", "task": "command", "params": {"argv": "ls -l"}}],
-         "stage 'a', field 'params.argv': command needs a non-empty list of strings"),
-        ([sft("a"), sft("b", model="${a.checkpoint}")],
-         "stage 'b', field 'params': reference to 'a' output 'checkpoint': stage 'a' is not an "
-         "ancestor"),
-        ([sft("b", model="${nope.outputs.dataset}")],
-         "stage 'b', field 'params': reference to 'nope' output 'dataset': stage 'nope' does "
-         "not exist"),
-        ([sft("b", model="${a.weights}"), sft("a")],
-         "stage 'b', field 'params.config.model_path': malformed reference ${a.weights}"),
-        ([{"name": "a", "task": "preprocess_dataset", "depends_on": "x"}],
-         "stage 'a', field 'depends_on': Input should be a valid list"),
-        ([{"name": "a", "task": "command", "params": {"argv": ["x"]},
-           "retries": {"max_attempts": 0}}],
-         "stage 'a', field 'retries.max_attempts': must be at least 1"),
+        (
+            [
+                {
+                    "name": "a",
+                    "task": "train_model",
+                    "params": {"config": {"algorithm": "rlhf", "model_path": "m"}},
+                }
+            ],
+            "stage 'a', field 'params.config.algorithm': must be one of",
+        ),
+        (
+            [{"name": "a", "task": "train_model", "params": {}}],
+            "stage 'a', field 'params.config': train_model needs a config object",
+        ),
+        (
+            [{"name": "a", "task": "command", "params": {"argv": "ls -l"}}],
+            "stage 'a', field 'params.argv': command needs a non-empty list of strings",
+        ),
+        (
+            [sft("a"), sft("b", model="${a.checkpoint}")],
+            "stage 'b', field 'params': reference to 'a' output 'checkpoint': stage 'a' is not an "
+            "ancestor",
+        ),
+        (
+            [sft("b", model="${nope.outputs.dataset}")],
+            "stage 'b', field 'params': reference to 'nope' output 'dataset': stage 'nope' does "
+            "not exist",
+        ),
+        (
+            [sft("b", model="${a.weights}"), sft("a")],
+            "stage 'b', field 'params.config.model_path': malformed reference ${a.weights}",
+        ),
+        (
+            [{"name": "a", "task": "preprocess_dataset", "depends_on": "x"}],
+            "stage 'a', field 'depends_on': Input should be a valid list",
+        ),
+        (
+            [
+                {
+                    "name": "a",
+                    "task": "command",
+                    "params": {"argv": ["x"]},
+                    "retries": {"max_attempts": 0},
+                }
+            ],
+            "stage 'a', field 'retries.max_attempts': must be at least 1",
+        ),
     ],
 )
 def test_each_invalid_pipeline_class_has_its_own_message(stages, expected):
@@ -91,10 +131,15 @@ def test_all_problems_are_reported_at_once():
 
 def test_references_resolve_to_values_and_inside_strings():
     outputs = {"sft": {"checkpoint": "/c/1", "steps": 30}, "pre": {"dataset": "/d"}}
-    params = {"model": "${sft.checkpoint}", "n": "${sft.outputs.steps}",
-              "cmd": ["--data=${pre.outputs.dataset}", 3]}
+    params = {
+        "model": "${sft.checkpoint}",
+        "n": "${sft.outputs.steps}",
+        "cmd": ["--data=${pre.outputs.dataset}", 3],
+    }
     assert resolve_references(params, outputs) == {
-        "model": "/c/1", "n": 30, "cmd": ["--data=/d", 3],
+        "model": "/c/1",
+        "n": 30,
+        "cmd": ["--data=/d", 3],
     }
     with pytest.raises(KeyError, match="recorded no output 'weights'"):
         resolve_references("${sft.outputs.weights}", outputs)
@@ -104,8 +149,9 @@ def test_references_resolve_to_values_and_inside_strings():
 def random_graphs(draw):
     n = draw(st.integers(1, 12))
     names = [f"s{i}" for i in range(n)]
-    edges = draw(st.lists(st.tuples(st.sampled_from(names), st.sampled_from(names)),
-                          max_size=3 * n))
+    edges = draw(
+        st.lists(st.tuples(st.sampled_from(names), st.sampled_from(names)), max_size=3 * n)
+    )
     return names, edges
 
 
@@ -114,8 +160,10 @@ def random_graphs(draw):
 def test_validation_agrees_with_networkx(graph):
     names, edges = graph
     deps = {n: sorted({a for a, b in edges if b == n}) for n in names}
-    stages = [{"name": n, "task": "command", "params": {"argv": ["true"]},
-               "depends_on": deps[n]} for n in names]
+    stages = [
+        {"name": n, "task": "command", "params": {"argv": ["true"]}, "depends_on": deps[n]}
+        for n in names
+    ]
     g = nx.DiGraph()
     g.add_nodes_from(names)
     g.add_edges_from(edges)
@@ -129,6 +177,7 @@ def test_validation_agrees_with_networkx(graph):
             assert depth[a] < depth[b]
         # each layer is as early as possible: the longest path to it
         for n in names:
-            longest = max((len(p) - 1 for root in names
-                           for p in nx.all_simple_paths(g, root, n)), default=0)
+            longest = max(
+                (len(p) - 1 for root in names for p in nx.all_simple_paths(g, root, n)), default=0
+            )
             assert depth[n] == longest

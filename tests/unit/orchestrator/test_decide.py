@@ -17,8 +17,13 @@ from tests.unit.orchestrator.sim import World
 
 
 def cmd(name, deps=(), **extra):
-    return {"name": name, "task": "command", "params": {"argv": ["run", name]},
-            "depends_on": list(deps), **extra}
+    return {
+        "name": name,
+        "task": "command",
+        "params": {"argv": ["run", name]},
+        "depends_on": list(deps),
+        **extra,
+    }
 
 
 FAN = [cmd("a"), cmd("b", ["a"]), cmd("c", ["a"]), cmd("d", ["b", "c"])]
@@ -50,12 +55,21 @@ def test_scheduling_is_by_readiness_not_by_layer():
 
 def test_command_ids_are_deterministic_and_references_resolved_at_dispatch():
     w = World(pipeline_id="pipe")
-    w.submit([
-        {"name": "sft", "task": "train_model",
-         "params": {"job_uuid": "zzz1", "config": {"algorithm": "sft", "model_path": "m"}}},
-        {"name": "rl", "task": "train_model", "depends_on": ["sft"],
-         "params": {"config": {"algorithm": "grpo", "model_path": "${sft.checkpoint}"}}},
-    ])
+    w.submit(
+        [
+            {
+                "name": "sft",
+                "task": "train_model",
+                "params": {"job_uuid": "zzz1", "config": {"algorithm": "sft", "model_path": "m"}},
+            },
+            {
+                "name": "rl",
+                "task": "train_model",
+                "depends_on": ["sft"],
+                "params": {"config": {"algorithm": "grpo", "model_path": "${sft.checkpoint}"}},
+            },
+        ]
+    )
     assert w.run_for("sft").command_id == "pipe:sft:1"
     assert w.run_for("sft").job_id == "zzz1"
     w.succeed("sft", {"checkpoint": "/ckpt/sft-final"})
@@ -87,8 +101,18 @@ def test_a_retry_resumes_from_the_last_checkpoint():
 
     run = w.run_for("a")
     w.start("a")
-    w.send(CheckpointSaved(pipeline_id="p1", stage="a", attempt=1, command_id=run.command_id,
-                           agent_id=run.agent_id, job_id=run.job_id, step=40, path="/ck/40"))
+    w.send(
+        CheckpointSaved(
+            pipeline_id="p1",
+            stage="a",
+            attempt=1,
+            command_id=run.command_id,
+            agent_id=run.agent_id,
+            job_id=run.job_id,
+            step=40,
+            path="/ck/40",
+        )
+    )
     w.fail("a")
     w.tick(0.1)
     assert w.run_for("a").resume_from == "/ck/40"
@@ -106,7 +130,7 @@ def test_resume_after_failure_runs_only_the_failed_stage_and_its_descendants():
     new = w.runs()[before:]
     assert [(r.stage, r.attempt) for r in new] == [("c", 2)]
     w.succeed("c")
-    assert [(r.stage, r.attempt) for r in w.runs()[before + 1:]] == [("d", 1)]
+    assert [(r.stage, r.attempt) for r in w.runs()[before + 1 :]] == [("d", 1)]
     w.succeed("d")
     assert w.status() == "succeeded"
     ran = [(r.stage, r.attempt) for r in w.runs()]
@@ -172,8 +196,13 @@ def test_no_agent_fits_waits_with_a_reason_then_dispatches_when_one_appears():
 
 def test_placement_respects_capacity_within_one_decision():
     w = World(agents={"a1": AgentView("a1", 2, 2), "a2": AgentView("a2", 2, 2)})
-    w.submit([cmd("x", resources={"gpus": 2}), cmd("y", resources={"gpus": 2}),
-              cmd("z", resources={"gpus": 2})])
+    w.submit(
+        [
+            cmd("x", resources={"gpus": 2}),
+            cmd("y", resources={"gpus": 2}),
+            cmd("z", resources={"gpus": 2}),
+        ]
+    )
     assert sorted(r.agent_id for r in w.runs()) == ["a1", "a2"]
     assert [s["status"] for s in w.view()["stages"]].count("waiting") == 1
 
@@ -193,13 +222,21 @@ def test_cached_stage_reuses_a_prior_success():
     from posttrain.events import Envelope
     from posttrain.events.messages import SubmitPipeline
 
-    submit = Envelope(id="s2", occurred_at=datetime.now(UTC), key="p2",
-                      data=SubmitPipeline(pipeline_id="p2", name="again",
-                                          stages=[StageSpec.model_validate(s) for s in stages]))
+    submit = Envelope(
+        id="s2",
+        occurred_at=datetime.now(UTC),
+        key="p2",
+        data=SubmitPipeline(
+            pipeline_id="p2", name="again", stages=[StageSpec.model_validate(s) for s in stages]
+        ),
+    )
     cache = {entry.key: CacheEntry(entry.entry.outputs, entry.entry.command_id)}
     decision = decide(state, submit, Context(agents=second.agents, cache=cache))
-    assert [e.type for e in decision.events] == ["PipelineSubmitted", "StageCached",
-                                                 "PipelineSucceeded"]
+    assert [e.type for e in decision.events] == [
+        "PipelineSubmitted",
+        "StageCached",
+        "PipelineSucceeded",
+    ]
     assert state.stages["a"].outputs == {"checkpoint": "/c/a"}
     assert state.stages["a"].cached_from == "p1:a:1"
     assert not decision.commands
@@ -223,8 +260,15 @@ def test_actions_reach_the_agent_once():
     w = World()
     w.submit([cmd("a")])
     w.start("a")
-    action = RequestAction(action_id="act-1", pipeline_id="p1", stage="a", attempt=1,
-                           action="adjust_learning_rate", factor=0.1, reason="grad explosion")
+    action = RequestAction(
+        action_id="act-1",
+        pipeline_id="p1",
+        stage="a",
+        attempt=1,
+        action="adjust_learning_rate",
+        factor=0.1,
+        reason="grad explosion",
+    )
     w.send(action)
     w.send(action)
     sent = [c.data for c in w.commands if isinstance(c.data, AdjustLearningRate)]
@@ -241,8 +285,15 @@ def test_reports_for_other_attempts_or_unknown_pipelines_are_ignored():
     assert w.run_for("a").attempt == 2
     from posttrain.events.messages import StageSucceeded
 
-    late = StageSucceeded(pipeline_id="p1", stage="a", attempt=1, command_id="p1:a:1",
-                          agent_id="a1", job_id="p1.a", finished_at=1.0)
+    late = StageSucceeded(
+        pipeline_id="p1",
+        stage="a",
+        attempt=1,
+        command_id="p1:a:1",
+        agent_id="a1",
+        job_id="p1.a",
+        finished_at=1.0,
+    )
     assert not w.send(late)
     other = World(pipeline_id="never")
     assert not other.send(late.model_copy(update={"pipeline_id": "never"}))

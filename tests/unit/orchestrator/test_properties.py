@@ -18,11 +18,15 @@ def dags(draw):
     stages = []
     for i in range(n):
         deps = draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set()
-        stages.append({
-            "name": f"s{i}", "task": "command", "params": {"argv": ["x"]},
-            "depends_on": [f"s{d}" for d in sorted(deps)],
-            "retries": {"max_attempts": draw(st.integers(1, 3)), "backoff_s": 5},
-        })
+        stages.append(
+            {
+                "name": f"s{i}",
+                "task": "command",
+                "params": {"argv": ["x"]},
+                "depends_on": [f"s{d}" for d in sorted(deps)],
+                "retries": {"max_attempts": draw(st.integers(1, 3)), "backoff_s": 5},
+            }
+        )
     return stages
 
 

@@ -67,8 +67,10 @@ class PipelineExecutor:
         layers = resolver.get_execution_layers()
         await self._send(
             SubmitPipeline(
-                pipeline_id=self.pipeline_uuid, name=name or self.pipeline_uuid,
-                stages=resolver.stages, submitted_by=self.submitted_by,
+                pipeline_id=self.pipeline_uuid,
+                name=name or self.pipeline_uuid,
+                stages=resolver.stages,
+                submitted_by=self.submitted_by,
                 settings=dict(settings or {}),
             )
         )
@@ -84,23 +86,28 @@ class PipelineExecutor:
         return asyncio.run(self.aexecute(stages, name=name, settings=settings))
 
     async def aresume(self) -> None:
-        await self._send(ResumePipeline(pipeline_id=self.pipeline_uuid,
-                                        requested_by=self.submitted_by))
+        await self._send(
+            ResumePipeline(pipeline_id=self.pipeline_uuid, requested_by=self.submitted_by)
+        )
 
     def resume(self) -> None:
         """Run again every failed, cancelled or lost stage (and what waits on them)."""
         asyncio.run(self.aresume())
 
     async def acancel(self, reason: str = "") -> None:
-        await self._send(CancelPipeline(pipeline_id=self.pipeline_uuid, reason=reason,
-                                        requested_by=self.submitted_by))
+        await self._send(
+            CancelPipeline(
+                pipeline_id=self.pipeline_uuid, reason=reason, requested_by=self.submitted_by
+            )
+        )
 
     def cancel(self, reason: str = "") -> None:
         asyncio.run(self.acancel(reason))
 
     async def aretry_stage(self, stage: str) -> None:
-        await self._send(RetryStage(pipeline_id=self.pipeline_uuid, stage=stage,
-                                    requested_by=self.submitted_by))
+        await self._send(
+            RetryStage(pipeline_id=self.pipeline_uuid, stage=stage, requested_by=self.submitted_by)
+        )
 
     def retry_stage(self, stage: str) -> None:
         asyncio.run(self.aretry_stage(stage))
@@ -153,5 +160,7 @@ async def aget_pipeline_status(
     }
 
 
-def get_pipeline_status(pipeline_uuid: str, database_url: str | None = None) -> dict[str, Any] | None:
+def get_pipeline_status(
+    pipeline_uuid: str, database_url: str | None = None
+) -> dict[str, Any] | None:
     return asyncio.run(aget_pipeline_status(pipeline_uuid, database_url))

@@ -51,7 +51,9 @@ class EventProducer:
             linger_ms=linger_ms,
             max_batch_size=MAX_BATCH_BYTES,
             max_request_size=4 * MAX_BATCH_BYTES,
-            transactional_id=transactional_id,
+            # Namespaced like consumer groups: environments sharing a broker never fence each
+            # other's producers.
+            transactional_id=settings.group(transactional_id) if transactional_id else None,
             **client_options,
         )
         self._partitions: dict[str, int] = {}

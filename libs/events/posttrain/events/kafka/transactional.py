@@ -64,7 +64,7 @@ class TransactionalProcessor:
             isolation_level="read_committed",
         )
         self.producer = EventProducer(
-            settings, transactional_id=settings.group(transactional_id), linger_ms=0
+            settings, transactional_id=transactional_id, linger_ms=0
         )
         self.processed = 0
         self.dead_lettered = 0

@@ -83,7 +83,9 @@ def _malformed_references(value: Any, path: str) -> list[tuple[str, str]]:
     return out
 
 
-def parse_stages(raw: Iterable[Mapping[str, Any] | StageSpec]) -> tuple[list[StageSpec], list[DagError]]:
+def parse_stages(
+    raw: Iterable[Mapping[str, Any] | StageSpec],
+) -> tuple[list[StageSpec], list[DagError]]:
     """Turn user dicts into StageSpecs, collecting shape errors with their stage and field."""
     specs: list[StageSpec] = []
     errors: list[DagError] = []
@@ -121,8 +123,11 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
         algorithm = config.get("algorithm")
         if algorithm not in ALGORITHMS:
             errors.append(
-                DagError(spec.name, "params.config.algorithm",
-                         f"must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+                DagError(
+                    spec.name,
+                    "params.config.algorithm",
+                    f"must be one of {sorted(ALGORITHMS)}, got {algorithm!r}",
+                )
             )
         if not isinstance(config.get("model_path"), str) or not config["model_path"]:
             errors.append(
@@ -130,17 +135,19 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
             )
         for number in ("num_epochs", "kl_coef", "learning_rate", "max_steps"):
             if number in config and not isinstance(config[number], int | float):
-                errors.append(
-                    DagError(spec.name, f"params.config.{number}", "must be a number")
-                )
+                errors.append(DagError(spec.name, f"params.config.{number}", "must be a number"))
         run_mode = config.get("run_mode", params.get("run_mode", "local"))
         if run_mode not in RUN_MODES:
             errors.append(
-                DagError(spec.name, "params.config.run_mode",
-                         f"must be one of {sorted(RUN_MODES)}, got {run_mode!r}")
+                DagError(
+                    spec.name,
+                    "params.config.run_mode",
+                    f"must be one of {sorted(RUN_MODES)}, got {run_mode!r}",
+                )
             )
-        if run_mode == "ssh" and not isinstance(config.get("ssh_config", params.get("ssh_config")),
-                                                Mapping):
+        if run_mode == "ssh" and not isinstance(
+            config.get("ssh_config", params.get("ssh_config")), Mapping
+        ):
             errors.append(
                 DagError(spec.name, "params.config.ssh_config", "run_mode ssh needs ssh_config")
             )
@@ -178,7 +185,7 @@ def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
                 stack[-1] = (node, i + 1)
                 child = children[i]
                 if colour[child] == GREY:
-                    return [*path[path.index(child):], child]
+                    return [*path[path.index(child) :], child]
                 if colour[child] == WHITE:
                     colour[child] = GREY
                     stack.append((child, 0))
@@ -201,7 +208,9 @@ def ancestors(deps: Mapping[str, Sequence[str]], stage: str) -> set[str]:
     return seen
 
 
-def validate(raw: Iterable[Mapping[str, Any] | StageSpec]) -> tuple[list[StageSpec], list[DagError]]:
+def validate(
+    raw: Iterable[Mapping[str, Any] | StageSpec],
+) -> tuple[list[StageSpec], list[DagError]]:
     """Check a whole pipeline and return its stages with EVERY problem found (empty if valid)."""
     specs, errors = parse_stages(raw)
     if not specs and not errors:
@@ -220,20 +229,20 @@ def validate(raw: Iterable[Mapping[str, Any] | StageSpec]) -> tuple[list[StageSp
             if dep == name:
                 errors.append(DagError(name, "depends_on", f"stage {name!r} depends on itself"))
             elif dep not in names:
-                errors.append(
-                    DagError(name, "depends_on", f"unknown dependency {dep!r}")
-                )
+                errors.append(DagError(name, "depends_on", f"unknown dependency {dep!r}"))
     acyclic_deps = {n: [d for d in ds if d != n] for n, ds in deps.items()}
     cycle = find_cycle(acyclic_deps)
     if cycle:
-        errors.append(
-            DagError(cycle[0], "depends_on", "dependency cycle: " + " -> ".join(cycle))
-        )
+        errors.append(DagError(cycle[0], "depends_on", "dependency cycle: " + " -> ".join(cycle)))
     for name, spec in names.items():
         for path, text in _malformed_references(spec.params, "params"):
             errors.append(
-                DagError(name, path, f"malformed reference {text}; use ${{stage.checkpoint}} "
-                                     "or ${stage.outputs.<name>}")
+                DagError(
+                    name,
+                    path,
+                    f"malformed reference {text}; use ${{stage.checkpoint}} "
+                    "or ${stage.outputs.<name>}",
+                )
             )
         if cycle:
             continue  # ancestry is meaningless in a cyclic graph
@@ -242,9 +251,12 @@ def validate(raw: Iterable[Mapping[str, Any] | StageSpec]) -> tuple[list[StageSp
             if ref.stage not in upstream:
                 why = "does not exist" if ref.stage not in names else "is not an ancestor"
                 errors.append(
-                    DagError(name, "params",
-                             f"reference to {ref.stage!r} output {ref.output!r}: stage "
-                             f"{ref.stage!r} {why} (add it to depends_on)")
+                    DagError(
+                        name,
+                        "params",
+                        f"reference to {ref.stage!r} output {ref.output!r}: stage "
+                        f"{ref.stage!r} {why} (add it to depends_on)",
+                    )
                 )
     return specs, errors
 

@@ -105,8 +105,11 @@ class _Builder:
         self.state = state
         self.cause = cause
         self.now = now
-        self.when = datetime.fromtimestamp(now, UTC) if isinstance(cause.data, TickClock) \
+        self.when = (
+            datetime.fromtimestamp(now, UTC)
+            if isinstance(cause.data, TickClock)
             else cause.occurred_at
+        )
         self.decision = Decision()
         self._n = 0
         self.free: dict[str, int] = {}  # GPUs taken by this decision, per agent
@@ -159,8 +162,12 @@ def _submit(b: _Builder, c: SubmitPipeline, ctx: Context) -> None:
         return
     b.event(
         PipelineSubmitted(
-            pipeline_id=c.pipeline_id, name=c.name, stages=specs,
-            layers=dag.execution_layers(specs), submitted_by=c.submitted_by, settings=c.settings,
+            pipeline_id=c.pipeline_id,
+            name=c.name,
+            stages=specs,
+            layers=dag.execution_layers(specs),
+            submitted_by=c.submitted_by,
+            settings=c.settings,
         )
     )
     _progress(b, ctx)
@@ -170,7 +177,8 @@ def _resume(b: _Builder, c: ResumePipeline, ctx: Context) -> None:
     if b.state.status in (PipelineStatus.SUCCEEDED, PipelineStatus.REJECTED):
         return
     to_run = [
-        s.name for s in _ordered(b.state)
+        s.name
+        for s in _ordered(b.state)
         if s.status in (StageStatus.FAILED, StageStatus.CANCELLED, StageStatus.LOST)
         or (s.status == StageStatus.PENDING and b.state.status != PipelineStatus.RUNNING)
     ]
@@ -183,11 +191,14 @@ def _resume(b: _Builder, c: ResumePipeline, ctx: Context) -> None:
 def _retry_stage(b: _Builder, c: RetryStage, ctx: Context) -> None:
     stage = b.state.stages.get(c.stage)
     if stage is None or stage.status not in (
-        StageStatus.FAILED, StageStatus.CANCELLED, StageStatus.LOST
+        StageStatus.FAILED,
+        StageStatus.CANCELLED,
+        StageStatus.LOST,
     ):
         return
     blocked = [
-        name for name in dag.descendants([s.spec for s in b.state.stages.values()], c.stage)
+        name
+        for name in dag.descendants([s.spec for s in b.state.stages.values()], c.stage)
         if b.state.stages[name].status in (StageStatus.CANCELLED, StageStatus.FAILED)
     ]
     b.event(PipelineResumed(pipeline_id=b.state.pipeline_id, stages_to_run=[c.stage, *blocked]))
@@ -201,12 +212,26 @@ def _cancel(b: _Builder, c: CancelPipeline, ctx: Context) -> None:
         if stage.status in ACTIVE:
             run = stage.current
             assert run is not None
-            b.command(_control(CancelStage, b, stage, f"cancel:{b.cause.id}", c.reason), run.agent_id)
-            b.event(StageCancelled(pipeline_id=b.state.pipeline_id, stage=stage.name,
-                                   attempt=stage.attempt, reason=c.reason))
+            b.command(
+                _control(CancelStage, b, stage, f"cancel:{b.cause.id}", c.reason), run.agent_id
+            )
+            b.event(
+                StageCancelled(
+                    pipeline_id=b.state.pipeline_id,
+                    stage=stage.name,
+                    attempt=stage.attempt,
+                    reason=c.reason,
+                )
+            )
         elif stage.status in (StageStatus.PENDING, StageStatus.WAITING, StageStatus.RETRY_WAIT):
-            b.event(StageCancelled(pipeline_id=b.state.pipeline_id, stage=stage.name,
-                                   attempt=stage.attempt, reason=c.reason))
+            b.event(
+                StageCancelled(
+                    pipeline_id=b.state.pipeline_id,
+                    stage=stage.name,
+                    attempt=stage.attempt,
+                    reason=c.reason,
+                )
+            )
     b.event(PipelineCancelled(pipeline_id=b.state.pipeline_id, reason=c.reason))
 
 
@@ -236,8 +261,14 @@ def _request_action(b: _Builder, c: RequestAction, ctx: Context) -> None:
     assert run is not None
     b.event(
         ActionRequested(
-            action_id=c.action_id, pipeline_id=c.pipeline_id, stage=c.stage, attempt=c.attempt,
-            action=c.action, factor=c.factor, reason=c.reason, anomaly_id=c.anomaly_id,
+            action_id=c.action_id,
+            pipeline_id=c.pipeline_id,
+            stage=c.stage,
+            attempt=c.attempt,
+            action=c.action,
+            factor=c.factor,
+            reason=c.reason,
+            anomaly_id=c.anomaly_id,
             agent_id=run.agent_id,
         )
     )
@@ -255,21 +286,36 @@ def _tick(b: _Builder, t: TickClock, ctx: Context) -> None:
         run = stage.current
         if stage.status in ACTIVE and run is not None:
             if run.agent_id in silent:
-                b.event(StageLost(pipeline_id=b.state.pipeline_id, stage=stage.name,
-                                  attempt=stage.attempt, command_id=run.command_id,
-                                  agent_id=run.agent_id,
-                                  reason=f"agent {run.agent_id} stopped sending heartbeats"))
+                b.event(
+                    StageLost(
+                        pipeline_id=b.state.pipeline_id,
+                        stage=stage.name,
+                        attempt=stage.attempt,
+                        command_id=run.command_id,
+                        agent_id=run.agent_id,
+                        reason=f"agent {run.agent_id} stopped sending heartbeats",
+                    )
+                )
             elif stage.spec.timeout_s is not None:
                 started = run.started_at if run.started_at is not None else run.dispatched_at
                 if b.now - started > stage.spec.timeout_s:
-                    b.command(_control(CancelStage, b, stage, f"timeout:{run.command_id}",
-                                       "timed out"), run.agent_id)
-                    b.event(StageFailed(
-                        pipeline_id=b.state.pipeline_id, stage=stage.name, attempt=stage.attempt,
-                        command_id=run.command_id, agent_id=run.agent_id, job_id=run.job_id,
-                        finished_at=b.now, kind="timeout",
-                        error=f"timed out after {stage.spec.timeout_s:g} s",
-                    ))
+                    b.command(
+                        _control(CancelStage, b, stage, f"timeout:{run.command_id}", "timed out"),
+                        run.agent_id,
+                    )
+                    b.event(
+                        StageFailed(
+                            pipeline_id=b.state.pipeline_id,
+                            stage=stage.name,
+                            attempt=stage.attempt,
+                            command_id=run.command_id,
+                            agent_id=run.agent_id,
+                            job_id=run.job_id,
+                            finished_at=b.now,
+                            kind="timeout",
+                            error=f"timed out after {stage.spec.timeout_s:g} s",
+                        )
+                    )
                     _after_failure(b, stage)
     # Agents that rejected a stage may have room now: a tick lets them be tried again.
     b.retry_excluded = True
@@ -335,10 +381,18 @@ def _record_if_current(b: _Builder, r: Any, ctx: Context) -> None:
 def _after_failure(b: _Builder, stage: StageState) -> None:
     policy = stage.spec.retries
     if stage.failures < policy.max_attempts:
-        delay = min(policy.backoff_s * policy.backoff_multiplier ** (stage.failures - 1),
-                    policy.max_backoff_s)
-        b.event(StageRetryScheduled(pipeline_id=b.state.pipeline_id, stage=stage.name,
-                                    next_attempt=stage.attempt + 1, not_before=b.now + delay))
+        delay = min(
+            policy.backoff_s * policy.backoff_multiplier ** (stage.failures - 1),
+            policy.max_backoff_s,
+        )
+        b.event(
+            StageRetryScheduled(
+                pipeline_id=b.state.pipeline_id,
+                stage=stage.name,
+                next_attempt=stage.attempt + 1,
+                not_before=b.now + delay,
+            )
+        )
 
 
 def _ordered(state: PipelineState) -> list[StageState]:
@@ -351,10 +405,15 @@ def _progress(b: _Builder, ctx: Context) -> None:
     if state.status != PipelineStatus.RUNNING:
         return
     for stage in _ordered(state):
-        ready_status = stage.status in (StageStatus.PENDING, StageStatus.WAITING) or (
-            stage.status == StageStatus.RETRY_WAIT
-            and stage.not_before is not None and stage.not_before <= b.now
-        ) or (stage.status == StageStatus.LOST and stage.losses < MAX_LOSSES)
+        ready_status = (
+            stage.status in (StageStatus.PENDING, StageStatus.WAITING)
+            or (
+                stage.status == StageStatus.RETRY_WAIT
+                and stage.not_before is not None
+                and stage.not_before <= b.now
+            )
+            or (stage.status == StageStatus.LOST and stage.losses < MAX_LOSSES)
+        )
         if ready_status and all(
             state.stages[d].status == StageStatus.SUCCEEDED for d in stage.spec.depends_on
         ):
@@ -366,40 +425,86 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
     state = b.state
     run = stage.current
     # A rejected attempt is placed again under the same attempt number (it never ran).
-    attempt = stage.attempt if run is not None and run.status == StageStatus.PENDING \
+    attempt = (
+        stage.attempt
+        if run is not None and run.status == StageStatus.PENDING
         else stage.attempt + 1
+    )
     command = ids.command_id(state.pipeline_id, stage.name, attempt)
     job = ids.job_id(state.pipeline_id, stage.name, stage.spec.params)
     try:
         params = dag.resolve_references(stage.spec.params, state.stage_outputs())
     except KeyError as exc:
-        b.event(StageDispatched(pipeline_id=state.pipeline_id, stage=stage.name, attempt=attempt,
-                                command_id=command, agent_id="orchestrator", job_id=job,
-                                task=stage.spec.task, params={}))
-        b.event(StageFailed(pipeline_id=state.pipeline_id, stage=stage.name, attempt=attempt,
-                            command_id=command, agent_id="orchestrator", job_id=job,
-                            finished_at=b.now, kind="error", error=f"unresolved reference: {exc}"))
+        b.event(
+            StageDispatched(
+                pipeline_id=state.pipeline_id,
+                stage=stage.name,
+                attempt=attempt,
+                command_id=command,
+                agent_id="orchestrator",
+                job_id=job,
+                task=stage.spec.task,
+                params={},
+            )
+        )
+        b.event(
+            StageFailed(
+                pipeline_id=state.pipeline_id,
+                stage=stage.name,
+                attempt=attempt,
+                command_id=command,
+                agent_id="orchestrator",
+                job_id=job,
+                finished_at=b.now,
+                kind="error",
+                error=f"unresolved reference: {exc}",
+            )
+        )
         return  # no retry: running again cannot produce a missing upstream output
     if stage.spec.cache:
         upstream = {d: state.stages[d].outputs for d in stage.spec.depends_on}
         key = ids.cache_key(stage.spec.task, params, upstream)
         hit = ctx.cache.get(key) or _local_cache(state).get(key)
         if hit is not None:
-            b.event(StageCached(pipeline_id=state.pipeline_id, stage=stage.name, cache_key=key,
-                                outputs=dict(hit.outputs), from_command_id=hit.command_id))
+            b.event(
+                StageCached(
+                    pipeline_id=state.pipeline_id,
+                    stage=stage.name,
+                    cache_key=key,
+                    outputs=dict(hit.outputs),
+                    from_command_id=hit.command_id,
+                )
+            )
             return
     agent = _place(b, stage, ctx)
     if agent is None:
         return
     b.free[agent.agent_id] = b.free.get(agent.agent_id, agent.free_gpus) - stage.spec.resources.gpus
-    b.event(StageDispatched(pipeline_id=state.pipeline_id, stage=stage.name, attempt=attempt,
-                            command_id=command, agent_id=agent.agent_id, job_id=job,
-                            task=stage.spec.task, params=params))
+    b.event(
+        StageDispatched(
+            pipeline_id=state.pipeline_id,
+            stage=stage.name,
+            attempt=attempt,
+            command_id=command,
+            agent_id=agent.agent_id,
+            job_id=job,
+            task=stage.spec.task,
+            params=params,
+        )
+    )
     b.command(
-        RunStage(command_id=command, agent_id=agent.agent_id, pipeline_id=state.pipeline_id,
-                 stage=stage.name, attempt=attempt, job_id=job, task=stage.spec.task,
-                 params=params, resume_from=stage.last_checkpoint if attempt > 1 else None,
-                 timeout_s=stage.spec.timeout_s),
+        RunStage(
+            command_id=command,
+            agent_id=agent.agent_id,
+            pipeline_id=state.pipeline_id,
+            stage=stage.name,
+            attempt=attempt,
+            job_id=job,
+            task=stage.spec.task,
+            params=params,
+            resume_from=stage.last_checkpoint if attempt > 1 else None,
+            timeout_s=stage.spec.timeout_s,
+        ),
         agent.agent_id,
     )
 
@@ -408,7 +513,8 @@ def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     need = stage.spec.resources
     labels = set(need.labels)
     fitting = [
-        a for a in ctx.agents.values()
+        a
+        for a in ctx.agents.values()
         if a.alive and labels <= a.labels and b.free.get(a.agent_id, a.free_gpus) >= need.gpus
     ]
     excluded = set() if b.retry_excluded else stage.excluded_agents
@@ -420,8 +526,9 @@ def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     elif not any(a.alive for a in ctx.agents.values()):
         reason = "no agent is alive"
     else:
-        reason = (f"no live agent has {need.gpus} free GPU(s)"
-                  + (f" and labels {sorted(labels)}" if labels else ""))
+        reason = f"no live agent has {need.gpus} free GPU(s)" + (
+            f" and labels {sorted(labels)}" if labels else ""
+        )
     if stage.status != StageStatus.WAITING or stage.waiting_reason != reason:
         b.event(StageWaiting(pipeline_id=b.state.pipeline_id, stage=stage.name, reason=reason))
     return None
@@ -442,8 +549,12 @@ def cache_entries(state: PipelineState) -> list[KeyedCacheEntry]:
     out = []
     for stage in state.stages.values():
         run = stage.current
-        if stage.spec.cache and stage.status == StageStatus.SUCCEEDED and run is not None \
-                and stage.cached_from is None:
+        if (
+            stage.spec.cache
+            and stage.status == StageStatus.SUCCEEDED
+            and run is not None
+            and stage.cached_from is None
+        ):
             upstream = {d: state.stages[d].outputs for d in stage.spec.depends_on}
             key = ids.cache_key(stage.spec.task, run.params, upstream)
             out.append(KeyedCacheEntry(key, CacheEntry(dict(stage.outputs), run.command_id)))
@@ -458,22 +569,31 @@ def _settle(b: _Builder) -> None:
         return
     in_flight = any(
         s in ACTIVE or s in (StageStatus.RETRY_WAIT, StageStatus.WAITING) for s in statuses
-    ) or any(
-        s.status == StageStatus.LOST and s.losses < MAX_LOSSES for s in state.stages.values()
-    )
+    ) or any(s.status == StageStatus.LOST and s.losses < MAX_LOSSES for s in state.stages.values())
     if not in_flight:
-        failed = [s.name for s in _ordered(state)
-                  if s.status in (StageStatus.FAILED, StageStatus.LOST, StageStatus.CANCELLED)]
+        failed = [
+            s.name
+            for s in _ordered(state)
+            if s.status in (StageStatus.FAILED, StageStatus.LOST, StageStatus.CANCELLED)
+        ]
         b.event(PipelineFailed(pipeline_id=state.pipeline_id, failed_stages=failed))
 
 
-def _control(cls: type[Any], b: _Builder, stage: StageState, action_id: str, reason: str,
-             **extra: Any) -> Any:
+def _control(
+    cls: type[Any], b: _Builder, stage: StageState, action_id: str, reason: str, **extra: Any
+) -> Any:
     run = stage.current
     assert run is not None
-    return cls(action_id=action_id, agent_id=run.agent_id, run_command_id=run.command_id,
-               pipeline_id=b.state.pipeline_id, stage=stage.name, attempt=stage.attempt,
-               reason=reason, **extra)
+    return cls(
+        action_id=action_id,
+        agent_id=run.agent_id,
+        run_command_id=run.command_id,
+        pipeline_id=b.state.pipeline_id,
+        stage=stage.name,
+        attempt=stage.attempt,
+        reason=reason,
+        **extra,
+    )
 
 
 _HANDLERS: dict[type[Message], Any] = {

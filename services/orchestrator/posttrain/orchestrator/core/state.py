@@ -54,8 +54,14 @@ class StageStatus(StrEnum):
 ACTIVE = frozenset({StageStatus.ASSIGNED, StageStatus.RUNNING, StageStatus.PAUSED})
 DONE_OK = frozenset({StageStatus.SUCCEEDED})
 RERUNNABLE = frozenset(
-    {StageStatus.FAILED, StageStatus.CANCELLED, StageStatus.LOST, StageStatus.PENDING,
-     StageStatus.WAITING, StageStatus.RETRY_WAIT}
+    {
+        StageStatus.FAILED,
+        StageStatus.CANCELLED,
+        StageStatus.LOST,
+        StageStatus.PENDING,
+        StageStatus.WAITING,
+        StageStatus.RETRY_WAIT,
+    }
 )
 
 
@@ -205,8 +211,12 @@ def _dispatched(s: PipelineState, e: StageDispatched, t: float) -> None:
         stage.excluded_agents.clear()  # a new attempt may go anywhere
     stage.attempt = e.attempt
     stage.attempts[e.attempt] = Attempt(
-        attempt=e.attempt, command_id=e.command_id, agent_id=e.agent_id, job_id=e.job_id,
-        params=dict(e.params), dispatched_at=t,
+        attempt=e.attempt,
+        command_id=e.command_id,
+        agent_id=e.agent_id,
+        job_id=e.job_id,
+        params=dict(e.params),
+        dispatched_at=t,
         rejected_by=list(previous.rejected_by) if previous else [],
     )
     stage.status = StageStatus.ASSIGNED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -26,8 +27,13 @@ class AgentTable:
     heartbeat intervals pass without one; a heartbeat with ``stopping`` retires it at once."""
 
     def __init__(self, settings: KafkaSettings, *, silence_intervals: float = 3.0) -> None:
-        self._consumer = EventConsumer(settings, [Topic.AGENTS], group_id=None,
-                                       name="orchestrator-agents", isolation_level="read_committed")
+        self._consumer = EventConsumer(
+            settings,
+            [Topic.AGENTS],
+            group_id=None,
+            name="orchestrator-agents",
+            isolation_level="read_committed",
+        )
         self._seen: dict[str, _Seen] = {}
         self._silence = silence_intervals
         self._task: asyncio.Task[None] | None = None
@@ -40,10 +46,8 @@ class AgentTable:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await self._consumer.stop()
 
     async def _run(self) -> None:
@@ -64,7 +68,8 @@ class AgentTable:
 
     def silent(self, now: float) -> list[str]:
         return sorted(
-            agent for agent, seen in self._seen.items()
+            agent
+            for agent, seen in self._seen.items()
             if seen.beat.stopping or now - seen.at > self._silence * seen.beat.interval_s
         )
 

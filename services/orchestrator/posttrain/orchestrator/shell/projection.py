@@ -72,16 +72,35 @@ def pipeline_rows(state: PipelineState) -> tuple[tuple[Any, ...], list[tuple[Any
     """The pipelines row and pipeline_stages rows of a state."""
     view = pipeline_view(state)
     pipeline = (
-        state.pipeline_id, state.name, view["status"], state.submitted_by,
-        _time(state.submitted_at), _time(state.finished_at), _json(state.layers),
-        _json(state.errors), state.version,
+        state.pipeline_id,
+        state.name,
+        view["status"],
+        state.submitted_by,
+        _time(state.submitted_at),
+        _time(state.finished_at),
+        _json(state.layers),
+        _json(state.errors),
+        state.version,
     )
     stages = [
         (
-            state.pipeline_id, s["name"], i, s["task"], s["status"], s["attempt"],
-            s["command_id"], s["agent_id"], s["job_id"], _time(s["started_at"]),
-            _time(s["finished_at"]), _json(s["outputs"]), s["error"], s["waiting_reason"],
-            s["cached_from"], _json(s["attempts"]), state.version,
+            state.pipeline_id,
+            s["name"],
+            i,
+            s["task"],
+            s["status"],
+            s["attempt"],
+            s["command_id"],
+            s["agent_id"],
+            s["job_id"],
+            _time(s["started_at"]),
+            _time(s["finished_at"]),
+            _json(s["outputs"]),
+            s["error"],
+            s["waiting_reason"],
+            s["cached_from"],
+            _json(s["attempts"]),
+            state.version,
         )
         for i, s in enumerate(view["stages"])
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -13,6 +14,39 @@ from posttrain.events.topics import Topic
 from posttrain.orchestrator.core.state import PipelineState, apply
 
 log = logging.getLogger(__name__)
+
+
+async def stable_end_offsets(
+    settings: KafkaSettings,
+    committed_reader: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    timeout_s: float = 120.0,
+) -> dict[TopicPartition, int]:
+    """The end of each partition once no transaction is open on it.
+
+    A fenced predecessor's transaction is aborted when we initialise our producer, but the abort
+    markers reach the partitions a moment later; until then the last stable offset stops short
+    of decisions that were committed. Replaying up to it would forget them, so wait until the
+    last stable offset has caught up with the high watermark."""
+    raw = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        isolation_level="read_uncommitted",
+        enable_auto_commit=False,
+    )
+    await raw.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            high = await raw.end_offsets(tps)
+            stable = await committed_reader.end_offsets(tps)
+            if all(stable[tp] >= high[tp] for tp in tps):
+                return dict(stable)
+            if loop.time() > deadline:
+                raise TimeoutError(f"transactions still open on {tps} after {timeout_s} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await raw.stop()
 
 
 async def replay_partitions(
@@ -39,7 +73,7 @@ async def replay_partitions(
     count = 0
     try:
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await stable_end_offsets(settings, consumer, tps)
         pending = {tp for tp in tps if ends[tp] > 0}
         if pending:
             await consumer.seek_to_beginning(*pending)
@@ -53,8 +87,9 @@ async def replay_partitions(
                     try:
                         envelope = decode(record.value, record.headers)
                     except DecodeError as exc:
-                        log.error("unreadable event skipped in replay: %s@%s: %s",
-                                  tp, record.offset, exc)
+                        log.error(
+                            "unreadable event skipped in replay: %s@%s: %s", tp, record.offset, exc
+                        )
                         continue
                     pid = envelope.data.pipeline_id
                     state = by_pipeline.get(pid)

@@ -82,6 +82,7 @@ class Orchestrator:
         self._inflight: dict[str, tuple[str, int]] = {}  # command id -> (agent, gpus)
         self._cache: dict[str, CacheEntry] = {}
         self._last_tick = 0.0
+        self._lock = asyncio.Lock()
         self.replayed_events = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -105,27 +106,38 @@ class Orchestrator:
 
     async def step(self, timeout_ms: int = 500) -> None:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
-        by_partition: dict[int, list[Any]] = {}
-        for tp, records in batches.items():
-            by_partition.setdefault(tp.partition, []).extend(records)
-        for p, records in by_partition.items():
-            if p in self._producers:
+        async with self._lock:
+            by_partition: dict[int, list[Any]] = {}
+            for tp, records in batches.items():
+                if tp.partition not in self._producers:
+                    # Fetched before the assignment listener finished fencing and replaying
+                    # this partition: read it again once we own it.
+                    self._consumer.seek(tp, records[0].offset)
+                    continue
+                by_partition.setdefault(tp.partition, []).extend(records)
+            for p, records in by_partition.items():
                 await self._process(p, records)
-        now = time.time()
-        if now - self._last_tick >= self.tick_interval_s:
-            self._last_tick = now
-            await self._tick(now)
+            now = time.time()
+            if now - self._last_tick >= self.tick_interval_s:
+                self._last_tick = now
+                await self._tick(now)
 
     # --- ownership ----------------------------------------------------------------------------
 
     async def _assign(self, partitions: set[int]) -> None:
+        # The group coordinator calls this from its own task: never interleave with a batch.
+        async with self._lock:
+            await self._assign_locked(partitions)
+
+    async def _assign_locked(self, partitions: set[int]) -> None:
         for p in set(self._producers) - partitions:
             await self._producers.pop(p).stop()
             self._drop(p)
         new = sorted(partitions - set(self._producers))
         for p in new:
-            producer = EventProducer(self.settings, transactional_id=f"orchestrator-p{p}",
-                                     linger_ms=0)
+            producer = EventProducer(
+                self.settings, transactional_id=f"orchestrator-p{p}", linger_ms=0
+            )
             await producer.start()
             # Fence the previous owner: initialising our transactional id aborts its open
             # transaction before we read the log's end.
@@ -146,6 +158,7 @@ class Orchestrator:
             self._drop(p)
         states, count = await replay_partitions(self.settings, partitions)
         self.replayed_events += count
+        log.info("replayed %d events of partitions %s", count, list(partitions))
         for p, by_pipeline in states.items():
             self.states[p] = by_pipeline
             for state in by_pipeline.values():
@@ -186,11 +199,15 @@ class Orchestrator:
                     except (DecodeError, AttributeError) as exc:
                         reason = exc.reason if isinstance(exc, DecodeError) else "invalid"
                         await producer.client.send(
-                            self.settings.topic(Topic.DLQ), key=record.key, value=record.value,
+                            self.settings.topic(Topic.DLQ),
+                            key=record.key,
+                            value=record.value,
                             headers=dead_letter_headers(record, reason, str(exc), "orchestrator"),
                         )
                         continue
                     state = states.get(pid) or PipelineState(pid)
+                    if not state.stages and envelope.type != "SubmitPipeline":
+                        log.warning("%s for unknown pipeline %s ignored", envelope.type, pid)
                     decision = decide(state, envelope, self._context(time.time()))
                     if decision:
                         states[pid] = state
@@ -217,8 +234,9 @@ class Orchestrator:
                         id=f"tick:{state.pipeline_id}:{now:.6f}",
                         occurred_at=datetime.fromtimestamp(now, UTC),
                         key=state.pipeline_id,
-                        data=TickClock(pipeline_id=state.pipeline_id, now=now,
-                                       silent_agents=sorted(silent)),
+                        data=TickClock(
+                            pipeline_id=state.pipeline_id, now=now, silent_agents=sorted(silent)
+                        ),
                     )
                     decision = decide(state, tick, self._context(now))
                     if decision:
@@ -250,8 +268,9 @@ class Orchestrator:
         producer = self._producers.get(p)
         if producer is not None:
             await producer.stop()
-            producer = EventProducer(self.settings, transactional_id=f"orchestrator-p{p}",
-                                     linger_ms=0)
+            producer = EventProducer(
+                self.settings, transactional_id=f"orchestrator-p{p}", linger_ms=0
+            )
             await producer.start()
             self._producers[p] = producer
         await self._rebuild([p])
