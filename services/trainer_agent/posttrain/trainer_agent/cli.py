@@ -1,0 +1,120 @@
+"""``posttrain-agent`` (and ``posttrain agent``): run a trainer agent on this node.
+
+    posttrain-agent --name gpu-node-1 --gpus 8 --labels a100,ib --work-dir /data/posttrain-agent
+
+Kafka comes from ``KAFKA_BOOTSTRAP_SERVERS`` and ``POSTTRAIN_TOPIC_NAMESPACE``. SIGTERM or
+Ctrl-C stops the agent and leaves its stages running; starting it again on the same work
+directory re-attaches to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from posttrain.events.kafka import KafkaSettings
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and every ``extra`` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        doc.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="posttrain agent",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--name", default=socket.gethostname(), help="agent id (default: host)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs this agent offers")
+    parser.add_argument("--labels", default="", help="comma-separated labels, e.g. a100,ib")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="stages at once (default: the number of GPUs, at least 1)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="journal, stage logs, checkpoints (default ~/.cache/posttrain/agents/NAME)",
+    )
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between beats")
+    parser.add_argument(
+        "--stage-threads", type=int, default=None, help="OMP_NUM_THREADS for stage processes"
+    )
+    parser.add_argument(
+        "--no-zygote",
+        action="store_true",
+        help="start each stage in a fresh interpreter instead of forking it "
+        "from a process with torch imported",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+    from posttrain.trainer_agent.agent import Agent, AgentConfig
+    from posttrain.trainer_agent.launcher import Launcher, SpawnLauncher
+
+    home = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
+    work_dir = Path(args.work_dir) if args.work_dir else home / "agents" / args.name
+    stage_env: tuple[tuple[str, str], ...] = ()
+    if args.stage_threads:
+        stage_env = (("OMP_NUM_THREADS", str(args.stage_threads)),)
+    config = AgentConfig(
+        name=args.name,
+        work_dir=work_dir,
+        gpus=args.gpus,
+        labels=frozenset(label for label in args.labels.split(",") if label),
+        slots=args.slots or max(1, args.gpus),
+        heartbeat_s=args.heartbeat,
+        stage_env=stage_env,
+    )
+    launcher: Launcher | None = SpawnLauncher() if args.no_zygote else None
+    agent = Agent(config, KafkaSettings.from_env(client_id=f"agent-{args.name}"), launcher)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.stop)
+        await agent.run()
+
+    asyncio.run(run())
+    if launcher is not None:
+        launcher.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The files through which the agent and a stage process talk.
+
+Each RunStage command has a directory on the agent's disk::
+
+    spec-<n>.json     what launch n runs (the RunStage, where to resume, control offset)
+    stage.log         stdout and stderr of every launch of this attempt, appended
+    control.jsonl     control commands, appended by the agent, read at each step boundary
+    events.jsonl      CheckpointSaved / ActionApplied, appended by the stage, published by the agent
+    result-<n>.json   how launch n ended, written once, atomically
+
+Files rather than pipes, because the stage process outlives an agent that is killed: the next
+agent finds the same files, re-attaches and carries on, and nothing held only in memory is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from posttrain.trainer_agent.core.control import StepDirective, at_step_boundary
+from posttrain.trainer_agent.core.lines import complete_lines
+
+CONTROL = "control.jsonl"
+EVENTS = "events.jsonl"
+LOG = "stage.log"
+
+
+def spec_path(attempt_dir: Path, launch: int) -> Path:
+    return attempt_dir / f"spec-{launch}.json"
+
+
+def result_path(attempt_dir: Path, launch: int) -> Path:
+    return attempt_dir / f"result-{launch}.json"
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write, flush to disk, then rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def append_line(path: Path, doc: Any) -> int:
+    """Append one JSON line (one write, flushed); returns the file's size after it."""
+    line = orjson.dumps(doc) + b"\n"
+    with open(path, "ab") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return fh.tell()
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+class LineFollower:
+    """Reads the complete lines appended to a file since the last read."""
+
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self.lines_read = 0
+
+    def changed(self) -> bool:
+        return file_size(self.path) > self.offset
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.changed():
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        lines, consumed = complete_lines(chunk)
+        self.offset += consumed
+        out: list[dict[str, Any]] = []
+        for line in lines:
+            self.lines_read += 1
+            with contextlib.suppress(ValueError):
+                doc = orjson.loads(line)
+                if isinstance(doc, dict):
+                    out.append(doc)
+        return out
+
+
+class ControlInbox:
+    """The stage's side of the control file: what arrived since the last step boundary."""
+
+    def __init__(self, attempt_dir: Path, offset: int) -> None:
+        self._follower = LineFollower(attempt_dir / CONTROL, offset)
+        self._applied: set[str] = set()
+
+    @property
+    def offset(self) -> int:
+        return self._follower.offset
+
+    def poll(self) -> StepDirective:
+        if not self._follower.changed():  # the common case: one stat() per step
+            return StepDirective()
+        directive = at_step_boundary(self._follower.read(), frozenset(self._applied))
+        self._applied.update(a.action_id for a in directive.applied)
+        return directive
+
+
+class EventOutbox:
+    """The stage's side of the events file."""
+
+    def __init__(self, attempt_dir: Path) -> None:
+        self.path = attempt_dir / EVENTS
+
+    def checkpoint_saved(self, step: int, path: str, reason: str) -> None:
+        append_line(
+            self.path, {"type": "CheckpointSaved", "step": step, "path": path, "reason": reason}
+        )
+
+    def action_applied(
+        self, action_id: str, action: str, step: int, details: dict[str, Any]
+    ) -> None:
+        append_line(
+            self.path,
+            {
+                "type": "ActionApplied",
+                "action_id": action_id,
+                "action": action,
+                "step": step,
+                "details": details,
+            },
+        )

@@ -1,0 +1,129 @@
+"""``command``: run any program (argv, no shell) as a stage, e.g. a verl PPO run.
+
+Config: ``argv`` (list of strings, required), ``env`` (extra environment), ``cwd``,
+``metrics_file`` (default ``<attempt dir>/metrics.jsonl``), ``checkpoint`` (a path the program
+writes, reported as the ``checkpoint`` output).
+
+The program gets ``POSTTRAIN_JOB_ID`` (and pipeline, stage, attempt), ``POSTTRAIN_METRICS_FILE``
+and ``VERL_FILE_LOGGER_PATH`` naming the metrics file, which this task tails onto the platform
+while it runs: lines in the project's format (``create_metrics_file_writer``) or verl's ``file``
+logger format both work. Its stdout and stderr go to the stage log. ``CancelStage`` stops it
+(SIGTERM, then SIGKILL); other controls need a trainer with step boundaries and are not applied.
+A failure whose log shows torch's out-of-memory error is reported as ``oom``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from posttrain.trainer_agent.core.failure import kind_from_log, tail
+from posttrain.trainer_agent.stage_files import LOG
+from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
+from posttrain.trainer_agent.tasks.context import StageContext, StageError
+
+TERMINATE_GRACE_S = 10.0
+
+
+class CommandFailed(Exception):
+    """The program exited non-zero; ``kind`` is ``oom`` when its log says so."""
+
+    def __init__(self, message: str, kind: str, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.details = details
+
+
+def run_command(ctx: StageContext) -> dict[str, Any]:
+    argv = ctx.config.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise StageError("command needs params.config.argv: a non-empty list of strings")
+    metrics_file = Path(ctx.config.get("metrics_file") or ctx.attempt_dir / "metrics.jsonl")
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in (ctx.config.get("env") or {}).items()})
+    env.setdefault("POSTTRAIN_METRICS_FILE", str(metrics_file))
+    env.setdefault("VERL_FILE_LOGGER_PATH", str(metrics_file))
+    log_size_before = _size(ctx.attempt_dir / LOG)
+
+    stop_tailing = threading.Event()
+    tailer = MetricsFileTailer(metrics_file, ctx.attempt_dir / "metrics.offset")
+    follower = threading.Thread(
+        target=follow,
+        args=(tailer, ctx.reporter, stop_tailing),
+        kwargs={"poll_s": 0.5},
+        name="metrics-tail",
+        daemon=True,
+    )
+    follower.start()
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(argv, env=env, cwd=ctx.config.get("cwd"))
+    except OSError as exc:
+        stop_tailing.set()
+        raise StageError(f"command {argv[0]!r} cannot start: {exc}") from exc
+    code = _wait(ctx, process)
+    stop_tailing.set()
+    follower.join(60)
+    outputs: dict[str, Any] = {
+        "exit_code": code,
+        "metrics_file": str(metrics_file),
+        "metrics_lines_skipped": tailer.skipped_lines,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    if ctx.stop_reason == "cancel":
+        return {"stopped": "cancel", "step": 0, **outputs}
+    if code != 0:
+        log_tail = _log_tail(ctx.attempt_dir / LOG, log_size_before)
+        raise CommandFailed(
+            f"command exited with status {code}",
+            kind_from_log(log_tail),
+            {"log_tail": log_tail, **outputs},
+        )
+    if ctx.config.get("checkpoint"):
+        outputs["checkpoint"] = str(ctx.config["checkpoint"])
+    return outputs
+
+
+def _wait(ctx: StageContext, process: subprocess.Popen[bytes]) -> int:
+    while True:
+        try:
+            return process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        directive = ctx.poll_control()
+        for applied in directive.applied:
+            if applied.action == "cancel":
+                ctx.stopping("cancel", 0)
+                ctx.action_applied(applied, 0)
+                _terminate(process)
+            else:
+                print(f"posttrain: {applied.action} is not applied to a command stage", flush=True)
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(TERMINATE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _log_tail(path: Path, since: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(since)
+            return tail(fh.read().decode("utf-8", "replace"))
+    except FileNotFoundError:
+        return ""
