@@ -19,6 +19,10 @@ Topics are the project's (namespaced by KafkaSettings, never declared here); onl
 changelog topics are created by Faust, with the partition count of the topic they shadow.
 
     python -m posttrain.diagnostics.stream  # KAFKA_BOOTSTRAP_SERVERS, POSTTRAIN_TOPIC_NAMESPACE
+
+Also: POSTTRAIN_DIAGNOSTICS_CONFIG (per-pipeline thresholds, alert channels, action policy),
+POSTTRAIN_DIAGNOSTICS_SCAN_S with DATABASE_URL (periodic scan of failed jobs),
+POSTTRAIN_DIAGNOSTICS_WEB_PORT (Faust's web server on 127.0.0.1, for liveness).
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import faust
 import orjson
 from faust.serializers import codecs
 
 from posttrain.diagnostics.alerts import Alerter, load_config_book
+from posttrain.diagnostics.batch import DiagnosticService
 from posttrain.diagnostics.core.alerting import AlertDedup
 from posttrain.diagnostics.core.anomaly import Anomaly, oom_anomaly_id
 from posttrain.diagnostics.core.config import ConfigBook
@@ -97,6 +103,7 @@ class DiagnosticsStream:
         *,
         alerter: Alerter | None = None,
         web_port: int | None = None,
+        database_url: str | None = None,
         **faust_options: Any,
     ) -> None:
         self.settings = settings
@@ -157,6 +164,12 @@ class DiagnosticsStream:
         self.policies = table("policies", TOPICS[Topic.ANOMALIES].partitions)
         self.dedup = table("alert-dedup", TOPICS[Topic.ANOMALIES].partitions)
 
+        self.service: DiagnosticService | None = None
+        scan_s = float(os.environ.get("POSTTRAIN_DIAGNOSTICS_SCAN_S", "0") or 0)
+        if scan_s > 0 and database_url:
+            # Failed jobs in the orchestrator's read model (e.g. OOM), raised with stable ids.
+            self.service = DiagnosticService(database_url, self.book)
+            app.timer(scan_s)(self._scan)
         app.agent(self.metrics, name="detect", concurrency=1)(self._detect)
         app.agent(self.reports, name="failures", concurrency=1)(self._failures)
         app.agent(self.anomalies, name="act", concurrency=1)(self._act)
@@ -191,6 +204,17 @@ class DiagnosticsStream:
         if isinstance(current, JobState):
             return current
         return JobState(config, current if isinstance(current, dict) else None)
+
+    async def _scan(self) -> None:
+        if self.service is None:
+            return
+        try:
+            found = await self.service.scan_failed_jobs()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("failed-job scan failed", extra={"error": str(exc)})
+            return
+        for event in found:
+            await self._send(self.anomalies, Envelope.create(event, key=event.job_id))
 
     # --- agents ----------------------------------------------------------------------------
 
@@ -325,7 +349,9 @@ def create_app(
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
     port = os.environ.get("POSTTRAIN_DIAGNOSTICS_WEB_PORT")
-    app = create_app(web_port=int(port) if port else None)
+    app = create_app(
+        web_port=int(port) if port else None, database_url=os.environ.get("DATABASE_URL")
+    )
     worker = faust.Worker(app, loglevel=os.environ.get("LOG_LEVEL", "info").lower())
     started = time.time()
     log.info("diagnostics stream starting", extra={"app": app.conf.id, "t": started})
