@@ -128,7 +128,12 @@ def decode(
             "malformed",
             f"envelope 'occurred_at' is not an ISO 8601 time: {doc.get('occurred_at')!r}",
         ) from None
-    extra = {k: v.decode("utf-8", "replace") for k, v in headers if k not in _RESERVED}
+    # Most messages carry only our three headers: skip building a dict for them.
+    extra = (
+        {k: v.decode("utf-8", "replace") for k, v in headers if k not in _RESERVED}
+        if len(headers) > len(_RESERVED)
+        else None
+    )
     return Envelope(
         id=envelope_id,
         occurred_at=occurred_at,

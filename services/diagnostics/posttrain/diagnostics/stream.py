@@ -46,6 +46,7 @@ from posttrain.diagnostics.core.config import ConfigBook
 from posttrain.diagnostics.core.messages import anomaly_detected
 from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
 from posttrain.diagnostics.core.state import JobState
+from posttrain.diagnostics.wire import read_metrics
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.dlq import dead_letter_headers
@@ -220,11 +221,15 @@ class DiagnosticsStream:
 
     async def _detect(self, stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
-            envelope = await self._decode(event)
-            if envelope is None or not isinstance(envelope.data, MetricsReported):
-                yield None
-                continue
-            data: MetricsReported = envelope.data
+            fast = read_metrics(event.message.value)
+            if fast is not None:
+                data, cause_id, correlation = fast.report, fast.envelope_id, fast.correlation_id
+            else:
+                envelope = await self._decode(event)
+                if envelope is None or not isinstance(envelope.data, MetricsReported):
+                    yield None
+                    continue
+                data, cause_id, correlation = envelope.data, envelope.id, envelope.correlation_id
             state = self._job_state(data.job_id, data.pipeline_id)
             raised: list[tuple[Anomaly, float]] = []
             for i, point in enumerate(data.points):
@@ -242,7 +247,15 @@ class DiagnosticsStream:
                     attempt=data.attempt,
                     emitted_at=emitted_at,
                 )
-                await self._send(self.anomalies, envelope.caused(out, key=data.job_id))
+                await self._send(
+                    self.anomalies,
+                    Envelope.create(
+                        out,
+                        key=data.job_id,
+                        correlation_id=correlation or cause_id,
+                        causation_id=cause_id,
+                    ),
+                )
             self.processed_messages += 1
             yield None
 

@@ -13,17 +13,22 @@ unit tests check both on generated messages).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson
 
 from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint, MetricsReported
 from posttrain.metrics_ingest.core.rows import (
+    INT8_MAX,
+    INT8_MIN,
     ReportRows,
     Row,
     RowError,
+    check_int8,
     check_routing,
+    custom_json,
     point_row,
 )
 
@@ -124,42 +129,77 @@ def _read_data(data: dict[str, Any]) -> ReportRows:
     if attempt is not None and type(attempt) is not _INT:
         raise _NotPlain
     check_routing(job_id, source, pipeline_id, stage, attempt)
+    check_int8(first_seq, "seq")
+    check_int8(first_seq + max(0, len(points) - 1), "seq")
+    # The hot loop, per point: one C-level get of every field and one type check for the usual
+    # case (step an int, the rest floats or nulls, custom a dict); anything else goes value by
+    # value, or steps aside.
     rows: list[Row] = []
     append = rows.append
     seq = first_seq
     for point in points:
         if type(point) is not dict:
             raise _NotPlain
-        get = point.get
-        step = get("step")
-        if type(step) is not _INT:
+        try:
+            values = _GETTER(point)
+        except KeyError:  # a writer that leaves nulls (or custom) out
+            values = tuple(map(point.get, _FIELDS))
+        step = values[0]
+        timestamp = values[2]
+        if (
+            type(step) is not _INT
+            or type(timestamp) is not _FLOAT
+            or not _FLOAT_OR_NONE.issuperset(map(type, values[1:-1]))
+        ):
+            values = _convert(values)
+            step = values[0]
+            timestamp = values[2]
+        if not INT8_MIN <= step <= INT8_MAX:
             raise _NotPlain
-        timestamp = _number(get("timestamp"), required=True)
-        epoch = _number(get("epoch"))
-        custom = get("custom", _EMPTY)
+        custom = values[-1]
+        if custom is None:
+            custom = _EMPTY if "custom" not in point else None
         if type(custom) is not dict:
             raise _NotPlain
-        values = [_number(get(field)) for field in CORE_FIELDS]
-        append(point_row(seq, step, epoch, timestamp, values, custom))  # type: ignore[arg-type]
+        try:
+            ts = _fromtimestamp(timestamp, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise _NotPlain from None
+        append((seq, step, values[1], ts, *values[3:-1], custom_json(custom) if custom else None))
         seq += 1
     return ReportRows(job_id, source, rows, pipeline_id, stage, attempt)
 
 
+# step, epoch, timestamp, the canonical fields, custom: the row's order, less seq and ts.
+_FIELDS = ("step", "epoch", "timestamp", *CORE_FIELDS, "custom")
+_GETTER = itemgetter(*_FIELDS)
+_FLOAT_OR_NONE = frozenset({float, type(None)})
+_fromtimestamp = datetime.fromtimestamp
 _EMPTY: dict[str, Any] = {}
 
 
-def _number(value: Any, *, required: bool = False) -> float | None:
+def _number(value: Any) -> float | None:
     kind = type(value)
     if kind is _FLOAT:
         return value  # type: ignore[no-any-return]
     if kind is _INT:
         return _FLOAT(value)
     if value is None:
-        if required:
-            raise _NotPlain
         return None
     if kind is str:
         number = _NON_FINITE.get(value)
         if number is not None:
             return number
     raise _NotPlain
+
+
+def _convert(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The unusual case, value by value: integers to floats, "NaN"-style strings to floats."""
+    step = values[0]
+    if type(step) is not _INT:
+        raise _NotPlain
+    timestamp = _number(values[2])
+    if timestamp is None:
+        raise _NotPlain
+    middle = tuple(_number(v) for v in values[3:-1])
+    return (step, _number(values[1]), timestamp, *middle, values[-1])
