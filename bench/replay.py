@@ -35,31 +35,58 @@ from posttrain.orchestrator.core.state import PipelineState, apply
 from posttrain.orchestrator.shell.replay import replay_partitions
 
 STAGES = ["preprocess", "sft", "grpo", "dpo", "ppo", "eval_grpo", "eval_dpo", "report"]
-DEPS = {"sft": ["preprocess"], "grpo": ["sft"], "dpo": ["sft"], "ppo": ["sft"],
-        "eval_grpo": ["grpo"], "eval_dpo": ["dpo"], "report": ["eval_grpo", "eval_dpo", "ppo"]}
+DEPS = {
+    "sft": ["preprocess"],
+    "grpo": ["sft"],
+    "dpo": ["sft"],
+    "ppo": ["sft"],
+    "eval_grpo": ["grpo"],
+    "eval_dpo": ["dpo"],
+    "report": ["eval_grpo", "eval_dpo", "ppo"],
+}
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def pipeline_log(i: int, checkpoints: int) -> list[Envelope[Any]]:
     pid = f"pipe-{i:06d}"
-    specs = [StageSpec(name=s, task="train_model", depends_on=DEPS.get(s, []),
-                       params={"config": {"algorithm": "sft", "model_path": "tiny"}})
-             for s in STAGES]
+    specs = [
+        StageSpec(
+            name=s,
+            task="train_model",
+            depends_on=DEPS.get(s, []),
+            params={"config": {"algorithm": "sft", "model_path": "tiny"}},
+        )
+        for s in STAGES
+    ]
     out: list[Envelope[Any]] = []
     n = 0
 
     def add(data: Any) -> None:
         nonlocal n
         n += 1
-        out.append(Envelope(id=f"{pid}/{n}", occurred_at=T0 + timedelta(seconds=n), key=pid,
-                            data=data, correlation_id=pid))
+        out.append(
+            Envelope(
+                id=f"{pid}/{n}",
+                occurred_at=T0 + timedelta(seconds=n),
+                key=pid,
+                data=data,
+                correlation_id=pid,
+            )
+        )
 
-    add(PipelineSubmitted(pipeline_id=pid, name="bench", stages=specs,
-                          layers=[[s] for s in STAGES]))
+    add(
+        PipelineSubmitted(pipeline_id=pid, name="bench", stages=specs, layers=[[s] for s in STAGES])
+    )
     for stage in STAGES:
         command = f"{pid}:{stage}:1"
-        ids = dict(pipeline_id=pid, stage=stage, attempt=1, command_id=command,
-                   agent_id="gpu-1", job_id=f"{pid}.{stage}")
+        ids = dict(
+            pipeline_id=pid,
+            stage=stage,
+            attempt=1,
+            command_id=command,
+            agent_id="gpu-1",
+            job_id=f"{pid}.{stage}",
+        )
         add(StageDispatched(**ids, task="train_model", params={"config": {"algorithm": "sft"}}))
         add(StageStarted(**ids, started_at=float(n)))
         for step in range(checkpoints):
@@ -73,19 +100,27 @@ async def write_log(settings: KafkaSettings, pipelines: int, checkpoints: int) -
     total = 0
     async with EventProducer(settings) as producer:
         for start in range(0, pipelines, 100):
-            batch = [e for i in range(start, min(start + 100, pipelines))
-                     for e in pipeline_log(i, checkpoints)]
+            batch = [
+                e
+                for i in range(start, min(start + 100, pipelines))
+                for e in pipeline_log(i, checkpoints)
+            ]
             total += await producer.send_many(Topic.PIPELINE_EVENTS, batch)
     return total
 
 
 async def naive_replay(settings: KafkaSettings, limit: int) -> tuple[int, float]:
     topic = settings.topic(Topic.PIPELINE_EVENTS)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                isolation_level="read_committed", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
-        consumer.assign([TopicPartition(topic, p) for p in range(TOPICS[Topic.PIPELINE_EVENTS].partitions)])
+        consumer.assign(
+            [TopicPartition(topic, p) for p in range(TOPICS[Topic.PIPELINE_EVENTS].partitions)]
+        )
         await consumer.seek_to_beginning()
         states: dict[str, PipelineState] = {}
         started = time.perf_counter()
@@ -109,7 +144,9 @@ async def main() -> None:
     try:
         t = time.perf_counter()
         total = await write_log(settings, args.pipelines, args.checkpoints)
-        print(f"events_written: {total} ({args.pipelines} pipelines) in {time.perf_counter() - t:.1f} s")
+        print(
+            f"events_written: {total} ({args.pipelines} pipelines) in {time.perf_counter() - t:.1f} s"
+        )
         n, naive_s = await naive_replay(settings, min(args.baseline_events, total))
         naive_rate = n / naive_s
         print(f"naive_replay_events_per_s: {naive_rate:,.0f} (getone, {n} events)")

@@ -13,8 +13,8 @@ import pytest
 from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status
 from posttrain.orchestrator.shell.projection import Projection
 from posttrain.orchestrator.shell.service import Orchestrator
-from tests.integration.orchestrator.helpers import kill, read_log, start_orchestrator, stop
-from tests.integration.orchestrator.scripted_agent import ScriptedAgent, read_record
+from posttrain.testing.orchestrator import kill, read_log, start_orchestrator, stop
+from posttrain.testing.scripted_agent import ScriptedAgent, read_record
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -53,7 +53,8 @@ class ScriptedAgent:
         self.holds = dict(holds or {})  # a stage does not finish before its event is set
         self.running: dict[str, asyncio.Task[None]] = {}
         self.received: list[RunStage] = []
-        self.dispatched_at: dict[str, float] = {}  # command id -> when it reached us
+        # command id -> what happened when, on our clock: received, started, finished
+        self.timeline: dict[str, dict[str, float]] = {}
         self._producer = EventProducer(settings)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -118,7 +119,7 @@ class ScriptedAgent:
         if getattr(command, "agent_id", None) != self.agent_id:
             return
         if isinstance(command, RunStage):
-            self.dispatched_at[command.command_id] = time.time()
+            self.timeline[command.command_id] = {"received": time.time()}
             self.received.append(command)
             with self.record.open("ab") as fh:
                 fh.write(
@@ -155,11 +156,14 @@ class ScriptedAgent:
         )
 
     async def _run(self, run: RunStage) -> None:
+        times = self.timeline.setdefault(run.command_id, {})
         try:
-            await self._report(run, StageStarted, started_at=time.time())
+            times["started"] = time.time()
+            await self._report(run, StageStarted, started_at=times["started"])
             await asyncio.sleep(self.durations.get(run.stage, self.default_duration))
             if run.stage in self.holds:
                 await self.holds[run.stage].wait()
+            times["finished"] = time.time()
             if run.attempt in self.fail.get(run.stage, ()):
                 await self._report(
                     run,

@@ -1,4 +1,5 @@
-"""Running the orchestrator as a real process, and reading its event log."""
+"""Running the orchestrator as a real process (for crash tests and benchmarks), and reading its
+event log."""
 
 from __future__ import annotations
 
