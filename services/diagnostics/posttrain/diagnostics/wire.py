@@ -98,7 +98,8 @@ def _point(doc: Any) -> MetricPoint | None:
             continue  # extra="ignore", as the model
         else:
             return None
-    return _construct(MetricPoint, fields)
+    point: MetricPoint = _construct(MetricPoint, fields)
+    return point
 
 
 def read_metrics(value: bytes | None) -> FastReport | None:

@@ -10,7 +10,9 @@ different fields) or non-finite (the NaN rule reports those; the others skip the
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from posttrain.diagnostics.core.anomaly import Anomaly, AnomalyType, fmt, make
@@ -37,11 +39,11 @@ from posttrain.diagnostics.core.windows import (
 from posttrain.events.messages.metrics import MetricPoint
 
 _POINT_FIELDS = frozenset(MetricPoint.model_fields)
+_isfinite = math.isfinite
+Getter = Callable[[MetricPoint], Any]
 
 
-def read(point: MetricPoint, name: str) -> float | None:
-    """A numeric field of the point (a canonical field, else a key of ``custom``)."""
-    value: Any = getattr(point, name) if name in _POINT_FIELDS else point.custom.get(name)
+def _as_float(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, float):
@@ -53,17 +55,49 @@ def read(point: MetricPoint, name: str) -> float | None:
     return None
 
 
+def getter(name: str) -> Getter:
+    """A fast accessor of a canonical field, else of a key of ``custom``."""
+    if name in _POINT_FIELDS:
+        return operator.attrgetter(name)
+
+    def custom(point: MetricPoint) -> Any:
+        return point.custom.get(name) if point.custom else None
+
+    return custom
+
+
+def read(point: MetricPoint, name: str) -> float | None:
+    """A numeric field of the point (a canonical field, else a key of ``custom``)."""
+    value = getattr(point, name) if name in _POINT_FIELDS else point.custom.get(name)
+    return _as_float(value)
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, not a number, NaN or infinite)."""
+    if value is None:
+        return None
+    if value.__class__ is float:
+        return value if _isfinite(value) else None
+    number = _as_float(value)
+    return number if number is not None and _isfinite(number) else None
+
+
 def read_first(point: MetricPoint, names: tuple[str, ...]) -> float | None:
+    custom = point.custom
     for name in names:
-        value = read(point, name)
+        if name in _POINT_FIELDS:
+            value = _as_float(getattr(point, name))
+        elif custom:
+            value = _as_float(custom.get(name))
+        else:
+            continue
         if value is not None:
             return value
     return None
 
 
 def _finite(point: MetricPoint, name: str) -> float | None:
-    value = read(point, name)
-    return value if value is not None and math.isfinite(value) else None
+    return finite(getattr(point, name) if name in _POINT_FIELDS else point.custom.get(name))
 
 
 class Rule(Protocol):
@@ -84,18 +118,22 @@ class NonFiniteRule:
         self.cfg = cfg
         self.core = tuple(f for f in cfg.fields if f in _POINT_FIELDS)
         self.custom = tuple(f for f in cfg.fields if f not in _POINT_FIELDS)
+        # One call returns every core value (a tuple even for a single field).
+        self._values = operator.attrgetter(*self.core, "step") if self.core else None
         self.active = bool(state.get("active", False))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         bad: list[tuple[str, float]] = []
-        for name in self.core:
-            value = getattr(point, name)
-            if value is not None and not math.isfinite(value):
-                bad.append((name, value))
-        for name in self.custom:
-            value = read(point, name)
-            if value is not None and not math.isfinite(value):
-                bad.append((name, value))
+        if self._values is not None:
+            values = self._values(point)
+            for i, value in enumerate(values[:-1]):
+                if value is not None and not _isfinite(value):
+                    bad.append((self.core[i], value))
+        if self.custom and point.custom:
+            for name in self.custom:
+                number = read(point, name)
+                if number is not None and not _isfinite(number):
+                    bad.append((name, number))
         if not bad:
             self.active = False
             return
@@ -127,13 +165,14 @@ class LossSpikeRule:
 
     def __init__(self, cfg: LossSpikeConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.get = getter(cfg.field)
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.active = bool(state.get("active", False))
         self.episode = int(state.get("episode", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = _finite(point, cfg.field)
+        value = finite(self.get(point))
         if value is None:
             return
         w = self.window
@@ -181,6 +220,7 @@ class KlRule:
 
     def __init__(self, cfg: KlConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.get = getter(cfg.field)
         self.median = RollingMedian.from_dict(state.get("median", {}), cfg.median_window)
         self.recent: deque[float] = deque(
             (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
@@ -190,7 +230,7 @@ class KlRule:
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = _finite(point, cfg.field)
+        value = finite(self.get(point))
         if value is None:
             return
         self.recent.append(value)
@@ -280,13 +320,13 @@ class RewardRule:
 
     def __init__(self, cfg: RewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.get = getter(cfg.field)
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.direction = int(state.get("direction", 0))  # +1 spiking, -1 dropping, 0 neither
         self.collapse_run = int(state.get("collapse_run", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
-        value = _finite(point, cfg.field)
+        value = finite(self.get(point))
         if value is not None:
             self._zscore(point, value, out)
         self._collapse(point, out)
@@ -377,6 +417,7 @@ class GradRule:
 
     def __init__(self, cfg: GradConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.get = getter(cfg.field)
         self.ema = EmaStats.from_dict(state.get("ema", {}), cfg.alpha)
         self.warmup: list[float] = [float(v) for v in state.get("warmup", [])]
         self.active = bool(state.get("active", False))
@@ -384,7 +425,7 @@ class GradRule:
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = _finite(point, cfg.field)
+        value = finite(self.get(point))
         if value is None:
             return
         self._vanishing(point, value, out)
@@ -469,6 +510,7 @@ class PlateauRule:
 
     def __init__(self, cfg: PlateauConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.get = getter(cfg.field)
         self.block_sum = float(state.get("block_sum", 0.0))
         self.block_n = int(state.get("block_n", 0))
         best = state.get("best")
@@ -489,7 +531,7 @@ class PlateauRule:
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = _finite(point, cfg.field)
+        value = finite(self.get(point))
         if value is None:
             return
         self.block_sum += value
@@ -546,6 +588,7 @@ class EntropyRule:
 
     def __init__(self, cfg: EntropyConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.get = getter(cfg.field)
         self.early = EmaStats.from_dict(state.get("early", {}), cfg.early_alpha)
         self.recent = EmaStats.from_dict(state.get("recent", {}), cfg.recent_alpha)
         self.seen_reward = bool(state.get("seen_reward", False))
@@ -555,7 +598,7 @@ class EntropyRule:
         cfg = self.cfg
         if not self.seen_reward and point.reward_mean is not None:
             self.seen_reward = True
-        value = _finite(point, cfg.field)
+        value = finite(self.get(point))
         if value is None:
             return
         self.recent.push(value)
@@ -600,6 +643,7 @@ class LengthRule:
 
     def __init__(self, cfg: LengthConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.get = getter(cfg.field)
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.direction = int(state.get("direction", 0))
         self.clip_ref_sum = float(state.get("clip_ref_sum", 0.0))
@@ -608,7 +652,7 @@ class LengthRule:
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = _finite(point, cfg.field)
+        value = finite(self.get(point))
         if value is not None:
             self._zscore(point, value, out)
         clip = None
@@ -704,6 +748,10 @@ class MemoryRule:
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
+        if not point.custom and (
+            cfg.field not in _POINT_FIELDS or getattr(point, cfg.field) is None
+        ):
+            return  # nothing about memory in this point
         reasons: list[str] = []
         window: dict[str, float] = {}
         for key in cfg.counter_keys:
@@ -784,6 +832,7 @@ class NewBestRewardRule:
 
     def __init__(self, cfg: NewBestRewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.get = getter(cfg.field)
         self.recent: deque[float] = deque(
             (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
         )
@@ -795,7 +844,7 @@ class NewBestRewardRule:
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = _finite(point, cfg.field)
+        value = finite(self.get(point))
         if value is None:
             return
         self.recent.append(value)
