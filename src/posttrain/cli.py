@@ -20,6 +20,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check Java, the broker, topics, PostgreSQL and migrations")
 
+    # Commands that belong to a service take the rest of the line as their own arguments.
+    for name, help_text in _DELEGATED.items():
+        delegated = sub.add_parser(name, help=help_text, add_help=False)
+        delegated.add_argument("rest", nargs=argparse.REMAINDER)
+
     schema = sub.add_parser("schema", help="the message contracts")
     schema_sub = schema.add_subparsers(dest="action", required=True)
     export = schema_sub.add_parser("export", help="write one JSON Schema per message type")
@@ -29,7 +34,40 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DELEGATED = {
+    "pipeline": "submit a pipeline file, show its status, resume, cancel, retry a stage",
+    "orchestrator": "run the orchestrator service",
+    "agent": "run a trainer agent on this node",
+    "metrics": "metrics: sync a JSONL file into PostgreSQL, ...",
+}
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    if command == "pipeline":
+        from posttrain.pipeline_cli import main as pipeline_main
+
+        return pipeline_main(rest)
+    if command == "orchestrator":
+        from posttrain.orchestrator.shell.main import main as orchestrator_main
+
+        return orchestrator_main(rest)
+    try:
+        if command == "agent":
+            from posttrain.trainer_agent.cli import main as agent_main
+
+            return int(agent_main(rest) or 0)
+        from posttrain.metrics_ingest.cli import main as metrics_main
+
+        return int(metrics_main(rest) or 0)
+    except ImportError as exc:
+        print(f"posttrain {command}: not installed here ({exc})", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:  # before argparse, which would eat their --help
+        return _delegate(argv[0], argv[1:])
     args = _build_parser().parse_args(argv)
     if args.command == "stack":
         from posttrain.stack import commands

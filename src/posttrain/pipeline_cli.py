@@ -1,0 +1,86 @@
+"""``posttrain pipeline submit | status | resume | cancel | retry``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_pipeline_file(path: str) -> dict[str, Any]:
+    """A pipeline file: YAML or JSON with ``name`` and ``stages`` (or just a list of stages)."""
+    doc = yaml.safe_load(Path(path).read_text())
+    if isinstance(doc, list):
+        doc = {"stages": doc}
+    if not isinstance(doc, dict) or "stages" not in doc:
+        raise SystemExit(f"{path}: expected a mapping with 'stages' (or a list of stages)")
+    return doc
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    print(f"pipeline {status['pipeline_uuid']} ({status['name']}): {status['status']}")
+    for error in status["errors"]:
+        print(f"  error: stage {error.get('stage')!r} field {error.get('field')!r}: "
+              f"{error.get('message')}")
+    for stage in status["stages"]:
+        extra = stage["waiting_reason"] or stage["error"] or ""
+        print(f"  {stage['name']:<16} {stage['status']:<10} attempt {stage['attempt']:<2} "
+              f"{stage['task_id'] or '-':<40} {stage['agent_id'] or '-':<12} {extra}")
+
+
+def main(argv: Sequence[str]) -> int:
+    from posttrain.orchestrator.api import PipelineExecutor, get_pipeline_status
+    from posttrain.orchestrator.core.dag import InvalidPipeline
+
+    parser = argparse.ArgumentParser(prog="posttrain pipeline")
+    sub = parser.add_subparsers(dest="action", required=True)
+    submit = sub.add_parser("submit", help="validate and submit a pipeline file (YAML/JSON)")
+    submit.add_argument("file")
+    submit.add_argument("--id", default=None, help="pipeline id (default: a new uuid)")
+    status = sub.add_parser("status", help="a pipeline's status, per stage")
+    status.add_argument("pipeline_id")
+    status.add_argument("--json", action="store_true")
+    for name in ("resume", "cancel"):
+        sub.add_parser(name).add_argument("pipeline_id")
+    retry = sub.add_parser("retry", help="run one failed stage again")
+    retry.add_argument("pipeline_id")
+    retry.add_argument("stage")
+    args = parser.parse_args(argv)
+
+    if args.action == "submit":
+        doc = load_pipeline_file(args.file)
+        try:
+            result = PipelineExecutor(args.id, submitted_by="cli").execute(
+                doc["stages"], name=doc.get("name"), settings=doc.get("settings")
+            )
+        except InvalidPipeline as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(f"submitted {result['pipeline_uuid']}")
+        for i, layer in enumerate(result["layers"]):
+            print(f"  layer {i}: {', '.join(layer)}")
+        return 0
+    if args.action == "status":
+        found = get_pipeline_status(args.pipeline_id)
+        if found is None:
+            print(f"no pipeline {args.pipeline_id} (yet)", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(found, default=str, indent=2))
+        else:
+            _print_status(found)
+        return 0
+    executor = PipelineExecutor(args.pipeline_id, submitted_by="cli")
+    if args.action == "resume":
+        executor.resume()
+    elif args.action == "cancel":
+        executor.cancel("cancelled from the command line")
+    else:
+        executor.retry_stage(args.stage)
+    print(f"{args.action} sent for {args.pipeline_id}")
+    return 0
