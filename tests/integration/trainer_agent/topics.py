@@ -65,3 +65,27 @@ def points_by_key(messages: list[Any], job_id: str) -> dict[tuple[str, int], Met
             for i, point in enumerate(m.points):
                 out[(m.source, m.first_seq + i)] = point
     return out
+
+
+def reports_for(messages: list[Any], command_id: str, type_name: str | None = None) -> list[Any]:
+    """Stage reports about one command, optionally of one type, in arrival order."""
+    return [
+        m
+        for m in messages
+        if getattr(m, "command_id", None) == command_id
+        and (type_name is None or type_name == m.TYPE)
+    ]
+
+
+def finished(messages: list[Any], command_id: str) -> Any:
+    """The first StageSucceeded/StageFailed of a command, or None."""
+    for m in reports_for(messages, command_id):
+        if m.TYPE in ("StageSucceeded", "StageFailed"):
+            return m
+    return None
+
+
+def quarter_means(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last quarter of a series."""
+    q = max(1, len(values) // 4)
+    return sum(values[:q]) / q, sum(values[-q:]) / q

@@ -1,0 +1,82 @@
+"""The ``command`` task runs any program; the agent tails its metrics file (verl's ``file``
+logger format or the project's) onto the metrics topic."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from posttrain.events.topics import Topic
+from tests.integration.trainer_agent.topics import TopicReader, finished, points_by_key
+
+pytestmark = pytest.mark.integration
+
+# What a verl run does with trainer.logger=['file']: one JSON line per step, unbuffered, at
+# VERL_FILE_LOGGER_PATH. Half of one line is written first, as a slow writer would.
+_VERL_LIKE = """
+import json, os, time
+path = os.environ["VERL_FILE_LOGGER_PATH"]
+job = os.environ["POSTTRAIN_JOB_ID"]
+with open(path, "a") as fh:
+    for step in range(1, 21):
+        line = json.dumps({"step": step, "data": {"actor/pg_loss": 1.0 / step,
+                                                  "critic/score/mean": step / 20,
+                                                  "timing_s/step": 0.01, "job": job}})
+        fh.write(line[:10]); fh.flush(); time.sleep(0.01)
+        fh.write(line[10:] + "\\n"); fh.flush()
+print("done", flush=True)
+"""
+
+_WRITER = """
+import os
+from posttrain.trainer_agent import create_metrics_file_writer
+from pathlib import Path
+path = Path(os.environ["POSTTRAIN_METRICS_FILE"])
+with create_metrics_file_writer(os.environ["POSTTRAIN_JOB_ID"], path.parent) as writer:
+    for step in range(5):
+        writer(step=step, loss=1.0, grad_norm_actor=0.5)
+"""
+
+
+async def test_command_metrics_in_verl_and_project_formats_reach_the_topic(
+    start_agent, kafka_settings, tmp_path
+):
+    agent = await start_agent(slots=2)
+    verl = agent.run_stage("command", {"argv": [sys.executable, "-c", _VERL_LIKE]})
+    writer = agent.run_stage(
+        "command",
+        {
+            "argv": [sys.executable, "-c", _WRITER],
+            # The writer names its file <job>_metrics.jsonl: tell the agent where that is.
+            "metrics_file": str(tmp_path / "job-writer_metrics.jsonl"),
+            "env": {"POSTTRAIN_METRICS_FILE": str(tmp_path / "unused.jsonl")},
+        },
+        stage="writer",
+    )
+    async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
+        await agent.send(verl)
+        await agent.send(writer)
+        done = await reports.wait(
+            lambda ms: (
+                finished(ms, verl.command_id)
+                and finished(ms, writer.command_id)
+                and [finished(ms, verl.command_id), finished(ms, writer.command_id)]
+            ),
+            timeout=120,
+        )
+    assert [d.TYPE for d in done] == ["StageSucceeded", "StageSucceeded"], done
+    assert done[0].outputs["exit_code"] == 0
+    async with TopicReader(kafka_settings, Topic.METRICS) as metrics:
+        points = await metrics.wait(
+            lambda ms: (
+                len(points_by_key(ms, verl.job_id)) == 20
+                and len(points_by_key(ms, writer.job_id)) == 5
+                and (points_by_key(ms, verl.job_id), points_by_key(ms, writer.job_id))
+            )
+        )
+    verl_points = sorted(points[0].values(), key=lambda p: p.step)
+    assert [p.step for p in verl_points] == list(range(1, 21))
+    assert verl_points[1].policy_loss == 0.5 and verl_points[-1].reward_mean == 1.0
+    assert verl_points[0].custom == {"timing_s/step": 0.01, "job": verl.job_id}
+    assert {p.grad_norm for p in points[1].values()} == {0.5}

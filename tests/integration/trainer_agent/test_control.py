@@ -1,0 +1,136 @@
+"""Control commands reach a real training run at its next step boundary, and each one is
+reported as ActionApplied with the step it was applied at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from posttrain.events.messages import (
+    AdjustLearningRate,
+    CancelStage,
+    ForceCheckpoint,
+    PauseStage,
+    ResumeStage,
+)
+from posttrain.events.topics import Topic
+from tests.integration.trainer_agent.conftest import tiny_sft
+from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
+
+pytestmark = pytest.mark.integration
+
+
+def _control(cls, run, action_id, **fields):
+    return cls(
+        action_id=action_id,
+        agent_id=run.agent_id,
+        run_command_id=run.command_id,
+        pipeline_id=run.pipeline_id,
+        stage=run.stage,
+        attempt=run.attempt,
+        reason="test",
+        **fields,
+    )
+
+
+def _files(directory: Path) -> set[str]:
+    return {f.name for f in directory.iterdir()} if directory.is_dir() else set()
+
+
+def _applied(messages, run, action_id):
+    return [
+        m
+        for m in reports_for(messages, run.command_id, "ActionApplied")
+        if m.action_id == action_id
+    ]
+
+
+async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kafka_settings):
+    agent = await start_agent()
+    run = agent.run_stage("train_model", {"config": tiny_sft(max_steps=5000)}, stage="ctl")
+    async with (
+        TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
+        TopicReader(kafka_settings, Topic.METRICS) as metrics,
+    ):
+        await agent.send(run)
+        await metrics.wait(
+            lambda ms: any(p.step >= 10 for p in points_by_key(ms, run.job_id).values()),
+            timeout=120,
+        )
+
+        # Pause: a checkpoint (with optimizer and scheduler state), then the process stops.
+        await agent.send(_control(PauseStage, run, "pause-1"))
+        [paused] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StagePaused"))
+        p = paused.step
+        assert p >= 10
+        checkpoint = Path(paused.checkpoint)
+        assert checkpoint.name == f"checkpoint-{p}"
+        assert {"optimizer.pt", "scheduler.pt", "trainer_state.json"} <= _files(checkpoint)
+        [pause_applied] = _applied(reports.messages(), run, "pause-1")
+        assert pause_applied.action == "pause" and pause_applied.step == p
+        before = points_by_key(await metrics.poll() and metrics.messages(), run.job_id)
+        assert max(pt.step for pt in before.values()) == p  # nothing trained past the pause
+        first_source = {source for source, _ in before}
+
+        # While paused: a learning-rate cut and a checkpoint request wait for the next step.
+        await agent.send(_control(AdjustLearningRate, run, "lr-1", factor=0.1))
+        await agent.send(_control(ForceCheckpoint, run, "ckpt-1"))
+        await agent.send(_control(ResumeStage, run, "resume-1"))
+        await reports.wait(
+            lambda ms: _applied(ms, run, "lr-1") and _applied(ms, run, "ckpt-1"), timeout=60
+        )
+        [resumed] = _applied(reports.messages(), run, "resume-1")
+        [lr_applied] = _applied(reports.messages(), run, "lr-1")
+        [ckpt_applied] = _applied(reports.messages(), run, "ckpt-1")
+        assert resumed.step == p
+        # Sent at step p (the run stood there), applied at the next boundary: step p + 1.
+        assert lr_applied.step == ckpt_applied.step == p + 1
+        assert lr_applied.details["factor"] == 0.1
+        saved = [
+            m
+            for m in reports_for(reports.messages(), run.command_id, "CheckpointSaved")
+            if m.reason == "forced"
+        ]
+        assert [m.step for m in saved] == [p + 1] and _files(Path(saved[0].path))
+
+        # The resumed run continues at the next step, with the optimizer state it had.
+        series = await metrics.wait(
+            lambda ms: (
+                {
+                    pt.step: pt
+                    for (source, _), pt in points_by_key(ms, run.job_id).items()
+                    if source not in first_source and pt.step >= p + 2
+                }
+                and {
+                    pt.step: pt
+                    for (source, _), pt in points_by_key(ms, run.job_id).items()
+                    if source not in first_source
+                }
+            ),
+            timeout=60,
+        )
+        assert min(series) == p + 1
+        assert series[p + 1].learning_rate == pytest.approx(3e-3)
+        assert series[p + 2].learning_rate == pytest.approx(3e-4)  # the next step shows it
+        first_loss = min(before.values(), key=lambda pt: pt.step).loss
+        assert series[p + 1].loss < 0.5 * first_loss  # not a restart from scratch
+
+        # ForceCheckpoint while training runs: the checkpoint is at the step it was applied.
+        await agent.send(_control(ForceCheckpoint, run, "ckpt-2"))
+        [applied] = await reports.wait(lambda ms: _applied(ms, run, "ckpt-2"), timeout=60)
+        checkpoints = await reports.wait(
+            lambda ms: [
+                m
+                for m in reports_for(ms, run.command_id, "CheckpointSaved")
+                if m.step == applied.step
+            ]
+        )
+        assert Path(checkpoints[0].path).name == f"checkpoint-{applied.step}"
+
+        # Cancel: the run stops at its next step and the stage fails as cancelled.
+        await agent.send(_control(CancelStage, run, "cancel-1"))
+        [failed] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageFailed"))
+        assert failed.kind == "cancelled"
+        [cancel_applied] = _applied(reports.messages(), run, "cancel-1")
+        assert cancel_applied.step > applied.step

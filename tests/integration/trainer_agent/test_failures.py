@@ -1,0 +1,66 @@
+"""Failures are reported with their kind, and the agent goes on."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from posttrain.events.topics import Topic
+from tests.integration.trainer_agent.topics import TopicReader, finished
+
+pytestmark = pytest.mark.integration
+
+_OOM_SCRIPT = (
+    "import torch\nraise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
+)
+
+
+async def test_oom_error_and_timeout_are_reported_by_kind_and_the_agent_survives(
+    start_agent, kafka_settings
+):
+    agent = await start_agent(slots=3)
+    oom = agent.run_stage(
+        "python", {"entrypoint": "tests.integration.trainer_agent.stage_functions:raise_oom"}
+    )
+    oom_command = agent.run_stage("command", {"argv": [sys.executable, "-c", _OOM_SCRIPT]})
+    error = agent.run_stage(
+        "python",
+        {"entrypoint": "tests.integration.trainer_agent.stage_functions:raise_value_error"},
+    )
+    slow = agent.run_stage(
+        "command", {"argv": [sys.executable, "-c", "import time; time.sleep(60)"]}, timeout_s=1.0
+    )
+    after = agent.run_stage(
+        "python",
+        {
+            "entrypoint": "tests.integration.trainer_agent.stage_functions:echo",
+            "kwargs": {"alive": True},
+        },
+    )
+    async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
+        for command in (oom, oom_command, error):
+            await agent.send(command)
+        outcomes = await reports.wait(
+            lambda ms: (
+                all(finished(ms, c.command_id) for c in (oom, oom_command, error))
+                and [finished(ms, c.command_id) for c in (oom, oom_command, error)]
+            ),
+            timeout=120,
+        )
+        await agent.send(slow)
+        timed_out = await reports.wait(lambda ms: finished(ms, slow.command_id), timeout=60)
+        await agent.send(after)
+        survived = await reports.wait(lambda ms: finished(ms, after.command_id), timeout=60)
+
+    oom_failed, oom_command_failed, error_failed = outcomes
+    assert oom_failed.TYPE == "StageFailed" and oom_failed.kind == "oom"
+    assert "Tried to allocate 20.00 GiB" in oom_failed.error
+    assert oom_failed.details["exception"] == "torch.OutOfMemoryError"
+    assert oom_failed.details["memory"]["rss_bytes"] > 0
+    assert oom_command_failed.kind == "oom"
+    assert "CUDA out of memory" in oom_command_failed.details["log_tail"]
+    assert error_failed.kind == "error" and "ValueError" in error_failed.error
+    assert timed_out.TYPE == "StageFailed" and timed_out.kind == "timeout"
+    assert survived.TYPE == "StageSucceeded"
+    assert survived.outputs["alive"] is True and survived.outputs["job_id"] == after.job_id

@@ -1,0 +1,124 @@
+"""The agent as a separate process, killed during a stage: the stage is not trained twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from posttrain.events import Envelope
+from posttrain.events.messages import AgentHeartbeat, RunStage
+from posttrain.events.topics import Topic
+from tests.integration.trainer_agent.conftest import REPO, tiny_sft
+from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
+
+pytestmark = pytest.mark.integration
+
+
+class AgentProcess:
+    def __init__(self, kafka_settings, work_dir: Path, name: str) -> None:
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+            "POSTTRAIN_TOPIC_NAMESPACE": kafka_settings.namespace,
+        }
+        self.work_dir = work_dir
+        self.name = name
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = open(self.work_dir.parent / f"{self.name}-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "posttrain.trainer_agent.cli",
+                "--name",
+                self.name,
+                "--work-dir",
+                str(self.work_dir),
+                "--heartbeat",
+                "1",
+                "--stage-threads",
+                "1",
+                # A fresh interpreter per stage: no zygote to wait for in the restarted agent.
+                "--no-zygote",
+            ],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+
+@pytest.fixture
+def agent_process(kafka_settings, tmp_path) -> Iterator[AgentProcess]:
+    agents = AgentProcess(kafka_settings, tmp_path / "work", "restarted")
+    yield agents
+    for process in agents.processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+
+
+async def test_killing_the_agent_mid_stage_does_not_train_the_command_twice(
+    agent_process, producer, kafka_settings
+):
+    run = RunStage(
+        command_id="pipe-r:sft:1",
+        agent_id="restarted",
+        pipeline_id="pipe-r",
+        stage="sft",
+        attempt=1,
+        job_id="job-restart",
+        task="train_model",
+        params={"config": tiny_sft(max_steps=300)},
+    )
+
+    async def send() -> None:
+        await producer.send(Topic.AGENT_COMMANDS, Envelope.create(run, key="restarted"))
+
+    first = agent_process.start()
+    async with (
+        TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
+        TopicReader(kafka_settings, Topic.METRICS) as metrics,
+        TopicReader(kafka_settings, Topic.AGENTS) as agents,
+    ):
+        await agents.wait(lambda ms: any(isinstance(m, AgentHeartbeat) for m in ms), timeout=60)
+        await send()
+        await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageStarted"))
+        await metrics.wait(
+            lambda ms: any(p.step >= 20 for p in points_by_key(ms, run.job_id).values()),
+            timeout=120,
+        )
+        first.kill()  # SIGKILL: no goodbye, the journal is all that is left
+        first.wait(10)
+
+        agent_process.start()
+        await send()  # the command is delivered again, as after a crash before the commit
+        [succeeded] = await reports.wait(
+            lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=180
+        )
+        assert not succeeded.replayed
+        await send()  # and once more after it finished: answered from the journal
+        await reports.wait(
+            lambda ms: len(reports_for(ms, run.command_id, "StageSucceeded")) == 2, timeout=60
+        )
+        points = await metrics.wait(
+            lambda ms: len(points_by_key(ms, run.job_id)) >= 300 and points_by_key(ms, run.job_id)
+        )
+
+    outcomes = reports_for(reports.messages(), run.command_id, "StageSucceeded")
+    assert [m.replayed for m in outcomes] == [False, True]
+    assert outcomes[1].outputs == outcomes[0].outputs
+    assert len(reports_for(reports.messages(), run.command_id, "StageStarted")) == 1
+    # One training process ran the 300 steps, each once.
+    assert len({source for source, _ in points}) == 1
+    assert sorted(p.step for p in points.values()) == list(range(1, 301))
