@@ -53,7 +53,7 @@ from posttrain.events.topics import Topic
 from posttrain.metrics_ingest.core.batching import preset
 from posttrain.metrics_ingest.core.wire import rows_from_message
 from posttrain.metrics_ingest.queries import get_latest_metrics
-from posttrain.metrics_ingest.store import MetricsWriter
+from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
@@ -139,6 +139,7 @@ async def _seed_design(settings: KafkaSettings, dsn: str, ready: Any, stop: Any)
     100 points or 30 s with row INSERTs in one transaction, on one connection."""
     seed = preset("seed")
     conn = await asyncpg.connect(dsn)
+    await prepare_connection(conn)  # rows carry times as the table stores them
     writer = MetricsWriter()  # only to register job and source numbers, as the schema wants
     columns = (
         "job_no, source_no, seq, step, epoch, ts, "

@@ -6,8 +6,9 @@ import asyncpg
 import orjson
 import pytest
 
-from posttrain.metrics_ingest import sync_metrics_from_file
+from posttrain.metrics_ingest import get_metrics_range, sync_metrics_from_file
 from posttrain.metrics_ingest.cli import main as metrics_cli
+from posttrain.trainer_agent.metrics_file import create_metrics_file_writer
 from tests.integration.metrics_ingest.helpers import count, point, stored
 
 pytestmark = pytest.mark.integration
@@ -21,8 +22,13 @@ def _line(job: str, step: int) -> bytes:
 
 async def test_syncing_the_same_file_twice_stores_each_point_once(database_url, run_id, tmp_path):
     job = f"{run_id}-file"
+    # Written by the trainer's own file writer (SEED.md mode B), trainer names and all.
+    with create_metrics_file_writer(job, tmp_path) as write:
+        for s in range(5_000):
+            write(step=s, epoch=s / 1000, loss=1.0 / (1 + s), grad_norm_actor=2.0, my_metric=s)
     path = tmp_path / f"{job}_metrics.jsonl"
-    path.write_bytes(b"".join(_line(job, s) for s in range(5_000)) + b"garbage line\n")
+    with path.open("ab") as fh:
+        fh.write(b"garbage line\n")
 
     first = await sync_metrics_from_file(job, path)
     second = await sync_metrics_from_file(job, path)
@@ -34,6 +40,11 @@ async def test_syncing_the_same_file_twice_stores_each_point_once(database_url, 
         held = await stored(conn, [job])
         assert sorted(seq for _, _, seq in held) == list(range(5_000))
         assert all(step == seq for (_, _, seq), (step, _) in held.items())
+        series = await get_metrics_range(job, ["loss", "grad_norm", "custom.my_metric"], db=conn)
+        assert series.steps == list(range(5_000))
+        assert series.values["loss"] == [1.0 / (1 + s) for s in range(5_000)]
+        assert set(series.values["grad_norm"]) == {2.0}
+        assert series.values["custom.my_metric"] == list(range(5_000))
 
         # Lines appended later: a third sync adds just those.
         with path.open("ab") as fh:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -19,7 +18,7 @@ from posttrain.metrics_ingest import (
 )
 from posttrain.metrics_ingest.core.downsample import lttb
 from posttrain.metrics_ingest.core.wire import rows_from_points
-from posttrain.metrics_ingest.store import MetricsWriter
+from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +64,7 @@ async def job(database_url, run_id, dataset) -> str:
     job = f"{run_id}-queries"
     conn = await asyncpg.connect(database_url)
     try:
+        await prepare_connection(conn)
         writer = MetricsWriter()
         for source in ("trainer-a", "trainer-b"):
             points = [(seq, p) for src, seq, p in dataset if src == source]
@@ -82,9 +82,8 @@ async def db(database_url):
 
 
 def _stored_time(point: MetricPoint) -> float:
-    """The point's time as PostgreSQL keeps it: whole microseconds."""
-    when = datetime.fromtimestamp(point.timestamp, UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (when.days * 86_400_000_000 + when.seconds * 1_000_000 + when.microseconds) / 10**6
+    """The point's time as PostgreSQL keeps it: to the nearest microsecond."""
+    return round(point.timestamp * 1_000_000) / 10**6
 
 
 def _same(a: Any, b: Any) -> bool:

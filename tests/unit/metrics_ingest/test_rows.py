@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -47,7 +47,9 @@ def test_a_row_keeps_every_value_and_nan_stays_nan() -> None:
     values[2] = None
     row = point_row(7, 42, 0.5, 1767225600.25, values, {"extra": [1, "two"]})
     assert row[:3] == (7, 42, 0.5)
-    assert row[3] == datetime(2026, 1, 1, 0, 0, 0, 250000, tzinfo=UTC)
+    # timestamptz as PostgreSQL keeps it: microseconds since 2000-01-01 UTC.
+    stored_time = datetime(2000, 1, 1, tzinfo=UTC) + timedelta(microseconds=row[3])
+    assert stored_time == datetime(2026, 1, 1, 0, 0, 0, 250000, tzinfo=UTC)
     stored = row[4 : 4 + len(CORE_FIELDS)]
     assert math.isnan(stored[0]) and stored[1] == math.inf and stored[2] is None
     assert list(stored[3:]) == values[3:]
@@ -67,6 +69,7 @@ def test_an_empty_custom_is_null_and_non_finite_custom_values_become_strings() -
         (2**63, 1, 1.0, {}, "seq"),
         (1, -(2**63) - 1, 1.0, {}, "step"),
         (1, 1, 1e20, {}, "timestamp"),
+        (1, 1, 253402300800.0, {}, "timestamp"),
         (1, 1, math.nan, {}, "timestamp"),
         (1, 1, 1.0, {"k": "a\x00b"}, "NUL"),
         (1, 1, 1.0, {"k": object()}, "not JSON"),

@@ -172,3 +172,26 @@ def test_seq_numbers_follow_first_seq() -> None:
     report = read_report(_wire(message)[0])
     assert report is not None
     assert [(r[0], r[1]) for r in report.rows] == [(10, 0), (11, 1), (12, 2)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages(), st.booleans())
+def test_fast_reader_agrees_when_a_writer_leaves_nulls_out_or_writes_integers(
+    message: MetricsReported, integers: bool
+) -> None:
+    value, headers = _wire(message)
+    doc = orjson.loads(value)
+    for p in doc["data"]["points"]:
+        for key in [k for k, v in p.items() if v is None]:
+            del p[key]
+        if integers:
+            for key, v in p.items():
+                if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+                    p[key] = int(v)
+    rewritten = orjson.dumps(doc)
+    contract = _contract(rewritten, headers)
+    fast = read_report(rewritten)
+    if contract is None:
+        assert fast is None
+    else:
+        assert fast is not None and _same(fast, contract)

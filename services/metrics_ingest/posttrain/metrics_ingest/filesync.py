@@ -21,7 +21,7 @@ from posttrain.metrics_ingest.core.filelines import FileLine, file_source, read_
 from posttrain.metrics_ingest.core.rows import RowError
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.settings import database_url
-from posttrain.metrics_ingest.store import MetricsWriter
+from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection, release_connection
 
 BATCH_POINTS = 20_000
 
@@ -100,14 +100,26 @@ def _storable(chunk: list[tuple[int, Any]], result: SyncResult) -> Iterator[tupl
 
 @contextlib.asynccontextmanager
 async def _connection(db: Any) -> AsyncIterator[asyncpg.Connection]:
+    """A connection prepared for writing rows: our own, or the caller's, restored after."""
     if db is None:
         conn = await asyncpg.connect(database_url(), timeout=10)
         try:
+            await prepare_connection(conn)
             yield conn
         finally:
             await conn.close()
     elif isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn:
+        async with db.acquire() as conn, _borrowed(conn):
             yield conn
     else:
-        yield db
+        async with _borrowed(db):
+            yield db
+
+
+@contextlib.asynccontextmanager
+async def _borrowed(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    await prepare_connection(conn)
+    try:
+        yield
+    finally:
+        await release_connection(conn)

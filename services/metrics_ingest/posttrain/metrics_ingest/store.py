@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,31 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.DataError | ValueError | TypeError | OverflowError)
 
 
+_INT8 = struct.Struct("!q")
+
+
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Make ``conn`` take timestamptz values as rows carry them (``core.rows.timestamp_us``):
+    the integer goes to the server as it is. Only for connections that write rows: reading
+    timestamptz on such a connection returns the same integers."""
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=_INT8.pack,
+        decoder=_unpack_int8,
+        format="binary",
+    )
+
+
+async def release_connection(conn: asyncpg.Connection) -> None:
+    """Undo ``prepare_connection`` on a connection that is not ours (the caller's pool's)."""
+    await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+
+
+def _unpack_int8(data: bytes) -> int:
+    return int(_INT8.unpack(data)[0])
+
+
 class Connector:
     """One connection to PostgreSQL, opened on demand and replaced after a failure; the
     migrations are applied the first time it connects (they are idempotent and locked)."""
@@ -64,8 +90,14 @@ class Connector:
 
             await asyncio.wait_for(apply_migrations(self.dsn), self.connect_timeout_s * 6)
             self._migrate = False
-        self._conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s)
-        return self._conn
+        conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s)
+        try:
+            await prepare_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        return conn
 
     async def discard(self) -> None:
         """Drop the connection after an error: the next ``connection()`` opens a new one."""
@@ -89,7 +121,8 @@ class MetricsWriter:
         self._sources: dict[tuple[str, str], tuple[int, int]] = {}
 
     async def write(self, conn: asyncpg.Connection, reports: Sequence[ReportRows]) -> WriteResult:
-        """Store every row of ``reports`` that is not stored yet, in one transaction."""
+        """Store every row of ``reports`` that is not stored yet, in one transaction. ``conn``
+        must have been through ``prepare_connection``."""
         ids = await self.register(conn, reports)
         offered = sum(len(r.rows) for r in reports)
         if offered == 0:

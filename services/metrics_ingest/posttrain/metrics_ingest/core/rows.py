@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -66,12 +65,21 @@ def check_int8(value: int, what: str) -> int:
     return value
 
 
-def timestamp_of(seconds: float) -> datetime:
-    """The ``timestamptz`` of a point's Unix time."""
-    try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):
-        raise RowError(f"timestamp {seconds!r} is not a representable time") from None
+# timestamptz as PostgreSQL stores it: microseconds since 2000-01-01 UTC. Rows carry that
+# integer and the writer's connection sends it as is (``store.prepare_connection``): building a
+# datetime per point and having the driver take it apart again cost more than the rest of the
+# row.
+PG_EPOCH_US = 946_684_800_000_000
+# Times a datetime can hold (years 1 to 9999), so that every stored time reads back in Python.
+MIN_TIMESTAMP = -62_135_596_800.0
+MAX_TIMESTAMP = 253_402_300_800.0
+
+
+def timestamp_us(seconds: float) -> int:
+    """A point's Unix time as stored: to the nearest microsecond, since 2000-01-01 UTC."""
+    if not MIN_TIMESTAMP <= seconds < MAX_TIMESTAMP:  # NaN fails too
+        raise RowError(f"timestamp {seconds!r} is not a representable time")
+    return round(seconds * 1_000_000) - PG_EPOCH_US
 
 
 def custom_json(custom: Mapping[str, Any]) -> str | None:
@@ -126,7 +134,7 @@ def point_row(
         check_int8(seq, "seq"),
         check_int8(step, "step"),
         epoch,
-        timestamp_of(timestamp),
+        timestamp_us(timestamp),
         *values,
         custom_json(custom),
     )

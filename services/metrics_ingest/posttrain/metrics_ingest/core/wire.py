@@ -13,7 +13,7 @@ unit tests check both on generated messages).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
@@ -23,6 +23,9 @@ from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint, MetricsR
 from posttrain.metrics_ingest.core.rows import (
     INT8_MAX,
     INT8_MIN,
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
+    PG_EPOCH_US,
     ReportRows,
     Row,
     RowError,
@@ -161,10 +164,9 @@ def _read_data(data: dict[str, Any]) -> ReportRows:
             custom = _EMPTY if "custom" not in point else None
         if type(custom) is not dict:
             raise _NotPlain
-        try:
-            ts = _fromtimestamp(timestamp, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise _NotPlain from None
+        if not MIN_TIMESTAMP <= timestamp < MAX_TIMESTAMP:
+            raise _NotPlain
+        ts = round(timestamp * 1_000_000) - PG_EPOCH_US  # as rows.timestamp_us
         append((seq, step, values[1], ts, *values[3:-1], custom_json(custom) if custom else None))
         seq += 1
     return ReportRows(job_id, source, rows, pipeline_id, stage, attempt)
@@ -174,7 +176,6 @@ def _read_data(data: dict[str, Any]) -> ReportRows:
 _FIELDS = ("step", "epoch", "timestamp", *CORE_FIELDS, "custom")
 _GETTER = itemgetter(*_FIELDS)
 _FLOAT_OR_NONE = frozenset({float, type(None)})
-_fromtimestamp = datetime.fromtimestamp
 _EMPTY: dict[str, Any] = {}
 
 
