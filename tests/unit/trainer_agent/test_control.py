@@ -1,0 +1,52 @@
+"""Control commands combined at a step boundary, and failure kinds."""
+
+from __future__ import annotations
+
+from posttrain.trainer_agent.core.control import at_step_boundary
+from posttrain.trainer_agent.core.failure import is_oom_exception, kind_from_log
+
+
+def _cmd(type_: str, action_id: str, **fields):
+    return {"type": type_, "action_id": action_id, **fields}
+
+
+def test_each_command_is_applied_once_and_reported():
+    directive = at_step_boundary(
+        [
+            _cmd("AdjustLearningRate", "a", factor=0.1),
+            _cmd("AdjustLearningRate", "b", factor=0.5),
+            _cmd("ForceCheckpoint", "c"),
+            _cmd("AdjustLearningRate", "a", factor=0.1),  # the same command again
+        ]
+    )
+    assert directive.lr_factor == 0.1 * 0.5
+    assert directive.save and directive.stop is None
+    assert [(a.action_id, a.action) for a in directive.applied] == [
+        ("a", "adjust_learning_rate"),
+        ("b", "adjust_learning_rate"),
+        ("c", "force_checkpoint"),
+    ]
+    again = at_step_boundary([_cmd("ForceCheckpoint", "c")], frozenset({"c"}))
+    assert again.empty
+
+
+def test_pause_checkpoints_and_stops_cancel_stops_without_a_checkpoint():
+    pause = at_step_boundary([_cmd("PauseStage", "p")])
+    assert pause.stop == "pause" and pause.save
+    cancel = at_step_boundary([_cmd("PauseStage", "p"), _cmd("CancelStage", "x")])
+    assert cancel.stop == "cancel" and not cancel.save
+
+
+def test_a_factor_that_is_not_positive_is_not_applied():
+    directive = at_step_boundary(
+        [_cmd("AdjustLearningRate", "z", factor=0), _cmd("AdjustLearningRate", "s", factor="x")]
+    )
+    assert directive.empty and directive.lr_factor == 1.0
+
+
+def test_oom_is_recognised_by_exception_class_or_by_log():
+    assert is_oom_exception(["builtins.RuntimeError", "torch.OutOfMemoryError"])
+    assert is_oom_exception(["torch.cuda.OutOfMemoryError"])
+    assert not is_oom_exception(["builtins.MemoryErrorX"])
+    assert kind_from_log("torch.OutOfMemoryError: CUDA out of memory. Tried") == "oom"
+    assert kind_from_log("ValueError: bad") == "error"
