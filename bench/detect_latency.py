@@ -32,7 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+
+import orjson
 
 from bench.common import drop_namespace, fresh_namespace
 from posttrain.events import Envelope
@@ -50,6 +54,39 @@ SEED_SCAN_S = 60.0
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+_HEADERS = [
+    ("posttrain-type", MetricsReported.TYPE.encode()),
+    ("posttrain-version", str(MetricsReported.VERSION).encode()),
+    ("content-type", b"application/json"),
+]
+
+
+def _encode(job: str, first_seq: int, points: list[dict[str, object]], j: int):
+    """The codec's bytes for a MetricsReported, written directly: the load process must not be
+    what slows the machine down (pydantic would cost it several times more CPU)."""
+    value = orjson.dumps(
+        {
+            "id": uuid.uuid4().hex,
+            "type": MetricsReported.TYPE,
+            "version": MetricsReported.VERSION,
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "key": job,
+            "correlation_id": None,
+            "causation_id": None,
+            "data": {
+                "job_id": job,
+                "source": "bench",
+                "first_seq": first_seq,
+                "points": points,
+                "pipeline_id": f"bench-pipeline-{j}",
+                "stage": "train",
+                "attempt": 1,
+            },
+        }
+    )
+    return job.encode(), value, _HEADERS
 
 
 async def _load(
@@ -78,7 +115,7 @@ async def _load(
             if now >= next_inject:
                 inject_job = rng.randrange(jobs)
                 next_inject += inject_every
-            envelopes = []
+            encoded = []
             for j in range(jobs):
                 job = f"bench-job-{j}"
                 stamp = time.time()
@@ -86,38 +123,23 @@ async def _load(
                 for _ in range(per_tick):
                     steps[j] += 1
                     step = steps[j]
-                    loss = 2.0 + 0.05 * math.sin(step / 7) + rng.gauss(0, 0.01)
                     points.append(
-                        MetricPoint(
-                            step=step,
-                            timestamp=stamp,
-                            loss=loss,
-                            grad_norm=1.0 + rng.gauss(0, 0.05),
-                            learning_rate=1e-5,
-                            reward_mean=0.5 + rng.gauss(0, 0.02),
-                            kl_divergence=0.02 + abs(rng.gauss(0, 0.002)),
-                        )
+                        {
+                            "step": step,
+                            "timestamp": stamp,
+                            "loss": 2.0 + 0.05 * math.sin(step / 7) + rng.gauss(0, 0.01),
+                            "grad_norm": 1.0 + rng.gauss(0, 0.05),
+                            "learning_rate": 1e-5,
+                            "reward_mean": 0.5 + rng.gauss(0, 0.02),
+                            "kl_divergence": 0.02 + abs(rng.gauss(0, 0.002)),
+                        }
                     )
                 if j == inject_job:
-                    last = points[-1]
-                    points[-1] = last.model_copy(update={"loss": math.nan})
-                    injected.append((job, last.step, stamp))
-                envelopes.append(
-                    Envelope.create(
-                        MetricsReported(
-                            job_id=job,
-                            source="bench",
-                            first_seq=seqs[j],
-                            points=points,
-                            pipeline_id=f"bench-pipeline-{j}",
-                            stage="train",
-                            attempt=1,
-                        ),
-                        key=job,
-                    )
-                )
+                    points[-1]["loss"] = "NaN"  # the codec's spelling of a NaN
+                    injected.append((job, steps[j], stamp))
+                encoded.append(_encode(job, seqs[j], points, j))
                 seqs[j] += per_tick
-            await producer.send_many(Topic.METRICS, envelopes)
+            await producer.send_encoded(Topic.METRICS, encoded)
             sent_points += per_tick * jobs
             tick += 1
             delay = start + tick * TICK_S - time.time()
@@ -150,10 +172,12 @@ async def _wait_ready(settings: KafkaSettings, consumer: EventConsumer, timeout:
         raise SystemExit("the diagnostics stream did not answer within the start-up timeout")
 
 
-def _start_stream(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _start_stream(
+    env: dict[str, str], log_path: Path, command: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "posttrain.diagnostics.stream"],
+            command or [sys.executable, "-m", "posttrain.diagnostics.stream"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -177,7 +201,7 @@ async def main(args: argparse.Namespace) -> None:
         POSTTRAIN_TOPIC_NAMESPACE=settings.namespace,
         LOG_LEVEL="WARNING",
     )
-    stream = _start_stream(env, log_path)
+    stream = _start_stream(env, log_path, args.stream_command.split() or None)
     try:
         async with EventConsumer(
             settings,
@@ -194,6 +218,7 @@ async def main(args: argparse.Namespace) -> None:
             )
             load.start()
             detected: dict[tuple[str, int], float] = {}
+            produced: dict[tuple[str, int], float] = {}
             requested: dict[str, float] = {}
             anomaly_key: dict[str, tuple[str, int]] = {}
             result = None
@@ -204,6 +229,7 @@ async def main(args: argparse.Namespace) -> None:
                     data = r.envelope.data
                     if isinstance(data, AnomalyDetected) and data.anomaly_type == "nan_inf":
                         detected.setdefault((data.job_id, data.step), now)
+                        produced.setdefault((data.job_id, data.step), r.timestamp_ms / 1000)
                         anomaly_key[data.anomaly_id] = (data.job_id, data.step)
                     elif isinstance(data, RequestAction) and data.anomaly_id:
                         requested.setdefault(data.anomaly_id, now)
@@ -261,6 +287,18 @@ async def main(args: argparse.Namespace) -> None:
         print(f"ratio_vs_seed_design: {p99(seed_ms) / p99(detect_ms):.0f}")
     if len(detect_ms) < len(emitted):
         print(f"missed: {len(emitted) - len(detect_ms)} injected anomalies never detected")
+    if args.verbose:
+        for (job, step), t in sorted(emitted.items(), key=lambda kv: kv[1]):
+            late = detected.get((job, step))
+            print(
+                f"  +{t - load_start:5.1f} s {job} step {step}: "
+                + (
+                    f"{(late - t) * 1000:.0f} ms (written by the stream after "
+                    f"{(produced[(job, step)] - t) * 1000:.0f} ms)"
+                    if late
+                    else "missed"
+                )
+            )
     print(f"detect_p99_ms: {p99(detect_ms):.1f}" if detect_ms else "detect_p99_ms: nan")
 
 
@@ -270,4 +308,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=10_000, help="points per second in all")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
     parser.add_argument("--inject-every", type=float, default=0.5, help="seconds")
+    parser.add_argument("--verbose", action="store_true", help="each injection's latency")
+    parser.add_argument(
+        "--stream-command", default="", help="run the stream this way (e.g. under a profiler)"
+    )
     asyncio.run(main(parser.parse_args()))

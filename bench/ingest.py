@@ -21,8 +21,8 @@ encodes), so on a 2-core machine the backlogs are reported before the drain is t
 throughput figures are those of consuming and storing, the live phase measures latency at a
 rate the machine can also report at.
 
-    python -m bench.ingest [--points 1000000] [--seed-points 20000] [--producers 2]
-                           [--live-rate 20000] [--live-seconds 10]
+    python -m bench.ingest [--points 1000000] [--seed-points 20000] [--jobs 6]
+        [--producers 2] [--instances 1] [--live-rate 20000] [--live-seconds 10]
 """
 
 from __future__ import annotations
@@ -65,57 +65,81 @@ POLL_S = 0.02
 
 
 def _report(
-    settings: KafkaSettings, job: str, points: int, rate: float | None, spill_dir: str, out: Any
+    settings: KafkaSettings,
+    jobs: list[str],
+    points: int,
+    rate: float | None,
+    spill_dir: str,
+    out: Any,
 ) -> None:
-    """Report ``points`` steps of one job through ``create_training_callback``: as fast as its
-    sender delivers them (``rate`` None) or paced at ``rate`` points/s."""
+    """Report ``points`` steps of each job through ``create_training_callback`` (one callback
+    per job, as one training process per job would): as fast as the callbacks' senders deliver
+    them (``rate`` None) or paced at ``rate`` points/s in all."""
     from posttrain.trainer_agent.reporting import create_training_callback
 
-    report = create_training_callback(job, settings=settings, spill_dir=spill_dir)
+    reports = [
+        create_training_callback(job, settings=settings, spill_dir=spill_dir) for job in jobs
+    ]
     started = time.perf_counter()
-    burst = max(1, int((rate or 0) * 0.01))
+    burst = max(1, int((rate or 0) * 0.01 / len(jobs)))
     for step in range(points):
-        # What a GRPO step logs (TRL's names, mapped by the callback), two kept under custom.
-        report(
-            step=step,
-            epoch=step / 1000,
-            loss=0.5 + (step % 13) * 0.01,
-            reward=1.0 - (step % 7) * 0.05,
-            reward_std=0.2,
-            kl=0.01,
-            entropy=1.5,
-            grad_norm=1.0 + (step % 5) * 0.1,
-            learning_rate=1e-5,
-            frac_reward_zero_std=0.1,
-            num_tokens=4096.0 * step,
-        )
+        for report in reports:
+            # What a GRPO step logs (TRL's names, mapped by the callback); two land in custom.
+            report(
+                step=step,
+                epoch=step / 1000,
+                loss=0.5 + (step % 13) * 0.01,
+                reward=1.0 - (step % 7) * 0.05,
+                reward_std=0.2,
+                kl=0.01,
+                entropy=1.5,
+                grad_norm=1.0 + (step % 5) * 0.1,
+                learning_rate=1e-5,
+                frac_reward_zero_std=0.1,
+                num_tokens=4096.0 * step,
+            )
         if rate is not None:
             if step % burst == burst - 1:
-                due = started + (step + 1) / rate
-                delay = due - time.perf_counter()
+                delay = started + (step + 1) * len(jobs) / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-        elif step % 2000 == 1999:
-            # Keep within the sender's pace: a full queue would spill to disk (still delivered,
+        elif step % 1000 == 999:
+            # Keep within the senders' pace: a full queue would spill to disk (still delivered,
             # but the benchmark would be measuring the spill file).
-            while report.stats()["queued"] > 10_000:
+            while max(r.stats()["queued"] for r in reports) > 10_000:
                 time.sleep(0.002)
-    delivered = report.flush(600)
+    delivered = all(report.flush(600) for report in reports)
     elapsed = time.perf_counter() - started
-    report.close()
-    out.put((job, delivered, elapsed))
+    for report in reports:
+        report.close()
+    out.put((jobs, delivered, elapsed))
 
 
 def report_in_processes(
-    settings: KafkaSettings, jobs: Sequence[str], points_per_job: int, rate: float | None
-) -> list[tuple[str, bool, float]]:
+    settings: KafkaSettings,
+    jobs: Sequence[str],
+    producers: int,
+    points_per_job: int,
+    rate: float | None,
+) -> list[tuple[list[str], bool, float]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     spill = tempfile.mkdtemp(prefix="bench-ingest-spill-")
-    per_rate = rate / len(jobs) if rate else None
+    shares = [list(jobs[i::producers]) for i in range(producers)]
     procs = [
-        ctx.Process(target=_report, args=(settings, job, points_per_job, per_rate, spill, out))
-        for job in jobs
+        ctx.Process(
+            target=_report,
+            args=(
+                settings,
+                share,
+                points_per_job,
+                rate * len(share) / len(jobs) if rate else None,
+                spill,
+                out,
+            ),
+        )
+        for share in shares
+        if share
     ]
     for p in procs:
         p.start()
@@ -289,9 +313,11 @@ async def watch(db: Any, jobs: Sequence[str], last_step: int, timeout: float = 9
     return Visibility(seen)
 
 
-async def latencies(db: Any, jobs: Sequence[str], visibility: Visibility) -> list[float]:
-    """Seconds from each point's emission to the first poll that saw it."""
-    out: list[float] = []
+async def latencies(
+    db: Any, jobs: Sequence[str], visibility: Visibility
+) -> dict[tuple[str, int], tuple[float, float]]:
+    """Per point (job, step): its emission time and the first poll that saw it."""
+    out: dict[tuple[str, int], tuple[float, float]] = {}
     for job in jobs:
         rows = await db.fetch(
             "SELECT m.step, date_part('epoch', m.ts) AS t FROM metrics m "
@@ -303,7 +329,19 @@ async def latencies(db: Any, jobs: Sequence[str], visibility: Visibility) -> lis
         for row in rows:
             while polls[i][1] < row["step"]:
                 i += 1
-            out.append(polls[i][0] - row["t"])
+            out[(job, row["step"])] = (row["t"], polls[i][0])
+    return out
+
+
+async def broker_times(settings: KafkaSettings, expected: int) -> dict[tuple[str, int], float]:
+    """When each point reached the broker (its message's timestamp, stamped on sending)."""
+    out: dict[tuple[str, int], float] = {}
+    async with EventConsumer(settings, [Topic.METRICS], group_id=None, name="bench") as consumer:
+        while len(out) < expected:
+            for r in await consumer.getmany(timeout_ms=1000):
+                message: MetricsReported = r.envelope.data
+                for p in message.points:
+                    out[(message.job_id, p.step)] = r.timestamp_ms / 1000
     return out
 
 
@@ -325,12 +363,23 @@ async def count_rows(db: Any, jobs: Sequence[str]) -> int:
 # --- the phases ------------------------------------------------------------------------------
 
 
-async def seed_design_phase(dsn: str, db: Any, points: int, producers: int) -> float:
+@dataclass(frozen=True)
+class Shape:
+    jobs: int
+    producers: int
+    instances: int
+
+    def job_ids(self, prefix: str) -> list[str]:
+        tag = uuid.uuid4().hex[:6]
+        return [f"{prefix}-{tag}-{i}" for i in range(self.jobs)]
+
+
+async def seed_design_phase(dsn: str, db: Any, points: int, shape: Shape) -> float:
     settings = await fresh_namespace("ingest-seed", TOPICS)
     try:
-        jobs = [f"seed-{uuid.uuid4().hex[:6]}-{i}" for i in range(producers)]
-        per_job = points // producers
-        await asyncio.to_thread(report_in_processes, settings, jobs, per_job, None)
+        jobs = shape.job_ids("seed")
+        per_job = points // len(jobs)
+        await asyncio.to_thread(report_in_processes, settings, jobs, shape.producers, per_job, None)
         ctx = mp.get_context("spawn")
         ready, stop = ctx.Event(), ctx.Event()
         proc = ctx.Process(target=_seed_design_consumer, args=(settings, dsn, ready, stop))
@@ -341,32 +390,37 @@ async def seed_design_phase(dsn: str, db: Any, points: int, producers: int) -> f
         finished = visibility.all_visible_at(per_job - 1)
         stop.set()
         proc.join(60)
-        assert await count_rows(db, jobs) == per_job * producers
-        return per_job * producers / (finished - started)
+        stored = await count_rows(db, jobs)
+        assert stored == per_job * len(jobs), (stored, per_job * len(jobs))
+        print(f"seed_design_points: {stored}")
+        print(f"seed_design_seconds: {finished - started:.2f}")
+        return stored / (finished - started)
     finally:
         await drop_namespace(settings)
 
 
-async def drain_phase(dsn: str, db: Any, points: int, producers: int) -> tuple[float, float]:
+async def drain_phase(dsn: str, db: Any, points: int, shape: Shape) -> tuple[float, float]:
     settings = await fresh_namespace("ingest", TOPICS)
     try:
-        jobs = [f"drain-{uuid.uuid4().hex[:6]}-{i}" for i in range(producers)]
-        per_job = points // producers
+        jobs = shape.job_ids("drain")
+        per_job = points // len(jobs)
         began = time.perf_counter()
-        await asyncio.to_thread(report_in_processes, settings, jobs, per_job, None)
-        reporting_rate = per_job * producers / (time.perf_counter() - began)
-        ingest = IngestProcess(settings, dsn)
+        await asyncio.to_thread(report_in_processes, settings, jobs, shape.producers, per_job, None)
+        reporting_rate = per_job * len(jobs) / (time.perf_counter() - began)
+        ingest = [IngestProcess(settings, dsn) for _ in range(shape.instances)]
         try:
-            started = await ingest.wait_ready()
+            started = min(await asyncio.gather(*(i.wait_ready() for i in ingest)))
             visibility = await watch(db, jobs, per_job - 1)
             finished = visibility.all_visible_at(per_job - 1)
-            stats = ingest.prometheus()
+            batches = sum(i.prometheus()["posttrain_ingest_batches_total"] for i in ingest)
         finally:
-            ingest.stop()
+            for i in ingest:
+                i.stop()
         stored = await count_rows(db, jobs)
-        assert stored == per_job * producers, (stored, per_job * producers)
+        assert stored == per_job * len(jobs), (stored, per_job * len(jobs))
         print(f"ingest_points: {stored}")
-        print(f"ingest_batches: {stats['posttrain_ingest_batches_total']:.0f}")
+        print(f"ingest_instances: {shape.instances}")
+        print(f"ingest_batches: {batches:.0f}")
         print(f"ingest_seconds: {finished - started:.2f}")
         return stored / (finished - started), reporting_rate
     finally:
@@ -374,32 +428,36 @@ async def drain_phase(dsn: str, db: Any, points: int, producers: int) -> tuple[f
 
 
 async def live_phase(
-    dsn: str, db: Any, rate: float, seconds: float, producers: int
+    dsn: str, db: Any, rate: float, seconds: float, shape: Shape
 ) -> tuple[list[float], float]:
     settings = await fresh_namespace("ingest-live", TOPICS)
     try:
-        jobs = [f"live-{uuid.uuid4().hex[:6]}-{i}" for i in range(producers)]
-        per_job = int(rate * seconds) // producers
-        ingest = IngestProcess(settings, dsn)
+        jobs = shape.job_ids("live")
+        per_job = int(rate * seconds) // len(jobs)
+        ingest = [IngestProcess(settings, dsn) for _ in range(shape.instances)]
         try:
-            await ingest.wait_ready()
+            await asyncio.gather(*(i.wait_ready() for i in ingest))
             reporting = asyncio.create_task(
-                asyncio.to_thread(report_in_processes, settings, jobs, per_job, rate)
+                asyncio.to_thread(
+                    report_in_processes, settings, jobs, shape.producers, per_job, rate
+                )
             )
             visibility = await watch(db, jobs, per_job - 1)
             results = await reporting
         finally:
-            ingest.stop()
-        emitted = [e for _, _, e in results]
-        delays = await latencies(db, jobs, visibility)
-        first = await db.fetchval(
-            "SELECT date_part('epoch', min(m.ts)) FROM metrics m "
-            "JOIN metric_jobs j USING (job_no) WHERE j.job_id = ANY($1::text[])",
-            jobs,
-        )
-        end_to_end = per_job * producers / (visibility.all_visible_at(per_job - 1) - first)
-        print(f"live_points: {per_job * producers}")
-        print(f"live_report_seconds: {max(emitted):.2f}")
+            for i in ingest:
+                i.stop()
+        times = await latencies(db, jobs, visibility)
+        sent = await broker_times(settings, len(times))
+        delays = [seen - emitted for emitted, seen in times.values()]
+        reporting = [sent[k] - emitted for k, (emitted, _) in times.items()]
+        ingesting = [seen - sent[k] for k, (_, seen) in times.items()]
+        first = min(emitted for emitted, _ in times.values())
+        end_to_end = len(times) / (visibility.all_visible_at(per_job - 1) - first)
+        print(f"live_points: {len(times)}")
+        print(f"live_report_seconds: {max(e for _, _, e in results):.2f}")
+        print(f"live_emit_to_broker_p99_ms: {percentile(reporting, 0.99) * 1000:.0f}")
+        print(f"live_broker_to_visible_p99_ms: {percentile(ingesting, 0.99) * 1000:.0f}")
         return delays, end_to_end
     finally:
         await drop_namespace(settings)
@@ -409,10 +467,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--seed-points", type=int, default=20_000)
-    parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=6, help="jobs (one callback each)")
+    parser.add_argument("--producers", type=int, default=2, help="reporting processes")
+    parser.add_argument("--instances", type=int, default=1, help="ingest service processes")
     parser.add_argument("--live-rate", type=float, default=20_000)
     parser.add_argument("--live-seconds", type=float, default=10)
     args = parser.parse_args()
+    shape = Shape(args.jobs, args.producers, args.instances)
 
     from posttrain.db.migrate import apply_migrations
 
@@ -426,14 +487,11 @@ async def main() -> None:
         await apply_migrations(dsn)
         db = await asyncpg.connect(dsn)
         try:
-            seed_rate = await seed_design_phase(dsn, db, args.seed_points, args.producers)
-            print(f"seed_design_points: {args.seed_points}")
+            seed_rate = await seed_design_phase(dsn, db, args.seed_points, shape)
             print(f"seed_design_points_per_s: {seed_rate:,.0f}")
-            rate, reporting_rate = await drain_phase(dsn, db, args.points, args.producers)
+            rate, reporting_rate = await drain_phase(dsn, db, args.points, shape)
             print(f"reporting_points_per_s: {reporting_rate:,.0f}")
-            delays, live_rate = await live_phase(
-                dsn, db, args.live_rate, args.live_seconds, args.producers
-            )
+            delays, live_rate = await live_phase(dsn, db, args.live_rate, args.live_seconds, shape)
             print(f"live_end_to_end_points_per_s: {live_rate:,.0f}")
             print(f"visible_p50_ms: {percentile(delays, 0.50) * 1000:.0f}")
             print(f"visible_p99_ms: {percentile(delays, 0.99) * 1000:.0f}")

@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import drop_namespace, fresh_namespace
-from posttrain.events import Envelope, decode, encode
+from posttrain.events import Envelope, decode
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.events.messages import (
     CheckpointSaved,
@@ -145,7 +145,8 @@ async def main() -> None:
         t = time.perf_counter()
         total = await write_log(settings, args.pipelines, args.checkpoints)
         print(
-            f"events_written: {total} ({args.pipelines} pipelines) in {time.perf_counter() - t:.1f} s"
+            f"events_written: {total} ({args.pipelines} pipelines) "
+            f"in {time.perf_counter() - t:.1f} s"
         )
         n, naive_s = await naive_replay(settings, min(args.baseline_events, total))
         naive_rate = n / naive_s

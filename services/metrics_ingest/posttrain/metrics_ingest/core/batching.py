@@ -23,8 +23,8 @@ class BatchPolicy:
     """How big and how old a batch may grow, and how much may wait in memory."""
 
     max_rows: int = 20_000
-    max_age_s: float = 0.25
-    max_pending_rows: int = 100_000
+    max_age_s: float = 0.1
+    max_pending_rows: int = 60_000
 
     def __post_init__(self) -> None:
         if self.max_rows < 1:

@@ -59,27 +59,47 @@ async def replay_partitions(
     Only committed events count (``read_committed``): an aborted decision never happened."""
     topic = settings.topic(Topic.PIPELINE_EVENTS)
     tps = [TopicPartition(topic, p) for p in partitions]
-    states: dict[int, dict[str, PipelineState]] = {tp.partition: {} for tp in tps}
     if not tps:
-        return states, 0
+        return {}, 0
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await probe.start()
+    try:
+        probe.assign(tps)
+        ends = await stable_end_offsets(settings, probe, tps)
+    finally:
+        await probe.stop()
+    states, count = await _replay_here(settings, {tp.partition: ends[tp] for tp in tps})
+    gc.freeze()  # the rebuilt state lives long: later collections need not walk it
+    return states, count
+
+
+async def _replay_here(
+    settings: KafkaSettings, ends_by_partition: dict[int, int]
+) -> tuple[dict[int, dict[str, PipelineState]], int]:
+    topic = settings.topic(Topic.PIPELINE_EVENTS)
+    tps = [TopicPartition(topic, p) for p in ends_by_partition]
+    ends = {tp: ends_by_partition[tp.partition] for tp in tps}
+    states: dict[int, dict[str, PipelineState]] = {tp.partition: {} for tp in tps}
+    if not any(ends.values()):
+        return states, 0  # an empty log (and aiokafka dislikes a consumer stopped at once)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-replay",
         enable_auto_commit=False,
         isolation_level="read_committed",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
     )
     await consumer.start()
     count = 0
     # Replay builds a large, long-lived object graph: the cyclic GC would walk it again and again
-    # (measured: apply 10x slower). Pause it, and freeze what was built when done so that later
-    # collections skip the rebuilt state too.
+    # (measured: apply 10x slower). Pause it while folding.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         consumer.assign(tps)
-        ends = await stable_end_offsets(settings, consumer, tps)
         pending = {tp for tp in tps if ends[tp] > 0}
         if pending:
             await consumer.seek_to_beginning(*pending)
@@ -87,8 +107,9 @@ async def replay_partitions(
             batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=50_000)
             for tp, records in batches.items():
                 by_pipeline = states[tp.partition]
+                end = ends[tp]
                 for record in records:
-                    if record.offset >= ends[tp]:
+                    if record.offset >= end:
                         break
                     try:
                         envelope = decode(record.value, record.headers)
@@ -103,12 +124,13 @@ async def replay_partitions(
                         state = by_pipeline[pid] = PipelineState(pid)
                     apply(state, envelope)
                     count += 1
+                if records and records[-1].offset + 1 >= end:
+                    pending.discard(tp)
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
     finally:
         if gc_was_enabled:
             gc.enable()
-        gc.freeze()
         await consumer.stop()
     return states, count

@@ -71,7 +71,10 @@ def as_number(value: Any) -> float | None:
     """A float for a numeric value (tensor and numpy scalars too, through ``item()``), else None.
 
     NaN and infinities are returned as they are: hiding a NaN loss would hide the anomaly."""
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is float:  # the common case first: this runs for every value of every step
+        return value  # type: ignore[no-any-return]
+    if kind is bool:
         return None
     if isinstance(value, int | float):
         return float(value)
@@ -90,7 +93,7 @@ def as_number(value: Any) -> float | None:
 
 def jsonable(value: Any) -> Any:
     """A JSON-friendly form of a custom value: numbers unwrapped, containers kept, the rest text."""
-    if value is None or isinstance(value, str | bool | int | float):
+    if value is None or type(value) in (float, int, str, bool):
         return value
     number = as_number(value)
     if number is not None:
@@ -102,6 +105,13 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+# name -> ((canonical field, priority), ...): one dictionary lookup per logged name.
+_FEEDS: dict[str, tuple[tuple[str, int], ...]] = {}
+for _field, _names in ALIASES.items():
+    for _priority, _name in enumerate(_names):
+        _FEEDS[_name] = (*_FEEDS.get(_name, ()), (_field, _priority))
+
+
 def canonical_fields(
     fields: Mapping[str, Any], skip: frozenset[str] = COORDINATES
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -109,18 +119,20 @@ def canonical_fields(
 
     A name is consumed only when its value became a canonical field; a losing alias or a
     non-numeric value under a canonical name is kept under ``custom``."""
-    canonical: dict[str, float] = {}
-    used: set[str] = set()
-    for field, names in ALIASES.items():
-        for name in names:
-            if name not in fields:
-                continue
-            number = as_number(fields[name])
-            if number is None:
-                continue
-            canonical[field] = number
-            used.add(name)
-            break
+    best: dict[str, tuple[int, str, float]] = {}
+    for name, value in fields.items():
+        feeds = _FEEDS.get(name)
+        if feeds is None:
+            continue
+        number = as_number(value)
+        if number is None:
+            continue
+        for field, priority in feeds:
+            current = best.get(field)
+            if current is None or priority < current[0]:
+                best[field] = (priority, name, number)
+    canonical = {field: number for field, (_, _, number) in best.items()}
+    used = {name for _, name, _ in best.values()}
     custom: dict[str, Any] = {}
     nested = fields.get("custom")
     if isinstance(nested, Mapping):
