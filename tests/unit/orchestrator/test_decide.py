@@ -311,3 +311,28 @@ def test_duplicate_submission_changes_nothing():
     w = World()
     w.submit(FAN)
     assert not w.submit(FAN)
+
+
+def test_cancel_one_stage_through_an_action():
+    w = World()
+    w.submit([cmd("a"), cmd("b"), cmd("c", ["a"])])
+    w.start("a")
+    w.send(
+        RequestAction(
+            action_id="stop-a",
+            pipeline_id="p1",
+            stage="a",
+            attempt=1,
+            action="cancel",
+            reason="user",
+        )
+    )
+    cancel = [c.data for c in w.commands if isinstance(c.data, CancelStage)]
+    assert [c.run_command_id for c in cancel] == ["p1:a:1"]
+    w.fail("a", kind="cancelled")  # the agent confirms
+    assert w.status("a") == "cancelled"
+    assert w.status() == "running"  # b still runs
+    w.succeed("b")
+    assert w.status() == "failed"  # c can never run: the pipeline ends, resumable
+    w.send(ResumePipeline(pipeline_id="p1"))
+    assert w.run_for("a").attempt == 2
