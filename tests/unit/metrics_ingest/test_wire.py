@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint, MetricsReported
-from posttrain.metrics_ingest.core.rows import ReportRows, RowError
+from posttrain.metrics_ingest.core.rows import ROW_COLUMNS, ReportRows, RowError
 from posttrain.metrics_ingest.core.wire import read_report, rows_from_message
 
 WHEN = datetime(2026, 1, 1, tzinfo=UTC)
@@ -195,3 +195,28 @@ def test_fast_reader_agrees_when_a_writer_leaves_nulls_out_or_writes_integers(
         assert fast is None
     else:
         assert fast is not None and _same(fast, contract)
+
+
+def test_the_fast_readers_shapes_are_the_contracts() -> None:
+    from posttrain.metrics_ingest.core.wire import POINT_FIELDS, REPORT_FIELDS
+
+    assert set(POINT_FIELDS) == set(MetricPoint.model_fields)
+    assert set(REPORT_FIELDS) == set(MetricsReported.model_fields)
+
+
+def test_a_nan_loss_is_read_by_the_fast_reader_as_nan() -> None:
+    message = MetricsReported(
+        job_id="j",
+        source="s",
+        first_seq=0,
+        points=[
+            MetricPoint(step=1, timestamp=2.0, loss=math.nan, grad_norm=-math.inf),
+            MetricPoint(step=2, timestamp=3.0, loss=0.5, custom={"note": "NaN"}),
+        ],
+    )
+    report = read_report(_wire(message)[0])
+    assert report is not None
+    loss, grad_norm = ROW_COLUMNS.index("loss"), ROW_COLUMNS.index("grad_norm")
+    first, second = report.rows
+    assert math.isnan(first[loss]) and first[grad_norm] == -math.inf
+    assert second[loss] == 0.5 and orjson.loads(second[-1]) == {"note": "NaN"}

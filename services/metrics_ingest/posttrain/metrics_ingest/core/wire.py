@@ -41,8 +41,8 @@ VERSION = MetricsReported.VERSION
 # The wire shapes, generated from the contract's field lists (a field added to MetricPoint
 # without being added here fails a unit test). Field order is the row's order. Two variants:
 # the usual one, where every value is a number or null, and one that also takes the strings
-# pydantic writes for non-finite floats, used only for messages that hold such a string (a run
-# whose loss went NaN is ingested at full speed too).
+# pydantic writes for non-finite floats, tried when the first refuses a message (so a run whose
+# loss went NaN is still ingested on the fast path).
 POINT_FIELDS: tuple[str, ...] = ("step", "epoch", "timestamp", *CORE_FIELDS, "custom")
 REPORT_FIELDS: tuple[str, ...] = (
     "job_id",
@@ -143,11 +143,17 @@ def read_report(value: bytes | None) -> ReportRows | None:
     fast reader cannot vouch for the message (go the contract's way then)."""
     if value is None:
         return None
-    # A substring search costs far less than decoding: the usual message holds no such string.
-    non_finite = b'"NaN"' in value or b'Infinity"' in value
+    non_finite = False
     try:
-        envelope: Any = (_decode_non_finite if non_finite else _decode_plain)(value)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        envelope: Any = _decode_plain(value)
+    except msgspec.ValidationError:
+        # Most likely a "NaN"-style string (a run that diverged): read it as such.
+        non_finite = True
+        try:
+            envelope = _decode_non_finite(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+    except msgspec.DecodeError:
         return None
     if envelope.type != TYPE_NAME or envelope.version != VERSION:
         return None  # older versions are upcast by the contract
