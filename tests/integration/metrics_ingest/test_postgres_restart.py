@@ -33,7 +33,6 @@ async def test_postgres_restart_loses_nothing_and_memory_stays_bounded(
     pg.start()
     job = f"{run_id}-pgrestart"
     envelopes, expected = messages(job, "trainer", 220_000, per_message=250)
-    before, during = envelopes[:80], envelopes[80:]  # 20,000 points, then 200,000
     ingest = IngestProcess(
         kafka_settings,
         pg.dsn,
@@ -43,32 +42,37 @@ async def test_postgres_restart_loses_nothing_and_memory_stays_bounded(
         POSTTRAIN_INGEST_MAX_PENDING_ROWS=str(MAX_PENDING_ROWS),
     )
     ingest.start()
-    conn = None
+    rss_peak = 0
+
+    async def produce() -> None:
+        # A steady stream (about 100 MB on the wire in all), sampling the service's memory.
+        nonlocal rss_peak
+        for start in range(0, len(envelopes), 20):
+            await producer.send_many(Topic.METRICS, envelopes[start : start + 20])
+            rss_peak = max(rss_peak, ingest.rss_bytes())
+            await asyncio.sleep(0.005)
+
+    conn = await _connect(pg.dsn)
+    producing = asyncio.create_task(produce())
     try:
-        await producer.send_many(Topic.METRICS, before)
-        conn = await _connect(pg.dsn)
+        # Stop the server in the middle of ingestion: batches are being written.
         await wait_for(
             lambda: _at_least(conn, job, 20_000),
             timeout=60,
             what=f"first points\n{ingest.log_tail()}",
         )
-        await conn.close()
         rss_running = ingest.rss_bytes()
-
+        await conn.close()
         pg.stop()
-        # 200,000 points (about 100 MB on the wire) arrive while the server is away.
-        rss_peak = 0
-        for start in range(0, len(during), 50):
-            await producer.send_many(Topic.METRICS, during[start : start + 50])
-            rss_peak = max(rss_peak, ingest.rss_bytes())
         metrics = await wait_for(
             lambda: _prometheus_when(ingest, paused=1, database_up=0),
-            timeout=30,
+            timeout=60,
             what=f"the service to pause\n{ingest.log_tail()}",
         )
         assert metrics["posttrain_ingest_pending_rows"] < 2 * MAX_PENDING_ROWS
         assert metrics["posttrain_ingest_write_failures_total"] >= 1
-        # Bounded: once paused, the process does not grow with what keeps waiting in Kafka.
+        await producing  # everything is sent while the server is away
+        # Bounded: paused, the process does not grow with what keeps waiting in Kafka.
         for _ in range(20):
             rss_peak = max(rss_peak, ingest.rss_bytes())
             await asyncio.sleep(0.05)
@@ -89,7 +93,8 @@ async def test_postgres_restart_loses_nothing_and_memory_stays_bounded(
             what="the service to resume",
         )
     finally:
-        if conn is not None and not conn.is_closed():
+        producing.cancel()
+        if not conn.is_closed():
             await conn.close()
         ingest.stop()
         pg.destroy()

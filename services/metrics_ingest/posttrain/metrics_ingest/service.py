@@ -121,7 +121,6 @@ class IngestService:
         self._sealed = 0  # batches handed to the writer
         self._written = 0  # batches the writer has finished
         self._progress = asyncio.Condition()
-        self._flush_requested = False
         self._committed: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -302,7 +301,12 @@ class IngestService:
         elif self.policy.should_pause(pending):
             consumer.pause(*consumer.assignment())
             self.stats.paused = True
-            log.warning("consumption paused: PostgreSQL is behind", extra={"pending_rows": pending})
+            # Routine while catching up on a backlog; worth a warning when PostgreSQL is away.
+            log.log(
+                logging.INFO if self.stats.db_up else logging.WARNING,
+                "consumption paused: writing is behind reading",
+                extra={"pending_rows": pending, "database_up": self.stats.db_up},
+            )
 
     def _revoked(self, partitions: set[TopicPartition]) -> None:
         dropped = self._batcher.drop_partitions(partitions)
