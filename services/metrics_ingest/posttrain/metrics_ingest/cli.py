@@ -24,7 +24,10 @@ DEFAULT_FLUSH_URL = "http://127.0.0.1:9464/flush"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posttrain metrics", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="posttrain metrics",
+        description="Training metrics: sync JSONL files, flush the ingest service, read points.",
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sync = sub.add_parser("sync", help="store the points of a JSONL metric file (idempotent)")
     sync.add_argument("file")
