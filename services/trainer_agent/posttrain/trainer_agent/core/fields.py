@@ -8,9 +8,10 @@ field is kept under ``custom``: nothing a trainer logs is dropped.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from posttrain.events.messages import CORE_FIELDS, MetricPoint
 
@@ -112,6 +113,29 @@ for _field, _names in ALIASES.items():
         _FEEDS[_name] = (*_FEEDS.get(_name, ()), (_field, _priority))
 
 
+class _Plan(NamedTuple):
+    canonical: tuple[tuple[str, str], ...]  # (field, name) of each winning alias
+    custom: tuple[str, ...]  # names kept under custom
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(names: tuple[str, ...], skip: frozenset[str]) -> _Plan:
+    """Which name feeds which field, for a set of names whose values are all numbers.
+
+    A training loop logs the same names at every step: resolved once, reused each step."""
+    best: dict[str, tuple[int, str]] = {}
+    for name in names:
+        for field, priority in _FEEDS.get(name, ()):
+            current = best.get(field)
+            if current is None or priority < current[0]:
+                best[field] = (priority, name)
+    used = {name for _, name in best.values()}
+    return _Plan(
+        tuple((field, name) for field, (_, name) in best.items()),
+        tuple(n for n in names if n not in used and n not in skip and n != "custom"),
+    )
+
+
 def canonical_fields(
     fields: Mapping[str, Any], skip: frozenset[str] = COORDINATES
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -119,6 +143,25 @@ def canonical_fields(
 
     A name is consumed only when its value became a canonical field; a losing alias or a
     non-numeric value under a canonical name is kept under ``custom``."""
+    plan = _plan(tuple(fields), skip)
+    canonical: dict[str, float] = {}
+    for field, name in plan.canonical:
+        number = as_number(fields[name])
+        if number is None:  # a name that is usually a number is not, this time
+            return _canonical_fields_slow(fields, skip)
+        canonical[field] = number
+    custom: dict[str, Any] = {}
+    nested = fields.get("custom")
+    if isinstance(nested, Mapping):
+        custom.update({str(k): jsonable(v) for k, v in nested.items()})
+    for name in plan.custom:
+        custom[name] = jsonable(fields[name])
+    return canonical, custom
+
+
+def _canonical_fields_slow(
+    fields: Mapping[str, Any], skip: frozenset[str]
+) -> tuple[dict[str, float], dict[str, Any]]:
     best: dict[str, tuple[int, str, float]] = {}
     for name, value in fields.items():
         feeds = _FEEDS.get(name)
