@@ -133,12 +133,24 @@ class IngestService:
         self._loop = asyncio.get_running_loop()
         await self._producer.start()
         await self._consumer.start()
-        self._consumer.subscribe([self.kafka.topic(Topic.METRICS)], listener=_Rebalance(self))
+        topic = self.kafka.topic(Topic.METRICS)
+        await self._wait_for_topic(topic)
+        self._consumer.subscribe([topic], listener=_Rebalance(self))
         self._tasks = [
             asyncio.create_task(self._read_loop(), name=f"{self.name}-reader"),
             asyncio.create_task(self._write_loop(), name=f"{self.name}-writer"),
         ]
         _RUNNING.add(self)
+
+    async def _wait_for_topic(self, topic: str) -> None:
+        """Subscribe only once the broker's metadata shows the topic: a group that assigns
+        before then gets no partitions, and would only notice at the next metadata refresh."""
+        attempt = 0
+        while topic not in await self._consumer.topics():
+            attempt += 1
+            if attempt % 20 == 1:
+                log.warning("waiting for topic %s to exist", topic, extra={"topic": topic})
+            await asyncio.sleep(min(1.0, 0.05 * attempt))
 
     async def stop(self, *, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop reading; with ``drain``, write and commit what was read (within ``timeout_s``,
