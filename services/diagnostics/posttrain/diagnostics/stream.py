@@ -41,7 +41,7 @@ from faust.serializers import codecs
 from posttrain.diagnostics.alerts import Alerter, load_config_book
 from posttrain.diagnostics.batch import DiagnosticService
 from posttrain.diagnostics.core.alerting import AlertDedup
-from posttrain.diagnostics.core.anomaly import Anomaly, oom_anomaly_id
+from posttrain.diagnostics.core.anomaly import oom_anomaly_id
 from posttrain.diagnostics.core.config import ConfigBook
 from posttrain.diagnostics.core.messages import anomaly_detected
 from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
@@ -58,6 +58,10 @@ from posttrain.events.topics import TOPICS, Topic
 
 log = logging.getLogger(__name__)
 APP_NAME = "posttrain-diagnostics"
+# The detect agent takes up to this many messages at a time, waiting at most this long for more:
+# per batch, each job's state is written to the changelog once.
+DETECT_BATCH = 500
+DETECT_WITHIN_S = 0.005
 
 
 class _StateCodec(codecs.Codec):
@@ -164,7 +168,17 @@ class DiagnosticsStream:
             t.value_serializer = "posttrain_state"  # type: ignore[attr-defined]
             return t
 
-        self.jobs = table("jobs", metrics_partitions)
+        # Keys as raw bytes with the producer's partitioner: a job's changelog entry lands on
+        # the partition its metrics come from (murmur2 of the same bytes), which lets the detect
+        # agent write a whole batch's states after the batch.
+        self.jobs = app.Table(
+            "jobs",
+            default=None,
+            partitions=metrics_partitions,
+            key_type=bytes,
+            use_partitioner=True,
+        )
+        self.jobs.value_serializer = "posttrain_state"  # type: ignore[attr-defined]
         self.failures_seen = table("failures-seen", TOPICS[Topic.STAGE_REPORTS].partitions)
         self.policies = table("policies", TOPICS[Topic.ANOMALIES].partitions)
         self.dedup = table("alert-dedup", TOPICS[Topic.ANOMALIES].partitions)
@@ -203,9 +217,9 @@ class DiagnosticsStream:
         key, value, headers = encode(envelope)
         await topic.send(key=key, value=value, headers=headers)
 
-    def _job_state(self, job_id: str, pipeline_id: str | None) -> JobState:
+    def _job_state(self, key: bytes, pipeline_id: str | None) -> JobState:
         config = self.book.for_pipeline(pipeline_id).detectors
-        current = self.jobs.get(job_id)
+        current = self.jobs.get(key)
         if isinstance(current, JobState):
             return current
         return JobState(config, current if isinstance(current, dict) else None)
@@ -224,44 +238,52 @@ class DiagnosticsStream:
     # --- agents ----------------------------------------------------------------------------
 
     async def _detect(self, stream: Any) -> AsyncIterator[None]:
-        async for event in stream.events():
-            fast = read_metrics(event.message.value)
-            if fast is not None:
-                data, cause_id, correlation = fast.report, fast.envelope_id, fast.correlation_id
-            else:
-                envelope = await self._decode(event)
-                if envelope is None or not isinstance(envelope.data, MetricsReported):
-                    yield None
-                    continue
-                data, cause_id, correlation = envelope.data, envelope.id, envelope.correlation_id
-            state = self._job_state(data.job_id, data.pipeline_id)
-            raised: list[tuple[Anomaly, float]] = []
-            for i, point in enumerate(data.points):
-                for anomaly in state.observe(point, source=data.source, seq=data.first_seq + i):
-                    raised.append((anomaly, point.timestamp))
-            # The state goes to the changelog before the anomalies leave: a crash in between
+        async for events in stream.take_events(DETECT_BATCH, within=DETECT_WITHIN_S):
+            touched: dict[bytes, JobState] = {}
+            outputs: list[Envelope[Any]] = []
+            for event in events:
+                await self._detect_one(event, touched, outputs)
+            # The states go to the changelog before the anomalies leave: a crash in between
             # re-reads these points, finds them folded in already, and raises nothing twice.
-            self.jobs[data.job_id] = state
-            for anomaly, emitted_at in raised:
+            for key, state in touched.items():
+                self.jobs[key] = state
+            for out in outputs:
+                await self._send(self.anomalies, out)
+            self.processed_messages += len(events)
+            yield None
+
+    async def _detect_one(
+        self, event: Any, touched: dict[bytes, JobState], outputs: list[Envelope[Any]]
+    ) -> None:
+        fast = read_metrics(event.message.value)
+        if fast is not None:
+            data, cause_id, correlation = fast.report, fast.envelope_id, fast.correlation_id
+        else:
+            envelope = await self._decode(event)
+            if envelope is None or not isinstance(envelope.data, MetricsReported):
+                return
+            data, cause_id, correlation = envelope.data, envelope.id, envelope.correlation_id
+        key = data.job_id.encode()
+        state = touched.get(key) or self._job_state(key, data.pipeline_id)
+        touched[key] = state
+        for i, point in enumerate(data.points):
+            for anomaly in state.observe(point, source=data.source, seq=data.first_seq + i):
                 out = anomaly_detected(
                     data.job_id,
                     anomaly,
                     pipeline_id=data.pipeline_id,
                     stage=data.stage,
                     attempt=data.attempt,
-                    emitted_at=emitted_at,
+                    emitted_at=point.timestamp,
                 )
-                await self._send(
-                    self.anomalies,
+                outputs.append(
                     Envelope.create(
                         out,
                         key=data.job_id,
                         correlation_id=correlation or cause_id,
                         causation_id=cause_id,
-                    ),
+                    )
                 )
-            self.processed_messages += 1
-            yield None
 
     async def _failures(self, stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
