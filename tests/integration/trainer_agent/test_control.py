@@ -69,7 +69,13 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
         assert {"optimizer.pt", "scheduler.pt", "trainer_state.json"} <= _files(checkpoint)
         [pause_applied] = _applied(reports.messages(), run, "pause-1")
         assert pause_applied.action == "pause" and pause_applied.step == p
-        before = points_by_key(await metrics.poll() and metrics.messages(), run.job_id)
+        # The stage's points were flushed before it reported the pause: up to step p, no further.
+        before = await metrics.wait(
+            lambda ms: (
+                any(pt.step == p for pt in points_by_key(ms, run.job_id).values())
+                and points_by_key(ms, run.job_id)
+            )
+        )
         assert max(pt.step for pt in before.values()) == p  # nothing trained past the pause
         first_source = {source for source, _ in before}
 
@@ -87,11 +93,14 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
         # Sent at step p (the run stood there), applied at the next boundary: step p + 1.
         assert lr_applied.step == ckpt_applied.step == p + 1
         assert lr_applied.details["factor"] == 0.1
-        saved = [
-            m
-            for m in reports_for(reports.messages(), run.command_id, "CheckpointSaved")
-            if m.reason == "forced"
-        ]
+        # The checkpoint is reported once written, a moment after the action.
+        saved = await reports.wait(
+            lambda ms: [
+                m
+                for m in reports_for(ms, run.command_id, "CheckpointSaved")
+                if m.reason == "forced"
+            ]
+        )
         assert [m.step for m in saved] == [p + 1] and _files(Path(saved[0].path))
 
         # The resumed run continues at the next step, with the optimizer state it had.
