@@ -1,14 +1,17 @@
 """Detection latency of the diagnostics stream under load.
 
-A load process emits 10,000 metric points/s over 100 jobs (each job 100 steps/s, reported as
-one MetricsReported of 10 points every 100 ms, as a batching training callback would) onto
-posttrain.metrics; every ``--inject-every`` seconds one job's next point carries a NaN loss.
+A load process emits 10,000 metric points/s over 100 jobs onto posttrain.metrics: each job
+steps 100 times a second and, like the project's training callback, sends what it logged every
+``--report-every`` seconds (0.2 s: the callback's linger at about 1% step overhead; its default
+of 1 s alone would spend the whole detection budget) as one MetricsReported. Each point is
+stamped with its own step time, so the figures include the wait in the callback's batch. Every
+``--inject-every`` seconds one job's point at a random place in its next batch has a NaN loss.
 The diagnostics stream (``python -m posttrain.diagnostics.stream``, a real Faust worker) runs
 in its own process; this process reads posttrain.anomalies and posttrain.pipeline.commands.
 
 Figures, for the injected anomalies only:
-- detect: the point's emission time (its timestamp, stamped when the load process hands the
-  batch to the producer) -> AnomalyDetected read here;
+- detect: the point's emission time (its timestamp: when the step logged it) ->
+  AnomalyDetected read here;
 - request: the same -> the RequestAction(pause) read on posttrain.pipeline.commands;
 - action_p99_ms (emitted -> applied by an agent) needs the orchestrator and a trainer agent in
   the loop, which this benchmark does not start: it says so instead of printing a number.
@@ -46,7 +49,6 @@ from posttrain.events.messages.metrics import MetricPoint, MetricsReported
 from posttrain.events.messages.pipeline import RequestAction
 from posttrain.events.topics import Topic
 
-TICK_S = 0.1
 SEED_BUFFER_S = 30.0
 SEED_SCAN_S = 60.0
 
@@ -95,10 +97,11 @@ async def _load(
     rate: int,
     duration: float,
     inject_every: float,
+    tick_s: float,
     out: mp.Queue,
 ) -> None:
     rng = random.Random(0)
-    per_tick = max(1, round(rate * TICK_S / jobs))
+    per_tick = max(1, round(rate * tick_s / jobs))
     steps = dict.fromkeys(range(jobs), 0)
     seqs = dict.fromkeys(range(jobs), 0)
     injected: list[tuple[str, int, float]] = []
@@ -118,15 +121,16 @@ async def _load(
             encoded = []
             for j in range(jobs):
                 job = f"bench-job-{j}"
-                stamp = time.time()
+                sent_at = time.time()
                 points = []
-                for _ in range(per_tick):
+                for i in range(per_tick):
                     steps[j] += 1
                     step = steps[j]
                     points.append(
                         {
                             "step": step,
-                            "timestamp": stamp,
+                            # Logged during the last tick, one step every tick_s / per_tick.
+                            "timestamp": sent_at - tick_s + (i + 1) * tick_s / per_tick,
                             "loss": 2.0 + 0.05 * math.sin(step / 7) + rng.gauss(0, 0.01),
                             "grad_norm": 1.0 + rng.gauss(0, 0.05),
                             "learning_rate": 1e-5,
@@ -135,14 +139,15 @@ async def _load(
                         }
                     )
                 if j == inject_job:
-                    points[-1]["loss"] = "NaN"  # the codec's spelling of a NaN
-                    injected.append((job, steps[j], stamp))
+                    bad = points[rng.randrange(per_tick)]
+                    bad["loss"] = "NaN"  # the codec's spelling of a NaN
+                    injected.append((job, bad["step"], bad["timestamp"]))
                 encoded.append(_encode(job, seqs[j], points, j))
                 seqs[j] += per_tick
             await producer.send_encoded(Topic.METRICS, encoded)
             sent_points += per_tick * jobs
             tick += 1
-            delay = start + tick * TICK_S - time.time()
+            delay = start + tick * tick_s - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
         elapsed = time.time() - start
@@ -214,7 +219,15 @@ async def main(args: argparse.Namespace) -> None:
             queue: mp.Queue = mp.Queue()
             load = mp.Process(
                 target=_load_process,
-                args=(settings, args.jobs, args.rate, args.duration, args.inject_every, queue),
+                args=(
+                    settings,
+                    args.jobs,
+                    args.rate,
+                    args.duration,
+                    args.inject_every,
+                    args.report_every,
+                    queue,
+                ),
             )
             load.start()
             detected: dict[tuple[str, int], float] = {}
@@ -308,6 +321,9 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=10_000, help="points per second in all")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
     parser.add_argument("--inject-every", type=float, default=0.5, help="seconds")
+    parser.add_argument(
+        "--report-every", type=float, default=0.2, help="the callback's send interval, seconds"
+    )
     parser.add_argument("--verbose", action="store_true", help="each injection's latency")
     parser.add_argument(
         "--stream-command", default="", help="run the stream this way (e.g. under a profiler)"
