@@ -1,78 +1,166 @@
-"""The main job, as far as the platform goes today.
+"""The main job: the example pipeline, end to end, on the local stack.
 
-Runs the example pipeline's path through the real local stack: the pipeline file is read into the
-event contracts, submitted as a ``SubmitPipeline`` command to Kafka, read back from the broker and
-decoded, and the stack is checked by ``posttrain doctor``. Each capability that lands extends this
-script until it runs the whole pipeline (orchestrator, trainer agents, metrics, diagnostics).
+Starts the platform's services as real processes (orchestrator, metrics ingest, diagnostics and
+one CPU trainer agent), submits ``examples/pipelines/arithmetic.yaml`` (preprocess -> SFT ->
+[GRPO, DPO] -> evaluate, a tiny model learning addition), follows it stage by stage with the
+latest metrics of each training job, prints the outcome, and stops what it started.
 
-    python -m examples.demo [--pipeline examples/pipelines/arithmetic.yaml]
+    python -m examples.demo [--pipeline FILE] [--timeout 1800]
+
+Service logs go to ``$POSTTRAIN_HOME/logs/demo/``. Afterwards,
+``posttrain pipeline status <id>`` still shows the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from posttrain.doctor import run_doctor
-from posttrain.events import Envelope
-from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
-from posttrain.events.messages import StageSpec, SubmitPipeline
-from posttrain.events.topics import Topic
+from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status
+from posttrain.pipeline_cli import load_pipeline_file
 
 HERE = Path(__file__).resolve().parent
+HOME = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
+BIN = Path(sys.executable).parent
 
 
-def load_pipeline(path: Path, pipeline_id: str) -> SubmitPipeline:
-    spec = yaml.safe_load(path.read_text())
-    return SubmitPipeline(
-        pipeline_id=pipeline_id,
-        name=spec["name"],
-        stages=[StageSpec.model_validate(stage) for stage in spec["stages"]],
-        submitted_by="demo",
+def services(agent_dir: Path) -> dict[str, list[str]]:
+    py = sys.executable
+    return {
+        "orchestrator": [py, "-m", "posttrain.orchestrator", "--tick-interval", "0.5"],
+        "metrics-ingest": [py, "-m", "posttrain.metrics_ingest"],
+        "diagnostics": [py, "-m", "posttrain.diagnostics.stream"],
+        "agent": [
+            str(BIN / "posttrain-agent"),
+            "--name",
+            "demo-cpu-1",
+            "--gpus",
+            "0",
+            "--slots",
+            "2",
+            "--work-dir",
+            str(agent_dir),
+        ],
+    }
+
+
+def start(name: str, argv: list[str], logs: Path) -> subprocess.Popen[bytes]:
+    out = (logs / f"{name}.log").open("ab")
+    return subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent, start_new_session=True
     )
 
 
-async def submit_and_read_back(settings: KafkaSettings, command: SubmitPipeline) -> Envelope:
-    envelope = Envelope.create(command, key=command.pipeline_id)
-    async with EventProducer(settings) as producer:
-        partition, offset = await producer.send(Topic.PIPELINE_COMMANDS, envelope)
-    print(
-        f"submitted {command.name} as {command.pipeline_id} "
-        f"({settings.topic(Topic.PIPELINE_COMMANDS)}[{partition}]@{offset})"
-    )
-    async with EventConsumer(
-        settings, [Topic.PIPELINE_COMMANDS], group_id=None, name="demo"
-    ) as consumer:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while loop.time() < deadline:
-            for received in await consumer.getmany(timeout_ms=500):
-                if received.envelope.id == envelope.id:
-                    return received.envelope
-    raise SystemExit("the submitted command did not come back from the broker within 30 s")
+def stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.time() + 30
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(deadline - time.time(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
-async def main() -> int:
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+async def latest_metrics(job_id: str, shown: dict[str, int]) -> str:
+    """The newest point of a job, once per step."""
+    from posttrain.metrics_ingest import get_latest_metrics
+
+    points = await get_latest_metrics(job_id, limit=1)
+    if not points or shown.get(job_id) == points[0].point.step:
+        return ""
+    point = points[0].point
+    shown[job_id] = point.step
+    fields = {
+        k: v
+        for k, v in point.model_dump().items()
+        if v is not None and k not in ("custom", "timestamp", "epoch")
+    }
+    return "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+
+
+async def follow(pipeline_id: str, timeout: float, processes: dict[str, Any]) -> dict[str, Any]:
+    seen: dict[str, str] = {}
+    shown: dict[str, int] = {}
+    last_metrics = 0.0
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited with {process.returncode}: see its log")
+        status = await aget_pipeline_status(pipeline_id)
+        if status is not None:
+            for stage in status["stages"]:
+                state = f"{stage['status']} (attempt {stage['attempt']})"
+                if seen.get(stage["name"]) != state:
+                    seen[stage["name"]] = state
+                    extra = stage["waiting_reason"] or stage["error"] or ""
+                    print(
+                        f"[{time.strftime('%H:%M:%S')}] {stage['name']:<12} {state} {extra}",
+                        flush=True,
+                    )
+            if time.time() - last_metrics > 5:
+                last_metrics = time.time()
+                for stage in status["stages"]:
+                    if stage["status"] == "running" and stage["job_id"]:
+                        line = await latest_metrics(stage["job_id"], shown)
+                        if line:
+                            print(f"           {stage['name']:<12} {line}", flush=True)
+            if status["status"] in ("succeeded", "failed", "cancelled", "rejected"):
+                return status
+        await asyncio.sleep(1)
+    raise SystemExit(f"the pipeline did not finish within {timeout:.0f} s")
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pipeline", default=str(HERE / "pipelines" / "arithmetic.yaml"))
+    parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     if run_doctor() != 0:
         return 1
-    command = load_pipeline(Path(args.pipeline), f"demo-{uuid.uuid4().hex[:8]}")
-    back = await submit_and_read_back(KafkaSettings.from_env(client_id="demo"), command)
-    assert back.data == command
-    print("read back from Kafka:")
-    for stage in back.data.stages:
-        deps = ", ".join(stage.depends_on) or "-"
-        print(f"  {stage.name:<12} task={stage.task:<20} depends_on={deps}")
-    print("demo: the pipeline travelled through the real broker intact")
-    return 0
+    return asyncio.run(run(args))
+
+
+async def run(args: argparse.Namespace) -> int:
+    logs = HOME / "logs" / "demo"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes = {
+        name: start(name, argv, logs) for name, argv in services(HOME / "demo" / "agent").items()
+    }
+    print(f"started {', '.join(processes)} (logs in {logs})")
+    try:
+        doc = load_pipeline_file(args.pipeline)
+        pipeline_id = f"demo-{uuid.uuid4().hex[:8]}"
+        submitted = await PipelineExecutor(pipeline_id, submitted_by="demo").aexecute(
+            doc["stages"], name=doc.get("name")
+        )
+        print(f"submitted {doc.get('name')} as {pipeline_id}")
+        for i, layer in enumerate(submitted["layers"]):
+            print(f"  layer {i}: {', '.join(layer)}")
+        final = await follow(pipeline_id, args.timeout, processes)
+    finally:
+        stop_all(processes)
+    print(f"\npipeline {pipeline_id}: {final['status']}")
+    for stage in final["stages"]:
+        outputs = {k: v for k, v in stage["outputs"].items() if k != "checkpoint"}
+        print(f"  {stage['name']:<12} {stage['status']:<10} {stage['task_id']:<40} {outputs}")
+    return 0 if final["status"] == "succeeded" else 1
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())
