@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import itertools
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -115,7 +115,10 @@ class MetricsReporter:
         self.options = options or ReporterOptions()
         self.spill_dir = Path(spill_dir) if spill_dir is not None else default_spill_dir()
         self._spill = SpillFile(self.spill_dir, job_id, self.source)
-        self._queue: queue.Queue[_Item] = queue.Queue(self.options.queue_size)
+        # A deque, not a queue.Queue: append and popleft are atomic under the GIL, so neither
+        # side takes a lock or wakes the other; the bound is checked before appending (a
+        # racing second thread may overshoot it by an item, which is harmless).
+        self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -148,9 +151,9 @@ class MetricsReporter:
             # Too late for the sender: on disk, for the next reporter of this job to deliver.
             self._spill_items([item], from_queue=False)
             return
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        if len(self._queue) < self.options.queue_size:
+            self._queue.append(item)
+        else:
             # The sender is behind (or the broker is away and the disk slow): the point goes
             # to the spill file now rather than make the training step wait.
             self._spill_items([item], from_queue=False)
@@ -179,11 +182,7 @@ class MetricsReporter:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 # The sender is stuck in a send: keep what is still queued on disk.
-                leftovers: list[_Item] = []
-                with contextlib.suppress(queue.Empty):
-                    while True:
-                        leftovers.append(self._queue.get_nowait())
-                self._spill_items(leftovers, from_queue=True)
+                self._spill_items(self._take(len(self._queue)), from_queue=True)
             self._spill.close()
             _LIVE.discard(self)
         return max(0, self._accepted - self._delivered)
@@ -196,7 +195,7 @@ class MetricsReporter:
             "spilled": self._spilled,
             "adopted_delivered": self._adopted_delivered,
             "dropped": self._dropped,
-            "queued": self._queue.qsize(),
+            "queued": len(self._queue),
             "connected": self._connected,
             "last_error": self._last_error,
             "spill_file": str(self._spill.path),
@@ -218,7 +217,7 @@ class MetricsReporter:
             while True:
                 points: list[SpilledPoint] = []
                 try:
-                    points = [self._as_spilled(item) for item in self._drain()]
+                    points = self._map(self._drain())
                     self._deliver(sender, points)
                 except Exception:
                     # The sender must never die: say why, keep the batch on disk, go on.
@@ -226,7 +225,7 @@ class MetricsReporter:
                     self._spill_points(points)
                     sender.stop()
                     time.sleep(self.options.retry_min_s)
-                if self._closing.is_set() and self._queue.empty():
+                if self._closing.is_set() and not self._queue:
                     with contextlib.suppress(Exception):
                         if sender.backlog_waiting() and sender.ready():
                             sender.deliver_backlog()
@@ -255,12 +254,16 @@ class MetricsReporter:
         The thread sleeps instead of waiting on the queue: waking for every point would hand
         the interpreter lock back and forth with the training loop at every step."""
         limit = self.options.max_points_per_message * 8
-        if self._queue.qsize() < limit and self._wake.wait(self.options.linger_s):
+        if len(self._queue) < limit and self._wake.wait(self.options.linger_s):
             self._wake.clear()
+        return self._take(limit)
+
+    def _take(self, limit: int) -> list[_Item]:
         items: list[_Item] = []
-        with contextlib.suppress(queue.Empty):
-            while len(items) < limit:
-                items.append(self._queue.get_nowait())
+        popleft = self._queue.popleft
+        with contextlib.suppress(IndexError):
+            for _ in range(limit):
+                items.append(popleft())
         return items
 
     def _as_spilled(self, item: _Item) -> SpilledPoint:
@@ -275,9 +278,25 @@ class MetricsReporter:
             routing.job_id, source, seq, point, routing.pipeline_id, routing.stage, routing.attempt
         )
 
+    def _map(self, items: Sequence[_Item]) -> list[SpilledPoint]:
+        """Points for queued items. One that cannot be a point (a step that is not a number)
+        does not take the others with it: it is counted as dropped and logged, loudly."""
+        points: list[SpilledPoint] = []
+        for item in items:
+            try:
+                points.append(self._as_spilled(item))
+            except Exception as exc:
+                self._dropped += 1
+                self._settle(1, delivered=0)
+                log.error(
+                    "metric point dropped: not a valid point",
+                    extra={"job_id": self.job_id, "seq": item[1], "error": str(exc)[:500]},
+                )
+        return points
+
     def _spill_items(self, items: Sequence[_Item], *, from_queue: bool) -> None:
         if items:
-            self._spill_points([self._as_spilled(item) for item in items])
+            self._spill_points(self._map(items))
 
     def _spill_points(self, points: Sequence[SpilledPoint]) -> None:
         try:
