@@ -48,6 +48,8 @@ class AgentProcess:
                 "1",
                 # A fresh interpreter per stage: no zygote to wait for in the restarted agent.
                 "--no-zygote",
+                "--http-port",
+                "0",
             ],
             env=self.env,
             cwd=REPO,

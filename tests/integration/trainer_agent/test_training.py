@@ -3,6 +3,8 @@ on a verifiable task, DPO. Tiny models, fixed seeds, a few seconds each on a CPU
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -161,10 +163,20 @@ async def test_grpo_raises_reward_on_the_verifiable_task_and_dpo_completes(
     assert "rewards/chosen" in dpo_last.custom
 
 
-async def test_agent_heartbeats_capacity_and_rejects_what_it_cannot_run(
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n".encode())
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_agent_heartbeats_capacity_serves_health_and_rejects_what_it_cannot_run(
     start_agent, kafka_settings
 ):
-    agent = await start_agent(name="small", gpus=0, labels=frozenset({"cpu", "test"}))
+    agent = await start_agent(name="small", gpus=0, labels=frozenset({"cpu", "test"}), http_port=0)
     gpu_stage = agent.run_stage(
         "command", {"argv": ["true"]}, stage="needs-gpu", resources={"gpus": 1}
     )
@@ -187,3 +199,10 @@ async def test_agent_heartbeats_capacity_and_rejects_what_it_cannot_run(
             lambda ms: [m for m in ms if isinstance(m, AgentHeartbeat) and m.agent_id == "small"]
         )
     assert beat[-1].labels == ["cpu", "test"] and beat[-1].gpus == 0 and beat[-1].free_gpus == 0
+    port = agent.agent.http.port
+    status, body = await _get(port, "/healthz")
+    assert status == 200 and json.loads(body)["agent"] == "small"
+    status, body = await _get(port, "/metrics")
+    assert status == 200
+    assert 'posttrain_agent_rejected_total{agent="small"} 2' in body.decode()
+    assert 'posttrain_agent_commands_total{agent="small",type="RunStage"} 2' in body.decode()

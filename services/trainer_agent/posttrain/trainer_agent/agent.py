@@ -62,6 +62,7 @@ from posttrain.trainer_agent.core.journal import (
     decide_run,
     usage,
 )
+from posttrain.trainer_agent.endpoints import AgentStats, HttpEndpoints
 from posttrain.trainer_agent.journal import Journal
 from posttrain.trainer_agent.launcher import (
     Launcher,
@@ -114,6 +115,9 @@ class AgentConfig:
     host: str = field(default_factory=socket.gethostname)
     # Extra environment for every stage process (e.g. OMP_NUM_THREADS).
     stage_env: tuple[tuple[str, str], ...] = ()
+    # /healthz and /metrics; None: no HTTP server, 0: any free port.
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
 
 
 @dataclass
@@ -142,6 +146,8 @@ class Agent:
         self._kills: dict[str, _Kill] = {}
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        self.stats = AgentStats(config.name, config.heartbeat_s)
+        self.http: HttpEndpoints | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -173,6 +179,7 @@ class Agent:
         consumer.client.assign([TopicPartition(topic, mine)])
         if self._launcher is None:
             self._launcher = ZygoteLauncher()  # it imports torch now, while we recover
+        await self._start_http()
         try:
             await self._recover()
             await self._heartbeat()
@@ -195,11 +202,27 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self._heartbeat(stopping=True)
         finally:
+            if self.http is not None:
+                await self.http.stop()
             await consumer.stop()
             await producer.stop()
             if self._own_launcher and self._launcher is not None:
                 self._launcher.close()
             self.journal.close()
+
+    async def _start_http(self) -> None:
+        if self.config.http_port is None:
+            return
+        endpoints = HttpEndpoints(self.stats, self.config.http_host, self.config.http_port)
+        try:
+            port = await endpoints.start()
+        except OSError as exc:  # a busy port must not keep the agent from its stages
+            log.warning(
+                "no HTTP endpoints", extra={"port": self.config.http_port, "error": str(exc)}
+            )
+            return
+        self.http = endpoints
+        log.info("HTTP endpoints", extra={"host": self.config.http_host, "port": port})
 
     # --- heartbeats ----------------------------------------------------------------------------
 
@@ -222,6 +245,11 @@ class Agent:
             stopping=stopping,
         )
         await self._send(Topic.AGENTS, beat, key=self.config.name)
+        self.stats.last_heartbeat_at = beat.sent_at
+        self.stats.running = len(used.running)
+        self.stats.paused = sum(
+            1 for e in self.journal.entries.values() if e.status is Status.PAUSED
+        )
 
     async def _heartbeats(self) -> None:
         while True:
@@ -250,6 +278,7 @@ class Agent:
     async def handle(self, message: Message) -> None:
         if getattr(message, "agent_id", None) != self.config.name:
             return  # another agent's command on our partition
+        self.stats.commands[message.TYPE] += 1
         if isinstance(message, RunStage):
             await self._run_stage(message)
         elif type(message) in _CONTROL_KINDS:
@@ -265,8 +294,10 @@ class Agent:
             extra={"command_id": command.command_id, "decision": decision.action},
         )
         if isinstance(decision, Replay):
+            self.stats.replayed += 1
             await self._publish_outcome(decision.outcome, replayed=True)
         elif isinstance(decision, Reject):
+            self.stats.rejected += 1
             await self._send(
                 Topic.STAGE_REPORTS,
                 StageRejected(**_report_fields(command, self.config.name), reason=decision.reason),
@@ -340,6 +371,7 @@ class Agent:
         process = await asyncio.to_thread(
             self.launcher.launch, attempt_dir, number, env, self.config.cwd
         )
+        self.stats.launches += 1
         self.journal.append(
             "launched",
             entry.command_id,
@@ -569,6 +601,8 @@ class Agent:
         self._followers.pop(entry.command_id, None)
         final = self.journal.get(entry.command_id)
         assert final is not None and final.outcome is not None
+        data = final.outcome["data"]
+        self.stats.outcomes[str(data.get("kind", "succeeded"))] += 1
         await self._publish_outcome(final.outcome, replayed=False)
         self.journal.append("outcome_reported", entry.command_id)
         log.info(
@@ -673,7 +707,11 @@ class Agent:
 
     async def _send(self, topic: Topic, message: Message, *, key: str) -> None:
         assert self._producer is not None
-        await self._producer.send(topic, Envelope.create(message, key=key))
+        try:
+            await self._producer.send(topic, Envelope.create(message, key=key))
+        except Exception:
+            self.stats.send_errors += 1
+            raise
 
 
 # --- helpers -------------------------------------------------------------------------------------

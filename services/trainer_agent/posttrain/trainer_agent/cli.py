@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start each stage in a fresh interpreter instead of forking it "
         "from a process with torch imported",
     )
+    parser.add_argument("--http-host", default="127.0.0.1", help="for /healthz and /metrics")
+    parser.add_argument(
+        "--http-port", type=int, default=9466, help="for /healthz and /metrics (0: any free port)"
+    )
+    parser.add_argument("--no-http", action="store_true", help="no /healthz and /metrics")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -100,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         slots=args.slots or max(1, args.gpus),
         heartbeat_s=args.heartbeat,
         stage_env=stage_env,
+        http_host=args.http_host,
+        http_port=None if args.no_http else args.http_port,
     )
     launcher: Launcher | None = SpawnLauncher() if args.no_zygote else None
     agent = Agent(config, KafkaSettings.from_env(client_id=f"agent-{args.name}"), launcher)
