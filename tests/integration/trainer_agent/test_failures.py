@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 
 import pytest
 
 from posttrain.events.topics import Topic
+from posttrain.trainer_agent.launcher import ProcessId, signal_group
 from tests.integration.trainer_agent.topics import TopicReader, finished
 
 pytestmark = pytest.mark.integration
@@ -64,3 +67,36 @@ async def test_oom_error_and_timeout_are_reported_by_kind_and_the_agent_survives
     assert timed_out.TYPE == "StageFailed" and timed_out.kind == "timeout"
     assert survived.TYPE == "StageSucceeded"
     assert survived.outputs["alive"] is True and survived.outputs["job_id"] == after.job_id
+
+
+async def test_a_stage_that_dies_is_failed_and_one_that_died_while_the_agent_was_down_is_lost(
+    start_agent, kafka_settings
+):
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    first = await start_agent(name="crashy", slots=2)
+    killed = first.run_stage("command", {"argv": sleeper}, stage="killed")
+    orphan = first.run_stage("command", {"argv": sleeper}, stage="orphan")
+    async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
+        await first.send(killed)
+        await first.send(orphan)
+        await reports.wait(
+            lambda ms: len([m for m in ms if m.TYPE == "StageStarted"]) == 2, timeout=60
+        )
+        # A stage process killed under a running agent (the kernel's OOM killer, say).
+        signal_group(_process(first, killed), signal.SIGKILL)
+        died = await reports.wait(lambda ms: finished(ms, killed.command_id), timeout=30)
+        assert died.TYPE == "StageFailed" and died.kind == "error"
+        assert "without reporting an outcome" in died.error
+
+        # The agent stops (its stages go on), the stage dies meanwhile, a new agent starts.
+        first.agent.stop()
+        await asyncio.wait_for(first.agent.stopped.wait(), 30)
+        signal_group(_process(first, orphan), signal.SIGKILL)
+        await start_agent(name="crashy", slots=2)
+        lost = await reports.wait(lambda ms: finished(ms, orphan.command_id), timeout=30)
+    assert lost.TYPE == "StageFailed" and lost.kind == "lost"
+
+
+def _process(harness, run) -> ProcessId:
+    launch = harness.agent.journal.get(run.command_id).launch
+    return ProcessId(launch.pid, launch.pid_start)

@@ -146,6 +146,7 @@ class Agent:
         self._kills: dict[str, _Kill] = {}
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        self.stopped = asyncio.Event()
         self.stats = AgentStats(config.name, config.heartbeat_s)
         self.http: HttpEndpoints | None = None
 
@@ -209,6 +210,7 @@ class Agent:
             if self._own_launcher and self._launcher is not None:
                 self._launcher.close()
             self.journal.close()
+            self.stopped.set()
 
     async def _start_http(self) -> None:
         if self.config.http_port is None:
