@@ -171,6 +171,8 @@ class ZygoteLauncher:
             except subprocess.TimeoutExpired:
                 self._process.send_signal(signal.SIGKILL)
                 self._process.wait(10)
+        # The zygote removes its socket when it exits; whatever is left goes here.
         with contextlib.suppress(OSError):
             os.unlink(self.socket_path)
+        with contextlib.suppress(OSError):
             os.rmdir(self._dir)
