@@ -31,29 +31,19 @@ print("done", flush=True)
 _WRITER = """
 import os
 from posttrain.trainer_agent import create_metrics_file_writer
-from pathlib import Path
-path = Path(os.environ["POSTTRAIN_METRICS_FILE"])
-with create_metrics_file_writer(os.environ["POSTTRAIN_JOB_ID"], path.parent) as writer:
+job, directory = os.environ["POSTTRAIN_JOB_ID"], os.environ["POSTTRAIN_METRICS_DIR"]
+with create_metrics_file_writer(job, directory) as writer:
     for step in range(5):
         writer(step=step, loss=1.0, grad_norm_actor=0.5)
 """
 
 
 async def test_command_metrics_in_verl_and_project_formats_reach_the_topic(
-    start_agent, kafka_settings, tmp_path
+    start_agent, kafka_settings
 ):
     agent = await start_agent(slots=2)
     verl = agent.run_stage("command", {"argv": [sys.executable, "-c", _VERL_LIKE]})
-    writer = agent.run_stage(
-        "command",
-        {
-            "argv": [sys.executable, "-c", _WRITER],
-            # The writer names its file <job>_metrics.jsonl: tell the agent where that is.
-            "metrics_file": str(tmp_path / "job-writer_metrics.jsonl"),
-            "env": {"POSTTRAIN_METRICS_FILE": str(tmp_path / "unused.jsonl")},
-        },
-        stage="writer",
-    )
+    writer = agent.run_stage("command", {"argv": [sys.executable, "-c", _WRITER]}, stage="writer")
     async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
         await agent.send(verl)
         await agent.send(writer)

@@ -1,11 +1,13 @@
 """``command``: run any program (argv, no shell) as a stage, e.g. a verl PPO run.
 
 Config: ``argv`` (list of strings, required), ``env`` (extra environment), ``cwd``,
-``metrics_file`` (default ``<attempt dir>/metrics.jsonl``), ``checkpoint`` (a path the program
-writes, reported as the ``checkpoint`` output).
+``metrics_file`` (default ``<attempt dir>/<job id>_metrics.jsonl``), ``checkpoint`` (a path the
+program writes, reported as the ``checkpoint`` output).
 
 The program gets ``POSTTRAIN_JOB_ID`` (and pipeline, stage, attempt), ``POSTTRAIN_METRICS_FILE``
-and ``VERL_FILE_LOGGER_PATH`` naming the metrics file, which this task tails onto the platform
+and ``VERL_FILE_LOGGER_PATH`` naming the metrics file, and ``POSTTRAIN_METRICS_DIR`` its
+directory (so ``create_metrics_file_writer(job_id, metrics_dir)`` writes exactly that file).
+This task tails the file onto the platform
 while it runs: lines in the project's format (``create_metrics_file_writer``) or verl's ``file``
 logger format both work. Its stdout and stderr go to the stage log. ``CancelStage`` stops it
 (SIGTERM, then SIGKILL); other controls need a trainer with step boundaries and are not applied.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.trainer_agent.core.failure import kind_from_log, tail
+from posttrain.trainer_agent.metrics_file import metrics_file_path
 from posttrain.trainer_agent.stage_files import LOG
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
@@ -43,11 +46,14 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
     argv = ctx.config.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise StageError("command needs params.config.argv: a non-empty list of strings")
-    metrics_file = Path(ctx.config.get("metrics_file") or ctx.attempt_dir / "metrics.jsonl")
+    metrics_file = Path(
+        ctx.config.get("metrics_file") or metrics_file_path(ctx.attempt_dir, ctx.run.job_id)
+    )
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (ctx.config.get("env") or {}).items()})
     env.setdefault("POSTTRAIN_METRICS_FILE", str(metrics_file))
     env.setdefault("VERL_FILE_LOGGER_PATH", str(metrics_file))
+    env.setdefault("POSTTRAIN_METRICS_DIR", str(metrics_file.parent))
     log_size_before = _size(ctx.attempt_dir / LOG)
 
     stop_tailing = threading.Event()
