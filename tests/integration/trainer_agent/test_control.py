@@ -143,3 +143,30 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
         assert failed.kind == "cancelled"
         [cancel_applied] = _applied(reports.messages(), run, "cancel-1")
         assert cancel_applied.step > applied.step
+
+        # A retry (a new attempt of the same job) resumes from the job's last checkpoint.
+        last = applied.step
+        retry = agent.run_stage(
+            "train_model",
+            {"config": tiny_sft(max_steps=last + 10)},
+            stage="ctl",
+            attempt=2,
+        )
+        await agent.send(retry)
+        [done] = await reports.wait(lambda ms: reports_for(ms, retry.command_id, "StageSucceeded"))
+        assert done.outputs["resumed_from"].endswith(f"checkpoint-{last}")
+        retried = await metrics.wait(
+            lambda ms: (
+                (
+                    pts := [
+                        pt
+                        for m in ms
+                        if getattr(m, "attempt", None) == 2 and m.job_id == run.job_id
+                        for pt in m.points
+                    ]
+                )
+                and len(pts) == 10
+                and pts
+            )
+        )
+    assert sorted(pt.step for pt in retried) == list(range(last + 1, last + 11))
