@@ -207,10 +207,11 @@ async def get_metrics_range(
         where.append(f"m.ts >= {params.add(_epoch(time_from))}")
     if time_to is not None:
         where.append(f"m.ts <= {params.add(_epoch(time_to))}")
-    order = "m.step, m.ts" if order_by == "step" else "m.ts, m.step"
+    # By step: the identity index's own order, so a long range streams without a sort.
+    order = "m.step, m.source_no, m.seq" if order_by == "step" else "m.ts, m.step, m.seq"
     sql = (
         f"SELECT m.step, m.ts{''.join(', ' + e for e in exprs)} FROM metrics m "
-        f"WHERE {' AND '.join(where)} ORDER BY {order}, m.source_no, m.seq"
+        f"WHERE {' AND '.join(where)} ORDER BY {order}"
     )
     if limit is not None:
         sql += f" LIMIT {params.add(limit)}"
