@@ -266,7 +266,14 @@ class Agent:
     async def _commands(self) -> None:
         assert self._consumer is not None
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200)
+            except Exception as exc:
+                # The broker is away: stages go on, commands wait for it (the offsets were
+                # committed only for handled ones).
+                log.warning("cannot read commands", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+                continue
             for received in batch:
                 message = received.envelope.data
                 try:
@@ -275,7 +282,10 @@ class Agent:
                     # One command that cannot be handled must not stop the agent.
                     log.exception("command failed", extra={"type": message.TYPE})
             if batch:
-                await self._consumer.commit()
+                try:
+                    await self._consumer.commit()
+                except Exception as exc:  # redelivered later: the journal makes that harmless
+                    log.warning("offsets not committed", extra={"error": str(exc)})
 
     async def handle(self, message: Message) -> None:
         if getattr(message, "agent_id", None) != self.config.name:
