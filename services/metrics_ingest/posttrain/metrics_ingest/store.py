@@ -50,9 +50,10 @@ _INT8 = struct.Struct("!q")
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
-    """Make ``conn`` take timestamptz values as rows carry them (``core.rows.timestamp_us``):
-    the integer goes to the server as it is. Only for connections that write rows: reading
-    timestamptz on such a connection returns the same integers."""
+    """Make ``conn`` take timestamptz and jsonb values as rows carry them
+    (``core.rows.timestamp_us``, ``core.rows.custom_json``): they go to the server as they are.
+    Only for connections that write rows: reading those types on such a connection returns
+    the same raw values."""
     await conn.set_type_codec(
         "timestamptz",
         schema="pg_catalog",
@@ -60,11 +61,15 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
         decoder=_unpack_int8,
         format="binary",
     )
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=bytes, decoder=bytes, format="binary"
+    )
 
 
 async def release_connection(conn: asyncpg.Connection) -> None:
     """Undo ``prepare_connection`` on a connection that is not ours (the caller's pool's)."""
     await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+    await conn.reset_type_codec("jsonb", schema="pg_catalog")
 
 
 def _unpack_int8(data: bytes) -> int:

@@ -82,23 +82,30 @@ def timestamp_us(seconds: float) -> int:
     return round(seconds * 1_000_000) - PG_EPOCH_US
 
 
-def custom_json(custom: Mapping[str, Any]) -> str | None:
-    """The JSONB text of ``custom``; None (SQL NULL) when empty, which costs PostgreSQL nothing
-    to parse. Non-finite floats become the strings "NaN"/"Infinity"/"-Infinity", as on the wire:
-    JSON has no other way to say them."""
+# jsonb as PostgreSQL's binary protocol carries it: a version byte, then the JSON text. Rows
+# carry these bytes and the writer's connection sends them as they are
+# (``store.prepare_connection``), which saves decoding orjson's bytes to str and the driver
+# encoding them back.
+JSONB_VERSION = b"\x01"
+
+
+def custom_json(custom: Mapping[str, Any]) -> bytes | None:
+    """The jsonb value of ``custom`` (``JSONB_VERSION`` + JSON text); None (SQL NULL) when
+    empty, which costs PostgreSQL nothing to parse. Non-finite floats become the strings
+    "NaN"/"Infinity"/"-Infinity", as on the wire: JSON has no other way to say them."""
     if not custom:
         return None
     try:
-        text = orjson.dumps(custom).decode()
+        text = orjson.dumps(custom)
     except TypeError:
         raise RowError("custom holds a value that is not JSON") from None
     # orjson writes NaN and infinities as null; a genuine null is fine too, so only re-encode
     # when a float is not finite.
-    if "null" in text and _has_non_finite(custom):
-        text = orjson.dumps(_finite_or_string(custom)).decode()
-    if "\\u0000" in text:
+    if b"null" in text and _has_non_finite(custom):
+        text = orjson.dumps(_finite_or_string(custom))
+    if b"\\u0000" in text:
         raise RowError("custom contains a NUL character, which JSONB cannot store")
-    return text
+    return JSONB_VERSION + text
 
 
 def _has_non_finite(value: Any) -> bool:
