@@ -181,3 +181,10 @@ def test_validation_agrees_with_networkx(graph):
                 (len(p) - 1 for root in names for p in nx.all_simple_paths(g, root, n)), default=0
             )
             assert depth[n] == longest
+
+
+def test_python_task_needs_an_entrypoint():
+    assert errors_of([{"name": "p", "task": "python", "params": {"entrypoint": "mod:fn"}}]) == []
+    assert errors_of([{"name": "p", "task": "python", "params": {}}]) == [
+        "stage 'p', field 'params.entrypoint': python needs 'module:function'"
+    ]

@@ -336,3 +336,10 @@ def test_cancel_one_stage_through_an_action():
     assert w.status() == "failed"  # c can never run: the pipeline ends, resumable
     w.send(ResumePipeline(pipeline_id="p1"))
     assert w.run_for("a").attempt == 2
+
+
+def test_run_stage_carries_the_resources_the_agent_checks():
+    w = World(agents={"a1": AgentView("a1", 4, 4, labels=frozenset({"a100"}))})
+    w.submit([cmd("a", resources={"gpus": 2, "labels": ["a100"]})])
+    run = w.run_for("a")
+    assert (run.resources.gpus, run.resources.labels) == (2, ["a100"])

@@ -15,7 +15,7 @@ from posttrain.events.messages import StageSpec
 
 # Tasks the platform runs, with the params each requires (SEED.md names the first three).
 TASKS: frozenset[str] = frozenset(
-    {"preprocess_dataset", "train_model", "run_evaluation", "command"}
+    {"preprocess_dataset", "train_model", "run_evaluation", "command", "python"}
 )
 ALGORITHMS: frozenset[str] = frozenset({"sft", "dpo", "grpo", "ppo"})
 RUN_MODES: frozenset[str] = frozenset({"local", "ssh"})
@@ -150,6 +150,12 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
         ):
             errors.append(
                 DagError(spec.name, "params.config.ssh_config", "run_mode ssh needs ssh_config")
+            )
+    elif spec.task == "python":
+        entrypoint = params.get("entrypoint")
+        if not isinstance(entrypoint, str) or entrypoint.count(":") != 1:
+            errors.append(
+                DagError(spec.name, "params.entrypoint", "python needs 'module:function'")
             )
     elif spec.task == "command":
         argv = params.get("argv")

@@ -504,6 +504,7 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
             params=params,
             resume_from=stage.last_checkpoint if attempt > 1 else None,
             timeout_s=stage.spec.timeout_s,
+            resources=stage.spec.resources,
         ),
         agent.agent_id,
     )
