@@ -27,7 +27,7 @@ floats = st.one_of(
 json_leaf = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(-(2**40), 2**40),
+    st.integers(-(2**70), 2**70),
     st.text(max_size=8),
     st.floats(-1e9, 1e9),
 )
@@ -220,3 +220,16 @@ def test_a_nan_loss_is_read_by_the_fast_reader_as_nan() -> None:
     first, second = report.rows
     assert math.isnan(first[loss]) and first[grad_norm] == -math.inf
     assert second[loss] == 0.5 and orjson.loads(second[-1][1:]) == {"note": "NaN"}
+
+
+def test_a_custom_integer_beyond_64_bits_is_left_to_the_contract() -> None:
+    # msgspec keeps the exact integer, orjson (the contract's parser) reads it as a float: the
+    # fast reader must step aside rather than disagree.
+    message = MetricsReported(
+        job_id="j", source="s", first_seq=0, points=[MetricPoint(step=1, timestamp=2.0)]
+    )
+    value, headers = _wire(message)
+    value = value.replace(b'"custom":{}', b'"custom":{"big":100000000000000000000000000000}')
+    assert read_report(value) is None
+    contract = _contract(value, headers)
+    assert contract is not None and orjson.loads(contract.rows[0][-1][1:]) == {"big": 1e29}

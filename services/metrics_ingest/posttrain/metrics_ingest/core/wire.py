@@ -18,11 +18,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
+import orjson
 
 from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint, MetricsReported
 from posttrain.metrics_ingest.core.rows import (
     INT8_MAX,
     INT8_MIN,
+    JSONB_VERSION,
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
     PG_EPOCH_US,
@@ -105,6 +107,7 @@ def _decoder(value_type: Any) -> Any:
 _decode_plain = _decoder(float | None)
 _decode_non_finite = _decoder(float | None | _NonFinite)
 _astuple = msgspec.structs.astuple
+_dumps = orjson.dumps
 
 
 def rows_from_message(message: MetricsReported) -> ReportRows:
@@ -160,7 +163,7 @@ def read_report(value: bytes | None) -> ReportRows | None:
     try:
         datetime.fromisoformat(envelope.occurred_at)
         return _rows(envelope.data, non_finite)
-    except (ValueError, RowError):
+    except (ValueError, TypeError, RowError):  # TypeError: orjson refused a custom value
         return None
 
 
@@ -191,6 +194,16 @@ def _rows(report: Any, non_finite: bool) -> ReportRows:
         if not MIN_TIMESTAMP <= timestamp < MAX_TIMESTAMP:
             raise RowError("timestamp out of range")
         custom = values[-1]
+        if custom:
+            # rows.custom_json, with its usual case inline: no null to look into, no NUL.
+            text = _dumps(custom)
+            jsonb = (
+                custom_json(custom)
+                if b"null" in text or b"\\u0000" in text
+                else JSONB_VERSION + text
+            )
+        else:
+            jsonb = None
         append(
             (
                 seq,
@@ -198,7 +211,7 @@ def _rows(report: Any, non_finite: bool) -> ReportRows:
                 values[1],
                 round(timestamp * 1_000_000) - PG_EPOCH_US,  # as rows.timestamp_us
                 *values[3:-1],
-                custom_json(custom) if custom else None,
+                jsonb,
             )
         )
         seq += 1
