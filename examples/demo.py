@@ -93,6 +93,24 @@ async def latest_metrics(job_id: str, shown: dict[str, int]) -> str:
     return "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
 
 
+def summary(outputs: dict[str, Any]) -> str:
+    """The few outputs a person looks at first."""
+    if "results" in outputs:
+        return "; ".join(
+            f"{Path(r['model']).parent.name}: accuracy {r.get('eval_accuracy', 0):.2f}, "
+            f"reward {r.get('reward_mean', 0):.2f}"
+            for r in outputs["results"]
+        )
+    metrics = outputs.get("metrics", {})
+    keys = ("loss", "reward", "mean_token_accuracy", "rewards/accuracies")
+    shown = {k: metrics[k] for k in keys if k in metrics}
+    if "steps" in outputs:
+        shown = {"steps": outputs["steps"], **shown}
+    if "rows" in outputs:
+        shown = {"rows": outputs["rows"], "tokens": outputs.get("tokens")}
+    return "  ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+
+
 async def follow(pipeline_id: str, timeout: float, processes: dict[str, Any]) -> dict[str, Any]:
     seen: dict[str, str] = {}
     shown: dict[str, int] = {}
@@ -157,8 +175,10 @@ async def run(args: argparse.Namespace) -> int:
         stop_all(processes)
     print(f"\npipeline {pipeline_id}: {final['status']}")
     for stage in final["stages"]:
-        outputs = {k: v for k, v in stage["outputs"].items() if k != "checkpoint"}
-        print(f"  {stage['name']:<12} {stage['status']:<10} {stage['task_id']:<40} {outputs}")
+        print(
+            f"  {stage['name']:<12} {stage['status']:<10} {stage['task_id']}  "
+            f"{summary(stage['outputs'])}"
+        )
     return 0 if final["status"] == "succeeded" else 1
 
 
