@@ -128,9 +128,20 @@ def report_in_processes(
     points_per_job: int,
     rate: float | None,
 ) -> list[tuple[list[str], bool, float]]:
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-spill-") as spill:
+        return _report_in_processes(settings, jobs, producers, points_per_job, rate, spill)
+
+
+def _report_in_processes(
+    settings: KafkaSettings,
+    jobs: Sequence[str],
+    producers: int,
+    points_per_job: int,
+    rate: float | None,
+    spill: str,
+) -> list[tuple[list[str], bool, float]]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    spill = tempfile.mkdtemp(prefix="bench-ingest-spill-")
     shares = [list(jobs[i::producers]) for i in range(producers)]
     procs = [
         ctx.Process(
