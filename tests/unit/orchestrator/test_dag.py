@@ -78,7 +78,11 @@ def test_seed_example_layers():
         ),
         (
             [{"name": "a", "task": "train_model", "params": {}}],
-            "stage 'a', field 'params.config': train_model needs a config object",
+            "stage 'a', field 'params.algorithm': must be one of",
+        ),
+        (
+            [{"name": "a", "task": "train_model", "params": {"config": {"algorithm": "sft"}}}],
+            "stage 'a', field 'params.config.model_path': a model directory or reference",
         ),
         (
             [{"name": "a", "task": "command", "params": {"argv": "ls -l"}}],
@@ -185,6 +189,8 @@ def test_validation_agrees_with_networkx(graph):
 
 def test_python_task_needs_an_entrypoint():
     assert errors_of([{"name": "p", "task": "python", "params": {"entrypoint": "mod:fn"}}]) == []
+    nested = {"config": {"entrypoint": "mod:fn", "kwargs": {"n": 1}}}
+    assert errors_of([{"name": "p", "task": "python", "params": nested}]) == []
     assert errors_of([{"name": "p", "task": "python", "params": {}}]) == [
         "stage 'p', field 'params.entrypoint': python needs 'module:function'"
     ]

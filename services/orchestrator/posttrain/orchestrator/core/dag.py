@@ -114,54 +114,52 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
             DagError(spec.name, "task", f"unknown task {spec.task!r}; known: {sorted(TASKS)}")
         )
         return errors
-    params = spec.params
+    # Params may be flat or under ``params.config`` (the seed's shape); config wins, as in the
+    # agent that reads them.
+    nested = isinstance(spec.params.get("config"), Mapping)
+    config: Mapping[str, Any] = {**spec.params, **spec.params["config"]} if nested else spec.params
+    prefix = "params.config" if nested else "params"
     if spec.task == "train_model":
-        config = params.get("config")
-        if not isinstance(config, Mapping):
-            errors.append(DagError(spec.name, "params.config", "train_model needs a config object"))
-            return errors
         algorithm = config.get("algorithm")
         if algorithm not in ALGORITHMS:
             errors.append(
                 DagError(
                     spec.name,
-                    "params.config.algorithm",
+                    f"{prefix}.algorithm",
                     f"must be one of {sorted(ALGORITHMS)}, got {algorithm!r}",
                 )
             )
         if not isinstance(config.get("model_path"), str) or not config["model_path"]:
             errors.append(
-                DagError(spec.name, "params.config.model_path", "a model directory or reference")
+                DagError(spec.name, f"{prefix}.model_path", "a model directory or reference")
             )
         for number in ("num_epochs", "kl_coef", "learning_rate", "max_steps"):
             if number in config and not isinstance(config[number], int | float):
-                errors.append(DagError(spec.name, f"params.config.{number}", "must be a number"))
-        run_mode = config.get("run_mode", params.get("run_mode", "local"))
+                errors.append(DagError(spec.name, f"{prefix}.{number}", "must be a number"))
+        run_mode = config.get("run_mode", "local")
         if run_mode not in RUN_MODES:
             errors.append(
                 DagError(
                     spec.name,
-                    "params.config.run_mode",
+                    f"{prefix}.run_mode",
                     f"must be one of {sorted(RUN_MODES)}, got {run_mode!r}",
                 )
             )
-        if run_mode == "ssh" and not isinstance(
-            config.get("ssh_config", params.get("ssh_config")), Mapping
-        ):
+        if run_mode == "ssh" and not isinstance(config.get("ssh_config"), Mapping):
             errors.append(
-                DagError(spec.name, "params.config.ssh_config", "run_mode ssh needs ssh_config")
+                DagError(spec.name, f"{prefix}.ssh_config", "run_mode ssh needs ssh_config")
             )
     elif spec.task == "python":
-        entrypoint = params.get("entrypoint")
+        entrypoint = config.get("entrypoint")
         if not isinstance(entrypoint, str) or entrypoint.count(":") != 1:
             errors.append(
-                DagError(spec.name, "params.entrypoint", "python needs 'module:function'")
+                DagError(spec.name, f"{prefix}.entrypoint", "python needs 'module:function'")
             )
     elif spec.task == "command":
-        argv = params.get("argv")
+        argv = config.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             errors.append(
-                DagError(spec.name, "params.argv", "command needs a non-empty list of strings")
+                DagError(spec.name, f"{prefix}.argv", "command needs a non-empty list of strings")
             )
     if spec.retries.max_attempts < 1:
         errors.append(DagError(spec.name, "retries.max_attempts", "must be at least 1"))

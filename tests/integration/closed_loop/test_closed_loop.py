@@ -1,0 +1,146 @@
+"""The closed loop on the real stack: a trainer agent runs real torch training, the diagnostics
+stream watches its metrics, the orchestrator turns the stream's requests into agent commands,
+and the agent applies them at the next step boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from posttrain.events.kafka import EventConsumer
+from posttrain.events.topics import Topic
+from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.shell.service import Orchestrator
+from posttrain.testing.orchestrator import read_log
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[3]
+ENTRY = "tests.integration.closed_loop.training:run"
+
+
+def _start(argv: list[str], settings: Any, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
+        "PYTHONPATH": str(ROOT),
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def stage(name: str, **kwargs: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "task": "python",
+        "params": {"config": {"entrypoint": ENTRY, "kwargs": kwargs}},
+    }
+
+
+async def test_nan_run_is_paused_and_exploding_gradient_gets_its_learning_rate_cut(
+    kafka_settings, tmp_path, run_id
+):
+    bin_dir = Path(sys.executable).parent
+    agent = _start(
+        [
+            str(bin_dir / "posttrain-agent"),
+            "--name",
+            "closed-loop",
+            "--gpus",
+            "0",
+            "--slots",
+            "2",
+            "--work-dir",
+            str(tmp_path / "agent"),
+        ],
+        kafka_settings,
+        tmp_path / "agent.log",
+    )
+    stream = _start(
+        [sys.executable, "-m", "posttrain.diagnostics.stream"],
+        kafka_settings,
+        tmp_path / "diagnostics.log",
+    )
+    stop = asyncio.Event()
+    orchestrator = Orchestrator(kafka_settings, tick_interval_s=0.2, session_timeout_ms=2000)
+    await orchestrator.start()
+    task = asyncio.create_task(orchestrator.run(stop))
+    metrics = EventConsumer(kafka_settings, [Topic.METRICS], group_id=None, name="e2e")
+    await metrics.start()
+    try:
+        await PipelineExecutor(run_id, settings=kafka_settings).aexecute(
+            [
+                stage("nan_run", nan_at=30, step_s=1.0, steps=200),
+                stage("explode_run", spike_at=30, step_s=1.0, steps=45),
+            ]
+        )
+
+        async def both_settled():
+            events = await read_log(kafka_settings)
+            paused = [e for e in events if e.type == "StagePaused"]
+            finished = [
+                e for e in events if e.type == "StageSucceeded" and e.data.stage == "explode_run"
+            ]
+            return (paused, finished, events) if paused and finished else None
+
+        paused, _, events = await wait_for(
+            both_settled,
+            timeout=240,
+            interval=1.0,
+            what="the NaN run paused and the other finished",
+        )
+    finally:
+        stop.set()
+        await task
+        await orchestrator.stop()
+        _stop(stream)
+        _stop(agent)
+
+    received = []
+    while batch := await metrics.getmany(timeout_ms=1000):
+        received.extend(batch)
+    await metrics.stop()
+    points = {job: {} for job in (f"{run_id}.nan_run", f"{run_id}.explode_run")}
+    for r in received:
+        if r.envelope.data.job_id in points:
+            for p in r.envelope.data.points:
+                points[r.envelope.data.job_id][p.step] = p
+
+    # NaN from step 30 on: the platform paused the run (with a checkpoint) within two steps.
+    actions = [e.data for e in events if e.type == "ActionRequested"]
+    assert any(a.stage == "nan_run" and a.action == "pause" for a in actions), actions
+    assert paused[0].data.stage == "nan_run" and paused[0].data.checkpoint
+    assert paused[0].data.step <= 30 + 2, paused[0].data
+    # The gradient exploded at step 30: the learning rate was cut x0.1, visible in the metrics.
+    cut = [
+        e.data
+        for e in events
+        if e.type == "ActionApplied"
+        and e.data.stage == "explode_run"
+        and e.data.action == "adjust_learning_rate"
+    ]
+    assert len(cut) == 1, cut
+    series = points[f"{run_id}.explode_run"]
+    assert series[29].learning_rate == pytest.approx(0.05)
+    after = [p.learning_rate for s, p in series.items() if s >= cut[0].step]
+    assert after and all(lr == pytest.approx(0.005) for lr in after)
