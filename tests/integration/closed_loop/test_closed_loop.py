@@ -90,7 +90,7 @@ async def test_nan_run_is_paused_and_exploding_gradient_gets_its_learning_rate_c
     try:
         await PipelineExecutor(run_id, settings=kafka_settings).aexecute(
             [
-                stage("nan_run", nan_at=30, step_s=1.0, steps=200),
+                stage("nan_run", nan_at=30, step_s=1.5, steps=200),
                 stage("explode_run", spike_at=30, step_s=1.0, steps=45),
             ]
         )

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from posttrain.events.topics import Topic
-from posttrain.trainer_agent.launcher import ProcessId, signal_group
+from posttrain.trainer_agent.launcher import ProcessId, is_alive, signal_group
 from tests.integration.trainer_agent.topics import TopicReader, finished
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,10 @@ async def test_a_stage_that_dies_is_failed_and_one_that_died_while_the_agent_was
         # The agent stops (its stages go on), the stage dies meanwhile, a new agent starts.
         first.agent.stop()
         await asyncio.wait_for(first.agent.stopped.wait(), 30)
-        signal_group(_process(first, orphan), signal.SIGKILL)
+        orphan_process = _process(first, orphan)
+        signal_group(orphan_process, signal.SIGKILL)
+        # SIGKILL takes effect asynchronously: the stage must be dead before the new agent looks.
+        await wait_for(lambda: not is_alive(orphan_process), timeout=30, what="the orphan dead")
         await start_agent(name="crashy", slots=2)
         lost = await reports.wait(lambda ms: finished(ms, orphan.command_id), timeout=30)
     assert lost.TYPE == "StageFailed" and lost.kind == "lost"
