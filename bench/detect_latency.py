@@ -13,8 +13,10 @@ Figures, for the injected anomalies only:
 - detect: the point's emission time (its timestamp: when the step logged it) ->
   AnomalyDetected read here;
 - request: the same -> the RequestAction(pause) read on posttrain.pipeline.commands;
-- action_p99_ms (emitted -> applied by an agent) needs the orchestrator and a trainer agent in
-  the loop, which this benchmark does not start: it says so instead of printing a number.
+- action: real torch training runs on a trainer agent (``posttrain.testing.training``, one
+  step every 0.5 s) turn NaN or get a gradient spike at a known step, under the same load; the
+  point's emission time -> the agent's ActionApplied (pause, or learning rate x0.1), through
+  the stream, the orchestrator (in this process) and the agent's next step boundary.
 Baseline, in the same run: the original design (scan stored metrics every 60 s, after a 30 s
 buffer) detects the same injections at the first scan at least 30 s after emission; its
 latency is computed from the same injection times (modelled, not run).
@@ -47,8 +49,12 @@ from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
 from posttrain.events.messages.diagnostics import AnomalyDetected
 from posttrain.events.messages.metrics import MetricPoint, MetricsReported
 from posttrain.events.messages.pipeline import RequestAction
+from posttrain.events.messages.stage import ActionApplied
 from posttrain.events.topics import Topic
+from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.shell.service import Orchestrator
 
+ACTION_AT = 40  # the step at which the timed training runs turn NaN or spike
 SEED_BUFFER_S = 30.0
 SEED_SCAN_S = 60.0
 
@@ -207,10 +213,65 @@ async def main(args: argparse.Namespace) -> None:
         LOG_LEVEL="WARNING",
     )
     stream = _start_stream(env, log_path, args.stream_command.split() or None)
+    # The action path: real training stages on a trainer agent, the orchestrator between.
+    agent_dir = Path(tempfile.mkdtemp(prefix="detect-latency-agent-"))
+    agent = subprocess.Popen(  # noqa: ASYNC220 (once, before anything is timed)
+        [
+            str(Path(sys.executable).parent / "posttrain-agent"),
+            "--name",
+            "bench-agent",
+            "--gpus",
+            "0",
+            "--slots",
+            str(2 * args.action_stages),
+            "--work-dir",
+            str(agent_dir),
+        ],
+        env=env,
+        stdout=(agent_dir / "agent.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    stop_orchestrator = asyncio.Event()
+    orchestrator = Orchestrator(settings, tick_interval_s=0.2, session_timeout_ms=2000)
+    await orchestrator.start()
+    orchestrating = asyncio.create_task(orchestrator.run(stop_orchestrator))
+    pipeline_id = f"bench-{settings.namespace}"
+    entry = "posttrain.testing.training:run"
+    await PipelineExecutor(pipeline_id, settings=settings).aexecute(
+        [
+            {
+                "name": f"nan_{i}",
+                "task": "python",
+                "params": {
+                    "config": {
+                        "entrypoint": entry,
+                        "kwargs": {"nan_at": ACTION_AT, "step_s": 0.5, "steps": ACTION_AT + 60},
+                    }
+                },
+            }
+            for i in range(args.action_stages)
+        ]
+        + [
+            {
+                "name": f"spike_{i}",
+                "task": "python",
+                "params": {
+                    "config": {
+                        "entrypoint": entry,
+                        "kwargs": {"spike_at": ACTION_AT, "step_s": 0.5, "steps": ACTION_AT + 20},
+                    }
+                },
+            }
+            for i in range(args.action_stages)
+        ]
+    )
+    emitted_at: dict[str, float] = {}  # job -> when its anomalous point was measured
+    applied_at: dict[str, float] = {}  # job -> when the agent reported the action applied
     try:
         async with EventConsumer(
             settings,
-            [Topic.ANOMALIES, Topic.PIPELINE_COMMANDS],
+            [Topic.ANOMALIES, Topic.PIPELINE_COMMANDS, Topic.STAGE_REPORTS],
             group_id=None,
             name="bench-detect",
             auto_offset_reset="latest",
@@ -240,6 +301,14 @@ async def main(args: argparse.Namespace) -> None:
                 for r in await consumer.getmany(timeout_ms=100, max_records=5000):
                     now = time.time()
                     data = r.envelope.data
+                    if isinstance(data, AnomalyDetected) and data.job_id.startswith(pipeline_id):
+                        if data.step == ACTION_AT and data.emitted_at is not None:
+                            emitted_at.setdefault(data.job_id, data.emitted_at)
+                    elif isinstance(data, ActionApplied) and data.action in (
+                        "pause",
+                        "adjust_learning_rate",
+                    ):
+                        applied_at.setdefault(data.job_id, now)
                     if isinstance(data, AnomalyDetected) and data.anomaly_type == "nan_inf":
                         detected.setdefault((data.job_id, data.step), now)
                         produced.setdefault((data.job_id, data.step), r.timestamp_ms / 1000)
@@ -248,15 +317,22 @@ async def main(args: argparse.Namespace) -> None:
                         requested.setdefault(data.anomaly_id, now)
                 if result is None and not queue.empty():
                     result = queue.get()
-                    drain_until = time.time() + 10.0
+                    drain_until = time.time() + 60.0
                 if result is not None:
                     injected = result[0]
-                    if all((job, step) in detected for job, step, _ in injected) or (
-                        drain_until is not None and time.time() > drain_until
-                    ):
+                    actions_done = len(applied_at) >= 2 * args.action_stages
+                    if (
+                        all((job, step) in detected for job, step, _ in injected) and actions_done
+                    ) or (drain_until is not None and time.time() > drain_until):
                         break
             load.join()
     finally:
+        stop_orchestrator.set()
+        await orchestrating
+        await orchestrator.stop()
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGTERM)
+            agent.wait(timeout=30)
         _stop_stream(stream)
         await drop_namespace(settings)
 
@@ -287,10 +363,15 @@ async def main(args: argparse.Namespace) -> None:
             f"request_p99_ms: {p99(request_ms):.1f}  (emitted -> RequestAction on "
             "posttrain.pipeline.commands)"
         )
-    print(
-        "action_p99_ms: not measurable yet (needs the orchestrator and a trainer agent "
-        "applying the action; this run stops at the RequestAction)"
-    )
+    action_ms = [(applied_at[j] - t) * 1000 for j, t in emitted_at.items() if j in applied_at]
+    if action_ms:
+        print(
+            f"action_p99_ms: {p99(action_ms):.1f}  (emitted -> applied by the agent at its next "
+            f"step boundary, 0.5 s steps; {len(action_ms)} of {2 * args.action_stages} runs: "
+            "NaN -> pause, gradient spike -> LR x0.1)"
+        )
+    else:
+        print("action_p99_ms: nan (no action was applied: see the agent's log)")
     if detect_ms:
         print(f"detect_p50_ms: {sorted(detect_ms)[len(detect_ms) // 2]:.1f}")
         print(
@@ -325,6 +406,12 @@ if __name__ == "__main__":
         "--report-every", type=float, default=0.2, help="the callback's send interval, seconds"
     )
     parser.add_argument("--verbose", action="store_true", help="each injection's latency")
+    parser.add_argument(
+        "--action-stages",
+        type=int,
+        default=2,
+        help="training runs of each kind (NaN, gradient spike) whose actions are timed",
+    )
     parser.add_argument(
         "--stream-command", default="", help="run the stream this way (e.g. under a profiler)"
     )

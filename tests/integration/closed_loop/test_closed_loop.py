@@ -23,7 +23,7 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
-ENTRY = "tests.integration.closed_loop.training:run"
+ENTRY = "posttrain.testing.training:run"
 
 
 def _start(argv: list[str], settings: Any, log: Path) -> subprocess.Popen[bytes]:

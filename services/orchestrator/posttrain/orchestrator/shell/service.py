@@ -207,7 +207,7 @@ class Orchestrator:
                         continue
                     state = states.get(pid) or PipelineState(pid)
                     if not state.stages and envelope.type != "SubmitPipeline":
-                        log.warning("%s for unknown pipeline %s ignored", envelope.type, pid)
+                        log.info("%s for unknown pipeline %s ignored", envelope.type, pid)
                     decision = decide(state, envelope, self._context(time.time()))
                     if decision:
                         states[pid] = state
