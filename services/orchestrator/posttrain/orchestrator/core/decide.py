@@ -430,34 +430,22 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
         if run is not None and run.status == StageStatus.PENDING
         else stage.attempt + 1
     )
-    command = ids.command_id(state.pipeline_id, stage.name, attempt)
-    job = ids.job_id(state.pipeline_id, stage.name, stage.spec.params)
+    # The identity of this attempt: every message about it carries these fields.
+    attempt_ids: dict[str, Any] = {
+        "pipeline_id": state.pipeline_id,
+        "stage": stage.name,
+        "attempt": attempt,
+        "command_id": ids.command_id(state.pipeline_id, stage.name, attempt),
+        "job_id": ids.job_id(state.pipeline_id, stage.name, stage.spec.params),
+    }
     try:
         params = dag.resolve_references(stage.spec.params, state.stage_outputs())
     except KeyError as exc:
-        b.event(
-            StageDispatched(
-                pipeline_id=state.pipeline_id,
-                stage=stage.name,
-                attempt=attempt,
-                command_id=command,
-                agent_id="orchestrator",
-                job_id=job,
-                task=stage.spec.task,
-                params={},
-            )
-        )
+        unplaced = {**attempt_ids, "agent_id": "orchestrator"}
+        b.event(StageDispatched(**unplaced, task=stage.spec.task, params={}))
         b.event(
             StageFailed(
-                pipeline_id=state.pipeline_id,
-                stage=stage.name,
-                attempt=attempt,
-                command_id=command,
-                agent_id="orchestrator",
-                job_id=job,
-                finished_at=b.now,
-                kind="error",
-                error=f"unresolved reference: {exc}",
+                **unplaced, finished_at=b.now, kind="error", error=f"unresolved reference: {exc}"
             )
         )
         return  # no retry: running again cannot produce a missing upstream output
@@ -480,26 +468,11 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
     if agent is None:
         return
     b.free[agent.agent_id] = b.free.get(agent.agent_id, agent.free_gpus) - stage.spec.resources.gpus
-    b.event(
-        StageDispatched(
-            pipeline_id=state.pipeline_id,
-            stage=stage.name,
-            attempt=attempt,
-            command_id=command,
-            agent_id=agent.agent_id,
-            job_id=job,
-            task=stage.spec.task,
-            params=params,
-        )
-    )
+    placed = {**attempt_ids, "agent_id": agent.agent_id}
+    b.event(StageDispatched(**placed, task=stage.spec.task, params=params))
     b.command(
         RunStage(
-            command_id=command,
-            agent_id=agent.agent_id,
-            pipeline_id=state.pipeline_id,
-            stage=stage.name,
-            attempt=attempt,
-            job_id=job,
+            **placed,
             task=stage.spec.task,
             params=params,
             resume_from=stage.last_checkpoint if attempt > 1 else None,
