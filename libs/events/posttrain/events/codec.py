@@ -23,6 +23,7 @@ HEADER_VERSION = "posttrain-version"
 HEADER_CONTENT_TYPE = "content-type"
 CONTENT_TYPE = b"application/json"
 _RESERVED = {HEADER_TYPE, HEADER_VERSION, HEADER_CONTENT_TYPE}
+OWN_HEADER_COUNT = len(_RESERVED)  # the headers every record from ``encode`` carries
 
 KafkaHeaders = list[tuple[str, bytes]]
 
@@ -131,7 +132,7 @@ def decode(
     # Most messages carry only our three headers: skip building a dict for them.
     extra = (
         {k: v.decode("utf-8", "replace") for k, v in headers if k not in _RESERVED}
-        if len(headers) > len(_RESERVED)
+        if has_extra_headers(headers)
         else None
     )
     return Envelope(
@@ -143,6 +144,12 @@ def decode(
         causation_id=doc.get("causation_id"),
         headers=MappingProxyType(extra) if extra else NO_HEADERS,
     )
+
+
+def has_extra_headers(headers: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether a record's headers may carry more than its type, version and content type: only
+    then does ``decode`` read them (a record from this codec carries exactly those three)."""
+    return len(headers) > OWN_HEADER_COUNT
 
 
 def _short(exc: ValidationError) -> str:

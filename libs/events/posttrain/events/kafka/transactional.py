@@ -63,9 +63,7 @@ class TransactionalProcessor:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
         )
-        self.producer = EventProducer(
-            settings, transactional_id=transactional_id, linger_ms=0
-        )
+        self.producer = EventProducer(settings, transactional_id=transactional_id, linger_ms=0)
         self.processed = 0
         self.dead_lettered = 0
 

@@ -36,6 +36,7 @@ from posttrain.events.messages import (
     StageWaiting,
     TickClock,
 )
+from posttrain.events.views import EnvelopeView, view_type
 
 
 class StageStatus(StrEnum):
@@ -137,17 +138,17 @@ class PipelineState:
         return {n: s.outputs for n, s in self.stages.items() if s.status in DONE_OK}
 
 
-def _ts(envelope: Envelope[Any]) -> float:
-    return envelope.occurred_at.timestamp()
-
-
 Mutator = Callable[[PipelineState, Any, float], None]
-_MUTATORS: dict[type[Message], Mutator] = {}
+_MUTATORS: dict[type[Any], Mutator] = {}  # message types and their views
 
 
 def _on(cls: type[Message]) -> Callable[[Mutator], Mutator]:
     def register(fn: Mutator) -> Mutator:
         _MUTATORS[cls] = fn
+        # Replay reads most events as views (same fields, no pydantic validation): same mutator.
+        view = view_type(cls)
+        if view is not None:
+            _MUTATORS[view] = fn
         return fn
 
     return register
@@ -345,17 +346,18 @@ def _tick(s: PipelineState, e: TickClock, t: float) -> None:
     s.now = max(s.now, e.now)
 
 
-def apply(state: PipelineState, envelope: Envelope[Any]) -> None:
+def apply(state: PipelineState, envelope: Envelope[Any] | EnvelopeView) -> None:
     """Apply one event of this pipeline's log to its state."""
-    mutator = _MUTATORS.get(type(envelope.data))
+    data = envelope.data
+    mutator = _MUTATORS.get(type(data))
     if mutator is None:
         raise TypeError(f"{envelope.type} is not a pipeline event")
-    t = _ts(envelope)
+    t = envelope.occurred_at.timestamp()
     if t > state.now:
         state.now = t
     if state.correlation_id is None:
         state.correlation_id = envelope.correlation_id or envelope.id
-    mutator(state, envelope.data, t)
+    mutator(state, data, t)
     state.version += 1
 
 
@@ -371,4 +373,4 @@ def fold(events: Iterable[Envelope[Any]]) -> dict[str, PipelineState]:
     return states
 
 
-PIPELINE_EVENT_TYPES = frozenset(cls.TYPE for cls in _MUTATORS)
+PIPELINE_EVENT_TYPES = frozenset(cls.TYPE for cls in _MUTATORS)  # views carry TYPE too
