@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from posttrain.events import Envelope, Message
+from posttrain.events import Envelope, Message, encode
 from posttrain.events.messages import (
     RunStage,
     StageFailed,
@@ -17,6 +17,7 @@ from posttrain.events.messages import (
     SubmitPipeline,
     TickClock,
 )
+from posttrain.events.views import ViewDecoder
 from posttrain.orchestrator.core.decide import AgentView, Context, Decision, decide
 from posttrain.orchestrator.core.state import PipelineState, fold
 from posttrain.orchestrator.core.view import pipeline_view
@@ -109,6 +110,12 @@ class World:
 
     def replayed_view(self) -> dict[str, Any]:
         return pipeline_view(fold(self.log)[self.pipeline_id])
+
+    def replayed_from_the_wire(self) -> PipelineState:
+        """The state replay rebuilds: every event encoded, read back as views where it can be."""
+        views = ViewDecoder()
+        events = [views.decode(value, headers) for _, value, headers in map(encode, self.log)]
+        return fold(events)[self.pipeline_id]
 
     def view(self) -> dict[str, Any]:
         return pipeline_view(self.state)

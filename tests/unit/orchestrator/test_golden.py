@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.events import decode
+from posttrain.events.views import EnvelopeView, ViewDecoder
 from posttrain.orchestrator.core.state import fold
 from posttrain.orchestrator.core.view import pipeline_view
 
@@ -30,6 +31,15 @@ def test_golden_history_replays_to_its_recorded_state(name):
     assert json.loads(json.dumps(pipeline_view(state))) == expected
     # replaying twice changes nothing
     assert pipeline_view(fold(events)[state.pipeline_id]) == pipeline_view(state)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_history_read_as_views_folds_to_the_same_state(name):
+    lines = [line.encode() for line in (GOLDEN / f"{name}.jsonl").read_text().splitlines()]
+    views = ViewDecoder()
+    as_views = [views.decode(line) for line in lines]
+    assert any(isinstance(e, EnvelopeView) for e in as_views)
+    assert fold(as_views) == fold([decode(line) for line in lines])
 
 
 def test_v1_events_in_a_golden_log_are_upcast():

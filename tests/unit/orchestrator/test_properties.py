@@ -67,6 +67,8 @@ def test_any_agent_behaviour_ends_in_a_terminal_state(stages, data):
         assert all(d in finished for d in deps)
     # replaying the log gives the live state, twice over
     assert w.replayed_view() == w.view() == w.replayed_view()
+    # and so does replay as the shell runs it: through the wire, read as views
+    assert w.replayed_from_the_wire() == w.state
     # the same (stage, attempt) is never dispatched twice except to re-place a rejection
     rejected = {(e.data.stage, e.data.attempt) for e in w.log if e.type == "StageRejected"}
     seen = [(r.stage, r.attempt) for r in w.runs()]

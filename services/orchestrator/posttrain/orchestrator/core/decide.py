@@ -324,6 +324,9 @@ def _tick(b: _Builder, t: TickClock, ctx: Context) -> None:
         # Record the tick itself first so that the log shows what time the decisions saw.
         tick_event = b._envelope(t, b.state.pipeline_id)
         b.decision.events.insert(before, tick_event)
+        # Applied after the events it caused, which is the same here: a tick only raises
+        # ``now`` (a max) and counts as one event, so the live state equals the replayed one.
+        apply(b.state, tick_event)
 
 
 # --- reports from agents --------------------------------------------------------------------

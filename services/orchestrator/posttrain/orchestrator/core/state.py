@@ -361,7 +361,7 @@ def apply(state: PipelineState, envelope: Envelope[Any] | EnvelopeView) -> None:
     state.version += 1
 
 
-def fold(events: Iterable[Envelope[Any]]) -> dict[str, PipelineState]:
+def fold(events: Iterable[Envelope[Any] | EnvelopeView]) -> dict[str, PipelineState]:
     """Every pipeline's state from its events, in log order."""
     states: dict[str, PipelineState] = {}
     for envelope in events:

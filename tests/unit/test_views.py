@@ -1,0 +1,165 @@
+"""Views read exactly what ``decode`` reads, or leave the message to ``decode``."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from posttrain.events import MESSAGE_TYPES, DecodeError, Envelope, decode, encode
+from posttrain.events.messages import (
+    CheckpointSaved,
+    PipelineSubmitted,
+    StageFailed,
+    StageStarted,
+)
+from posttrain.events.views import EnvelopeView, ViewDecoder, view_type
+from tests.samples import sample_messages
+
+WHEN = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def _wire(message: Any, **kw: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
+    envelope = Envelope.create(
+        message, key="k-1", id="e-1", occurred_at=WHEN, correlation_id="c-1", **kw
+    )
+    _, value, headers = encode(envelope)
+    return value, headers
+
+
+def _fields(data: Any, cls: type[Any]) -> dict[str, Any]:
+    return {name: getattr(data, name) for name in cls.model_fields}
+
+
+@pytest.mark.parametrize("message", sample_messages(), ids=lambda m: m.TYPE)
+def test_a_view_reads_every_field_as_decode_does(message):
+    value, headers = _wire(message)
+    expected = decode(value, headers)
+    got = ViewDecoder().decode(value, headers)
+    assert (got.id, got.occurred_at, got.key, got.correlation_id, got.causation_id) == (
+        expected.id,
+        expected.occurred_at,
+        expected.key,
+        expected.correlation_id,
+        expected.causation_id,
+    )
+    assert got.type == expected.type and dict(got.headers) == dict(expected.headers)
+    if view_type(type(message)) is None:
+        assert got.data == expected.data  # nested models: always read as the model
+    else:
+        assert isinstance(got, EnvelopeView)
+        assert type(got.data) is view_type(type(message))
+        assert (got.data.TYPE, got.data.VERSION) == (message.TYPE, message.VERSION)
+        assert _fields(got.data, type(message)) == _fields(expected.data, type(message))
+
+
+def test_types_that_nest_models_have_no_view_and_flat_ones_do():
+    assert view_type(PipelineSubmitted) is None
+    assert view_type(CheckpointSaved) is not None
+    with_views = {name for name, cls in MESSAGE_TYPES.items() if view_type(cls) is not None}
+    assert {"StageDispatched", "StageSucceeded", "StageFailed", "TickClock"} <= with_views
+
+
+def test_defaults_of_a_view_are_the_models():
+    value, _ = _wire(
+        CheckpointSaved(
+            pipeline_id="p",
+            stage="s",
+            attempt=1,
+            command_id="c",
+            agent_id="a",
+            job_id="j",
+            step=3,
+            path="/x",
+        )
+    )
+    doc = orjson.loads(value)
+    del doc["data"]["reason"]  # a writer that left a defaulted field out
+    got = ViewDecoder().decode(orjson.dumps(doc))
+    assert isinstance(got, EnvelopeView) and got.data.reason == "scheduled"
+
+
+def test_an_older_version_goes_through_its_upcaster():
+    doc = {
+        "id": "e",
+        "type": "StageFailed",
+        "version": 1,
+        "occurred_at": WHEN.isoformat(),
+        "key": "p",
+        "data": {
+            "pipeline_id": "p",
+            "stage": "s",
+            "attempt": 1,
+            "command_id": "c",
+            "agent_id": "a",
+            "job_id": "j",
+            "finished_at": 1.0,
+            "error": "CUDA out of memory",
+        },
+    }
+    got = ViewDecoder().decode(orjson.dumps(doc))
+    assert isinstance(got.data, StageFailed)
+    assert got.data.kind == decode(orjson.dumps(doc)).data.kind == "oom"
+
+
+def test_a_nan_in_a_float_field_is_read_by_decode():
+    started = StageStarted(
+        pipeline_id="p",
+        stage="s",
+        attempt=1,
+        command_id="c",
+        agent_id="a",
+        job_id="j",
+        started_at=float("nan"),
+    )
+    value, headers = _wire(started)
+    got = ViewDecoder().decode(value, headers)
+    assert isinstance(got.data, StageStarted) and math.isnan(got.data.started_at)
+
+
+def test_extra_headers_are_kept():
+    value, headers = _wire(sample_messages()[-1], headers={"trace": "t-1"})
+    got = ViewDecoder().decode(value, headers)
+    assert dict(got.headers) == {"trace": "t-1"}
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"not json", "malformed"),
+        (
+            b'{"id":"e","type":"Nope","version":1,"occurred_at":"2026-01-01T00:00:00+00:00",'
+            b'"key":"k","data":{}}',
+            "unknown_type",
+        ),
+        (
+            b'{"id":"e","type":"TickClock","version":9,"occurred_at":"2026-01-01T00:00:00+00:00",'
+            b'"key":"k","data":{"now":1.0}}',
+            "future_version",
+        ),
+        (
+            b'{"id":"e","type":"TickClock","version":1,"occurred_at":"2026-01-01T00:00:00+00:00",'
+            b'"key":"k","data":{"now":"soon"}}',
+            "invalid",
+        ),
+        (None, "malformed"),
+    ],
+)
+def test_what_decode_refuses_a_view_refuses_with_the_same_reason(value, reason):
+    with pytest.raises(DecodeError) as refused:
+        ViewDecoder().decode(value)
+    assert refused.value.reason == reason
+    (error,) = ViewDecoder().decode_all([value])
+    assert isinstance(error, DecodeError) and error.reason == reason
+
+
+def test_decode_all_keeps_order_and_puts_errors_in_place():
+    good = [_wire(m)[0] for m in sample_messages()[:5]]
+    out = list(ViewDecoder().decode_all([good[0], b"{", good[1], *good[2:]]))
+    assert isinstance(out[1], DecodeError)
+    assert [e.type for e in out if not isinstance(e, DecodeError)] == [
+        m.TYPE for m in sample_messages()[:5]
+    ]
