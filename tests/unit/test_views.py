@@ -152,14 +152,18 @@ def test_what_decode_refuses_a_view_refuses_with_the_same_reason(value, reason):
     with pytest.raises(DecodeError) as refused:
         ViewDecoder().decode(value)
     assert refused.value.reason == reason
-    (error,) = ViewDecoder().decode_all([value])
-    assert isinstance(error, DecodeError) and error.reason == reason
+    errors: list[tuple[int, DecodeError]] = []
+    assert list(ViewDecoder().decode_all([value], lambda i, e: errors.append((i, e)))) == []
+    assert [(i, e.reason) for i, e in errors] == [(0, reason)]
 
 
-def test_decode_all_keeps_order_and_puts_errors_in_place():
+def test_decode_all_keeps_order_and_reports_errors_by_index():
     good = [_wire(m)[0] for m in sample_messages()[:5]]
-    out = list(ViewDecoder().decode_all([good[0], b"{", good[1], *good[2:]]))
-    assert isinstance(out[1], DecodeError)
-    assert [e.type for e in out if not isinstance(e, DecodeError)] == [
-        m.TYPE for m in sample_messages()[:5]
-    ]
+    errors: list[tuple[int, str]] = []
+    out = list(
+        ViewDecoder().decode_all(
+            [good[0], b"{", good[1], *good[2:]], lambda i, e: errors.append((i, e.reason))
+        )
+    )
+    assert errors == [(1, "malformed")]
+    assert [e.type for e in out] == [m.TYPE for m in sample_messages()[:5]]

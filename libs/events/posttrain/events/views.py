@@ -134,22 +134,28 @@ class ViewDecoder:
         )
 
     def decode_all(
-        self, values: Sequence[bytes | None]
-    ) -> Iterator[EnvelopeView | Envelope[Any] | DecodeError]:
-        """``decode`` of records that carry no extra headers, in order; a record that cannot
-        be read comes out as its ``DecodeError`` so that the caller decides what to skip."""
+        self,
+        values: Sequence[bytes | None],
+        on_error: Callable[[int, DecodeError], None],
+    ) -> Iterator[EnvelopeView | Envelope[Any]]:
+        """``decode`` of records that carry no extra headers, in order. A record that cannot be
+        read is passed to ``on_error`` with its index, and skipped."""
         fast = self._decoder.decode if self._decoder is not None else None
-        for value in values:
+        for index, value in enumerate(values):
             if fast is not None and value is not None:
                 try:
-                    yield fast(value)
-                    continue
+                    envelope = fast(value)
                 except (msgspec.ValidationError, msgspec.DecodeError):
-                    pass
+                    pass  # decode() says what is wrong, or reads what views cannot
+                else:
+                    yield envelope
+                    continue
             try:
-                yield decode(value, (), types=self._types, upcasters=self._upcasters)
+                envelope = decode(value, (), types=self._types, upcasters=self._upcasters)
             except DecodeError as exc:
-                yield exc
+                on_error(index, exc)
+            else:
+                yield envelope
 
     def decode(
         self, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()

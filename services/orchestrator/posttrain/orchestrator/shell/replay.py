@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -94,37 +94,41 @@ async def replay_partitions(
 def _fold_batch(
     batch: Batch, by_pipeline: dict[str, PipelineState], views: ViewDecoder, topic: str
 ) -> int:
-    # The hot loop of replay, a million iterations: keep it lean.
-    if batch.extra_headers:  # rare: records with headers of their own go one by one
-        envelopes: Iterable[Envelope[Any] | EnvelopeView | DecodeError] = (
-            _decode_or_error(views, value, batch.headers(i)) for i, value in enumerate(batch.values)
+    skipped = 0
+
+    def skip(index: int, error: DecodeError) -> None:
+        nonlocal skipped
+        skipped += 1
+        offset = batch.first_offset + index
+        log.error(
+            "unreadable event skipped in replay: %s[%s]@%s: %s",
+            topic,
+            batch.partition,
+            offset,
+            error,
         )
+
+    if batch.extra_headers:  # rare: records with headers of their own go one by one
+        envelopes: Iterable[Envelope[Any] | EnvelopeView] = _decode_each(views, batch, skip)
     else:
-        envelopes = views.decode_all(batch.values)
-    count = 0
-    for index, envelope in enumerate(envelopes):
-        if isinstance(envelope, DecodeError):
-            log.error(
-                "unreadable event skipped in replay: %s[%s]@%s: %s",
-                topic,
-                batch.partition,
-                batch.first_offset + index,
-                envelope,
-            )
-            continue
+        envelopes = views.decode_all(batch.values, skip)
+    # The hot loop of replay, a million iterations: keep it lean.
+    for envelope in envelopes:
         pid = envelope.data.pipeline_id
         state = by_pipeline.get(pid)
         if state is None:
             state = by_pipeline[pid] = PipelineState(pid)
         apply(state, envelope)
-        count += 1
-    return count
+    return len(batch.values) - skipped
 
 
-def _decode_or_error(
-    views: ViewDecoder, value: bytes | None, headers: Sequence[tuple[str, bytes]]
-) -> Envelope[Any] | EnvelopeView | DecodeError:
-    try:
-        return views.decode(value, headers)
-    except DecodeError as exc:
-        return exc
+def _decode_each(
+    views: ViewDecoder, batch: Batch, skip: Callable[[int, DecodeError], None]
+) -> Iterator[Envelope[Any] | EnvelopeView]:
+    for index, value in enumerate(batch.values):
+        try:
+            envelope = views.decode(value, batch.headers(index))
+        except DecodeError as exc:
+            skip(index, exc)
+        else:
+            yield envelope
