@@ -3,16 +3,27 @@
 Writes a log of realistic pipeline events (each pipeline: submitted, then per stage dispatched,
 started, periodic checkpoints, succeeded; then pipeline succeeded) for P pipelines, then times
 ``replay_partitions`` (what an orchestrator runs when it is given partitions) reading and folding
-all of it. Baseline in the same run: the same log read one record at a time (``getone``).
+all of it, in a fresh process each time, as a restarted orchestrator does: ``--runs`` times,
+reporting the median. Baseline in the same run: the same log read one record at a time
+(``getone``) and decoded into models, as a plain consumer would.
+
+Also printed (not the headline): two orchestrator instances of one consumer group replaying
+half of the partitions each, at the same time, as a scaled-out deployment restarts.
 
     python -m bench.replay [--pipelines 10000] [--checkpoints 10] [--baseline-events 50000]
+                           [--runs 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import statistics
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,12 +145,64 @@ async def naive_replay(settings: KafkaSettings, limit: int) -> tuple[int, float]
         await consumer.stop()
 
 
+async def replay_once(settings: KafkaSettings, partitions: list[int]) -> dict[str, Any]:
+    """What one orchestrator instance does when it is given ``partitions``; timed."""
+    started = time.time()
+    states, count = await replay_partitions(settings, partitions)
+    finished = time.time()
+    return {
+        "events": count,
+        "pipelines": sum(len(s) for s in states.values()),
+        "succeeded": sum(1 for s in states.values() for p in s.values() if p.status == "succeeded"),
+        "started": started,
+        "finished": finished,
+    }
+
+
+def replay_in_processes(settings: KafkaSettings, groups: list[list[int]]) -> list[dict[str, Any]]:
+    """Fresh processes, one per partition group, that start replaying together."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.replay", "--child", settings.namespace, json.dumps(g)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for g in groups
+    ]
+    for child in children:  # each says "ready" once imported and connected
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    results = []
+    for child in children:
+        out, _ = child.communicate(timeout=600)
+        if child.returncode != 0:
+            raise RuntimeError(f"replay child failed with code {child.returncode}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+async def child(namespace: str, partitions: list[int]) -> None:
+    settings = replace(KafkaSettings.from_env(client_id="bench-replay"), namespace=namespace)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print(json.dumps(await replay_once(settings, partitions)), flush=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pipelines", type=int, default=10_000)
     parser.add_argument("--checkpoints", type=int, default=10)
     parser.add_argument("--baseline-events", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--child", nargs=2, metavar=("NAMESPACE", "PARTITIONS"), help="internal")
     args = parser.parse_args()
+    if args.child:
+        await child(args.child[0], json.loads(args.child[1]))
+        return
     settings = await fresh_namespace("replay", [Topic.PIPELINE_EVENTS])
     try:
         t = time.perf_counter()
@@ -151,16 +214,25 @@ async def main() -> None:
         n, naive_s = await naive_replay(settings, min(args.baseline_events, total))
         naive_rate = n / naive_s
         print(f"naive_replay_events_per_s: {naive_rate:,.0f} (getone, {n} events)")
-        partitions = range(TOPICS[Topic.PIPELINE_EVENTS].partitions)
-        started = time.perf_counter()
-        states, count = await replay_partitions(settings, partitions)
-        elapsed = time.perf_counter() - started
-        pipelines = sum(len(s) for s in states.values())
-        done = sum(1 for s in states.values() for p in s.values() if p.status == "succeeded")
-        assert count == total and pipelines == args.pipelines == done, (count, pipelines, done)
-        print(f"replayed_events: {count} into {pipelines} pipelines in {elapsed:.2f} s")
-        print(f"ratio_vs_naive: {count / elapsed / naive_rate:.1f}")
-        print(f"replay_events_per_s: {count / elapsed:.0f}")
+        partitions = list(range(TOPICS[Topic.PIPELINE_EVENTS].partitions))
+        half = len(partitions) // 2
+        (a, b) = replay_in_processes(settings, [partitions[:half], partitions[half:]])
+        both = (a["events"] + b["events"]) / (
+            max(a["finished"], b["finished"]) - min(a["started"], b["started"])
+        )
+        print(f"two_instances_events_per_s: {both:,.0f} (half of the partitions each)")
+        rates = []
+        for run in range(args.runs):
+            (r,) = replay_in_processes(settings, [partitions])
+            assert r["events"] == total and r["pipelines"] == args.pipelines == r["succeeded"], r
+            rates.append(r["events"] / (r["finished"] - r["started"]))
+            print(
+                f"run {run + 1}: replayed {r['events']} events into {r['pipelines']} pipelines "
+                f"in {r['finished'] - r['started']:.2f} s ({rates[-1]:,.0f}/s)"
+            )
+        rate = statistics.median(rates)
+        print(f"ratio_vs_naive: {rate / naive_rate:.1f}")
+        print(f"replay_events_per_s: {rate:.0f}")
     finally:
         await drop_namespace(settings)
 
