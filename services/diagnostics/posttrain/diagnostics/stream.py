@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -77,6 +78,13 @@ class _StateCodec(codecs.Codec):
 
 
 codecs.register("posttrain_state", _StateCodec())
+
+
+def _data_root() -> Path:
+    root = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
+    root = root / "diagnostics"
+    root.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    return root
 
 
 def _broker_url(bootstrap_servers: str) -> str:
@@ -148,6 +156,9 @@ class DiagnosticsStream:
             "producer_max_batch_size": 512 * 1024,
             "web_enabled": web_port is not None,
             "table_cleanup_interval": 3600.0,
+            # Tables live in memory, but Faust still makes a data directory, by default in the
+            # working directory: keep it with the rest of posttrain's state.
+            "datadir": str(_data_root() / settings.group(APP_NAME)),
             # A worker that died is replaced within ~10 s instead of the default minute: its
             # partitions (and so its jobs' detection) wait for the group to notice it is gone.
             "broker_session_timeout": float(
