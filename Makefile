@@ -39,6 +39,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy $(MYPY_TARGETS)
 
+# The fast tests alone: no broker, no database.
+unit: install
+	$(BIN)/pytest tests/unit
+
 stack-up: install
 	$(BIN)/posttrain stack up
 
