@@ -25,12 +25,16 @@ def load_pipeline_file(path: str) -> dict[str, Any]:
 def _print_status(status: dict[str, Any]) -> None:
     print(f"pipeline {status['pipeline_uuid']} ({status['name']}): {status['status']}")
     for error in status["errors"]:
-        print(f"  error: stage {error.get('stage')!r} field {error.get('field')!r}: "
-              f"{error.get('message')}")
+        print(
+            f"  error: stage {error.get('stage')!r} field {error.get('field')!r}: "
+            f"{error.get('message')}"
+        )
     for stage in status["stages"]:
         extra = stage["waiting_reason"] or stage["error"] or ""
-        print(f"  {stage['name']:<16} {stage['status']:<10} attempt {stage['attempt']:<2} "
-              f"{stage['task_id'] or '-':<40} {stage['agent_id'] or '-':<12} {extra}")
+        print(
+            f"  {stage['name']:<16} {stage['status']:<10} attempt {stage['attempt']:<2} "
+            f"{stage['task_id'] or '-':<40} {stage['agent_id'] or '-':<12} {extra}"
+        )
 
 
 def main(argv: Sequence[str]) -> int:
