@@ -11,7 +11,9 @@ A view is only ever a faster way to the same values: whatever the view decoder i
 through ``decode`` unchanged, so that a view never accepts what ``decode`` refuses nor reads a value
 differently. That covers another version of the type (an upcaster must run), types that nest
 models, and any value msgspec's strict types refuse where pydantic's lax ones might accept it (a
-NaN written as the string "NaN" into a float field, an int written as 1.0).
+NaN written as the string "NaN" into a float field, an int written as 1.0). One difference is
+left, on purpose: an integer beyond 64 bits, which orjson (and so ``decode``) rounds to a float
+and msgspec reads exactly; nothing posttrain writes holds one.
 """
 
 from __future__ import annotations
@@ -22,23 +24,26 @@ from types import UnionType
 from typing import Any, Literal, Union, cast, get_args, get_origin
 
 import msgspec
-from pydantic import BaseModel
 
 from posttrain.events.codec import DecodeError, decode, has_extra_headers
 from posttrain.events.envelope import NO_HEADERS, Envelope
 from posttrain.events.messages import MESSAGE_TYPES, Message
 from posttrain.events.upcasters import UpcasterTable
 
+# The only leaf types a view takes: msgspec and pydantic read JSON into them alike. (Not bytes:
+# msgspec expects base64; not datetime: the two parsers accept different forms.)
+_PLAIN_LEAVES: frozenset[Any] = frozenset({str, int, float, bool, type(None), Any})
+
 
 def _is_plain(annotation: Any) -> bool:
     """Whether msgspec reads values of this type exactly as pydantic does (no nested models)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return False
     origin = get_origin(annotation)
+    if origin is None:
+        return annotation in _PLAIN_LEAVES
     if origin is Literal:
         return True
-    if origin in (Union, UnionType, list, dict, tuple) or origin is None:
-        return all(_is_plain(arg) for arg in get_args(annotation) if arg is not Ellipsis)
+    if origin in (Union, UnionType, list, dict):
+        return all(_is_plain(arg) for arg in get_args(annotation))
     return False
 
 
