@@ -167,3 +167,24 @@ def test_decode_all_keeps_order_and_reports_errors_by_index():
     )
     assert errors == [(1, "malformed")]
     assert [e.type for e in out] == [m.TYPE for m in sample_messages()[:5]]
+
+
+def test_fields_the_two_parsers_read_differently_get_no_view():
+    from posttrain.events import Message
+
+    class WithBytes(Message):
+        TYPE = "TestWithBytes"
+        blob: bytes
+
+    class WithTime(Message):
+        TYPE = "TestWithTime"
+        at: datetime
+
+    class Plain(Message):
+        TYPE = "TestPlain"
+        names: list[str]
+        extra: dict[str, Any] | None = None
+
+    assert view_type(WithBytes) is None
+    assert view_type(WithTime) is None
+    assert view_type(Plain) is not None
