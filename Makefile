@@ -13,13 +13,15 @@ PY := $(VENV)/bin/python
 UV := $(POSTTRAIN_HOME)/uvbin/bin/uv
 export UV_CACHE_DIR := $(POSTTRAIN_HOME)/uv-cache
 BIN := $(VENV)/bin
-MYPY_TARGETS := libs/events/posttrain/events src/posttrain $(wildcard services/*/posttrain/*)
+MYPY_TARGETS := libs/events/posttrain/events libs/service/posttrain/service src/posttrain \
+	$(wildcard services/*/posttrain/*)
 B ?= bus
 
 # Editable installs of every member; the trainer agent and the event schemas can also be
 # installed alone (see README).
-MEMBERS := -e ./libs/events -e ./services/orchestrator -e ./services/metrics_ingest \
-	-e ./services/diagnostics -e ./services/trainer_agent -e ./services/gateway -e '.[dev]'
+MEMBERS := -e ./libs/events -e ./libs/service -e ./services/orchestrator \
+	-e ./services/metrics_ingest -e ./services/diagnostics -e ./services/trainer_agent \
+	-e ./services/gateway -e '.[dev]'
 
 .PHONY: install lint typecheck unit test demo bench stack-up stack-down stack-status doctor clean-stack
 
