@@ -12,8 +12,9 @@ import pytest
 from posttrain.events.topics import Topic
 from posttrain.metrics_ingest import flush_metrics
 from posttrain.metrics_ingest.core.batching import preset
-from posttrain.metrics_ingest.endpoints import HttpEndpoints
+from posttrain.metrics_ingest.endpoints import routes
 from posttrain.metrics_ingest.service import IngestService
+from posttrain.service.http import EndpointServer
 from tests.integration.metrics_ingest.helpers import count, messages
 from tests.waiting import wait_for
 
@@ -45,7 +46,7 @@ async def test_health_metrics_and_flush_over_http(kafka_settings, producer, data
     job = f"{run_id}-http"
     envelopes, _ = messages(job, "trainer", 500, per_message=100)
     service = IngestService(kafka_settings, database_url, policy=preset("seed"))
-    endpoints = HttpEndpoints(service, port=0)
+    endpoints = EndpointServer(routes(service), port=0)
     await service.start()
     port = await endpoints.start()
     base = f"http://127.0.0.1:{port}"

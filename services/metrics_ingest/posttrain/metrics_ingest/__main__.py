@@ -11,10 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from posttrain.events.kafka import KafkaSettings
-from posttrain.metrics_ingest.endpoints import HttpEndpoints
-from posttrain.metrics_ingest.logs import configure_json_logging
+from posttrain.metrics_ingest.endpoints import routes
 from posttrain.metrics_ingest.service import ConsumerOptions, IngestService
 from posttrain.metrics_ingest.settings import IngestConfig, load_config
+from posttrain.service.http import EndpointServer
+from posttrain.service.logs import configure_json_logging
 
 log = logging.getLogger("posttrain.metrics_ingest")
 
@@ -37,7 +38,7 @@ async def serve(config: IngestConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     endpoints = None
     if config.http_host is not None:
-        endpoints = HttpEndpoints(service, config.http_host, config.http_port)
+        endpoints = EndpointServer(routes(service), config.http_host, config.http_port)
     policy = config.policy
     try:
         if endpoints is not None:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from posttrain.metrics_ingest.core.batching import PRESETS, BatchPolicy, preset
+from posttrain.service.http import parse_address
 
 DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 DEFAULT_HTTP = "127.0.0.1:9464"
@@ -81,13 +82,8 @@ def load_config(
         policy = replace(policy, max_age_s=age)
     if pending is not None:
         policy = replace(policy, max_pending_rows=pending)
-    http = args.http or environ.get("POSTTRAIN_INGEST_HTTP", DEFAULT_HTTP)
-    host: str | None
-    if http == "off":
-        host, port = None, 0
-    else:
-        host, _, port_text = http.rpartition(":")
-        host, port = host or "127.0.0.1", int(port_text)
+    address = parse_address(args.http or environ.get("POSTTRAIN_INGEST_HTTP", DEFAULT_HTTP))
+    host, port = address if address is not None else (None, 0)
     return IngestConfig(
         database_url=database_url(environ),
         policy=policy,

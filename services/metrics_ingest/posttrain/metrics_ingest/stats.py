@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from posttrain.service.prometheus import Exposition
 
 # Upper bounds of the batch-size histogram, in rows.
 BATCH_BUCKETS: tuple[float, ...] = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
@@ -59,27 +60,6 @@ class IngestStats:
             recent.popleft()
 
 
-def _line(name: str, value: float, labels: Mapping[str, str] | None = None) -> str:
-    if labels:
-        inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        name = f"{name}{{{inner}}}"
-    return f"{name} {_number(value)}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
-
-
 def render_prometheus(
     stats: IngestStats,
     lag: Mapping[tuple[str, int], int],
@@ -87,108 +67,66 @@ def render_prometheus(
     prefix: str = "posttrain_ingest",
 ) -> str:
     """The exposition text: lag per partition, batch sizes, rows/s, dead letters, state."""
-    out: list[str] = []
-
-    def metric(name: str, kind: str, help_: str, samples: Iterable[str]) -> None:
-        out.append(f"# HELP {prefix}_{name} {help_}")
-        out.append(f"# TYPE {prefix}_{name} {kind}")
-        out.extend(samples)
-
-    p = prefix
-    metric(
+    text = Exposition(prefix)
+    text.add(
         "consumer_lag_messages",
         "gauge",
         "Messages on posttrain.metrics not yet durable in PostgreSQL, per partition.",
-        [
-            _line(f"{p}_consumer_lag_messages", n, {"topic": t, "partition": str(part)})
-            for (t, part), n in sorted(lag.items())
-        ],
+        [({"topic": t, "partition": str(part)}, n) for (t, part), n in sorted(lag.items())],
     )
-    metric(
+    text.add(
         "consumer_lag_messages_total",
         "gauge",
         "Messages not yet durable, all assigned partitions.",
-        [_line(f"{p}_consumer_lag_messages_total", sum(lag.values()))],
+        sum(lag.values()),
     )
-    cumulative = 0
-    buckets = []
-    for bound, count in zip(BATCH_BUCKETS, stats.batch_histogram, strict=False):
-        cumulative += count
-        buckets.append(_line(f"{p}_batch_rows_bucket", cumulative, {"le": _number(bound)}))
-    buckets.append(_line(f"{p}_batch_rows_bucket", stats.batches, {"le": "+Inf"}))
-    buckets.append(_line(f"{p}_batch_rows_sum", stats.batch_rows_sum))
-    buckets.append(_line(f"{p}_batch_rows_count", stats.batches))
-    metric("batch_rows", "histogram", "Rows per batch written.", buckets)
-    metric(
-        "last_batch_rows",
-        "gauge",
-        "Rows in the last batch written.",
-        [_line(f"{p}_last_batch_rows", stats.last_batch_rows)],
+    text.histogram(
+        "batch_rows",
+        "Rows per batch written.",
+        BATCH_BUCKETS,
+        stats.batch_histogram,
+        stats.batch_rows_sum,
     )
-    metric(
+    text.add("last_batch_rows", "gauge", "Rows in the last batch written.", stats.last_batch_rows)
+    text.add(
         "rows_per_second",
         "gauge",
         f"Rows inserted per second over {RATE_WINDOW_S:.0f} s.",
-        [_line(f"{p}_rows_per_second", round(stats.rows_per_second(now), 1))],
+        round(stats.rows_per_second(now), 1),
     )
-    metric(
-        "rows_inserted_total",
-        "counter",
-        "Rows inserted into metrics.",
-        [_line(f"{p}_rows_inserted_total", stats.rows_inserted)],
-    )
-    metric(
+    text.add("rows_inserted_total", "counter", "Rows inserted into metrics.", stats.rows_inserted)
+    text.add(
         "rows_duplicate_total",
         "counter",
         "Redelivered rows skipped as already stored.",
-        [_line(f"{p}_rows_duplicate_total", stats.rows_duplicate)],
+        stats.rows_duplicate,
     )
-    metric(
-        "batches_total",
-        "counter",
-        "Batches written.",
-        [_line(f"{p}_batches_total", stats.batches)],
-    )
-    metric(
-        "messages_total",
-        "counter",
-        "Messages consumed.",
-        [_line(f"{p}_messages_total", stats.messages)],
-    )
-    metric(
+    text.add("batches_total", "counter", "Batches written.", stats.batches)
+    text.add("messages_total", "counter", "Messages consumed.", stats.messages)
+    text.add(
         "dead_letters_total",
         "counter",
         "Messages parked on the dead-letter topic.",
-        [_line(f"{p}_dead_letters_total", stats.dead_letters)],
+        stats.dead_letters,
     )
-    metric(
+    text.add(
         "write_failures_total",
         "counter",
         "Failed attempts to write a batch (retried).",
-        [_line(f"{p}_write_failures_total", stats.write_failures)],
+        stats.write_failures,
     )
-    metric(
+    text.add(
         "commit_failures_total",
         "counter",
         "Offset commits refused (the rows stay; redelivery is deduplicated).",
-        [_line(f"{p}_commit_failures_total", stats.commit_failures)],
+        stats.commit_failures,
     )
-    metric(
+    text.add(
         "pending_rows",
         "gauge",
         "Rows held in memory (open batch and batches being written).",
-        [_line(f"{p}_pending_rows", stats.pending_rows)],
+        stats.pending_rows,
     )
-    metric(
-        "paused",
-        "gauge",
-        "1 while consumption is paused (backpressure).",
-        [_line(f"{p}_paused", int(stats.paused))],
-    )
-    metric(
-        "database_up",
-        "gauge",
-        "1 if the last attempt to write succeeded.",
-        [_line(f"{p}_database_up", int(stats.db_up))],
-    )
-    return "\n".join(out) + "\n"
+    text.add("paused", "gauge", "1 while consumption is paused (backpressure).", stats.paused)
+    text.add("database_up", "gauge", "1 if the last attempt to write succeeded.", stats.db_up)
+    return text.render()

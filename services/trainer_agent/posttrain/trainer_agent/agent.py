@@ -47,6 +47,7 @@ from posttrain.events.messages import (
     StageSucceeded,
 )
 from posttrain.events.topics import Topic
+from posttrain.service.http import EndpointServer
 from posttrain.trainer_agent.core.failure import kind_from_log, tail
 from posttrain.trainer_agent.core.journal import (
     Capacity,
@@ -62,7 +63,7 @@ from posttrain.trainer_agent.core.journal import (
     decide_run,
     usage,
 )
-from posttrain.trainer_agent.endpoints import AgentStats, HttpEndpoints
+from posttrain.trainer_agent.endpoints import AgentStats, routes
 from posttrain.trainer_agent.journal import Journal
 from posttrain.trainer_agent.launcher import (
     Launcher,
@@ -148,7 +149,7 @@ class Agent:
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
         self.stats = AgentStats(config.name, config.heartbeat_s)
-        self.http: HttpEndpoints | None = None
+        self.http: EndpointServer | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -215,7 +216,7 @@ class Agent:
     async def _start_http(self) -> None:
         if self.config.http_port is None:
             return
-        endpoints = HttpEndpoints(self.stats, self.config.http_host, self.config.http_port)
+        endpoints = EndpointServer(routes(self.stats), self.config.http_host, self.config.http_port)
         try:
             port = await endpoints.start()
         except OSError as exc:  # a busy port must not keep the agent from its stages
