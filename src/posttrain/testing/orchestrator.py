@@ -18,6 +18,9 @@ from posttrain.events.topics import TOPICS, Topic
 
 
 def start_orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m posttrain.orchestrator`` on ``settings``' broker and namespace, its
+    output appended to ``log``; ``extra`` arguments go last, so they win (``--http
+    127.0.0.1:0`` for /healthz and /metrics: the port is in the log)."""
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -35,6 +38,9 @@ def start_orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> subpr
                 "4",
                 "--session-timeout-ms",
                 "2000",
+                # Several run at once in tests and benchmarks: no fixed port to clash on.
+                "--http",
+                "off",
                 *extra,
             ],
             env=env,

@@ -10,7 +10,40 @@ import signal
 from collections.abc import Sequence
 
 from posttrain.events.kafka import KafkaSettings
+from posttrain.orchestrator.shell.endpoints import routes
 from posttrain.orchestrator.shell.service import Orchestrator
+from posttrain.service.http import EndpointServer, parse_address
+from posttrain.service.logs import configure_json_logging
+
+log = logging.getLogger("posttrain.orchestrator")
+
+# Beside the metrics ingest (9464) and the trainer agent (9466), so one host can run all three.
+DEFAULT_HTTP = "127.0.0.1:9465"
+
+
+def http_address(value: str) -> tuple[str, int] | None:
+    try:
+        return parse_address(value)
+    except ValueError as exc:  # argparse shows this one's message, not a generic one
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def start_http(
+    orchestrator: Orchestrator, address: tuple[str, int] | None
+) -> EndpointServer | None:
+    if address is None:
+        return None
+    host, port = address
+    server = EndpointServer(routes(orchestrator), host, port)
+    try:
+        port = await server.start()
+    except OSError as exc:
+        # A busy port must not keep the orchestrator from its pipelines: it runs without
+        # /healthz, says so here, and whoever probes it sees the probe fail.
+        log.warning("no http endpoints", extra={"host": host, "port": port, "error": str(exc)})
+        return None
+    log.info("http endpoints listening", extra={"host": host, "port": port})
+    return server
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -26,6 +59,7 @@ async def serve(args: argparse.Namespace) -> None:
         session_timeout_ms=args.session_timeout_ms,
     )
     await orchestrator.start()
+    http = await start_http(orchestrator, args.http)
     tasks = [asyncio.create_task(orchestrator.run(stop), name="orchestrator")]
     if args.projection:
         from posttrain.orchestrator.shell.projection import Projection
@@ -39,6 +73,8 @@ async def serve(args: argparse.Namespace) -> None:
             task.result()
     finally:
         stop.set()
+        if http is not None:
+            await http.stop()
         await orchestrator.stop()
 
 
@@ -70,11 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "DATABASE_URL", "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
         ),
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("POSTTRAIN_LOG_LEVEL", "INFO"),
-        format='{"t":"%(asctime)s","level":"%(levelname)s",'
-        '"logger":"%(name)s","msg":"%(message)s"}',
+    parser.add_argument(
+        "--http",
+        type=http_address,
+        default=DEFAULT_HTTP,
+        metavar="HOST:PORT",
+        help=f"where to serve /healthz and /metrics (default {DEFAULT_HTTP}; "
+        "port 0: any free port, logged; 'off': none)",
     )
+    args = parser.parse_args(argv)
+    configure_json_logging(os.environ.get("POSTTRAIN_LOG_LEVEL", "INFO"))
     asyncio.run(serve(args))
     return 0

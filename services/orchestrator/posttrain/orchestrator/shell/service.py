@@ -36,6 +36,7 @@ from posttrain.orchestrator.core.decide import (
 from posttrain.orchestrator.core.state import ACTIVE, PipelineState
 from posttrain.orchestrator.shell.agents import AgentTable
 from posttrain.orchestrator.shell.replay import replay_partitions
+from posttrain.orchestrator.shell.stats import OrchestratorStats
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Orchestrator:
         self._cache: dict[str, CacheEntry] = {}
         self._last_tick = 0.0
         self._lock = asyncio.Lock()
-        self.replayed_events = 0
+        self.stats = OrchestratorStats()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -100,12 +101,23 @@ class Orchestrator:
             await producer.stop()
         await self._agents.stop()
 
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions this instance owns (fenced, and replayed or being replayed)."""
+        return sorted(self._producers)
+
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.step(timeout_ms=int(self.tick_interval_s * 500))
+        self.stats.running = True
+        self.stats.last_poll_at = time.monotonic()  # starting counts as a poll: none is late yet
+        try:
+            while not stop.is_set():
+                await self.step(timeout_ms=int(self.tick_interval_s * 500))
+        finally:
+            self.stats.running = False
 
     async def step(self, timeout_ms: int = 500) -> None:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
+        self.stats.last_poll_at = time.monotonic()
         async with self._lock:
             by_partition: dict[int, list[Any]] = {}
             for tp, records in batches.items():
@@ -145,7 +157,11 @@ class Orchestrator:
             await producer.client.abort_transaction()
             self._producers[p] = producer
         await self._rebuild(new)
-        log.info("orchestrator owns partitions %s", sorted(self._producers))
+        log.info(
+            "orchestrator owns partitions %s",
+            self.partitions,
+            extra={"partitions": self.partitions},
+        )
 
     def _drop(self, p: int) -> None:
         for state in self.states.pop(p, {}).values():
@@ -156,9 +172,22 @@ class Orchestrator:
     async def _rebuild(self, partitions: Sequence[int]) -> None:
         for p in partitions:
             self._drop(p)
-        states, count = await replay_partitions(self.settings, partitions)
-        self.replayed_events += count
-        log.info("replayed %d events of partitions %s", count, list(partitions))
+        if not partitions:
+            return
+        started = time.monotonic()
+        self.stats.replaying = True
+        try:
+            states, count = await replay_partitions(self.settings, partitions)
+        finally:
+            self.stats.replaying = False
+        seconds = time.monotonic() - started
+        self.stats.replayed(count, seconds)
+        log.info(
+            "replayed %d events of partitions %s",
+            count,
+            list(partitions),
+            extra={"events": count, "partitions": list(partitions), "seconds": round(seconds, 3)},
+        )
         for p, by_pipeline in states.items():
             self.states[p] = by_pipeline
             for state in by_pipeline.values():
@@ -188,6 +217,8 @@ class Orchestrator:
     async def _process(self, p: int, records: list[Any]) -> None:
         producer = self._producers[p]
         states = self.states.setdefault(p, {})
+        decisions: list[Decision] = []
+        dead = 0
         try:
             async with producer.client.transaction():
                 offsets: dict[TopicPartition, int] = {}
@@ -204,6 +235,7 @@ class Orchestrator:
                             value=record.value,
                             headers=dead_letter_headers(record, reason, str(exc), "orchestrator"),
                         )
+                        dead += 1
                         continue
                     state = states.get(pid) or PipelineState(pid)
                     if not state.stages and envelope.type != "SubmitPipeline":
@@ -215,10 +247,14 @@ class Orchestrator:
                         # batch places stages with them (an abort rebuilds them from the log).
                         self._index(state)
                         await self._emit(producer, p, decision)
+                        decisions.append(decision)
                 await producer.client.send_offsets_to_transaction(offsets, self._group)
         except Exception:
+            self.stats.transactions_aborted += 1
             log.exception("transaction on partition %s failed: rebuilding it from the log", p)
             await self._recover(p)
+        else:
+            self.stats.committed(decisions, records=len(records), dead=dead)
 
     async def _tick(self, now: float) -> None:
         silent = frozenset(self._agents.silent(now))
@@ -248,8 +284,11 @@ class Orchestrator:
                     for _, decision in decisions:
                         await self._emit(producer, p, decision)
             except Exception:
+                self.stats.transactions_aborted += 1
                 log.exception("tick on partition %s failed: rebuilding it from the log", p)
                 await self._recover(p)
+            else:
+                self.stats.committed(decision for _, decision in decisions)
 
     async def _emit(self, producer: EventProducer, p: int, decision: Decision) -> None:
         client = producer.client
