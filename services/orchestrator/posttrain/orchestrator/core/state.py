@@ -361,15 +361,31 @@ def apply(state: PipelineState, envelope: Envelope[Any] | EnvelopeView) -> None:
     state.version += 1
 
 
-def fold(events: Iterable[Envelope[Any] | EnvelopeView]) -> dict[str, PipelineState]:
-    """Every pipeline's state from its events, in log order."""
-    states: dict[str, PipelineState] = {}
+def fold(
+    events: Iterable[Envelope[Any] | EnvelopeView],
+    into: dict[str, PipelineState] | None = None,
+) -> dict[str, PipelineState]:
+    """Every pipeline's state from its events, in log order (added to ``into`` if given)."""
+    states: dict[str, PipelineState] = {} if into is None else into
+    mutators = _MUTATORS
+    # ``apply``, inlined: replay runs this loop a million times, and a call per event is a
+    # fifth of its cost. test_properties checks that both give the same state.
     for envelope in events:
-        pid = envelope.data.pipeline_id  # every pipeline event carries it
+        data = envelope.data
+        pid = data.pipeline_id  # every pipeline event carries it
         state = states.get(pid)
         if state is None:
             state = states[pid] = PipelineState(pipeline_id=pid)
-        apply(state, envelope)
+        mutator = mutators.get(type(data))
+        if mutator is None:
+            raise TypeError(f"{envelope.type} is not a pipeline event")
+        t = envelope.occurred_at.timestamp()
+        if t > state.now:
+            state.now = t
+        if state.correlation_id is None:
+            state.correlation_id = envelope.correlation_id or envelope.id
+        mutator(state, data, t)
+        state.version += 1
     return states
 
 

@@ -15,7 +15,7 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.logreader import Batch, read_partitions
 from posttrain.events.topics import Topic
 from posttrain.events.views import EnvelopeView, ViewDecoder
-from posttrain.orchestrator.core.state import PipelineState, apply
+from posttrain.orchestrator.core.state import PipelineState, fold
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,7 @@ def _fold_batch(
         envelopes: Iterable[Envelope[Any] | EnvelopeView] = _decode_each(views, batch, skip)
     else:
         envelopes = views.decode_all(batch.values, skip)
-    # The hot loop of replay, a million iterations: keep it lean.
-    for envelope in envelopes:
-        pid = envelope.data.pipeline_id
-        state = by_pipeline.get(pid)
-        if state is None:
-            state = by_pipeline[pid] = PipelineState(pid)
-        apply(state, envelope)
+    fold(envelopes, into=by_pipeline)
     return len(batch.values) - skipped
 
 
