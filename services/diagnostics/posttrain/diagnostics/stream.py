@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ from posttrain.events.messages.metrics import MetricsReported
 from posttrain.events.messages.pipeline import RequestAction
 from posttrain.events.messages.stage import StageFailed
 from posttrain.events.topics import TOPICS, Topic
+from posttrain.service.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from posttrain.service.prometheus import Exposition
 
 log = logging.getLogger(__name__)
 APP_NAME = "posttrain-diagnostics"
@@ -140,6 +143,9 @@ class DiagnosticsStream:
         self.alerter = alerter or Alerter(self.book)
         self.processed_messages = 0
         self.dead_lettered = 0
+        self.anomalies_detected = 0  # by the detectors from metrics (OOMs and scans aside)
+        self.actions_requested = 0
+        self.alert_outcomes: Counter[str] = Counter()  # deliveries: "sent", "failed"
         metrics_partitions = TOPICS[Topic.METRICS].partitions
         options: dict[str, Any] = {
             "broker": _broker_url(settings.bootstrap_servers),
@@ -219,9 +225,64 @@ class DiagnosticsStream:
         app.agent(self.metrics, name="detect", concurrency=1)(self._detect)
         app.agent(self.reports, name="failures", concurrency=1)(self._failures)
         app.agent(self.anomalies, name="act", concurrency=1)(self._act)
+        if web_port is not None:
+            self._add_pages()
         app.agent(self.anomalies, name="alert", concurrency=1)(self._alert)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    # --- /healthz and /metrics, on Faust's own web server --------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        assigned = self.app.assignor.assigned_actives() if self.app.assignor else set()
+        return {
+            "status": "ok",
+            "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
+            "rebalancing": bool(self.app.rebalancing),
+            "processed_messages": self.processed_messages,
+            "dead_lettered": self.dead_lettered,
+        }
+
+    def prometheus(self) -> str:
+        text = Exposition("posttrain_diagnostics")
+        text.add("messages_total", "counter", "Metric reports read.", self.processed_messages)
+        text.add(
+            "dead_lettered_total", "counter", "Messages parked in the DLQ.", self.dead_lettered
+        )
+        text.add(
+            "anomalies_total",
+            "counter",
+            "Anomalies the detectors found in metric reports.",
+            self.anomalies_detected,
+        )
+        text.add(
+            "actions_requested_total",
+            "counter",
+            "Actions asked of the orchestrator.",
+            self.actions_requested,
+        )
+        text.add(
+            "alerts_total",
+            "counter",
+            "Alert deliveries, by outcome.",
+            [({"outcome": o}, n) for o, n in sorted(self.alert_outcomes.items())],
+        )
+        return text.render()
+
+    def _add_pages(self) -> None:
+        stream = self
+
+        # Faust makes each function the GET of a view: (view, request) -> response.
+        async def healthz(view: Any, request: Any) -> Any:
+            return view.web.json(stream.health())
+
+        async def metrics(view: Any, request: Any) -> Any:
+            # aiohttp adds the charset itself and refuses one in the content type.
+            content_type = PROMETHEUS_CONTENT_TYPE.split("; charset")[0]
+            return view.web.text(stream.prometheus(), content_type=content_type)
+
+        self.app.page("/healthz")(healthz)
+        self.app.page("/metrics")(metrics)
 
     async def _decode(self, event: Any) -> Envelope[Any] | None:
         message = event.message
@@ -277,6 +338,7 @@ class DiagnosticsStream:
             for out in outputs:
                 await self._send(self.anomalies, out)
             self.processed_messages += len(events)
+            self.anomalies_detected += len(outputs)
             yield None
 
     async def _detect_one(
@@ -362,6 +424,7 @@ class DiagnosticsStream:
                 if isinstance(message, RequestAction):
                     out = envelope.caused(message, key=message.pipeline_id)
                     await self._send(self.commands, out)
+                    self.actions_requested += 1
                 else:
                     await self._send(self.anomalies, envelope.caused(message, key=anomaly.job_id))
             yield None
@@ -383,6 +446,7 @@ class DiagnosticsStream:
                 deliveries = await self.alerter.deliver(anomaly, held_back)
                 for d in deliveries:
                     await self._send(self.alerts, envelope.caused(_outcome(anomaly, d)))
+                    self.alert_outcomes["sent" if d.ok else "failed"] += 1
             yield None
 
 
