@@ -52,6 +52,7 @@ from posttrain.events.topics import Topic
 from posttrain.orchestrator.core import dag, ids
 from posttrain.orchestrator.core.state import (
     ACTIVE,
+    Attempt,
     PipelineState,
     PipelineStatus,
     StageState,
@@ -215,23 +216,16 @@ def _cancel(b: _Builder, c: CancelPipeline, ctx: Context) -> None:
             b.command(
                 _control(CancelStage, b, stage, f"cancel:{b.cause.id}", c.reason), run.agent_id
             )
-            b.event(
-                StageCancelled(
-                    pipeline_id=b.state.pipeline_id,
-                    stage=stage.name,
-                    attempt=stage.attempt,
-                    reason=c.reason,
-                )
+        elif stage.status not in (StageStatus.PENDING, StageStatus.WAITING, StageStatus.RETRY_WAIT):
+            continue
+        b.event(
+            StageCancelled(
+                pipeline_id=b.state.pipeline_id,
+                stage=stage.name,
+                attempt=stage.attempt,
+                reason=c.reason,
             )
-        elif stage.status in (StageStatus.PENDING, StageStatus.WAITING, StageStatus.RETRY_WAIT):
-            b.event(
-                StageCancelled(
-                    pipeline_id=b.state.pipeline_id,
-                    stage=stage.name,
-                    attempt=stage.attempt,
-                    reason=c.reason,
-                )
-            )
+        )
     b.event(PipelineCancelled(pipeline_id=b.state.pipeline_id, reason=c.reason))
 
 
@@ -288,11 +282,7 @@ def _tick(b: _Builder, t: TickClock, ctx: Context) -> None:
             if run.agent_id in silent:
                 b.event(
                     StageLost(
-                        pipeline_id=b.state.pipeline_id,
-                        stage=stage.name,
-                        attempt=stage.attempt,
-                        command_id=run.command_id,
-                        agent_id=run.agent_id,
+                        **_running_ids(b, stage, run),
                         reason=f"agent {run.agent_id} stopped sending heartbeats",
                     )
                 )
@@ -305,11 +295,7 @@ def _tick(b: _Builder, t: TickClock, ctx: Context) -> None:
                     )
                     b.event(
                         StageFailed(
-                            pipeline_id=b.state.pipeline_id,
-                            stage=stage.name,
-                            attempt=stage.attempt,
-                            command_id=run.command_id,
-                            agent_id=run.agent_id,
+                            **_running_ids(b, stage, run),
                             job_id=run.job_id,
                             finished_at=b.now,
                             kind="timeout",
@@ -561,16 +547,25 @@ def _control(
 ) -> Any:
     run = stage.current
     assert run is not None
+    ids_ = _running_ids(b, stage, run)
     return cls(
         action_id=action_id,
-        agent_id=run.agent_id,
-        run_command_id=run.command_id,
-        pipeline_id=b.state.pipeline_id,
-        stage=stage.name,
-        attempt=stage.attempt,
+        run_command_id=ids_.pop("command_id"),  # control commands name the run they act on
+        **ids_,
         reason=reason,
         **extra,
     )
+
+
+def _running_ids(b: _Builder, stage: StageState, run: Attempt) -> dict[str, Any]:
+    """The identity of a stage's current attempt, as the messages about it carry it."""
+    return {
+        "pipeline_id": b.state.pipeline_id,
+        "stage": stage.name,
+        "attempt": stage.attempt,
+        "command_id": run.command_id,
+        "agent_id": run.agent_id,
+    }
 
 
 _HANDLERS: dict[type[Message], Any] = {
