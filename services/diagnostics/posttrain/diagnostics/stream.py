@@ -245,22 +245,17 @@ class DiagnosticsStream:
 
     def prometheus(self) -> str:
         text = Exposition("posttrain_diagnostics")
-        text.add("messages_total", "counter", "Metric reports read.", self.processed_messages)
-        text.add(
-            "dead_lettered_total", "counter", "Messages parked in the DLQ.", self.dead_lettered
-        )
-        text.add(
-            "anomalies_total",
-            "counter",
-            "Anomalies the detectors found in metric reports.",
-            self.anomalies_detected,
-        )
-        text.add(
-            "actions_requested_total",
-            "counter",
-            "Actions asked of the orchestrator.",
-            self.actions_requested,
-        )
+        for name, help_, value in (
+            ("messages_total", "Metric reports read.", self.processed_messages),
+            ("dead_lettered_total", "Messages parked in the DLQ.", self.dead_lettered),
+            ("anomalies_total", "Anomalies found in metric reports.", self.anomalies_detected),
+            (
+                "actions_requested_total",
+                "Actions asked of the orchestrator.",
+                self.actions_requested,
+            ),
+        ):
+            text.add(name, "counter", help_, value)
         text.add(
             "alerts_total",
             "counter",
@@ -407,47 +402,52 @@ class DiagnosticsStream:
                 await self._send(self.anomalies, envelope.caused(out, key=failed.job_id))
             yield None
 
-    async def _act(self, stream: Any) -> AsyncIterator[None]:
+    async def _anomalies(self, stream: Any) -> AsyncIterator[Envelope[Any] | None]:
+        """One item per event read, so that each is acknowledged in turn: the anomaly, or None
+        for anything else (an unreadable message has gone to the DLQ)."""
         async for event in stream.events():
             envelope = await self._decode(event)
-            if envelope is None or not isinstance(envelope.data, AnomalyDetected):
-                yield None
-                continue
-            anomaly: AnomalyDetected = envelope.data
-            config = self.book.for_pipeline(anomaly.pipeline_id).actions
-            stored = self.policies.get(anomaly.job_id)
-            state = stored if isinstance(stored, PolicyState) else PolicyState(stored)
-            decision = decide(anomaly, config, state)
-            self.policies[anomaly.job_id] = state
-            if decision is not None:
-                message = to_message(anomaly, decision)
-                if isinstance(message, RequestAction):
-                    out = envelope.caused(message, key=message.pipeline_id)
-                    await self._send(self.commands, out)
-                    self.actions_requested += 1
-                else:
-                    await self._send(self.anomalies, envelope.caused(message, key=anomaly.job_id))
+            ok = envelope is not None and isinstance(envelope.data, AnomalyDetected)
+            yield envelope if ok else None
+
+    async def _act(self, stream: Any) -> AsyncIterator[None]:
+        async for envelope in self._anomalies(stream):
+            if envelope is not None:
+                await self._act_on(envelope, envelope.data)
             yield None
 
+    async def _act_on(self, envelope: Envelope[Any], anomaly: AnomalyDetected) -> None:
+        config = self.book.for_pipeline(anomaly.pipeline_id).actions
+        stored = self.policies.get(anomaly.job_id)
+        state = stored if isinstance(stored, PolicyState) else PolicyState(stored)
+        decision = decide(anomaly, config, state)
+        self.policies[anomaly.job_id] = state
+        if decision is None:
+            return
+        message = to_message(anomaly, decision)
+        if isinstance(message, RequestAction):
+            await self._send(self.commands, envelope.caused(message, key=message.pipeline_id))
+            self.actions_requested += 1
+        else:
+            await self._send(self.anomalies, envelope.caused(message, key=anomaly.job_id))
+
     async def _alert(self, stream: Any) -> AsyncIterator[None]:
-        async for event in stream.events():
-            envelope = await self._decode(event)
-            if envelope is None or not isinstance(envelope.data, AnomalyDetected):
-                yield None
-                continue
-            anomaly: AnomalyDetected = envelope.data
-            stored = self.dedup.get(anomaly.job_id)
-            dedup = stored if isinstance(stored, AlertDedup) else AlertDedup(stored)
-            send, held_back = self.alerter.admit(anomaly, dedup)
-            self.dedup[anomaly.job_id] = dedup
-            if send:
-                # At most once: the decision is durable before the HTTP call.
-                await self.app.producer.flush()
-                deliveries = await self.alerter.deliver(anomaly, held_back)
-                for d in deliveries:
-                    await self._send(self.alerts, envelope.caused(_outcome(anomaly, d)))
-                    self.alert_outcomes["sent" if d.ok else "failed"] += 1
+        async for envelope in self._anomalies(stream):
+            if envelope is not None:
+                await self._alert_on(envelope, envelope.data)
             yield None
+
+    async def _alert_on(self, envelope: Envelope[Any], anomaly: AnomalyDetected) -> None:
+        stored = self.dedup.get(anomaly.job_id)
+        dedup = stored if isinstance(stored, AlertDedup) else AlertDedup(stored)
+        send, held_back = self.alerter.admit(anomaly, dedup)
+        self.dedup[anomaly.job_id] = dedup
+        if send:
+            # At most once: the decision is durable before the HTTP call.
+            await self.app.producer.flush()
+            for d in await self.alerter.deliver(anomaly, held_back):
+                await self._send(self.alerts, envelope.caused(_outcome(anomaly, d)))
+                self.alert_outcomes["sent" if d.ok else "failed"] += 1
 
 
 def _outcome(anomaly: AnomalyDetected, d: Any) -> Any:
