@@ -142,21 +142,14 @@ class ViewDecoder:
         self,
         values: Sequence[bytes | None],
         on_error: Callable[[int, DecodeError], None],
+        headers: Mapping[int, Sequence[tuple[str, bytes]]] | None = None,
     ) -> Iterator[EnvelopeView | Envelope[Any]]:
-        """``decode`` of records that carry no extra headers, in order. A record that cannot be
-        read is passed to ``on_error`` with its index, and skipped."""
-        fast = self._decoder.decode if self._decoder is not None else None
+        """``decode`` of many records, in order; ``headers`` holds the headers of those that
+        have any, by index. A record that cannot be read is passed to ``on_error`` with its
+        index, and skipped."""
         for index, value in enumerate(values):
-            if fast is not None and value is not None:
-                try:
-                    envelope = fast(value)
-                except (msgspec.ValidationError, msgspec.DecodeError):
-                    pass  # decode() says what is wrong, or reads what views cannot
-                else:
-                    yield envelope
-                    continue
             try:
-                envelope = decode(value, (), types=self._types, upcasters=self._upcasters)
+                envelope = self.decode(value, headers.get(index, ()) if headers else ())
             except DecodeError as exc:
                 on_error(index, exc)
             else:

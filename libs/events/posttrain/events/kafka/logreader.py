@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from posttrain.events.codec import OWN_HEADER_COUNT
+from posttrain.events.codec import OWN_HEADER_COUNT, has_extra_headers
 from posttrain.events.kafka.settings import KafkaSettings
 
 READ_COMMITTED = 1
@@ -37,9 +37,6 @@ _MAX_WAIT_MS = 100
 _RETRIES = 20  # leader moves and such: refresh metadata and ask again, this many times
 _RECORDS_PER_LOOP_TURN = 5_000
 _MAX_STALLED_ROUNDS = 100  # rounds (of up to _MAX_WAIT_MS each) without a step forward
-
-
-NO_RECORD_HEADERS: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +49,6 @@ class Batch:
     first_offset: int
     values: list[bytes | None]
     extra_headers: dict[int, list[tuple[str, bytes]]]
-
-    def headers(self, index: int) -> Sequence[tuple[str, bytes]]:
-        return self.extra_headers.get(index, NO_RECORD_HEADERS)
 
 
 async def read_partitions(
@@ -215,7 +209,7 @@ def _extra_headers(records: list[Any]) -> dict[int, list[tuple[str, bytes]]]:
     # Almost always none: one cheap pass to find out, a second only when there are.
     if max(map(len, [r.headers for r in records])) <= OWN_HEADER_COUNT:
         return {}
-    return {i: list(r.headers) for i, r in enumerate(records) if len(r.headers) > OWN_HEADER_COUNT}
+    return {i: list(r.headers) for i, r in enumerate(records) if has_extra_headers(r.headers)}
 
 
 def _is_abort_marker(batch: Any) -> bool:

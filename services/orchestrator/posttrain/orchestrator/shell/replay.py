@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from posttrain.events import DecodeError, Envelope
+from posttrain.events import DecodeError
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.logreader import Batch, read_partitions
 from posttrain.events.topics import Topic
-from posttrain.events.views import EnvelopeView, ViewDecoder
+from posttrain.events.views import ViewDecoder
 from posttrain.orchestrator.core.state import PipelineState, fold
 
 log = logging.getLogger(__name__)
@@ -108,21 +107,6 @@ def _fold_batch(
             error,
         )
 
-    if batch.extra_headers:  # rare: records with headers of their own go one by one
-        envelopes: Iterable[Envelope[Any] | EnvelopeView] = _decode_each(views, batch, skip)
-    else:
-        envelopes = views.decode_all(batch.values, skip)
+    envelopes = views.decode_all(batch.values, skip, batch.extra_headers)
     fold(envelopes, into=by_pipeline)
     return len(batch.values) - skipped
-
-
-def _decode_each(
-    views: ViewDecoder, batch: Batch, skip: Callable[[int, DecodeError], None]
-) -> Iterator[Envelope[Any] | EnvelopeView]:
-    for index, value in enumerate(batch.values):
-        try:
-            envelope = views.decode(value, batch.headers(index))
-        except DecodeError as exc:
-            skip(index, exc)
-        else:
-            yield envelope
