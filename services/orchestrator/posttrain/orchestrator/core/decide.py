@@ -513,7 +513,7 @@ def cache_entries(state: PipelineState) -> list[KeyedCacheEntry]:
     for stage in state.stages.values():
         run = stage.current
         if (
-            stage.spec.cache
+            stage.cacheable
             and stage.status == StageStatus.SUCCEEDED
             and run is not None
             and stage.cached_from is None

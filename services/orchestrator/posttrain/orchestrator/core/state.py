@@ -7,7 +7,7 @@ State is mutable for speed (replay folds a million events), but only ``apply`` m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -36,7 +36,7 @@ from posttrain.events.messages import (
     StageWaiting,
     TickClock,
 )
-from posttrain.events.views import EnvelopeView, view_type
+from posttrain.events.views import EnvelopeView, as_model, view_type
 
 
 class StageStatus(StrEnum):
@@ -93,9 +93,12 @@ class Attempt:
     rejected_by: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class StageState:
-    spec: StageSpec
+    # The stage as submitted: its StageSpec, or (read by replay) the spec's view, with the same
+    # fields. Validating every spec of every pipeline made up a tenth of a replay; the model is
+    # made the first time ``spec`` is read, which after a restart is for running pipelines only.
+    definition: Any
     status: StageStatus = StageStatus.PENDING
     attempt: int = 0  # the current (or last) attempt number; 0 before the first dispatch
     failures: int = 0  # attempts that failed for the stage's own reasons (counted by retries)
@@ -109,12 +112,34 @@ class StageState:
     excluded_agents: set[str] = field(default_factory=set)
 
     @property
+    def spec(self) -> StageSpec:
+        if not isinstance(self.definition, StageSpec):
+            self.definition = as_model(StageSpec, self.definition)
+        return self.definition
+
+    @property
     def name(self) -> str:
-        return self.spec.name
+        return str(self.definition.name)
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether the stage is marked ``cache: true`` (without making its model)."""
+        return bool(self.definition.cache)
 
     @property
     def current(self) -> Attempt | None:
         return self.attempts.get(self.attempt)
+
+    def __eq__(self, other: object) -> bool:
+        # A stage read as a view equals the same stage read as a model.
+        if not isinstance(other, StageState):
+            return NotImplemented
+        return self.spec == other.spec and all(
+            getattr(self, f) == getattr(other, f) for f in _STAGE_FIELDS
+        )
+
+
+_STAGE_FIELDS = tuple(f.name for f in fields(StageState) if f.name != "definition")
 
 
 @dataclass(slots=True)
@@ -157,7 +182,7 @@ def _on(cls: type[Message]) -> Callable[[Mutator], Mutator]:
 @_on(PipelineSubmitted)
 def _submitted(s: PipelineState, e: PipelineSubmitted, t: float) -> None:
     s.name = e.name
-    s.stages = {spec.name: StageState(spec=spec) for spec in e.stages}
+    s.stages = {spec.name: StageState(definition=spec) for spec in e.stages}
     s.layers = [list(layer) for layer in e.layers]
     s.settings = dict(e.settings)
     s.submitted_by = e.submitted_by
