@@ -4,11 +4,14 @@ Writes a log of realistic pipeline events (each pipeline: submitted, then per st
 started, periodic checkpoints, succeeded; then pipeline succeeded) for P pipelines, then times
 ``replay_partitions`` (what an orchestrator runs when it is given partitions) reading and folding
 all of it, in a fresh process each time, as a restarted orchestrator does: ``--runs`` times,
-reporting the median. Baseline in the same run: the same log read one record at a time
-(``getone``) and decoded into models, as a plain consumer would.
+reporting the median. The headline is an orchestrator as it runs by default, with its replay
+helper processes (one fewer than the CPUs, at most 3; started with the orchestrator, so before
+the clock starts here) folding shares of the log beside it.
 
-Also printed (not the headline): two orchestrator instances of one consumer group replaying
-half of the partitions each, at the same time, as a scaled-out deployment restarts.
+Baselines in the same run: the same log read one record at a time (``getone``) and decoded into
+models, as a plain consumer would; and the orchestrator folding alone (``--replay-processes 0``).
+Also printed: two orchestrator instances of one consumer group replaying half of the partitions
+each, at the same time, as a scaled-out deployment restarts.
 
     python -m bench.replay [--pipelines 10000] [--checkpoints 10] [--baseline-events 50000]
                            [--runs 3]
@@ -43,7 +46,11 @@ from posttrain.events.messages import (
 )
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.orchestrator.core.state import PipelineState, apply
-from posttrain.orchestrator.shell.replay import replay_partitions
+from posttrain.orchestrator.shell.replay import (
+    DEFAULT_PROCESSES,
+    ReplayHelpers,
+    replay_partitions,
+)
 
 STAGES = ["preprocess", "sft", "grpo", "dpo", "ppo", "eval_grpo", "eval_dpo", "report"]
 DEPS = {
@@ -145,10 +152,12 @@ async def naive_replay(settings: KafkaSettings, limit: int) -> tuple[int, float]
         await consumer.stop()
 
 
-async def replay_once(settings: KafkaSettings, partitions: list[int]) -> dict[str, Any]:
+async def replay_once(
+    settings: KafkaSettings, partitions: list[int], helpers: ReplayHelpers | None
+) -> dict[str, Any]:
     """What one orchestrator instance does when it is given ``partitions``; timed."""
     started = time.time()
-    states, count = await replay_partitions(settings, partitions)
+    states, count = await replay_partitions(settings, partitions, helpers)
     finished = time.time()
     return {
         "events": count,
@@ -159,11 +168,22 @@ async def replay_once(settings: KafkaSettings, partitions: list[int]) -> dict[st
     }
 
 
-def replay_in_processes(settings: KafkaSettings, groups: list[list[int]]) -> list[dict[str, Any]]:
-    """Fresh processes, one per partition group, that start replaying together."""
+def replay_in_processes(
+    settings: KafkaSettings, groups: list[list[int]], helpers: int = 0
+) -> list[dict[str, Any]]:
+    """Fresh processes, one per partition group, that start replaying together, each with
+    ``helpers`` replay helper processes."""
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "bench.replay", "--child", settings.namespace, json.dumps(g)],
+            [
+                sys.executable,
+                "-m",
+                "bench.replay",
+                "--child",
+                settings.namespace,
+                json.dumps(g),
+                str(helpers),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -185,11 +205,19 @@ def replay_in_processes(settings: KafkaSettings, groups: list[list[int]]) -> lis
     return results
 
 
-async def child(namespace: str, partitions: list[int]) -> None:
+async def child(namespace: str, partitions: list[int], processes: int) -> None:
     settings = replace(KafkaSettings.from_env(client_id="bench-replay"), namespace=namespace)
+    # As the orchestrator does: helpers start with it, before it is given partitions.
+    helpers = ReplayHelpers(processes) if processes else None
+    if helpers is not None:
+        helpers.wait_started()
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    print(json.dumps(await replay_once(settings, partitions)), flush=True)
+    try:
+        print(json.dumps(await replay_once(settings, partitions, helpers)), flush=True)
+    finally:
+        if helpers is not None:
+            helpers.close()
 
 
 async def main() -> None:
@@ -198,10 +226,12 @@ async def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=10)
     parser.add_argument("--baseline-events", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--child", nargs=2, metavar=("NAMESPACE", "PARTITIONS"), help="internal")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("NAMESPACE", "PARTITIONS", "HELPERS"), help="internal"
+    )
     args = parser.parse_args()
     if args.child:
-        await child(args.child[0], json.loads(args.child[1]))
+        await child(args.child[0], json.loads(args.child[1]), int(args.child[2]))
         return
     settings = await fresh_namespace("replay", [Topic.PIPELINE_EVENTS])
     try:
@@ -221,16 +251,21 @@ async def main() -> None:
             max(a["finished"], b["finished"]) - min(a["started"], b["started"])
         )
         print(f"two_instances_events_per_s: {both:,.0f} (half of the partitions each)")
-        rates = []
+        # Alternated, so that both see the same moments of a machine whose speed drifts.
+        rates: dict[str, list[float]] = {"alone": [], "with_helpers": []}
         for run in range(args.runs):
-            (r,) = replay_in_processes(settings, [partitions])
-            assert r["events"] == total and r["pipelines"] == args.pipelines == r["succeeded"], r
-            rates.append(r["events"] / (r["finished"] - r["started"]))
-            print(
-                f"run {run + 1}: replayed {r['events']} events into {r['pipelines']} pipelines "
-                f"in {r['finished'] - r['started']:.2f} s ({rates[-1]:,.0f}/s)"
-            )
-        rate = statistics.median(rates)
+            for label, helpers in (("alone", 0), ("with_helpers", DEFAULT_PROCESSES)):
+                (r,) = replay_in_processes(settings, [partitions], helpers)
+                assert r["events"] == total and r["pipelines"] == args.pipelines == r["succeeded"]
+                rates[label].append(r["events"] / (r["finished"] - r["started"]))
+                print(
+                    f"run {run + 1} {label} ({helpers} helper processes): replayed {r['events']} "
+                    f"events into {r['pipelines']} pipelines in "
+                    f"{r['finished'] - r['started']:.2f} s ({rates[label][-1]:,.0f}/s)"
+                )
+        medians = {label: statistics.median(values) for label, values in rates.items()}
+        print(f"in_process_events_per_s: {medians['alone']:,.0f} (--replay-processes 0)")
+        rate = medians["with_helpers"]
         print(f"ratio_vs_naive: {rate / naive_rate:.1f}")
         print(f"replay_events_per_s: {rate:.0f}")
     finally:

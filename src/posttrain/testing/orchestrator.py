@@ -41,6 +41,9 @@ def start_orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> subpr
                 # Several run at once in tests and benchmarks: no fixed port to clash on.
                 "--http",
                 "off",
+                # Their logs are short (helpers would never fold a share): no helper processes.
+                "--replay-processes",
+                "0",
                 *extra,
             ],
             env=env,

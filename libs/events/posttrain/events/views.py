@@ -48,7 +48,7 @@ def _view_annotation(annotation: Any) -> Any:
     origin = get_origin(annotation)
     if origin is None:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            return _model_view(annotation)
+            return model_view(annotation)
         if annotation in _PLAIN_LEAVES:
             return annotation
         raise _NotPlain(annotation)
@@ -89,7 +89,7 @@ def _view_fields(cls: type[BaseModel]) -> list[tuple[str, Any] | tuple[str, Any,
                 raise _NotPlain(cls)
             factory = cast(Callable[[], Any], info.default_factory)
             if isinstance(factory, type) and issubclass(factory, BaseModel):
-                factory = _model_view(factory)  # a default nested model: its view, defaulted
+                factory = model_view(factory)  # a default nested model: its view, defaulted
             fields.append((name, annotation, msgspec.field(default_factory=factory)))
         elif info.is_required():
             fields.append((name, annotation))
@@ -103,7 +103,7 @@ def _view_fields(cls: type[BaseModel]) -> list[tuple[str, Any] | tuple[str, Any,
 _NESTED: dict[type[BaseModel], type[msgspec.Struct]] = {}
 
 
-def _model_view(cls: type[BaseModel]) -> type[msgspec.Struct]:
+def model_view(cls: type[BaseModel]) -> type[msgspec.Struct]:
     """The view of a model nested in messages (a stage spec in a pipeline)."""
     if cls not in _NESTED:
         _NESTED[cls] = msgspec.defstruct(

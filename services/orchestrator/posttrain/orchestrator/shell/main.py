@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from posttrain.events.kafka import KafkaSettings
 from posttrain.orchestrator.shell.endpoints import routes
+from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
 from posttrain.orchestrator.shell.service import Orchestrator
 from posttrain.service.http import EndpointServer, parse_address
 from posttrain.service.logs import configure_json_logging
@@ -57,6 +58,8 @@ async def serve(args: argparse.Namespace) -> None:
         tick_interval_s=args.tick_interval,
         silence_intervals=args.silence_intervals,
         session_timeout_ms=args.session_timeout_ms,
+        replay_processes=args.replay_processes,
+        replay_parallel_from=args.replay_parallel_from,
     )
     await orchestrator.start()
     http = await start_http(orchestrator, args.http)
@@ -93,6 +96,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=6000,
         help="how soon a crashed instance's partitions move to another one "
         "(the broker's group.min.session.timeout.ms is the floor)",
+    )
+    parser.add_argument(
+        "--replay-processes",
+        type=int,
+        default=DEFAULT_PROCESSES,
+        metavar="N",
+        help="helper processes that fold shares of a long event log while this one folds its "
+        f"own, when partitions are assigned (default {DEFAULT_PROCESSES}: one fewer than "
+        "the CPUs, at most 3; 0: fold in this process only)",
+    )
+    parser.add_argument(
+        "--replay-parallel-from",
+        type=int,
+        default=DEFAULT_PARALLEL_FROM,
+        metavar="EVENTS",
+        help="the shortest log the helpers take shares of; shorter ones fold here alone "
+        f"(default {DEFAULT_PARALLEL_FROM:,})",
     )
     parser.add_argument(
         "--no-projection",

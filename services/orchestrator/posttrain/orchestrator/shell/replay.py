@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
-from collections.abc import Iterable
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -14,7 +22,9 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.logreader import Batch, read_partitions
 from posttrain.events.topics import Topic
 from posttrain.events.views import ViewDecoder
+from posttrain.orchestrator.core.packing import States, pack, unpack
 from posttrain.orchestrator.core.state import PipelineState, fold
+from posttrain.service.logs import configure_json_logging
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +66,167 @@ async def log_bounds(
         await asyncio.gather(raw.stop(), committed.stop())
 
 
+# Below this many events a replay takes under half a second in one process.
+DEFAULT_PARALLEL_FROM = 100_000
+# One fewer than the CPUs (the orchestrator folds a share itself), at most three.
+DEFAULT_PROCESSES = max(0, min((os.cpu_count() or 1) - 1, 3))
+
+
+class ReplayHelpers:
+    """Processes that fold shares of the log while the orchestrator folds its own: a replay is
+    CPU-bound Python (reading, decoding and folding about a million events take 4-5 s of one
+    core), and a pipeline's events all sit in one partition, so partitions fold apart and their
+    states join. Started, and warmed up (imports), with the orchestrator, not by the replay.
+
+    A helper replays exactly the offsets it is given, so the whole replay stops at the end
+    offsets taken once, at its start; its states come back packed (``core.packing``). Logs
+    shorter than ``min_events`` fold in the orchestrator alone: handing states over costs more
+    than it saves there."""
+
+    def __init__(self, processes: int, *, min_events: int = DEFAULT_PARALLEL_FROM) -> None:
+        self.processes = processes
+        self.min_events = min_events
+        self.shares_folded = 0  # shares of a replay that helpers folded
+        self._pool, self._started = self._start_pool()
+
+    def wait_started(self, timeout_s: float = 60.0) -> None:
+        """Block until every helper has started (imported what it runs)."""
+        concurrent.futures.wait(self._started, timeout=timeout_s)
+
+    def _start_pool(self) -> tuple[ProcessPoolExecutor, list[concurrent.futures.Future[int]]]:
+        pool = ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),  # never fork a running event loop
+            initializer=_helper_started,
+            initargs=(logging.getLevelName(logging.getLogger().getEffectiveLevel()), os.getpid()),
+        )
+        # Start them now, not at the first replay: a helper's imports take a second.
+        return pool, [pool.submit(os.getpid) for _ in range(self.processes)]
+
+    async def replay(
+        self, settings: KafkaSettings, topic: str, starts: dict[int, int], ends: dict[int, int]
+    ) -> tuple[States, int]:
+        loop = asyncio.get_running_loop()
+        try:
+            blob, count = await loop.run_in_executor(
+                self._pool, _replay_in_helper, settings, topic, starts, ends
+            )
+        except BrokenProcessPool:
+            # A helper died (killed, out of memory): fold its share here, and start new helpers
+            # for the next replay.
+            log.warning("a replay helper died: folding its share in this process")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool, self._started = self._start_pool()
+            return await _fold_partitions(settings, topic, starts, ends)
+        self.shares_folded += 1
+        return unpack(blob), count
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _helper_started(level: str, parent: int) -> None:
+    configure_json_logging(level)
+    # A helper waits on its task queue for ever, and holds that queue's other end itself: it
+    # would outlive an orchestrator killed with SIGKILL. It goes when its parent does.
+    threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _replay_in_helper(
+    settings: KafkaSettings, topic: str, starts: dict[int, int], ends: dict[int, int]
+) -> tuple[bytes, int]:
+    with _no_cyclic_gc():
+        states, count = asyncio.run(_fold_partitions(settings, topic, starts, ends))
+        return pack(states), count
+
+
 async def replay_partitions(
-    settings: KafkaSettings, partitions: Iterable[int]
-) -> tuple[dict[int, dict[str, PipelineState]], int]:
+    settings: KafkaSettings, partitions: Iterable[int], helpers: ReplayHelpers | None = None
+) -> tuple[States, int]:
     """Fold every committed event of the given partitions of the log, up to the end offsets
-    taken now; returns the states per partition and the number of events read.
+    taken now; returns the states per partition and the number of events read. With
+    ``helpers``, shares of a long log fold in their processes at the same time.
 
     Only committed events count (``read_committed``): an aborted decision never happened."""
     topic = settings.topic(Topic.PIPELINE_EVENTS)
     tps = [TopicPartition(topic, p) for p in partitions]
     if not tps:
         return {}, 0
-    starts, ends = await log_bounds(settings, tps)
-    states: dict[int, dict[str, PipelineState]] = {tp.partition: {} for tp in tps}
-    views = ViewDecoder()  # the fold only reads fields: views skip model validation
-    count = 0
-    # Replay builds a large, long-lived object graph: the cyclic GC would walk it again and again
-    # (measured: apply 10x slower). Pause it while folding, and freeze what was built.
-    gc_was_enabled = gc.isenabled()
+    bounds = await log_bounds(settings, tps)
+    starts = {tp.partition: bounds[0][tp] for tp in tps}
+    ends = {tp.partition: bounds[1][tp] for tp in tps}
+    sizes = {p: ends[p] - starts[p] for p in ends}
+    shares = [list(ends)]
+    if helpers is not None and sum(sizes.values()) >= helpers.min_events:
+        shares = _shares(sizes, 1 + helpers.processes)
+    with _no_cyclic_gc(freeze=True):
+        elsewhere = [
+            asyncio.ensure_future(
+                helpers.replay(
+                    settings,
+                    topic,
+                    {p: starts[p] for p in share},
+                    {p: ends[p] for p in share},
+                )
+            )
+            for share in shares[1:]
+            if helpers is not None
+        ]
+        try:
+            mine = shares[0]
+            states, count = await _fold_partitions(
+                settings, topic, {p: starts[p] for p in mine}, {p: ends[p] for p in mine}
+            )
+            for done in elsewhere:
+                theirs, their_count = await done
+                states.update(theirs)
+                count += their_count
+        finally:
+            for pending in elsewhere:
+                pending.cancel()
+    return states, count
+
+
+def _shares(sizes: dict[int, int], n: int) -> list[list[int]]:
+    """Partitions in ``n`` groups of about equal events, the largest partitions placed first."""
+    groups: list[tuple[int, list[int]]] = [(0, []) for _ in range(n)]
+    for p in sorted(sizes, key=lambda p: -sizes[p]):
+        total, members = min(groups, key=lambda g: g[0])
+        groups.remove((total, members))
+        groups.append((total + sizes[p], [*members, p]))
+    return [members for _, members in groups if members] or [[]]
+
+
+@contextmanager
+def _no_cyclic_gc(*, freeze: bool = False) -> Iterator[None]:
+    """Replay builds a large, long-lived object graph: the cyclic GC would walk it again and
+    again (measured: folding 10x slower). Paused while folding; with ``freeze``, what was built
+    is frozen before collections resume, or the first one would walk all of it (0.4 s)."""
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        async for batch in read_partitions(
-            settings,
-            topic,
-            {tp.partition: starts[tp] for tp in tps},
-            {tp.partition: ends[tp] for tp in tps},
-        ):
-            count += _fold_batch(batch, states[batch.partition], views, topic)
+        yield
     finally:
-        if gc_was_enabled:
+        if freeze:
+            gc.freeze()
+        if was_enabled:
             gc.enable()
-    gc.freeze()  # the rebuilt state lives long: later collections need not walk it
+
+
+async def _fold_partitions(
+    settings: KafkaSettings, topic: str, starts: dict[int, int], ends: dict[int, int]
+) -> tuple[States, int]:
+    states: States = {p: {} for p in ends}
+    views = ViewDecoder()  # the fold only reads fields: views skip model validation
+    count = 0
+    async for batch in read_partitions(settings, topic, starts, ends):
+        count += _fold_batch(batch, states[batch.partition], views, topic)
     return states, count
 
 

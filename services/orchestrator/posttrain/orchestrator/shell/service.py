@@ -35,7 +35,11 @@ from posttrain.orchestrator.core.decide import (
 )
 from posttrain.orchestrator.core.state import ACTIVE, PipelineState
 from posttrain.orchestrator.shell.agents import AgentTable
-from posttrain.orchestrator.shell.replay import replay_partitions
+from posttrain.orchestrator.shell.replay import (
+    DEFAULT_PARALLEL_FROM,
+    ReplayHelpers,
+    replay_partitions,
+)
 from posttrain.orchestrator.shell.stats import OrchestratorStats
 
 log = logging.getLogger(__name__)
@@ -63,8 +67,13 @@ class Orchestrator:
         tick_interval_s: float = 1.0,
         silence_intervals: float = 3.0,
         session_timeout_ms: int = 6000,
+        replay_processes: int = 0,
+        replay_parallel_from: int = DEFAULT_PARALLEL_FROM,
     ) -> None:
         self.settings = settings
+        self._replay_processes = replay_processes
+        self._replay_parallel_from = replay_parallel_from
+        self._helpers: ReplayHelpers | None = None
         self.tick_interval_s = tick_interval_s
         self._group = settings.group(GROUP)
         self._agents = AgentTable(settings, silence_intervals=silence_intervals)
@@ -89,6 +98,10 @@ class Orchestrator:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._replay_processes > 0:
+            self._helpers = ReplayHelpers(
+                self._replay_processes, min_events=self._replay_parallel_from
+            )
         await self._agents.start()
         await self._consumer.start()
         self._consumer.subscribe(
@@ -100,6 +113,8 @@ class Orchestrator:
         for producer in self._producers.values():
             await producer.stop()
         await self._agents.stop()
+        if self._helpers is not None:
+            self._helpers.close()
 
     @property
     def partitions(self) -> list[int]:
@@ -177,7 +192,7 @@ class Orchestrator:
         started = time.monotonic()
         self.stats.replaying = True
         try:
-            states, count = await replay_partitions(self.settings, partitions)
+            states, count = await replay_partitions(self.settings, partitions, self._helpers)
         finally:
             self.stats.replaying = False
         seconds = time.monotonic() - started

@@ -1,0 +1,128 @@
+"""Replay with helper processes rebuilds exactly the states one process rebuilds, on the real
+broker; a helper that dies costs nothing but time; helpers go when their orchestrator is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from posttrain.events.kafka import KafkaSettings
+from posttrain.events.topics import TOPICS, Topic
+from posttrain.orchestrator.shell.replay import ReplayHelpers, replay_partitions
+from posttrain.testing.orchestrator import start_orchestrator, stop
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+GOLDEN = Path(__file__).parents[2] / "unit" / "orchestrator" / "golden"
+PARTITIONS = list(range(TOPICS[Topic.PIPELINE_EVENTS].partitions))
+
+
+async def _write_copies(settings: KafkaSettings, copies: int) -> int:
+    """Each golden history under ``copies`` pipeline ids, keyed by pipeline (so spread over the
+    partitions), as the exact bytes in the files: their v1 events are read as models, the rest
+    as views."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True
+    )
+    await producer.start()
+    written = 0
+    try:
+        for path in sorted(GOLDEN.glob("*.jsonl")):
+            lines = path.read_text().splitlines()
+            pipeline = orjson.loads(lines[0])["data"]["pipeline_id"]
+            for i in range(copies):
+                copy = f"{pipeline}-{i}"
+                for line in lines:
+                    await producer.send(
+                        settings.topic(Topic.PIPELINE_EVENTS),
+                        line.replace(pipeline, copy).encode(),
+                        key=copy.encode(),
+                    )
+                    written += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return written
+
+
+def _helper_pids(parent: int) -> list[int]:
+    """The replay helpers a process started (multiprocessing's spawned children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_helpers_rebuild_the_states_one_process_rebuilds(kafka_settings):
+    written = await _write_copies(kafka_settings, copies=40)
+    alone, count = await replay_partitions(kafka_settings, PARTITIONS)
+    assert count == written and sum(len(s) for s in alone.values()) == 3 * 40
+
+    helpers = ReplayHelpers(1, min_events=0)
+    try:
+        helpers.wait_started()
+        together, count_together = await replay_partitions(kafka_settings, PARTITIONS, helpers)
+        assert helpers.shares_folded == 1  # a share really was folded elsewhere
+        assert count_together == written
+        assert together == alone
+
+        # A helper killed between replays: its share folds here, and the next replay has new
+        # helpers.
+        (helper,) = _helper_pids(os.getpid())
+        os.kill(helper, signal.SIGKILL)
+        await wait_for(lambda: not _alive(helper) or None, timeout=10, what="helper gone")
+        after_death, _ = await replay_partitions(kafka_settings, PARTITIONS, helpers)
+        assert after_death == alone and helpers.shares_folded == 1
+        helpers.wait_started()
+        again, _ = await replay_partitions(kafka_settings, PARTITIONS, helpers)
+        assert again == alone and helpers.shares_folded == 2
+    finally:
+        helpers.close()
+
+
+async def test_an_orchestrator_replays_with_helpers_that_die_with_it(kafka_settings, tmp_path):
+    written = await _write_copies(kafka_settings, copies=10)
+    log = tmp_path / "orchestrator.log"
+    process = start_orchestrator(
+        kafka_settings, log, "--replay-processes", "1", "--replay-parallel-from", "1"
+    )
+    try:
+
+        def replayed() -> int:
+            lines = log.read_text().splitlines() if log.exists() else []
+            docs = [orjson.loads(line) for line in lines if line.startswith("{")]
+            return sum(
+                d.get("events", 0) for d in docs if d.get("message", "").startswith("replayed")
+            )
+
+        await wait_for(lambda: replayed() >= written, timeout=60, what="the log replayed")
+        assert replayed() == written
+        helpers = _helper_pids(process.pid)
+        assert len(helpers) == 1
+        os.kill(process.pid, signal.SIGKILL)  # the orchestrator alone, as the OOM killer would
+        process.wait(timeout=10)
+        await wait_for(lambda: not any(_alive(p) for p in helpers), timeout=10, what="helpers gone")
+    finally:
+        stop(process)
