@@ -37,6 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
 _DELEGATED = {
     "pipeline": "submit a pipeline file, show its status, resume, cancel, retry a stage",
     "orchestrator": "run the orchestrator service",
+    "gateway": "serve the HTTP API (submissions, status, live updates, control)",
     "agent": "run a trainer agent on this node",
     "metrics": "metrics: sync a JSONL file into PostgreSQL, ...",
 }
@@ -52,6 +53,10 @@ def _delegate(command: str, rest: list[str]) -> int:
 
         return orchestrator_main(rest)
     try:
+        if command == "gateway":
+            from posttrain.gateway.main import main as gateway_main
+
+            return gateway_main(rest)
         if command == "agent":
             from posttrain.trainer_agent.cli import main as agent_main
 

@@ -44,16 +44,20 @@ class PipelineExecutor:
         *,
         settings: KafkaSettings | None = None,
         submitted_by: str | None = None,
+        producer: EventProducer | None = None,
     ) -> None:
         self.pipeline_uuid = pipeline_uuid or uuid.uuid4().hex
         self.settings = settings or KafkaSettings.from_env(client_id="posttrain-sdk")
         self.submitted_by = submitted_by
+        self._producer = producer  # a started one to send through (a server's); else one a call
 
     async def _send(self, message: Message) -> None:
+        envelope = Envelope.create(message, key=self.pipeline_uuid)
+        if self._producer is not None:
+            await self._producer.send(Topic.PIPELINE_COMMANDS, envelope)
+            return
         async with EventProducer(self.settings) as producer:
-            await producer.send(
-                Topic.PIPELINE_COMMANDS, Envelope.create(message, key=self.pipeline_uuid)
-            )
+            await producer.send(Topic.PIPELINE_COMMANDS, envelope)
 
     async def aexecute(
         self,
@@ -113,12 +117,16 @@ class PipelineExecutor:
         asyncio.run(self.aretry_stage(stage))
 
 
+# An asyncpg connection, or a pool (the gateway's) to take one from; asyncpg is untyped.
+Db = Any
+
+
 async def aget_pipeline_status(
-    pipeline_uuid: str, database_url: str | None = None
+    pipeline_uuid: str, database_url: str | None = None, *, db: Db | None = None
 ) -> dict[str, Any] | None:
     """Status and, per stage, name, status, command id, agent, attempts, times; None if the
-    pipeline is unknown (or not projected yet)."""
-    conn = await asyncpg.connect(_database_url(database_url))
+    pipeline is unknown (or not projected yet). Reads through ``db`` when given."""
+    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
     try:
         row = await conn.fetchrow("SELECT * FROM pipelines WHERE pipeline_id = $1", pipeline_uuid)
         if row is None:
@@ -128,14 +136,10 @@ async def aget_pipeline_status(
             pipeline_uuid,
         )
     finally:
-        await conn.close()
+        if db is None:
+            await conn.close()
     return {
-        "pipeline_uuid": row["pipeline_id"],
-        "name": row["name"],
-        "status": row["status"],
-        "submitted_by": row["submitted_by"],
-        "submitted_at": row["submitted_at"],
-        "finished_at": row["finished_at"],
+        **_summary(row),
         "layers": orjson.loads(row["layers"]),
         "errors": orjson.loads(row["errors"]),
         "stages": [
@@ -157,6 +161,36 @@ async def aget_pipeline_status(
             }
             for s in stages
         ],
+    }
+
+
+async def alist_pipelines(
+    db: Db, *, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The latest submitted pipelines (optionally of one status), newest first: id, name,
+    status, who submitted it, when it was submitted and finished."""
+    rows = await db.fetch(
+        """
+        SELECT pipeline_id, name, status, submitted_by, submitted_at, finished_at
+        FROM pipelines
+        WHERE $1::text IS NULL OR status = $1
+        ORDER BY submitted_at DESC NULLS LAST, pipeline_id
+        LIMIT $2
+        """,
+        status,
+        limit,
+    )
+    return [_summary(row) for row in rows]
+
+
+def _summary(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "pipeline_uuid": row["pipeline_id"],
+        "name": row["name"],
+        "status": row["status"],
+        "submitted_by": row["submitted_by"],
+        "submitted_at": row["submitted_at"],
+        "finished_at": row["finished_at"],
     }
 
 
