@@ -94,6 +94,11 @@ async def test_an_invalid_pipeline_gets_a_422_naming_each_stage_and_field(
         assert malformed.status_code == 422
         assert malformed.json()["errors"][0]["field"] == "body"
 
+        huge = await client.post(
+            "/v1/pipelines", content=b"[" + b" " * (2 << 20) + b"]", headers=OPERATOR
+        )
+        assert huge.status_code == 413
+
         metrics = (await client.get("/metrics")).text
         assert 'posttrain_gateway_submissions_total{outcome="rejected"} 2' in metrics
     assert await _commands_sent(kafka_settings) == 0  # nothing reached the orchestrator

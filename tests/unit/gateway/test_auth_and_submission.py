@@ -52,3 +52,16 @@ def test_a_malformed_document_names_its_field(body, content_type, field):
     with pytest.raises(SubmissionError) as refused:
         read_submission(body, content_type)
     assert refused.value.field == field
+
+
+def test_a_yaml_alias_bomb_and_an_oversized_body_are_refused():
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):  # 10^9 values named in under 1 KB
+        previous = f"*a{level - 1}"
+        lines.append(f"a{level}: &a{level} [{', '.join([previous] * 10)}]")
+    lines.append("stages: [*a8]")
+    with pytest.raises(SubmissionError, match="values") as refused:
+        read_submission("\n".join(lines).encode(), "application/yaml")
+    assert refused.value.field == "body"
+    with pytest.raises(SubmissionError, match="bytes"):
+        read_submission(b"[" + b" " * (2 << 20) + b"]", "application/json")

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.gateway.auth import Role, role_of
-from posttrain.gateway.submission import SubmissionError, read_submission
+from posttrain.gateway.submission import MAX_BODY_BYTES, SubmissionError, read_submission
 from posttrain.metrics_ingest.queries import get_latest_metrics
 from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status, alist_pipelines
 from posttrain.orchestrator.core.dag import InvalidPipeline
@@ -43,6 +43,18 @@ class GatewayConfig:
 
 def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"detail": "invalid pipeline", "errors": errors}, status_code=422)
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused (413) as soon as it passes the limit, not after reading it."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HTTPException(413, f"a pipeline document is at most {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _json(value: Any) -> bytes:
@@ -121,7 +133,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         ``settings``, ``pipeline_id``) as JSON, or as YAML with a YAML content type."""
         try:
             doc = read_submission(
-                await request.body(), request.headers.get("content-type", "application/json")
+                await _body(request), request.headers.get("content-type", "application/json")
             )
         except SubmissionError as exc:
             counts["rejected"] += 1

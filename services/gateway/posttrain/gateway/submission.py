@@ -14,6 +14,10 @@ import orjson
 import yaml
 
 _PIPELINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_BODY_BYTES = 1 << 20
+# Values in a document, counted as they will be walked: YAML aliases are shared, not copied, so
+# a small document can name 10^9 values ("billion laughs"); validating them would never end.
+MAX_VALUES = 200_000
 
 
 class SubmissionError(ValueError):
@@ -38,11 +42,15 @@ def is_yaml(content_type: str) -> bool:
 def read_submission(body: bytes, content_type: str) -> Submission:
     """A pipeline file's content: a mapping with ``stages`` (and optional ``name``,
     ``settings``, ``pipeline_id``), or just the list of stages."""
+    if len(body) > MAX_BODY_BYTES:
+        raise SubmissionError("body", f"larger than {MAX_BODY_BYTES:,} bytes")
     try:
         doc = yaml.safe_load(body) if is_yaml(content_type) else orjson.loads(body)
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
         kind = "YAML" if is_yaml(content_type) else "JSON"
         raise SubmissionError("body", f"not {kind}: {exc}") from None
+    if _too_many_values(doc):
+        raise SubmissionError("body", f"more than {MAX_VALUES:,} values (YAML aliases count)")
     if isinstance(doc, list):
         doc = {"stages": doc}
     if not isinstance(doc, dict):
@@ -64,3 +72,19 @@ def read_submission(body: bytes, content_type: str) -> Submission:
             "pipeline_id", "letters, digits, '.', '_' and '-', at most 128, not starting with '.'"
         )
     return Submission(stages=stages, name=name, settings=settings, pipeline_id=pipeline_id)
+
+
+def _too_many_values(doc: Any) -> bool:
+    pending = [doc]
+    seen = 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
