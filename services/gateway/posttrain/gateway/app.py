@@ -1,5 +1,5 @@
 """The HTTP API: submit pipelines (JSON or YAML), read their status, follow them live (SSE),
-resume, cancel, retry a stage, read a job's latest metrics.
+resume, cancel, retry a stage, read a job's latest metrics; and a web page over it (``/``).
 
 Commands go to the orchestrator over Kafka, exactly as ``PipelineExecutor`` sends them; reads come
 from the PostgreSQL read models. A pipeline the DAG validator refuses gets a 422 listing every
@@ -13,12 +13,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.gateway.auth import Role, role_of
@@ -28,6 +30,7 @@ from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status, a
 from posttrain.orchestrator.core.dag import InvalidPipeline
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
 
+_PAGE = Path(__file__).parent / "static" / "index.html"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "rejected"})
 SUBMITTER = "api"
 
@@ -58,7 +61,8 @@ async def _body(request: Request) -> bytes:
 
 
 def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str)
+    # The encoder FastAPI's responses use, so that a time reads the same in a stream.
+    return orjson.dumps(jsonable_encoder(value))
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -233,6 +237,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
             {"source": p.source, "seq": p.seq, **p.point.model_dump(exclude_none=True)}
             for p in points
         ]
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        """The web page: pipelines, a pipeline's stages by layer, live, with a job's metrics."""
+        return HTMLResponse(_PAGE.read_bytes())
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> JSONResponse:
