@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
-from posttrain.orchestrator.shell.replay import ReplayHelpers, replay_partitions
+from posttrain.orchestrator.shell.replay import _SPOOL, ReplayHelpers, replay_partitions
 from posttrain.testing.orchestrator import start_orchestrator, stop
 from tests.waiting import wait_for
 
@@ -67,6 +67,11 @@ def _helper_pids(parent: int) -> list[int]:
     return pids
 
 
+def _spooled() -> set[Path]:
+    """Files of states helpers wrote and nobody has claimed."""
+    return set(Path(_SPOOL).glob("posttrain-replay-*"))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -81,12 +86,15 @@ async def test_helpers_rebuild_the_states_one_process_rebuilds(kafka_settings):
     assert count == written and sum(len(s) for s in alone.values()) == 3 * 40
 
     helpers = ReplayHelpers(1, min_events=0)
+    spooled_before = _spooled()
     try:
         helpers.wait_started()
         together, count_together = await replay_partitions(kafka_settings, PARTITIONS, helpers)
         assert helpers.shares_folded == 1  # a share really was folded elsewhere
         assert count_together == written
         assert together == alone
+        # The helper's states came through a file, and the file is gone.
+        assert _spooled() <= spooled_before
 
         # A helper killed between replays: its share folds here, and the next replay has new
         # helpers.

@@ -10,6 +10,7 @@ too, with the same values.
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import msgspec
@@ -37,7 +38,7 @@ def pack(states: States) -> bytes:
     return _encoder.encode(states)
 
 
-def unpack(blob: bytes) -> States:
+def unpack(blob: bytes | memoryview | mmap.mmap) -> States:
     states = _decoder.decode(blob)
     convert = msgspec.convert
     for by_pipeline in states.values():
