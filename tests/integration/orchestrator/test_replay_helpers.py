@@ -3,6 +3,7 @@ broker; a helper that dies costs nothing but time; helpers go when their orchest
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 from pathlib import Path
@@ -13,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
-from posttrain.orchestrator.shell.replay import _SPOOL, ReplayHelpers, replay_partitions
+from posttrain.orchestrator.shell.replay import _SPOOL, ReplayHelpers, _discard, replay_partitions
 from posttrain.testing.orchestrator import start_orchestrator, stop
 from tests.waiting import wait_for
 
@@ -134,3 +135,18 @@ async def test_an_orchestrator_replays_with_helpers_that_die_with_it(kafka_setti
         await wait_for(lambda: not any(_alive(p) for p in helpers), timeout=10, what="helpers gone")
     finally:
         stop(process)
+
+
+def test_states_a_failed_replay_will_never_claim_are_discarded(tmp_path):
+    spooled = tmp_path / "posttrain-replay-1.msgpack"
+    spooled.write_bytes(b"\x80")
+    folded: concurrent.futures.Future[tuple[str, int]] = concurrent.futures.Future()
+    folded.set_result((str(spooled), 1))
+    _discard(folded)
+    assert not spooled.exists()
+    never_ran: concurrent.futures.Future[tuple[str, int]] = concurrent.futures.Future()
+    never_ran.cancel()
+    _discard(never_ran)  # nothing was written
+    failed: concurrent.futures.Future[tuple[str, int]] = concurrent.futures.Future()
+    failed.set_exception(RuntimeError("the helper's share failed"))
+    _discard(failed)

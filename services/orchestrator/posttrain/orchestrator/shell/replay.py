@@ -108,11 +108,12 @@ class ReplayHelpers:
     async def replay(
         self, settings: KafkaSettings, topic: str, starts: dict[int, int], ends: dict[int, int]
     ) -> tuple[States, int]:
-        loop = asyncio.get_running_loop()
         try:
-            path, count = await loop.run_in_executor(
-                self._pool, _replay_in_helper, settings, topic, starts, ends, _SPOOL
-            )
+            share = self._pool.submit(_replay_in_helper, settings, topic, starts, ends, _SPOOL)
+            path, count = await asyncio.wrap_future(share)
+        except asyncio.CancelledError:
+            share.add_done_callback(_discard)  # the replay failed here: nobody will claim it
+            raise
         except BrokenProcessPool:
             # A helper died (killed, out of memory): fold its share here, and start new helpers
             # for the next replay.
@@ -167,6 +168,12 @@ def _replay_in_helper(
     with os.fdopen(fd, "wb") as out:
         out.write(blob)
     return path, count
+
+
+def _discard(share: concurrent.futures.Future[tuple[str, int]]) -> None:
+    if not share.cancelled() and share.exception() is None:
+        with contextlib.suppress(OSError):
+            os.unlink(share.result()[0])
 
 
 def _claim(path: str) -> States:
