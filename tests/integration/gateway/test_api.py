@@ -3,6 +3,7 @@ and a scripted agent standing in for GPU nodes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import subprocess
@@ -19,6 +20,7 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.gateway.app import GatewayConfig, create_app
 from posttrain.gateway.auth import Role
+from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent
 from tests.integration.orchestrator.test_orchestrator import running
 from tests.waiting import wait_for
@@ -132,9 +134,15 @@ stages:
   - {{name: c, task: command, params: {{argv: [c]}}, depends_on: [b]}}
 """
     async with (
-        running(kafka_settings, database_url, agent),
+        running(kafka_settings, database_url, agent) as orchestrator,
         gateway(kafka_settings, database_url) as client,
     ):
+        everything = list(range(expected_partitions()))
+        await wait_for(
+            lambda: orchestrator.partitions == everything and not orchestrator.stats.replaying,
+            timeout=90,
+            what="the orchestrator to own every partition",
+        )
         submitted = await client.post(
             "/v1/pipelines",
             content=yaml_pipeline.encode(),
@@ -148,7 +156,10 @@ stages:
         }
 
         # Live: statuses as they change, until the pipeline ends (b fails its one attempt).
-        stream = await client.get(f"/v1/pipelines/{run_id}/events", headers=VIEWER)
+        # (The in-process transport hands the body over once the stream has ended.)
+        stream = await asyncio.wait_for(
+            client.get(f"/v1/pipelines/{run_id}/events", headers=VIEWER), timeout=120
+        )
         assert stream.headers["content-type"].startswith("text/event-stream")
         statuses = _events(stream.text)
         assert statuses[-1]["status"] == "failed"
