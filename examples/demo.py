@@ -165,9 +165,9 @@ async def run(args: argparse.Namespace) -> int:
         doc = load_pipeline_file(args.pipeline)
         pipeline_id = f"demo-{uuid.uuid4().hex[:8]}"
         submitted = await PipelineExecutor(pipeline_id, submitted_by="demo").aexecute(
-            doc["stages"], name=doc.get("name")
+            doc.stages, name=doc.name
         )
-        print(f"submitted {doc.get('name')} as {pipeline_id}")
+        print(f"submitted {doc.name} as {pipeline_id}")
         for i, layer in enumerate(submitted["layers"]):
             print(f"  layer {i}: {', '.join(layer)}")
         final = await follow(pipeline_id, args.timeout, processes)

@@ -7,19 +7,21 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    from posttrain.orchestrator.core.document import PipelineDocument
 
 
-def load_pipeline_file(path: str) -> dict[str, Any]:
-    """A pipeline file: YAML or JSON with ``name`` and ``stages`` (or just a list of stages)."""
-    doc = yaml.safe_load(Path(path).read_text())
-    if isinstance(doc, list):
-        doc = {"stages": doc}
-    if not isinstance(doc, dict) or "stages" not in doc:
-        raise SystemExit(f"{path}: expected a mapping with 'stages' (or a list of stages)")
-    return doc
+def load_pipeline_file(path: str) -> PipelineDocument:
+    """A pipeline file: YAML or JSON with ``stages`` (and ``name``, ``settings``,
+    ``pipeline_id``), or just a list of stages."""
+    from posttrain.orchestrator.core.document import DocumentError, read_document
+
+    try:
+        return read_document(Path(path).read_bytes(), "application/yaml")  # JSON is YAML too
+    except DocumentError as exc:
+        raise SystemExit(f"{path}: {exc}") from None
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -59,8 +61,8 @@ def main(argv: Sequence[str]) -> int:
     if args.action == "submit":
         doc = load_pipeline_file(args.file)
         try:
-            result = PipelineExecutor(args.id, submitted_by="cli").execute(
-                doc["stages"], name=doc.get("name"), settings=doc.get("settings")
+            result = PipelineExecutor(args.id or doc.pipeline_id, submitted_by="cli").execute(
+                doc.stages, name=doc.name, settings=doc.settings
             )
         except InvalidPipeline as exc:
             print(exc, file=sys.stderr)

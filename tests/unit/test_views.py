@@ -24,6 +24,14 @@ from posttrain.events.views import EnvelopeView, ViewDecoder, as_model, view_typ
 from tests.samples import sample_messages
 
 WHEN = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+IDS: dict[str, Any] = {
+    "pipeline_id": "p",
+    "stage": "s",
+    "attempt": 1,
+    "command_id": "c",
+    "agent_id": "a",
+    "job_id": "j",
+}  # what every stage event carries
 
 
 def _wire(message: Any, **kw: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -71,18 +79,7 @@ def test_nested_models_are_read_as_their_views():
 
 
 def test_defaults_of_a_view_are_the_models():
-    value, _ = _wire(
-        CheckpointSaved(
-            pipeline_id="p",
-            stage="s",
-            attempt=1,
-            command_id="c",
-            agent_id="a",
-            job_id="j",
-            step=3,
-            path="/x",
-        )
-    )
+    value, _ = _wire(CheckpointSaved(**IDS, step=3, path="/x"))
     doc = orjson.loads(value)
     del doc["data"]["reason"]  # a writer that left a defaulted field out
     got = ViewDecoder().decode(orjson.dumps(doc))
@@ -96,16 +93,7 @@ def test_an_older_version_goes_through_its_upcaster():
         "version": 1,
         "occurred_at": WHEN.isoformat(),
         "key": "p",
-        "data": {
-            "pipeline_id": "p",
-            "stage": "s",
-            "attempt": 1,
-            "command_id": "c",
-            "agent_id": "a",
-            "job_id": "j",
-            "finished_at": 1.0,
-            "error": "CUDA out of memory",
-        },
+        "data": {**IDS, "finished_at": 1.0, "error": "CUDA out of memory"},
     }
     got = ViewDecoder().decode(orjson.dumps(doc))
     assert isinstance(got.data, StageFailed)
@@ -113,15 +101,7 @@ def test_an_older_version_goes_through_its_upcaster():
 
 
 def test_a_nan_in_a_float_field_is_read_by_decode():
-    started = StageStarted(
-        pipeline_id="p",
-        stage="s",
-        attempt=1,
-        command_id="c",
-        agent_id="a",
-        job_id="j",
-        started_at=float("nan"),
-    )
+    started = StageStarted(**IDS, started_at=float("nan"))
     value, headers = _wire(started)
     got = ViewDecoder().decode(value, headers)
     assert isinstance(got.data, StageStarted) and math.isnan(got.data.started_at)

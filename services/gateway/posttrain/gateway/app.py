@@ -24,13 +24,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.gateway.auth import Role, role_of
-from posttrain.gateway.submission import MAX_BODY_BYTES, SubmissionError, read_submission
 from posttrain.metrics_ingest.queries import get_latest_metrics
 from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status, alist_pipelines
 from posttrain.orchestrator.core.dag import InvalidPipeline
+from posttrain.orchestrator.core.document import DocumentError, read_document
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
 
 _PAGE = Path(__file__).parent / "static" / "index.html"
+MAX_BODY_BYTES = 1 << 20
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "rejected"})
 SUBMITTER = "api"
 
@@ -136,10 +137,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
         """Validate and submit a pipeline: a mapping with ``stages`` (and optional ``name``,
         ``settings``, ``pipeline_id``) as JSON, or as YAML with a YAML content type."""
         try:
-            doc = read_submission(
+            doc = read_document(
                 await _body(request), request.headers.get("content-type", "application/json")
             )
-        except SubmissionError as exc:
+        except DocumentError as exc:
             counts["rejected"] += 1
             return _invalid([{"stage": None, "field": exc.field, "message": exc.message}])
         pipeline = executor(request, doc.pipeline_id)
@@ -198,7 +199,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _command(request: Request, pipeline_id: str, kind: str) -> JSONResponse:
+    def accepted(pipeline_id: str, kind: str) -> JSONResponse:
         counts[f"command:{kind}"] += 1
         return JSONResponse({"accepted": kind, "pipeline_id": pipeline_id}, status_code=202)
 
@@ -207,13 +208,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
         """Run again every failed, cancelled or lost stage (and what waits on them)."""
         await existing(request, pipeline_id)
         await executor(request, pipeline_id).aresume()
-        return await _command(request, pipeline_id, "ResumePipeline")
+        return accepted(pipeline_id, "ResumePipeline")
 
     @app.post("/v1/pipelines/{pipeline_id}/cancel", status_code=202, dependencies=[operator])
     async def cancel(request: Request, pipeline_id: str, reason: str = "") -> JSONResponse:
         await existing(request, pipeline_id)
         await executor(request, pipeline_id).acancel(reason)
-        return await _command(request, pipeline_id, "CancelPipeline")
+        return accepted(pipeline_id, "CancelPipeline")
 
     @app.post(
         "/v1/pipelines/{pipeline_id}/stages/{stage}/retry",
@@ -225,7 +226,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         if stage not in {s["name"] for s in status["stages"]}:
             raise HTTPException(404, f"pipeline {pipeline_id!r} has no stage {stage!r}")
         await executor(request, pipeline_id).aretry_stage(stage)
-        return await _command(request, pipeline_id, "RetryStage")
+        return accepted(pipeline_id, "RetryStage")
 
     @app.get("/v1/jobs/{job_id}/metrics", dependencies=[viewer])
     async def latest_metrics(

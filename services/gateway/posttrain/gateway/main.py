@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
+
 DEFAULT_PORT = 9460
 
 
@@ -19,10 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "DATABASE_URL", "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
-        ),
+        "--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     )
     parser.add_argument(
         "--no-auth",

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Sequence
 
 from posttrain.events.kafka import KafkaSettings
+from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
 from posttrain.orchestrator.shell.endpoints import routes
 from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
 from posttrain.orchestrator.shell.service import Orchestrator
@@ -122,9 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--database-url",
-        default=os.environ.get(
-            "DATABASE_URL", "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
-        ),
+        default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
     )
     parser.add_argument(
         "--http",

@@ -1,4 +1,5 @@
-"""A submitted pipeline document (JSON or YAML), read into what ``PipelineExecutor`` takes.
+"""A pipeline document (a pipeline file, or a body sent to the gateway; JSON or YAML), read into
+what ``PipelineExecutor`` takes.
 
 What the DAG validator checks (dependencies, cycles, tasks, params, references) is its job; this
 only reads the document's shape, and names the field that is wrong.
@@ -14,13 +15,12 @@ import orjson
 import yaml
 
 _PIPELINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAX_BODY_BYTES = 1 << 20
 # Values in a document, counted as they will be walked: YAML aliases are shared, not copied, so
 # a small document can name 10^9 values ("billion laughs"); validating them would never end.
 MAX_VALUES = 200_000
 
 
-class SubmissionError(ValueError):
+class DocumentError(ValueError):
     def __init__(self, field_: str, message: str) -> None:
         super().__init__(f"{field_}: {message}")
         self.field = field_
@@ -28,7 +28,7 @@ class SubmissionError(ValueError):
 
 
 @dataclass(frozen=True)
-class Submission:
+class PipelineDocument:
     stages: list[Any]
     name: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -39,39 +39,37 @@ def is_yaml(content_type: str) -> bool:
     return "yaml" in content_type.lower()
 
 
-def read_submission(body: bytes, content_type: str) -> Submission:
-    """A pipeline file's content: a mapping with ``stages`` (and optional ``name``,
-    ``settings``, ``pipeline_id``), or just the list of stages."""
-    if len(body) > MAX_BODY_BYTES:
-        raise SubmissionError("body", f"larger than {MAX_BODY_BYTES:,} bytes")
+def read_document(body: bytes, content_type: str) -> PipelineDocument:
+    """A mapping with ``stages`` (and optional ``name``, ``settings``, ``pipeline_id``), or just
+    the list of stages; YAML when ``content_type`` says so, else JSON."""
     try:
         doc = yaml.safe_load(body) if is_yaml(content_type) else orjson.loads(body)
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
         kind = "YAML" if is_yaml(content_type) else "JSON"
-        raise SubmissionError("body", f"not {kind}: {exc}") from None
+        raise DocumentError("body", f"not {kind}: {exc}") from None
     if _too_many_values(doc):
-        raise SubmissionError("body", f"more than {MAX_VALUES:,} values (YAML aliases count)")
+        raise DocumentError("body", f"more than {MAX_VALUES:,} values (YAML aliases count)")
     if isinstance(doc, list):
         doc = {"stages": doc}
     if not isinstance(doc, dict):
-        raise SubmissionError("body", "expected a mapping with 'stages', or a list of stages")
+        raise DocumentError("body", "expected a mapping with 'stages', or a list of stages")
     stages = doc.get("stages")
     if not isinstance(stages, list):
-        raise SubmissionError("stages", "required: a list of stages")
+        raise DocumentError("stages", "required: a list of stages")
     name = doc.get("name")
     if name is not None and not isinstance(name, str):
-        raise SubmissionError("name", "must be a string")
+        raise DocumentError("name", "must be a string")
     settings = doc.get("settings", {})
     if not isinstance(settings, dict):
-        raise SubmissionError("settings", "must be a mapping")
+        raise DocumentError("settings", "must be a mapping")
     pipeline_id = doc.get("pipeline_id")
     if pipeline_id is not None and (
         not isinstance(pipeline_id, str) or not _PIPELINE_ID.match(pipeline_id)
     ):
-        raise SubmissionError(
+        raise DocumentError(
             "pipeline_id", "letters, digits, '.', '_' and '-', at most 128, not starting with '.'"
         )
-    return Submission(stages=stages, name=name, settings=settings, pipeline_id=pipeline_id)
+    return PipelineDocument(stages=stages, name=name, settings=settings, pipeline_id=pipeline_id)
 
 
 def _too_many_values(doc: Any) -> bool:
