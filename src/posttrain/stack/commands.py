@@ -61,8 +61,12 @@ def _started_line(action: str, current: ComponentStatus) -> str:
 
 
 def _ensure_topics() -> list[str]:
+    """Create the declared topics, then wait until the broker is ready for every client: each
+    topic has its leaders, and groups and transactions have their coordinators (on a fresh
+    broker the first service to start would otherwise meet NotLeaderForPartition and
+    COORDINATOR_NOT_AVAILABLE, and a group could be assigned without a topic's partitions)."""
     try:
-        from posttrain.events.kafka.admin import ensure_topics
+        from posttrain.events.kafka.admin import await_coordinators, ensure_topics
         from posttrain.events.kafka.settings import KafkaSettings
     except ImportError as exc:
         raise StackError("topics", f"cannot import posttrain.events.kafka: {exc}") from exc
@@ -70,9 +74,15 @@ def _ensure_topics() -> list[str]:
 
     settings = KafkaSettings.from_env()
     deadline = time.monotonic() + TOPICS_TIMEOUT_S
+
+    async def prepare() -> list[str]:
+        created = await ensure_topics(settings)
+        await await_coordinators(settings)
+        return created
+
     while True:
         try:
-            return asyncio.run(asyncio.wait_for(ensure_topics(settings), 30))
+            return asyncio.run(asyncio.wait_for(prepare(), TOPICS_TIMEOUT_S))
         except (KafkaError, RuntimeError, OSError, TimeoutError) as exc:
             if time.monotonic() >= deadline:
                 raise StackError("topics", f"creating the declared topics failed: {exc!r}") from exc

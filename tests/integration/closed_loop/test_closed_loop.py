@@ -5,10 +5,6 @@ and the agent applies them at the next step boundary."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +14,13 @@ from posttrain.events.kafka import EventConsumer
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.api import PipelineExecutor
 from posttrain.orchestrator.shell.service import Orchestrator
+from posttrain.testing import services
 from posttrain.testing.orchestrator import read_log
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 ENTRY = "posttrain.testing.training:run"
-
-
-def _start(argv: list[str], settings: Any, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
-        "PYTHONPATH": str(ROOT),
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def stage(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -60,33 +34,25 @@ def stage(name: str, **kwargs: Any) -> dict[str, Any]:
 async def test_nan_run_is_paused_and_exploding_gradient_gets_its_learning_rate_cut(
     kafka_settings, tmp_path, run_id
 ):
-    bin_dir = Path(sys.executable).parent
-    agent = _start(
-        [
-            str(bin_dir / "posttrain-agent"),
-            "--name",
-            "closed-loop",
-            "--gpus",
-            "0",
-            "--slots",
-            "2",
-            "--work-dir",
-            str(tmp_path / "agent"),
-        ],
+    agent = services.agent(
         kafka_settings,
         tmp_path / "agent.log",
-    )
-    stream = _start(
-        [sys.executable, "-m", "posttrain.diagnostics.stream"],
-        kafka_settings,
-        tmp_path / "diagnostics.log",
-    )
+        name="closed-loop",
+        work_dir=tmp_path / "agent",
+        cwd=ROOT,
+    ).start()
+    stream = services.diagnostics(kafka_settings, tmp_path / "diagnostics.log").start()
     stop = asyncio.Event()
     orchestrator = Orchestrator(kafka_settings, tick_interval_s=0.2, session_timeout_ms=2000)
     await orchestrator.start()
     task = asyncio.create_task(orchestrator.run(stop))
     metrics = EventConsumer(kafka_settings, [Topic.METRICS], group_id=None, name="e2e")
     await metrics.start()
+    # Every service says when it reads what it is sent: nothing is submitted before.
+    await asyncio.gather(agent.wait_ready(), stream.wait_ready())
+    await wait_for(
+        lambda: orchestrator.stats.assigned, timeout=60, what="the orchestrator's partitions"
+    )
     try:
         await PipelineExecutor(run_id, settings=kafka_settings).aexecute(
             [
@@ -113,8 +79,7 @@ async def test_nan_run_is_paused_and_exploding_gradient_gets_its_learning_rate_c
         stop.set()
         await task
         await orchestrator.stop()
-        _stop(stream)
-        _stop(agent)
+        services.stop_all([stream, agent])
 
     received = []
     while batch := await metrics.getmany(timeout_ms=1000):

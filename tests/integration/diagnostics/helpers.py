@@ -7,10 +7,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,49 +15,21 @@ from typing import Any
 from aiohttp import web
 
 from posttrain.events.kafka import EventConsumer, KafkaSettings, Received
+from posttrain.testing import services
 
 
-class StreamProcess:
-    """``python -m posttrain.diagnostics.stream`` in the test's namespace."""
-
-    def __init__(self, settings: KafkaSettings, config: dict[str, Any] | None, tmp: Path) -> None:
-        self.env = dict(
-            os.environ,
-            KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-            POSTTRAIN_TOPIC_NAMESPACE=settings.namespace,
-            LOG_LEVEL="WARNING",
-        )
-        if config is not None:
-            path = tmp / "diagnostics.json"
-            path.write_text(json.dumps(config))
-            self.env["POSTTRAIN_DIAGNOSTICS_CONFIG"] = str(path)
-        self.log = tmp / "stream.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "posttrain.diagnostics.stream"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+def StreamProcess(
+    settings: KafkaSettings, config: dict[str, Any] | None, tmp: Path
+) -> services.ServiceProcess:
+    """``python -m posttrain.diagnostics.stream`` in the test's namespace, with ``config`` as
+    its POSTTRAIN_DIAGNOSTICS_CONFIG; ``await stream.wait_ready()`` after ``start()``."""
+    path = None
+    if config is not None:
+        path = tmp / "diagnostics.json"
+        path.write_text(json.dumps(config))
+    return services.diagnostics(
+        settings, tmp / "stream.log", config=path, env={"LOG_LEVEL": "WARNING"}
+    )
 
 
 @dataclass

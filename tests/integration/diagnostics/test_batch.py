@@ -49,6 +49,7 @@ async def test_stream_and_batch_find_the_same_anomalies(
     ]
     stream = StreamProcess(kafka_settings, None, tmp_path)
     stream.start()
+    await stream.wait_ready()
     ingest = IngestService(kafka_settings, database_url)
     stop = asyncio.Event()
     ingest_task = asyncio.create_task(ingest.run(stop))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import socket
 import uuid
 
 import httpx
@@ -19,12 +18,6 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _sample(text: str, name: str) -> float:
     match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -33,22 +26,25 @@ def _sample(text: str, name: str) -> float:
 async def test_health_and_counters_follow_the_stream(
     kafka_settings, producer: EventProducer, tmp_path
 ):
-    port = _free_port()
     stream = StreamProcess(kafka_settings, None, tmp_path)
-    stream.env["POSTTRAIN_DIAGNOSTICS_WEB_PORT"] = str(port)
     stream.start()
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{stream.port}"
     try:
         async with httpx.AsyncClient(timeout=5) as http:
+            # Starting (503) until the worker owns partitions and has restored its tables.
 
             async def healthy() -> bool:
                 try:
                     answer = await http.get(f"{base}/healthz")
                 except httpx.TransportError:
                     return False
+                if answer.status_code == 503:
+                    assert answer.json()["status"] == "starting"
                 return answer.status_code == 200 and bool(answer.json()["partitions"])
 
             await wait_for(healthy, timeout=STARTUP_S, what="the stream's /healthz" + stream.tail())
+            doc = (await http.get(f"{base}/healthz")).json()
+            assert doc["ready"] is True and doc["rebalancing"] is False
             job = f"job-{uuid.uuid4().hex[:6]}"
             await producer.send(
                 Topic.METRICS, report(job, points(1, 31, at={30: {"loss": math.nan}}), 0)

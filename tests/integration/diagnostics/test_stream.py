@@ -91,6 +91,7 @@ async def test_anomalies_become_actions_on_the_pipeline_command_topic(
     config = {"pipelines": {"p-dry": {"actions": {"dry_run": True}}}}
     stream = StreamProcess(kafka_settings, config, tmp_path)
     stream.start()
+    await stream.wait_ready()
     try:
         nan_job, grad_job, dry_job = (f"job-{uuid.uuid4().hex[:6]}" for _ in range(3))
         await producer.send(
@@ -185,6 +186,7 @@ async def test_a_crash_mid_job_keeps_the_windows_and_sends_no_duplicate_alert(
     job = f"job-{uuid.uuid4().hex[:6]}"
     try:
         stream.start()
+        await stream.wait_ready()
         # 40 healthy points, then NaN at 41: one anomaly, one alert.
         await producer.send(
             Topic.METRICS, report(job, points(1, 42, at={41: {"loss": math.nan}}), 0)
@@ -194,6 +196,7 @@ async def test_a_crash_mid_job_keeps_the_windows_and_sends_no_duplicate_alert(
         # Killed without warning: offsets may not be committed, the tables are in their changelog.
         stream.kill()
         stream.start()
+        await stream.wait_ready()
         # A spike 9 points after the restart: visible only with the 41 points from before it.
         await producer.send(Topic.METRICS, report(job, points(42, 52, at={50: {"loss": 2.5}}), 41))
         spikes = await collector.wait(

@@ -25,7 +25,7 @@ def cmd(name, deps=()):
 
 def test_metrics_count_what_committed_transactions_carried_and_pipelines_by_status() -> None:
     done, running = World(pipeline_id="p1"), World(pipeline_id="p2")
-    stats = OrchestratorStats(running=True, last_poll_at=100.0)
+    stats = OrchestratorStats(running=True, last_poll_at=100.0, assigned=True)
     stats.committed([done.submit([cmd("a")]), done.start("a")], records=2)
     stats.committed([done.succeed("a")], records=2, dead=1)
     stats.committed([running.submit([cmd("a"), cmd("b", ["a"])])], records=1)
@@ -58,12 +58,13 @@ def test_metrics_count_what_committed_transactions_carried_and_pipelines_by_stat
 
 
 def test_healthy_while_the_loop_runs_and_polls() -> None:
-    stats = OrchestratorStats(running=True, last_poll_at=100.0)
+    stats = OrchestratorStats(running=True, last_poll_at=100.0, assigned=True)
     ok, doc = health(stats, [1, 2], pipelines=7, now=101.0)
     assert ok
     assert doc == {
         "status": "ok",
         "alive": True,
+        "ready": True,
         "partitions": [1, 2],
         "replaying": False,
         "seconds_since_poll": 1.0,
@@ -71,13 +72,25 @@ def test_healthy_while_the_loop_runs_and_polls() -> None:
     }
 
 
-def test_a_loop_that_stopped_polling_is_failing_unless_it_is_replaying() -> None:
+def test_starting_until_the_group_has_assigned_partitions_and_their_replay_is_done() -> None:
     stats = OrchestratorStats(running=True, last_poll_at=100.0)
+    ok, doc = health(stats, [], pipelines=0, now=101.0)
+    assert not ok and doc["status"] == "starting" and doc["ready"] is False
+    stats.replaying = True
+    ok, doc = health(stats, [0], pipelines=0, now=101.0)
+    assert not ok and doc["status"] == "starting"
+    stats.replaying, stats.assigned = False, True
+    assert health(stats, [0], pipelines=0, now=101.0)[0]
+
+
+def test_a_loop_that_stopped_polling_is_failing_unless_it_is_replaying() -> None:
+    stats = OrchestratorStats(running=True, last_poll_at=100.0, assigned=True)
     later = 100.0 + STUCK_AFTER_S + 1
     ok, doc = health(stats, [0], pipelines=0, now=later)
     assert not ok and doc["status"] == "failing"
-    stats.replaying = True  # a long replay holds the loop by design
-    assert health(stats, [0], pipelines=0, now=later)[0]
+    stats.replaying = True  # a long replay holds the loop by design: not ready, not failing
+    ok, doc = health(stats, [0], pipelines=0, now=later)
+    assert doc["status"] == "starting"
 
 
 def test_a_loop_that_ended_is_failing() -> None:

@@ -27,6 +27,7 @@ POSTTRAIN_DIAGNOSTICS_WEB_PORT (Faust's web server on 127.0.0.1, for liveness).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -51,7 +52,8 @@ from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
 from posttrain.diagnostics.core.state import JobState
 from posttrain.diagnostics.wire import read_metrics
 from posttrain.events import DecodeError, Envelope, decode, encode
-from posttrain.events.kafka import KafkaSettings
+from posttrain.events.kafka import KafkaSettings, NewTopicSpec, await_leaders, ensure_named_topics
+from posttrain.events.kafka.admin import LEADERS_TIMEOUT_S
 from posttrain.events.kafka.dlq import dead_letter_headers
 from posttrain.events.messages.diagnostics import AnomalyDetected
 from posttrain.events.messages.metrics import MetricsReported
@@ -233,10 +235,49 @@ class DiagnosticsStream:
 
     # --- /healthz and /metrics, on Faust's own web server --------------------------------------
 
+    def changelog_topics(self) -> list[NewTopicSpec]:
+        """Faust's changelog topics for the tables, as Faust would create them: compacted, with
+        the partitions of the topic each table shadows."""
+        return [
+            NewTopicSpec(
+                table.changelog_topic.get_topic_name(),
+                table.partitions or TOPICS[Topic.METRICS].partitions,
+                {"cleanup.policy": "compact"},
+            )
+            for table in (self.jobs, self.failures_seen, self.policies, self.dedup)
+        ]
+
+    def source_topics(self) -> list[str]:
+        return [
+            self.settings.topic(t) for t in (Topic.METRICS, Topic.STAGE_REPORTS, Topic.ANOMALIES)
+        ]
+
+    async def prepare_topics(self, timeout_s: float = LEADERS_TIMEOUT_S) -> None:
+        """Before the worker starts: create the changelog topics and wait until every topic the
+        worker subscribes to has its leaders. Faust creates its changelogs itself and subscribes
+        at once; on a fresh broker the last one created is not yet in its metadata, the group's
+        assignment leaves it out, and every write to that table then fails with
+        PartitionsMismatch until a rebalance that nothing triggers."""
+        await ensure_named_topics(self.settings, self.changelog_topics(), wait_s=None)
+        names = self.source_topics() + [t.name for t in self.changelog_topics()]
+        await await_leaders(self.settings, names, timeout_s)
+
+    def ready(self) -> bool:
+        """The worker owns partitions of the topics it reads, has restored its tables from their
+        changelogs, and fetches: points sent now are read now."""
+        app = self.app
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        if app.rebalancing or not recovery.completed.is_set():
+            return False
+        assigned = app.assignor.assigned_actives() if app.assignor else set()
+        return any(tp.topic in self.source_topics() for tp in assigned)
+
     def health(self) -> dict[str, Any]:
         assigned = self.app.assignor.assigned_actives() if self.app.assignor else set()
+        ready = self.ready()
         return {
-            "status": "ok",
+            "status": "ok" if ready else "starting",
+            "ready": ready,
             "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned),
             "rebalancing": bool(self.app.rebalancing),
             "processed_messages": self.processed_messages,
@@ -269,7 +310,8 @@ class DiagnosticsStream:
 
         # Faust makes each function the GET of a view: (view, request) -> response.
         async def healthz(view: Any, request: Any) -> Any:
-            return view.web.json(stream.health())
+            doc = stream.health()
+            return view.web.json(doc, status=200 if doc["ready"] else 503)
 
         async def metrics(view: Any, request: Any) -> Any:
             # aiohttp adds the charset itself and refuses one in the content type.
@@ -469,19 +511,32 @@ def _outcome(anomaly: AnomalyDetected, d: Any) -> Any:
     )
 
 
+def create_stream(
+    settings: KafkaSettings | None = None, book: ConfigBook | None = None, **options: Any
+) -> DiagnosticsStream:
+    settings = settings or KafkaSettings.from_env(client_id=APP_NAME)
+    return DiagnosticsStream(settings, book or load_config_book(), **options)
+
+
 def create_app(
     settings: KafkaSettings | None = None, book: ConfigBook | None = None, **options: Any
 ) -> faust.App:
-    settings = settings or KafkaSettings.from_env(client_id=APP_NAME)
-    return DiagnosticsStream(settings, book or load_config_book(), **options).app
+    return create_stream(settings, book, **options).app
 
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
     port = os.environ.get("POSTTRAIN_DIAGNOSTICS_WEB_PORT")
-    app = create_app(
+    stream = create_stream(
         web_port=int(port) if port else None, database_url=os.environ.get("DATABASE_URL")
     )
+    app = stream.app
+    # On a loop of its own, not set as current: the worker makes and runs its own.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(stream.prepare_topics())
+    finally:
+        loop.close()
     worker = faust.Worker(app, loglevel=os.environ.get("LOG_LEVEL", "info").lower())
     started = time.time()
     log.info("diagnostics stream starting", extra={"app": app.conf.id, "t": started})

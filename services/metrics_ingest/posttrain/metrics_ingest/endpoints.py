@@ -19,10 +19,12 @@ def routes(service: IngestService) -> dict[str, Handler]:
 
     async def healthz(method: str) -> Response:
         health = service.health()
-        # Unhealthy only when restarting would help: a task died or the reader is stuck.
+        # Failing only when restarting would help: a task died or the reader is stuck.
         # PostgreSQL being down is reported (database_up) but is not this process's fault.
-        ok = health["alive"] and health["seconds_since_poll"] < STUCK_AFTER_S
-        health["status"] = "ok" if ok else "failing"
+        # Starting until the group has assigned this instance its partitions.
+        live = health["alive"] and health["seconds_since_poll"] < STUCK_AFTER_S
+        ok = live and health["ready"]
+        health["status"] = "ok" if ok else ("starting" if live else "failing")
         return (200 if ok else 503), "application/json", orjson.dumps(health)
 
     async def metrics(method: str) -> Response:

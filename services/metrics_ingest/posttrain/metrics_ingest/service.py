@@ -126,6 +126,9 @@ class IngestService:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.last_poll_at = clock()
+        # The group has given this instance its partitions (perhaps none) at least once: what is
+        # sent from now on is read. Until then /healthz says "starting".
+        self.assigned = False
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -446,6 +449,7 @@ class IngestService:
         now = self._clock()
         return {
             "alive": self.alive,
+            "ready": self.alive and self.assigned,
             "database_up": self.stats.db_up,
             "paused": self.stats.paused,
             "pending_rows": self.stats.pending_rows,
@@ -464,6 +468,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._service._revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._service.assigned = True
         log.info(
             "partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)}
         )

@@ -1,7 +1,14 @@
 """Kafka helpers over aiokafka: settings, admin, batched idempotent producer, consumers with a
 dead-letter topic, and a transactional consume-transform-produce loop."""
 
-from posttrain.events.kafka.admin import TopicProblem, check_topics, ensure_topics
+from posttrain.events.kafka.admin import (
+    NewTopicSpec,
+    TopicProblem,
+    await_leaders,
+    check_topics,
+    ensure_named_topics,
+    ensure_topics,
+)
 from posttrain.events.kafka.consumer import EventConsumer, Received
 from posttrain.events.kafka.dlq import DeadLetterPublisher
 from posttrain.events.kafka.producer import EventProducer
@@ -13,9 +20,12 @@ __all__ = [
     "EventConsumer",
     "EventProducer",
     "KafkaSettings",
+    "NewTopicSpec",
     "Received",
     "TopicProblem",
     "TransactionalProcessor",
+    "await_leaders",
     "check_topics",
+    "ensure_named_topics",
     "ensure_topics",
 ]

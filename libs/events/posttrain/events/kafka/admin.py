@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.events.topics import TOPICS, TopicSpec
@@ -29,40 +32,148 @@ def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
     )
 
 
+# How long a just-created topic may take to have a leader for every partition in the broker's
+# metadata. Seconds on a cold single-node broker; a real cluster is faster.
+LEADERS_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class NewTopicSpec:
+    """A topic to create by its broker-side name (for topics outside the registry, such as a
+    stream processor's changelogs)."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
 async def ensure_topics(
-    settings: KafkaSettings, specs: Iterable[TopicSpec] | None = None
+    settings: KafkaSettings,
+    specs: Iterable[TopicSpec] | None = None,
+    *,
+    wait_s: float | None = LEADERS_TIMEOUT_S,
 ) -> list[str]:
     """Create every missing topic with its partitions and configs; return the names created.
 
-    Existing topics are left as they are (``check_topics`` reports a drift)."""
-    wanted = list(TOPICS.values() if specs is None else specs)
+    Existing topics are left as they are (``check_topics`` reports a drift). Unless ``wait_s``
+    is None, return only once every wanted topic has a leader for each partition in the broker's
+    metadata: a client that starts after this sees them all (a consumer group that is assigned
+    while a topic is missing from its metadata skips that topic's partitions until its next
+    metadata refresh, minutes later)."""
+    wanted = [
+        NewTopicSpec(settings.topic(spec.topic), spec.partitions, spec.configs())
+        for spec in (TOPICS.values() if specs is None else specs)
+    ]
+    return await ensure_named_topics(settings, wanted, wait_s=wait_s)
+
+
+async def ensure_named_topics(
+    settings: KafkaSettings,
+    wanted: Iterable[NewTopicSpec],
+    *,
+    wait_s: float | None = LEADERS_TIMEOUT_S,
+) -> list[str]:
+    """``ensure_topics`` for topics given by their broker-side names."""
+    wanted = list(wanted)
     admin = _admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         new = [
             NewTopic(
-                name=settings.topic(spec.topic),
+                name=spec.name,
                 num_partitions=spec.partitions,
                 replication_factor=1 if _single_broker(admin) else 3,
-                topic_configs=spec.configs(),
+                topic_configs=spec.configs,
             )
             for spec in wanted
-            if settings.topic(spec.topic) not in existing
+            if spec.name not in existing
         ]
-        if not new:
-            return []
-        response = await admin.create_topics(new)
         created = []
-        for name, code, *rest in response.topic_errors:
-            if code == 0:
-                created.append(name)
-            elif code != _TOPIC_ALREADY_EXISTS:
-                message = rest[0] if rest else ""
-                raise RuntimeError(f"creating topic {name} failed: error {code} {message}")
+        if new:
+            response = await admin.create_topics(new)
+            for name, code, *rest in response.topic_errors:
+                if code == 0:
+                    created.append(name)
+                elif code != _TOPIC_ALREADY_EXISTS:
+                    message = rest[0] if rest else ""
+                    raise RuntimeError(f"creating topic {name} failed: error {code} {message}")
+        if wait_s is not None:
+            await _await_leaders(admin, [spec.name for spec in wanted], wait_s)
         return created
     finally:
         await admin.close()
+
+
+async def await_leaders(
+    settings: KafkaSettings, names: Iterable[str], timeout_s: float = LEADERS_TIMEOUT_S
+) -> None:
+    """Return once every named topic exists and each of its partitions has a leader in the
+    broker's metadata; TimeoutError naming what is still missing otherwise."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        await _await_leaders(admin, list(names), timeout_s)
+    finally:
+        await admin.close()
+
+
+async def _await_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = sorted(set(names))
+    delay = 0.05
+    while pending:
+        led = {t["topic"] for t in await admin.describe_topics(pending) if _led(t)}
+        pending = [name for name in pending if name not in led]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"topics without a leader for every partition after {timeout_s:.0f} s: "
+                + ", ".join(pending)
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+# The broker's internal topics behind consumer groups and transactions: created on first use.
+_COORDINATOR_TOPICS = {0: "__consumer_offsets", 1: "__transaction_state"}
+
+
+async def await_coordinators(settings: KafkaSettings, timeout_s: float = LEADERS_TIMEOUT_S) -> None:
+    """Return once the broker can coordinate consumer groups and transactions.
+
+    On a fresh broker both internal topics are created on the first request for a coordinator
+    (COORDINATOR_NOT_AVAILABLE meanwhile); a group that joins or a producer that begins a
+    transaction before they are up waits, retries and, in some clients, gives up. Asking here
+    creates them, and waiting for every partition's leader means any group id or transactional
+    id finds its coordinator at once afterwards."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        for kind, topic in _COORDINATOR_TOPICS.items():
+            while True:
+                try:
+                    await admin.find_coordinator(settings.group("posttrain-readiness"), kind)
+                    break
+                except KafkaError as exc:
+                    if not exc.retriable or time.monotonic() >= deadline:
+                        raise TimeoutError(
+                            f"the broker found no {topic} coordinator: {exc!r}"
+                        ) from exc
+                    await asyncio.sleep(0.2)
+            await _await_leaders(admin, [topic], max(deadline - time.monotonic(), 0.0))
+    finally:
+        await admin.close()
+
+
+def _led(described: dict[str, Any]) -> bool:
+    """A topic's metadata names a leader for each of its partitions (and the topic exists)."""
+    partitions = described.get("partitions")
+    if described.get("error_code") or not isinstance(partitions, list) or not partitions:
+        return False
+    return all(p.get("error_code") == 0 and p.get("leader", -1) >= 0 for p in partitions)
 
 
 def _single_broker(admin: AIOKafkaAdminClient) -> bool:

@@ -172,6 +172,7 @@ class Orchestrator:
             await producer.client.abort_transaction()
             self._producers[p] = producer
         await self._rebuild(new)
+        self.stats.assigned = True
         log.info(
             "orchestrator owns partitions %s",
             self.partitions,

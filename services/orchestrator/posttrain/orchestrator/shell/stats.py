@@ -38,6 +38,9 @@ class OrchestratorStats:
     replaying: bool = False
     running: bool = False  # the consumer loop is in ``run``
     last_poll_at: float = 0.0
+    # The group has given this instance its partitions (perhaps none) at least once, and their
+    # replay is done: until then nothing it is sent is decided.
+    assigned: bool = False
 
     def committed(self, decisions: Iterable[Decision], records: int = 0, dead: int = 0) -> None:
         """A transaction committed with these decisions (and consumed offsets, if any): only
@@ -65,14 +68,18 @@ def pipelines_by_status(states: Iterable[Mapping[str, PipelineState]]) -> Counte
 def health(
     stats: OrchestratorStats, partitions: Sequence[int], pipelines: int, now: float
 ) -> tuple[bool, dict[str, Any]]:
-    """Healthy while the consumer loop runs and has polled lately. A replay holds the loop
-    by design (the partition's state must be whole before its input is decided), so a replay
-    in progress is not a stall: restarting then would only start the replay over."""
+    """(ready, document). Live while the consumer loop runs and has polled lately: a replay
+    holds the loop by design (the partition's state must be whole before its input is decided),
+    so a replay in progress is not a stall, and restarting then would only start it over.
+    Ready once live, given its partitions by the group, replayed, and polling: what it is sent
+    now is decided now. A starting instance answers 503 with status "starting"."""
     since_poll = now - stats.last_poll_at
-    ok = stats.running and (stats.replaying or since_poll < STUCK_AFTER_S)
-    return ok, {
-        "status": "ok" if ok else "failing",
+    live = stats.running and (stats.replaying or since_poll < STUCK_AFTER_S)
+    ready = live and stats.assigned and not stats.replaying
+    return ready, {
+        "status": "ok" if ready else ("starting" if live else "failing"),
         "alive": stats.running,
+        "ready": ready,
         "partitions": list(partitions),
         "replaying": stats.replaying,
         "seconds_since_poll": round(since_poll, 3),
@@ -89,7 +96,7 @@ def render_prometheus(
 ) -> str:
     ok, _ = health(stats, partitions, sum(by_status.values()), now)
     text = Exposition(prefix)
-    text.add("up", "gauge", "1 while the consumer loop runs and polls.", ok)
+    text.add("up", "gauge", "1 while the consumer loop runs, owns its partitions and polls.", ok)
     text.add("owned_partitions", "gauge", "Partitions this instance owns.", len(partitions))
     text.add(
         "pipelines",
