@@ -53,12 +53,17 @@ def posttrain_home(env: Mapping[str, str]) -> Path:
 
 
 def stack_paths(env: Mapping[str, str] | None = None, *, is_root: bool | None = None) -> StackPaths:
+    """Software (the broker's jars) under POSTTRAIN_HOME; state (configuration, data, logs, pid
+    files) under POSTTRAIN_STACK_DIR when it is set, so a CI run or a cold-start check gets a
+    broker and a database initialised afresh while reusing the fetched software."""
     env = os.environ if env is None else env
     root = os.geteuid() == 0 if is_root is None else is_root
     home = posttrain_home(env)
     dist = home / "kafka" / KAFKA_VERSION
-    config_dir = home / "kafka-config"
-    state_dir = ROOT_STATE_DIR if root else home
+    state = Path(env["POSTTRAIN_STACK_DIR"]).expanduser() if env.get("POSTTRAIN_STACK_DIR") else None
+    base = state or home
+    config_dir = base / "kafka-config"
+    state_dir = state or (ROOT_STATE_DIR if root else home)
     pg_data = Path(env["POSTTRAIN_PGDATA"]) if env.get("POSTTRAIN_PGDATA") else None
     return StackPaths(
         home=home,
@@ -68,14 +73,14 @@ def stack_paths(env: Mapping[str, str] | None = None, *, is_root: bool | None = 
         kafka_config_dir=config_dir,
         kafka_server_properties=config_dir / "server.properties",
         kafka_log4j2=config_dir / "log4j2.xml",
-        kafka_data=home / "kafka-data",
-        kafka_cluster_id=home / "kafka-cluster-id",
-        kafka_log=home / "logs" / "kafka.log",
-        kafka_pid=home / "run" / "kafka.pid",
+        kafka_data=base / "kafka-data",
+        kafka_cluster_id=base / "kafka-cluster-id",
+        kafka_log=base / "logs" / "kafka.log",
+        kafka_pid=base / "run" / "kafka.pid",
         pg_data=pg_data or state_dir / "postgres",
         # The server writes its own log, so it must sit where the server user can write; with
         # an explicit data dir, inside it (not in a directory of ours it may not share).
         pg_log=pg_data / "log" / "postgres.log" if pg_data else state_dir / "logs" / "postgres.log",
         pg_os_user=POSTGRES_OS_USER if root else None,
-        lock=home / "run" / "stack.lock",
+        lock=base / "run" / "stack.lock",
     )
