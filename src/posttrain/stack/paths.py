@@ -60,7 +60,8 @@ def stack_paths(env: Mapping[str, str] | None = None, *, is_root: bool | None = 
     root = os.geteuid() == 0 if is_root is None else is_root
     home = posttrain_home(env)
     dist = home / "kafka" / KAFKA_VERSION
-    state = Path(env["POSTTRAIN_STACK_DIR"]).expanduser() if env.get("POSTTRAIN_STACK_DIR") else None
+    configured = env.get("POSTTRAIN_STACK_DIR")
+    state = Path(configured).expanduser() if configured else None
     base = state or home
     config_dir = base / "kafka-config"
     state_dir = state or (ROOT_STATE_DIR if root else home)
