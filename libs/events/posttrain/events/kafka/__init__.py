@@ -4,6 +4,7 @@ dead-letter topic, and a transactional consume-transform-produce loop."""
 from posttrain.events.kafka.admin import (
     NewTopicSpec,
     TopicProblem,
+    await_coordinators,
     await_leaders,
     check_topics,
     ensure_named_topics,
@@ -24,6 +25,7 @@ __all__ = [
     "Received",
     "TopicProblem",
     "TransactionalProcessor",
+    "await_coordinators",
     "await_leaders",
     "check_topics",
     "ensure_named_topics",

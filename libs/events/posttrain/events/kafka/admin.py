@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.offset import OffsetRequest
 
 from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.events.topics import TOPICS, TopicSpec
@@ -119,21 +120,47 @@ async def await_leaders(
 
 
 async def _await_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    """Each topic's metadata names a leader for every partition, and each leader answers for
+    it: the metadata can name a leader a moment before that broker serves the partition (a
+    produce then fails with NotLeaderForPartition), so ask each leader for the end offsets."""
     deadline = time.monotonic() + timeout_s
     pending = sorted(set(names))
     delay = 0.05
     while pending:
-        led = {t["topic"] for t in await admin.describe_topics(pending) if _led(t)}
-        pending = [name for name in pending if name not in led]
+        described = {t["topic"]: t for t in await admin.describe_topics(pending) if _led(t)}
+        served = await _served(admin, described) if described else set()
+        pending = [name for name in pending if name not in served]
         if not pending:
             return
         if time.monotonic() >= deadline:
             raise TimeoutError(
-                f"topics without a leader for every partition after {timeout_s:.0f} s: "
+                f"topics without a serving leader for every partition after {timeout_s:.0f} s: "
                 + ", ".join(pending)
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+async def _served(admin: AIOKafkaAdminClient, described: dict[str, dict[str, Any]]) -> set[str]:
+    """The topics whose every partition's leader answers a ListOffsets request without error."""
+    by_leader: dict[int, dict[str, list[int]]] = {}
+    for topic, meta in described.items():
+        for p in meta["partitions"]:
+            by_leader.setdefault(p["leader"], {}).setdefault(topic, []).append(p["partition"])
+    failed: set[str] = set()
+    for leader, topics in by_leader.items():
+        request = OffsetRequest(
+            -1, 0, [(topic, [(p, -1) for p in partitions]) for topic, partitions in topics.items()]
+        )
+        try:
+            response = await admin._client.send(leader, request)
+        except KafkaError:
+            failed.update(topics)
+            continue
+        for topic, partitions in response.topics:
+            if any(error_code != 0 for _p, error_code, *_rest in partitions):
+                failed.add(topic)
+    return set(described) - failed
 
 
 # The broker's internal topics behind consumer groups and transactions: created on first use.
