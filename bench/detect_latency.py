@@ -1,27 +1,33 @@
-"""Detection latency of the diagnostics stream under load.
+"""Detection latency of the diagnostics stream under load, through the shipped path.
 
-A load process emits 10,000 metric points/s over 100 jobs onto posttrain.metrics: each job
-steps 100 times a second and, like the project's training callback, sends what it logged every
-``--report-every`` seconds (0.2 s: the callback's linger at about 1% step overhead; its default
-of 1 s alone would spend the whole detection budget) as one MetricsReported. Each point is
-stamped with its own step time, so the figures include the wait in the callback's batch. Every
-``--inject-every`` seconds one job's point at a random place in its next batch has a NaN loss.
-The diagnostics stream (``python -m posttrain.diagnostics.stream``, a real Faust worker) runs
-in its own process; this process reads posttrain.anomalies and posttrain.pipeline.commands.
+Load: ``--jobs`` training jobs (100) step ``--rate``/jobs times a second each (10,000 points/s in
+all) in ``--load-processes`` processes, and every step is reported through
+``create_training_callback`` with its shipped default options (the callback's own batching and
+linger: no benchmark setting), routed to a pipeline stage like a stage under the agent. The
+diagnostics stream (``python -m posttrain.diagnostics.stream``, a real Faust worker, started and
+awaited through its /healthz) runs in its own process; this one reads posttrain.anomalies.
 
-Figures, for the injected anomalies only:
-- detect: the point's emission time (its timestamp: when the step logged it) ->
-  AnomalyDetected read here;
-- request: the same -> the RequestAction(pause) read on posttrain.pipeline.commands;
-- action: real torch training runs on a trainer agent (``posttrain.testing.training``, one
-  step every 0.5 s) turn NaN or get a gradient spike at a known step, under the same load; the
-  point's emission time -> the agent's ActionApplied (pause, or learning rate x0.1), through
-  the stream, the orchestrator (in this process) and the agent's next step boundary.
+Injections: every ``--inject-every`` seconds one healthy job turns faulty, the kinds in turn:
+a NaN loss (one step), a KL blow-up, an exploding gradient (20 steps), an entropy collapse, a
+reward collapse (every sample with the same reward), a response-length blow-up, a loss spike
+(3 steps); and ``--plateau-jobs`` jobs whose loss goes flat early enough for the plateau rule's
+window (evaluations of 50 steps, patience 10) to close within the run. Latency of an injection:
+from the emission of the point that completes the rule's evidence (the anomaly's step, as the
+training loop logged it) to the AnomalyDetected read here; the figure includes the callback's
+wait before it sends. An injection never detected counts as an infinite latency: one miss and
+the p99 is infinite.
+
+Actions: real torch training runs on a trainer agent (``posttrain.testing.training``, one step
+every 0.5 s) turn NaN or get an exploding gradient at a known step, under the same load;
+``action_p99_ms`` runs from the point's emission to the agent's ActionApplied (pause, or learning
+rate x0.1), through the stream, the orchestrator (in this process) and the agent's next step
+boundary. A run whose action is never applied counts as infinite.
+
 Baseline, in the same run: the original design (scan stored metrics every 60 s, after a 30 s
-buffer) detects the same injections at the first scan at least 30 s after emission; its
-latency is computed from the same injection times (modelled, not run).
+buffer) detects the same injections at the first scan at least 30 s after emission (modelled
+from the same emission times, not run).
 
-    python -m bench.detect_latency [--jobs 100] [--rate 10000] [--duration 20]
+    python -m bench.detect_latency [--jobs 100] [--rate 10000] [--duration 30]
 """
 
 from __future__ import annotations
@@ -30,33 +36,170 @@ import argparse
 import asyncio
 import math
 import multiprocessing as mp
-import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-
-import orjson
+from typing import Any
 
 from bench.common import drop_namespace, fresh_namespace
-from posttrain.events import Envelope
-from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
+from posttrain.events.kafka import EventConsumer, KafkaSettings
 from posttrain.events.messages.diagnostics import AnomalyDetected
-from posttrain.events.messages.metrics import MetricPoint, MetricsReported
-from posttrain.events.messages.pipeline import RequestAction
 from posttrain.events.messages.stage import ActionApplied
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.api import PipelineExecutor
 from posttrain.orchestrator.shell.service import Orchestrator
+from posttrain.testing import services
 
 ACTION_AT = 40  # the step at which the timed training runs turn NaN or spike
 SEED_BUFFER_S = 30.0
 SEED_SCAN_S = 60.0
+WARM_S = 5.0  # the first injection: after every rule's warm-up window has filled
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How a fault changes a job's logged values from its onset, and what should catch it."""
+
+    expected: frozenset[str]
+    lasts: int | None  # steps; None: to the end of the run
+
+    def apply(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "nan":
+            fields["loss"] = math.nan
+        elif kind == "kl":
+            fields["kl"] = 5.0
+        elif kind == "grad":
+            fields["grad_norm"] = fields["grad_norm"] * 30
+        elif kind == "entropy":
+            fields["entropy"] = 0.05
+        elif kind == "reward_collapse":
+            fields["reward_std"] = 0.0
+            fields["frac_reward_zero_std"] = 1.0
+        elif kind == "length":
+            fields["completions/mean_length"] = 480.0
+        elif kind == "loss_spike":
+            fields["loss"] = fields["loss"] * 4
+        elif kind == "plateau":
+            pass  # the job's loss stops falling: see _healthy
+
+
+FAULTS: dict[str, Fault] = {
+    "nan": Fault(frozenset({"nan_inf"}), 1),
+    "kl": Fault(frozenset({"kl_blowup", "kl_saturated"}), None),
+    "grad": Fault(frozenset({"grad_explosion"}), 20),
+    "entropy": Fault(frozenset({"entropy_collapse"}), None),
+    "reward_collapse": Fault(frozenset({"reward_collapse"}), None),
+    "length": Fault(frozenset({"length_explosion"}), None),
+    "loss_spike": Fault(frozenset({"loss_spike"}), 3),
+    "plateau": Fault(frozenset({"loss_plateau"}), None),
+}
+ROTATION = ("nan", "kl", "grad", "entropy", "reward_collapse", "length", "loss_spike")
+
+
+def _healthy(rng: random.Random, step: int, flat_from: int | None) -> dict[str, Any]:
+    """One step of a healthy GRPO-like run, in TRL's names: a falling loss, steady gradients,
+    rewards, KL, entropy and lengths with their step-to-step noise."""
+    at = step if flat_from is None else min(step, flat_from)
+    return {
+        "loss": 2.0 * math.exp(-at / 4000) + rng.gauss(0, 0.004),
+        "grad_norm": 1.0 + rng.gauss(0, 0.05),
+        "learning_rate": 1e-5,
+        "reward": 0.5 + rng.gauss(0, 0.02),
+        "reward_std": 0.3 + rng.gauss(0, 0.01),
+        "frac_reward_zero_std": 0.1,
+        "kl": 0.02 + abs(rng.gauss(0, 0.002)),
+        "entropy": 1.5 + rng.gauss(0, 0.02),
+        "completions/mean_length": 120.0 + rng.gauss(0, 3.0),
+    }
+
+
+@dataclass(frozen=True)
+class Planned:
+    job: str
+    kind: str
+    at_s: float  # seconds after the load's start
+
+
+def plan(jobs: list[str], duration: float, every: float, plateau_jobs: int) -> list[Planned]:
+    rng = random.Random(1)
+    free = list(jobs)
+    rng.shuffle(free)
+    out = [Planned(free.pop(), "plateau", 2.0) for _ in range(plateau_jobs)]
+    t, k = WARM_S, 0
+    # The last injection leaves time for the slowest rule (a collapse over ~10 steps) to see it.
+    while t <= duration - 1.5 and free:
+        out.append(Planned(free.pop(), ROTATION[k % len(ROTATION)], t))
+        t += every
+        k += 1
+    return out
+
+
+def _load(
+    settings: KafkaSettings,
+    jobs: list[str],
+    pipeline_id: str,
+    steps_per_s: float,
+    duration: float,
+    start_at: float,
+    planned: list[Planned],
+    spill_dir: str,
+    out: Any,
+) -> None:
+    """One load process: its jobs' training loops, each reporting through the shipped callback."""
+    from posttrain.trainer_agent.reporting import create_training_callback
+
+    callbacks = {
+        job: create_training_callback(
+            job,
+            pipeline_id=pipeline_id,
+            stage=job,
+            attempt=1,
+            settings=settings,
+            spill_dir=spill_dir,
+        )
+        for job in jobs
+    }
+    rngs = {job: random.Random(f"{job}") for job in jobs}
+    pending = {p.job: p for p in planned}
+    kinds = {p.job: p.kind for p in planned}
+    onset: dict[str, int] = {}  # job -> the step its fault began
+    injected: list[tuple[str, str, int, float]] = []
+    tick_s = 1.0 / steps_per_s
+    while time.time() < start_at:
+        time.sleep(0.005)
+    step = 0
+    sent = 0
+    while True:
+        now = time.time()
+        if now - start_at >= duration:
+            break
+        step += 1
+        for job in jobs:
+            p = pending.get(job)
+            if p is not None and now - start_at >= p.at_s:
+                del pending[job]
+                onset[job] = step
+                injected.append((job, p.kind, step, time.time()))
+            kind = kinds[job] if job in onset else None
+            fields = _healthy(rngs[job], step, onset.get(job) if kind == "plateau" else None)
+            if kind is not None:
+                fault = FAULTS[kind]
+                since = step - onset[job]
+                if fault.lasts is None or since < fault.lasts:
+                    fault.apply(kind, fields)
+            callbacks[job](step=step, **fields)
+            sent += 1
+        delay = start_at + step * tick_s - time.time()
+        if delay > 0:
+            time.sleep(delay)
+    elapsed = time.time() - start_at
+    for callback in callbacks.values():
+        callback.close(timeout=30)
+    out.put((injected, sent, elapsed))
 
 
 def p99(values: list[float]) -> float:
@@ -64,355 +207,219 @@ def p99(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-_HEADERS = [
-    ("posttrain-type", MetricsReported.TYPE.encode()),
-    ("posttrain-version", str(MetricsReported.VERSION).encode()),
-    ("content-type", b"application/json"),
-]
+def _ms(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.1f}"
 
 
-def _encode(job: str, first_seq: int, points: list[dict[str, object]], j: int):
-    """The codec's bytes for a MetricsReported, written directly: the load process must not be
-    what slows the machine down (pydantic would cost it several times more CPU)."""
-    value = orjson.dumps(
-        {
-            "id": uuid.uuid4().hex,
-            "type": MetricsReported.TYPE,
-            "version": MetricsReported.VERSION,
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "key": job,
-            "correlation_id": None,
-            "causation_id": None,
-            "data": {
-                "job_id": job,
-                "source": "bench",
-                "first_seq": first_seq,
-                "points": points,
-                "pipeline_id": f"bench-pipeline-{j}",
-                "stage": "train",
-                "attempt": 1,
-            },
-        }
+async def _actions_pipeline(settings: KafkaSettings, pipeline_id: str, stages: int) -> None:
+    entry = "posttrain.testing.training:run"
+
+    def stage(name: str, **kwargs: Any) -> dict[str, Any]:
+        config = {"entrypoint": entry, "kwargs": {"step_s": 0.5, **kwargs}}
+        return {"name": name, "task": "python", "params": {"config": config}}
+
+    await PipelineExecutor(pipeline_id, settings=settings).aexecute(
+        [stage(f"nan_{i}", nan_at=ACTION_AT, steps=ACTION_AT + 60) for i in range(stages)]
+        + [
+            stage(
+                f"spike_{i}", spike_at=ACTION_AT, spike=10.0, spike_steps=20, steps=ACTION_AT + 40
+            )
+            for i in range(stages)
+        ]
     )
-    return job.encode(), value, _HEADERS
-
-
-async def _load(
-    settings: KafkaSettings,
-    jobs: int,
-    rate: int,
-    duration: float,
-    inject_every: float,
-    tick_s: float,
-    out: mp.Queue,
-) -> None:
-    rng = random.Random(0)
-    per_tick = max(1, round(rate * tick_s / jobs))
-    steps = dict.fromkeys(range(jobs), 0)
-    seqs = dict.fromkeys(range(jobs), 0)
-    injected: list[tuple[str, int, float]] = []
-    async with EventProducer(settings, linger_ms=2) as producer:
-        start = time.time()
-        next_inject = start + 3.0  # after the stream's windows are warm
-        tick = 0
-        sent_points = 0
-        while True:
-            now = time.time()
-            if now - start >= duration:
-                break
-            inject_job = None
-            if now >= next_inject:
-                inject_job = rng.randrange(jobs)
-                next_inject += inject_every
-            encoded = []
-            for j in range(jobs):
-                job = f"bench-job-{j}"
-                sent_at = time.time()
-                points = []
-                for i in range(per_tick):
-                    steps[j] += 1
-                    step = steps[j]
-                    points.append(
-                        {
-                            "step": step,
-                            # Logged during the last tick, one step every tick_s / per_tick.
-                            "timestamp": sent_at - tick_s + (i + 1) * tick_s / per_tick,
-                            "loss": 2.0 + 0.05 * math.sin(step / 7) + rng.gauss(0, 0.01),
-                            "grad_norm": 1.0 + rng.gauss(0, 0.05),
-                            "learning_rate": 1e-5,
-                            "reward_mean": 0.5 + rng.gauss(0, 0.02),
-                            "kl_divergence": 0.02 + abs(rng.gauss(0, 0.002)),
-                        }
-                    )
-                if j == inject_job:
-                    bad = points[rng.randrange(per_tick)]
-                    bad["loss"] = "NaN"  # the codec's spelling of a NaN
-                    injected.append((job, bad["step"], bad["timestamp"]))
-                encoded.append(_encode(job, seqs[j], points, j))
-                seqs[j] += per_tick
-            await producer.send_encoded(Topic.METRICS, encoded)
-            sent_points += per_tick * jobs
-            tick += 1
-            delay = start + tick * tick_s - time.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        elapsed = time.time() - start
-    out.put((injected, sent_points, elapsed, start))
-
-
-def _load_process(settings: KafkaSettings, *args: object) -> None:
-    asyncio.run(_load(settings, *args))  # type: ignore[arg-type]
-
-
-async def _wait_ready(settings: KafkaSettings, consumer: EventConsumer, timeout: float) -> None:
-    """Send a NaN on a warm-up job until the stream answers: the worker is up and assigned."""
-    async with EventProducer(settings, linger_ms=0) as producer:
-        deadline = time.time() + timeout
-        step = 0
-        while time.time() < deadline:
-            step += 2
-            points = [
-                MetricPoint(step=step - 1, timestamp=time.time(), loss=1.0),
-                MetricPoint(step=step, timestamp=time.time(), loss=math.nan),
-            ]
-            report = MetricsReported(job_id="warmup", source="w", first_seq=step, points=points)
-            await producer.send(Topic.METRICS, Envelope.create(report, key="warmup"))
-            for r in await consumer.getmany(timeout_ms=1000):
-                if isinstance(r.envelope.data, AnomalyDetected):
-                    return
-        raise SystemExit("the diagnostics stream did not answer within the start-up timeout")
-
-
-def _start_stream(
-    env: dict[str, str], log_path: Path, command: list[str] | None = None
-) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            command or [sys.executable, "-m", "posttrain.diagnostics.stream"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _stop_stream(stream: subprocess.Popen[bytes]) -> None:
-    stream.send_signal(signal.SIGTERM)
-    try:
-        stream.wait(30)
-    except subprocess.TimeoutExpired:
-        stream.kill()
 
 
 async def main(args: argparse.Namespace) -> None:
     settings = await fresh_namespace("detect")
-    log_path = Path(tempfile.gettempdir()) / f"detect-latency-{settings.namespace}.log"
-    env = dict(
-        os.environ,
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        POSTTRAIN_TOPIC_NAMESPACE=settings.namespace,
-        LOG_LEVEL="WARNING",
+    scratch = Path(tempfile.mkdtemp(prefix="detect-latency-"))
+    stream = services.diagnostics(
+        settings, scratch / "diagnostics.log", env={"LOG_LEVEL": "WARNING"}
     )
-    stream = _start_stream(env, log_path, args.stream_command.split() or None)
-    # The action path: real training stages on a trainer agent, the orchestrator between.
-    agent_dir = Path(tempfile.mkdtemp(prefix="detect-latency-agent-"))
-    agent = subprocess.Popen(  # noqa: ASYNC220 (once, before anything is timed)
-        [
-            str(Path(sys.executable).parent / "posttrain-agent"),
-            "--name",
-            "bench-agent",
-            "--gpus",
-            "0",
-            "--slots",
-            str(2 * args.action_stages),
-            "--work-dir",
-            str(agent_dir),
-        ],
-        env=env,
-        stdout=(agent_dir / "agent.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    agent = services.agent(
+        settings,
+        scratch / "agent.log",
+        name="bench-agent",
+        work_dir=scratch / "agent",
+        slots=2 * args.action_stages,
     )
+    stream.start()
+    agent.start()
     stop_orchestrator = asyncio.Event()
     orchestrator = Orchestrator(settings, tick_interval_s=0.2, session_timeout_ms=2000)
     await orchestrator.start()
     orchestrating = asyncio.create_task(orchestrator.run(stop_orchestrator))
-    pipeline_id = f"bench-{settings.namespace}"
-    entry = "posttrain.testing.training:run"
-    await PipelineExecutor(pipeline_id, settings=settings).aexecute(
-        [
-            {
-                "name": f"nan_{i}",
-                "task": "python",
-                "params": {
-                    "config": {
-                        "entrypoint": entry,
-                        "kwargs": {"nan_at": ACTION_AT, "step_s": 0.5, "steps": ACTION_AT + 60},
-                    }
-                },
-            }
-            for i in range(args.action_stages)
-        ]
-        + [
-            {
-                "name": f"spike_{i}",
-                "task": "python",
-                "params": {
-                    "config": {
-                        "entrypoint": entry,
-                        "kwargs": {"spike_at": ACTION_AT, "step_s": 0.5, "steps": ACTION_AT + 20},
-                    }
-                },
-            }
-            for i in range(args.action_stages)
-        ]
-    )
-    emitted_at: dict[str, float] = {}  # job -> when its anomalous point was measured
-    applied_at: dict[str, float] = {}  # job -> when the agent reported the action applied
+    actions_pipeline = f"bench-actions-{settings.namespace}"
+    load_pipeline = f"bench-load-{settings.namespace}"
+    jobs = [f"{load_pipeline}.job{j:03d}" for j in range(args.jobs)]
+    planned = plan(jobs, args.duration, args.inject_every, args.plateau_jobs)
+    results: list[Any] = []
+    detected: dict[str, list[tuple[AnomalyDetected, float]]] = defaultdict(list)
+    emitted_at: dict[str, float] = {}  # action runs: job -> when its anomalous point was logged
+    applied_at: dict[str, float] = {}  # action runs: job -> when the agent applied the action
     try:
+        await asyncio.gather(stream.wait_ready(), agent.wait_ready())
+        await _until(lambda: orchestrator.stats.assigned, 60, "the orchestrator's partitions")
         async with EventConsumer(
             settings,
-            [Topic.ANOMALIES, Topic.PIPELINE_COMMANDS, Topic.STAGE_REPORTS],
+            [Topic.ANOMALIES, Topic.STAGE_REPORTS],
             group_id=None,
             name="bench-detect",
             auto_offset_reset="latest",
         ) as consumer:
-            await _wait_ready(settings, consumer, timeout=120)
-            queue: mp.Queue = mp.Queue()
-            load = mp.Process(
-                target=_load_process,
-                args=(
-                    settings,
-                    args.jobs,
-                    args.rate,
-                    args.duration,
-                    args.inject_every,
-                    args.report_every,
-                    queue,
-                ),
-            )
-            load.start()
-            detected: dict[tuple[str, int], float] = {}
-            produced: dict[tuple[str, int], float] = {}
-            requested: dict[str, float] = {}
-            anomaly_key: dict[str, tuple[str, int]] = {}
-            result = None
-            drain_until = None
+            await _actions_pipeline(settings, actions_pipeline, args.action_stages)
+            queue: Any = mp.get_context("spawn").Queue()
+            start_at = time.time() + 3.0  # every load process builds its callbacks first
+            shares = [jobs[i :: args.load_processes] for i in range(args.load_processes)]
+            steps_per_s = args.rate / args.jobs
+            loads = [
+                mp.get_context("spawn").Process(
+                    target=_load,
+                    args=(
+                        settings,
+                        share,
+                        load_pipeline,
+                        steps_per_s,
+                        args.duration,
+                        start_at,
+                        [p for p in planned if p.job in set(share)],
+                        str(scratch / "spill"),
+                        queue,
+                    ),
+                )
+                for share in shares
+            ]
+            for load in loads:
+                load.start()
+            drain_until: float | None = None
             while True:
                 for r in await consumer.getmany(timeout_ms=100, max_records=5000):
                     now = time.time()
                     data = r.envelope.data
-                    if isinstance(data, AnomalyDetected) and data.job_id.startswith(pipeline_id):
-                        if data.step == ACTION_AT and data.emitted_at is not None:
+                    if isinstance(data, AnomalyDetected):
+                        detected[data.job_id].append((data, now))
+                        ours = data.job_id.startswith(actions_pipeline)
+                        if ours and data.step >= ACTION_AT and data.emitted_at is not None:
                             emitted_at.setdefault(data.job_id, data.emitted_at)
                     elif isinstance(data, ActionApplied) and data.action in (
                         "pause",
                         "adjust_learning_rate",
                     ):
                         applied_at.setdefault(data.job_id, now)
-                    if isinstance(data, AnomalyDetected) and data.anomaly_type == "nan_inf":
-                        detected.setdefault((data.job_id, data.step), now)
-                        produced.setdefault((data.job_id, data.step), r.timestamp_ms / 1000)
-                        anomaly_key[data.anomaly_id] = (data.job_id, data.step)
-                    elif isinstance(data, RequestAction) and data.anomaly_id:
-                        requested.setdefault(data.anomaly_id, now)
-                if result is None and not queue.empty():
-                    result = queue.get()
-                    drain_until = time.time() + 60.0
-                if result is not None:
-                    injected = result[0]
+                while not queue.empty():
+                    results.append(queue.get())
+                if len(results) == len(loads) and drain_until is None:
+                    drain_until = time.time() + args.drain
+                if drain_until is not None:
+                    injected = [i for res in results for i in res[0]]
+                    caught = all(_match(detected, i) is not None for i in injected)
                     actions_done = len(applied_at) >= 2 * args.action_stages
-                    if (
-                        all((job, step) in detected for job, step, _ in injected) and actions_done
-                    ) or (drain_until is not None and time.time() > drain_until):
+                    if (caught and actions_done) or time.time() > drain_until:
                         break
-            load.join()
+            for load in loads:
+                load.join(30)
     finally:
         stop_orchestrator.set()
         await orchestrating
         await orchestrator.stop()
-        if agent.poll() is None:
-            os.killpg(agent.pid, signal.SIGTERM)
-            agent.wait(timeout=30)
-        _stop_stream(stream)
+        services.stop_all([stream, agent])
         await drop_namespace(settings)
 
-    injected, sent_points, elapsed, load_start = result
-    emitted = {(job, step): t for job, step, t in injected}
-    detect_ms = [(detected[k] - t) * 1000 for k, t in emitted.items() if k in detected]
-    request_ms = [
-        (requested[aid] - emitted[key]) * 1000
-        for aid, key in anomaly_key.items()
-        if key in emitted and aid in requested
+    injected = [i for res in results for i in res[0]]
+    sent = sum(res[1] for res in results)
+    elapsed = max(res[2] for res in results)
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    lag_steps: dict[str, list[int]] = defaultdict(list)
+    for job, kind, step, _t in injected:
+        match = _match(detected, (job, kind, step, _t))
+        if match is None:
+            by_kind[kind].append(INF)
+            continue
+        anomaly, read_at = match
+        assert anomaly.emitted_at is not None
+        by_kind[kind].append((read_at - anomaly.emitted_at) * 1000)
+        lag_steps[kind].append(anomaly.step - step)
+    faulty = {job for job, *_ in injected}
+    false = Counter(
+        a.anomaly_type
+        for job, found in detected.items()
+        if job.startswith(load_pipeline) and job not in faulty
+        for a, _ in found
+    )
+    print(
+        f"load: {sent:,} points over {args.jobs} jobs in {elapsed:.1f} s "
+        f"({sent / elapsed:,.0f} points/s) through create_training_callback (default options), "
+        f"{args.load_processes} load processes"
+    )
+    for kind in [*ROTATION, "plateau"]:
+        values = by_kind.get(kind, [])
+        if not values:
+            continue
+        steps = lag_steps.get(kind) or [0]
+        print(
+            f"  {kind:16s} injected {len(values):3d}  missed {sum(map(math.isinf, values)):2d}  "
+            f"p50_ms {_ms(sorted(values)[len(values) // 2]):>8s}  p99_ms {_ms(p99(values)):>8s}  "
+            f"(evidence complete {max(steps)} steps after onset at most)"
+        )
+    print(f"anomalies on healthy jobs: {sum(false.values())} {dict(false)}")
+    everything = [v for values in by_kind.values() for v in values]
+    missed = sum(map(math.isinf, everything))
+    print(f"missed: {missed}")
+    action_ms = [
+        (applied_at[j] - t) * 1000 if j in applied_at else INF for j, t in emitted_at.items()
     ]
+    action_ms += [INF] * (2 * args.action_stages - len(action_ms))
+    print(
+        f"action_p99_ms: {_ms(p99(action_ms))}  (emitted -> applied by the agent at its next "
+        f"step boundary, 0.5 s steps; {sum(map(math.isfinite, action_ms))} of "
+        f"{2 * args.action_stages} runs: NaN -> pause, exploding gradient -> LR x0.1)"
+    )
     seed_ms = []
-    for t in emitted.values():
-        ready = t - load_start + SEED_BUFFER_S
+    for _job, _kind, _step, t in injected:
+        ready = t - (time.time() - elapsed) + SEED_BUFFER_S
         seed_ms.append(
             (math.ceil(ready / SEED_SCAN_S) * SEED_SCAN_S - ready + SEED_BUFFER_S) * 1000
         )
-    print(
-        f"load: {sent_points} points over {args.jobs} jobs in {elapsed:.1f} s "
-        f"({sent_points / elapsed:,.0f} points/s)"
-    )
-    print(
-        f"injected: {len(emitted)}, detected: {len(detect_ms)}, "
-        f"action requests read: {len(request_ms)}"
-    )
-    if request_ms:
-        print(
-            f"request_p99_ms: {p99(request_ms):.1f}  (emitted -> RequestAction on "
-            "posttrain.pipeline.commands)"
-        )
-    action_ms = [(applied_at[j] - t) * 1000 for j, t in emitted_at.items() if j in applied_at]
-    if action_ms:
-        print(
-            f"action_p99_ms: {p99(action_ms):.1f}  (emitted -> applied by the agent at its next "
-            f"step boundary, 0.5 s steps; {len(action_ms)} of {2 * args.action_stages} runs: "
-            "NaN -> pause, gradient spike -> LR x0.1)"
-        )
+    if everything:
+        print(f"seed_design_detect_p99_ms: {p99(seed_ms):.0f}  (modelled: 60 s scans, 30 s buffer)")
+        print(f"ratio_vs_seed_design: {p99(seed_ms) / p99(everything):.1f}")
+        print(f"detect_p99_ms: {_ms(p99(everything))}")
     else:
-        print("action_p99_ms: nan (no action was applied: see the agent's log)")
-    if detect_ms:
-        print(f"detect_p50_ms: {sorted(detect_ms)[len(detect_ms) // 2]:.1f}")
-        print(
-            f"seed_design_detect_p99_ms: {p99(seed_ms):.0f}  (modelled: 60 s scans after a "
-            "30 s buffer)"
-        )
-        print(f"ratio_vs_seed_design: {p99(seed_ms) / p99(detect_ms):.0f}")
-    if len(detect_ms) < len(emitted):
-        print(f"missed: {len(emitted) - len(detect_ms)} injected anomalies never detected")
-    if args.verbose:
-        for (job, step), t in sorted(emitted.items(), key=lambda kv: kv[1]):
-            late = detected.get((job, step))
-            print(
-                f"  +{t - load_start:5.1f} s {job} step {step}: "
-                + (
-                    f"{(late - t) * 1000:.0f} ms (written by the stream after "
-                    f"{(produced[(job, step)] - t) * 1000:.0f} ms)"
-                    if late
-                    else "missed"
-                )
-            )
-    print(f"detect_p99_ms: {p99(detect_ms):.1f}" if detect_ms else "detect_p99_ms: nan")
+        print("detect_p99_ms: inf (nothing was injected)")
+
+
+async def _until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _match(
+    detected: dict[str, list[tuple[AnomalyDetected, float]]], injection: tuple[str, str, int, float]
+) -> tuple[AnomalyDetected, float] | None:
+    """The first anomaly of an expected type on the injected job at or after the onset."""
+    job, kind, step, _t = injection
+    expected = FAULTS[kind].expected
+    for anomaly, read_at in detected.get(job, ()):
+        if anomaly.anomaly_type in expected and anomaly.step >= step:
+            return anomaly, read_at
+    return None
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--rate", type=int, default=10_000, help="points per second in all")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     parser.add_argument("--inject-every", type=float, default=0.5, help="seconds")
-    parser.add_argument(
-        "--report-every", type=float, default=0.2, help="the callback's send interval, seconds"
-    )
-    parser.add_argument("--verbose", action="store_true", help="each injection's latency")
+    parser.add_argument("--plateau-jobs", type=int, default=2)
+    parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait after the load")
     parser.add_argument(
         "--action-stages",
         type=int,
         default=2,
-        help="training runs of each kind (NaN, gradient spike) whose actions are timed",
-    )
-    parser.add_argument(
-        "--stream-command", default="", help="run the stream this way (e.g. under a profiler)"
+        help="training runs of each kind (NaN, exploding gradient) whose actions are timed",
     )
     asyncio.run(main(parser.parse_args()))

@@ -3,8 +3,8 @@
 It regresses y = sum(x) with a linear layer, reports every step through the stage's training
 callback, and obeys control commands at step boundaries, like any training loop wired to the
 platform. ``nan_at`` multiplies the loss by NaN from that step on (a run that turns NaN);
-``spike_at`` scales the loss, and so the gradient, by ``spike`` at one step (an exploding
-gradient). Non-finite steps are skipped, as verl and most trainers do.
+``spike_at`` scales the loss, and so the gradient, by ``spike`` for ``spike_steps`` steps from
+there (an exploding gradient). Non-finite steps are skipped, as verl and most trainers do.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def run(
     nan_at: int | None = None,
     spike_at: int | None = None,
     spike: float = 1000.0,
+    spike_steps: int = 1,
 ) -> dict[str, Any]:
     import torch
 
@@ -46,7 +47,7 @@ def run(
         loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
         if nan_at is not None and step >= nan_at:
             loss = loss * float("nan")
-        if spike_at is not None and step == spike_at:
+        if spike_at is not None and spike_at <= step < spike_at + spike_steps:
             loss = loss * spike
         optimizer.zero_grad()
         loss.backward()
