@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from posttrain.diagnostics.batch import DiagnosticService
 from posttrain.diagnostics.core.policy import action_id
 from posttrain.diagnostics.queries import aget_anomalies, get_anomalies
 from posttrain.diagnostics.recorder import AnomalyRecorder
@@ -243,6 +244,15 @@ async def test_each_anomaly_is_kept_once_with_the_actions_taken_on_it(
 
         of_pipeline = await aget_anomalies(pipeline_id=pipeline, db=conn)
         assert [a.anomaly_id for a in of_pipeline] == [a.anomaly_id for a in found]
+        # diagnose_job tells what the stream raised and what was done, beside its own finds.
+        async with DiagnosticService(database_url) as service:
+            diagnosis = await service.diagnose_job(job)
+        assert [r["anomaly_id"] for r in diagnosis["recorded"]] == [a.anomaly_id for a in found]
+        assert [x["status"] for r in diagnosis["recorded"] for x in r["actions"]] == [
+            "applied",
+            "refused",
+            "recommended",
+        ]
 
         parked = await dead_letters(kafka_settings, 2)
         assert sorted(dict(r.headers)[HEADER_REASON].decode() for r in parked) == [
