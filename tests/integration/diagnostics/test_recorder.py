@@ -8,8 +8,10 @@ import asyncio
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -265,7 +267,23 @@ async def test_each_anomaly_is_kept_once_with_the_actions_taken_on_it(
         await conn.close()
 
 
-def _recorder_process(settings: KafkaSettings, database_url: str, log: Path) -> subprocess.Popen:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthz(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return orjson.loads(response.read())
+    except (OSError, ValueError):  # not listening yet, or 503 (HTTPError is an OSError)
+        return None
+
+
+def _recorder_process(
+    settings: KafkaSettings, database_url: str, log: Path, http: str = "off"
+) -> subprocess.Popen:
     env = dict(
         os.environ,
         KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
@@ -275,7 +293,7 @@ def _recorder_process(settings: KafkaSettings, database_url: str, log: Path) -> 
     posttrain = str(Path(sys.executable).with_name("posttrain"))
     with log.open("ab") as out:
         return subprocess.Popen(
-            [posttrain, "diagnose", "record", "--http", "off"],
+            [posttrain, "diagnose", "record", "--http", http],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -325,8 +343,18 @@ async def test_a_crashed_restarted_or_replaying_recorder_writes_nothing_twice(
         sentinel = anomaly(job, pipeline, f"{run_id}-a5", "loss_spike", 90)
         await producer.send_many(Topic.ANOMALIES, [nan, sentinel])  # a redelivery, then more
         await producer.send(Topic.PIPELINE_EVENTS, applied(pipeline, pause, "pause", 46))
-        second = _recorder_process(kafka_settings, database_url, log)
+        port = _free_port()
+        second = _recorder_process(kafka_settings, database_url, log, f"127.0.0.1:{port}")
         try:
+            # Ready means it owns partitions of both topics, not merely that it is listening.
+            health = await wait_for(
+                lambda: asyncio.to_thread(_healthz, port), timeout=60, what="/healthz 200"
+            )
+            assert health["status"] == "ok"
+            assert {p.split(":")[0] for p in health["assigned_partitions"]} == {
+                kafka_settings.topic(Topic.ANOMALIES),
+                kafka_settings.topic(Topic.PIPELINE_EVENTS),
+            }
 
             async def caught_up() -> bool:
                 return sentinel.data.anomaly_id in await kept(conn, job) and (
