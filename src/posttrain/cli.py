@@ -40,6 +40,7 @@ _DELEGATED = {
     "gateway": "serve the HTTP API (submissions, status, live updates, control)",
     "agent": "run a trainer agent on this node",
     "metrics": "metrics: sync a JSONL file into PostgreSQL, ...",
+    "diagnose": "diagnostics: backtest a policy on stored metrics, kept anomalies, the recorder",
 }
 
 
@@ -61,6 +62,10 @@ def _delegate(command: str, rest: list[str]) -> int:
             from posttrain.trainer_agent.cli import main as agent_main
 
             return int(agent_main(rest) or 0)
+        if command == "diagnose":
+            from posttrain.diagnostics.cli import main as diagnose_main
+
+            return diagnose_main(rest)
         from posttrain.metrics_ingest.cli import main as metrics_main
 
         return int(metrics_main(rest) or 0)

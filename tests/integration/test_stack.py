@@ -20,7 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from posttrain.db.migrate import apply_migrations, load_migrations, pending_migrations
+from posttrain.db.migrate import (
+    all_migrations,
+    apply_migrations,
+    load_migrations,
+    pending_migrations,
+)
 from posttrain.events.kafka.admin import check_topics
 from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.stack import commands, kafka
@@ -198,7 +203,10 @@ async def _migrations_in_fresh_database() -> tuple[list[list[str]], list[str], l
         again = await apply_migrations(url)
         conn = await asyncpg.connect(url)
         try:
+            # Each owner records its own: the platform in schema_migrations, diagnostics in
+            # diagnostics_migrations.
             rows = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+            rows += await conn.fetchval("SELECT count(*) FROM diagnostics_migrations")
         finally:
             await conn.close()
         assert await pending_migrations(url) == []
@@ -210,8 +218,11 @@ async def _migrations_in_fresh_database() -> tuple[list[list[str]], list[str], l
 
 def test_migrations_are_idempotent_and_safe_when_concurrent() -> None:
     try:
-        every = [m.id for m in load_migrations()]
+        every = [m.id for m in all_migrations()]
         assert every and every[0] == "0001_foundation"
+        # The platform's first, then each owner's, numbered on their own.
+        assert every[: len(load_migrations())] == [m.id for m in load_migrations()]
+        assert "diagnostics/0001_anomalies" in every
 
         concurrent, pending_before, again, rows = asyncio.run(_migrations_in_fresh_database())
 

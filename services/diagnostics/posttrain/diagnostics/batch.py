@@ -4,8 +4,10 @@
     await service.diagnose_job(job_uuid)        # {"has_anomaly", "anomaly_type", ...}
     await service.diagnose_step(job_uuid, step)
 
-Rows are read from metrics_ingest's ``metric_points`` (migration 0002) in each source's emission
-order (seq), exactly as the stream folds them, so both find the same anomalies with the same ids.
+Points are read through metrics_ingest's query API (``get_job_points``) in each source's
+emission order (seq), exactly as the stream folds them, so both find the same anomalies with the
+same ids. ``diagnose_job`` also lists what the stream raised and did (``recorded``: the anomalies
+the recorder kept, with their actions; ``queries.aget_anomalies``).
 ``scan_failed_jobs`` finds stages that failed out of GPU memory in the orchestrator's read model
 (migration 0003) and raises gpu_oom for each, with the id the stream gives the same failure.
 """
@@ -18,7 +20,6 @@ import heapq
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -34,21 +35,16 @@ from posttrain.diagnostics.core.anomaly import (
 from posttrain.diagnostics.core.config import ConfigBook, DetectorConfig
 from posttrain.diagnostics.core.messages import anomaly_detected
 from posttrain.diagnostics.core.state import JobState
+from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events import Envelope
 from posttrain.events.kafka import EventProducer
 from posttrain.events.messages.diagnostics import AnomalyDetected
-from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint
+from posttrain.events.messages.metrics import MetricPoint
 from posttrain.events.topics import Topic
+from posttrain.metrics_ingest.queries import get_job_points, get_metric_jobs
 
 log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
-
-_COLUMNS = ", ".join(("source", "seq", "step", "epoch", "ts", *CORE_FIELDS, "custom"))
-_POINTS_SQL = f"SELECT {_COLUMNS} FROM metric_points WHERE job_id = $1 ORDER BY source, seq"
-_POINTS_UPTO_SQL = (
-    f"SELECT {_COLUMNS} FROM metric_points WHERE job_id = $1 AND step <= $2 ORDER BY source, seq"
-)
-_JOB_SQL = "SELECT pipeline_id, stage, attempt FROM metric_jobs WHERE job_id = $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,24 +92,9 @@ def summarize(job_id: str, anomalies: Sequence[Anomaly], **extra: Any) -> dict[s
     }
 
 
-def _row_point(row: asyncpg.Record) -> SourcedPoint:
-    fields: dict[str, Any] = {name: row[name] for name in CORE_FIELDS if row[name] is not None}
-    custom = row["custom"]
-    if isinstance(custom, str):
-        custom = orjson.loads(custom)
-    ts = row["ts"]
-    point = MetricPoint(
-        step=row["step"],
-        epoch=row["epoch"],
-        timestamp=ts.timestamp() if isinstance(ts, datetime) else float(ts),
-        custom=custom or {},
-        **fields,
-    )
-    return SourcedPoint(row["source"], row["seq"], point)
-
-
-def _emission_order(points: list[SourcedPoint]) -> list[SourcedPoint]:
-    """Each source in seq order; several sources interleaved by time (as they were sent)."""
+def emission_order(points: list[SourcedPoint]) -> list[SourcedPoint]:
+    """Each source's points (given in seq order) as they were sent: several sources are
+    interleaved by time."""
     by_source: dict[str | None, list[SourcedPoint]] = {}
     for p in points:
         by_source.setdefault(p.source, []).append(p)
@@ -157,16 +138,14 @@ class DiagnosticService:
         self, job_id: str, up_to_step: int | None = None
     ) -> tuple[JobContext, list[SourcedPoint]]:
         pool = await self._db()
-        async with pool.acquire() as conn:
-            job = await conn.fetchrow(_JOB_SQL, job_id)
-            if up_to_step is None:
-                rows = await conn.fetch(_POINTS_SQL, job_id)
-            else:
-                rows = await conn.fetch(_POINTS_UPTO_SQL, job_id, up_to_step)
+        jobs = await get_metric_jobs(job_id=job_id, db=pool)
+        stored = await get_job_points(job_id, step_to=up_to_step, db=pool)
         context = (
-            JobContext(job["pipeline_id"], job["stage"], job["attempt"]) if job else JobContext()
+            JobContext(jobs[0].pipeline_id, jobs[0].stage, jobs[0].attempt)
+            if jobs
+            else JobContext()
         )
-        return context, _emission_order([_row_point(r) for r in rows])
+        return context, emission_order([SourcedPoint(m.source, m.seq, m.point) for m in stored])
 
     async def anomalies(self, job_id: str) -> tuple[JobContext, list[Anomaly]]:
         context, points = await self.load(job_id)
@@ -174,9 +153,17 @@ class DiagnosticService:
         return context, diagnose(points, config)
 
     async def diagnose_job(self, job_uuid: str) -> dict[str, Any]:
-        """Every anomaly of the job's stored points."""
+        """Every anomaly of the job's stored points; ``recorded``: the anomalies the stream
+        raised for the job and the actions taken on each, as the recorder kept them."""
         context, found = await self.anomalies(job_uuid)
-        return summarize(job_uuid, found, pipeline_id=context.pipeline_id, stage=context.stage)
+        recorded = await aget_anomalies(job_id=job_uuid, db=await self._db())
+        return summarize(
+            job_uuid,
+            found,
+            pipeline_id=context.pipeline_id,
+            stage=context.stage,
+            recorded=[r.to_dict() for r in recorded],
+        )
 
     async def diagnose_step(self, job_uuid: str, step: int) -> dict[str, Any]:
         """The anomalies raised at ``step`` (with the job's history before it as the windows)."""

@@ -1,5 +1,6 @@
 """The HTTP API: submit pipelines (JSON or YAML), read their status, follow them live (SSE),
-resume, cancel, retry a stage, read a job's latest metrics; and a web page over it (``/``).
+resume, cancel, retry a stage, read a job's latest metrics and the anomalies kept for a job or a
+pipeline (with the actions taken on each); and a web page over it (``/``).
 
 Commands go to the orchestrator over Kafka, exactly as ``PipelineExecutor`` sends them; reads come
 from the PostgreSQL read models. A pipeline the DAG validator refuses gets a 422 listing every
@@ -22,6 +23,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
+from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.gateway.auth import Role, role_of
 from posttrain.metrics_ingest.queries import get_latest_metrics
@@ -238,6 +240,29 @@ def create_app(config: GatewayConfig) -> FastAPI:
             {"source": p.source, "seq": p.seq, **p.point.model_dump(exclude_none=True)}
             for p in points
         ]
+
+    @app.get("/v1/jobs/{job_id}/anomalies", dependencies=[viewer])
+    async def job_anomalies(
+        request: Request, job_id: str, limit: int = Query(1000, ge=1, le=10000)
+    ) -> Any:
+        """A training job's anomalies in step order, each with the actions taken on it
+        (status: recommended, requested, applied or refused with the reason)."""
+        found = await aget_anomalies(job_id=job_id, limit=limit, db=request.app.state.pool)
+        return [a.to_dict() for a in found]
+
+    @app.get("/v1/pipelines/{pipeline_id}/anomalies", dependencies=[viewer])
+    async def pipeline_anomalies(
+        request: Request,
+        pipeline_id: str,
+        stage: str | None = None,
+        limit: int = Query(1000, ge=1, le=10000),
+    ) -> Any:
+        """The anomalies of every job of a pipeline (or of one stage), in step order, each with
+        the actions taken on it. An unknown pipeline has none."""
+        found = await aget_anomalies(
+            pipeline_id=pipeline_id, stage=stage, limit=limit, db=request.app.state.pool
+        )
+        return [a.to_dict() for a in found]
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -3,7 +3,8 @@
 The query and sync API (what the gateway and the SDK import)::
 
     from posttrain.metrics_ingest import get_latest_metrics, get_metrics_range,
-        get_downsampled_metrics, sync_metrics_from_file, flush_metrics
+        get_downsampled_metrics, get_job_points, get_metric_jobs, sync_metrics_from_file,
+        flush_metrics
 
 The service itself: ``python -m posttrain.metrics_ingest`` (``posttrain-ingest``).
 """
@@ -11,12 +12,15 @@ The service itself: ``python -m posttrain.metrics_ingest`` (``posttrain-ingest``
 from posttrain.metrics_ingest.filesync import SyncResult, sync_metrics_from_file
 from posttrain.metrics_ingest.queries import (
     DownsampledSeries,
+    MetricJob,
     MetricSeries,
     StoredMetric,
     UnknownField,
     close_default_pool,
     get_downsampled_metrics,
+    get_job_points,
     get_latest_metrics,
+    get_metric_jobs,
     get_metrics_range,
 )
 from posttrain.metrics_ingest.service import IngestService, flush_metrics
@@ -24,6 +28,7 @@ from posttrain.metrics_ingest.service import IngestService, flush_metrics
 __all__ = [
     "DownsampledSeries",
     "IngestService",
+    "MetricJob",
     "MetricSeries",
     "StoredMetric",
     "SyncResult",
@@ -31,7 +36,9 @@ __all__ = [
     "close_default_pool",
     "flush_metrics",
     "get_downsampled_metrics",
+    "get_job_points",
     "get_latest_metrics",
+    "get_metric_jobs",
     "get_metrics_range",
     "sync_metrics_from_file",
 ]

@@ -5,6 +5,10 @@
   range, in order.
 - ``get_downsampled_metrics(job_uuid, field, ...)``: one field over millions of points, reduced
   for a chart: per-bucket min/max/mean (computed by PostgreSQL) or LTTB.
+- ``get_job_points(job_uuid, ...)``: every stored point of a job, whole, in each source's
+  emission order (what a replay of the job's metrics needs: the batch diagnosis, a backtest).
+- ``get_metric_jobs(pipeline_id=... | job_id=...)``: the jobs that have metrics, with the
+  pipeline, stage and attempt their points were reported for.
 
 Every query names one job, so it reads one partition of ``metrics`` through an index:
 ``(job_no, step, ...)`` for steps, ``(job_no, ts)`` for times. Fields are canonical names
@@ -53,6 +57,16 @@ class StoredMetric:
     source: str
     seq: int
     point: MetricPoint
+
+
+@dataclass(frozen=True, slots=True)
+class MetricJob:
+    """A job that has stored metrics, and where its points said they came from."""
+
+    job_id: str
+    pipeline_id: str | None
+    stage: str | None
+    attempt: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,18 +174,62 @@ async def get_latest_metrics(
         job_no,
         limit,
     )
-    out = []
-    for row in rows:
-        values = {f: row[f] for f in CORE_FIELDS if row[f] is not None}
-        point = MetricPoint(
-            step=row["step"],
-            epoch=row["epoch"],
-            timestamp=row["ts"].timestamp(),
-            custom=orjson.loads(row["custom"]) if row["custom"] is not None else {},
-            **values,
-        )
-        out.append(StoredMetric(job_uuid, row["source"], row["seq"], point))
-    return out
+    return [_stored_point(job_uuid, row) for row in rows]
+
+
+def _stored_point(job_uuid: str, row: asyncpg.Record) -> StoredMetric:
+    values = {f: row[f] for f in CORE_FIELDS if row[f] is not None}
+    point = MetricPoint(
+        step=row["step"],
+        epoch=row["epoch"],
+        timestamp=row["ts"].timestamp(),
+        custom=orjson.loads(row["custom"]) if row["custom"] is not None else {},
+        **values,
+    )
+    return StoredMetric(job_uuid, row["source"], row["seq"], point)
+
+
+async def get_job_points(
+    job_uuid: str, *, step_to: int | None = None, db: Db | None = None
+) -> list[StoredMetric]:
+    """Every stored point of a job (with step at most ``step_to`` when given), whole, ordered
+    by source and then seq: each source's points in the order they were emitted."""
+    db = db or await default_pool()
+    job_no = await _job_no(db, job_uuid)
+    if job_no is None:
+        return []
+    columns = ", ".join(f"m.{f}" for f in CORE_FIELDS)
+    rows = await db.fetch(
+        f"""
+        SELECT s.source, m.seq, m.step, m.epoch, m.ts, {columns}, m.custom
+        FROM metrics m JOIN metric_sources s ON s.source_no = m.source_no
+        WHERE m.job_no = $1 AND ($2::bigint IS NULL OR m.step <= $2)
+        ORDER BY s.source, m.seq
+        """,
+        job_no,
+        step_to,
+    )
+    return [_stored_point(job_uuid, row) for row in rows]
+
+
+async def get_metric_jobs(
+    *, pipeline_id: str | None = None, job_id: str | None = None, db: Db | None = None
+) -> list[MetricJob]:
+    """The jobs with stored metrics of a pipeline (or the one job named), in the order their
+    first points arrived. At least one of ``pipeline_id`` and ``job_id`` is required."""
+    if pipeline_id is None and job_id is None:
+        raise ValueError("name a pipeline_id or a job_id")
+    db = db or await default_pool()
+    rows = await db.fetch(
+        """
+        SELECT job_id, pipeline_id, stage, attempt FROM metric_jobs
+        WHERE ($1::text IS NULL OR pipeline_id = $1) AND ($2::text IS NULL OR job_id = $2)
+        ORDER BY job_no
+        """,
+        pipeline_id,
+        job_id,
+    )
+    return [MetricJob(r["job_id"], r["pipeline_id"], r["stage"], r["attempt"]) for r in rows]
 
 
 async def get_metrics_range(
