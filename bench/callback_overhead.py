@@ -81,13 +81,12 @@ def main() -> None:
     parser.add_argument("--steps-per-block", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--linger-s", type=float, default=None, help="the reporter's batching wait")
     args = parser.parse_args()
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.trainer_agent.reporting import ReporterOptions, create_training_callback
+    from posttrain.trainer_agent.reporting import create_training_callback
     from posttrain.trainer_agent.tiny import build_tiny_model
 
     torch.manual_seed(0)
@@ -99,12 +98,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batches = _batches(tokenizer, args.batch_size)
     settings = asyncio.run(fresh_namespace("callback", [Topic.METRICS]))
-    options = (
-        ReporterOptions() if args.linger_s is None else ReporterOptions(linger_s=args.linger_s)
-    )
-    report = create_training_callback(
-        "bench-job", settings=settings, spill_dir=scratch / "spill", options=options
-    )
+    # The shipped defaults: no benchmark tunes the reporter.
+    report = create_training_callback("bench-job", settings=settings, spill_dir=scratch / "spill")
     sender_ident = report._thread.ident
     assert sender_ident is not None
     sender_clock = time.pthread_getcpuclockid(sender_ident)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -83,5 +84,13 @@ class Envelope(NamedTuple, Generic[M]):
         )
 
 
+# Ids are 128 random bits from a generator seeded from the OS once per process (and again in a
+# forked child): as unique as uuid4's, without a getrandom() system call per message, which was
+# a noticeable share of the metrics sender's work.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A new message id: 32 hex digits, as ``uuid4().hex`` writes them."""
+    return f"{_ids.getrandbits(128):032x}"
