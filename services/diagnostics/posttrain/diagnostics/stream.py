@@ -3,8 +3,9 @@
 Agents (each with concurrency 1: faust-streaming can lose messages on restart with more, see
 DESIGN.md; scale by partitions):
 
-- ``detect`` reads each MetricsReported through the views decoder and folds it into its job's ``JobState`` (a changelog-backed table)
-  and emits AnomalyDetected on posttrain.anomalies. A restarted worker restores the table from
+- ``detect`` reads each MetricsReported through the views decoder (one msgspec pass), folds it
+  into its job's ``JobState`` (a changelog-backed table) and emits AnomalyDetected on
+  posttrain.anomalies. A restarted worker restores the table from
   its changelog; the points it reads again (offsets not yet committed) are recognised by their
   (source, seq) and raise nothing twice.
 - ``failures`` turns StageFailed(kind=oom) reports into gpu_oom anomalies, once per command.
