@@ -17,6 +17,9 @@ training loop logged it) to the AnomalyDetected read here; the figure includes t
 wait before it sends. An injection never detected counts as an infinite latency: one miss and
 the p99 is infinite.
 
+The load processes run at nice 10 (they stand for trainers on other machines); everything of the
+platform runs at normal priority.
+
 Actions: real torch training runs on a trainer agent (``posttrain.testing.training``, one step
 every 0.5 s) turn NaN or get an exploding gradient at a known step, under the same load;
 ``action_p99_ms`` runs from the point's emission to the agent's ActionApplied (pause, or learning
@@ -149,8 +152,17 @@ def _load(
     spill_dir: str,
     out: Any,
 ) -> None:
-    """One load process: its jobs' training loops, each reporting through the shipped callback."""
+    """One load process: its jobs' training loops, each reporting through the shipped callback.
+
+    It runs at a lower priority (nice 10): its jobs stand for trainers on a hundred other
+    machines, whose CPU is not the platform's to share; on this 2-core machine, at equal
+    priority, they would take the stream's core (what the callback costs a trainer is
+    bench.callback_overhead's figure)."""
+    import os
+
     from posttrain.trainer_agent.reporting import create_training_callback
+
+    os.nice(10)
 
     callbacks = {
         job: create_training_callback(

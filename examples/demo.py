@@ -1,9 +1,10 @@
 """The main job: the example pipeline, end to end, on the local stack.
 
-Starts the platform's services as real processes (orchestrator, metrics ingest, diagnostics and
-one CPU trainer agent), submits ``examples/pipelines/arithmetic.yaml`` (preprocess -> SFT ->
-[GRPO, DPO] -> evaluate, a tiny model learning addition), follows it stage by stage with the
-latest metrics of each training job, prints the outcome, and stops what it started.
+Starts the platform's services as real processes (orchestrator, metrics ingest, diagnostics, its
+recorder and one CPU trainer agent), waits until each says it is ready, submits
+``examples/pipelines/arithmetic.yaml`` (preprocess -> SFT -> [GRPO, DPO] -> evaluate, a tiny
+model learning addition), follows it stage by stage with the latest metrics of each training
+job, prints the outcome with what diagnostics raised and did, and stops what it started.
 
     python -m examples.demo [--pipeline FILE] [--timeout 1800]
 
@@ -16,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -25,51 +24,35 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.doctor import run_doctor
-from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status
+from posttrain.events.kafka import KafkaSettings
+from posttrain.orchestrator.api import DEFAULT_DATABASE_URL, PipelineExecutor, aget_pipeline_status
 from posttrain.pipeline_cli import load_pipeline_file
+from posttrain.testing import services
 
 HERE = Path(__file__).resolve().parent
 HOME = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
-BIN = Path(sys.executable).parent
 
 
-def services(agent_dir: Path) -> dict[str, list[str]]:
-    py = sys.executable
-    return {
-        "orchestrator": [py, "-m", "posttrain.orchestrator", "--tick-interval", "0.5"],
-        "metrics-ingest": [py, "-m", "posttrain.metrics_ingest"],
-        "diagnostics": [py, "-m", "posttrain.diagnostics.stream"],
-        "agent": [
-            str(BIN / "posttrain-agent"),
-            "--name",
-            "demo-cpu-1",
-            "--gpus",
-            "0",
-            "--slots",
-            "2",
-            "--work-dir",
-            str(agent_dir),
-        ],
-    }
-
-
-def start(name: str, argv: list[str], logs: Path) -> subprocess.Popen[bytes]:
-    out = (logs / f"{name}.log").open("ab")
-    return subprocess.Popen(
-        argv, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent, start_new_session=True
-    )
-
-
-def stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    for process in processes.values():
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.time() + 30
-    for process in processes.values():
-        try:
-            process.wait(timeout=max(deadline - time.time(), 0.1))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+def platform(logs: Path, agent_dir: Path) -> list[services.ServiceProcess]:
+    """The platform's services on the default namespace and database, each with a /healthz of
+    its own (free ports, so a platform already running here is not disturbed)."""
+    settings = KafkaSettings.from_env(client_id="posttrain-demo")
+    database = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    return [
+        services.orchestrator(
+            settings,
+            logs / "orchestrator.log",
+            database_url=database,
+            tick_interval_s=0.5,
+            extra=("--replay-processes", "1"),
+        ),
+        services.ingest(settings, database, logs / "metrics-ingest.log"),
+        services.diagnostics(settings, logs / "diagnostics.log"),
+        services.recorder(settings, database, logs / "recorder.log"),
+        services.agent(
+            settings, logs / "agent.log", name="demo-cpu-1", work_dir=agent_dir, cwd=HERE.parent
+        ),
+    ]
 
 
 def _fmt(value: Any) -> str:
@@ -111,15 +94,17 @@ def summary(outputs: dict[str, Any]) -> str:
     return "  ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
 
 
-async def follow(pipeline_id: str, timeout: float, processes: dict[str, Any]) -> dict[str, Any]:
+async def follow(
+    pipeline_id: str, timeout: float, processes: list[services.ServiceProcess]
+) -> dict[str, Any]:
     seen: dict[str, str] = {}
     shown: dict[str, int] = {}
     last_metrics = 0.0
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for name, process in processes.items():
-            if process.poll() is not None:
-                raise SystemExit(f"{name} exited with {process.returncode}: see its log")
+        for service in processes:
+            if not service.running:
+                raise SystemExit(f"{service.name} exited: see {service.log}")
         status = await aget_pipeline_status(pipeline_id)
         if status is not None:
             for stage in status["stages"]:
@@ -157,11 +142,12 @@ def main() -> int:
 async def run(args: argparse.Namespace) -> int:
     logs = HOME / "logs" / "demo"
     logs.mkdir(parents=True, exist_ok=True)
-    processes = {
-        name: start(name, argv, logs) for name, argv in services(HOME / "demo" / "agent").items()
-    }
-    print(f"started {', '.join(processes)} (logs in {logs})")
+    processes = [service.start() for service in platform(logs, HOME / "demo" / "agent")]
+    print(f"starting {', '.join(s.name for s in processes)} (logs in {logs})")
     try:
+        # Each says when it reads what it is sent: nothing is submitted before.
+        await asyncio.gather(*(service.wait_ready() for service in processes))
+        print("every service is ready")
         doc = load_pipeline_file(args.pipeline)
         pipeline_id = f"demo-{uuid.uuid4().hex[:8]}"
         submitted = await PipelineExecutor(pipeline_id, submitted_by="demo").aexecute(
@@ -171,15 +157,36 @@ async def run(args: argparse.Namespace) -> int:
         for i, layer in enumerate(submitted["layers"]):
             print(f"  layer {i}: {', '.join(layer)}")
         final = await follow(pipeline_id, args.timeout, processes)
+        anomalies = await recorded(pipeline_id)
     finally:
-        stop_all(processes)
+        services.stop_all(processes)
     print(f"\npipeline {pipeline_id}: {final['status']}")
     for stage in final["stages"]:
         print(
             f"  {stage['name']:<12} {stage['status']:<10} {stage['task_id']}  "
             f"{summary(stage['outputs'])}"
         )
+    if anomalies:
+        print(f"\nwhat diagnostics saw and did ({len(anomalies)} anomalies):")
+        for line in anomalies:
+            print(f"  {line}")
+    else:
+        print("\ndiagnostics saw no anomaly")
     return 0 if final["status"] == "succeeded" else 1
+
+
+async def recorded(pipeline_id: str) -> list[str]:
+    """The pipeline's anomalies and the actions taken on each, as the recorder kept them."""
+    from posttrain.diagnostics.queries import aget_anomalies
+
+    lines = []
+    for anomaly in await aget_anomalies(pipeline_id=pipeline_id):
+        actions = ", ".join(f"{a.action} {a.status}" for a in anomaly.actions) or "no action"
+        lines.append(
+            f"{anomaly.stage or '':<10} step {anomaly.step:>5}  {anomaly.anomaly_type:<18} "
+            f"{anomaly.severity:<8} -> {actions}"
+        )
+    return lines
 
 
 if __name__ == "__main__":

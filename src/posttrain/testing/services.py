@@ -254,3 +254,18 @@ def agent(
         *extra,
     ]
     return ServiceProcess(f"agent {name}", argv, log, kafka_env(settings), port, cwd)
+
+
+def recorder(
+    settings: KafkaSettings, database_url: str, log: Path, *, port: int | None = None
+) -> ServiceProcess:
+    """``posttrain-diagnostics-recorder``: keeps anomalies and actions in ``database_url``."""
+    port = free_port() if port is None else port
+    argv = [
+        str(BIN / "posttrain-diagnostics-recorder"),
+        "--http",
+        f"127.0.0.1:{port}",
+        "--database-url",
+        database_url,
+    ]
+    return ServiceProcess("recorder", argv, log, kafka_env(settings, database_url), port)
