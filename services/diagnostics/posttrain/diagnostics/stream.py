@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -529,9 +530,28 @@ def create_app(
     return create_stream(settings, book, **options).app
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="posttrain-diagnostics",
+        description="The streaming diagnostics service: anomalies from posttrain.metrics, "
+        "alerts, and automatic actions through the orchestrator.",
+        epilog="Environment: KAFKA_BOOTSTRAP_SERVERS, POSTTRAIN_TOPIC_NAMESPACE, "
+        "POSTTRAIN_DIAGNOSTICS_CONFIG (thresholds, alert channels, action policy), "
+        "POSTTRAIN_DIAGNOSTICS_WEB_PORT (/healthz and /metrics), POSTTRAIN_DIAGNOSTICS_SCAN_S "
+        "with DATABASE_URL (a periodic scan of failed jobs), LOG_LEVEL.",
+    )
+    parser.add_argument(
+        "--web-port",
+        type=int,
+        default=None,
+        help="serve /healthz and /metrics on 127.0.0.1:PORT "
+        "(default: $POSTTRAIN_DIAGNOSTICS_WEB_PORT, else none)",
+    )
+    args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
-    port = os.environ.get("POSTTRAIN_DIAGNOSTICS_WEB_PORT")
+    port = args.web_port or os.environ.get("POSTTRAIN_DIAGNOSTICS_WEB_PORT")
     stream = create_stream(
         web_port=int(port) if port else None, database_url=os.environ.get("DATABASE_URL")
     )
@@ -542,6 +562,8 @@ def main() -> None:
         loop.run_until_complete(stream.prepare_topics())
     finally:
         loop.close()
+    # The worker reads no arguments of its own: ours are parsed above.
+    sys.argv = sys.argv[:1]
     worker = faust.Worker(app, loglevel=os.environ.get("LOG_LEVEL", "info").lower())
     started = time.time()
     log.info("diagnostics stream starting", extra={"app": app.conf.id, "t": started})
