@@ -54,7 +54,9 @@ TASK_ACTIONS: Mapping[str, frozenset[ActionKind]] = {
 }
 
 
-_COMMANDS_BY_NAME: Mapping[str, type[StageControl]] = dict(ACTION_COMMANDS)
+_COMMANDS_BY_NAME: Mapping[str, type[StageControl]] = {
+    action: cls for action, cls in ACTION_COMMANDS.items()
+}
 
 
 def command_for(action: str) -> type[StageControl] | None:
