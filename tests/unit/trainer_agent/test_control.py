@@ -66,14 +66,6 @@ def test_one_rollback_per_boundary_the_one_that_goes_back_furthest():
     ]
 
 
-def test_a_rollback_at_a_boundary_where_the_stage_stops_is_refused():
-    directive = at_step_boundary([_cmd("RollbackStage", "r", step=5), _cmd("PauseStage", "p")])
-    assert directive.rollback is None and directive.stop == "pause"
-    assert [(r.action_id, r.reason) for r in directive.refused] == [
-        ("r", "the stage stops here (pause)")
-    ]
-
-
 def test_oom_is_recognised_by_exception_class_or_by_log():
     assert is_oom_exception(["builtins.RuntimeError", "torch.OutOfMemoryError"])
     assert is_oom_exception(["torch.cuda.OutOfMemoryError"])

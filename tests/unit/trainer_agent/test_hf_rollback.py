@@ -51,7 +51,7 @@ class _Agent(transformers.TrainerCallback):
     """Stands for the agent and the world: at a step's end (before the platform's callback
     polls), appends a control line, or poisons the weights."""
 
-    def __init__(self, attempt_dir: Path, controls: dict[int, dict], poison_at: int | None):
+    def __init__(self, attempt_dir: Path, controls: dict[int, Any], poison_at: int | None):
         self.attempt_dir = attempt_dir
         self.controls = controls
         self.poison_at = poison_at
@@ -65,11 +65,12 @@ class _Agent(transformers.TrainerCallback):
         if step == self.poison_at:
             with torch.no_grad():
                 model.linear.weight.fill_(float("nan"))
-        if step in self.controls:
-            append_line(self.attempt_dir / CONTROL, self.controls[step])
+        lines = self.controls.get(step, [])
+        for line in [lines] if isinstance(lines, dict) else lines:
+            append_line(self.attempt_dir / CONTROL, line)
 
 
-def _train(tmp_path: Path, controls: dict[int, dict], poison_at: int | None = None):
+def _train(tmp_path: Path, controls: dict[int, Any], poison_at: int | None = None):
     points: list[dict[str, Any]] = []
 
     def report(step: int, epoch: float | None = None, **fields: Any) -> None:
@@ -167,6 +168,15 @@ def test_rollback_passes_over_a_poisoned_checkpoint_and_refuses_with_none_before
     # Back on finite weights: the loss after the rollback is a number again.
     after = points[[p["step"] for p in points].index(6) + 1 :]
     assert after[0]["step"] == 3 and all(math.isfinite(p["loss"]) for p in after)
+
+
+def test_a_rollback_at_the_step_where_the_stage_pauses_is_refused(tmp_path):
+    pause = {"type": "PauseStage", "action_id": "p"}
+    _, points, events = _train(tmp_path, {5: [_rollback("rb", step=4), pause]})
+    [refused] = [e for e in events if e["type"] == "ActionRefused"]
+    assert (refused["action_id"], refused["step"]) == ("rb", 5)
+    assert refused["reason"] == "the stage stops at this step (pause)"
+    assert points[-1]["step"] == 5
 
 
 def test_a_learning_rate_factor_that_is_not_positive_is_refused_at_its_step(tmp_path):

@@ -166,7 +166,15 @@ class PosttrainCallback(TrainerCallback):
         if directive.empty:
             return
         if directive.rollback is not None:
-            self._plan_rollback(directive.rollback, step)
+            if directive.stop is not None:
+                self.stage.action_refused(
+                    directive.rollback.action_id,
+                    "rollback",
+                    step,
+                    f"the stage stops at this step ({directive.stop})",
+                )
+            else:
+                self._plan_rollback(directive.rollback, step)
         if directive.lr_factor != 1.0:
             scale_learning_rate(optimizer, lr_scheduler, directive.lr_factor)
         if directive.save:

@@ -127,11 +127,6 @@ def at_step_boundary(
             for r in rollbacks
             if r is not rollback
         ]
-        if stop is not None:
-            refused.append(
-                Refused(rollback.action_id, "rollback", f"the stage stops here ({stop})")
-            )
-            rollback = None
     return StepDirective(
         save=save,
         stop=stop,
