@@ -193,8 +193,9 @@ class PosttrainCallback(TrainerCallback):
         path = f"{args.output_dir}/checkpoint-{step}"
         # Marked so that nothing goes back to, or on from, weights that hold a NaN.
         non_finite = non_finite_parts(model, self.last_logs.get("loss"))
-        with contextlib.suppress(OSError):  # rotated away already: nothing to mark
-            write_marker(path, step, non_finite)
+        if Path(path).is_dir():  # not rotated away already (a file beside it would confuse HF)
+            with contextlib.suppress(OSError):
+                write_marker(path, step, non_finite)
         if self.stage is None:
             return
         self.stage.checkpoint_saved(step, path, self._save_reason or "scheduled", non_finite)
