@@ -4,7 +4,8 @@ It regresses y = sum(x) with a linear layer, reports every step through the stag
 callback, and obeys control commands at step boundaries, like any training loop wired to the
 platform. ``nan_at`` multiplies the loss by NaN from that step on (a run that turns NaN);
 ``spike_at`` scales the loss, and so the gradient, by ``spike`` for ``spike_steps`` steps from
-there (an exploding gradient). Non-finite steps are skipped, as verl and most trainers do.
+there (an exploding gradient). Non-finite steps are skipped, as verl and most trainers do. A
+rollback is not implemented here: the stage refuses it on the record.
 """
 
 from __future__ import annotations
@@ -26,18 +27,25 @@ def run(
 ) -> dict[str, Any]:
     import torch
 
+    from posttrain.trainer_agent.checkpoint_files import non_finite_parts, write_marker
+
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    last_loss = 0.0
     for step in range(1, steps + 1):
-        directive = ctx.poll_control()
+        directive = ctx.poll_control(step)
         if directive.lr_factor != 1.0:
             for group in optimizer.param_groups:
                 group["lr"] *= directive.lr_factor
         if directive.save or directive.stop == "pause":
             path = ctx.job_dir / f"step-{step}.pt"
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
-            ctx.checkpoint_saved(step, str(path), "paused" if directive.stop else "forced")
+            # Marked when the weights or the last loss are not finite (a pause on a NaN).
+            non_finite = non_finite_parts(model, last_loss)
+            write_marker(path, step, non_finite)
+            reason = "paused" if directive.stop else "forced"
+            ctx.checkpoint_saved(step, str(path), reason, non_finite)
         for applied in directive.applied:
             ctx.action_applied(applied, step)
         if directive.stop is not None:
@@ -54,6 +62,7 @@ def run(
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
         if math.isfinite(grad_norm):
             optimizer.step()
+        last_loss = float(loss)
         ctx.reporter(
             step=step,
             loss=float(loss),

@@ -97,6 +97,10 @@ async def test_nan_run_is_paused_and_exploding_gradient_gets_its_learning_rate_c
     assert any(a.stage == "nan_run" and a.action == "pause" for a in actions), actions
     assert paused[0].data.stage == "nan_run" and paused[0].data.checkpoint
     assert paused[0].data.step <= 30 + 2, paused[0].data
+    # The loop skips non-finite steps, so the weights stayed good: the checkpoint is marked for
+    # its loss only, and it is the one a resume goes on from.
+    assert paused[0].data.non_finite == ["loss"]
+    assert paused[0].data.resume_checkpoint == paused[0].data.checkpoint
     # The gradient exploded at step 30: the learning rate was cut x0.1, visible in the metrics.
     cut = [
         e.data

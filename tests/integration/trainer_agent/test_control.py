@@ -3,6 +3,7 @@ reported as ActionApplied with the step it was applied at."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from posttrain.events.messages import (
     ForceCheckpoint,
     PauseStage,
     ResumeStage,
+    RollbackStage,
 )
 from posttrain.events.topics import Topic
 from tests.integration.trainer_agent.conftest import tiny_sft
@@ -48,7 +50,10 @@ def _applied(messages, run, action_id):
 
 async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kafka_settings):
     agent = await start_agent()
-    run = agent.run_stage("train_model", {"config": tiny_sft(max_steps=5000)}, stage="ctl")
+    # No periodic checkpoints: the retry below must find the forced one as the job's last.
+    run = agent.run_stage(
+        "train_model", {"config": tiny_sft(max_steps=5000, save_steps=0)}, stage="ctl"
+    )
     async with (
         TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
         TopicReader(kafka_settings, Topic.METRICS) as metrics,
@@ -148,7 +153,7 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
         last = applied.step
         retry = agent.run_stage(
             "train_model",
-            {"config": tiny_sft(max_steps=last + 10)},
+            {"config": tiny_sft(max_steps=last + 10, save_steps=0)},
             stage="ctl",
             attempt=2,
         )
@@ -170,3 +175,50 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
             )
         )
     assert sorted(pt.step for pt in retried) == list(range(last + 1, last + 11))
+
+
+def _refused(messages, action_id):
+    return [m for m in messages if m.TYPE == "ActionRefused" and m.action_id == action_id]
+
+
+async def test_controls_a_stage_cannot_apply_are_reported_refused(start_agent, kafka_settings):
+    """A command stage has no step boundary: pause, checkpoint, learning rate and rollback are
+    refused on stage.reports with the reason (not only written in the stage's log); a control
+    for a stage this agent does not run, or a resume of a running one, is refused too."""
+    agent = await start_agent()
+    sleeper = "import time\nfor _ in range(600): time.sleep(0.1)"
+    run = agent.run_stage("command", {"argv": [sys.executable, "-c", sleeper]}, stage="verl")
+    async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
+        await agent.send(run)
+        await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageStarted"), timeout=60)
+        await agent.send(_control(PauseStage, run, "pause-1"))
+        await agent.send(_control(ForceCheckpoint, run, "ckpt-1"))
+        await agent.send(_control(AdjustLearningRate, run, "lr-1", factor=0.1))
+        await agent.send(_control(RollbackStage, run, "rb-1", step=3))
+        await agent.send(_control(ResumeStage, run, "resume-1"))
+        ghost = run.model_copy(update={"command_id": "pipe-1:ghost:1", "stage": "ghost"})
+        await agent.send(_control(PauseStage, ghost, "pause-ghost"))
+        ids = ["pause-1", "ckpt-1", "lr-1", "rb-1", "resume-1", "pause-ghost"]
+        refused = await reports.wait(
+            lambda ms: all(_refused(ms, i) for i in ids) and {i: _refused(ms, i) for i in ids},
+            timeout=60,
+        )
+        await agent.send(_control(CancelStage, run, "cancel-1"))
+        [failed] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageFailed"))
+    assert failed.kind == "cancelled"
+    assert _applied(reports.messages(), run, "cancel-1")
+    assert all(len(r) == 1 for r in refused.values()), refused
+    for action_id, action in [
+        ("pause-1", "pause"),
+        ("ckpt-1", "force_checkpoint"),
+        ("lr-1", "adjust_learning_rate"),
+        ("rb-1", "rollback"),
+    ]:
+        [r] = refused[action_id]
+        assert (r.action, r.agent_id, r.command_id) == (action, agent.name, run.command_id)
+        assert "no step boundary" in r.reason, r.reason
+    [resume] = refused["resume-1"]
+    assert (resume.action, resume.reason) == ("resume", "not paused")
+    [ghost_refusal] = refused["pause-ghost"]
+    assert ghost_refusal.reason == "no such stage on this agent"
+    assert ghost_refusal.stage == "ghost" and ghost_refusal.job_id is None

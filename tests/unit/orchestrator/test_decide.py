@@ -26,6 +26,16 @@ def cmd(name, deps=(), **extra):
     }
 
 
+def train(name, deps=(), **extra):
+    return {
+        "name": name,
+        "task": "train_model",
+        "params": {"config": {"algorithm": "sft", "model_path": "tiny-llama"}},
+        "depends_on": list(deps),
+        **extra,
+    }
+
+
 FAN = [cmd("a"), cmd("b", ["a"]), cmd("c", ["a"]), cmd("d", ["b", "c"])]
 
 
@@ -258,7 +268,7 @@ def test_cancel_stops_running_stages():
 
 def test_actions_reach_the_agent_once():
     w = World()
-    w.submit([cmd("a")])
+    w.submit([train("a")])
     w.start("a")
     action = RequestAction(
         action_id="act-1",
@@ -274,7 +284,9 @@ def test_actions_reach_the_agent_once():
     sent = [c.data for c in w.commands if isinstance(c.data, AdjustLearningRate)]
     assert len(sent) == 1 and sent[0].factor == 0.1 and sent[0].run_command_id == "p1:a:1"
     stale = action.model_copy(update={"action_id": "act-2", "attempt": 7})
-    assert not w.send(stale)
+    [refused] = w.send(stale).events
+    assert refused.type == "ActionRefused" and "attempt 1, not 7" in refused.data.reason
+    assert not w.send(stale).commands
 
 
 def test_reports_for_other_attempts_or_unknown_pipelines_are_ignored():

@@ -18,7 +18,7 @@ NAMES = sorted(p.name.removesuffix(".jsonl") for p in GOLDEN.glob("*.jsonl"))
 
 
 def test_there_are_golden_histories():
-    assert set(NAMES) >= {"seed_pipeline", "failure_and_resume", "lost_agent"}
+    assert set(NAMES) >= {"seed_pipeline", "failure_and_resume", "lost_agent", "actions"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -58,3 +58,17 @@ def test_seed_pipeline_resolved_references_and_succeeded():
         ["train_rl_1", "train_rl_2"],
         ["evaluate"],
     ]
+
+
+def test_the_actions_history_says_why_each_refused_action_was_refused():
+    lines = (GOLDEN / "actions.jsonl").read_text().splitlines()
+    refused = {
+        e.data.action_id: e.data
+        for e in map(decode, map(str.encode, lines))
+        if e.type == "ActionRefused"
+    }
+    assert refused["ghost"].reason == "pipeline 'golden-actions' has no stage 'nope'"
+    assert refused["verl-pause"].reason.startswith("a command stage cannot take 'pause'")
+    assert refused["ckpt"].agent_id is not None  # refused by the agent
+    state = fold([decode(line.encode()) for line in lines])["golden-actions"]
+    assert state.stages["train"].last_checkpoint == "/c/100"  # not the poisoned /c/200, /c/201

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from posttrain.trainer_agent.core.control import at_step_boundary
+from posttrain.trainer_agent.core.control import Rollback, at_step_boundary
 from posttrain.trainer_agent.core.failure import is_oom_exception, kind_from_log
 
 
@@ -37,11 +37,33 @@ def test_pause_checkpoints_and_stops_cancel_stops_without_a_checkpoint():
     assert cancel.stop == "cancel" and not cancel.save
 
 
-def test_a_factor_that_is_not_positive_is_not_applied():
+def test_a_factor_that_is_not_positive_is_refused_not_applied():
     directive = at_step_boundary(
         [_cmd("AdjustLearningRate", "z", factor=0), _cmd("AdjustLearningRate", "s", factor="x")]
     )
-    assert directive.empty and directive.lr_factor == 1.0
+    assert not directive.applied and directive.lr_factor == 1.0
+    assert [(r.action_id, r.reason) for r in directive.refused] == [
+        ("z", "factor 0 is not a positive number"),
+        ("s", "factor 'x' is not a positive number"),
+    ]
+
+
+def test_a_rollback_is_handed_to_the_loop_with_where_to_go_back_to():
+    directive = at_step_boundary(
+        [_cmd("RollbackStage", "r", step=30, rollback_steps=10, skip_batches=4, reason="spike")]
+    )
+    assert directive.rollback == Rollback("r", 30, 10, 4, "spike")
+    assert not directive.applied and not directive.empty  # applied once the loop has gone back
+
+
+def test_one_rollback_per_boundary_the_one_that_goes_back_furthest():
+    directive = at_step_boundary(
+        [_cmd("RollbackStage", "late", step=40), _cmd("RollbackStage", "early", step=25)]
+    )
+    assert directive.rollback is not None and directive.rollback.action_id == "early"
+    assert [(r.action_id, r.reason) for r in directive.refused] == [
+        ("late", "rollback early covers it")
+    ]
 
 
 def test_oom_is_recognised_by_exception_class_or_by_log():

@@ -50,7 +50,7 @@ class _Stage:
         self.applied: list[tuple[str, int]] = []
         self.boundaries = 0
 
-    def poll_control(self) -> StepDirective:
+    def poll_control(self, step: int | None = None) -> StepDirective:
         self.boundaries += 1  # called once per step boundary
         if self.boundaries == 3:
             return StepDirective(lr_factor=0.1, applied=(Applied("lr", "adjust_learning_rate"),))
@@ -59,7 +59,7 @@ class _Stage:
     def action_applied(self, applied: Applied, step: int) -> None:
         self.applied.append((applied.action_id, step))
 
-    def checkpoint_saved(self, step: int, path: str, reason: str) -> None:
+    def checkpoint_saved(self, step: int, path: str, reason: str, non_finite=()) -> None:
         raise AssertionError("no checkpoint was asked for")
 
     def stopping(self, reason: str, step: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from posttrain.trainer_agent.core.journal import (
     Capacity,
+    ControlDecision,
     Ignore,
     Reject,
     Replay,
@@ -97,12 +98,15 @@ def test_control_decisions_follow_the_stage_status():
     paused = fold(_records({"kind": "paused", "command_id": "c1", "step": 4}))["c1"]
     done = fold(_records({"kind": "finished", "command_id": "c1", "outcome": SUCCEEDED}))["c1"]
     assert decide_control(running, "force_checkpoint").action == "forward"
-    assert decide_control(running, "resume").action == "ignore"
+    assert decide_control(running, "resume") == ControlDecision("refuse", "not paused")
     assert decide_control(paused, "resume").action == "resume"
     assert decide_control(paused, "cancel").action == "cancel_paused"
     assert decide_control(paused, "adjust_learning_rate").action == "queue"
-    assert decide_control(done, "pause").action == "ignore"
-    assert decide_control(None, "pause").action == "ignore"
+    assert decide_control(running, "rollback").action == "forward"
+    assert decide_control(paused, "rollback").action == "queue"
+    assert decide_control(paused, "pause") == ControlDecision("refuse", "already paused")
+    assert decide_control(done, "pause") == ControlDecision("refuse", "the stage has finished")
+    assert decide_control(None, "pause").action == "refuse"
 
 
 def test_recovery_after_a_restart():
@@ -119,3 +123,13 @@ def test_usage_counts_running_stages_and_their_gpus():
     assert usage(entries).running == ("c1",) and usage(entries).gpu_ids == frozenset({1})
     paused = fold(_records({"kind": "paused", "command_id": "c1", "step": 1}))
     assert usage(paused).running == () and usage(paused).gpu_ids == frozenset()
+
+
+def test_a_pause_with_a_poisoned_checkpoint_resumes_from_the_last_good_one():
+    paused = {"kind": "paused", "command_id": "c1", "step": 9, "checkpoint": "/c/9"}
+    poisoned = fold(_records({**paused, "resume_checkpoint": "/c/5"}))["c1"]
+    assert (poisoned.paused_checkpoint, poisoned.resume_checkpoint) == ("/c/9", "/c/5")
+    nothing_good = fold(_records({**paused, "resume_checkpoint": None}))["c1"]
+    assert nothing_good.resume_checkpoint is None
+    # A journal written before checkpoints were marked: the pause's own checkpoint.
+    assert fold(_records(paused))["c1"].resume_checkpoint == "/c/9"

@@ -59,6 +59,7 @@ _REPORT_TYPES = (
     "StagePaused",
     "CheckpointSaved",
     "ActionApplied",
+    "ActionRefused",
 )
 
 _SPECS: tuple[TopicSpec, ...] = (
@@ -116,6 +117,7 @@ _SPECS: tuple[TopicSpec, ...] = (
             "ResumeStage",
             "AdjustLearningRate",
             "ForceCheckpoint",
+            "RollbackStage",
         ),
         description="Work and control for trainer agents, addressed by agent_id.",
     ),

@@ -26,20 +26,19 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from posttrain.events import Envelope
+from posttrain.events.actions import ACTION_COMMANDS
 from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
 from posttrain.events.kafka.producer import partition_for
 from posttrain.events.messages import (
     MESSAGE_TYPES,
     ActionApplied,
-    AdjustLearningRate,
+    ActionKind,
+    ActionRefused,
     AgentHeartbeat,
-    CancelStage,
     CheckpointSaved,
-    ForceCheckpoint,
     Message,
-    PauseStage,
-    ResumeStage,
     RunStage,
+    StageControl,
     StageFailed,
     StagePaused,
     StageRejected,
@@ -51,7 +50,6 @@ from posttrain.service.http import EndpointServer
 from posttrain.trainer_agent.core.failure import kind_from_log, tail
 from posttrain.trainer_agent.core.journal import (
     Capacity,
-    ControlKind,
     Entry,
     Ignore,
     Reject,
@@ -89,13 +87,12 @@ from posttrain.trainer_agent.tasks.context import safe_name
 
 log = logging.getLogger("posttrain.trainer_agent")
 
-_CONTROL_KINDS: dict[type[Message], ControlKind] = {
-    PauseStage: "pause",
-    ResumeStage: "resume",
-    AdjustLearningRate: "adjust_learning_rate",
-    ForceCheckpoint: "force_checkpoint",
-    CancelStage: "cancel",
+# Every control command and the action it carries (one table, in libs/events).
+_CONTROL_KINDS: dict[type[Message], ActionKind] = {
+    cls: action for action, cls in ACTION_COMMANDS.items()
 }
+# What a control line in the stage's control file carries besides its type.
+_ROUTING_FIELDS = frozenset({"agent_id", "run_command_id", "pipeline_id", "stage", "attempt"})
 
 
 @dataclass(frozen=True)
@@ -294,7 +291,7 @@ class Agent:
         self.stats.commands[message.TYPE] += 1
         if isinstance(message, RunStage):
             await self._run_stage(message)
-        elif type(message) in _CONTROL_KINDS:
+        elif isinstance(message, StageControl) and type(message) in _CONTROL_KINDS:
             await self._control(message, _CONTROL_KINDS[type(message)])
 
     async def _run_stage(self, command: RunStage) -> None:
@@ -422,7 +419,7 @@ class Agent:
         )
         return env
 
-    async def _control(self, command: Any, kind: ControlKind) -> None:
+    async def _control(self, command: StageControl, kind: ActionKind) -> None:
         entry = self.journal.get(command.run_command_id)
         decision = decide_control(entry, kind)
         log.info(
@@ -434,19 +431,14 @@ class Agent:
                 "reason": decision.reason,
             },
         )
-        if entry is None or decision.action == "ignore":
+        if decision.action == "refuse":
+            await self._refuse(command, kind, entry, decision.reason)
             return
+        assert entry is not None
         attempt_dir = Path(entry.attempt_dir)
         if decision.action in ("forward", "queue"):
-            append_line(
-                attempt_dir / CONTROL,
-                {
-                    "type": command.TYPE,
-                    "action_id": command.action_id,
-                    "factor": getattr(command, "factor", None),
-                    "reason": command.reason,
-                },
-            )
+            line = command.model_dump(mode="json", exclude=set(_ROUTING_FIELDS))
+            append_line(attempt_dir / CONTROL, {"type": command.TYPE, **line})
             if kind == "cancel" and entry.launch is not None:
                 now = time.monotonic()
                 self._kills.setdefault(
@@ -462,10 +454,20 @@ class Agent:
             gpus_needed = len(_needed_gpus(entry))
             if gpus_needed > len(capacity.free_gpu_ids) or capacity.free_slots <= 0:
                 log.warning("cannot resume: no capacity", extra={"command_id": entry.command_id})
+                await self._refuse(
+                    command,
+                    kind,
+                    entry,
+                    f"no capacity to resume: the stage needs {gpus_needed} GPU(s) and a slot, the "
+                    f"agent has {len(capacity.free_gpu_ids)} GPU(s) and "
+                    f"{max(capacity.free_slots, 0)} slot(s) free",
+                )
                 return
+            # A checkpoint the user names, else the last one whose weights are finite.
+            checkpoint = getattr(command, "checkpoint", None) or entry.resume_checkpoint
             await self._launch(
                 entry,
-                resume_from=entry.paused_checkpoint,
+                resume_from=checkpoint,
                 resume_action={"action_id": command.action_id, "reason": command.reason},
                 resume_step=entry.paused_step,
                 gpu_ids=tuple(sorted(capacity.free_gpu_ids)[:gpus_needed]),
@@ -485,6 +487,28 @@ class Agent:
             await self._finish(
                 entry, _failed(entry, "cancelled", f"cancelled while paused at step {step}")
             )
+
+    async def _refuse(
+        self, command: StageControl, kind: ActionKind, entry: Entry | None, reason: str
+    ) -> None:
+        """A control this agent cannot apply is reported, not only logged."""
+        self.stats.refused += 1
+        await self._send(
+            Topic.STAGE_REPORTS,
+            ActionRefused(
+                action_id=command.action_id,
+                pipeline_id=command.pipeline_id,
+                stage=command.stage,
+                attempt=command.attempt,
+                action=kind,
+                reason=reason,
+                step=entry.paused_step if entry is not None else None,
+                agent_id=self.config.name,
+                command_id=command.run_command_id,
+                job_id=entry.run.get("job_id") if entry is not None else None,
+            ),
+            key=command.pipeline_id,
+        )
 
     # --- monitoring stage processes ------------------------------------------------------------
 
@@ -568,10 +592,14 @@ class Agent:
         status = result.get("status")
         run = entry.run
         if status == "paused":
+            non_finite = list(result.get("non_finite") or [])
+            # A result written before checkpoints were marked resumes from its own checkpoint.
+            resume = result.get("resume_checkpoint", result.get("checkpoint"))
             updated = self.journal.append(
                 "paused",
                 entry.command_id,
                 checkpoint=result.get("checkpoint"),
+                resume_checkpoint=resume,
                 step=result.get("step"),
                 control_offset=result.get("control_offset", entry.control_offset),
             )
@@ -582,6 +610,8 @@ class Agent:
                     **_entry_fields(entry, self.config.name),
                     step=int(result.get("step") or 0),
                     checkpoint=result.get("checkpoint"),
+                    non_finite=non_finite,
+                    resume_checkpoint=resume,
                 ),
                 key=run["pipeline_id"],
             )
@@ -669,6 +699,21 @@ class Agent:
                 step=int(event["step"]),
                 path=str(event["path"]),
                 reason=str(event.get("reason", "scheduled")),
+                non_finite=list(event.get("non_finite") or []),
+            )
+        if event.get("type") == "ActionRefused":
+            step = event.get("step")
+            return ActionRefused(
+                action_id=str(event["action_id"]),
+                pipeline_id=fields["pipeline_id"],
+                stage=fields["stage"],
+                attempt=fields["attempt"],
+                action=event["action"],
+                reason=str(event.get("reason", "")),
+                step=int(step) if step is not None else None,
+                agent_id=fields["agent_id"],
+                command_id=fields["command_id"],
+                job_id=fields["job_id"],
             )
         if event.get("type") == "ActionApplied":
             return ActionApplied(

@@ -25,6 +25,7 @@ class AgentStats:
     launches: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # "succeeded", or the failure kind
     rejected: int = 0
+    refused: int = 0  # control commands the agent could not apply (reported as ActionRefused)
     replayed: int = 0
     send_errors: int = 0
     running: int = 0
@@ -61,6 +62,12 @@ class AgentStats:
             "counter",
             "RunStage commands rejected for capacity.",
             self.rejected,
+        )
+        text.add(
+            "controls_refused_total",
+            "counter",
+            "Control commands the agent could not apply (reported as ActionRefused).",
+            self.refused,
         )
         text.add("replayed_total", "counter", "RunStage answered from the journal.", self.replayed)
         text.add(

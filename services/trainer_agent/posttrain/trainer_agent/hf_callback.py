@@ -14,17 +14,26 @@ In a script of your own::
 - Under the agent, control commands are applied at the step boundary (``on_step_end``): the
   learning rate is scaled in the optimizer's groups and the scheduler's base rates, a checkpoint
   is forced with ``should_save``, a pause or cancel stops with ``should_training_stop``.
+- A rollback (the trainer ``attach``-ed) goes back, before the next step's batches are drawn,
+  to the last good checkpoint saved before the anomaly's step: model, optimizer, scheduler and
+  RNG state and the step counter, then skips the asked number of batches and goes on.
+- Each checkpoint gets a marker saying whether its weights and its step's loss are finite
+  (``checkpoint_files``): a poisoned one is never gone back to, nor resumed from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
-from posttrain.trainer_agent.core.control import Applied, StepDirective
+from posttrain.trainer_agent.checkpoint_files import non_finite_parts, write_marker
+from posttrain.trainer_agent.core.checkpoints import Checkpoint
+from posttrain.trainer_agent.core.control import Applied, Rollback, StepDirective
 from posttrain.trainer_agent.reporting import create_training_callback
 
 # Logged once at the end of training by HF, not a step's measurement.
@@ -46,10 +55,31 @@ class Report(Protocol):
 class StageControls(Protocol):
     """What the callback needs from the stage it runs in (``tasks.context.StageContext``)."""
 
-    def poll_control(self) -> StepDirective: ...
+    def poll_control(self, step: int | None = None) -> StepDirective: ...
     def action_applied(self, applied: Applied, step: int) -> None: ...
-    def checkpoint_saved(self, step: int, path: str, reason: str) -> None: ...
+    def action_refused(
+        self, action_id: str, action: str, step: int | None, reason: str
+    ) -> None: ...
+    def checkpoint_saved(
+        self, step: int, path: str, reason: str, non_finite: tuple[str, ...] = ()
+    ) -> None: ...
     def stopping(self, reason: str, step: int) -> None: ...
+    def rollback_target(self, rollback: Rollback, step: int) -> Checkpoint | None: ...
+    def rolled_back(
+        self,
+        rollback: Rollback,
+        from_step: int,
+        to: Checkpoint,
+        skipped_batches: int,
+        restored: tuple[str, ...] = (),
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingRollback:
+    rollback: Rollback
+    target: Checkpoint
+    from_step: int
 
 
 class PosttrainCallback(TrainerCallback):
@@ -72,6 +102,17 @@ class PosttrainCallback(TrainerCallback):
         self.last_logs: dict[str, Any] = {}
         self._save_reason: str | None = None
         self._tokens: tuple[float, float] | None = None  # (num_tokens, time) at the last log
+        self._trainer: Any = None
+        self._draw_batches: Any = None  # the trainer's own get_batch_samples
+        self._rollback: _PendingRollback | None = None
+
+    def attach(self, trainer: Any) -> None:
+        """Let this callback roll ``trainer`` back: HF gives callbacks no way to reload a
+        checkpoint or to skip data, so the rollback happens where the trainer draws the next
+        step's batches (``get_batch_samples``), after the current step is logged and saved."""
+        self._trainer = trainer
+        self._draw_batches = trainer.get_batch_samples
+        trainer.get_batch_samples = self._get_batch_samples
 
     # --- metrics ------------------------------------------------------------------------------
 
@@ -120,10 +161,20 @@ class PosttrainCallback(TrainerCallback):
     ) -> None:
         if self.stage is None:
             return
-        directive = self.stage.poll_control()
+        step = int(state.global_step)
+        directive = self.stage.poll_control(step)
         if directive.empty:
             return
-        step = int(state.global_step)
+        if directive.rollback is not None:
+            if directive.stop is not None:
+                self.stage.action_refused(
+                    directive.rollback.action_id,
+                    "rollback",
+                    step,
+                    f"the stage stops at this step ({directive.stop})",
+                )
+            else:
+                self._plan_rollback(directive.rollback, step)
         if directive.lr_factor != 1.0:
             scale_learning_rate(optimizer, lr_scheduler, directive.lr_factor)
         if directive.save:
@@ -135,13 +186,100 @@ class PosttrainCallback(TrainerCallback):
         for applied in directive.applied:
             self.stage.action_applied(applied, step)
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.stage is None:
-            return
+    def on_save(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
         step = int(state.global_step)
         path = f"{args.output_dir}/checkpoint-{step}"
-        self.stage.checkpoint_saved(step, path, self._save_reason or "scheduled")
+        # Marked so that nothing goes back to, or on from, weights that hold a NaN.
+        non_finite = non_finite_parts(model, self.last_logs.get("loss"))
+        if Path(path).is_dir():  # not rotated away already (a file beside it would confuse HF)
+            with contextlib.suppress(OSError):
+                write_marker(path, step, non_finite)
+        if self.stage is None:
+            return
+        self.stage.checkpoint_saved(step, path, self._save_reason or "scheduled", non_finite)
         self._save_reason = None
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        pending, self._rollback = self._rollback, None
+        if pending is not None and self.stage is not None:
+            self.stage.action_refused(
+                pending.rollback.action_id,
+                "rollback",
+                pending.from_step,
+                f"training ended at step {pending.from_step} before it could go back",
+            )
+
+    # --- rollback -----------------------------------------------------------------------------
+
+    def _plan_rollback(self, rollback: Rollback, step: int) -> None:
+        assert self.stage is not None
+        target = self.stage.rollback_target(rollback, step)
+        trainer = self._trainer
+        reason = None
+        if trainer is None:
+            reason = "this trainer cannot roll back (PosttrainCallback.attach was not called)"
+        elif trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            reason = "rolling back in place is not supported with DeepSpeed or FSDP"
+        elif target is None:
+            before = rollback.step if rollback.step is not None else step
+            reason = f"no checkpoint with finite weights was saved before step {before}"
+        elif self._rollback is not None:
+            reason = f"rollback {self._rollback.rollback.action_id} is under way"
+        if reason is not None:
+            self.stage.action_refused(rollback.action_id, "rollback", step, reason)
+            return
+        assert target is not None
+        self._rollback = _PendingRollback(rollback, target, step)
+
+    def _get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> Any:
+        pending, self._rollback = self._rollback, None
+        if pending is not None:
+            restored = restore_checkpoint(self._trainer, pending.target.path)
+            per_step = max(1, int(self._trainer.args.gradient_accumulation_steps))
+            # Within this epoch: skipping a whole epoch would end HF's training loop.
+            skipped = 0
+            for _ in range(pending.rollback.skip_batches * per_step):
+                try:
+                    next(epoch_iterator)
+                except StopIteration:
+                    break
+                skipped += 1
+            assert self.stage is not None
+            self.stage.rolled_back(
+                pending.rollback, pending.from_step, pending.target, skipped // per_step, restored
+            )
+        return self._draw_batches(epoch_iterator, num_batches, device)
+
+
+def restore_checkpoint(trainer: Any, checkpoint: str) -> tuple[str, ...]:
+    """Put ``trainer`` back to ``checkpoint`` (a ``checkpoint-<step>`` directory it saved):
+    model weights, optimizer, scheduler and RNG state, and the step counter. Returns what was
+    restored (a checkpoint saved with ``save_only_model`` has weights only).
+
+    Uses the Trainer's own loaders (private, stable since transformers 4.x): the same code that
+    ``train(resume_from_checkpoint=...)`` runs."""
+    import torch
+    from transformers.trainer_callback import TrainerState
+
+    folder = Path(checkpoint)
+    trainer._load_from_checkpoint(str(folder))
+    restored = ["model"]
+    if (folder / "optimizer.pt").exists() and (folder / "scheduler.pt").exists():
+        trainer._load_optimizer_and_scheduler(str(folder))
+        restored += ["optimizer", "scheduler"]
+    if (folder / "rng_state.pth").exists():
+        trainer._load_rng_state(str(folder))
+        restored.append("rng")
+    step = TrainerState.load_from_json(str(folder / "trainer_state.json")).global_step
+    trainer.state.global_step = step
+    # The loss accumulated since the last log belongs to the abandoned steps, and the next log
+    # is of step + 1.
+    trainer._globalstep_last_logged = step
+    if isinstance(getattr(trainer, "_tr_loss", None), torch.Tensor):
+        trainer._tr_loss.zero_()
+    return tuple(restored)
 
 
 def scale_learning_rate(optimizer: Any, lr_scheduler: Any, factor: float) -> None:

@@ -5,7 +5,8 @@ Each RunStage command has a directory on the agent's disk::
     spec-<n>.json     what launch n runs (the RunStage, where to resume, control offset)
     stage.log         stdout and stderr of every launch of this attempt, appended
     control.jsonl     control commands, appended by the agent, read at each step boundary
-    events.jsonl      CheckpointSaved / ActionApplied, appended by the stage, published by the agent
+    events.jsonl      CheckpointSaved / ActionApplied / ActionRefused, appended by the stage,
+                      published by the agent
     result-<n>.json   how launch n ended, written once, atomically
 
 Files rather than pipes, because the stage process outlives an agent that is killed: the next
@@ -126,9 +127,30 @@ class EventOutbox:
     def __init__(self, attempt_dir: Path) -> None:
         self.path = attempt_dir / EVENTS
 
-    def checkpoint_saved(self, step: int, path: str, reason: str) -> None:
+    def checkpoint_saved(
+        self, step: int, path: str, reason: str, non_finite: tuple[str, ...] = ()
+    ) -> None:
         append_line(
-            self.path, {"type": "CheckpointSaved", "step": step, "path": path, "reason": reason}
+            self.path,
+            {
+                "type": "CheckpointSaved",
+                "step": step,
+                "path": path,
+                "reason": reason,
+                "non_finite": list(non_finite),
+            },
+        )
+
+    def action_refused(self, action_id: str, action: str, step: int | None, reason: str) -> None:
+        append_line(
+            self.path,
+            {
+                "type": "ActionRefused",
+                "action_id": action_id,
+                "action": action,
+                "step": step,
+                "reason": reason,
+            },
         )
 
     def action_applied(

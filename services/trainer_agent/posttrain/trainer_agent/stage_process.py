@@ -2,11 +2,12 @@
 
 ``python -m posttrain.trainer_agent.stage_process <attempt_dir> <launch>`` (or forked by the
 launcher's zygote). It reads ``spec-<n>.json``, reports metrics itself (straight to Kafka, with
-its own spill file), writes CheckpointSaved/ActionApplied lines for the agent to publish, and
-ends with ``result-<n>.json``:
+its own spill file), writes CheckpointSaved/ActionApplied/ActionRefused lines for the agent to
+publish, and ends with ``result-<n>.json``:
 
     {"status": "succeeded", "outputs": {...}}
-    {"status": "paused", "step": 40, "checkpoint": ".../checkpoint-40"}
+    {"status": "paused", "step": 40, "checkpoint": ".../checkpoint-40", "non_finite": [],
+     "resume_checkpoint": ".../checkpoint-40"}
     {"status": "failed", "kind": "oom" | "error" | "cancelled", "error": "...", "details": {}}
 
 A crash here (or an OOM kill) never touches the agent: it is another process.
@@ -101,6 +102,8 @@ def run(attempt_dir: Path, launch: int) -> int:
             {"checkpoint": ctx.resume_from},
         )
     result = _run_task(ctx)
+    # Every control the task was handed is answered: what it did not apply is refused.
+    ctx.refuse_unanswered(ctx.stop_step, f"the stage ended ({result['status']}) before applying it")
     try:
         with contextlib.suppress(Terminated):
             left = reporter.close(timeout=METRICS_CLOSE_TIMEOUT_S)
@@ -135,10 +138,15 @@ def _run_task(ctx: StageContext) -> dict[str, Any]:
         print(text, file=sys.stderr, flush=True)
         return {"status": "failed", "kind": kind, "error": tail(text), "details": details}
     if ctx.stop_reason == "pause":
+        saved = ctx.checkpoints[-1] if ctx.checkpoints else None
+        resume = ctx.resume_point()
         return {
             "status": "paused",
             "step": ctx.stop_step,
             "checkpoint": ctx.last_checkpoint,
+            # A pause on a NaN saves NaN weights: the resume goes on from the last good ones.
+            "non_finite": list(saved.non_finite) if saved is not None else [],
+            "resume_checkpoint": resume.path if resume is not None else None,
             "outputs": outputs,
         }
     if ctx.stop_reason == "cancel":

@@ -1,4 +1,4 @@
-"""Record the golden histories: ``python -m tests.unit.orchestrator.golden.record``.
+"""Record a golden history: ``python -m tests.unit.orchestrator.golden.record NAME``.
 
 Each scenario is played through the pure core; its event log is written as the exact bytes that
 go on Kafka (one envelope per line) with the state it must replay to. Once committed, these files
@@ -9,10 +9,19 @@ state (or come with an upcaster), never regenerate them to make a test pass.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 from posttrain.events import encode
-from posttrain.events.messages import ResumePipeline
+from posttrain.events.messages import (
+    ActionApplied,
+    ActionRefused,
+    CheckpointSaved,
+    RequestAction,
+    ResumePipeline,
+    StagePaused,
+)
 from posttrain.orchestrator.core.decide import AgentView
 from tests.unit.orchestrator.sim import World
 
@@ -113,15 +122,93 @@ def lost_agent() -> World:
     return w
 
 
+def actions() -> World:
+    """Every way a requested action ends: sent and applied (a rollback), refused by the
+    orchestrator (unknown stage, a command stage asked to pause), refused by the agent, a dry
+    run; a poisoned checkpoint that a retry does not go on from."""
+    w = World(pipeline_id="golden-actions")
+    w.submit(
+        [
+            {
+                "name": "train",
+                "task": "train_model",
+                "params": {"config": {"algorithm": "sft", "model_path": "tiny"}},
+                "retries": {"max_attempts": 2, "backoff_s": 0},
+            },
+            cmd("verl"),
+        ]
+    )
+    w.start("train")
+    w.start("verl")
+    ids = w._report(w.run_for("train"))
+
+    def request(action_id: str, stage: str, action: str, **fields: Any) -> RequestAction:
+        return RequestAction(
+            action_id=action_id,
+            pipeline_id="golden-actions",
+            stage=stage,
+            attempt=1,
+            action=action,
+            reason="golden",
+            **fields,
+        )
+
+    w.send(CheckpointSaved(**ids, step=100, path="/c/100"))
+    w.send(request("rb", "train", "rollback", anomaly_id="an-1", step=150, skip_batches=300))
+    w.send(
+        ActionApplied(
+            **ids,
+            action_id="rb",
+            action="rollback",
+            step=152,
+            details={"from_step": 152, "to_step": 100, "checkpoint": "/c/100"},
+        )
+    )
+    w.send(request("ghost", "nope", "pause"))
+    w.send(request("verl-pause", "verl", "pause", anomaly_id="an-2", step=45))
+    w.send(request("dry", "train", "adjust_learning_rate", factor=0.1, dry_run=True))
+    w.send(request("ckpt", "train", "force_checkpoint"))
+    w.send(
+        ActionRefused(
+            action_id="ckpt",
+            pipeline_id="golden-actions",
+            stage="train",
+            attempt=1,
+            action="force_checkpoint",
+            reason="the stage ended before applying it",
+            agent_id=ids["agent_id"],
+            command_id=ids["command_id"],
+            job_id=ids["job_id"],
+        )
+    )
+    w.send(CheckpointSaved(**ids, step=200, path="/c/200", non_finite=["weights", "loss"]))
+    w.send(
+        StagePaused(
+            **ids,
+            step=201,
+            checkpoint="/c/201",
+            non_finite=["weights", "loss"],
+            resume_checkpoint="/c/100",
+        )
+    )
+    w.fail("train")
+    w.succeed("verl")
+    w.tick(1)  # attempt 2 goes on from /c/100, the last checkpoint with finite weights
+    return w
+
+
 SCENARIOS = {
     "seed_pipeline": seed_pipeline,
     "failure_and_resume": failure_and_resume,
     "lost_agent": lost_agent,
+    "actions": actions,
 }
 
 
-def main() -> None:
-    for name, play in SCENARIOS.items():
+def main(names: list[str]) -> None:
+    """Record the named scenarios (a committed history is never recorded again)."""
+    for name in names:
+        play = SCENARIOS[name]
         world = play()
         lines = []
         for envelope in world.log:
@@ -141,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -9,7 +9,9 @@ from posttrain.events.messages.agent import (
     ForceCheckpoint,
     PauseStage,
     ResumeStage,
+    RollbackStage,
     RunStage,
+    StageControl,
 )
 from posttrain.events.messages.base import Message
 from posttrain.events.messages.diagnostics import (
@@ -20,6 +22,8 @@ from posttrain.events.messages.diagnostics import (
 )
 from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint, MetricsReported
 from posttrain.events.messages.pipeline import (
+    ActionKind,
+    ActionRefused,
     ActionRequested,
     CancelPipeline,
     PipelineCancelled,
@@ -73,6 +77,7 @@ _ALL: tuple[type[Message], ...] = (
     StageCancelled,
     StageCached,
     ActionRequested,
+    ActionRefused,
     StageStarted,
     StageSucceeded,
     StageFailed,
@@ -86,6 +91,7 @@ _ALL: tuple[type[Message], ...] = (
     ResumeStage,
     AdjustLearningRate,
     ForceCheckpoint,
+    RollbackStage,
     AgentHeartbeat,
     MetricsReported,
     AnomalyDetected,
@@ -101,7 +107,9 @@ __all__ = [
     "CORE_FIELDS",
     "MESSAGE_TYPES",
     "ActionApplied",
+    "ActionKind",
     "ActionRecommended",
+    "ActionRefused",
     "ActionRequested",
     "AdjustLearningRate",
     "AgentHeartbeat",
@@ -128,9 +136,11 @@ __all__ = [
     "ResumeStage",
     "RetryPolicy",
     "RetryStage",
+    "RollbackStage",
     "RunStage",
     "StageCached",
     "StageCancelled",
+    "StageControl",
     "StageDispatched",
     "StageFailed",
     "StageLost",

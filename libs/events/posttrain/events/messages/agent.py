@@ -36,8 +36,11 @@ class RunStage(Message):
     resources: Resources = Field(default_factory=Resources)
 
 
-class _StageControl(Message):
-    """A control command for a running stage, applied at the next step boundary."""
+class StageControl(Message):
+    """A control command for a running stage, applied at the next step boundary.
+
+    ``action_id`` is the id of the RequestAction it carries out (or an id of the orchestrator's
+    own, for a cancel it decided); the agent reports ActionApplied or ActionRefused under it."""
 
     action_id: str
     agent_id: str
@@ -48,26 +51,44 @@ class _StageControl(Message):
     reason: str = ""
 
 
-class CancelStage(_StageControl):
+class CancelStage(StageControl):
     TYPE = "CancelStage"
 
 
-class PauseStage(_StageControl):
+class PauseStage(StageControl):
     TYPE = "PauseStage"
 
 
-class ResumeStage(_StageControl):
+class ResumeStage(StageControl):
+    """Go on with a paused stage: from ``checkpoint`` when one is named, else from the last
+    checkpoint of the stage whose weights are finite (never a poisoned one)."""
+
     TYPE = "ResumeStage"
 
+    checkpoint: str | None = None
 
-class AdjustLearningRate(_StageControl):
+
+class AdjustLearningRate(StageControl):
     TYPE = "AdjustLearningRate"
 
     factor: float
 
 
-class ForceCheckpoint(_StageControl):
+class ForceCheckpoint(StageControl):
     TYPE = "ForceCheckpoint"
+
+
+class RollbackStage(StageControl):
+    """Go back to the last checkpoint with finite weights saved before ``step`` (one at least
+    ``rollback_steps`` before it where there is one; ``step`` None: before the step the stage is
+    at), restoring model, optimizer, scheduler and RNG state, skip ``skip_batches`` batches of
+    data, and go on. A stage with no such checkpoint refuses it (ActionRefused)."""
+
+    TYPE = "RollbackStage"
+
+    step: int | None = None
+    rollback_steps: int | None = None
+    skip_batches: int | None = None
 
 
 class AgentHeartbeat(Message):

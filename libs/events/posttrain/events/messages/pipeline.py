@@ -90,7 +90,11 @@ class RetryStage(Message):
 
 
 class RequestAction(Message):
-    """Ask the orchestrator to act on a running stage (from diagnostics or a user)."""
+    """Ask the orchestrator to act on a running stage (from diagnostics or a user).
+
+    Every request ends on the pipeline's log: ActionRequested (sent to the agent, or with
+    ``dry_run`` only decided) or ActionRefused with the reason. ``dry_run``: decide and record,
+    send nothing."""
 
     TYPE = "RequestAction"
 
@@ -108,6 +112,8 @@ class RequestAction(Message):
     step: int | None = None
     rollback_steps: int | None = None
     skip_batches: int | None = None
+    # ``resume``: the checkpoint to go on from (else the stage's last one with finite weights).
+    checkpoint: str | None = None
 
 
 class TickClock(Message):
@@ -235,7 +241,9 @@ class StageCached(Message):
 
 
 class ActionRequested(Message):
-    """The orchestrator accepted a RequestAction and sent the matching agent command."""
+    """The orchestrator accepted a RequestAction and sent the matching agent command (with
+    ``dry_run``: it would have sent it, and sent nothing). The agent answers with ActionApplied
+    or ActionRefused under the same ``action_id``."""
 
     TYPE = "ActionRequested"
 
@@ -248,3 +256,33 @@ class ActionRequested(Message):
     reason: str = ""
     anomaly_id: str | None = None
     agent_id: str | None = None
+    dry_run: bool = False
+    step: int | None = None
+    rollback_steps: int | None = None
+    skip_batches: int | None = None
+    checkpoint: str | None = None
+
+
+class ActionRefused(Message):
+    """A requested action that was not carried out, and why.
+
+    Written by the orchestrator for a RequestAction it cannot apply (an unknown stage, a stage
+    not running or on another attempt, a stage kind that cannot take the action, a missing
+    factor, ...), and reported by an agent for a control its stage cannot apply (a command
+    stage asked to pause, a rollback with no checkpoint before the step, ...): ``agent_id``,
+    ``command_id`` and ``job_id`` are set then. ``step`` is the training step it is about."""
+
+    TYPE = "ActionRefused"
+
+    action_id: str
+    pipeline_id: str
+    stage: str
+    attempt: int
+    action: ActionKind
+    reason: str
+    anomaly_id: str | None = None
+    step: int | None = None
+    dry_run: bool = False
+    agent_id: str | None = None
+    command_id: str | None = None
+    job_id: str | None = None

@@ -62,11 +62,23 @@ class StageRejected(_StageReport):
     reason: str
 
 
+# What was not finite in a checkpoint: "weights" (a parameter holds NaN/Inf) or "loss" (the
+# loss of the step it was saved at). A checkpoint with non-finite weights is poisoned: nothing
+# resumes or rolls back to it unless a user names it.
+NonFinite = Literal["weights", "loss"]
+
+
 class StagePaused(_StageReport):
+    """The stage stopped at ``step`` with ``checkpoint`` saved there; ``non_finite`` says what of
+    that checkpoint is not finite. ``resume_checkpoint`` is where a resume goes on from: the last
+    checkpoint whose weights are finite (None: there is none, a resume starts over)."""
+
     TYPE = "StagePaused"
 
     step: int
     checkpoint: str | None = None
+    non_finite: list[NonFinite] = Field(default_factory=list)
+    resume_checkpoint: str | None = None
 
 
 class CheckpointSaved(_StageReport):
@@ -75,9 +87,13 @@ class CheckpointSaved(_StageReport):
     step: int
     path: str
     reason: str = "scheduled"
+    non_finite: list[NonFinite] = Field(default_factory=list)
 
 
 class ActionApplied(_StageReport):
+    """An action carried out at ``step``. A rollback's ``details`` say where it went:
+    ``from_step``, ``to_step``, ``checkpoint``, ``skip_batches``."""
+
     TYPE = "ActionApplied"
 
     action_id: str

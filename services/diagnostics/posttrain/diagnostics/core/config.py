@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain.events.messages.metrics import CORE_FIELDS
+from posttrain.events.messages.pipeline import ActionKind as ActionKind  # libs/events owns it
 
 
 class _Config(BaseModel):
@@ -201,9 +202,6 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 Severity = Literal["info", "warning", "critical"]
-ActionKind = Literal[
-    "pause", "resume", "adjust_learning_rate", "force_checkpoint", "rollback", "cancel"
-]
 
 
 class ActionRule(_Config):

@@ -14,15 +14,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from posttrain.events import Envelope, Message
+from posttrain.events.actions import TASK_ACTIONS, command_for
 from posttrain.events.messages import (
     ActionApplied,
+    ActionRefused,
     ActionRequested,
     AdjustLearningRate,
     CancelPipeline,
     CancelStage,
     CheckpointSaved,
-    ForceCheckpoint,
-    PauseStage,
     PipelineCancelled,
     PipelineFailed,
     PipelineRejected,
@@ -33,9 +33,11 @@ from posttrain.events.messages import (
     ResumePipeline,
     ResumeStage,
     RetryStage,
+    RollbackStage,
     RunStage,
     StageCached,
     StageCancelled,
+    StageControl,
     StageDispatched,
     StageFailed,
     StageLost,
@@ -52,6 +54,7 @@ from posttrain.events.topics import Topic
 from posttrain.orchestrator.core import dag, ids
 from posttrain.orchestrator.core.state import (
     ACTIVE,
+    ActionOutcome,
     Attempt,
     PipelineState,
     PipelineStatus,
@@ -229,28 +232,28 @@ def _cancel(b: _Builder, c: CancelPipeline, ctx: Context) -> None:
     b.event(PipelineCancelled(pipeline_id=b.state.pipeline_id, reason=c.reason))
 
 
-_ACTION_COMMANDS: dict[str, type[Any]] = {
-    "pause": PauseStage,
-    "resume": ResumeStage,
-    "adjust_learning_rate": AdjustLearningRate,
-    "force_checkpoint": ForceCheckpoint,
-    "cancel": CancelStage,
-}
-
-
 def _request_action(b: _Builder, c: RequestAction, ctx: Context) -> None:
-    stage = b.state.stages.get(c.stage)
-    if (
-        c.dry_run
-        or c.action_id in b.state.actions
-        or stage is None
-        or stage.attempt != c.attempt
-        or stage.status not in ACTIVE
-        or c.action not in _ACTION_COMMANDS
-        or (c.action == "resume") != (stage.status == StageStatus.PAUSED)
-        or (c.action == "adjust_learning_rate" and not c.factor)
-    ):
-        return  # stale, duplicate, or not applicable to the stage as it is now
+    """Send the command for the action, or refuse it on the record: no request is dropped. A
+    request whose id was decided before (requested or refused) changes nothing."""
+    if c.action_id in b.state.actions:
+        return
+    refusal = _refusal(b.state, c)
+    if refusal is not None:
+        b.event(
+            ActionRefused(
+                action_id=c.action_id,
+                pipeline_id=c.pipeline_id,
+                stage=c.stage,
+                attempt=c.attempt,
+                action=c.action,
+                reason=refusal,
+                anomaly_id=c.anomaly_id,
+                step=c.step,
+                dry_run=c.dry_run,
+            )
+        )
+        return
+    stage = b.state.stages[c.stage]
     run = stage.current
     assert run is not None
     b.event(
@@ -264,11 +267,61 @@ def _request_action(b: _Builder, c: RequestAction, ctx: Context) -> None:
             reason=c.reason,
             anomaly_id=c.anomaly_id,
             agent_id=run.agent_id,
+            dry_run=c.dry_run,
+            step=c.step,
+            rollback_steps=c.rollback_steps,
+            skip_batches=c.skip_batches,
+            checkpoint=c.checkpoint,
         )
     )
-    cls = _ACTION_COMMANDS[c.action]
-    extra = {"factor": c.factor} if cls is AdjustLearningRate else {}
-    b.command(_control(cls, b, stage, c.action_id, c.reason, **extra), run.agent_id)
+    if c.dry_run:
+        return  # decided and recorded; nothing is sent
+    cls = command_for(c.action)
+    assert cls is not None  # _refusal refuses an action no command carries
+    b.command(
+        _control(cls, b, stage, c.action_id, c.reason, **_command_fields(cls, c)), run.agent_id
+    )
+
+
+def _refusal(state: PipelineState, c: RequestAction) -> str | None:
+    """Why the action cannot be applied to the stage as it is now, or None when it can. Each
+    reason names the stage and what was expected, for the user who reads the history."""
+    stage = state.stages.get(c.stage)
+    if stage is None:
+        return f"pipeline {state.pipeline_id!r} has no stage {c.stage!r}"
+    if command_for(c.action) is None:
+        return f"no agent command carries the action {c.action!r}"
+    task = stage.spec.task
+    allowed = TASK_ACTIONS.get(task, frozenset())
+    if c.action not in allowed:
+        return f"a {task} stage cannot take {c.action!r}" + (
+            f" (it takes {', '.join(sorted(allowed))})" if allowed else ""
+        )
+    if stage.attempt != c.attempt:
+        return f"stage {c.stage!r} is at attempt {stage.attempt}, not {c.attempt}"
+    if stage.status not in ACTIVE:
+        return f"stage {c.stage!r} is {stage.status.value}, not running"
+    paused = stage.status == StageStatus.PAUSED
+    if c.action == "resume" and not paused:
+        return f"stage {c.stage!r} is {stage.status.value}, not paused: nothing to resume"
+    if c.action == "pause" and paused:
+        return f"stage {c.stage!r} is already paused"
+    if c.action == "adjust_learning_rate" and not (c.factor is not None and c.factor > 0):
+        return f"adjust_learning_rate needs a positive factor, got {c.factor!r}"
+    if c.action == "rollback" and c.skip_batches is not None and c.skip_batches < 0:
+        return f"rollback cannot skip a negative number of batches ({c.skip_batches})"
+    return None
+
+
+def _command_fields(cls: type[StageControl], c: RequestAction) -> dict[str, Any]:
+    """What the command carries beyond the stage's identity and the reason."""
+    if cls is AdjustLearningRate:
+        return {"factor": c.factor}
+    if cls is RollbackStage:
+        return {"step": c.step, "rollback_steps": c.rollback_steps, "skip_batches": c.skip_batches}
+    if cls is ResumeStage:
+        return {"checkpoint": c.checkpoint}
+    return {}
 
 
 def _tick(b: _Builder, t: TickClock, ctx: Context) -> None:
@@ -362,6 +415,17 @@ def _record_if_current(b: _Builder, r: Any, ctx: Context) -> None:
     stage = _current(b, r)
     if stage is not None and stage.status in ACTIVE:
         b.event(r)
+
+
+def _refused_by_agent(b: _Builder, r: ActionRefused, ctx: Context) -> None:
+    """An agent could not apply a control: recorded once per action id, whatever the stage's
+    state now (the refusal answers a command the orchestrator sent)."""
+    stage = b.state.stages.get(r.stage)
+    if stage is None or r.attempt not in stage.attempts:
+        return
+    if b.state.actions.get(r.action_id) == ActionOutcome.REFUSED:
+        return  # a redelivered report
+    b.event(r)
 
 
 # --- scheduling -----------------------------------------------------------------------------
@@ -582,6 +646,7 @@ _HANDLERS: dict[type[Message], Any] = {
     StagePaused: _record_if_current,
     CheckpointSaved: _record_if_current,
     ActionApplied: _record_if_current,
+    ActionRefused: _refused_by_agent,
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from posttrain.events import Envelope, Message
 from posttrain.events.messages import (
     ActionApplied,
+    ActionRefused,
     ActionRequested,
     CheckpointSaved,
     PipelineCancelled,
@@ -64,6 +65,15 @@ RERUNNABLE = frozenset(
         StageStatus.RETRY_WAIT,
     }
 )
+
+
+class ActionOutcome(StrEnum):
+    """Where a requested action stands, by its action id."""
+
+    REQUESTED = "requested"  # the command was sent to the agent
+    DRY_RUN = "dry_run"  # decided and recorded, nothing sent
+    APPLIED = "applied"
+    REFUSED = "refused"
 
 
 class PipelineStatus(StrEnum):
@@ -156,7 +166,9 @@ class PipelineState:
     finished_at: float | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     now: float = 0.0  # the latest time seen on the log (event times and recorded ticks)
-    actions: set[str] = field(default_factory=set)  # action ids already requested
+    # Every action id decided (requested, refused) or reported (applied, refused), and where it
+    # stands: a request whose id is here is a duplicate.
+    actions: dict[str, ActionOutcome] = field(default_factory=dict)
     version: int = 0  # events applied
 
     def stage_outputs(self) -> dict[str, dict[str, Any]]:
@@ -344,26 +356,40 @@ def _paused(s: PipelineState, e: StagePaused, t: float) -> None:
     stage = s.stages[e.stage]
     stage.status = StageStatus.PAUSED
     stage.attempts[e.attempt].status = StageStatus.PAUSED
-    if e.checkpoint:
+    # A retry goes on from the last checkpoint whose weights are finite, never a poisoned one.
+    if e.resume_checkpoint:
+        stage.last_checkpoint = e.resume_checkpoint
+    elif e.checkpoint and "weights" not in e.non_finite:
         stage.last_checkpoint = e.checkpoint
 
 
 @_on(CheckpointSaved)
 def _checkpoint(s: PipelineState, e: CheckpointSaved, t: float) -> None:
-    s.stages[e.stage].last_checkpoint = e.path
+    if "weights" not in e.non_finite:
+        s.stages[e.stage].last_checkpoint = e.path
 
 
 @_on(ActionRequested)
 def _action_requested(s: PipelineState, e: ActionRequested, t: float) -> None:
-    s.actions.add(e.action_id)
+    s.actions[e.action_id] = ActionOutcome.DRY_RUN if e.dry_run else ActionOutcome.REQUESTED
+
+
+@_on(ActionRefused)
+def _action_refused(s: PipelineState, e: ActionRefused, t: float) -> None:
+    s.actions[e.action_id] = ActionOutcome.REFUSED
 
 
 @_on(ActionApplied)
 def _action_applied(s: PipelineState, e: ActionApplied, t: float) -> None:
     stage = s.stages[e.stage]
+    s.actions[e.action_id] = ActionOutcome.APPLIED
     if e.action == "resume" and stage.status == StageStatus.PAUSED:
         stage.status = StageStatus.RUNNING
         stage.attempts[e.attempt].status = StageStatus.RUNNING
+    elif e.action == "rollback" and e.details.get("checkpoint"):
+        # The run went back to this checkpoint: those saved after it belong to the abandoned
+        # branch, so a retry goes on from here.
+        stage.last_checkpoint = str(e.details["checkpoint"])
 
 
 @_on(TickClock)

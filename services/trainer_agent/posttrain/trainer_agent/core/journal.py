@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
+from posttrain.events.messages import ActionKind
+
 JsonDict = dict[str, Any]
 
 
@@ -47,8 +49,11 @@ class Entry:
     events_offset: int = 0
     # Where the stage process starts reading its control file (after what it already applied).
     control_offset: int = 0
-    paused_checkpoint: str | None = None
+    paused_checkpoint: str | None = None  # the checkpoint saved at the pause
     paused_step: int | None = None
+    # Where a resume goes on from: the last checkpoint whose weights are finite (the pause's
+    # own, unless it is poisoned); None: there is none, a resume starts over.
+    resume_checkpoint: str | None = None
     # The final report: {"type": "StageSucceeded" | "StageFailed", "data": {...}}.
     outcome: JsonDict | None = None
     outcome_reported: bool = False
@@ -115,6 +120,8 @@ def _apply(entry: Entry, kind: Any, record: Mapping[str, Any]) -> Entry:
             gpu_ids=(),
             paused_checkpoint=record.get("checkpoint"),
             paused_step=record.get("step"),
+            # Journals written before poisoned checkpoints were marked resume from the pause's.
+            resume_checkpoint=record.get("resume_checkpoint", record.get("checkpoint")),
             control_offset=int(record.get("control_offset", entry.control_offset)),
         )
     if kind == "finished":
@@ -193,34 +200,32 @@ def decide_run(
     return Start(tuple(sorted(capacity.free_gpu_ids)[:gpus_needed]))
 
 
-ControlKind = Literal["pause", "resume", "adjust_learning_rate", "force_checkpoint", "cancel"]
-
-
 @dataclass(frozen=True, slots=True)
 class ControlDecision:
     """``forward``: write it to the running stage's control file; ``resume``: relaunch from the
-    pause checkpoint; ``cancel_paused``: finish a paused stage as cancelled without a process;
-    ``queue``: keep it for the stage's next run (it is paused); ``ignore``: nothing runs."""
+    last good checkpoint; ``cancel_paused``: finish a paused stage as cancelled without a
+    process; ``queue``: keep it for the stage's next run (it is paused); ``refuse``: it cannot
+    be applied, the reason is reported (ActionRefused)."""
 
-    action: Literal["forward", "resume", "cancel_paused", "queue", "ignore"]
+    action: Literal["forward", "resume", "cancel_paused", "queue", "refuse"]
     reason: str = ""
 
 
-def decide_control(entry: Entry | None, kind: ControlKind) -> ControlDecision:
+def decide_control(entry: Entry | None, kind: ActionKind) -> ControlDecision:
     if entry is None:
-        return ControlDecision("ignore", "no such stage on this agent")
+        return ControlDecision("refuse", "no such stage on this agent")
     if entry.status is Status.FINISHED:
-        return ControlDecision("ignore", "the stage has finished")
+        return ControlDecision("refuse", "the stage has finished")
     if entry.status is Status.PAUSED:
         if kind == "resume":
             return ControlDecision("resume")
         if kind == "cancel":
             return ControlDecision("cancel_paused")
         if kind == "pause":
-            return ControlDecision("ignore", "already paused")
+            return ControlDecision("refuse", "already paused")
         return ControlDecision("queue", "applied at the first step after ResumeStage")
     if kind == "resume":
-        return ControlDecision("ignore", "not paused")
+        return ControlDecision("refuse", "not paused")
     return ControlDecision("forward")
 
 

@@ -10,7 +10,8 @@ directory (so ``create_metrics_file_writer(job_id, metrics_dir)`` writes exactly
 This task tails the file onto the platform
 while it runs: lines in the project's format (``create_metrics_file_writer``) or verl's ``file``
 logger format both work. Its stdout and stderr go to the stage log. ``CancelStage`` stops it
-(SIGTERM, then SIGKILL); other controls need a trainer with step boundaries and are not applied.
+(SIGTERM, then SIGKILL); other controls need a trainer with step boundaries: each is refused on
+the record (ActionRefused).
 A failure whose log shows torch's out-of-memory error is reported as ``oom``.
 """
 
@@ -108,7 +109,18 @@ def _wait(ctx: StageContext, process: subprocess.Popen[bytes]) -> int:
                 ctx.action_applied(applied, 0)
                 _terminate(process)
             else:
-                print(f"posttrain: {applied.action} is not applied to a command stage", flush=True)
+                _refuse(ctx, applied.action_id, applied.action)
+        if directive.rollback is not None:
+            _refuse(ctx, directive.rollback.action_id, "rollback")
+
+
+def _refuse(ctx: StageContext, action_id: str, action: str) -> None:
+    reason = (
+        f"a command stage runs an external program with no step boundary: {action} cannot be "
+        "applied (only cancel can)"
+    )
+    print(f"posttrain: {action} refused: {reason}", flush=True)
+    ctx.action_refused(action_id, action, None, reason)
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

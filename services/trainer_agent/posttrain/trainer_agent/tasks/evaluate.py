@@ -34,9 +34,12 @@ def run_evaluation(ctx: StageContext) -> dict[str, Any]:
     rewards = [resolve_reward(str(n)) for n in ([names] if isinstance(names, str) else names)]
     results = []
     for index, model in enumerate(models):
-        directive: StepDirective = ctx.poll_control()
+        directive: StepDirective = ctx.poll_control(index)
         if directive.stop == "cancel":
             ctx.stopping("cancel", index)
+            for applied in directive.applied:
+                if applied.action == "cancel":
+                    ctx.action_applied(applied, index)
             return {"stopped": "cancel", "step": index}
         path = resolve_model_path(str(model), ctx.models_dir)
         figures = evaluate_model(path, rows, rewards, cfg)

@@ -6,8 +6,14 @@ Config (``params.config``, SEED.md's names first): ``algorithm`` (sft | dpo | gr
 ``learning_rate``, ``batch_size``, ``gradient_accumulation_steps``, ``lr_scheduler_type``,
 ``warmup_steps``, ``seed``, ``save_steps``, ``save_total_limit``, ``max_length``, ``kl_coef``
 (DPO's and GRPO's beta), GRPO's ``num_generations``, ``max_completion_length``, ``temperature``
-and ``reward_funcs`` (names in ``tasks.rewards`` or ``module:function``), ``num_threads``, and
-``trainer_args`` (any other TRL config field, passed through).
+and ``reward_funcs`` (names in ``tasks.rewards`` or ``module:function``), ``num_threads``,
+``trainer_args`` (any other TRL config field, passed through), and ``callbacks`` (more HF
+``TrainerCallback``s: ``module:Name`` or ``{"entrypoint": "module:Name", "kwargs": {...}}``).
+
+Checkpoints: every ``save_steps`` steps (default 100; 0 turns periodic checkpoints off), the
+last ``save_total_limit`` kept (default 3 when ``save_steps`` is defaulted), each with its
+optimizer, scheduler and RNG state, so that a rollback has a checkpoint before the anomaly to go
+back to and a resume continues exactly.
 
 ``ppo``: TRL 1.16 has no PPO trainer (it left ``trl.experimental``); PPO runs through the
 ``command`` task with verl, whose ``file`` logger the agent tails (see the package README).
@@ -18,12 +24,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from posttrain.trainer_agent.checkpoint_files import hf_checkpoints
+from posttrain.trainer_agent.core.checkpoints import Checkpoint
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
 from posttrain.trainer_agent.tasks.data import load_rows, text_columns
 from posttrain.trainer_agent.tasks.rewards import resolve_reward
 from posttrain.trainer_agent.tiny import resolve_model_path
 
 ALGORITHMS = ("sft", "dpo", "grpo")
+# Periodic checkpoints by default, so that a rollback (the default remedy for a loss spike) has
+# one before the spike to go back to; the last few are kept.
+DEFAULT_SAVE_STEPS = 100
+DEFAULT_SAVE_TOTAL_LIMIT = 3
 PPO_MESSAGE = (
     "algorithm 'ppo': TRL 1.16 ships no PPO trainer; run PPO through the `command` task with "
     "verl (template in services/trainer_agent/README.md): the agent tails verl's file logger"
@@ -59,9 +71,12 @@ def train_model(ctx: StageContext) -> dict[str, Any]:
     output_dir = ctx.job_dir / "checkpoints"
     callback = PosttrainCallback(ctx.reporter, stage=ctx)
     args = _common_args(cfg, output_dir, seed, has_eval=evaluation is not None)
-    trainer = _trainer(algorithm, cfg, model_path, tokenizer, train, evaluation, args, callback)
+    callbacks = [callback, *_extra_callbacks(cfg.get("callbacks"))]
+    trainer = _trainer(algorithm, cfg, model_path, tokenizer, train, evaluation, args, callbacks)
+    callback.attach(trainer)
 
     resume = ctx.resume_from or _retry_checkpoint(ctx, output_dir)
+    ctx.checkpoints = _line_so_far(output_dir, resume)
     trainer.train(resume_from_checkpoint=resume)
     steps = int(trainer.state.global_step)
     summary = {**_numbers(callback.last_logs), **callback.summary, "steps": steps}
@@ -89,7 +104,10 @@ def _common_args(
 ) -> dict[str, Any]:
     import torch
 
-    save_steps = cfg.get("save_steps")
+    save_steps = cfg.get("save_steps", DEFAULT_SAVE_STEPS)
+    save_total_limit = cfg.get(
+        "save_total_limit", DEFAULT_SAVE_TOTAL_LIMIT if "save_steps" not in cfg else None
+    )
     args: dict[str, Any] = {
         "output_dir": str(output_dir),
         "seed": seed,
@@ -103,11 +121,11 @@ def _common_args(
         # Every step reaches the platform, and a NaN loss is never averaged away.
         "logging_steps": 1,
         "logging_nan_inf_filter": False,
-        # Checkpoints keep the optimizer and scheduler so that a resume continues exactly; the
-        # agent forces the ones that control commands ask for.
+        # Checkpoints keep the optimizer, scheduler and RNG state so that a resume or a rollback
+        # continues exactly; the agent forces the ones that control commands ask for.
         "save_strategy": "steps" if save_steps else "no",
         "save_steps": int(save_steps) if save_steps else 500,
-        "save_total_limit": cfg.get("save_total_limit"),
+        "save_total_limit": save_total_limit,
         "report_to": [],
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
@@ -131,7 +149,7 @@ def _trainer(
     train: Any,
     evaluation: Any,
     args: dict[str, Any],
-    callback: Any,
+    callbacks: list[Any],
 ) -> Any:
     if algorithm == "sft":
         from trl.trainer.sft_config import SFTConfig
@@ -143,7 +161,7 @@ def _trainer(
             train_dataset=train,
             eval_dataset=evaluation,
             processing_class=tokenizer,
-            callbacks=[callback],
+            callbacks=callbacks,
         )
     if algorithm == "dpo":
         from trl.trainer.dpo_config import DPOConfig
@@ -158,7 +176,7 @@ def _trainer(
             if evaluation is not None
             else None,
             processing_class=tokenizer,
-            callbacks=[callback],
+            callbacks=callbacks,
         )
     from trl.trainer.grpo_config import GRPOConfig
     from trl.trainer.grpo_trainer import GRPOTrainer
@@ -180,7 +198,7 @@ def _trainer(
         train_dataset=prompts_with_answers(train),
         eval_dataset=prompts_with_answers(evaluation) if evaluation is not None else None,
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
 
 
@@ -221,14 +239,55 @@ def prompts_with_answers(dataset: Any) -> Any:
 
 
 def _retry_checkpoint(ctx: StageContext, output_dir: Path) -> str | None:
-    """A retry (attempt > 1) resumes from the job's latest checkpoint unless told otherwise."""
+    """A retry (attempt > 1) resumes from the job's latest checkpoint whose weights are finite
+    unless told otherwise."""
     if ctx.run.attempt <= 1 or ctx.config.get("resume") is False:
         return None
-    checkpoints = sorted(
-        (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    return str(checkpoints[-1]) if checkpoints else None
+    good = [c for c in hf_checkpoints(output_dir) if not c.poisoned]
+    return good[-1].path if good else None
+
+
+def _line_so_far(output_dir: Path, resume: str | None) -> list[Checkpoint]:
+    """The checkpoints of the line this launch continues: those on disk up to the one it
+    resumes from (none when it starts afresh). A rollback may go back to them."""
+    if resume is None:
+        return []
+    name = Path(resume).name
+    at = int(name.removeprefix("checkpoint-")) if name.removeprefix("checkpoint-").isdigit() else 0
+    return [c for c in hf_checkpoints(output_dir) if c.step <= at]
+
+
+def _extra_callbacks(specs: Any) -> list[Any]:
+    """The user's own HF callbacks: ``module:Name`` (called with no arguments) or
+    ``{"entrypoint": "module:Name", "kwargs": {...}}``."""
+    import importlib
+
+    if specs is None:
+        return []
+    if not isinstance(specs, list):
+        raise StageError("params.config.callbacks must be a list of 'module:Name' or mappings")
+    out = []
+    for spec in specs:
+        entry, kwargs = (spec, {}) if isinstance(spec, str) else _callback_spec(spec)
+        module, sep, attr = entry.partition(":")
+        factory = getattr(importlib.import_module(module), attr, None) if sep else None
+        if not callable(factory):
+            raise StageError(f"params.config.callbacks: {entry!r} is not a 'module:Name' callable")
+        out.append(factory(**kwargs))
+    return out
+
+
+def _callback_spec(spec: Any) -> tuple[str, dict[str, Any]]:
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("entrypoint"), str)
+        or not isinstance(spec.get("kwargs", {}), dict)
+    ):
+        raise StageError(
+            "params.config.callbacks: each entry is 'module:Name' or "
+            f"{{'entrypoint': 'module:Name', 'kwargs': {{...}}}}, got {spec!r}"
+        )
+    return spec["entrypoint"], dict(spec.get("kwargs", {}))
 
 
 def _numbers(logs: dict[str, Any]) -> dict[str, float]:
