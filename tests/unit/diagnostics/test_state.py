@@ -23,8 +23,10 @@ T = AnomalyType
 
 def test_troubled_run_raises_each_kind_once():
     kinds = {a.anomaly_type for a in diagnose_points(troubled_run())}
+    # An RL run (it reports a reward spread and a KL): its loss spike at step 120 is not judged
+    # (a policy-gradient loss is heavy-tailed; LossSpikeConfig.skip_sampled_rl).
+    assert T.LOSS_SPIKE not in kinds
     assert {
-        T.LOSS_SPIKE,
         T.GRAD_EXPLOSION,
         T.NON_FINITE,
         T.KL_BLOWUP,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from posttrain.events.messages.metrics import CORE_FIELDS
 
@@ -37,6 +37,13 @@ class LossSpikeConfig(_Config):
     # and would otherwise call a 0.1% wiggle a spike (h).
     min_rel_std: float = Field(0.005, ge=0)
     min_abs_std: float = Field(1e-8, ge=0)
+    # Not for sampled RL (a job that reports a reward spread or a KL: GRPO, PPO): its loss is a
+    # policy-gradient surrogate, about beta x KL plus advantage-weighted noise, whose single
+    # steps reach 10-12 std in healthy tiny GRPO runs (one KL estimate 10x its median). A
+    # spike there is the KL's and the reward's to judge; rolling back is for a language-model
+    # loss (PaLM). DPO reports neither key and keeps the rule.
+    skip_sampled_rl: bool = True
+    sampled_rl_keys: tuple[str, ...] = ("reward_std", "kl_divergence")
 
 
 class KlConfig(_Config):
@@ -45,7 +52,12 @@ class KlConfig(_Config):
 
     enabled: bool = True
     field: str = "kl_divergence"
-    target: float | None = 0.1
+    # No absolute target by default: what the trainers call "kl" differs by orders of
+    # magnitude (verl's actor/ppo_kl is the old-vs-new policy KL of one update, ~1e-3; TRL
+    # GRPO's kl is the per-token KL to the reference, 0.1-0.5 in healthy tiny runs at the
+    # demo's settings, where SB3's 0.1 target would fire all the time). Set the target of
+    # your setup to also judge the level against it (kl > abs_factor x target).
+    target: float | None = None
     abs_factor: float = Field(1.5, gt=0)
     # Both checks judge the median of the last ``smoothing`` points: the per-step KL estimate of a
     # small RL batch is heavy-tailed (single steps 50x the median in a healthy tiny GRPO run),
@@ -83,21 +95,36 @@ class RewardConfig(_Config):
 
 
 class GradConfig(_Config):
-    """Explosion: z-score against an EMA of mean and variance (ZClip); vanishing: below eps for
-    N steps."""
+    """Explosion: z-score against an EMA of mean and variance (ZClip), sustained over several
+    steps; vanishing: below eps for N steps."""
 
     enabled: bool = True
     field: str = "grad_norm"
-    alpha: float = Field(0.97, gt=0, lt=1)
-    z: float = Field(2.5, gt=0)
+    alpha: float = Field(0.97, gt=0, lt=1)  # ZClip's default: a memory of ~33 steps
+    z: float = Field(2.5, gt=0)  # ZClip's default
     warmup_points: int = Field(25, ge=1)  # ZClip's warm-up
-    # An explosion is also at least this many times the EMA mean: z alone fires on the ordinary
-    # noise of small-batch RL (4x steps in a healthy tiny GRPO run), and an explosion cuts the
+    # A high step is also at least this many times the EMA mean: z alone fires on the ordinary
+    # noise of small-batch RL (4x steps in healthy tiny GRPO runs), and an explosion cuts the
     # learning rate tenfold (h).
     min_ratio: float = Field(5.0, ge=1)
+    # An explosion is ``persist_steps`` high steps among the last ``persist_window``: healthy
+    # SFT runs of the corpus (bench.detect_quality) have single 5-9x steps, and at most two
+    # high steps close together, from one hard batch; a run that diverges stays high. ZClip
+    # clips such single steps; the platform's action (learning rate x0.1) is for a level (h).
+    persist_steps: int = Field(3, ge=1)
+    persist_window: int = Field(5, ge=1)
     min_abs_std: float = Field(1e-8, ge=0)
     vanish_eps: float = Field(1e-7, ge=0)
     vanish_steps: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _window_holds_the_steps(self) -> GradConfig:
+        if self.persist_window < self.persist_steps:
+            raise ValueError(
+                f"grad.persist_window ({self.persist_window}) must be at least "
+                f"grad.persist_steps ({self.persist_steps})"
+            )
+        return self
 
 
 class PlateauConfig(_Config):
@@ -146,6 +173,9 @@ class LengthConfig(_Config):
     clip_ratio_max: float = Field(0.2, ge=0, le=1)  # (h)
     # "Rising": also this much above the mean of the first ``min_points`` ratios (h).
     clip_ratio_rise: float = Field(0.1, ge=0)
+    # Both judge the mean of the last N ratios: one step's ratio over a small batch is noisy
+    # (31% for one step, about 2% around it, in a healthy tiny GRPO run of 32 completions) (h).
+    clip_ratio_smoothing: int = Field(5, ge=1)
 
 
 class MemoryConfig(_Config):
