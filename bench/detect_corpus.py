@@ -11,7 +11,8 @@ under ``bench/data/detect_corpus/``, columnar to stay small::
      "injection": "batch of random tokens at step 120",
      "steps": [1, 2, ...], "fields": {"loss": [0.61, ...], ...}, "custom": {...}}
 
-``faults`` empty means healthy; ``until`` marks a transient fault's last step (one bad batch). Values keep 5 significant digits; non-finite values are the
+``faults`` empty means healthy; ``until`` marks a transient fault's last step (bad batches).
+Values keep 5 significant digits; non-finite values are the
 strings "NaN", "Infinity", "-Infinity" (as on the wire); a missing value is null. Only the
 fields some detector reads are kept (every canonical field a trainer logged, and the custom keys
 named in ``DetectorConfig``).
@@ -57,12 +58,17 @@ FAULT_RULES: dict[str, FaultRules] = {
     "reward_collapse": FaultRules(frozenset({T.REWARD_COLLAPSE}), frozenset({T.REWARD_DROP})),
     "entropy_collapse": FaultRules(frozenset({T.ENTROPY_COLLAPSE})),
     "loss_spike": FaultRules(frozenset({T.LOSS_SPIKE}), frozenset({T.GRAD_EXPLOSION})),
+    "grad_explosion": FaultRules(
+        frozenset({T.GRAD_EXPLOSION}), frozenset({T.LOSS_SPIKE, T.NON_FINITE})
+    ),
 }
 # A transient fault (one bad batch) is over at ``until``; what a rule raises more than this many
 # steps later is not about it.
 TRANSIENT_SLACK = 5
 FAULT_KINDS = tuple(FAULT_RULES)
-ALGORITHMS = ("sft", "dpo", "grpo")
+# sft, dpo, grpo: TRL's trainers through the agent's train_model; loop: the SGD loop of
+# posttrain.testing.training that the closed-loop tests train.
+ALGORITHMS = ("sft", "dpo", "grpo", "loop")
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -168,9 +174,9 @@ def from_json(data: dict[str, Any]) -> Series:
             raise ValueError(f"{name}: {key} has {len(values)} values for {len(steps)} steps")
     points = []
     for i, step in enumerate(steps):
-        values = {k: v[i] for k, v in columns.items() if v[i] is not None}
+        fields = {k: v[i] for k, v in columns.items() if v[i] is not None}
         custom = {k: v[i] for k, v in custom_columns.items() if v[i] is not None}
-        points.append(MetricPoint(step=step, timestamp=float(step), custom=custom, **values))
+        points.append(MetricPoint(step=step, timestamp=float(step), custom=custom, **fields))
     return Series(
         name=name,
         algorithm=str(data["algorithm"]),

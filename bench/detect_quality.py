@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.detect_corpus import CORPUS_DIR, FAULT_RULES, Series, load
@@ -84,25 +84,39 @@ def run_series(series: Series, config: DetectorConfig, policy: ActionPolicyConfi
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--verbose", action="store_true", help="list every anomaly")
-    parser.add_argument("--corpus", type=Path, default=CORPUS_DIR, help="the corpus directory")
-    args = parser.parse_args(argv)
+@dataclass
+class Report:
+    """What ``score`` finds; ``lines`` is the table ``main`` prints."""
 
-    corpus = load(args.corpus)
-    if not corpus:
-        raise SystemExit("no corpus: python -m bench.record_detect_corpus")
-    config, policy = DetectorConfig(), ActionPolicyConfig()
-    healthy = [s for s in corpus if s.healthy]
-    faulty = [s for s in corpus if not s.healthy]
+    series: int = 0
+    faulty: int = 0
+    recall_on_faults: float = 1.0
+    false_actions_on_healthy: list[str] = field(default_factory=list)
+    false_actions_before_fault: list[str] = field(default_factory=list)
+    checkpoints_on_healthy: int = 0
+    missed: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+def score(
+    corpus: list[Series],
+    config: DetectorConfig | None = None,
+    policy: ActionPolicyConfig | None = None,
+    *,
+    verbose: bool = False,
+) -> Report:
+    """Score the rules and the policy (the shipped defaults unless given) on ``corpus``."""
+    config = config or DetectorConfig()
+    policy = policy or ActionPolicyConfig()
+    report = Report(series=len(corpus), faulty=sum(1 for s in corpus if not s.healthy))
+    out = report.lines
     by_algorithm = Counter(s.algorithm for s in corpus)
-    print(
-        f"corpus: {len(corpus)} series ({len(healthy)} healthy, {len(faulty)} faulty; "
+    out.append(
+        f"corpus: {len(corpus)} series ({len(corpus) - report.faulty} healthy, "
+        f"{report.faulty} faulty; "
         + ", ".join(f"{a} {n}" for a, n in sorted(by_algorithm.items()))
         + f"), {sum(len(s.points) for s in corpus)} points"
     )
-
     true: Counter[str] = Counter()
     false: Counter[str] = Counter()
     consequences: Counter[str] = Counter()
@@ -111,25 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     kind_total: Counter[str] = Counter()
     kind_caught: Counter[str] = Counter()
     delays: dict[str, list[int]] = defaultdict(list)
-    false_actions_healthy: list[str] = []
-    false_actions_before: list[str] = []
-    checkpoints_healthy = 0
     series_ok = 0
 
     for series in corpus:
         raised = run_series(series, config, policy)
         for r in raised:
             rule = r.anomaly.anomaly_type.value
-            {"true": true, "false": false, "consequence": consequences}.get(
-                r.verdict, Counter()
-            )[rule] += 1
+            tally = {"true": true, "false": false, "consequence": consequences}.get(r.verdict)
+            if tally is not None:
+                tally[rule] += 1
             where = f"{series.name}: {rule} at step {r.anomaly.step} -> {r.action or 'alert'}"
             if r.action is not None and r.verdict == "false":
-                (false_actions_healthy if series.healthy else false_actions_before).append(where)
+                if series.healthy:
+                    report.false_actions_on_healthy.append(where)
+                else:
+                    report.false_actions_before_fault.append(where)
             if r.action is not None and r.verdict == "info" and series.healthy:
-                checkpoints_healthy += 1
-            if args.verbose:
-                print(f"  {where} [{r.verdict}] {r.anomaly.message}")
+                report.checkpoints_on_healthy += 1
+            if verbose:
+                out.append(f"  {where} [{r.verdict}] {r.anomaly.message}")
         all_found = True
         for fault in series.faults:
             rules = FAULT_RULES[fault.kind]
@@ -148,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                 delays[fault.kind].append(min(a.step for a in hits) - fault.step)
             else:
                 all_found = False
-                print(f"missed: {fault.kind} in {series.name} (from step {fault.step})")
+                report.missed.append(f"{fault.kind} in {series.name} (from step {fault.step})")
         if series.faults and all_found:
             series_ok += 1
+    report.recall_on_faults = series_ok / report.faulty if report.faulty else 1.0
 
-    print(
+    out.append(
         f"{'rule':18} {'true':>5} {'false':>6} {'conseq':>7} {'precision':>10} "
         f"{'recall':>12}  (of the faults that expect the rule)"
     )
@@ -163,18 +178,38 @@ def main(argv: list[str] | None = None) -> int:
             continue
         precision = f"{t / (t + f):.2f}" if t + f else "-"
         recall = f"{caught[rule]}/{n} {caught[rule] / n:.2f}" if n else "-"
-        print(f"{rule:18} {t:5d} {f:6d} {c:7d} {precision:>10} {recall:>12}")
-    print(f"{'fault kind':18} {'detected':>9} {'first detection (steps after the fault, median)':>10}")
+        out.append(f"{rule:18} {t:5d} {f:6d} {c:7d} {precision:>10} {recall:>12}")
+    out.append(
+        f"{'fault kind':18} {'detected':>9}  first detection (steps after the fault, median)"
+    )
     for kind in FAULT_RULES:
         if kind_total[kind]:
             delay = f"{statistics.median(delays[kind]):g}" if delays[kind] else "-"
-            print(f"{kind:18} {kind_caught[kind]:4d}/{kind_total[kind]:<4d} {delay:>6}")
-    for where in false_actions_healthy + false_actions_before:
-        print(f"false action: {where}")
-    print(f"checkpoints_on_healthy: {checkpoints_healthy} (new best reward: wanted, not false)")
-    print(f"false_actions_before_fault: {len(false_actions_before)}")
-    print(f"recall_on_faults: {series_ok / len(faulty) if faulty else 1.0:.3f}")
-    print(f"false_actions_on_healthy: {len(false_actions_healthy)}")
+            out.append(f"{kind:18} {kind_caught[kind]:4d}/{kind_total[kind]:<4d} {delay:>6}")
+    out += [f"missed: {m}" for m in report.missed]
+    out += [
+        f"false action: {w}"
+        for w in report.false_actions_on_healthy + report.false_actions_before_fault
+    ]
+    out.append(
+        f"checkpoints_on_healthy: {report.checkpoints_on_healthy} "
+        "(new best reward -> force_checkpoint: wanted, not false)"
+    )
+    out.append(f"false_actions_before_fault: {len(report.false_actions_before_fault)}")
+    out.append(f"recall_on_faults: {report.recall_on_faults:.3f}")
+    out.append(f"false_actions_on_healthy: {len(report.false_actions_on_healthy)}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="list every anomaly")
+    parser.add_argument("--corpus", type=Path, default=CORPUS_DIR, help="the corpus directory")
+    args = parser.parse_args(argv)
+    corpus = load(args.corpus)
+    if not corpus:
+        raise SystemExit("no corpus: python -m bench.record_detect_corpus")
+    print("\n".join(score(corpus, verbose=args.verbose).lines))
     return 0
 
 

@@ -64,13 +64,25 @@ class Injection:
     kind: str  # lr_scale | corrupt_batch | nan_weights | reward_broken
     step: int
     factor: float = 1.0
+    until: int | None = None  # corrupt_batch: the last corrupted step (default: ``step``)
+
+    @property
+    def last(self) -> int:
+        return self.step if self.until is None else self.until
 
     def describe(self) -> str:
+        batches = (
+            f"batch of random tokens at step {self.step}"
+            if self.last == self.step
+            else f"batches of random tokens at steps {self.step}-{self.last}"
+        )
         return {
             "lr_scale": f"learning rate x{self.factor:g} at step {self.step}",
-            "corrupt_batch": f"batch of random tokens at step {self.step}",
+            "corrupt_batch": batches,
             "nan_weights": f"an embedding row set to NaN before step {self.step}",
             "reward_broken": f"reward function returns 0 from step {self.step}",
+            "loss_scale": f"the loss x{self.factor:g} at step {self.step}",
+            "loss_nan": f"the loss x NaN from step {self.step}",
         }[self.kind]
 
 
@@ -98,8 +110,8 @@ def _grpo(name: str, seed: int, lr: float, **kw: Any) -> RunSpec:
     return RunSpec(name, "grpo", seed, lr, kw.pop("steps", 100), **kw)
 
 
-def _at(kind: str, step: int, factor: float = 1.0) -> Injection:
-    return Injection(kind, step, factor)
+def _at(kind: str, step: int, factor: float = 1.0, until: int | None = None) -> Injection:
+    return Injection(kind, step, factor, until)
 
 
 # The demo pipeline's settings (examples/pipelines/arithmetic.yaml) are the healthy centre;
@@ -124,6 +136,10 @@ SPECS: tuple[RunSpec, ...] = (
     _grpo("grpo-lr1e-4-s1", 1, 1e-4),
     _grpo("grpo-lr5e-4-s2", 2, 5e-4),
     _grpo("grpo-beta004-s4", 4, 2e-4, extra={"kl_coef": 0.04}),
+    # The torch loop the closed-loop tests run (posttrain.testing.training: a linear regression
+    # trained with plain SGD, seed fixed by the loop).
+    RunSpec("loop-lr0.05", "loop", 0, 0.05, 120),
+    RunSpec("loop-lr0.02", "loop", 0, 0.02, 120),
     # --- faulty ---
     _sft("sft-nan-s0", 0, 3e-3, steps=120, faults=("nan",), injection=_at("nan_weights", 80)),
     _dpo("dpo-nan-s1", 1, 2e-4, faults=("nan",), injection=_at("nan_weights", 50)),
@@ -148,6 +164,38 @@ SPECS: tuple[RunSpec, ...] = (
     # that any rule is meant to see; the label check refuses it.)
     _sft("sft-spike-s0", 0, 3e-3, faults=("loss_spike",), injection=_at("corrupt_batch", 120)),
     _sft("sft-spike-s2", 2, 1e-3, faults=("loss_spike",), injection=_at("corrupt_batch", 90)),
+    # A corrupt shard: eight bad batches in a row (the loss and the gradient stay up).
+    _sft(
+        "sft-shard-s1",
+        1,
+        3e-3,
+        steps=160,
+        faults=("loss_spike",),
+        injection=_at("corrupt_batch", 100, until=107),
+    ),
+    # One step's loss x1000 in the SGD loop: the weights jump, and the gradient stays tens of
+    # times its level while they come back (no optimizer normalises it, unlike Adam above).
+    RunSpec(
+        "loop-explode-lr0.05",
+        "loop",
+        0,
+        0.05,
+        120,
+        faults=("grad_explosion",),
+        injection=_at("loss_scale", 60, 1000.0),
+    ),
+    RunSpec(
+        "loop-explode-lr0.02",
+        "loop",
+        0,
+        0.02,
+        120,
+        faults=("grad_explosion",),
+        injection=_at("loss_scale", 80, 300.0),
+    ),
+    RunSpec(
+        "loop-nan-lr0.05", "loop", 0, 0.05, 120, faults=("nan",), injection=_at("loss_nan", 70)
+    ),
     _grpo("grpo-kl-lr50x-s1", 1, 2e-4, faults=("kl_blowup",), injection=_at("lr_scale", 50, 50.0)),
     # A far too high rate in GRPO does it all: the policy leaves the reference (KL), turns
     # deterministic (entropy) and its groups stop differing (reward variance).
@@ -217,32 +265,31 @@ def _install(trainer: Any, injection: Injection | None, tokenizer: Any) -> None:
     reward = _reward_state()
     reward["broken_from"] = None
     reward["step"] = 0
-    if injection is None:
-        injection = Injection("none", -1)
+    plan = injection if injection is not None else Injection("none", -1)
 
-    class Inject(TrainerCallback):  # type: ignore[misc]
+    class Inject(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             step = int(state.global_step) + 1
             reward["step"] = step
-            if step != injection.step:
+            if step != plan.step:
                 return
-            if injection.kind == "lr_scale":
-                scale_learning_rate(kw.get("optimizer"), kw.get("lr_scheduler"), injection.factor)
-            elif injection.kind == "nan_weights":
+            if plan.kind == "lr_scale":
+                scale_learning_rate(kw.get("optimizer"), kw.get("lr_scheduler"), plan.factor)
+            elif plan.kind == "nan_weights":
                 embedding = kw["model"].get_input_embeddings().weight
                 with torch.no_grad():
                     embedding[tokenizer.convert_tokens_to_ids("=")] = math.nan
 
     trainer.remove_callback(PrinterCallback)  # every step's logs on stdout
     trainer.add_callback(Inject())
-    if injection.kind == "reward_broken":
-        reward["broken_from"] = injection.step
-    if injection.kind == "corrupt_batch":
+    if plan.kind == "reward_broken":
+        reward["broken_from"] = plan.step
+    if plan.kind == "corrupt_batch":
         original = trainer.training_step
         generator = torch.Generator().manual_seed(1234)
 
         def training_step(model: Any, inputs: dict[str, Any], *args: Any, **kw: Any) -> Any:
-            if int(trainer.state.global_step) + 1 == injection.step:
+            if plan.step <= int(trainer.state.global_step) + 1 <= plan.last:
                 inputs = dict(inputs)
                 ids = inputs["input_ids"]
                 noise = torch.randint(4, len(tokenizer), ids.shape, generator=generator)
@@ -304,6 +351,54 @@ def _detector_keys() -> frozenset[str]:
 _DETECTOR_KEYS = _detector_keys()
 
 
+class _LoopContext:
+    """What ``posttrain.testing.training.run`` needs from its stage: no control ever comes."""
+
+    def __init__(self, job_dir: Path, reporter: Recorder) -> None:
+        from posttrain.trainer_agent.core.control import StepDirective
+
+        self.job_dir = job_dir
+        self.reporter = reporter
+        self._directive = StepDirective()
+
+    def poll_control(self) -> Any:
+        return self._directive
+
+
+def run_loop(spec: RunSpec, work: Path) -> Series:
+    """One run of the SGD loop that the closed-loop tests train."""
+    from posttrain.testing.training import run as train_loop
+
+    injection = spec.injection
+    kwargs: dict[str, Any] = {"steps": spec.max_steps, "step_s": 0.0, "lr": spec.learning_rate}
+    if injection is not None and injection.kind == "loss_scale":
+        kwargs.update(spike_at=injection.step, spike=injection.factor)
+    elif injection is not None and injection.kind == "loss_nan":
+        kwargs.update(nan_at=injection.step)
+    elif injection is not None:
+        raise ValueError(f"{spec.name}: the loop takes no {injection.kind} injection")
+    recorder = Recorder()
+    (work / spec.name).mkdir(parents=True, exist_ok=True)
+    train_loop(_LoopContext(work / spec.name, recorder), **kwargs)
+    return _series(spec, recorder)
+
+
+def _series(spec: RunSpec, recorder: Recorder) -> Series:
+    step = spec.injection.step if spec.injection else None
+    transient = spec.injection is not None and spec.injection.kind == "corrupt_batch"
+    until = spec.injection.last if spec.injection is not None and transient else None
+    faults = tuple(Fault(kind, step, until) for kind in spec.faults if step is not None)
+    return Series(
+        name=spec.name,
+        algorithm=spec.algorithm,
+        seed=spec.seed,
+        learning_rate=spec.learning_rate,
+        faults=faults,
+        injection=spec.injection.describe() if spec.injection else "",
+        points=tuple(recorder.points),
+    )
+
+
 def run(spec: RunSpec, model_path: str, work: Path) -> tuple[Series, Path]:
     """Train one run; the labelled series and the directory of its final model."""
     from transformers import AutoTokenizer, set_seed
@@ -350,21 +445,7 @@ def run(spec: RunSpec, model_path: str, work: Path) -> tuple[Series, Path]:
     final = out / "final"
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
-    step = spec.injection.step if spec.injection else None
-    transient = spec.injection is not None and spec.injection.kind == "corrupt_batch"
-    faults = tuple(
-        Fault(kind, step, step if transient else None) for kind in spec.faults if step is not None
-    )
-    series = Series(
-        name=spec.name,
-        algorithm=spec.algorithm,
-        seed=spec.seed,
-        learning_rate=spec.learning_rate,
-        faults=faults,
-        injection=spec.injection.describe() if spec.injection else "",
-        points=tuple(recorder.points),
-    )
-    return series, final
+    return _series(spec, recorder), final
 
 
 # --- label checks: the fault is in the metrics, whatever the detectors say ---------------------
@@ -414,6 +495,10 @@ def _check(series: Series) -> list[str]:
             early = statistics.mean(_finite(_values(series, "entropy", 1, 21)))
             late = statistics.mean(_finite(after["entropy"])[-10:])
             ok = late < 0.3 * early
+        elif fault.kind == "grad_explosion":
+            # The norm stays at five times its level or more for half of the next ten steps.
+            base = statistics.median(before["grad_norm"])
+            ok = sum(1 for v in after["grad_norm"][:10] if v > 5 * base) >= 5
         elif fault.kind == "reward_collapse":
             ok = sum(1 for v in after["reward_std"] if v == 0.0) >= 10
         if not ok:
@@ -488,7 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:
             started = time.perf_counter()
             series = done.get(spec.name)
-            if series is None:
+            if series is None and spec.algorithm == "loop":
+                series = run_loop(spec, work)
+            elif series is None:
                 model = tiny if spec.algorithm == "sft" else str(base_model)
                 series, _ = run(spec, model, work)
             found = _check(series)
@@ -504,4 +591,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -107,6 +107,6 @@ def test_config_book_resolves_per_pipeline_overrides():
     p1 = book.for_pipeline("p1")
     assert (p1.detectors.loss_spike.k, p1.detectors.loss_spike.window) == (4, 64)
     assert p1.actions.dry_run and not book.for_pipeline("p2").actions.dry_run
-    assert book.for_pipeline(None).detectors.loss_spike.window == 128
+    assert book.for_pipeline(None).detectors.loss_spike.window == 64
     with pytest.raises(ValueError, match=r"(?s)p3.*windw"):
         ConfigBook.from_dict({"pipelines": {"p3": {"detectors": {"loss_spike": {"windw": 3}}}}})

@@ -30,9 +30,14 @@ class LossSpikeConfig(_Config):
 
     enabled: bool = True
     field: str = "loss"
-    window: int = Field(128, ge=2)
-    k: float = Field(6.0, gt=0)
-    min_points: int = Field(20, ge=2)
+    # OLMo-core's 128 suits pretraining's flat loss. A fine-tuning loss falls steeply for its
+    # first tens of steps, and a falling loss in the window inflates the std: over 128 points a
+    # 6x spike at step 90 of a tiny SFT run is only 4 std. 64 points leave the fall sooner and
+    # still give a stable std (healthy SFT/DPO runs of the corpus: at most 4.0 std; injected
+    # spikes and divergences: 10 std and more) (h).
+    window: int = Field(64, ge=2)
+    k: float = Field(6.0, gt=0)  # OLMo-core's default
+    min_points: int = Field(20, ge=2)  # (h) a std from fewer points is too uncertain
     # The spread used is at least this fraction of |mean|: a very smooth loss has a tiny std
     # and would otherwise call a 0.1% wiggle a spike (h).
     min_rel_std: float = Field(0.005, ge=0)
@@ -59,12 +64,19 @@ class KlConfig(_Config):
     # your setup to also judge the level against it (kl > abs_factor x target).
     target: float | None = None
     abs_factor: float = Field(1.5, gt=0)
-    # Both checks judge the median of the last ``smoothing`` points: the per-step KL estimate of a
-    # small RL batch is heavy-tailed (single steps 50x the median in a healthy tiny GRPO run),
-    # and a blow-up is a level that rises and stays (h).
-    smoothing: int = Field(5, ge=1)
-    median_window: int = Field(50, ge=2)
-    median_factor: float = Field(10.0, gt=1)  # (h)
+    # Both checks judge the level, the median of the last ``smoothing`` points: the per-step
+    # KL estimate of a small RL batch is heavy-tailed (single steps 10-50x the median in
+    # healthy tiny GRPO runs, and runs of two or three high steps), and a blow-up is a level
+    # that rises and stays: 5 high steps of the last 9 (h).
+    smoothing: int = Field(9, ge=1)
+    # The relative check: the level above ``median_factor`` x the median of the last
+    # ``median_window`` points. On the corpus (bench.detect_quality) and the recorded healthy
+    # GRPO run of the unit tests, healthy levels reach 4.4x that median (early, while the KL
+    # climbs from 0), and runs whose learning rate was raised 30-100x reach 13-25x; 7x sits
+    # between them. A long window keeps the baseline from following a KL that climbs over
+    # tens of steps (h).
+    median_window: int = Field(100, ge=2)
+    median_factor: float = Field(7.0, gt=1)  # (h)
     median_min_points: int = Field(20, ge=1)  # (h) KL starts at 0 and rises at first
     # Below this the KL is small whatever its ratio to the median (KL starts at ~0) (h).
     median_floor: float = Field(0.01, ge=0)
@@ -95,22 +107,28 @@ class RewardConfig(_Config):
 
 
 class GradConfig(_Config):
-    """Explosion: z-score against an EMA of mean and variance (ZClip), sustained over several
-    steps; vanishing: below eps for N steps."""
+    """Explosion: norms far above the median of the recent normal ones, sustained over several
+    steps (ZClip's z-score and METRICS.md's "k x rolling median" together); vanishing: below
+    eps for N steps."""
 
     enabled: bool = True
     field: str = "grad_norm"
-    alpha: float = Field(0.97, gt=0, lt=1)  # ZClip's default: a memory of ~33 steps
-    z: float = Field(2.5, gt=0)  # ZClip's default
-    warmup_points: int = Field(25, ge=1)  # ZClip's warm-up
-    # A high step is also at least this many times the EMA mean: z alone fires on the ordinary
-    # noise of small-batch RL (4x steps in healthy tiny GRPO runs), and an explosion cuts the
-    # learning rate tenfold (h).
+    # The baseline is the last ``window`` normal norms, not ZClip's EMA (alpha 0.97): a
+    # fine-tuning gradient falls tens of times over its first steps, and a 33-step EMA lags
+    # so far behind (77x the norm, 35 steps after warm-up, in the SGD loop of the corpus) that
+    # a 100x explosion there stayed under its z-score. 25 points: ZClip's warm-up length (h).
+    window: int = Field(25, ge=2)
+    warmup_points: int = Field(25, ge=2)  # norms seen before any is judged (ZClip's warm-up)
+    z: float = Field(2.5, gt=0)  # ZClip's default, against the window's mean and std
+    # A high step is also at least this many times the window's median: z alone fires on the
+    # ordinary noise of small-batch RL (4x steps in healthy tiny GRPO runs), and an explosion
+    # cuts the learning rate tenfold (h).
     min_ratio: float = Field(5.0, ge=1)
     # An explosion is ``persist_steps`` high steps among the last ``persist_window``: healthy
-    # SFT runs of the corpus (bench.detect_quality) have single 5-9x steps, and at most two
-    # high steps close together, from one hard batch; a run that diverges stays high. ZClip
-    # clips such single steps; the platform's action (learning rate x0.1) is for a level (h).
+    # SFT and DPO runs of the corpus (bench.detect_quality) have single 5-12x steps and, three
+    # times, two high steps within five, from hard batches; a run whose gradient has exploded
+    # stays high (the SGD loop: 5 of 5). ZClip clips such single steps; the platform's action
+    # (learning rate x0.1) is for a level (h).
     persist_steps: int = Field(3, ge=1)
     persist_window: int = Field(5, ge=1)
     min_abs_std: float = Field(1e-8, ge=0)

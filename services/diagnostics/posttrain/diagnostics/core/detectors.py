@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from posttrain.diagnostics.core.anomaly import Anomaly, AnomalyType, fmt, make
@@ -118,8 +118,8 @@ class NonFiniteRule:
     once: the step where a field first goes bad raises an anomaly listing the fields new to the
     run, with every field bad at that step, so a loss that stays NaN for 50 steps is one
     anomaly, and a KL that turns infinite a step after the gradient norm went NaN is a second
-    one that names it. A point whose watched fields are all finite ends the run; one with none
-    of them leaves it as it is.
+    one that names it. The run ends at a point with no non-finite field that carries a field
+    named in it, finite again; a point about other fields (an evaluation's) leaves it as it is.
     """
 
     name = "non_finite"
@@ -137,26 +137,28 @@ class NonFiniteRule:
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         bad: list[tuple[str, float]] = []
-        watched = False
+        named = self.named
+        recovered = False  # a field named in this run is finite again
         if self._values is not None:
             values = self._values(point)
             for i, value in enumerate(values[:-1]):
                 if value is not None:
-                    watched = True
                     if not _isfinite(value):
                         bad.append((self.core[i], value))
+                    elif named and self.core[i] in named:
+                        recovered = True
         if self.custom and point.custom:
             for name in self.custom:
                 number = read(point, name)
                 if number is not None:
-                    watched = True
                     if not _isfinite(number):
                         bad.append((name, number))
+                    elif named and name in named:
+                        recovered = True
         if not bad:
-            if watched:
+            if recovered or "*" in named:
                 self.named = []
             return
-        named = self.named
         if "*" in named:
             # Restored from a state that only knew "a run is on": its fields were reported.
             self.named = [name for name, _ in bad]
@@ -269,6 +271,9 @@ class KlRule:
         )
         self.active = bool(state.get("active", False))
         self.saturated_run = int(state.get("saturated_run", 0))
+        # Finite points still to come before an infinite KL's episode can end: until the level
+        # is made of points after it, a high level is the same blow-up.
+        self.hold = int(state.get("hold", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
@@ -316,7 +321,8 @@ class KlRule:
                     window,
                 )
             )
-        self.active = bool(reasons)
+        self.active = bool(reasons) or self.hold > 0
+        self.hold = max(self.hold - 1, 0)
         m.push(value)
         if cfg.saturation_value is not None:
             if abs(value) >= cfg.saturation_value * (1.0 - 1e-6):
@@ -359,10 +365,12 @@ class KlRule:
                 )
             )
         self.active = True
+        self.hold = self.cfg.smoothing
 
     def on_rewind(self) -> None:
         self.active = False
         self.saturated_run = 0
+        self.hold = 0
         self.recent.clear()
 
     def to_dict(self) -> JsonDict:
@@ -371,7 +379,17 @@ class KlRule:
             "recent": list(self.recent),
             "active": self.active,
             "saturated_run": self.saturated_run,
+            "hold": self.hold,
         }
+
+
+def _median(values: Iterable[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return 0.0
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
 def _zscore(w: RollingWindow, value: float, min_abs: float, min_rel: float) -> tuple[float, float]:
@@ -481,14 +499,17 @@ class RewardRule:
 
 
 class GradRule:
-    """ZClip's z-score against an EMA of mean and variance, with a persistence requirement.
+    """Gradient explosion: a level of high norms, judged against the recent normal ones.
 
-    A step is *high* when its norm is more than ``z`` std above the EMA mean and at least
-    ``min_ratio`` times it. An explosion is ``persist_steps`` high steps among the last
-    ``persist_window``: it is raised at the step that completes them (the first high step is
-    in the window) and re-arms when fewer remain. One high step alone is the ordinary spike of
-    a healthy run (one hard batch; a 5-8x step in healthy tiny SFT runs), which does not call
-    for cutting the learning rate tenfold; a diverging run stays high.
+    A step is *high* when its norm is at least ``min_ratio`` times the median of the last
+    ``window`` normal norms and more than ``z`` std above their mean. An explosion is
+    ``persist_steps`` high steps among the last ``persist_window``: it is raised at the step
+    that completes them and re-arms when fewer remain. One high step alone is the ordinary
+    spike of a healthy run (one hard batch: single 5-12x steps, and pairs of them, in the
+    corpus's healthy SFT and DPO runs), which does not call for cutting the learning rate
+    tenfold; a run whose gradient has exploded stays high. High norms stay out of the
+    baseline (a spike does not hide the next one, as in ZClip), unless the explosion lasts
+    ``window`` steps: then it is the new level.
     """
 
     name = "grad"
@@ -496,14 +517,15 @@ class GradRule:
     def __init__(self, cfg: GradConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.get = getter(cfg.field)
-        self.ema = EmaStats.from_dict(state.get("ema", {}), cfg.alpha)
-        self.warmup: list[float] = [float(v) for v in state.get("warmup", [])]
+        # A state saved by the EMA version of this rule ("ema", "warmup") starts a new window.
+        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         # The last ``persist_window`` steps: [step, norm] for a high one, [step, None] otherwise.
         self.recent: deque[tuple[int, float | None]] = deque(
             ((int(s), None if v is None else float(v)) for s, v in state.get("recent", [])),
             maxlen=cfg.persist_window,
         )
         self.active = bool(state.get("active", False))
+        self.episode = int(state.get("episode", 0))
         self.vanish_run = int(state.get("vanish_run", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
@@ -512,22 +534,15 @@ class GradRule:
         if value is None:
             return
         self._vanishing(point, value, out)
-        ema = self.ema
-        if ema.count == 0:
-            # ZClip's warm-up: the first N norms give the initial mean and variance.
-            self.warmup.append(value)
-            if len(self.warmup) >= cfg.warmup_points:
-                n = len(self.warmup)
-                mean = math.fsum(self.warmup) / n
-                ema.mean = mean
-                ema.var = math.fsum((v - mean) ** 2 for v in self.warmup) / n
-                ema.count = n
-                self.warmup = []
+        w = self.window
+        if len(w) < cfg.warmup_points:
+            w.push(value)
             return
-        mean = ema.mean
-        std = max(ema.std, cfg.min_abs_std)
+        median = _median(w.values)
+        mean = w.mean
+        std = max(w.std, cfg.min_abs_std)
         z = (value - mean) / std
-        high = z > cfg.z and value > cfg.min_ratio * mean
+        high = z > cfg.z and value >= cfg.min_ratio * median
         self.recent.append((point.step, value if high else None))
         highs = [(s, v) for s, v in self.recent if v is not None]
         exploding = len(highs) >= cfg.persist_steps
@@ -542,21 +557,27 @@ class GradRule:
                     value,
                     cfg.field,
                     f"{cfg.field} has exploded: {len(highs)} of the last {len(self.recent)} "
-                    f"steps (from step {first}) were above {fmt(cfg.z)} std and "
-                    f"{fmt(cfg.min_ratio)} x its EMA {fmt(mean)} ({norms}); now "
-                    f"{fmt(value)} at step {point.step}, z {fmt(z)}",
+                    f"steps (from step {first}: {norms}) were at least {fmt(cfg.min_ratio)} x "
+                    f"the median {fmt(median)} of the {len(w)} normal norms before them; now "
+                    f"{fmt(value)} at step {point.step} ({fmt(value / median)} x, z {fmt(z)})"
+                    if median > 0
+                    else f"{cfg.field} has exploded: {len(highs)} of the last "
+                    f"{len(self.recent)} steps from step {first} were far above its median "
+                    f"{fmt(median)}",
                     {
-                        "ema_mean": mean,
-                        "ema_std": std,
+                        "median": median,
+                        "mean": mean,
+                        "std": std,
                         "z": z,
                         "high_steps": float(len(highs)),
                         "first_high_step": float(first),
                     },
                 )
             )
+        self.episode = self.episode + 1 if exploding else 0
         self.active = exploding
-        # ZClip: the EMA follows the clipped value, so a spike does not hide the next one.
-        ema.push(mean + cfg.z * std if z > cfg.z else value)
+        if not high or self.episode > cfg.window:
+            w.push(value)
 
     def _vanishing(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
         cfg = self.cfg
@@ -580,15 +601,16 @@ class GradRule:
 
     def on_rewind(self) -> None:
         self.active = False
+        self.episode = 0
         self.vanish_run = 0
         self.recent.clear()
 
     def to_dict(self) -> JsonDict:
         return {
-            "ema": self.ema.to_dict(),
-            "warmup": self.warmup,
+            "window": self.window.to_dict(),
             "recent": [[s, v] for s, v in self.recent],
             "active": self.active,
+            "episode": self.episode,
             "vanish_run": self.vanish_run,
         }
 
