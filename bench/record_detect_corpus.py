@@ -1,6 +1,6 @@
 """Record the labelled detection corpus (``bench.detect_corpus``) from real tiny training runs.
 
-    python -m bench.record_detect_corpus              # every series, about 10 minutes on 1 core
+    python -m bench.record_detect_corpus              # every series: a few minutes on one core
     python -m bench.record_detect_corpus --only grpo-kl-lr50x-s1 sft-nan-s0
     python -m bench.record_detect_corpus --list
 

@@ -2,9 +2,11 @@
 anomalies that a point raises; each serializes its state to a JSON-able dict.
 
 A rule raises once per episode: a condition that holds for many steps in a row (a NaN loss that
-stays NaN, a KL that stays high) is one anomaly, raised at the step where it began; the rule
-re-arms when the condition clears. Every value a rule reads may be missing (trainers report
-different fields) or non-finite (the NaN rule reports those; the others skip them).
+stays NaN, a KL that stays high) is one anomaly, raised at the step where it is established
+(where it began for a one-step condition; for one that must persist, the step that completes
+it, its message giving where it began); the rule re-arms when the condition clears. Every value
+a rule reads may be missing (trainers report different fields) or non-finite (the NaN rule
+names those; an infinite KL is also a KL blow-up; the others skip them).
 """
 
 from __future__ import annotations
