@@ -98,7 +98,9 @@ async def test_anomalies_become_actions_on_the_pipeline_command_topic(
             Topic.METRICS, report(nan_job, points(1, 31, at={30: {"loss": math.nan}}), 0)
         )
         await producer.send(
-            Topic.METRICS, report(grad_job, points(1, 41, at={40: {"grad_norm": 80.0}}), 0)
+            # An explosion is a level: three high steps (one alone is a healthy spike).
+            Topic.METRICS,
+            report(grad_job, points(1, 43, at={s: {"grad_norm": 80.0} for s in (40, 41, 42)}), 0),
         )
         await producer.send(
             Topic.METRICS,
@@ -120,7 +122,7 @@ async def test_anomalies_become_actions_on_the_pipeline_command_topic(
         assert record.envelope.key == "p-1"  # keyed by pipeline: the orchestrator's partition
 
         (grad,) = await collector.wait(AnomalyDetected, job_id=grad_job)
-        assert (grad.anomaly_type, grad.step) == ("grad_explosion", 40)
+        assert (grad.anomaly_type, grad.step) == ("grad_explosion", 42)
         (cut,) = await collector.wait(RequestAction, anomaly_id=grad.anomaly_id)
         assert (cut.action, cut.factor) == ("adjust_learning_rate", 0.1)
 

@@ -55,6 +55,63 @@ def test_nan_loss_raises_critical_at_its_step_once_per_episode():
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_any_core_field_non_finite_raises(field, bad):
     points = [pt(1, loss=1.0), pt(2, loss=1.0, **{field: bad})]
+    # An infinite KL is a KL blow-up as well (see the KL tests).
+    also = [(T.KL_BLOWUP, 2)] if field == "kl_divergence" and math.isinf(bad) else []
+    assert found(points) == [(T.NON_FINITE, 2), *also]
+
+
+def verl_run(bad: dict[int, dict[str, str]], steps: int = 60) -> list:
+    """A verl run as its ``file`` logger writes it (bare NaN/Infinity, as Python's json does),
+    read by the agent's line parser."""
+    from posttrain.trainer_agent.core.lines import parse_line
+
+    points = []
+    for step in range(1, steps + 1):
+        data = {
+            "actor/pg_loss": "0.1",
+            "actor/grad_norm": "1.0",
+            "actor/kl_loss": "0.02",
+            "critic/score/mean": "0.5",
+            **bad.get(step, {}),
+        }
+        body = ", ".join(f'"{k}": {v}' for k, v in data.items())
+        points.append(parse_line(f'{{"step": {step}, "data": {{{body}}}}}'.encode(), float(step)))
+    return points
+
+
+def test_every_metric_that_turns_non_finite_is_named():
+    # The issue's verl run: grad_norm NaN at step 45, then the KL infinite at step 46.
+    points = verl_run({45: {"actor/grad_norm": "NaN"}, 46: {"actor/kl_loss": "Infinity"}})
+    anomalies = [a for a in diagnose_points(points) if a.anomaly_type == T.NON_FINITE]
+    assert [(a.step, a.field) for a in anomalies] == [(45, "grad_norm"), (46, "kl_divergence")]
+    assert "grad_norm=nan" in anomalies[0].message
+    assert "kl_divergence=inf" in anomalies[1].message
+    # The infinite KL is a KL blow-up too.
+    kinds = [(a.anomaly_type, a.step) for a in diagnose_points(points)]
+    assert (T.KL_BLOWUP, 46) in kinds
+
+
+def test_non_finite_names_each_metric_once_per_run_of_bad_steps():
+    bad = {s: {"actor/pg_loss": "NaN"} for s in range(30, 60)}  # the loss stays NaN
+    for s in range(32, 60, 2):  # the gradient norm flickers NaN / finite meanwhile
+        bad[s]["actor/grad_norm"] = "NaN"
+    bad[40]["actor/kl_loss"] = "-Infinity"
+    anomalies = diagnose_points(verl_run(bad, steps=70))
+    non_finite = [a for a in anomalies if a.anomaly_type == T.NON_FINITE]
+    assert [(a.step, a.field) for a in non_finite] == [
+        (30, "loss"),
+        (32, "grad_norm"),
+        (40, "kl_divergence"),
+    ]
+    assert "newly non-finite: grad_norm" in non_finite[1].message
+    assert "named earlier in this run of bad steps: loss" in non_finite[1].message
+    # A clean step ends the run of bad steps: the next NaN is raised again.
+    again = verl_run({10: {"actor/pg_loss": "NaN"}, 12: {"actor/pg_loss": "NaN"}}, steps=15)
+    assert [a.step for a in diagnose_points(again) if a.anomaly_type == T.NON_FINITE] == [10, 12]
+
+
+def test_a_point_without_the_watched_fields_does_not_end_a_run_of_bad_steps():
+    points = [pt(1, loss=1.0), pt(2, loss=math.nan), pt(3, eval_accuracy=0.5), pt(4, loss=math.nan)]
     assert found(points) == [(T.NON_FINITE, 2)]
 
 
@@ -109,22 +166,51 @@ def test_decreasing_loss_and_a_lasting_new_level_raise_once_at_most():
 
 
 def test_kl_above_target_sustained_raises_but_one_step_does_not():
+    # No target by default (what trainers call "kl" differs by orders of magnitude): given one,
+    # the level is judged against it too.
+    cfg = DetectorConfig(kl=KlConfig(target=0.1))
     single = [0.02] * 30 + [0.9] + [0.02] * 10
-    assert found(series("kl_divergence", single)) == []
+    assert found(series("kl_divergence", single), cfg) == []
     risen = [0.02] * 30 + [0.5] * 10
-    anomalies = diagnose_points(series("kl_divergence", risen))
-    # The median of the last 5 crosses 1.5 x 0.1 on the third high point.
-    assert [(a.anomaly_type, a.step) for a in anomalies] == [(T.KL_BLOWUP, 33)]
-    assert anomalies[0].severity == "critical"  # above target and 10x the median
+    anomalies = diagnose_points(series("kl_divergence", risen), cfg)
+    # The median of the last 9 crosses 1.5 x 0.1 on the fifth high point.
+    assert [(a.anomaly_type, a.step) for a in anomalies] == [(T.KL_BLOWUP, 35)]
+    assert anomalies[0].severity == "critical"  # above target and 7x the median
     assert "target" in anomalies[0].message and "median" in anomalies[0].message
 
 
 def test_kl_relative_to_rolling_median_without_target():
-    cfg = DetectorConfig(kl=KlConfig(target=None))
     values = [0.01] * 40 + [0.2] * 5
-    anomalies = diagnose_points(series("kl_divergence", values), cfg)
-    assert [(a.anomaly_type, a.step) for a in anomalies] == [(T.KL_BLOWUP, 43)]
+    anomalies = diagnose_points(series("kl_divergence", values))  # the default: no target
+    assert [(a.anomaly_type, a.step) for a in anomalies] == [(T.KL_BLOWUP, 45)]
     assert anomalies[0].severity == "warning" and anomalies[0].window["median"] == 0.01
+    # Two or three high steps in a row are the heavy tail of a small batch's estimate.
+    bursts = [0.01] * 40 + [0.3] * 4 + [0.01] * 10 + [0.3, 0.01, 0.3, 0.01, 0.3, 0.01]
+    assert found(series("kl_divergence", bursts)) == []
+
+
+@pytest.mark.parametrize("infinite", [math.inf, -math.inf])
+def test_an_infinite_kl_is_a_kl_blow_up(infinite):
+    values = [0.02] * 45 + [infinite] + [0.02] * 3
+    anomalies = diagnose_points(series("kl_divergence", values))
+    assert [(a.anomaly_type, a.step) for a in anomalies] == [
+        (T.NON_FINITE, 46),
+        (T.KL_BLOWUP, 46),
+    ]
+    blowup = anomalies[1]
+    assert blowup.severity == "critical" and blowup.field == "kl_divergence"
+    assert math.isinf(blowup.value) and "infinite" in blowup.message
+    # Without history too (the KL's first point), and a NaN KL is only non-finite.
+    assert found(series("kl_divergence", [math.inf])) == [(T.NON_FINITE, 1), (T.KL_BLOWUP, 1)]
+    assert found(series("kl_divergence", [0.02] * 30 + [math.nan])) == [(T.NON_FINITE, 31)]
+
+
+def test_an_infinite_kl_that_stays_high_is_one_blow_up():
+    values = [0.02] * 45 + [math.inf] + [5.0] * 10 + [0.02] * 100 + [math.inf]
+    assert [a for a in found(series("kl_divergence", values)) if a[0] == T.KL_BLOWUP] == [
+        (T.KL_BLOWUP, 46),
+        (T.KL_BLOWUP, 157),
+    ]
 
 
 def test_kl_small_values_are_not_a_blow_up_whatever_the_ratio():
@@ -181,23 +267,48 @@ def test_grpo_collapse_from_frac_reward_zero_std():
 # --- gradients -------------------------------------------------------------------------------
 
 
-def test_gradient_explosion_zclip():
-    values = [*noisy(60, 1.0, 0.1), 50.0, *noisy(10, 1.0, 0.1, seed=5), 40.0]
+def test_gradient_explosion_zclip_is_a_sustained_level():
+    values = [*noisy(60, 1.0, 0.1), 50.0, 45.0, 60.0, *noisy(10, 1.0, 0.1, seed=5)]
+    values += [40.0, 2.0, 45.0, 1.0, 50.0]
     anomalies = diagnose_points(series("grad_norm", values))
+    # Raised where the third high step of the last five completes an episode: 61-63, then
+    # 74, 76, 78 (high steps need not be consecutive).
     assert [(a.anomaly_type, a.step) for a in anomalies] == [
-        (T.GRAD_EXPLOSION, 61),
-        (T.GRAD_EXPLOSION, 72),
+        (T.GRAD_EXPLOSION, 63),
+        (T.GRAD_EXPLOSION, 78),
     ]
-    assert anomalies[0].severity == "critical" and anomalies[0].window["z"] > 2.5
+    first = anomalies[0]
+    assert first.severity == "critical" and first.window["z"] > 2.5
+    assert first.window["first_high_step"] == 61 and first.window["high_steps"] == 3
+    assert "from step 61" in first.message
+
+
+def test_a_single_healthy_gradient_spike_is_not_an_explosion():
+    # A healthy run's spike: one hard batch, 8x the norm (the demo's SFT run had one at step
+    # 49), and a second high step just after it, as recorded in the corpus's SFT runs.
+    values = [*noisy(48, 2.5, 0.6, seed=11), 20.0, 12.0, *noisy(100, 2.5, 0.6, seed=12)]
+    assert found(series("grad_norm", values)) == []
+    # The same run diverging from step 80: the norm stays high.
+    diverging = [*values[:79], 20.0, 25.0, 30.0, 40.0, 60.0, *values[84:]]
+    assert found(series("grad_norm", diverging)) == [(T.GRAD_EXPLOSION, 82)]
+
+
+def test_gradient_persistence_is_configurable():
+    values = [*noisy(60, 1.0, 0.1), 50.0, *noisy(10, 1.0, 0.1, seed=5)]
+    assert found(series("grad_norm", values)) == []
+    every_spike = DetectorConfig(grad=GradConfig(persist_steps=1, persist_window=1))
+    assert found(series("grad_norm", values), every_spike) == [(T.GRAD_EXPLOSION, 61)]
+    with pytest.raises(ValueError, match="persist_window"):
+        GradConfig(persist_steps=4, persist_window=3)
 
 
 def test_gradient_warmup_and_small_ratio_do_not_explode():
-    assert found(series("grad_norm", [1.0] * 10 + [100.0])) == []  # inside ZClip's warm-up
+    assert found(series("grad_norm", [1.0] * 10 + [100.0] * 3)) == []  # inside ZClip's warm-up
     # Very smooth norms: 1.5x is many std away, but not an explosion.
-    assert found(series("grad_norm", [*noisy(60, 1.0, 0.001), 1.5])) == []
+    assert found(series("grad_norm", [*noisy(60, 1.0, 0.001), 1.5, 1.5, 1.5])) == []
     lower = DetectorConfig(grad=GradConfig(min_ratio=1.2))
-    assert found(series("grad_norm", [*noisy(60, 1.0, 0.001), 1.5]), lower) == [
-        (T.GRAD_EXPLOSION, 61)
+    assert found(series("grad_norm", [*noisy(60, 1.0, 0.001), 1.5, 1.5, 1.5]), lower) == [
+        (T.GRAD_EXPLOSION, 63)
     ]
 
 
@@ -301,7 +412,12 @@ def test_length_clip_ratio_rising_but_not_high_from_the_start():
     rising = [
         pt(i, custom={"completions/clipped_ratio": 0.05 if i <= 30 else 0.4}) for i in range(1, 40)
     ]
-    assert found(rising, cfg) == [(T.LENGTH_EXPLOSION, 31)]
+    # Judged on the mean of the last 5 ratios: above 20% at the third high step.
+    assert found(rising, cfg) == [(T.LENGTH_EXPLOSION, 33)]
+    one_step = [
+        pt(i, custom={"completions/clipped_ratio": 0.31 if i == 32 else 0.02}) for i in range(1, 60)
+    ]
+    assert found(one_step, cfg) == []
     always = [pt(i, custom={"response_length/clip_ratio": 0.3}) for i in range(1, 60)]
     assert found(always, cfg) == []
 

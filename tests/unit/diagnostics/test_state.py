@@ -23,8 +23,10 @@ T = AnomalyType
 
 def test_troubled_run_raises_each_kind_once():
     kinds = {a.anomaly_type for a in diagnose_points(troubled_run())}
+    # An RL run (it reports a reward spread and a KL): its loss spike at step 120 is not judged
+    # (a policy-gradient loss is heavy-tailed; LossSpikeConfig.skip_sampled_rl).
+    assert T.LOSS_SPIKE not in kinds
     assert {
-        T.LOSS_SPIKE,
         T.GRAD_EXPLOSION,
         T.NON_FINITE,
         T.KL_BLOWUP,
@@ -105,6 +107,6 @@ def test_config_book_resolves_per_pipeline_overrides():
     p1 = book.for_pipeline("p1")
     assert (p1.detectors.loss_spike.k, p1.detectors.loss_spike.window) == (4, 64)
     assert p1.actions.dry_run and not book.for_pipeline("p2").actions.dry_run
-    assert book.for_pipeline(None).detectors.loss_spike.window == 128
+    assert book.for_pipeline(None).detectors.loss_spike.window == 64
     with pytest.raises(ValueError, match=r"(?s)p3.*windw"):
         ConfigBook.from_dict({"pipelines": {"p3": {"detectors": {"loss_spike": {"windw": 3}}}}})

@@ -1,6 +1,8 @@
 """Every threshold of every rule, configurable per pipeline.
 
-Defaults come from ../shared/METRICS.md; those marked (h) there are our own choice. A pipeline's
+Defaults come from ../shared/METRICS.md; those marked (h) are our own choice, each with its
+reason beside it, checked on the labelled corpus of real tiny runs that
+``python -m bench.detect_quality`` scores (services/diagnostics/README.md). A pipeline's
 configuration is the default with its overrides merged in (``DiagnosticsSettings.for_pipeline``),
 so a user writes only what differs. Unknown keys are rejected with the path of the bad key.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from posttrain.events.messages.metrics import CORE_FIELDS
 from posttrain.events.messages.pipeline import ActionKind as ActionKind  # libs/events owns it
@@ -20,7 +22,8 @@ class _Config(BaseModel):
 
 
 class NonFiniteConfig(_Config):
-    """NaN/Inf in any of ``fields``: one occurrence is enough."""
+    """NaN/Inf in any of ``fields``: one occurrence is enough (a NaN weight never heals, and
+    every later step is lost); each field is named once per run of bad steps."""
 
     enabled: bool = True
     fields: tuple[str, ...] = CORE_FIELDS
@@ -31,13 +34,25 @@ class LossSpikeConfig(_Config):
 
     enabled: bool = True
     field: str = "loss"
-    window: int = Field(128, ge=2)
-    k: float = Field(6.0, gt=0)
-    min_points: int = Field(20, ge=2)
+    # OLMo-core's 128 suits pretraining's flat loss. A fine-tuning loss falls steeply for its
+    # first tens of steps, and a falling loss in the window inflates the std: over 128 points a
+    # 6x spike at step 90 of a tiny SFT run is only 4 std. 64 points leave the fall sooner and
+    # still give a stable std (healthy SFT/DPO runs of the corpus: at most 4.0 std; injected
+    # spikes and divergences: 10 std and more) (h).
+    window: int = Field(64, ge=2)
+    k: float = Field(6.0, gt=0)  # OLMo-core's default
+    min_points: int = Field(20, ge=2)  # (h) a std from fewer points is too uncertain
     # The spread used is at least this fraction of |mean|: a very smooth loss has a tiny std
     # and would otherwise call a 0.1% wiggle a spike (h).
     min_rel_std: float = Field(0.005, ge=0)
     min_abs_std: float = Field(1e-8, ge=0)
+    # Not for sampled RL (a job that reports a reward spread or a KL: GRPO, PPO): its loss is a
+    # policy-gradient surrogate, about beta x KL plus advantage-weighted noise, whose single
+    # steps reach 10-12 std in healthy tiny GRPO runs (one KL estimate 10x its median). A
+    # spike there is the KL's and the reward's to judge; rolling back is for a language-model
+    # loss (PaLM). DPO reports neither key and keeps the rule.
+    skip_sampled_rl: bool = True
+    sampled_rl_keys: tuple[str, ...] = ("reward_std", "kl_divergence")
 
 
 class KlConfig(_Config):
@@ -46,14 +61,26 @@ class KlConfig(_Config):
 
     enabled: bool = True
     field: str = "kl_divergence"
-    target: float | None = 0.1
+    # No absolute target by default: what the trainers call "kl" differs by orders of
+    # magnitude (verl's actor/ppo_kl is the old-vs-new policy KL of one update, ~1e-3; TRL
+    # GRPO's kl is the per-token KL to the reference, 0.1-0.5 in healthy tiny runs at the
+    # demo's settings, where SB3's 0.1 target would fire all the time). Set the target of
+    # your setup to also judge the level against it (kl > abs_factor x target).
+    target: float | None = None
     abs_factor: float = Field(1.5, gt=0)
-    # Both checks judge the median of the last ``smoothing`` points: the per-step KL estimate of a
-    # small RL batch is heavy-tailed (single steps 50x the median in a healthy tiny GRPO run),
-    # and a blow-up is a level that rises and stays (h).
-    smoothing: int = Field(5, ge=1)
-    median_window: int = Field(50, ge=2)
-    median_factor: float = Field(10.0, gt=1)  # (h)
+    # Both checks judge the level, the median of the last ``smoothing`` points: the per-step
+    # KL estimate of a small RL batch is heavy-tailed (single steps 10-50x the median in
+    # healthy tiny GRPO runs, and runs of two or three high steps), and a blow-up is a level
+    # that rises and stays: 5 high steps of the last 9 (h).
+    smoothing: int = Field(9, ge=1)
+    # The relative check: the level above ``median_factor`` x the median of the last
+    # ``median_window`` points. On the corpus (bench.detect_quality) and the recorded healthy
+    # GRPO run of the unit tests, healthy levels reach 4.4x that median (early, while the KL
+    # climbs from 0), and runs whose learning rate was raised 30-100x reach 13-25x; 7x sits
+    # between them. A long window keeps the baseline from following a KL that climbs over
+    # tens of steps (h).
+    median_window: int = Field(100, ge=2)
+    median_factor: float = Field(7.0, gt=1)  # (h)
     median_min_points: int = Field(20, ge=1)  # (h) KL starts at 0 and rises at first
     # Below this the KL is small whatever its ratio to the median (KL starts at ~0) (h).
     median_floor: float = Field(0.01, ge=0)
@@ -84,21 +111,42 @@ class RewardConfig(_Config):
 
 
 class GradConfig(_Config):
-    """Explosion: z-score against an EMA of mean and variance (ZClip); vanishing: below eps for
-    N steps."""
+    """Explosion: norms far above the median of the recent normal ones, sustained over several
+    steps (ZClip's z-score and METRICS.md's "k x rolling median" together); vanishing: below
+    eps for N steps."""
 
     enabled: bool = True
     field: str = "grad_norm"
-    alpha: float = Field(0.97, gt=0, lt=1)
-    z: float = Field(2.5, gt=0)
-    warmup_points: int = Field(25, ge=1)  # ZClip's warm-up
-    # An explosion is also at least this many times the EMA mean: z alone fires on the ordinary
-    # noise of small-batch RL (4x steps in a healthy tiny GRPO run), and an explosion cuts the
-    # learning rate tenfold (h).
+    # The baseline is the last ``window`` normal norms, not ZClip's EMA (alpha 0.97): a
+    # fine-tuning gradient falls tens of times over its first steps, and a 33-step EMA lags
+    # so far behind (77x the norm, 35 steps after warm-up, in the SGD loop of the corpus) that
+    # a 100x explosion there stayed under its z-score. 25 points: ZClip's warm-up length (h).
+    window: int = Field(25, ge=2)
+    warmup_points: int = Field(25, ge=2)  # norms seen before any is judged (ZClip's warm-up)
+    z: float = Field(2.5, gt=0)  # ZClip's default, against the window's mean and std
+    # A high step is also at least this many times the window's median: z alone fires on the
+    # ordinary noise of small-batch RL (4x steps in healthy tiny GRPO runs), and an explosion
+    # cuts the learning rate tenfold (h).
     min_ratio: float = Field(5.0, ge=1)
+    # An explosion is ``persist_steps`` high steps among the last ``persist_window``: healthy
+    # SFT and DPO runs of the corpus (bench.detect_quality) have single 5-12x steps and, three
+    # times, two high steps within five, from hard batches; a run whose gradient has exploded
+    # stays high (the SGD loop: 5 of 5). ZClip clips such single steps; the platform's action
+    # (learning rate x0.1) is for a level (h).
+    persist_steps: int = Field(3, ge=1)
+    persist_window: int = Field(5, ge=1)
     min_abs_std: float = Field(1e-8, ge=0)
     vanish_eps: float = Field(1e-7, ge=0)
     vanish_steps: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _window_holds_the_steps(self) -> GradConfig:
+        if self.persist_window < self.persist_steps:
+            raise ValueError(
+                f"grad.persist_window ({self.persist_window}) must be at least "
+                f"grad.persist_steps ({self.persist_steps})"
+            )
+        return self
 
 
 class PlateauConfig(_Config):
@@ -109,6 +157,7 @@ class PlateauConfig(_Config):
     field: str = "loss"
     mode: Literal["min", "max"] = "min"
     eval_every: int = Field(50, ge=1)  # (h): per-step training loss is too noisy to judge alone
+    # PyTorch's ReduceLROnPlateau defaults (patience, threshold, mode, cooldown).
     patience: int = Field(10, ge=0)
     threshold: float = Field(1e-4, ge=0)
     threshold_mode: Literal["rel", "abs"] = "rel"
@@ -121,7 +170,9 @@ class EntropyConfig(_Config):
 
     enabled: bool = True
     field: str = "entropy"
-    ratio: float = Field(0.3, gt=0, lt=1)  # (h)
+    # (h) METRICS.md: entropy falls ~73% in 200 steps in healthy RL runs (arXiv 2505.22617);
+    # below 30% of its early level is past that. The corpus's collapsed GRPO runs end at <5%.
+    ratio: float = Field(0.3, gt=0, lt=1)
     early_points: int = Field(20, ge=1)
     early_alpha: float = Field(0.9, gt=0, lt=1)
     recent_alpha: float = Field(0.8, gt=0, lt=1)
@@ -147,6 +198,9 @@ class LengthConfig(_Config):
     clip_ratio_max: float = Field(0.2, ge=0, le=1)  # (h)
     # "Rising": also this much above the mean of the first ``min_points`` ratios (h).
     clip_ratio_rise: float = Field(0.1, ge=0)
+    # Both judge the mean of the last N ratios: one step's ratio over a small batch is noisy
+    # (31% for one step, about 2% around it, in a healthy tiny GRPO run of 32 completions) (h).
+    clip_ratio_smoothing: int = Field(5, ge=1)
 
 
 class MemoryConfig(_Config):

@@ -2,9 +2,11 @@
 anomalies that a point raises; each serializes its state to a JSON-able dict.
 
 A rule raises once per episode: a condition that holds for many steps in a row (a NaN loss that
-stays NaN, a KL that stays high) is one anomaly, raised at the step where it began; the rule
-re-arms when the condition clears. Every value a rule reads may be missing (trainers report
-different fields) or non-finite (the NaN rule reports those; the others skip them).
+stays NaN, a KL that stays high) is one anomaly, raised at the step where it is established
+(where it began for a one-step condition; for one that must persist, the step that completes
+it, its message giving where it began); the rule re-arms when the condition clears. Every value
+a rule reads may be missing (trainers report different fields) or non-finite (the NaN rule
+names those; an infinite KL is also a KL blow-up; the others skip them).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from posttrain.diagnostics.core.anomaly import Anomaly, AnomalyType, fmt, make
@@ -112,6 +114,16 @@ class Rule(Protocol):
 
 
 class NonFiniteRule:
+    """Every watched field that turns NaN or infinite is named in an anomaly.
+
+    A run of bad steps (consecutive points with at least one non-finite field) names each field
+    once: the step where a field first goes bad raises an anomaly listing the fields new to the
+    run, with every field bad at that step, so a loss that stays NaN for 50 steps is one
+    anomaly, and a KL that turns infinite a step after the gradient norm went NaN is a second
+    one that names it. The run ends at a point with no non-finite field that carries a field
+    named in it, finite again; a point about other fields (an evaluation's) leaves it as it is.
+    """
+
     name = "non_finite"
 
     def __init__(self, cfg: NonFiniteConfig, state: JsonDict) -> None:
@@ -120,44 +132,67 @@ class NonFiniteRule:
         self.custom = tuple(f for f in cfg.fields if f not in _POINT_FIELDS)
         # One call returns every core value (a tuple even for a single field).
         self._values = operator.attrgetter(*self.core, "step") if self.core else None
-        self.active = bool(state.get("active", False))
+        named = state.get("named")
+        if named is None:  # a state saved before fields were named one by one
+            named = ["*"] if state.get("active") else []
+        self.named: list[str] = [str(n) for n in named]
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         bad: list[tuple[str, float]] = []
+        named = self.named
+        recovered = False  # a field named in this run is finite again
         if self._values is not None:
             values = self._values(point)
             for i, value in enumerate(values[:-1]):
-                if value is not None and not _isfinite(value):
-                    bad.append((self.core[i], value))
+                if value is not None:
+                    if not _isfinite(value):
+                        bad.append((self.core[i], value))
+                    elif named and self.core[i] in named:
+                        recovered = True
         if self.custom and point.custom:
             for name in self.custom:
                 number = read(point, name)
-                if number is not None and not _isfinite(number):
-                    bad.append((name, number))
+                if number is not None:
+                    if not _isfinite(number):
+                        bad.append((name, number))
+                    elif named and name in named:
+                        recovered = True
         if not bad:
-            self.active = False
+            if recovered or "*" in named:
+                self.named = []
             return
-        if self.active:
+        if "*" in named:
+            # Restored from a state that only knew "a run is on": its fields were reported.
+            self.named = [name for name, _ in bad]
             return
-        self.active = True
+        new = [(name, value) for name, value in bad if name not in named]
+        if not new:
+            return
+        self.named = [*named, *(name for name, _ in new)]
         listed = ", ".join(f"{name}={value}" for name, value in bad)
+        message = f"non-finite values at step {point.step}: {listed}"
+        if named:
+            message += (
+                f" (newly non-finite: {', '.join(name for name, _ in new)}; named earlier in "
+                f"this run of bad steps: {', '.join(named)})"
+            )
         out.append(
             make(
                 AnomalyType.NON_FINITE,
                 "critical",
                 point.step,
-                bad[0][1],
-                bad[0][0],
-                f"non-finite values at step {point.step}: {listed}",
+                new[0][1],
+                new[0][0],
+                message,
                 {f"non_finite_{name}": 1.0 for name, _ in bad},
             )
         )
 
     def on_rewind(self) -> None:
-        self.active = False
+        self.named = []
 
     def to_dict(self) -> JsonDict:
-        return {"active": self.active}
+        return {"named": list(self.named)}
 
 
 class LossSpikeRule:
@@ -169,9 +204,15 @@ class LossSpikeRule:
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.active = bool(state.get("active", False))
         self.episode = int(state.get("episode", 0))
+        self.sampled_rl = bool(state.get("sampled_rl", False))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
+        if cfg.skip_sampled_rl:
+            if not self.sampled_rl:
+                self.sampled_rl = any(read(point, k) is not None for k in cfg.sampled_rl_keys)
+            if self.sampled_rl:
+                return
         value = finite(self.get(point))
         if value is None:
             return
@@ -212,7 +253,12 @@ class LossSpikeRule:
         self.episode = 0
 
     def to_dict(self) -> JsonDict:
-        return {"window": self.window.to_dict(), "active": self.active, "episode": self.episode}
+        return {
+            "window": self.window.to_dict(),
+            "active": self.active,
+            "episode": self.episode,
+            "sampled_rl": self.sampled_rl,
+        }
 
 
 class KlRule:
@@ -227,11 +273,17 @@ class KlRule:
         )
         self.active = bool(state.get("active", False))
         self.saturated_run = int(state.get("saturated_run", 0))
+        # Finite points still to come before an infinite KL's episode can end: until the level
+        # is made of points after it, a high level is the same blow-up.
+        self.hold = int(state.get("hold", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = finite(self.get(point))
+        raw = self.get(point)
+        value = finite(raw)
         if value is None:
+            if raw is not None:
+                self._infinite(point, _as_float(raw), out)
             return
         self.recent.append(value)
         # The median of the last few: one heavy-tailed step does not move it, a level that has
@@ -271,7 +323,8 @@ class KlRule:
                     window,
                 )
             )
-        self.active = bool(reasons)
+        self.active = bool(reasons) or self.hold > 0
+        self.hold = max(self.hold - 1, 0)
         m.push(value)
         if cfg.saturation_value is not None:
             if abs(value) >= cfg.saturation_value * (1.0 - 1e-6):
@@ -292,9 +345,34 @@ class KlRule:
             else:
                 self.saturated_run = 0
 
+    def _infinite(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
+        """An infinite KL is a blow-up whatever the history: the policy gives probability 0
+        where the reference does not (or the estimate overflowed). It stays out of the windows,
+        as every non-finite value does; NaN says nothing about the KL's size (the NaN rule
+        names it)."""
+        if value is None or not math.isinf(value):
+            return
+        if not self.active:
+            cfg = self.cfg
+            out.append(
+                make(
+                    AnomalyType.KL_BLOWUP,
+                    "critical",
+                    point.step,
+                    value,
+                    cfg.field,
+                    f"{cfg.field} is {value} at step {point.step}: the policy has left its "
+                    "reference (an infinite KL)",
+                    {"infinite": 1.0},
+                )
+            )
+        self.active = True
+        self.hold = self.cfg.smoothing
+
     def on_rewind(self) -> None:
         self.active = False
         self.saturated_run = 0
+        self.hold = 0
         self.recent.clear()
 
     def to_dict(self) -> JsonDict:
@@ -303,7 +381,17 @@ class KlRule:
             "recent": list(self.recent),
             "active": self.active,
             "saturated_run": self.saturated_run,
+            "hold": self.hold,
         }
+
+
+def _median(values: Iterable[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return 0.0
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
 def _zscore(w: RollingWindow, value: float, min_abs: float, min_rel: float) -> tuple[float, float]:
@@ -413,14 +501,33 @@ class RewardRule:
 
 
 class GradRule:
+    """Gradient explosion: a level of high norms, judged against the recent normal ones.
+
+    A step is *high* when its norm is at least ``min_ratio`` times the median of the last
+    ``window`` normal norms and more than ``z`` std above their mean. An explosion is
+    ``persist_steps`` high steps among the last ``persist_window``: it is raised at the step
+    that completes them and re-arms when fewer remain. One high step alone is the ordinary
+    spike of a healthy run (one hard batch: single 5-12x steps, and pairs of them, in the
+    corpus's healthy SFT and DPO runs), which does not call for cutting the learning rate
+    tenfold; a run whose gradient has exploded stays high. High norms stay out of the
+    baseline (a spike does not hide the next one, as in ZClip), unless the explosion lasts
+    ``window`` steps: then it is the new level.
+    """
+
     name = "grad"
 
     def __init__(self, cfg: GradConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.get = getter(cfg.field)
-        self.ema = EmaStats.from_dict(state.get("ema", {}), cfg.alpha)
-        self.warmup: list[float] = [float(v) for v in state.get("warmup", [])]
+        # A state saved by the EMA version of this rule ("ema", "warmup") starts a new window.
+        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
+        # The last ``persist_window`` steps: [step, norm] for a high one, [step, None] otherwise.
+        self.recent: deque[tuple[int, float | None]] = deque(
+            ((int(s), None if v is None else float(v)) for s, v in state.get("recent", [])),
+            maxlen=cfg.persist_window,
+        )
         self.active = bool(state.get("active", False))
+        self.episode = int(state.get("episode", 0))
         self.vanish_run = int(state.get("vanish_run", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
@@ -429,46 +536,50 @@ class GradRule:
         if value is None:
             return
         self._vanishing(point, value, out)
-        ema = self.ema
-        if ema.count == 0:
-            # ZClip's warm-up: the first N norms give the initial mean and variance.
-            self.warmup.append(value)
-            if len(self.warmup) >= cfg.warmup_points:
-                n = len(self.warmup)
-                mean = math.fsum(self.warmup) / n
-                ema.mean = mean
-                ema.var = math.fsum((v - mean) ** 2 for v in self.warmup) / n
-                ema.count = n
-                self.warmup = []
+        w = self.window
+        if len(w) < cfg.warmup_points:
+            w.push(value)
             return
-        mean = ema.mean
-        std = max(ema.std, cfg.min_abs_std)
+        median = _median(w.values)
+        mean = w.mean
+        std = max(w.std, cfg.min_abs_std)
         z = (value - mean) / std
-        if z > cfg.z:
-            exploding = value > cfg.min_ratio * mean
-            if exploding and not self.active:
-                out.append(
-                    make(
-                        AnomalyType.GRAD_EXPLOSION,
-                        "critical",
-                        point.step,
-                        value,
-                        cfg.field,
-                        f"{cfg.field} {fmt(value)} at step {point.step} is {fmt(z)} std above "
-                        f"its EMA {fmt(mean)} (limit z {fmt(cfg.z)}, {fmt(value / mean)} x the "
-                        "mean)"
-                        if mean > 0
-                        else f"{cfg.field} {fmt(value)} at step {point.step} is {fmt(z)} std "
-                        f"above its EMA {fmt(mean)}",
-                        {"ema_mean": mean, "ema_std": std, "z": z},
-                    )
+        high = z > cfg.z and value >= cfg.min_ratio * median
+        self.recent.append((point.step, value if high else None))
+        highs = [(s, v) for s, v in self.recent if v is not None]
+        exploding = len(highs) >= cfg.persist_steps
+        if exploding and not self.active:
+            first = highs[0][0]
+            norms = ", ".join(fmt(v) for _, v in highs)
+            out.append(
+                make(
+                    AnomalyType.GRAD_EXPLOSION,
+                    "critical",
+                    point.step,
+                    value,
+                    cfg.field,
+                    f"{cfg.field} has exploded: {len(highs)} of the last {len(self.recent)} "
+                    f"steps (from step {first}: {norms}) were at least {fmt(cfg.min_ratio)} x "
+                    f"the median {fmt(median)} of the {len(w)} normal norms before them; now "
+                    f"{fmt(value)} at step {point.step} ({fmt(value / median)} x, z {fmt(z)})"
+                    if median > 0
+                    else f"{cfg.field} has exploded: {len(highs)} of the last "
+                    f"{len(self.recent)} steps from step {first} were far above its median "
+                    f"{fmt(median)}",
+                    {
+                        "median": median,
+                        "mean": mean,
+                        "std": std,
+                        "z": z,
+                        "high_steps": float(len(highs)),
+                        "first_high_step": float(first),
+                    },
                 )
-            self.active = exploding
-            # ZClip: the EMA follows the clipped value, so a spike does not hide the next one.
-            ema.push(mean + cfg.z * std)
-        else:
-            self.active = False
-            ema.push(value)
+            )
+        self.episode = self.episode + 1 if exploding else 0
+        self.active = exploding
+        if not high or self.episode > cfg.window:
+            w.push(value)
 
     def _vanishing(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
         cfg = self.cfg
@@ -492,13 +603,16 @@ class GradRule:
 
     def on_rewind(self) -> None:
         self.active = False
+        self.episode = 0
         self.vanish_run = 0
+        self.recent.clear()
 
     def to_dict(self) -> JsonDict:
         return {
-            "ema": self.ema.to_dict(),
-            "warmup": self.warmup,
+            "window": self.window.to_dict(),
+            "recent": [[s, v] for s, v in self.recent],
             "active": self.active,
+            "episode": self.episode,
             "vanish_run": self.vanish_run,
         }
 
@@ -649,6 +763,9 @@ class LengthRule:
         self.clip_ref_sum = float(state.get("clip_ref_sum", 0.0))
         self.clip_ref_n = int(state.get("clip_ref_n", 0))
         self.clip_active = bool(state.get("clip_active", False))
+        self.clip_recent: deque[float] = deque(
+            (float(v) for v in state.get("clip_recent", [])), maxlen=cfg.clip_ratio_smoothing
+        )
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
@@ -697,24 +814,28 @@ class LengthRule:
 
     def _clip(self, point: MetricPoint, clip: float, out: list[Anomaly]) -> None:
         cfg = self.cfg
+        recent = self.clip_recent
+        recent.append(clip)
         if self.clip_ref_n < cfg.min_points:
             self.clip_ref_sum += clip
             self.clip_ref_n += 1
             return
         reference = self.clip_ref_sum / self.clip_ref_n
-        rising = clip > cfg.clip_ratio_max and clip > reference + cfg.clip_ratio_rise
+        # The mean of the last few steps: the ratio of one step of a small batch is noisy.
+        level = math.fsum(recent) / len(recent)
+        rising = level > cfg.clip_ratio_max and level > reference + cfg.clip_ratio_rise
         if rising and not self.clip_active:
             out.append(
                 make(
                     AnomalyType.LENGTH_EXPLOSION,
                     "warning",
                     point.step,
-                    clip,
+                    level,
                     "response_length_clip_ratio",
-                    f"{fmt(clip * 100)}% of responses hit the length limit at step {point.step} "
-                    f"(limit {fmt(cfg.clip_ratio_max * 100)}%, early level "
-                    f"{fmt(reference * 100)}%)",
-                    {"clip_ratio": clip, "early_clip_ratio": reference},
+                    f"{fmt(level * 100)}% of responses hit the length limit over the last "
+                    f"{len(recent)} steps at step {point.step} (now {fmt(clip * 100)}%; limit "
+                    f"{fmt(cfg.clip_ratio_max * 100)}%, early level {fmt(reference * 100)}%)",
+                    {"clip_ratio": level, "clip_ratio_now": clip, "early_clip_ratio": reference},
                 )
             )
         self.clip_active = rising
@@ -722,6 +843,7 @@ class LengthRule:
     def on_rewind(self) -> None:
         self.direction = 0
         self.clip_active = False
+        self.clip_recent.clear()
 
     def to_dict(self) -> JsonDict:
         return {
@@ -730,6 +852,7 @@ class LengthRule:
             "clip_ref_sum": self.clip_ref_sum,
             "clip_ref_n": self.clip_ref_n,
             "clip_active": self.clip_active,
+            "clip_recent": list(self.clip_recent),
         }
 
 
