@@ -11,6 +11,8 @@ from posttrain.events.messages.metrics import MetricPoint
 FIRST_EXPLOSION = 40
 SECOND_EXPLOSION = 70
 NAN_STEP = 100
+# The gradient rule raises an explosion at the third high step of five.
+RAISED_AFTER = 2
 STEPS = 120
 
 

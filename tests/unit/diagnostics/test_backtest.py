@@ -10,6 +10,7 @@ from posttrain.events.messages.pipeline import RequestAction
 from tests.unit.diagnostics.backtest_runs import (
     FIRST_EXPLOSION,
     NAN_STEP,
+    RAISED_AFTER,
     SECOND_EXPLOSION,
     explosions_then_nan,
 )
@@ -25,13 +26,25 @@ def _by_step(result):
     return {(s.step, s.anomaly.anomaly_type): s for s in result.steps}
 
 
+def _explosion(steps, start):
+    """The explosion raised for the high steps from ``start``: at the third of them (the rule
+    wants three high steps among five)."""
+    (found,) = [
+        s
+        for (step, kind), s in steps.items()
+        if kind == "grad_explosion" and start <= step < start + 5
+    ]
+    assert found.step == start + RAISED_AFTER
+    return found
+
+
 def test_each_anomaly_with_what_the_default_policy_would_do():
     points = explosions_then_nan()
     result = backtest_job(ROUTE, _sourced(points), ConfigBook().default)
     steps = _by_step(result)
     assert result.points == len(points)
 
-    first = steps[(FIRST_EXPLOSION, "grad_explosion")]
+    first = _explosion(steps, FIRST_EXPLOSION)
     assert first.outcome == "request"
     assert isinstance(first.action, RequestAction)
     assert first.action.action == "adjust_learning_rate" and first.action.factor == 0.1
@@ -43,7 +56,7 @@ def test_each_anomaly_with_what_the_default_policy_would_do():
     # The id the stream would have sent the request under.
     assert first.action.action_id == action_id(first.anomaly.anomaly_id, "adjust_learning_rate")
 
-    second = steps[(SECOND_EXPLOSION, "grad_explosion")]
+    second = _explosion(steps, SECOND_EXPLOSION)
     assert second.outcome == "none" and second.action is None
     assert second.note == "within the rule's cooldown"
 
@@ -75,7 +88,7 @@ def test_a_policy_file_changes_what_would_be_done():
         }
     )
     steps = _by_step(backtest_job(ROUTE, _sourced(explosions_then_nan()), book.default))
-    explosion = steps[(FIRST_EXPLOSION, "grad_explosion")]
+    explosion = _explosion(steps, FIRST_EXPLOSION)
     assert explosion.outcome == "none"
     assert explosion.note == "no action rule for this anomaly type"
     nan = steps[(NAN_STEP, "nan_inf")]
