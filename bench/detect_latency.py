@@ -232,10 +232,7 @@ async def _actions_pipeline(settings: KafkaSettings, pipeline_id: str, stages: i
 
     await PipelineExecutor(pipeline_id, settings=settings).aexecute(
         [stage(f"nan_{i}", nan_at=ACTION_AT, steps=ACTION_AT + 60) for i in range(stages)]
-        + [
-            stage(f"spike_{i}", spike_at=ACTION_AT, spike=8.0, spike_steps=20, steps=ACTION_AT + 40)
-            for i in range(stages)
-        ]
+        + [stage(f"spike_{i}", spike_at=ACTION_AT, steps=ACTION_AT + 40) for i in range(stages)]
     )
 
 
