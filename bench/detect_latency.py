@@ -1,7 +1,8 @@
 """Detection latency of the diagnostics stream under load, through the shipped path.
 
-Load: ``--jobs`` training jobs (100) step ``--rate``/jobs times a second each (10,000 points/s in
-all) in ``--load-processes`` processes, and every step is reported through
+Load: ``--jobs`` training jobs (100: half SFT runs, half GRPO runs) step ``--rate``/jobs times a
+second each (10,000 points/s in all) in ``--load-processes`` processes, and every step is
+reported through
 ``create_training_callback`` with its shipped default options (the callback's own batching and
 linger: no benchmark setting), routed to a pipeline stage like a stage under the agent. The
 diagnostics stream (``python -m posttrain.diagnostics.stream``, a real Faust worker, started and
@@ -9,8 +10,8 @@ awaited through its /healthz) runs in its own process; this one reads posttrain.
 
 Injections: every ``--inject-every`` seconds one healthy job turns faulty, the kinds in turn:
 a NaN loss (one step), a KL blow-up, an exploding gradient (20 steps), an entropy collapse, a
-reward collapse (every sample with the same reward), a response-length blow-up, a loss spike
-(3 steps); and ``--plateau-jobs`` jobs whose loss goes flat early enough for the plateau rule's
+reward collapse (every sample with the same reward), a response-length blow-up (those four in
+GRPO runs), a loss spike (3 steps, in an SFT run: an RL loss is not judged for spikes); and ``--plateau-jobs`` jobs whose loss goes flat early enough for the plateau rule's
 window (evaluations of 50 steps, patience 10) to close within the run. Latency of an injection:
 from the emission of the point that completes the rule's evidence (the anomaly's step, as the
 training loop logged it) to the AnomalyDetected read here; the figure includes the callback's
@@ -103,21 +104,41 @@ FAULTS: dict[str, Fault] = {
 ROTATION = ("nan", "kl", "grad", "entropy", "reward_collapse", "length", "loss_spike")
 
 
-def _healthy(rng: random.Random, step: int, flat_from: int | None) -> dict[str, Any]:
-    """One step of a healthy GRPO-like run, in TRL's names: a falling loss, steady gradients,
-    rewards, KL, entropy and lengths with their step-to-step noise."""
+def _healthy(rng: random.Random, step: int, flat_from: int | None, rl: bool) -> dict[str, Any]:
+    """One step of a healthy run, in TRL's names: an SFT run (a falling loss, steady gradients)
+    or a GRPO run (also rewards, KL, entropy and completion lengths), each value with its
+    step-to-step noise."""
     at = step if flat_from is None else min(step, flat_from)
-    return {
+    fields: dict[str, Any] = {
         "loss": 2.0 * math.exp(-at / 4000) + rng.gauss(0, 0.004),
         "grad_norm": 1.0 + rng.gauss(0, 0.05),
         "learning_rate": 1e-5,
-        "reward": 0.5 + rng.gauss(0, 0.02),
-        "reward_std": 0.3 + rng.gauss(0, 0.01),
-        "frac_reward_zero_std": 0.1,
-        "kl": 0.02 + abs(rng.gauss(0, 0.002)),
-        "entropy": 1.5 + rng.gauss(0, 0.02),
-        "completions/mean_length": 120.0 + rng.gauss(0, 3.0),
     }
+    if rl:
+        fields.update(
+            {
+                "reward": 0.5 + rng.gauss(0, 0.02),
+                "reward_std": 0.3 + rng.gauss(0, 0.01),
+                "frac_reward_zero_std": 0.1,
+                "kl": 0.02 + abs(rng.gauss(0, 0.002)),
+                "entropy": 1.5 + rng.gauss(0, 0.02),
+                "completions/mean_length": 120.0 + rng.gauss(0, 3.0),
+            }
+        )
+    else:
+        fields["mean_token_accuracy"] = 0.6 + rng.gauss(0, 0.01)
+    return fields
+
+
+def is_rl(job: str) -> bool:
+    """Half the jobs are GRPO runs, half SFT runs."""
+    return int(job.rsplit("job", 1)[1]) % 2 == 1
+
+
+# Which runs a fault can happen to: the RL signals exist only in RL runs, and a loss spike is
+# judged only in runs whose loss is a supervised one (an RL loss jumps by design).
+RL_ONLY = {"kl", "entropy", "reward_collapse", "length"}
+SFT_ONLY = {"loss_spike"}
 
 
 @dataclass(frozen=True)
@@ -131,11 +152,22 @@ def plan(jobs: list[str], duration: float, every: float, plateau_jobs: int) -> l
     rng = random.Random(1)
     free = list(jobs)
     rng.shuffle(free)
-    out = [Planned(free.pop(), "plateau", 2.0) for _ in range(plateau_jobs)]
+    sft = [j for j in free if not is_rl(j)]
+    out = [Planned(job, "plateau", 2.0) for job in sft[:plateau_jobs]]
+    free = [j for j in free if j not in {p.job for p in out}]
     t, k = WARM_S, 0
     # The last injection leaves time for the slowest rule (a collapse over ~10 steps) to see it.
-    while t <= duration - 1.5 and free:
-        out.append(Planned(free.pop(), ROTATION[k % len(ROTATION)], t))
+    while t <= duration - 1.5:
+        kind = ROTATION[k % len(ROTATION)]
+        fits = [
+            j
+            for j in free
+            if not (kind in RL_ONLY and not is_rl(j)) and not (kind in SFT_ONLY and is_rl(j))
+        ]
+        if not fits:
+            break
+        out.append(Planned(fits[0], kind, t))
+        free.remove(fits[0])
         t += every
         k += 1
     return out
@@ -178,6 +210,7 @@ def _load(
     rngs = {job: random.Random(f"{job}") for job in jobs}
     pending = {p.job: p for p in planned}
     kinds = {p.job: p.kind for p in planned}
+    rl = {job: is_rl(job) for job in jobs}
     onset: dict[str, int] = {}  # job -> the step its fault began
     injected: list[tuple[str, str, int, float]] = []
     tick_s = 1.0 / steps_per_s
@@ -197,7 +230,8 @@ def _load(
                 onset[job] = step
                 injected.append((job, p.kind, step, time.time()))
             kind = kinds[job] if job in onset else None
-            fields = _healthy(rngs[job], step, onset.get(job) if kind == "plateau" else None)
+            flat_from = onset.get(job) if kind == "plateau" else None
+            fields = _healthy(rngs[job], step, flat_from, rl[job])
             if kind is not None:
                 fault = FAULTS[kind]
                 since = step - onset[job]
