@@ -11,8 +11,9 @@ awaited through its /healthz) runs in its own process; this one reads posttrain.
 Injections: every ``--inject-every`` seconds one healthy job turns faulty, the kinds in turn:
 a NaN loss (one step), a KL blow-up, an exploding gradient (20 steps), an entropy collapse, a
 reward collapse (every sample with the same reward), a response-length blow-up (those four in
-GRPO runs), a loss spike (3 steps, in an SFT run: an RL loss is not judged for spikes); and ``--plateau-jobs`` jobs whose loss goes flat early enough for the plateau rule's
-window (evaluations of 50 steps, patience 10) to close within the run. Latency of an injection:
+GRPO runs), a loss spike (3 steps, in an SFT run: an RL loss is not judged for spikes); and
+``--plateau-jobs`` SFT jobs whose loss goes flat early enough for the plateau rule's window
+(evaluations of 50 steps, patience 10) to close within the run. Latency of an injection:
 from the emission of the point that completes the rule's evidence (the anomaly's step, as the
 training loop logged it) to the AnomalyDetected read here; the figure includes the callback's
 wait before it sends. An injection never detected counts as an infinite latency: one miss and
