@@ -11,6 +11,7 @@ names those; an infinite KL is also a KL blow-up; the others skip them).
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from collections import deque
@@ -84,6 +85,19 @@ def finite(value: Any) -> float | None:
     return number if number is not None and _isfinite(number) else None
 
 
+def finite_getter(name: str) -> Callable[[MetricPoint], float | None]:
+    """``_finite(point, name)`` as one call: the field's value as a finite float, or None."""
+    get = getter(name)
+
+    def read_finite(point: MetricPoint) -> float | None:
+        value = get(point)
+        if value.__class__ is float:  # the common case, as ``finite`` decides it
+            return value if _isfinite(value) else None
+        return None if value is None else finite(value)
+
+    return read_finite
+
+
 def read_first(point: MetricPoint, names: tuple[str, ...]) -> float | None:
     custom = point.custom
     for name in names:
@@ -138,8 +152,17 @@ class NonFiniteRule:
         self.named: list[str] = [str(n) for n in named]
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        bad: list[tuple[str, float]] = []
         named = self.named
+        values_of = self._values
+        if not named and values_of is not None and not (self.custom and point.custom):
+            # The common case: no run of bad steps and every watched value finite or missing
+            # (the step, last, is an int) changes nothing.
+            for value in values_of(point):
+                if value is not None and not _isfinite(value):
+                    break
+            else:
+                return
+        bad: list[tuple[str, float]] = []
         recovered = False  # a field named in this run is finite again
         if self._values is not None:
             values = self._values(point)
@@ -200,7 +223,8 @@ class LossSpikeRule:
 
     def __init__(self, cfg: LossSpikeConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.get = finite_getter(cfg.field)
+        self._sampled_rl_getters = tuple(getter(k) for k in cfg.sampled_rl_keys)
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.active = bool(state.get("active", False))
         self.episode = int(state.get("episode", 0))
@@ -210,17 +234,20 @@ class LossSpikeRule:
         cfg = self.cfg
         if cfg.skip_sampled_rl:
             if not self.sampled_rl:
-                self.sampled_rl = any(read(point, k) is not None for k in cfg.sampled_rl_keys)
-            if self.sampled_rl:
+                for get in self._sampled_rl_getters:
+                    raw = get(point)
+                    if raw is not None and _as_float(raw) is not None:
+                        self.sampled_rl = True
+                        return
+            else:
                 return
-        value = finite(self.get(point))
+        value = self.get(point)
         if value is None:
             return
         w = self.window
         spiking = False
         if len(w) >= cfg.min_points:
-            mean = w.mean
-            std = w.std
+            mean, std = w.mean_std()
             spread = max(std, cfg.min_rel_std * abs(mean), cfg.min_abs_std)
             limit = mean + cfg.k * spread
             spiking = value > limit
@@ -276,58 +303,46 @@ class KlRule:
         # Finite points still to come before an infinite KL's episode can end: until the level
         # is made of points after it, a high level is the same blow-up.
         self.hold = int(state.get("hold", 0))
+        self._limit = None if cfg.target is None else cfg.abs_factor * cfg.target
+        self._saturated_at = (
+            None if cfg.saturation_value is None else cfg.saturation_value * (1.0 - 1e-6)
+        )
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
         raw = self.get(point)
-        value = finite(raw)
-        if value is None:
-            if raw is not None:
-                self._infinite(point, _as_float(raw), out)
+        if raw is None:
             return
-        self.recent.append(value)
+        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
+        if value is None:
+            self._infinite(point, _as_float(raw), out)
+            return
+        recent = self.recent
+        recent.append(value)
         # The median of the last few: one heavy-tailed step does not move it, a level that has
         # risen and stayed does.
-        ordered = sorted(self.recent)
+        ordered = sorted(recent)
         n = len(ordered)
         level = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2.0
-        reasons: list[str] = []
-        window: dict[str, float] = {"recent_median": level}
-        if cfg.target is not None:
-            limit = cfg.abs_factor * cfg.target
-            window["abs_threshold"] = limit
-            if level > limit:
-                reasons.append(
-                    f"above {fmt(cfg.abs_factor)} x target {fmt(cfg.target)} = {fmt(limit)}"
-                )
+        limit = self._limit
+        above_target = limit is not None and level > limit
         m = self.median
+        median: float | None = None
+        above_median = False
         if len(m) >= cfg.median_min_points:
             median = m.median
-            window["median"] = median
-            window["points"] = float(len(m))
-            if level > cfg.median_floor and level > cfg.median_factor * max(median, 1e-12):
-                reasons.append(
-                    f"{fmt(level / median) if median > 0 else 'far'} x its rolling median "
-                    f"{fmt(median)} (limit {fmt(cfg.median_factor)} x)"
-                )
-        if reasons and not self.active:
-            out.append(
-                make(
-                    AnomalyType.KL_BLOWUP,
-                    "critical" if len(reasons) > 1 else "warning",
-                    point.step,
-                    value,
-                    cfg.field,
-                    f"{cfg.field} at step {point.step} (median of the last {len(self.recent)}: "
-                    f"{fmt(level)}, now {fmt(value)}) is " + " and ".join(reasons),
-                    window,
-                )
+            above_median = level > cfg.median_floor and level > cfg.median_factor * max(
+                median, 1e-12
             )
-        self.active = bool(reasons) or self.hold > 0
+        blown = above_target or above_median
+        if blown and not self.active:
+            out.append(self._blowup(point, value, level, above_target, median, above_median))
+        self.active = blown or self.hold > 0
         self.hold = max(self.hold - 1, 0)
         m.push(value)
-        if cfg.saturation_value is not None:
-            if abs(value) >= cfg.saturation_value * (1.0 - 1e-6):
+        saturated_at = self._saturated_at
+        if saturated_at is not None:
+            if abs(value) >= saturated_at:
                 self.saturated_run += 1
                 if self.saturated_run == cfg.saturation_steps:
                     out.append(
@@ -344,6 +359,46 @@ class KlRule:
                     )
             else:
                 self.saturated_run = 0
+
+    def _blowup(
+        self,
+        point: MetricPoint,
+        value: float,
+        level: float,
+        above_target: bool,
+        median: float | None,
+        above_median: bool,
+    ) -> Anomaly:
+        """The anomaly of a level above the target or the rolling median (``median``: None
+        while the median has too few points)."""
+        cfg = self.cfg
+        reasons: list[str] = []
+        window: dict[str, float] = {"recent_median": level}
+        limit = self._limit
+        if limit is not None:
+            window["abs_threshold"] = limit
+            if above_target:
+                reasons.append(
+                    f"above {fmt(cfg.abs_factor)} x target {fmt(cfg.target)} = {fmt(limit)}"
+                )
+        if median is not None:
+            window["median"] = median
+            window["points"] = float(len(self.median))
+            if above_median:
+                reasons.append(
+                    f"{fmt(level / median) if median > 0 else 'far'} x its rolling median "
+                    f"{fmt(median)} (limit {fmt(cfg.median_factor)} x)"
+                )
+        return make(
+            AnomalyType.KL_BLOWUP,
+            "critical" if len(reasons) > 1 else "warning",
+            point.step,
+            value,
+            cfg.field,
+            f"{cfg.field} at step {point.step} (median of the last {len(self.recent)}: "
+            f"{fmt(level)}, now {fmt(value)}) is " + " and ".join(reasons),
+            window,
+        )
 
     def _infinite(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         """An infinite KL is a blow-up whatever the history: the policy gives probability 0
@@ -408,13 +463,15 @@ class RewardRule:
 
     def __init__(self, cfg: RewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.get = finite_getter(cfg.field)
+        self._std = finite_getter(cfg.std_field)
+        self._zero_std_fracs = tuple(finite_getter(k) for k in cfg.zero_std_frac_keys)
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.direction = int(state.get("direction", 0))  # +1 spiking, -1 dropping, 0 neither
         self.collapse_run = int(state.get("collapse_run", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        value = finite(self.get(point))
+        value = self.get(point)
         if value is not None:
             self._zscore(point, value, out)
         self._collapse(point, out)
@@ -424,7 +481,10 @@ class RewardRule:
         w = self.window
         direction = 0
         if len(w) >= cfg.min_points:
-            z, spread = _zscore(w, value, cfg.min_abs_std, cfg.min_rel_std)
+            # _zscore's arithmetic, with the window's mean and std read once.
+            mean, std = w.mean_std()
+            spread = max(std, cfg.min_abs_std, cfg.min_rel_std * abs(mean))
+            z = 0.0 if spread == 0.0 else (value - mean) / spread
             if z > cfg.z and cfg.detect_spike:
                 direction = 1
             elif z < -cfg.z and cfg.detect_drop:
@@ -440,9 +500,9 @@ class RewardRule:
                         value,
                         cfg.field,
                         f"{cfg.field} {word} at step {point.step}: {fmt(value)} is "
-                        f"{fmt(abs(z))} std from the mean {fmt(w.mean)} of the last {len(w)} "
+                        f"{fmt(abs(z))} std from the mean {fmt(mean)} of the last {len(w)} "
                         f"points (limit {fmt(cfg.z)})",
-                        {"mean": w.mean, "std": w.std, "z": z, "spread": spread, "points": len(w)},
+                        {"mean": mean, "std": std, "z": z, "spread": spread, "points": len(w)},
                     )
                 )
         self.direction = direction
@@ -450,10 +510,10 @@ class RewardRule:
 
     def _collapse(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        std = _finite(point, cfg.std_field)
+        std = self._std(point)
         frac = None
-        for key in cfg.zero_std_frac_keys:
-            frac = _finite(point, key)
+        for read_frac in self._zero_std_fracs:
+            frac = read_frac(point)
             if frac is not None:
                 break
         if std is None and frac is None:
@@ -518,37 +578,63 @@ class GradRule:
 
     def __init__(self, cfg: GradConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.get = finite_getter(cfg.field)
         # A state saved by the EMA version of this rule ("ema", "warmup") starts a new window.
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
+        # The window's values sorted (oldest first among equal ones, as ``sorted`` leaves them),
+        # kept beside it for the median; derived, not saved.
+        self._sorted = sorted(self.window.values)
         # The last ``persist_window`` steps: [step, norm] for a high one, [step, None] otherwise.
         self.recent: deque[tuple[int, float | None]] = deque(
             ((int(s), None if v is None else float(v)) for s, v in state.get("recent", [])),
             maxlen=cfg.persist_window,
         )
+        self._highs = sum(v is not None for _, v in self.recent)  # high steps in ``recent``
         self.active = bool(state.get("active", False))
         self.episode = int(state.get("episode", 0))
         self.vanish_run = int(state.get("vanish_run", 0))
 
+    def _push(self, value: float) -> None:
+        """Push to the window, keeping its sorted copy."""
+        w = self.window
+        ordered = self._sorted
+        if len(w.values) == w.size:
+            del ordered[bisect.bisect_left(ordered, w.values[0])]
+        w.push(value)
+        bisect.insort(ordered, value)
+
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = finite(self.get(point))
+        value = self.get(point)
         if value is None:
             return
-        self._vanishing(point, value, out)
+        if value >= cfg.vanish_eps:
+            self.vanish_run = 0
+        else:
+            self._vanishing(point, value, out)
         w = self.window
         if len(w) < cfg.warmup_points:
-            w.push(value)
+            self._push(value)
             return
-        median = _median(w.values)
-        mean = w.mean
-        std = max(w.std, cfg.min_abs_std)
+        ordered = self._sorted  # _median(w.values), without sorting
+        n = len(ordered)
+        mid = n // 2
+        median = (
+            0.0 if n == 0 else ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+        )
+        mean, w_std = w.mean_std()
+        std = max(w_std, cfg.min_abs_std)
         z = (value - mean) / std
         high = z > cfg.z and value >= cfg.min_ratio * median
-        self.recent.append((point.step, value if high else None))
-        highs = [(s, v) for s, v in self.recent if v is not None]
-        exploding = len(highs) >= cfg.persist_steps
+        recent = self.recent
+        if len(recent) == recent.maxlen and recent[0][1] is not None:
+            self._highs -= 1
+        recent.append((point.step, value if high else None))
+        if high:
+            self._highs += 1
+        exploding = self._highs >= cfg.persist_steps
         if exploding and not self.active:
+            highs = [(s, v) for s, v in recent if v is not None]
             first = highs[0][0]
             norms = ", ".join(fmt(v) for _, v in highs)
             out.append(
@@ -579,7 +665,7 @@ class GradRule:
         self.episode = self.episode + 1 if exploding else 0
         self.active = exploding
         if not high or self.episode > cfg.window:
-            w.push(value)
+            self._push(value)
 
     def _vanishing(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
         cfg = self.cfg
@@ -606,6 +692,7 @@ class GradRule:
         self.episode = 0
         self.vanish_run = 0
         self.recent.clear()
+        self._highs = 0
 
     def to_dict(self) -> JsonDict:
         return {
@@ -624,7 +711,7 @@ class PlateauRule:
 
     def __init__(self, cfg: PlateauConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.get = finite_getter(cfg.field)
         self.block_sum = float(state.get("block_sum", 0.0))
         self.block_n = int(state.get("block_n", 0))
         best = state.get("best")
@@ -645,7 +732,7 @@ class PlateauRule:
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        value = finite(self.get(point))
+        value = self.get(point)
         if value is None:
             return
         self.block_sum += value
@@ -702,7 +789,7 @@ class EntropyRule:
 
     def __init__(self, cfg: EntropyConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.get = finite_getter(cfg.field)
         self.early = EmaStats.from_dict(state.get("early", {}), cfg.early_alpha)
         self.recent = EmaStats.from_dict(state.get("recent", {}), cfg.recent_alpha)
         self.seen_reward = bool(state.get("seen_reward", False))
@@ -712,7 +799,7 @@ class EntropyRule:
         cfg = self.cfg
         if not self.seen_reward and point.reward_mean is not None:
             self.seen_reward = True
-        value = finite(self.get(point))
+        value = self.get(point)
         if value is None:
             return
         self.recent.push(value)
@@ -757,7 +844,8 @@ class LengthRule:
 
     def __init__(self, cfg: LengthConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.get = finite_getter(cfg.field)
+        self._clip_ratios = tuple(finite_getter(k) for k in cfg.clip_ratio_keys)
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.direction = int(state.get("direction", 0))
         self.clip_ref_sum = float(state.get("clip_ref_sum", 0.0))
@@ -768,13 +856,11 @@ class LengthRule:
         )
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
-        value = finite(self.get(point))
+        value = self.get(point)
         if value is not None:
             self._zscore(point, value, out)
-        clip = None
-        for key in cfg.clip_ratio_keys:
-            clip = _finite(point, key)
+        for read_clip in self._clip_ratios:
+            clip = read_clip(point)
             if clip is not None:
                 self._clip(point, clip, out)
                 break
@@ -784,8 +870,10 @@ class LengthRule:
         w = self.window
         direction = 0
         if len(w) >= cfg.min_points:
-            mean = w.mean
-            z, spread = _zscore(w, value, cfg.min_abs_std, 0.0)
+            # _zscore(w, value, cfg.min_abs_std, 0.0), with the mean and std read once.
+            mean, std = w.mean_std()
+            spread = max(std, cfg.min_abs_std, 0.0 * abs(mean))
+            z = 0.0 if spread == 0.0 else (value - mean) / spread
             far = abs(value - mean) > cfg.min_rel_change * abs(mean)
             if far and z > cfg.z:
                 direction = 1
@@ -806,7 +894,7 @@ class LengthRule:
                         f"response length {word} at step {point.step}: mean length "
                         f"{fmt(value)} vs {fmt(mean)} over the last {len(w)} points "
                         f"(z {fmt(z)}, limit {fmt(cfg.z)})",
-                        {"mean": mean, "std": w.std, "z": z, "spread": spread, "points": len(w)},
+                        {"mean": mean, "std": std, "z": z, "spread": spread, "points": len(w)},
                     )
                 )
         self.direction = direction
@@ -868,17 +956,20 @@ class MemoryRule:
             k: float(v) for k, v in state.get("counters", {}).items()
         }
         self.active = bool(state.get("active", False))
+        self._field_is_core = cfg.field in _POINT_FIELDS
+        self._field = getter(cfg.field)
+        self._counters = tuple((key, finite_getter(key)) for key in cfg.counter_keys)
+        self._reserved = tuple(getter(key) for key in cfg.reserved_keys)
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         cfg = self.cfg
-        if not point.custom and (
-            cfg.field not in _POINT_FIELDS or getattr(point, cfg.field) is None
-        ):
+        field_value = self._field(point)
+        if not point.custom and (not self._field_is_core or field_value is None):
             return  # nothing about memory in this point
         reasons: list[str] = []
         window: dict[str, float] = {}
-        for key in cfg.counter_keys:
-            count = _finite(point, key)
+        for key, read_count in self._counters:
+            count = read_count(point)
             if count is None:
                 continue
             before = self.counters.get(key)
@@ -886,14 +977,20 @@ class MemoryRule:
             if before is not None and count > before:
                 reasons.append(f"{key} rose from {fmt(before)} to {fmt(count)}")
                 window[key] = count
-        used = read_first(point, cfg.reserved_keys)
+        used = None  # read_first(point, cfg.reserved_keys)
+        for get in self._reserved:
+            raw = get(point)
+            if raw is not None:
+                used = _as_float(raw)
+                if used is not None:
+                    break
         if used is None or not math.isfinite(used):
-            used = _finite(point, cfg.field)
-        capacity = cfg.capacity_gb
-        if capacity is None:
-            capacity = read_first(point, cfg.capacity_keys)
+            used = finite(field_value)
         value = used
         if used is not None:
+            capacity = cfg.capacity_gb
+            if capacity is None:
+                capacity = read_first(point, cfg.capacity_keys)
             self.recent.append((point.step, used))
             if capacity is not None and math.isfinite(capacity) and capacity > 0:
                 window["used_gb"] = used
@@ -955,10 +1052,11 @@ class NewBestRewardRule:
 
     def __init__(self, cfg: NewBestRewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.get = finite_getter(cfg.field)
         self.recent: deque[float] = deque(
             (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
         )
+        self._warmup = max(cfg.warmup_points, cfg.smoothing)
         self.seen = int(state.get("seen", 0))
         best = state.get("best")
         self.best: float | None = None if best is None else float(best)
@@ -966,14 +1064,14 @@ class NewBestRewardRule:
         self.last_raised_step: int | None = None if last is None else int(last)
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
-        value = finite(self.get(point))
+        value = self.get(point)
         if value is None:
             return
+        cfg = self.cfg
         self.recent.append(value)
         self.seen += 1
         smoothed = math.fsum(self.recent) / len(self.recent)
-        if self.seen < max(cfg.warmup_points, cfg.smoothing):
+        if self.seen < self._warmup:
             if self.best is None or smoothed > self.best:
                 self.best = smoothed
             return

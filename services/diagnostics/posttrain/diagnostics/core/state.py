@@ -41,6 +41,8 @@ class JobState:
         self.raised = int(data.get("raised", 0))
         self.failures: list[str] = list(data.get("failures", []))
         self.rules: list[Rule] = build_rules(config, data.get("rules", {}))
+        # Each rule's bound ``observe``, looked up once (observe runs for every point).
+        self._observers = tuple(rule.observe for rule in self.rules)
 
     def to_dict(self) -> JsonDict:
         return {
@@ -82,8 +84,8 @@ class JobState:
         self.last_step = step
         self.points += 1
         out: list[Anomaly] = []
-        for rule in self.rules:
-            rule.observe(point, out)
+        for rule_observe in self._observers:
+            rule_observe(point, out)
         if out:
             self.raised += len(out)
             generation = self.generation

@@ -49,22 +49,31 @@ class RollingWindow:
         self._since_recompute = 0
 
     def push(self, value: float) -> None:
+        # Each sum is read and written once; the arithmetic (and so every bit) is the one of
+        # ``sum -= old; sum += d``.
         values = self.values
-        if not values:
-            self._shift = value
-            self._sum = self._sumsq = 0.0
-        k = self._shift
-        if len(values) == self.size:
+        n = len(values)
+        if n:
+            k = self._shift
+            total = self._sum
+            sumsq = self._sumsq
+        else:
+            k = self._shift = value
+            total = sumsq = 0.0
+        size = self.size
+        if n == size:
             old = values[0] - k
-            self._sum -= old
-            self._sumsq -= old * old
+            total -= old
+            sumsq -= old * old
         values.append(value)
         d = value - k
-        self._sum += d
-        self._sumsq += d * d
-        self._since_recompute += 1
-        if self._since_recompute >= self.size:
+        self._sum = total + d
+        self._sumsq = sumsq + d * d
+        since = self._since_recompute + 1
+        if since >= size:
             self._recompute()
+        else:
+            self._since_recompute = since
 
     @property
     def mean(self) -> float:
@@ -78,6 +87,18 @@ class RollingWindow:
             return 0.0
         m = self._sum / n
         return math.sqrt(max(self._sumsq / n - m * m, 0.0))
+
+    def mean_std(self) -> tuple[float, float]:
+        """(``mean``, ``std``) in one call: the same floats as the two properties."""
+        n = len(self.values)
+        if not n:
+            return 0.0, 0.0
+        total = self._sum
+        mean = self._shift + total / n
+        if n < 2:
+            return mean, 0.0
+        m = total / n
+        return mean, math.sqrt(max(self._sumsq / n - m * m, 0.0))
 
     def to_dict(self) -> JsonDict:
         # The running sums travel too, so that a restored window computes bit for bit what the
