@@ -98,6 +98,34 @@ def finite_getter(name: str) -> Callable[[MetricPoint], float | None]:
     return read_finite
 
 
+def first_finite_getter(names: tuple[str, ...]) -> Callable[[MetricPoint], float | None]:
+    """The first finite value of ``names`` (``_finite`` of each in turn), as one call."""
+    if any(name in _POINT_FIELDS for name in names):
+        readers = tuple(finite_getter(name) for name in names)
+
+        def first_finite(point: MetricPoint) -> float | None:
+            for read_finite in readers:
+                value = read_finite(point)
+                if value is not None:
+                    return value
+            return None
+
+        return first_finite
+
+    def first_finite_custom(point: MetricPoint) -> float | None:
+        custom = point.custom
+        if custom:
+            for name in names:
+                value = custom.get(name)
+                if value is not None:
+                    value = finite(value)
+                    if value is not None:
+                        return value
+        return None
+
+    return first_finite_custom
+
+
 def read_first(point: MetricPoint, names: tuple[str, ...]) -> float | None:
     custom = point.custom
     for name in names:
@@ -225,14 +253,19 @@ class LossSpikeRule:
         self.cfg = cfg
         self.get = finite_getter(cfg.field)
         self._sampled_rl_getters = tuple(getter(k) for k in cfg.sampled_rl_keys)
+        # The thresholds read at every point, as plain attributes (a config's are slower).
+        self._skip_sampled_rl = cfg.skip_sampled_rl
+        self._min_points = cfg.min_points
+        self._min_rel_std = cfg.min_rel_std
+        self._min_abs_std = cfg.min_abs_std
+        self._k = cfg.k
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.active = bool(state.get("active", False))
         self.episode = int(state.get("episode", 0))
         self.sampled_rl = bool(state.get("sampled_rl", False))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
-        if cfg.skip_sampled_rl:
+        if self._skip_sampled_rl:
             if not self.sampled_rl:
                 for get in self._sampled_rl_getters:
                     raw = get(point)
@@ -246,12 +279,20 @@ class LossSpikeRule:
             return
         w = self.window
         spiking = False
-        if len(w) >= cfg.min_points:
+        min_points = self._min_points
+        if len(w.values) >= min_points:
             mean, std = w.mean_std()
-            spread = max(std, cfg.min_rel_std * abs(mean), cfg.min_abs_std)
-            limit = mean + cfg.k * spread
+            # max(std, min_rel_std * abs(mean), min_abs_std), compared as max compares.
+            spread = std
+            rel = self._min_rel_std * abs(mean)
+            if rel > spread:
+                spread = rel
+            if self._min_abs_std > spread:
+                spread = self._min_abs_std
+            limit = mean + self._k * spread
             spiking = value > limit
             if spiking and not self.active:
+                cfg = self.cfg
                 out.append(
                     make(
                         AnomalyType.LOSS_SPIKE,
@@ -272,7 +313,7 @@ class LossSpikeRule:
             self.active = False
             self.episode = 0
         # A spike stays out of the baseline, unless it lasts: then it is the new level.
-        if not spiking or self.episode > cfg.min_points:
+        if not spiking or self.episode > min_points:
             w.push(value)
 
     def on_rewind(self) -> None:
@@ -307,9 +348,11 @@ class KlRule:
         self._saturated_at = (
             None if cfg.saturation_value is None else cfg.saturation_value * (1.0 - 1e-6)
         )
+        self._median_min_points = cfg.median_min_points
+        self._median_floor = cfg.median_floor
+        self._median_factor = cfg.median_factor
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
         raw = self.get(point)
         if raw is None:
             return
@@ -329,22 +372,25 @@ class KlRule:
         m = self.median
         median: float | None = None
         above_median = False
-        if len(m) >= cfg.median_min_points:
+        if len(m.values) >= self._median_min_points:
             median = m.median
-            above_median = level > cfg.median_floor and level > cfg.median_factor * max(
-                median, 1e-12
+            # level > median_factor * max(median, 1e-12)
+            above_median = level > self._median_floor and level > self._median_factor * (
+                1e-12 if median < 1e-12 else median
             )
         blown = above_target or above_median
         if blown and not self.active:
             out.append(self._blowup(point, value, level, above_target, median, above_median))
-        self.active = blown or self.hold > 0
-        self.hold = max(self.hold - 1, 0)
+        hold = self.hold
+        self.active = blown or hold > 0
+        self.hold = hold - 1 if hold > 0 else 0  # max(hold - 1, 0)
         m.push(value)
         saturated_at = self._saturated_at
         if saturated_at is not None:
             if abs(value) >= saturated_at:
                 self.saturated_run += 1
-                if self.saturated_run == cfg.saturation_steps:
+                cfg = self.cfg
+                if self.saturated_run == cfg.saturation_steps and cfg.saturation_value is not None:
                     out.append(
                         make(
                             AnomalyType.KL_SATURATED,
@@ -374,8 +420,8 @@ class KlRule:
         cfg = self.cfg
         reasons: list[str] = []
         window: dict[str, float] = {"recent_median": level}
-        limit = self._limit
-        if limit is not None:
+        if cfg.target is not None:
+            limit = cfg.abs_factor * cfg.target
             window["abs_threshold"] = limit
             if above_target:
                 reasons.append(
@@ -465,7 +511,15 @@ class RewardRule:
         self.cfg = cfg
         self.get = finite_getter(cfg.field)
         self._std = finite_getter(cfg.std_field)
-        self._zero_std_fracs = tuple(finite_getter(k) for k in cfg.zero_std_frac_keys)
+        self._zero_std_frac = first_finite_getter(cfg.zero_std_frac_keys)
+        self._min_points = cfg.min_points
+        self._min_abs_std = cfg.min_abs_std
+        self._min_rel_std = cfg.min_rel_std
+        self._z = cfg.z
+        self._detect_spike = cfg.detect_spike
+        self._detect_drop = cfg.detect_drop
+        self._collapse_std_eps = cfg.collapse_std_eps
+        self._zero_std_frac_max = cfg.zero_std_frac_max
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.direction = int(state.get("direction", 0))  # +1 spiking, -1 dropping, 0 neither
         self.collapse_run = int(state.get("collapse_run", 0))
@@ -477,19 +531,26 @@ class RewardRule:
         self._collapse(point, out)
 
     def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
-        cfg = self.cfg
         w = self.window
         direction = 0
-        if len(w) >= cfg.min_points:
-            # _zscore's arithmetic, with the window's mean and std read once.
+        if len(w.values) >= self._min_points:
+            # _zscore's arithmetic, with the window's mean and std read once, and
+            # max(std, min_abs_std, min_rel_std * abs(mean)) compared as max compares.
             mean, std = w.mean_std()
-            spread = max(std, cfg.min_abs_std, cfg.min_rel_std * abs(mean))
+            spread = std
+            if self._min_abs_std > spread:
+                spread = self._min_abs_std
+            rel = self._min_rel_std * abs(mean)
+            if rel > spread:
+                spread = rel
             z = 0.0 if spread == 0.0 else (value - mean) / spread
-            if z > cfg.z and cfg.detect_spike:
+            limit = self._z
+            if z > limit and self._detect_spike:
                 direction = 1
-            elif z < -cfg.z and cfg.detect_drop:
+            elif z < -limit and self._detect_drop:
                 direction = -1
             if direction and direction != self.direction:
+                cfg = self.cfg
                 kind = AnomalyType.REWARD_SPIKE if direction > 0 else AnomalyType.REWARD_DROP
                 word = "spike" if direction > 0 else "drop"
                 out.append(
@@ -509,21 +570,17 @@ class RewardRule:
         w.push(value)
 
     def _collapse(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
         std = self._std(point)
-        frac = None
-        for read_frac in self._zero_std_fracs:
-            frac = read_frac(point)
-            if frac is not None:
-                break
+        frac = self._zero_std_frac(point)
         if std is None and frac is None:
             return
-        collapsed = (std is not None and std <= cfg.collapse_std_eps) or (
-            frac is not None and frac >= cfg.zero_std_frac_max
+        collapsed = (std is not None and std <= self._collapse_std_eps) or (
+            frac is not None and frac >= self._zero_std_frac_max
         )
         if not collapsed:
             self.collapse_run = 0
             return
+        cfg = self.cfg
         self.collapse_run += 1
         if self.collapse_run != cfg.collapse_steps:
             return
@@ -590,6 +647,12 @@ class GradRule:
             maxlen=cfg.persist_window,
         )
         self._highs = sum(v is not None for _, v in self.recent)  # high steps in ``recent``
+        self._vanish_eps = cfg.vanish_eps
+        self._warmup_points = cfg.warmup_points
+        self._min_abs_std = cfg.min_abs_std
+        self._z = cfg.z
+        self._min_ratio = cfg.min_ratio
+        self._persist_steps = cfg.persist_steps
         self.active = bool(state.get("active", False))
         self.episode = int(state.get("episode", 0))
         self.vanish_run = int(state.get("vanish_run", 0))
@@ -604,16 +667,15 @@ class GradRule:
         bisect.insort(ordered, value)
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
         value = self.get(point)
         if value is None:
             return
-        if value >= cfg.vanish_eps:
+        if value >= self._vanish_eps:
             self.vanish_run = 0
         else:
             self._vanishing(point, value, out)
         w = self.window
-        if len(w) < cfg.warmup_points:
+        if len(w.values) < self._warmup_points:
             self._push(value)
             return
         ordered = self._sorted  # _median(w.values), without sorting
@@ -622,18 +684,20 @@ class GradRule:
         median = (
             0.0 if n == 0 else ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
         )
-        mean, w_std = w.mean_std()
-        std = max(w_std, cfg.min_abs_std)
+        mean, std = w.mean_std()
+        if self._min_abs_std > std:  # max(std, min_abs_std)
+            std = self._min_abs_std
         z = (value - mean) / std
-        high = z > cfg.z and value >= cfg.min_ratio * median
+        high = z > self._z and value >= self._min_ratio * median
         recent = self.recent
         if len(recent) == recent.maxlen and recent[0][1] is not None:
             self._highs -= 1
         recent.append((point.step, value if high else None))
         if high:
             self._highs += 1
-        exploding = self._highs >= cfg.persist_steps
+        exploding = self._highs >= self._persist_steps
         if exploding and not self.active:
+            cfg = self.cfg
             highs = [(s, v) for s, v in recent if v is not None]
             first = highs[0][0]
             norms = ", ".join(fmt(v) for _, v in highs)
@@ -664,7 +728,7 @@ class GradRule:
             )
         self.episode = self.episode + 1 if exploding else 0
         self.active = exploding
-        if not high or self.episode > cfg.window:
+        if not high or self.episode > w.size:
             self._push(value)
 
     def _vanishing(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
@@ -719,6 +783,7 @@ class PlateauRule:
         self.best_step = int(state.get("best_step", 0))
         self.num_bad = int(state.get("num_bad", 0))
         self.cooldown_counter = int(state.get("cooldown_counter", 0))
+        self._eval_every = cfg.eval_every
 
     def is_better(self, a: float, best: float) -> bool:
         cfg = self.cfg
@@ -731,14 +796,14 @@ class PlateauRule:
         return a > best + cfg.threshold
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
         value = self.get(point)
         if value is None:
             return
         self.block_sum += value
         self.block_n += 1
-        if self.block_n < cfg.eval_every:
+        if self.block_n < self._eval_every:
             return
+        cfg = self.cfg
         current = self.block_sum / self.block_n
         self.block_sum = 0.0
         self.block_n = 0
@@ -794,24 +859,27 @@ class EntropyRule:
         self.recent = EmaStats.from_dict(state.get("recent", {}), cfg.recent_alpha)
         self.seen_reward = bool(state.get("seen_reward", False))
         self.active = bool(state.get("active", False))
+        self._early_points = cfg.early_points
+        self._rl_only = cfg.rl_only
+        self._ratio = cfg.ratio
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
         if not self.seen_reward and point.reward_mean is not None:
             self.seen_reward = True
         value = self.get(point)
         if value is None:
             return
         self.recent.push(value)
-        if self.early.count < cfg.early_points:
+        if self.early.count < self._early_points:
             self.early.push(value)
             return
-        if cfg.rl_only and not self.seen_reward:
+        if self._rl_only and not self.seen_reward:
             return
         reference = self.early.mean
-        limit = cfg.ratio * reference
+        limit = self._ratio * reference
         collapsed = reference > 0 and self.recent.mean < limit
         if collapsed and not self.active:
+            cfg = self.cfg
             out.append(
                 make(
                     AnomalyType.ENTROPY_COLLAPSE,
@@ -845,7 +913,11 @@ class LengthRule:
     def __init__(self, cfg: LengthConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.get = finite_getter(cfg.field)
-        self._clip_ratios = tuple(finite_getter(k) for k in cfg.clip_ratio_keys)
+        self._clip_ratio = first_finite_getter(cfg.clip_ratio_keys)
+        self._min_points = cfg.min_points
+        self._min_abs_std = cfg.min_abs_std
+        self._min_rel_change = cfg.min_rel_change
+        self._z = cfg.z
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         self.direction = int(state.get("direction", 0))
         self.clip_ref_sum = float(state.get("clip_ref_sum", 0.0))
@@ -859,27 +931,33 @@ class LengthRule:
         value = self.get(point)
         if value is not None:
             self._zscore(point, value, out)
-        for read_clip in self._clip_ratios:
-            clip = read_clip(point)
-            if clip is not None:
-                self._clip(point, clip, out)
-                break
+        clip = self._clip_ratio(point)
+        if clip is not None:
+            self._clip(point, clip, out)
 
     def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
-        cfg = self.cfg
         w = self.window
         direction = 0
-        if len(w) >= cfg.min_points:
-            # _zscore(w, value, cfg.min_abs_std, 0.0), with the mean and std read once.
+        if len(w.values) >= self._min_points:
+            # _zscore(w, value, cfg.min_abs_std, 0.0), with the mean and std read once, and
+            # max(std, min_abs_std, 0.0 * abs(mean)) compared as max compares.
             mean, std = w.mean_std()
-            spread = max(std, cfg.min_abs_std, 0.0 * abs(mean))
+            spread = std
+            if self._min_abs_std > spread:
+                spread = self._min_abs_std
+            abs_mean = abs(mean)
+            rel = 0.0 * abs_mean
+            if rel > spread:
+                spread = rel
             z = 0.0 if spread == 0.0 else (value - mean) / spread
-            far = abs(value - mean) > cfg.min_rel_change * abs(mean)
-            if far and z > cfg.z:
+            far = abs(value - mean) > self._min_rel_change * abs_mean
+            limit = self._z
+            if far and z > limit:
                 direction = 1
-            elif far and z < -cfg.z:
+            elif far and z < -limit:
                 direction = -1
             if direction and direction != self.direction:
+                cfg = self.cfg
                 kind = (
                     AnomalyType.LENGTH_EXPLOSION if direction > 0 else AnomalyType.LENGTH_COLLAPSE
                 )
@@ -1057,6 +1135,7 @@ class NewBestRewardRule:
             (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
         )
         self._warmup = max(cfg.warmup_points, cfg.smoothing)
+        self._min_delta = cfg.min_delta
         self.seen = int(state.get("seen", 0))
         best = state.get("best")
         self.best: float | None = None if best is None else float(best)
@@ -1067,16 +1146,18 @@ class NewBestRewardRule:
         value = self.get(point)
         if value is None:
             return
-        cfg = self.cfg
-        self.recent.append(value)
+        recent = self.recent
+        recent.append(value)
         self.seen += 1
-        smoothed = math.fsum(self.recent) / len(self.recent)
+        smoothed = math.fsum(recent) / len(recent)
+        best = self.best
         if self.seen < self._warmup:
-            if self.best is None or smoothed > self.best:
+            if best is None or smoothed > best:
                 self.best = smoothed
             return
-        if self.best is not None and smoothed <= self.best + cfg.min_delta:
+        if best is not None and smoothed <= best + self._min_delta:
             return
+        cfg = self.cfg
         previous = self.best
         self.best = smoothed
         last = self.last_raised_step

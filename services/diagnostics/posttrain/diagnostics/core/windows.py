@@ -13,6 +13,7 @@ from collections import deque
 from typing import Any
 
 JsonDict = dict[str, Any]
+_sqrt = math.sqrt
 
 
 class RollingWindow:
@@ -98,7 +99,10 @@ class RollingWindow:
         if n < 2:
             return mean, 0.0
         m = total / n
-        return mean, math.sqrt(max(self._sumsq / n - m * m, 0.0))
+        var = self._sumsq / n - m * m
+        # max(var, 0.0) without the call: max keeps its first argument unless a later one is
+        # greater (so a NaN, or -0.0, is kept as max keeps it).
+        return mean, _sqrt(0.0 if var < 0.0 else var)
 
     def to_dict(self) -> JsonDict:
         # The running sums travel too, so that a restored window computes bit for bit what the
