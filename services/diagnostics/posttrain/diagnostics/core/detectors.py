@@ -1038,12 +1038,26 @@ class MemoryRule:
         self._field = getter(cfg.field)
         self._counters = tuple((key, finite_getter(key)) for key in cfg.counter_keys)
         self._reserved = tuple(getter(key) for key in cfg.reserved_keys)
+        keys = (*cfg.counter_keys, *cfg.reserved_keys)
+        # The custom keys that make a point about memory when its field is missing (None when
+        # some of them are canonical fields: no shortcut then).
+        self._custom_keys = None if any(key in _POINT_FIELDS for key in keys) else frozenset(keys)
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        cfg = self.cfg
         field_value = self._field(point)
-        if not point.custom and (not self._field_is_core or field_value is None):
-            return  # nothing about memory in this point
+        custom = point.custom
+        if field_value is None or not self._field_is_core:
+            if not custom:
+                return  # nothing about memory in this point
+            if (
+                field_value is None
+                and self._custom_keys is not None
+                and self._custom_keys.isdisjoint(custom)
+            ):
+                # No counter, no usage: what the full pass below would conclude.
+                self.active = False
+                return
+        cfg = self.cfg
         reasons: list[str] = []
         window: dict[str, float] = {}
         for key, read_count in self._counters:
