@@ -15,7 +15,7 @@ import bisect
 import math
 import operator
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from posttrain.diagnostics.core.anomaly import Anomaly, AnomalyType, fmt, make
@@ -85,8 +85,14 @@ def finite(value: Any) -> float | None:
     return number if number is not None and _isfinite(number) else None
 
 
+# Rules read their main field with ``getter`` and take its finite value inline, as
+# ``raw if raw.__class__ is float and _isfinite(raw) else finite(raw)``: ``finite`` without a call
+# for the common float.
+
+
 def finite_getter(name: str) -> Callable[[MetricPoint], float | None]:
-    """``_finite(point, name)`` as one call: the field's value as a finite float, or None."""
+    """A reader of the field ``name`` (canonical, else a key of ``custom``) as a finite float,
+    or None (missing, not a number, NaN or infinite)."""
     get = getter(name)
 
     def read_finite(point: MetricPoint) -> float | None:
@@ -138,10 +144,6 @@ def read_first(point: MetricPoint, names: tuple[str, ...]) -> float | None:
         if value is not None:
             return value
     return None
-
-
-def _finite(point: MetricPoint, name: str) -> float | None:
-    return finite(getattr(point, name) if name in _POINT_FIELDS else point.custom.get(name))
 
 
 class Rule(Protocol):
@@ -251,7 +253,7 @@ class LossSpikeRule:
 
     def __init__(self, cfg: LossSpikeConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = finite_getter(cfg.field)
+        self.get = getter(cfg.field)
         self._sampled_rl_getters = tuple(getter(k) for k in cfg.sampled_rl_keys)
         # The thresholds read at every point, as plain attributes (a config's are slower).
         self._skip_sampled_rl = cfg.skip_sampled_rl
@@ -274,7 +276,10 @@ class LossSpikeRule:
                         return
             else:
                 return
-        value = self.get(point)
+        raw = self.get(point)
+        if raw is None:
+            return
+        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
         if value is None:
             return
         w = self.window
@@ -486,30 +491,12 @@ class KlRule:
         }
 
 
-def _median(values: Iterable[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    if n == 0:
-        return 0.0
-    mid = n // 2
-    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
-
-
-def _zscore(w: RollingWindow, value: float, min_abs: float, min_rel: float) -> tuple[float, float]:
-    """(z, the spread used): the spread is floored so that a flat series has a finite z."""
-    mean = w.mean
-    spread = max(w.std, min_abs, min_rel * abs(mean))
-    if spread == 0.0:
-        return 0.0, spread
-    return (value - mean) / spread, spread
-
-
 class RewardRule:
     name = "reward"
 
     def __init__(self, cfg: RewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = finite_getter(cfg.field)
+        self.get = getter(cfg.field)
         self._std = finite_getter(cfg.std_field)
         self._zero_std_frac = first_finite_getter(cfg.zero_std_frac_keys)
         self._min_points = cfg.min_points
@@ -525,16 +512,18 @@ class RewardRule:
         self.collapse_run = int(state.get("collapse_run", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        value = self.get(point)
-        if value is not None:
-            self._zscore(point, value, out)
+        raw = self.get(point)
+        if raw is not None:
+            value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
+            if value is not None:
+                self._zscore(point, value, out)
         self._collapse(point, out)
 
     def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
         w = self.window
         direction = 0
         if len(w.values) >= self._min_points:
-            # _zscore's arithmetic, with the window's mean and std read once, and
+            # z against the window, its spread floored so that a flat series has a finite z:
             # max(std, min_abs_std, min_rel_std * abs(mean)) compared as max compares.
             mean, std = w.mean_std()
             spread = std
@@ -635,7 +624,7 @@ class GradRule:
 
     def __init__(self, cfg: GradConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = finite_getter(cfg.field)
+        self.get = getter(cfg.field)
         # A state saved by the EMA version of this rule ("ema", "warmup") starts a new window.
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         # The window's values sorted (oldest first among equal ones, as ``sorted`` leaves them),
@@ -667,7 +656,10 @@ class GradRule:
         bisect.insort(ordered, value)
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        value = self.get(point)
+        raw = self.get(point)
+        if raw is None:
+            return
+        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
         if value is None:
             return
         if value >= self._vanish_eps:
@@ -678,7 +670,7 @@ class GradRule:
         if len(w.values) < self._warmup_points:
             self._push(value)
             return
-        ordered = self._sorted  # _median(w.values), without sorting
+        ordered = self._sorted  # the window's median
         n = len(ordered)
         mid = n // 2
         median = (
@@ -775,7 +767,7 @@ class PlateauRule:
 
     def __init__(self, cfg: PlateauConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = finite_getter(cfg.field)
+        self.get = getter(cfg.field)
         self.block_sum = float(state.get("block_sum", 0.0))
         self.block_n = int(state.get("block_n", 0))
         best = state.get("best")
@@ -796,7 +788,10 @@ class PlateauRule:
         return a > best + cfg.threshold
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        value = self.get(point)
+        raw = self.get(point)
+        if raw is None:
+            return
+        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
         if value is None:
             return
         self.block_sum += value
@@ -854,7 +849,7 @@ class EntropyRule:
 
     def __init__(self, cfg: EntropyConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = finite_getter(cfg.field)
+        self.get = getter(cfg.field)
         self.early = EmaStats.from_dict(state.get("early", {}), cfg.early_alpha)
         self.recent = EmaStats.from_dict(state.get("recent", {}), cfg.recent_alpha)
         self.seen_reward = bool(state.get("seen_reward", False))
@@ -866,7 +861,10 @@ class EntropyRule:
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
         if not self.seen_reward and point.reward_mean is not None:
             self.seen_reward = True
-        value = self.get(point)
+        raw = self.get(point)
+        if raw is None:
+            return
+        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
         if value is None:
             return
         self.recent.push(value)
@@ -912,7 +910,7 @@ class LengthRule:
 
     def __init__(self, cfg: LengthConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = finite_getter(cfg.field)
+        self.get = getter(cfg.field)
         self._clip_ratio = first_finite_getter(cfg.clip_ratio_keys)
         self._min_points = cfg.min_points
         self._min_abs_std = cfg.min_abs_std
@@ -928,9 +926,11 @@ class LengthRule:
         )
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        value = self.get(point)
-        if value is not None:
-            self._zscore(point, value, out)
+        raw = self.get(point)
+        if raw is not None:
+            value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
+            if value is not None:
+                self._zscore(point, value, out)
         clip = self._clip_ratio(point)
         if clip is not None:
             self._clip(point, clip, out)
@@ -939,7 +939,7 @@ class LengthRule:
         w = self.window
         direction = 0
         if len(w.values) >= self._min_points:
-            # _zscore(w, value, cfg.min_abs_std, 0.0), with the mean and std read once, and
+            # z against the window, its spread floored so that a flat series has a finite z:
             # max(std, min_abs_std, 0.0 * abs(mean)) compared as max compares.
             mean, std = w.mean_std()
             spread = std
@@ -1144,7 +1144,7 @@ class NewBestRewardRule:
 
     def __init__(self, cfg: NewBestRewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = finite_getter(cfg.field)
+        self.get = getter(cfg.field)
         self.recent: deque[float] = deque(
             (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
         )
@@ -1157,7 +1157,10 @@ class NewBestRewardRule:
         self.last_raised_step: int | None = None if last is None else int(last)
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        value = self.get(point)
+        raw = self.get(point)
+        if raw is None:
+            return
+        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
         if value is None:
             return
         recent = self.recent
