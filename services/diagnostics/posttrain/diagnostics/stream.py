@@ -49,7 +49,7 @@ from posttrain.diagnostics.batch import DiagnosticService
 from posttrain.diagnostics.core.alerting import AlertDedup
 from posttrain.diagnostics.core.anomaly import oom_anomaly_id
 from posttrain.diagnostics.core.config import ConfigBook
-from posttrain.diagnostics.core.messages import anomaly_detected
+from posttrain.diagnostics.core.messages import anomaly_detected, detect
 from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
 from posttrain.diagnostics.core.state import JobState
 from posttrain.events import DecodeError, Envelope, decode, encode
@@ -430,24 +430,24 @@ class DiagnosticsStream:
         key = data.job_id.encode()
         state = touched.get(key) or self._job_state(key, data.pipeline_id)
         touched[key] = state
-        for i, point in enumerate(data.points):
-            for anomaly in state.observe(point, source=data.source, seq=data.first_seq + i):
-                out = anomaly_detected(
-                    data.job_id,
-                    anomaly,
-                    pipeline_id=data.pipeline_id,
-                    stage=data.stage,
-                    attempt=data.attempt,
-                    emitted_at=point.timestamp,
+        source, first = data.source, data.first_seq
+        sourced = ((source, first + i, point) for i, point in enumerate(data.points))
+        for out in detect(
+            state,
+            data.job_id,
+            sourced,
+            pipeline_id=data.pipeline_id,
+            stage=data.stage,
+            attempt=data.attempt,
+        ):
+            outputs.append(
+                Envelope.create(
+                    out,
+                    key=data.job_id,
+                    correlation_id=correlation or cause_id,
+                    causation_id=cause_id,
                 )
-                outputs.append(
-                    Envelope.create(
-                        out,
-                        key=data.job_id,
-                        correlation_id=correlation or cause_id,
-                        causation_id=cause_id,
-                    )
-                )
+            )
 
     async def _failures(self, stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():

@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
 from posttrain.diagnostics.core.config import ActionPolicyConfig, PipelineConfig
-from posttrain.diagnostics.core.messages import anomaly_detected
+from posttrain.diagnostics.core.messages import SourcedPoint, detect
 from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
 from posttrain.diagnostics.core.state import JobState
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
-from posttrain.events.messages.metrics import MetricPoint
 from posttrain.events.messages.pipeline import RequestAction
 
 Outcome = Literal["request", "recommend", "none"]
 # A point as stored: its source and seq (None for a point without), and the point.
-SourcedPoint = tuple[str | None, int | None, MetricPoint]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,21 +97,24 @@ def backtest_job(
     """Fold the job's points (in emission order) as the stream would, with ``config``."""
     state = JobState(config.detectors)
     policy = PolicyState()
-    steps: list[BacktestStep] = []
     count = 0
-    for source, seq, point in points:
-        count += 1
-        for found in state.observe(point, source=source, seq=seq):
-            event = anomaly_detected(
-                route.job_id,
-                found,
-                pipeline_id=route.pipeline_id,
-                stage=route.stage,
-                attempt=route.attempt,
-                emitted_at=point.timestamp,
-            )
-            steps.append(_act(event, config.actions, policy))
-    return JobBacktest(route, count, tuple(steps))
+
+    def counted() -> Iterator[SourcedPoint]:
+        nonlocal count
+        for sourced in points:
+            count += 1
+            yield sourced
+
+    events = detect(
+        state,
+        route.job_id,
+        counted(),
+        pipeline_id=route.pipeline_id,
+        stage=route.stage,
+        attempt=route.attempt,
+    )
+    steps = tuple(_act(event, config.actions, policy) for event in events)
+    return JobBacktest(route, count, steps)
 
 
 def _act(event: AnomalyDetected, config: ActionPolicyConfig, policy: PolicyState) -> BacktestStep:

@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 from posttrain.diagnostics.core.alerting import Alert
 from posttrain.diagnostics.core.anomaly import Anomaly
+from posttrain.diagnostics.core.state import JobState
 from posttrain.events.messages.diagnostics import AnomalyDetected
+
+# (source, seq, point): a point with the identity that makes a redelivery harmless.
+SourcedPoint = tuple[str | None, int | None, Any]
+
+
+def detect(
+    state: JobState,
+    job_id: str,
+    points: Iterable[SourcedPoint],
+    *,
+    pipeline_id: str | None = None,
+    stage: str | None = None,
+    attempt: int | None = None,
+) -> Iterator[AnomalyDetected]:
+    """Fold a job's points into its state, in order, and yield the AnomalyDetected each raises,
+    stamped with the point's time: what the stream emits and what a backtest replays. A point
+    is a MetricPoint or its view (the rules only read fields)."""
+    for source, seq, point in points:
+        for anomaly in state.observe(point, source=source, seq=seq):
+            yield anomaly_detected(
+                job_id,
+                anomaly,
+                pipeline_id=pipeline_id,
+                stage=stage,
+                attempt=attempt,
+                emitted_at=point.timestamp,
+            )
 
 
 def anomaly_detected(
