@@ -7,14 +7,14 @@ what was wrong, which consumers put on the dead-letter topic.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from posttrain.events.envelope import NO_HEADERS, Envelope
+from posttrain.events.envelope import NO_HEADERS, Envelope, new_id
 from posttrain.events.messages import MESSAGE_TYPES, Message
 from posttrain.events.upcasters import MissingUpcaster, UpcasterTable, upcast
 
@@ -41,24 +41,49 @@ class DecodeError(ValueError):
 def encode(envelope: Envelope[Any]) -> tuple[bytes, bytes, KafkaHeaders]:
     """The Kafka key, value and headers of an envelope."""
     data = envelope.data
-    head = orjson.dumps(
-        {
-            "id": envelope.id,
-            "type": data.TYPE,
-            "version": data.VERSION,
-            "occurred_at": envelope.occurred_at,
-            "key": envelope.key,
-            "correlation_id": envelope.correlation_id,
-            "causation_id": envelope.causation_id,
-        }
-    )
     # pydantic writes the payload itself: it keeps NaN/inf as "NaN"/"Infinity" strings, where
     # orjson would silently write null (and a NaN loss must never become a missing loss).
-    value = head[:-1] + b',"data":' + data.model_dump_json().encode() + b"}"
-    headers = _type_headers(type(data))
-    if envelope.headers:
-        headers = headers + [(k, v.encode()) for k, v in envelope.headers.items()]
-    return envelope.key.encode(), value, headers
+    return encode_written(
+        type(data),
+        data.model_dump_json().encode(),
+        key=envelope.key,
+        id=envelope.id,
+        occurred_at=envelope.occurred_at,
+        correlation_id=envelope.correlation_id,
+        causation_id=envelope.causation_id,
+        headers=envelope.headers,
+    )
+
+
+def encode_written(
+    cls: type[Message],
+    data_json: bytes,
+    *,
+    key: str,
+    id: str | None = None,
+    occurred_at: datetime | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    headers: Mapping[str, str] = NO_HEADERS,
+) -> tuple[bytes, bytes, KafkaHeaders]:
+    """``encode`` for a payload of type ``cls`` already written as JSON: by its model, or by a
+    fast writer (``writers``) that tests hold to what the model writes."""
+    head = orjson.dumps(
+        {
+            "id": id if id is not None else new_id(),
+            "type": cls.TYPE,
+            "version": cls.VERSION,
+            "occurred_at": occurred_at if occurred_at is not None else datetime.now(UTC),
+            "key": key,
+            "correlation_id": correlation_id,
+            "causation_id": causation_id,
+        }
+    )
+    value = head[:-1] + b',"data":' + data_json + b"}"
+    kafka_headers = _type_headers(cls)
+    if headers:
+        kafka_headers = kafka_headers + [(k, v.encode()) for k, v in headers.items()]
+    return key.encode(), value, kafka_headers
 
 
 _TYPE_HEADERS: dict[type[Message], KafkaHeaders] = {}

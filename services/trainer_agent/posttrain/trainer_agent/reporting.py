@@ -18,7 +18,6 @@ process is gone, by the next reporter of the same job. Every point is identified
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import contextlib
@@ -35,12 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from posttrain.events import Envelope
-from posttrain.events.kafka import EventProducer, KafkaSettings
+from posttrain.events.codec import encode
+from posttrain.events.kafka import KafkaSettings
+from posttrain.events.kafka.blocking import BlockingProducer, Record
 from posttrain.events.messages import MetricPoint, MetricsReported
 from posttrain.events.topics import Topic
+from posttrain.events.writers import metrics_reported, point_document
 from posttrain.trainer_agent.core.batching import Routing, contiguous_batches
-from posttrain.trainer_agent.core.fields import to_point
+from posttrain.trainer_agent.core.fields import canonical_fields, to_point
 from posttrain.trainer_agent.spill import (
     OrphanFiles,
     SpilledPoint,
@@ -127,6 +131,8 @@ class MetricsReporter:
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._closed = False  # the same as ``_closing``, read without a call
+        self._queue_size = self.options.queue_size
         # Counters; ``_accepted`` is written by the submitting thread only, the others by the
         # sender thread only (each under the condition when waiters care).
         self._accepted_counter = itertools.count(1)
@@ -151,12 +157,14 @@ class MetricsReporter:
         self._enqueue((source, seq, point))
 
     def _enqueue(self, item: _Item) -> None:
+        # On the training loop's every step: plain attributes only (an Event's is_set is a
+        # Python-level call).
         self._accepted = next(self._accepted_counter)
-        if self._closing.is_set():
+        if self._closed:
             # Too late for the sender: on disk, for the next reporter of this job to deliver.
             self._spill_items([item], from_queue=False)
             return
-        if len(self._queue) < self.options.queue_size:
+        if len(self._queue) < self._queue_size:
             self._queue.append(item)
         else:
             # The sender is behind (or the broker is away and the disk slow): the point goes
@@ -182,6 +190,7 @@ class MetricsReporter:
         """Deliver what can be delivered within ``timeout``, stop the sender; returns how many
         of this reporter's points are left in the spill file for a later reporter."""
         if not self._closing.is_set():
+            self._closed = True
             self._closing.set()
             self._wake.set()
             self._thread.join(timeout)
@@ -215,19 +224,19 @@ class MetricsReporter:
     # --- the sender thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)  # aiokafka's clients bind to the thread's current loop
-        sender = _Sender(self, loop)
+        sender = _Sender(self)
         try:
             while True:
-                points: list[SpilledPoint] = []
+                items: list[_Item] = []
+                batch: _Batch | None = None
                 try:
-                    points = self._map(self._drain())
-                    self._deliver(sender, points)
+                    items = self._drain()
+                    batch = self._encode(items)
+                    self._deliver(sender, batch)
                 except Exception:
                     # The sender must never die: say why, keep the batch on disk, go on.
                     log.exception("metrics sender failed", extra={"job_id": self.job_id})
-                    self._spill_points(points)
+                    self._spill_items(batch.items if batch else items, from_queue=True)
                     sender.stop()
                     time.sleep(self.options.retry_min_s)
                 if self._closing.is_set() and not self._queue:
@@ -237,20 +246,64 @@ class MetricsReporter:
                     break
         finally:
             sender.stop()
-            loop.close()
             with self._cond:
                 self._cond.notify_all()
 
-    def _deliver(self, sender: _Sender, points: list[SpilledPoint]) -> None:
-        if not points:
+    def _deliver(self, sender: _Sender, batch: _Batch) -> None:
+        if not batch.items:
             if sender.backlog_waiting() and sender.ready():
                 sender.deliver_backlog()
             return
         # Spilled points go first, so that new points never overtake a backlog for long.
-        if sender.ready() and sender.deliver_backlog() and sender.send(points):
-            self._settle(len(points), delivered=len(points))
+        count = len(batch.items)
+        if sender.ready() and sender.deliver_backlog() and sender.send_records(batch.records):
+            self._settle(count, delivered=count)
         else:
-            self._spill_points(points)
+            self._spill_items(batch.items, from_queue=True)
+
+    def _encode(self, items: Sequence[_Item]) -> _Batch:
+        """The Kafka records of queued items: one ``MetricsReported`` per run of consecutive
+        sequence numbers of a source, at most ``max_points_per_message`` points each.
+
+        Each step's names are mapped onto the canonical fields and written by the events
+        library's fast writer; a value of an unusual kind goes through ``MetricPoint``, which
+        judges it. An item that cannot be a point (a step that is not a number) does not take
+        the others with it: it is counted as dropped and logged, loudly."""
+        batch = _Batch([], [])
+        run: list[_Item] = []
+        documents: list[Any] = []
+        limit = self.options.max_points_per_message
+        for item in items:
+            try:
+                document = _document(item[2])
+            except Exception as exc:
+                self._drop(item, exc)
+                continue
+            batch.items.append(item)
+            if run and (item[0] != run[0][0] or item[1] != run[-1][1] + 1 or len(run) >= limit):
+                self._write_run(batch, run, documents)
+                run, documents = [], []
+            run.append(item)
+            documents.append(document)
+        if run:
+            self._write_run(batch, run, documents)
+        return batch
+
+    def _write_run(self, batch: _Batch, run: list[_Item], documents: list[Any]) -> None:
+        routing = self.routing
+        record = metrics_reported(
+            routing.job_id,
+            run[0][0],
+            run[0][1],
+            documents,
+            pipeline_id=routing.pipeline_id,
+            stage=routing.stage,
+            attempt=routing.attempt,
+        )
+        if record is not None:
+            batch.records.append(record)
+        else:  # a value orjson cannot write: the models write it
+            batch.records.extend(_records(self._map(run), len(run)))
 
     def _drain(self) -> list[_Item]:
         """The next batch: everything queued after sleeping ``linger_s`` (less when woken by
@@ -284,20 +337,23 @@ class MetricsReporter:
         )
 
     def _map(self, items: Sequence[_Item]) -> list[SpilledPoint]:
-        """Points for queued items. One that cannot be a point (a step that is not a number)
-        does not take the others with it: it is counted as dropped and logged, loudly."""
+        """Points for queued items (to spill them, or for a message the fast writer cannot
+        write); an item that cannot be a point is dropped as in ``_encode``."""
         points: list[SpilledPoint] = []
         for item in items:
             try:
                 points.append(self._as_spilled(item))
             except Exception as exc:
-                self._dropped += 1
-                self._settle(1, delivered=0)
-                log.error(
-                    "metric point dropped: not a valid point",
-                    extra={"job_id": self.job_id, "seq": item[1], "error": str(exc)[:500]},
-                )
+                self._drop(item, exc)
         return points
+
+    def _drop(self, item: _Item, exc: Exception) -> None:
+        self._dropped += 1
+        self._settle(1, delivered=0)
+        log.error(
+            "metric point dropped: not a valid point",
+            extra={"job_id": self.job_id, "seq": item[1], "error": str(exc)[:500]},
+        )
 
     def _spill_items(self, items: Sequence[_Item], *, from_queue: bool) -> None:
         if items:
@@ -327,10 +383,9 @@ class MetricsReporter:
 class _Sender:
     """The sender thread's connection to Kafka, with reconnection and backlog delivery."""
 
-    def __init__(self, reporter: MetricsReporter, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, reporter: MetricsReporter) -> None:
         self.reporter = reporter
-        self.loop = loop
-        self.producer: EventProducer | None = None
+        self.producer: BlockingProducer | None = None
         self.retry_at = 0.0
         self.retry_s = reporter.options.retry_min_s
         self._outage_logged = False
@@ -343,47 +398,32 @@ class _Sender:
         now = time.monotonic()
         if now < self.retry_at and not self.reporter._closing.is_set():
             return False
-        options = self.reporter.options
-        created: list[EventProducer] = []
-
-        async def connect() -> None:
-            # aiokafka clients must be built inside the loop that runs them.
-            # No linger in the client: the reporter hands it whole batches already.
-            producer = EventProducer(
-                self.reporter.settings,
-                linger_ms=0,
-                request_timeout_ms=int(options.send_timeout_s * 1000),
-            )
-            created.append(producer)
-            await producer.start()
-
+        producer = BlockingProducer(
+            self.reporter.settings, timeout_s=self.reporter.options.send_timeout_s
+        )
         try:
-            self._run(connect(), options.send_timeout_s)
+            producer.probe(Topic.METRICS)
         except Exception as exc:
             self._failed(exc)
-            if created:
-                self._discard(created[0])
+            self._discard(producer)
             return False
-        self.producer = created[0]
+        self.producer = producer
         self.reporter._connected = True
-        self.retry_s = options.retry_min_s
+        self.retry_s = self.reporter.options.retry_min_s
         if self._outage_logged:
             log.warning("metrics: Kafka reachable again", extra={"job_id": self.reporter.job_id})
             self._outage_logged = False
         return True
 
     def send(self, points: Sequence[SpilledPoint]) -> bool:
+        return self.send_records(_records(points, self.reporter.options.max_points_per_message))
+
+    def send_records(self, records: Sequence[Record]) -> bool:
         producer = self.producer
         if producer is None:
             return False
-        envelopes = [
-            Envelope.create(message, key=message.job_id)
-            for message in _messages(points, self.reporter.options.max_points_per_message)
-        ]
         try:
-            self._run(
-                producer.send_many(Topic.METRICS, envelopes), self.reporter.options.send_timeout_s
-            )
+            producer.send(Topic.METRICS, records)
         except Exception as exc:
             # A timed-out batch may still land later: ingest dedups it by (job, source, seq).
             self._failed(exc)
@@ -429,12 +469,9 @@ class _Sender:
             self._discard(self.producer)
             self.producer = None
 
-    def _run(self, coro: Any, timeout: float) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-    def _discard(self, producer: EventProducer) -> None:
+    def _discard(self, producer: BlockingProducer) -> None:
         with contextlib.suppress(Exception):
-            self._run(producer.stop(), 5.0)
+            producer.close()
 
     def _failed(self, exc: BaseException) -> None:
         reporter = self.reporter
@@ -450,19 +487,45 @@ class _Sender:
             self._outage_logged = True
 
 
-def _messages(points: Iterable[SpilledPoint], max_points: int) -> list[MetricsReported]:
+def _records(points: Iterable[SpilledPoint], max_points: int) -> list[Record]:
+    """The Kafka records of identified points, written by the models."""
     return [
-        MetricsReported(
-            job_id=routing.job_id,
-            source=source,
-            first_seq=first_seq,
-            points=batch,
-            pipeline_id=routing.pipeline_id,
-            stage=routing.stage,
-            attempt=routing.attempt,
+        encode(
+            Envelope.create(
+                MetricsReported(
+                    job_id=routing.job_id,
+                    source=source,
+                    first_seq=first_seq,
+                    points=batch,
+                    pipeline_id=routing.pipeline_id,
+                    stage=routing.stage,
+                    attempt=routing.attempt,
+                ),
+                key=routing.job_id,
+            )
         )
         for routing, source, first_seq, batch in contiguous_batches(points, max_points)
     ]
+
+
+def _document(payload: MetricPoint | _Raw) -> Any:
+    """What the fast writer puts in a message for one queued payload."""
+    if isinstance(payload, MetricPoint):  # a ready point (the tailer's): as its model writes it
+        return orjson.Fragment(payload.model_dump_json())
+    step, epoch, timestamp, fields = payload
+    canonical, custom = canonical_fields(fields)
+    document = point_document(step, epoch, timestamp, canonical, custom)
+    if document is None:  # an unusual value: the model judges it (and may refuse it)
+        return orjson.Fragment(to_point(step, epoch, timestamp, fields).model_dump_json())
+    return document
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Queued items of valid points, and the records that carry them."""
+
+    items: list[_Item]
+    records: list[Record]
 
 
 class TrainingCallback(MetricsReporter):

@@ -1,5 +1,7 @@
 """Kafka helpers over aiokafka: settings, admin, batched idempotent producer, consumers with a
-dead-letter topic, and a transactional consume-transform-produce loop."""
+dead-letter topic, and a transactional consume-transform-produce loop. (``blocking``, the producer
+of a thread without an event loop, over librdkafka, is imported from its module: the services
+never load librdkafka.)"""
 
 from posttrain.events.kafka.admin import (
     NewTopicSpec,

@@ -27,6 +27,10 @@ class KafkaSettings:
             client_id=client_id,
         )
 
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same connection for a librdkafka client (``blocking.BlockingProducer``)."""
+        return {"bootstrap.servers": self.bootstrap_servers, "client.id": self.client_id}
+
     def topic(self, topic: Topic | str) -> str:
         """The broker-side name of a logical topic."""
         return physical_name(topic, self.namespace)

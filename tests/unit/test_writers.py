@@ -1,0 +1,110 @@
+"""The fast metrics writer writes what the models write: ``decode`` and the views read the same."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from posttrain.events import Envelope, decode, encode
+from posttrain.events.messages import CORE_FIELDS, MetricPoint, MetricsReported
+from posttrain.events.views import ViewDecoder, as_model
+from posttrain.events.writers import metrics_reported, point_document
+
+floats = st.floats(allow_nan=True, allow_infinity=True)
+json_leaf = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | floats | st.text()
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+points = st.fixed_dictionaries(
+    {
+        "step": st.integers(0, 2**40),
+        "epoch": st.none() | floats | st.integers(0, 1000),
+        "timestamp": floats,
+        "canonical": st.dictionaries(st.sampled_from(CORE_FIELDS), floats),
+        "custom": st.dictionaries(st.text(min_size=1), json_value, max_size=4),
+    }
+)
+
+
+def _same(message: MetricsReported) -> str:
+    # NaN != NaN: compare what the model writes, which spells every value out.
+    return message.model_dump_json()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(points, min_size=1, max_size=5),
+    st.none() | st.text(min_size=1),
+    st.none() | st.integers(1, 9),
+)
+def test_the_fast_writer_and_the_models_write_the_same_message(
+    raw: list[dict[str, Any]], pipeline_id: str | None, attempt: int | None
+) -> None:
+    documents = [
+        point_document(p["step"], p["epoch"], p["timestamp"], p["canonical"], p["custom"])
+        for p in raw
+    ]
+    assert all(d is not None for d in documents)
+    record = metrics_reported(
+        "job-1", "src", 7, documents, pipeline_id=pipeline_id, stage="sft", attempt=attempt
+    )
+    assert record is not None
+    key, value, headers = record
+
+    model = MetricsReported(
+        job_id="job-1",
+        source="src",
+        first_seq=7,
+        points=[
+            MetricPoint(
+                step=p["step"],
+                epoch=p["epoch"],
+                timestamp=p["timestamp"],
+                custom=p["custom"],
+                **p["canonical"],
+            )
+            for p in raw
+        ],
+        pipeline_id=pipeline_id,
+        stage="sft",
+        attempt=attempt,
+    )
+    m_key, m_value, m_headers = encode(Envelope.create(model, key="job-1"))
+    assert (key, headers) == (m_key, m_headers)
+
+    fast, slow = decode(value, headers).data, decode(m_value, m_headers).data
+    assert _same(fast) == _same(slow)
+    view = ViewDecoder().decode(value, headers).data
+    assert _same(as_model(MetricsReported, view)) == _same(slow)
+
+
+def test_non_finite_values_are_written_as_text_not_null() -> None:
+    document = point_document(
+        3, math.nan, 1.0, {"loss": math.nan, "kl_divergence": math.inf}, {"x": [-math.inf]}
+    )
+    record = metrics_reported("j", "s", 0, [document])
+    assert record is not None
+    assert b'"loss":"NaN"' in record[1] and b'"kl_divergence":"Infinity"' in record[1]
+    assert b'"x":["-Infinity"]' in record[1] and b'"epoch":"NaN"' in record[1]
+    point = decode(record[1], record[2]).data.points[0]
+    assert math.isnan(point.loss) and point.kl_divergence == math.inf
+
+
+def test_values_of_unusual_kinds_are_left_to_the_model() -> None:
+    assert point_document(True, None, 1.0, {}, {}) is None  # a bool is no step
+    assert point_document(1.0, None, 1.0, {}, {}) is None  # the model judges 1.0
+    assert point_document(1, "0.5", 1.0, {}, {}) is None
+    assert point_document(1, None, 1, {}, {}) is None
+    assert point_document(1, None, 1.0, {"loss": 1}, {}) is None
+    assert point_document(1, None, 1.0, {"not_a_field": 1.0}, {}) is None
+
+
+def test_an_integer_beyond_64_bits_is_left_to_the_model() -> None:
+    document = point_document(1, None, 1.0, {}, {"big": 2**70})
+    assert document is not None
+    assert metrics_reported("j", "s", 0, [document]) is None
