@@ -28,6 +28,7 @@ _CORE = frozenset(CORE_FIELDS)
 _FLOAT_ONLY = frozenset({float})
 # Values orjson writes as the model does (a float only when finite).
 _JSON_SCALARS = frozenset({float, int, str, bool, type(None)})
+_NUMBERS = frozenset({float, int})
 
 
 def _text(value: float) -> str:
@@ -85,14 +86,20 @@ def point_document(
         for name, value in canonical.items():
             if value - value != 0.0:
                 document[name] = _text(value)
-    kinds = set(map(type, custom.values()))
-    if kinds <= _JSON_SCALARS and (
-        float not in kinds or all(v - v == 0.0 for v in custom.values() if type(v) is float)
-    ):
-        document["custom"] = custom
-    else:  # containers, or non-finite floats, somewhere: look at each value
-        document["custom"] = {k: _plain(v) for k, v in custom.items()}
+    document["custom"] = custom if _plain_finite(custom.values()) else _plain(dict(custom))
     return document
+
+
+def _plain_finite(values: Any) -> bool:
+    """Whether every value is a JSON scalar, and every float among them finite."""
+    kinds = set(map(type, values))
+    if kinds <= _NUMBERS:
+        try:
+            total = sum(values)
+        except OverflowError:  # an int too large for a float beside a float
+            return False
+        return bool(total - total == 0)
+    return kinds <= _JSON_SCALARS and all(v - v == 0.0 for v in values if type(v) is float)
 
 
 def metrics_reported(
