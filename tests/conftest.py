@@ -7,6 +7,7 @@ data; each bus test gets a fresh namespace of its own. Everything is deleted at 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import socket
@@ -115,3 +116,59 @@ async def database_url(base_database_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 def run_id() -> Iterator[str]:
     yield f"{RUN_ID}-{uuid.uuid4().hex[:6]}"
+
+
+# --- hygiene: the default namespace and database are left as they were found -------------------
+
+_FOOTPRINT_KEY = pytest.StashKey["object"]()
+
+
+def _stack_addresses() -> tuple[str, str] | None:
+    """The stack's Kafka and default database, if both answer (a unit-only run may have none)."""
+    bootstrap = KafkaSettings.from_env().bootstrap_servers
+    database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    parts = urlsplit(database_url)
+    for host, port in (
+        bootstrap.split(",")[0].rsplit(":", 1),
+        (parts.hostname or "127.0.0.1", str(parts.port or 5432)),
+    ):
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                pass
+        except OSError:
+            return None
+    return bootstrap, database_url
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests.hygiene import footprint
+
+    addresses = _stack_addresses()
+    if addresses is not None:
+        session.stash[_FOOTPRINT_KEY] = (addresses, asyncio.run(footprint(*addresses)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.hygiene import changes, footprint
+
+    taken = session.stash.get(_FOOTPRINT_KEY, None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write("\n")
+    if taken is None:
+        if reporter is not None:
+            reporter.write_line("hygiene: no stack at the start, default namespace not checked")
+        return
+    addresses, before = taken
+    found = changes(before, asyncio.run(footprint(*addresses)))
+    if reporter is not None:
+        if found:
+            reporter.write_line(
+                "hygiene: FAILED, the suite wrote to the default namespace or database:", red=True
+            )
+            for line in found:
+                reporter.write_line(f"  {line}", red=True)
+        else:
+            reporter.write_line("hygiene: the default topic namespace and database are untouched")
+    if found:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -102,7 +102,13 @@ class BlockingProducer:
         for key, value, headers in records:
             while True:
                 try:
-                    produce(name, value=value, key=key, headers=headers, on_delivery=delivered)
+                    produce(
+                        name,
+                        value=value,
+                        key=key,
+                        headers=cast("list[tuple[str, str | bytes | None]]", headers),
+                        on_delivery=delivered,
+                    )
                     break
                 except BufferError:  # librdkafka's own queue is full: let it drain a little
                     self._producer.poll(_POLL_S)
