@@ -194,3 +194,88 @@ def test_python_task_needs_an_entrypoint():
     assert errors_of([{"name": "p", "task": "python", "params": {}}]) == [
         "stage 'p', field 'params.entrypoint': python needs 'module:function'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        (
+            {"name": "a", "task": "command", "params": {"argv": ["x"]}, "timeout": 60},
+            "stage 'a', field 'timeout': unknown key 'timeout' (did you mean \"timeout_s\"?)",
+        ),
+        (
+            {"name": "a", "task": "command", "params": {"argv": ["x"]}, "retry": {}},
+            "stage 'a', field 'retry': unknown key 'retry' (did you mean \"retries\"?)",
+        ),
+        (
+            {
+                "name": "a",
+                "task": "command",
+                "params": {"argv": ["x"]},
+                "retries": {"max_attempt": 2},
+            },
+            "stage 'a', field 'retries.max_attempt': unknown key 'max_attempt' (did you mean "
+            '"max_attempts"?)',
+        ),
+        (
+            {"name": "a", "task": "command", "params": {"argv": ["x"]}, "resources": {"gpu": 1}},
+            "stage 'a', field 'resources.gpu': unknown key 'gpu' (did you mean \"gpus\"?)",
+        ),
+        (
+            sft("a", learning_rat=0.1),
+            "stage 'a', field 'params.config.learning_rat': unknown key 'learning_rat' (did you "
+            'mean "learning_rate"?)',
+        ),
+        (
+            {"name": "a", "task": "preprocess_dataset", "params": {"input": "d.jsonl"}},
+            "stage 'a', field 'params.input': unknown key 'input' (did you mean \"input_path\"?)",
+        ),
+        (
+            {"name": "a", "task": "command", "params": {"argv": ["x"], "zzz": 1}},
+            "stage 'a', field 'params.zzz': unknown key 'zzz'; known:",
+        ),
+    ],
+)
+def test_an_unknown_key_anywhere_in_a_stage_is_refused_with_a_suggestion(stage, expected):
+    messages = errors_of([stage])
+    assert any(m.startswith(expected) for m in messages), messages
+
+
+def test_the_seeds_keys_are_known() -> None:
+    stage = {
+        "name": "train",
+        "task": "train_model",
+        "params": {
+            "job_uuid": "zzz2",
+            "config": {
+                "algorithm": "grpo",
+                "model_path": "m",
+                "train_data_path": "d",
+                "num_epochs": 1,
+                "kl_coef": 0.1,
+                "run_mode": "local",
+            },
+        },
+    }
+    assert errors_of([stage]) == []
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "says"),
+    [
+        ({"algorithm": "ppo"}, "params.config.algorithm", "'ppo' is not supported yet: "),
+        (
+            {"algorithm": "sft", "run_mode": "ssh", "ssh_config": {"host": "h"}},
+            "params.config.run_mode",
+            "'ssh' is not supported yet: ",
+        ),
+    ],
+)
+def test_an_option_no_agent_can_honour_yet_is_refused_saying_so(config, field, says):
+    stage = {
+        "name": "a",
+        "task": "train_model",
+        "params": {"config": {"model_path": "m", **config}},
+    }
+    messages = errors_of([stage])
+    assert any(m.startswith(f"stage 'a', field '{field}': {says}") for m in messages), messages

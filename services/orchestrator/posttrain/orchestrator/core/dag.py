@@ -11,12 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from posttrain.events.messages import StageSpec
+from posttrain.events.messages import Resources, RetryPolicy, StageSpec
+from posttrain.events.tasks import COMMON_PARAMS, TASKS, suggestion
 
-# Tasks the platform runs, with the params each requires (SEED.md names the first three).
-TASKS: frozenset[str] = frozenset(
-    {"preprocess_dataset", "train_model", "run_evaluation", "command", "python"}
-)
 ALGORITHMS: frozenset[str] = frozenset({"sft", "dpo", "grpo", "ppo"})
 RUN_MODES: frozenset[str] = frozenset({"local", "ssh"})
 
@@ -98,6 +95,10 @@ def parse_stages(
         if not isinstance(item, Mapping):
             errors.append(DagError(label, "(stage)", "a stage must be an object"))
             continue
+        unknown = _unknown_keys(item)
+        if unknown:
+            errors.extend(DagError(label, key, why) for key, why in unknown)
+            continue
         try:
             specs.append(StageSpec.model_validate(item))
         except ValidationError as exc:
@@ -107,18 +108,79 @@ def parse_stages(
     return specs, errors
 
 
+def _unknown_keys(stage: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for every key of a stage, its retries or its resources that no one
+    reads: a misspelt option must never be accepted and silently ignored."""
+    found: list[tuple[str, str]] = []
+    for path, value, model in (
+        ("", stage, StageSpec),
+        ("retries.", stage.get("retries"), RetryPolicy),
+        ("resources.", stage.get("resources"), Resources),
+    ):
+        if not isinstance(value, Mapping):
+            continue  # the model says what is wrong with its type
+        known = model.model_fields
+        for key in value:
+            if key not in known:
+                found.append((f"{path}{key}", _unknown(str(key), known)))
+    return found
+
+
+def _unknown(key: str, known: Iterable[str]) -> str:
+    return f"unknown key {key!r}{suggestion(key, known)}; known: {', '.join(sorted(known))}"
+
+
+def _param_errors(spec: StageSpec) -> list[DagError]:
+    """Params the task does not read, and values of them that no agent can act on yet."""
+    task = TASKS[spec.task]
+    known = task.params | COMMON_PARAMS
+    errors: list[DagError] = []
+    nested = spec.params.get("config")
+    for prefix, params in (("params", spec.params), ("params.config", nested)):
+        if not isinstance(params, Mapping):
+            continue
+        for key in params:
+            if key not in known or (prefix == "params.config" and key in COMMON_PARAMS):
+                errors.append(
+                    DagError(spec.name, f"{prefix}.{key}", _unknown(str(key), task.params))
+                )
+    merged = _merged_config(spec.params)
+    prefix = "params.config" if isinstance(nested, Mapping) else "params"
+    for param, values in task.not_yet.items():
+        value = merged.get(param)
+        if isinstance(value, str) and value in values:
+            errors.append(
+                DagError(
+                    spec.name,
+                    f"{prefix}.{param}",
+                    f"{value!r} is not supported yet: {values[value]}",
+                )
+            )
+    return errors
+
+
+def _merged_config(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    # Params may be flat or under ``params.config`` (the seed's shape); config wins, as in the
+    # agent that reads them.
+    nested = params.get("config")
+    return {**params, **nested} if isinstance(nested, Mapping) else params
+
+
 def _task_errors(spec: StageSpec) -> list[DagError]:
     errors: list[DagError] = []
     if spec.task not in TASKS:
         errors.append(
-            DagError(spec.name, "task", f"unknown task {spec.task!r}; known: {sorted(TASKS)}")
+            DagError(
+                spec.name,
+                "task",
+                f"unknown task {spec.task!r}{suggestion(spec.task, TASKS)}; "
+                f"known: {', '.join(sorted(TASKS))}",
+            )
         )
         return errors
-    # Params may be flat or under ``params.config`` (the seed's shape); config wins, as in the
-    # agent that reads them.
-    nested = isinstance(spec.params.get("config"), Mapping)
-    config: Mapping[str, Any] = {**spec.params, **spec.params["config"]} if nested else spec.params
-    prefix = "params.config" if nested else "params"
+    errors.extend(_param_errors(spec))
+    config = _merged_config(spec.params)
+    prefix = "params.config" if isinstance(spec.params.get("config"), Mapping) else "params"
     if spec.task == "train_model":
         algorithm = config.get("algorithm")
         if algorithm not in ALGORITHMS:

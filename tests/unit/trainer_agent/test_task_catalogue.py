@@ -1,0 +1,45 @@
+"""The agent runs exactly the catalogue's tasks and reads only parameters the catalogue names,
+so that the validator never refuses an option a task reads, nor accepts one no task reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from posttrain.events.tasks import TASKS
+from posttrain.trainer_agent import tasks as agent_tasks
+from posttrain.trainer_agent.tasks import task_for
+from posttrain.trainer_agent.tasks.context import StageError
+
+TASK_MODULES = {
+    "preprocess_dataset": "preprocess.py",
+    "train_model": "train.py",
+    "run_evaluation": "evaluate.py",
+    "command": "command.py",
+    "python": "python_entry.py",
+}
+# cfg.get("x"), cfg["x"], ctx.config.get("x"), ctx.config["x"], ctx.require("x")
+READ = re.compile(r"""(?:cfg|config)(?:\.get\(\s*|\[)"(\w+)"|require\("(\w+)\"""")
+# Read by the validator, not by a task: only ``run_mode: local`` is accepted today, and it
+# needs no ``ssh_config``.
+NOT_READ_BY_TASKS = {"train_model": {"run_mode", "ssh_config"}}
+
+
+def test_the_agent_runs_every_task_of_the_catalogue_and_no_other() -> None:
+    assert set(TASK_MODULES) == set(TASKS)
+    for name in TASKS:
+        assert callable(task_for(name))
+    with pytest.raises(StageError):
+        task_for("not_a_task")
+
+
+@pytest.mark.parametrize("task", sorted(TASK_MODULES))
+def test_every_parameter_a_task_reads_is_in_the_catalogue(task: str) -> None:
+    source = (Path(agent_tasks.__file__).parent / TASK_MODULES[task]).read_text()
+    read = {a or b for a, b in READ.findall(source)}
+    assert read, f"no parameter reads found in {TASK_MODULES[task]}: the pattern is stale"
+    assert read <= TASKS[task].params, sorted(read - TASKS[task].params)
+    unread = TASKS[task].params - read - NOT_READ_BY_TASKS.get(task, set())
+    assert not unread, f"the catalogue names parameters {task} never reads: {sorted(unread)}"
