@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,15 +14,47 @@ if TYPE_CHECKING:
     from posttrain.orchestrator.core.document import PipelineDocument
 
 
-def load_pipeline_file(path: str) -> PipelineDocument:
+def load_pipeline_file(path: str, *, say: Callable[[str], None] | None = None) -> PipelineDocument:
     """A pipeline file: YAML or JSON with ``stages`` (and ``name``, ``settings``,
-    ``pipeline_id``), or just a list of stages."""
+    ``pipeline_id``), or just a list of stages.
+
+    A relative path in a stage's params that names an existing file or directory next to the
+    pipeline file is made absolute, so that an agent started anywhere finds it; ``say`` is told
+    each change."""
     from posttrain.orchestrator.core.document import DocumentError, read_document
 
     try:
-        return read_document(Path(path).read_bytes(), "application/yaml")  # JSON is YAML too
+        doc = read_document(Path(path).read_bytes(), "application/yaml")  # JSON is YAML too
     except DocumentError as exc:
         raise SystemExit(f"{path}: {exc}") from None
+    base = Path(path).resolve().parent
+    stages = []
+    for stage in doc.stages:
+        if isinstance(stage, dict) and isinstance(stage.get("params"), dict):
+            where = f"stage {stage.get('name')!r} params"
+            stage = {**stage, "params": _absolute(stage["params"], base, where, say)}
+        stages.append(stage)
+    return replace(doc, stages=stages)
+
+
+def _absolute(value: Any, base: Path, where: str, say: Callable[[str], None] | None) -> Any:
+    if isinstance(value, dict):
+        return {k: _absolute(v, base, f"{where}.{k}", say) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_absolute(v, base, f"{where}[{i}]", say) for i, v in enumerate(value)]
+    if (
+        isinstance(value, str)
+        and value
+        and "${" not in value
+        and "://" not in value
+        and not Path(value).is_absolute()
+        and (base / value).exists()
+    ):
+        absolute = str((base / value).resolve())
+        if say is not None:
+            say(f"{where}: {value} -> {absolute}")
+        return absolute
+    return value
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -59,7 +92,9 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
 
     if args.action == "submit":
-        doc = load_pipeline_file(args.file)
+        doc = load_pipeline_file(
+            args.file, say=lambda change: print(f"made absolute: {change}", file=sys.stderr)
+        )
         try:
             result = PipelineExecutor(args.id or doc.pipeline_id, submitted_by="cli").execute(
                 doc.stages, name=doc.name, settings=doc.settings
