@@ -57,7 +57,7 @@ def _absolute(value: Any, base: Path, where: str, say: Callable[[str], None] | N
     return value
 
 
-def _print_status(status: dict[str, Any]) -> None:
+def _print_status(status: dict[str, Any], *, verbose: bool = False) -> None:
     print(f"pipeline {status['pipeline_uuid']} ({status['name']}): {status['status']}")
     for error in status["errors"]:
         print(
@@ -68,8 +68,21 @@ def _print_status(status: dict[str, Any]) -> None:
         extra = stage["waiting_reason"] or stage["error"] or ""
         print(
             f"  {stage['name']:<16} {stage['status']:<10} attempt {stage['attempt']:<2} "
-            f"{stage['task_id'] or '-':<40} {stage['agent_id'] or '-':<12} {extra}"
+            f"{stage['task_id'] or '-':<40} {stage['agent_id'] or '-':<12} {_one_line(extra)}"
         )
+        if verbose and "\n" in extra.strip():
+            print("\n".join(f"      {line}" for line in extra.strip().splitlines()))
+
+
+def _one_line(text: str) -> str:
+    """An error as one line: a traceback's last line says what went wrong (``--verbose`` prints
+    the whole)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].startswith("Traceback") or len(lines) > 1:
+        return f"{lines[-1]} (more with --verbose)"
+    return lines[0]
 
 
 def main(argv: Sequence[str]) -> int:
@@ -84,6 +97,7 @@ def main(argv: Sequence[str]) -> int:
     status = sub.add_parser("status", help="a pipeline's status, per stage")
     status.add_argument("pipeline_id")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--verbose", action="store_true", help="errors in full")
     for name in ("resume", "cancel"):
         sub.add_parser(name).add_argument("pipeline_id")
     retry = sub.add_parser("retry", help="run one failed stage again")
@@ -114,7 +128,7 @@ def main(argv: Sequence[str]) -> int:
         if args.json:
             print(json.dumps(found, default=str, indent=2))
         else:
-            _print_status(found)
+            _print_status(found, verbose=args.verbose)
         return 0
     executor = PipelineExecutor(args.pipeline_id, submitted_by="cli")
     if args.action == "resume":

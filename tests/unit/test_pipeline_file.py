@@ -45,3 +45,36 @@ def test_the_example_pipeline_is_valid_and_names_its_data_absolutely() -> None:
     data = EXAMPLE.parents[1] / "data"
     assert specs[0].params["input_path"] == str(data / "addition_train.jsonl")
     assert specs[-1].params["eval_data_path"] == str(data / "addition_eval.jsonl")
+
+
+def test_status_prints_an_error_as_one_line_and_in_full_when_asked(capsys) -> None:
+    from posttrain.pipeline_cli import _print_status
+
+    traceback = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "    boom()\nValueError: learning rate must be positive\n"
+    )
+    status = {
+        "pipeline_uuid": "p",
+        "name": "n",
+        "status": "failed",
+        "errors": [],
+        "stages": [
+            {
+                "name": "train",
+                "status": "failed",
+                "attempt": 1,
+                "task_id": "t",
+                "agent_id": "a",
+                "waiting_reason": None,
+                "error": traceback,
+            }
+        ],
+    }
+    _print_status(status)
+    short = capsys.readouterr().out.splitlines()
+    assert len(short) == 2
+    assert short[1].endswith("ValueError: learning rate must be positive (more with --verbose)")
+    _print_status(status, verbose=True)
+    full = capsys.readouterr().out
+    assert "    boom()" in full and "Traceback (most recent call last):" in full
