@@ -183,6 +183,20 @@ class Agent:
             await self._recover()
             await self._heartbeat()
             self.ready.set()
+            log.info(
+                "agent started",
+                extra={
+                    "agent_id": self.config.name,
+                    "work_dir": str(self.config.work_dir),
+                    "gpus": self.config.gpus,
+                    "slots": self.config.slots,
+                    "labels": sorted(self.config.labels),
+                    "kafka": self.settings.bootstrap_servers,
+                    "namespace": self.settings.namespace,
+                    "http": f"{self.config.http_host}:{self.http.port}" if self.http else None,
+                    "stages_running": len(usage(self.journal.entries).running),
+                },
+            )
             tasks: list[asyncio.Task[Any]] = [
                 asyncio.create_task(self._heartbeats(), name="heartbeats"),
                 asyncio.create_task(self._commands(), name="commands"),
@@ -209,6 +223,10 @@ class Agent:
                 self._launcher.close()
             self.journal.close()
             self.stopped.set()
+            log.info(
+                "agent stopped (its stages go on; starting it again re-attaches to them)",
+                extra={"agent_id": self.config.name},
+            )
 
     async def _start_http(self) -> None:
         if self.config.http_port is None:
