@@ -7,9 +7,9 @@ use. ``conftest`` takes a footprint of both when the session starts and again wh
 fails the run if they differ, naming what changed.
 
 The footprint is the end offset of every partition of every topic outside a namespace (a topic
-appearing counts too) and the database's own count of rows inserted, updated and deleted
-(``pg_stat_database``, read once no other session is connected to it, so that every
-backend's counts have been flushed).
+appearing counts too) and, per table of the default database, the count of rows inserted,
+updated and deleted (``pg_stat_user_tables``, read once no other session is connected to it, so
+that every backend's counts have been flushed; a table appearing counts too).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _DEFAULT_PREFIXES = ("posttrain.", "posttrain-")
 @dataclass(frozen=True)
 class Footprint:
     offsets: dict[str, int]  # "topic[partition]" -> end offset
-    rows_written: int | None  # inserted + updated + deleted; None if the database is absent
+    rows_written: dict[str, int]  # table -> rows inserted + updated + deleted
 
 
 def is_default_topic(name: str) -> bool:
@@ -64,26 +64,27 @@ async def _offsets(bootstrap: str) -> dict[str, int]:
     return {f"{tp.topic}[{tp.partition}]": offset for tp, offset in ends.items()}
 
 
-async def _rows_written(database_url: str, settle_s: float) -> int | None:
-    """The database's rows written, once no other session is connected to it (a backend's
-    counts reach pg_stat_database at the latest when it ends), or after ``settle_s``."""
-    database = urlsplit(database_url).path.lstrip("/")
+async def _rows_written(database_url: str, settle_s: float) -> dict[str, int]:
+    """Rows inserted, updated and deleted per table of the database's own (user) tables, once
+    no other session is connected to it (a backend's counts reach the statistics at the latest
+    when it ends), or after ``settle_s``. System catalogs are left out: autovacuum's ANALYZE
+    writes them on its own schedule (on a fresh cluster, a few hundred rows)."""
     deadline = time.monotonic() + settle_s
+    database = urlsplit(database_url).path.lstrip("/")
     while True:
         connection = await asyncpg.connect(database_url)
         try:
             others = await connection.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> "
-                "pg_backend_pid()",
+                "pg_backend_pid() AND backend_type = 'client backend'",
                 database,
             )
             if others == 0 or time.monotonic() >= deadline:
-                row = await connection.fetchrow(
-                    "SELECT tup_inserted + tup_updated + tup_deleted AS n "
-                    "FROM pg_stat_database WHERE datname = $1",
-                    database,
+                rows = await connection.fetch(
+                    "SELECT schemaname || '.' || relname AS name, "
+                    "n_tup_ins + n_tup_upd + n_tup_del AS n FROM pg_stat_user_tables"
                 )
-                return None if row is None else int(row["n"])
+                return {r["name"]: int(r["n"]) for r in rows}
         finally:
             await connection.close()
         await asyncio.sleep(0.2)
@@ -101,9 +102,10 @@ def changes(before: Footprint, after: Footprint) -> list[str]:
         for name, offset in sorted(after.offsets.items())
         if before.offsets.get(name) != offset
     ]
-    if before.rows_written != after.rows_written:
-        found.append(
-            f"default database: rows inserted+updated+deleted {before.rows_written} -> "
-            f"{after.rows_written}"
-        )
+    for table, n in sorted(after.rows_written.items()):
+        if before.rows_written.get(table, 0) != n:
+            found.append(
+                f"default database, table {table}: rows inserted+updated+deleted "
+                f"{before.rows_written.get(table, 'absent')} -> {n}"
+            )
     return found

@@ -130,12 +130,18 @@ def main(argv: Sequence[str]) -> int:
         else:
             _print_status(found, verbose=args.verbose)
         return 0
+    from posttrain.orchestrator.api import UnknownPipeline
+
     executor = PipelineExecutor(args.pipeline_id, submitted_by="cli")
-    if args.action == "resume":
-        executor.resume()
-    elif args.action == "cancel":
-        executor.cancel("cancelled from the command line")
-    else:
-        executor.retry_stage(args.stage)
+    try:
+        if args.action == "resume":
+            executor.resume()
+        elif args.action == "cancel":
+            executor.cancel("cancelled from the command line")
+        else:
+            executor.retry_stage(args.stage)
+    except UnknownPipeline as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(f"{args.action} sent for {args.pipeline_id}")
     return 0

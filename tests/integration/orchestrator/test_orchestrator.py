@@ -91,7 +91,7 @@ async def test_resume_runs_only_the_failed_stage_and_its_descendants(
     record = tmp_path / "record.jsonl"
     agent = ScriptedAgent(kafka_settings, "gpu-1", record, fail={"c": [1]})
     async with running(kafka_settings, database_url, agent):
-        executor = PipelineExecutor(run_id, settings=kafka_settings)
+        executor = PipelineExecutor(run_id, settings=kafka_settings, database_url=database_url)
         await executor.aexecute(
             [cmd("a"), cmd("b", ["a"]), cmd("c", ["a"]), cmd("d", ["c"]), cmd("e", ["b"])]
         )
@@ -188,3 +188,37 @@ async def test_kill_9_at_random_moments_runs_every_stage_attempt_exactly_once(
     assert all(n == 1 for n in executed.values()), executed
     assert set(executed) == {(s["name"], 1) for s in stages} | {("ppo", 2)}
     assert kills >= 20
+
+
+async def test_a_command_for_an_unknown_pipeline_is_refused_by_the_sdk_and_on_the_record(
+    kafka_settings, database_url, tmp_path, run_id
+):
+    from posttrain.events import Envelope
+    from posttrain.events.kafka import EventProducer
+    from posttrain.events.messages import ResumePipeline
+    from posttrain.events.topics import Topic
+    from posttrain.orchestrator.api import UnknownPipeline
+
+    ghost = f"{run_id}-ghost"
+    with pytest.raises(UnknownPipeline, match="never submitted"):
+        await PipelineExecutor(ghost, settings=kafka_settings, database_url=database_url).aresume()
+    agent = ScriptedAgent(kafka_settings, "gpu-1", tmp_path / "record.jsonl")
+    async with running(kafka_settings, database_url, agent):
+        # Sent past the SDK's check (as another client could): the orchestrator answers it.
+        async with EventProducer(kafka_settings) as producer:
+            await producer.send(
+                Topic.PIPELINE_COMMANDS,
+                Envelope.create(ResumePipeline(pipeline_id=ghost), key=ghost),
+            )
+
+        async def refused():
+            return [
+                e
+                for e in await read_log(kafka_settings)
+                if e.data.TYPE == "CommandRefused" and e.data.pipeline_id == ghost
+            ]
+
+        found = await wait_for(refused, timeout=60, what="the CommandRefused event")
+    assert found[0].data.command == "ResumePipeline"
+    assert "never submitted" in found[0].data.reason
+    assert await aget_pipeline_status(ghost, database_url) is None  # no ghost in the read model

@@ -355,3 +355,68 @@ def test_run_stage_carries_the_resources_the_agent_checks():
     w.submit([cmd("a", resources={"gpus": 2, "labels": ["a100"]})])
     run = w.run_for("a")
     assert (run.resources.gpus, run.resources.labels) == (2, ["a100"])
+
+
+def _refusals(decision):
+    return [
+        (e.data.command, e.data.stage, e.data.reason)
+        for e in decision.events
+        if e.data.TYPE == "CommandRefused"
+    ]
+
+
+def test_a_command_for_a_pipeline_never_submitted_is_refused_on_the_record():
+    from posttrain.events.messages import CancelPipeline, RequestAction, RetryStage
+
+    w = World(pipeline_id="ghost")
+    never = "no pipeline 'ghost': it was never submitted"
+    assert _refusals(w.send(ResumePipeline(pipeline_id="ghost"))) == [
+        ("ResumePipeline", None, never)
+    ]
+    assert _refusals(w.send(RetryStage(pipeline_id="ghost", stage="a"))) == [
+        ("RetryStage", "a", never)
+    ]
+    assert _refusals(w.send(CancelPipeline(pipeline_id="ghost"))) == [
+        ("CancelPipeline", None, never)
+    ]
+    action = w.send(
+        RequestAction(action_id="x1", pipeline_id="ghost", stage="a", attempt=1, action="pause")
+    )
+    assert [(e.data.TYPE, e.data.reason) for e in action.events] == [("ActionRefused", never)]
+    # On the record, and nothing else: the pipeline is still unknown (and can be submitted).
+    assert w.state.stages == {}
+    w.submit([cmd("a")])
+    assert w.status() == "running"
+
+
+def test_a_command_that_changes_nothing_says_why():
+    from posttrain.events.messages import CancelPipeline, RetryStage
+
+    w = World()
+    w.submit([cmd("a"), cmd("b", ["a"])])
+    assert _refusals(w.send(ResumePipeline(pipeline_id="p1"))) == [
+        (
+            "ResumePipeline",
+            None,
+            "no stage failed, was cancelled or lost: there is nothing to resume",
+        )
+    ]
+    assert _refusals(w.send(RetryStage(pipeline_id="p1", stage="zzz"))) == [
+        ("RetryStage", "zzz", "the pipeline has no stage 'zzz'")
+    ]
+    assert _refusals(w.send(RetryStage(pipeline_id="p1", stage="a"))) == [
+        (
+            "RetryStage",
+            "a",
+            "stage 'a' is assigned: only a failed, cancelled or lost stage is retried",
+        )
+    ]
+    w.succeed("a")
+    w.succeed("b")
+    assert _refusals(w.send(CancelPipeline(pipeline_id="p1"))) == [
+        ("CancelPipeline", None, "the pipeline succeeded: there is nothing to cancel")
+    ]
+    assert _refusals(w.send(ResumePipeline(pipeline_id="p1"))) == [
+        ("ResumePipeline", None, "the pipeline succeeded: there is nothing to resume")
+    ]
+    assert w.replayed_view() == w.view()  # refusals replay to the same state

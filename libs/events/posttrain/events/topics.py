@@ -99,6 +99,7 @@ _SPECS: tuple[TopicSpec, ...] = (
             "StageCancelled",
             "StageCached",
             "ActionRequested",
+            "CommandRefused",
             "TickClock",
             *_REPORT_TYPES,
         ),

@@ -2,7 +2,8 @@
 
 ``PipelineExecutor(pipeline_uuid).execute(stages)`` validates the DAG here (the same validator
 the orchestrator runs), submits it as a ``SubmitPipeline`` command and returns the id and the
-execution layers; ``.resume()``, ``.cancel()`` and ``.retry_stage()`` send the matching commands.
+execution layers; ``.resume()``, ``.cancel()`` and ``.retry_stage()`` send the matching
+commands (and raise ``UnknownPipeline`` for a pipeline the read model does not know).
 ``get_pipeline_status(uuid)`` reads the read model in PostgreSQL.
 Each call has an ``a``-prefixed coroutine twin for code already inside an event loop.
 """
@@ -37,6 +38,10 @@ def _database_url(url: str | None) -> str:
     return url or os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
 
 
+class UnknownPipeline(LookupError):
+    """A resume, cancel or retry of a pipeline the platform does not know."""
+
+
 class PipelineExecutor:
     def __init__(
         self,
@@ -45,11 +50,25 @@ class PipelineExecutor:
         settings: KafkaSettings | None = None,
         submitted_by: str | None = None,
         producer: EventProducer | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.pipeline_uuid = pipeline_uuid or uuid.uuid4().hex
         self.settings = settings or KafkaSettings.from_env(client_id="posttrain-sdk")
         self.submitted_by = submitted_by
-        self._producer = producer  # a started one to send through (a server's); else one a call
+        self.database_url = database_url
+        # A started producer to send through: a server's, which checks what it is asked itself.
+        self._producer = producer
+
+    async def _require_known(self) -> None:
+        """Raise ``UnknownPipeline`` unless the read model knows the pipeline (a command for an
+        unknown one would only be refused on the orchestrator's record)."""
+        if self._producer is not None:
+            return
+        if await aget_pipeline_status(self.pipeline_uuid, self.database_url) is None:
+            raise UnknownPipeline(
+                f"no pipeline {self.pipeline_uuid!r}: it was never submitted (or was submitted "
+                "a moment ago and is not projected yet); `posttrain pipeline status ID` tells"
+            )
 
     async def _send(self, message: Message) -> None:
         envelope = Envelope.create(message, key=self.pipeline_uuid)
@@ -90,6 +109,7 @@ class PipelineExecutor:
         return asyncio.run(self.aexecute(stages, name=name, settings=settings))
 
     async def aresume(self) -> None:
+        await self._require_known()
         await self._send(
             ResumePipeline(pipeline_id=self.pipeline_uuid, requested_by=self.submitted_by)
         )
@@ -99,6 +119,7 @@ class PipelineExecutor:
         asyncio.run(self.aresume())
 
     async def acancel(self, reason: str = "") -> None:
+        await self._require_known()
         await self._send(
             CancelPipeline(
                 pipeline_id=self.pipeline_uuid, reason=reason, requested_by=self.submitted_by
@@ -109,6 +130,7 @@ class PipelineExecutor:
         asyncio.run(self.acancel(reason))
 
     async def aretry_stage(self, stage: str) -> None:
+        await self._require_known()
         await self._send(
             RetryStage(pipeline_id=self.pipeline_uuid, stage=stage, requested_by=self.submitted_by)
         )

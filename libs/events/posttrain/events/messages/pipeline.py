@@ -240,6 +240,22 @@ class StageCached(Message):
     from_command_id: str
 
 
+class CommandRefused(Message):
+    """A pipeline command that changed nothing, and why: a resume, retry or cancel of a
+    pipeline never submitted, a pipeline already finished, a stage that did not fail. The
+    orchestrator writes it so that no command is dropped without a trace (``RequestAction``
+    has its own answer, ``ActionRefused``)."""
+
+    TYPE = "CommandRefused"
+
+    pipeline_id: str
+    command: str  # the command's type: ResumePipeline, RetryStage or CancelPipeline
+    command_id: str  # the command envelope's id
+    reason: str
+    stage: str | None = None
+    requested_by: str | None = None
+
+
 class ActionRequested(Message):
     """The orchestrator accepted a RequestAction and sent the matching agent command (with
     ``dry_run``: it would have sent it, and sent nothing). The agent answers with ActionApplied

@@ -23,6 +23,7 @@ from posttrain.events.messages import (
     CancelPipeline,
     CancelStage,
     CheckpointSaved,
+    CommandRefused,
     PipelineCancelled,
     PipelineFailed,
     PipelineRejected,
@@ -149,9 +150,29 @@ def decide(state: PipelineState, message: Envelope[Any], context: Context) -> De
         return b.decision
     submitted = bool(state.stages) or state.status == PipelineStatus.REJECTED
     if not submitted and not isinstance(data, SubmitPipeline):
-        return b.decision  # nothing to act on (e.g. a report for a pipeline we never accepted)
+        # A command for a pipeline never submitted is refused on the record; anything else
+        # (a report about a pipeline we never accepted) has nothing to act on.
+        if isinstance(data, RequestAction):
+            _refuse_action(b, data, f"no pipeline {data.pipeline_id!r}: it was never submitted")
+        elif isinstance(data, ResumePipeline | RetryStage | CancelPipeline):
+            _refuse(b, data, f"no pipeline {data.pipeline_id!r}: it was never submitted")
+        return b.decision
     handler(b, data, context)
     return b.decision
+
+
+def _refuse(b: _Builder, c: ResumePipeline | RetryStage | CancelPipeline, reason: str) -> None:
+    """Record that a pipeline command changed nothing, and why."""
+    b.event(
+        CommandRefused(
+            pipeline_id=b.state.pipeline_id,
+            command=c.TYPE,
+            command_id=b.cause.id,
+            reason=reason,
+            stage=c.stage if isinstance(c, RetryStage) else None,
+            requested_by=c.requested_by,
+        )
+    )
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -179,6 +200,7 @@ def _submit(b: _Builder, c: SubmitPipeline, ctx: Context) -> None:
 
 def _resume(b: _Builder, c: ResumePipeline, ctx: Context) -> None:
     if b.state.status in (PipelineStatus.SUCCEEDED, PipelineStatus.REJECTED):
+        _refuse(b, c, f"the pipeline {b.state.status.value}: there is nothing to resume")
         return
     to_run = [
         s.name
@@ -187,6 +209,7 @@ def _resume(b: _Builder, c: ResumePipeline, ctx: Context) -> None:
         or (s.status == StageStatus.PENDING and b.state.status != PipelineStatus.RUNNING)
     ]
     if not to_run:
+        _refuse(b, c, "no stage failed, was cancelled or lost: there is nothing to resume")
         return
     b.event(PipelineResumed(pipeline_id=b.state.pipeline_id, stages_to_run=to_run))
     _progress(b, ctx)
@@ -194,11 +217,16 @@ def _resume(b: _Builder, c: ResumePipeline, ctx: Context) -> None:
 
 def _retry_stage(b: _Builder, c: RetryStage, ctx: Context) -> None:
     stage = b.state.stages.get(c.stage)
-    if stage is None or stage.status not in (
-        StageStatus.FAILED,
-        StageStatus.CANCELLED,
-        StageStatus.LOST,
-    ):
+    if stage is None:
+        _refuse(b, c, f"the pipeline has no stage {c.stage!r}")
+        return
+    if stage.status not in (StageStatus.FAILED, StageStatus.CANCELLED, StageStatus.LOST):
+        _refuse(
+            b,
+            c,
+            f"stage {c.stage!r} is {stage.status.value}: only a failed, cancelled or lost "
+            "stage is retried",
+        )
         return
     blocked = [
         name
@@ -211,6 +239,7 @@ def _retry_stage(b: _Builder, c: RetryStage, ctx: Context) -> None:
 
 def _cancel(b: _Builder, c: CancelPipeline, ctx: Context) -> None:
     if b.state.status != PipelineStatus.RUNNING:
+        _refuse(b, c, f"the pipeline {b.state.status.value}: there is nothing to cancel")
         return
     for stage in _ordered(b.state):
         if stage.status in ACTIVE:
@@ -232,6 +261,24 @@ def _cancel(b: _Builder, c: CancelPipeline, ctx: Context) -> None:
     b.event(PipelineCancelled(pipeline_id=b.state.pipeline_id, reason=c.reason))
 
 
+def _refuse_action(b: _Builder, c: RequestAction, reason: str) -> None:
+    if c.action_id in b.state.actions:
+        return  # decided before: a redelivered request
+    b.event(
+        ActionRefused(
+            action_id=c.action_id,
+            pipeline_id=c.pipeline_id,
+            stage=c.stage,
+            attempt=c.attempt,
+            action=c.action,
+            reason=reason,
+            anomaly_id=c.anomaly_id,
+            step=c.step,
+            dry_run=c.dry_run,
+        )
+    )
+
+
 def _request_action(b: _Builder, c: RequestAction, ctx: Context) -> None:
     """Send the command for the action, or refuse it on the record: no request is dropped. A
     request whose id was decided before (requested or refused) changes nothing."""
@@ -239,19 +286,7 @@ def _request_action(b: _Builder, c: RequestAction, ctx: Context) -> None:
         return
     refusal = _refusal(b.state, c)
     if refusal is not None:
-        b.event(
-            ActionRefused(
-                action_id=c.action_id,
-                pipeline_id=c.pipeline_id,
-                stage=c.stage,
-                attempt=c.attempt,
-                action=c.action,
-                reason=refusal,
-                anomaly_id=c.anomaly_id,
-                step=c.step,
-                dry_run=c.dry_run,
-            )
-        )
+        _refuse_action(b, c, refusal)
         return
     stage = b.state.stages[c.stage]
     run = stage.current

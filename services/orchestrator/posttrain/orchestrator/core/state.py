@@ -17,6 +17,7 @@ from posttrain.events.messages import (
     ActionRefused,
     ActionRequested,
     CheckpointSaved,
+    CommandRefused,
     PipelineCancelled,
     PipelineFailed,
     PipelineRejected,
@@ -377,6 +378,11 @@ def _action_requested(s: PipelineState, e: ActionRequested, t: float) -> None:
 @_on(ActionRefused)
 def _action_refused(s: PipelineState, e: ActionRefused, t: float) -> None:
     s.actions[e.action_id] = ActionOutcome.REFUSED
+
+
+@_on(CommandRefused)
+def _command_refused(s: PipelineState, e: CommandRefused, t: float) -> None:
+    pass  # on the record only: a refused command changed nothing
 
 
 @_on(ActionApplied)
