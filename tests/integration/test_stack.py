@@ -84,24 +84,24 @@ def topic_problems() -> list[str]:
     return [f"{p.topic}: {p.problem}" for p in problems]
 
 
-async def _insert_marker(name: str) -> None:
-    conn = await asyncpg.connect(DSN)
+async def _insert_marker(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("INSERT INTO stack_markers (name) VALUES ($1)", name)
     finally:
         await conn.close()
 
 
-async def _marker_exists(name: str) -> bool:
-    conn = await asyncpg.connect(DSN)
+async def _marker_exists(dsn: str, name: str) -> bool:
+    conn = await asyncpg.connect(dsn)
     try:
         return bool(await conn.fetchval("SELECT 1 FROM stack_markers WHERE name = $1", name))
     finally:
         await conn.close()
 
 
-async def _delete_marker(name: str) -> None:
-    conn = await asyncpg.connect(DSN)
+async def _delete_marker(dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("DELETE FROM stack_markers WHERE name = $1", name)
     finally:
@@ -127,12 +127,14 @@ def test_up_twice_is_harmless() -> None:
         restore_stack()
 
 
-def test_down_stops_everything_and_up_brings_back_topics_and_data() -> None:
+def test_down_stops_everything_and_up_brings_back_topics_and_data(database_url: str) -> None:
+    # The marker goes into this run's own database: the server's data survives as a whole,
+    # and the user's default database is never written by a test.
     marker = f"survives-{uuid.uuid4().hex[:8]}"
     paths = stack_paths()
     try:
         stack_up()
-        asyncio.run(_insert_marker(marker))
+        asyncio.run(_insert_marker(database_url, marker))
         before = pids()
 
         down = run_cli("stack", "down")
@@ -157,10 +159,10 @@ def test_down_stops_everything_and_up_brings_back_topics_and_data() -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "topics: all" in up.stdout  # the topics survived: nothing to create
         assert topic_problems() == []
-        assert asyncio.run(_marker_exists(marker))
+        assert asyncio.run(_marker_exists(database_url, marker))
     finally:
         restore_stack()
-        asyncio.run(_delete_marker(marker))
+        asyncio.run(_delete_marker(database_url, marker))
 
 
 def test_doctor_reports_a_stopped_broker_with_the_fix() -> None:

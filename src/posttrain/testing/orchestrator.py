@@ -17,10 +17,13 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
 
 
-def start_orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_orchestrator(
+    settings: KafkaSettings, log: Path, *extra: str, database_url: str | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``python -m posttrain.orchestrator`` on ``settings``' broker and namespace, its
     output appended to ``log``; ``extra`` arguments go last, so they win (``--http
-    127.0.0.1:0`` for /healthz and /metrics: the port is in the log)."""
+    127.0.0.1:0`` for /healthz and /metrics: the port is in the log). Without ``database_url``
+    no read model is projected (never into the default database by accident)."""
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -44,6 +47,7 @@ def start_orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> subpr
                 # Their logs are short (helpers would never fold a share): no helper processes.
                 "--replay-processes",
                 "0",
+                *(["--database-url", database_url] if database_url else ["--no-projection"]),
                 *extra,
             ],
             env=env,
