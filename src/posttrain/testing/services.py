@@ -217,11 +217,17 @@ def diagnostics(
 
 
 def ingest(
-    settings: KafkaSettings, database_url: str, log: Path, *, port: int | None = None
+    settings: KafkaSettings,
+    database_url: str,
+    log: Path,
+    *,
+    port: int | None = None,
+    extra: Iterable[str] = (),
 ) -> ServiceProcess:
     """``python -m posttrain.metrics_ingest`` writing into ``database_url``."""
     port = free_port() if port is None else port
     argv = [sys.executable, "-m", "posttrain.metrics_ingest", "--http", f"127.0.0.1:{port}"]
+    argv += extra
     return ServiceProcess("metrics-ingest", argv, log, kafka_env(settings, database_url), port)
 
 

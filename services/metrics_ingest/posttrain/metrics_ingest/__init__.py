@@ -10,6 +10,7 @@ The service itself: ``python -m posttrain.metrics_ingest`` (``posttrain-ingest``
 """
 
 from posttrain.metrics_ingest.filesync import SyncResult, sync_metrics_from_file
+from posttrain.metrics_ingest.flushing import FlushFailed, flush_metrics
 from posttrain.metrics_ingest.queries import (
     DownsampledSeries,
     MetricJob,
@@ -23,10 +24,11 @@ from posttrain.metrics_ingest.queries import (
     get_metric_jobs,
     get_metrics_range,
 )
-from posttrain.metrics_ingest.service import IngestService, flush_metrics
+from posttrain.metrics_ingest.service import IngestService
 
 __all__ = [
     "DownsampledSeries",
+    "FlushFailed",
     "IngestService",
     "MetricJob",
     "MetricSeries",

@@ -21,6 +21,19 @@ log = logging.getLogger("posttrain.metrics_ingest")
 
 
 async def serve(config: IngestConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # The endpoints listen first: their address goes into the consumer's client id, where
+    # ``flush_metrics()`` in another process finds it. The routes are added once the service
+    # exists (until then a request is a 404).
+    endpoints = None
+    address = None
+    if config.http_host is not None:
+        endpoints = EndpointServer({}, config.http_host, config.http_port)
+        port = await endpoints.start()
+        address = f"{config.http_host}:{port}"
     service = IngestService(
         KafkaSettings.from_env(client_id="posttrain-ingest"),
         config.database_url,
@@ -31,22 +44,19 @@ async def serve(config: IngestConfig) -> None:
             heartbeat_interval_ms=max(500, config.session_timeout_ms // 5),
         ),
         migrate=config.migrate,
+        http_address=address,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    endpoints = None
-    if config.http_host is not None:
-        endpoints = EndpointServer(routes(service), config.http_host, config.http_port)
     policy = config.policy
     try:
         if endpoints is not None:
-            port = await endpoints.start()
-            log.info("http endpoints listening", extra={"host": config.http_host, "port": port})
+            endpoints.routes.update(routes(service))
         log.info(
-            "ingest starting",
+            "ingest started",
             extra={
+                "http": address,
+                "client_id": service.client_id,
+                "instance_id": config.instance_id,
+                "group": service.group,
                 "batch_rows": policy.max_rows,
                 "batch_age_s": policy.max_age_s,
                 "max_pending_rows": policy.max_pending_rows,

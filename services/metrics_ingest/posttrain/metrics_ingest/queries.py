@@ -51,12 +51,22 @@ class UnknownField(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StoredMetric:
-    """A stored point with its permanent identity."""
+    """A stored point with its permanent identity. Its values read as attributes, as on the
+    seed's points (``m.loss``, ``m.step``, ``m.custom``), and ``job_uuid`` is ``job_id``."""
 
     job_id: str
     source: str
     seq: int
     point: MetricPoint
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the point's fields, never private names (copy
+        # and pickle probe for those, and must get AttributeError).
+        if name == "job_uuid":
+            return self.job_id
+        if not name.startswith("_") and name in MetricPoint.model_fields:
+            return getattr(self.point, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from posttrain.metrics_ingest.core.backoff import Backoff
 from posttrain.metrics_ingest.core.batching import DEFAULT_POLICY, Batch, Batcher, BatchPolicy
 from posttrain.metrics_ingest.core.rows import ReportRows, RowError
 from posttrain.metrics_ingest.core.wire import read_report, rows_from_message
+from posttrain.metrics_ingest.flushing import advertised_client_id
 from posttrain.metrics_ingest.stats import IngestStats
 from posttrain.metrics_ingest.store import Connector, MetricsWriter, WriteResult, is_data_error
 
@@ -69,7 +70,7 @@ class ConsumerOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# Services running in this process, for ``flush_metrics()``.
+# Services running in this process, for ``flush_metrics()`` (``flushing.py``).
 _RUNNING: weakref.WeakSet[IngestService] = weakref.WeakSet()
 
 
@@ -87,6 +88,7 @@ class IngestService:
         backoff: Backoff | None = None,
         consumer: ConsumerOptions | None = None,
         migrate: bool = True,
+        http_address: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kafka = kafka
@@ -97,10 +99,14 @@ class IngestService:
         self._clock = clock
         options = consumer or ConsumerOptions()
         self._max_poll_records = options.max_poll_records
+        # The group's member list is how ``flush_metrics()`` in another process finds this
+        # instance's /flush: the client id carries the endpoints' address.
+        self.group = kafka.group(group_id)
+        self.client_id = advertised_client_id(f"{kafka.client_id}-{name}", http_address)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-{name}",
-            group_id=kafka.group(group_id),
+            client_id=self.client_id,
+            group_id=self.group,
             group_instance_id=options.group_instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -474,16 +480,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         )
 
 
-async def flush_metrics(timeout_s: float | None = 60.0) -> int:
-    """Flush every ingest service running in this process: what each has read is written and
-    committed now. Returns the rows inserted. Safe to call from any thread's event loop."""
-    total = 0
-    current = asyncio.get_running_loop()
-    for service in list(_RUNNING):
-        loop = service.loop
-        if loop is None or loop is current:
-            total += await service.flush(timeout_s)
-        else:
-            future = asyncio.run_coroutine_threadsafe(service.flush(timeout_s), loop)
-            total += await asyncio.wrap_future(future)
-    return total
+def running_here() -> dict[str, IngestService]:
+    """The ingest services running in this process, by Kafka client id."""
+    return {service.client_id: service for service in list(_RUNNING)}
+
+
+async def flush_here(service: IngestService, timeout_s: float | None = 60.0) -> int:
+    """Flush a service of this process from any thread's event loop; returns rows inserted."""
+    loop = service.loop
+    if loop is None or loop is asyncio.get_running_loop():
+        return await service.flush(timeout_s)
+    future = asyncio.run_coroutine_threadsafe(service.flush(timeout_s), loop)
+    return await asyncio.wrap_future(future)

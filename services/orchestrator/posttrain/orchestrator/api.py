@@ -5,12 +5,16 @@ the orchestrator runs), submits it as a ``SubmitPipeline`` command and returns t
 execution layers; ``.resume()``, ``.cancel()`` and ``.retry_stage()`` send the matching
 commands (and raise ``UnknownPipeline`` for a pipeline the read model does not know).
 ``get_pipeline_status(uuid)`` reads the read model in PostgreSQL.
-Each call has an ``a``-prefixed coroutine twin for code already inside an event loop.
+Each call has an ``a``-prefixed coroutine twin for code already inside an event loop; the
+blocking forms run on ``posttrain.events.runner`` (so they work under a running loop too).
+
+Results carry the seed's keys beside ours: ``root_task_id`` and ``celery_task_id`` name our
+units of work (the pipeline's id; each stage's current RunStage command), ``job_uuid`` a
+stage's metrics job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import Iterable, Mapping
@@ -28,6 +32,7 @@ from posttrain.events.messages import (
     StageSpec,
     SubmitPipeline,
 )
+from posttrain.events.runner import run_sync
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.core.dag import DagResolver
 
@@ -97,7 +102,12 @@ class PipelineExecutor:
                 settings=dict(settings or {}),
             )
         )
-        return {"pipeline_uuid": self.pipeline_uuid, "layers": layers}
+        # The seed's root task is the unit of work the whole plan hangs from: here the pipeline.
+        return {
+            "pipeline_uuid": self.pipeline_uuid,
+            "root_task_id": self.pipeline_uuid,
+            "layers": layers,
+        }
 
     def execute(
         self,
@@ -106,7 +116,7 @@ class PipelineExecutor:
         name: str | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return asyncio.run(self.aexecute(stages, name=name, settings=settings))
+        return run_sync(self.aexecute(stages, name=name, settings=settings))
 
     async def aresume(self) -> None:
         await self._require_known()
@@ -116,7 +126,7 @@ class PipelineExecutor:
 
     def resume(self) -> None:
         """Run again every failed, cancelled or lost stage (and what waits on them)."""
-        asyncio.run(self.aresume())
+        run_sync(self.aresume())
 
     async def acancel(self, reason: str = "") -> None:
         await self._require_known()
@@ -127,7 +137,7 @@ class PipelineExecutor:
         )
 
     def cancel(self, reason: str = "") -> None:
-        asyncio.run(self.acancel(reason))
+        run_sync(self.acancel(reason))
 
     async def aretry_stage(self, stage: str) -> None:
         await self._require_known()
@@ -136,7 +146,7 @@ class PipelineExecutor:
         )
 
     def retry_stage(self, stage: str) -> None:
-        asyncio.run(self.aretry_stage(stage))
+        run_sync(self.aretry_stage(stage))
 
 
 # An asyncpg connection, or a pool (the gateway's) to take one from; asyncpg is untyped.
@@ -162,6 +172,7 @@ async def aget_pipeline_status(
             await conn.close()
     return {
         **_summary(row),
+        "celery_task_id": row["pipeline_id"],
         "layers": orjson.loads(row["layers"]),
         "errors": orjson.loads(row["errors"]),
         "stages": [
@@ -170,9 +181,11 @@ async def aget_pipeline_status(
                 "task": s["task"],
                 "status": s["status"],
                 "task_id": s["command_id"],
+                "celery_task_id": s["command_id"],
                 "attempt": s["attempt"],
                 "agent_id": s["agent_id"],
                 "job_id": s["job_id"],
+                "job_uuid": s["job_id"],
                 "started_at": s["started_at"],
                 "finished_at": s["finished_at"],
                 "outputs": orjson.loads(s["outputs"]),
@@ -219,4 +232,4 @@ def _summary(row: asyncpg.Record) -> dict[str, Any]:
 def get_pipeline_status(
     pipeline_uuid: str, database_url: str | None = None
 ) -> dict[str, Any] | None:
-    return asyncio.run(aget_pipeline_status(pipeline_uuid, database_url))
+    return run_sync(aget_pipeline_status(pipeline_uuid, database_url))
