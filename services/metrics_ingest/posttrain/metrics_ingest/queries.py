@@ -52,7 +52,8 @@ class UnknownField(ValueError):
 @dataclass(frozen=True, slots=True)
 class StoredMetric:
     """A stored point with its permanent identity. Its values read as attributes, as on the
-    seed's points (``m.loss``, ``m.step``, ``m.custom``), and ``job_uuid`` is ``job_id``."""
+    seed's points (``m.loss``, ``m.step``, ``m.custom``), and ``job_uuid`` is ``job_id``. As in
+    the seed, ``m.loss`` of an RL point that reports only ``policy_loss`` is that loss."""
 
     job_id: str
     source: str
@@ -64,6 +65,9 @@ class StoredMetric:
         # and pickle probe for those, and must get AttributeError).
         if name == "job_uuid":
             return self.job_id
+        if name == "loss" and self.point.loss is None:
+            # The seed's callback reports policy_loss and its monitor reads m.loss.
+            return self.point.policy_loss
         if not name.startswith("_") and name in MetricPoint.model_fields:
             return getattr(self.point, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
