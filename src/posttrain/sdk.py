@@ -28,7 +28,7 @@ from posttrain.metrics_ingest import filesync
 from posttrain.metrics_ingest import queries as metric_queries
 from posttrain.metrics_ingest.flushing import FlushFailed
 from posttrain.metrics_ingest.flushing import flush_metrics as _flush_metrics
-from posttrain.metrics_ingest.queries import StoredMetric
+from posttrain.metrics_ingest.queries import Run, StoredMetric
 from posttrain.orchestrator import api as orchestrator
 from posttrain.orchestrator.api import DEFAULT_DATABASE_URL, PipelineExecutor, UnknownPipeline
 from posttrain.orchestrator.core.dag import DagResolver, InvalidPipeline
@@ -122,25 +122,27 @@ def get_pipeline_status(pipeline_uuid: str, session: Session = None) -> dict[str
 
 
 async def aget_latest_metrics(
-    job_uuid: str, limit: int = 10, session: Session = None
+    job_uuid: str, limit: int = 10, session: Session = None, *, run: Run = None
 ) -> list[StoredMetric]:
     """See ``get_latest_metrics``."""
     kwargs = _db_kwargs(session)
     if "db" in kwargs:
-        return await metric_queries.get_latest_metrics(job_uuid, limit, db=kwargs["db"])
+        return await metric_queries.get_latest_metrics(job_uuid, limit, run=run, db=kwargs["db"])
     conn = await asyncpg.connect(kwargs["database_url"], timeout=10)
     try:
-        return await metric_queries.get_latest_metrics(job_uuid, limit, db=conn)
+        return await metric_queries.get_latest_metrics(job_uuid, limit, run=run, db=conn)
     finally:
         await conn.close()
 
 
 def get_latest_metrics(
-    job_uuid: str, limit: int = 10, session: Session = None
+    job_uuid: str, limit: int = 10, session: Session = None, *, run: Run = None
 ) -> list[StoredMetric]:
     """The job's ``limit`` latest points, newest first; each reads like the seed's
-    (``m.loss``, ``m.step``, ``m.custom``)."""
-    return run_sync(aget_latest_metrics(job_uuid, limit, session))
+    (``m.loss``, ``m.step``, ``m.custom``). A job run twice (a script started again under the
+    same job id, a stage's retry) has runs: the latest is read unless ``run`` names another
+    (from 1) or ``"all"``."""
+    return run_sync(aget_latest_metrics(job_uuid, limit, session, run=run))
 
 
 async def async_metrics_from_file(

@@ -104,3 +104,14 @@ async def test_a_blocking_call_works_inside_a_running_loop():
 
     # What a notebook cell does: a plain call while a loop runs in this thread.
     assert run_sync(answer()) == 42
+
+
+def test_a_run_is_the_attempt_under_the_agent_and_the_process_outside_it():
+    from posttrain.events.messages.metrics import reporter_source, run_key
+
+    mine, also_mine = reporter_source(), reporter_source()
+    assert mine != also_mine
+    assert run_key(mine, None) == run_key(also_mine, None)  # one process: one run
+    assert run_key(mine, None) != run_key("otherhost:4242:0123abcd", None)
+    assert run_key(mine, 2) == run_key("file:x.jsonl", 2) == "attempt:2"
+    assert run_key("file:x.jsonl", None) == run_key("trainer-a", None) == "other"

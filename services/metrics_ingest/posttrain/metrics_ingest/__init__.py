@@ -3,7 +3,8 @@
 The query and sync API (what the gateway and the SDK import)::
 
     from posttrain.metrics_ingest import get_latest_metrics, get_metrics_range,
-        get_downsampled_metrics, get_job_points, get_metric_jobs, sync_metrics_from_file,
+        get_downsampled_metrics, get_job_points, get_metric_jobs, get_metric_runs,
+        sync_metrics_from_file,
         flush_metrics
 
 The service itself: ``python -m posttrain.metrics_ingest`` (``posttrain-ingest``).
@@ -14,6 +15,7 @@ from posttrain.metrics_ingest.flushing import FlushFailed, flush_metrics
 from posttrain.metrics_ingest.queries import (
     DownsampledSeries,
     MetricJob,
+    MetricRun,
     MetricSeries,
     StoredMetric,
     UnknownField,
@@ -22,6 +24,7 @@ from posttrain.metrics_ingest.queries import (
     get_job_points,
     get_latest_metrics,
     get_metric_jobs,
+    get_metric_runs,
     get_metrics_range,
 )
 from posttrain.metrics_ingest.service import IngestService
@@ -31,6 +34,7 @@ __all__ = [
     "FlushFailed",
     "IngestService",
     "MetricJob",
+    "MetricRun",
     "MetricSeries",
     "StoredMetric",
     "SyncResult",
@@ -41,6 +45,7 @@ __all__ = [
     "get_job_points",
     "get_latest_metrics",
     "get_metric_jobs",
+    "get_metric_runs",
     "get_metrics_range",
     "sync_metrics_from_file",
 ]

@@ -14,6 +14,10 @@ Every query names one job, so it reads one partition of ``metrics`` through an i
 ``(job_no, step, ...)`` for steps, ``(job_no, ts)`` for times. Fields are canonical names
 (``loss``, ``grad_norm``...), ``epoch``, or ``custom.<key>`` for a value kept under custom.
 
+A job may have several runs (a script started twice under one job id, or a stage's attempts:
+see ``metric_runs`` in the migrations). The point queries read the job's latest run unless
+``run`` names another (a number from 1, as ``get_metric_runs`` lists them) or ``"all"``.
+
 Each function takes ``db`` (an asyncpg pool or connection); without it, a pool on
 ``DATABASE_URL`` is opened on first use (``close_default_pool()`` closes it).
 """
@@ -162,6 +166,73 @@ async def _job_no(db: Db, job_id: str) -> int | None:
     return known
 
 
+Run = int | Literal["all"] | None  # None: the latest run
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRun:
+    """One run of a job: its number, its sources, and when it first and last reported."""
+
+    run: int
+    sources: tuple[str, ...]
+    points: int
+    first_at: datetime | None
+    last_at: datetime | None
+
+
+async def _run_sources(db: Db, job_no: int, run: Run) -> list[int] | None:
+    """The source numbers of the chosen run of a job (None: every run)."""
+    if run == "all":
+        return None
+    if run is not None and (isinstance(run, bool) or not isinstance(run, int) or run < 1):
+        raise ValueError(f"run must be a run number from 1, 'all' or None, got {run!r}")
+    sources = await db.fetchval(
+        """
+        SELECT coalesce(array_agg(source_no), '{}') FROM metric_sources
+        WHERE job_no = $1 AND run = coalesce($2::int,
+            (SELECT max(run) FROM metric_sources WHERE job_no = $1))
+        """,
+        job_no,
+        run,
+    )
+    return list(sources)
+
+
+def _in_run(sources: list[int] | None, params: Params) -> str:
+    """The SQL condition on ``m`` that keeps the chosen run's points ("" for every run)."""
+    return "" if sources is None else f" AND m.source_no = ANY({params.add(sources)}::int[])"
+
+
+async def _run_filter(db: Db, job_no: int, run: Run, params: Params) -> str:
+    return _in_run(await _run_sources(db, job_no, run), params)
+
+
+async def get_metric_runs(job_uuid: str, *, db: Db | None = None) -> list[MetricRun]:
+    """The runs of a job, oldest first (the last is what the point queries read by default)."""
+    db = db or await default_pool()
+    job_no = await _job_no(db, job_uuid)
+    if job_no is None:
+        return []
+    rows = await db.fetch(
+        """
+        SELECT s.run, array_agg(s.source ORDER BY s.source_no) AS sources,
+               (SELECT count(*) FROM metrics m
+                 WHERE m.job_no = $1 AND m.source_no = ANY(array_agg(s.source_no))) AS points,
+               (SELECT min(m.ts) FROM metrics m
+                 WHERE m.job_no = $1 AND m.source_no = ANY(array_agg(s.source_no))) AS first_at,
+               (SELECT max(m.ts) FROM metrics m
+                 WHERE m.job_no = $1 AND m.source_no = ANY(array_agg(s.source_no))) AS last_at
+        FROM metric_sources s WHERE s.job_no = $1
+        GROUP BY s.run ORDER BY s.run
+        """,
+        job_no,
+    )
+    return [
+        MetricRun(r["run"], tuple(r["sources"]), r["points"], r["first_at"], r["last_at"])
+        for r in rows
+    ]
+
+
 def _epoch(value: float | datetime | None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
@@ -169,24 +240,25 @@ def _epoch(value: float | datetime | None) -> datetime | None:
 
 
 async def get_latest_metrics(
-    job_uuid: str, limit: int = 10, *, db: Db | None = None
+    job_uuid: str, limit: int = 10, *, run: Run = None, db: Db | None = None
 ) -> list[StoredMetric]:
-    """The ``limit`` most recently emitted points of a job (by timestamp), newest first."""
+    """The ``limit`` most recently emitted points of a job's run (by timestamp), newest first."""
     db = db or await default_pool()
     job_no = await _job_no(db, job_uuid)
     if job_no is None or limit <= 0:
         return []
+    params = Params(job_no, limit)
+    in_run = await _run_filter(db, job_no, run, params)
     columns = ", ".join(f"m.{f}" for f in CORE_FIELDS)
     rows = await db.fetch(
         f"""
         SELECT s.source, m.seq, m.step, m.epoch, m.ts, {columns}, m.custom
         FROM metrics m JOIN metric_sources s ON s.source_no = m.source_no
-        WHERE m.job_no = $1
+        WHERE m.job_no = $1{in_run}
         ORDER BY m.ts DESC, m.step DESC, m.seq DESC
         LIMIT $2
         """,
-        job_no,
-        limit,
+        *params.values,
     )
     return [_stored_point(job_uuid, row) for row in rows]
 
@@ -204,24 +276,25 @@ def _stored_point(job_uuid: str, row: asyncpg.Record) -> StoredMetric:
 
 
 async def get_job_points(
-    job_uuid: str, *, step_to: int | None = None, db: Db | None = None
+    job_uuid: str, *, step_to: int | None = None, run: Run = None, db: Db | None = None
 ) -> list[StoredMetric]:
-    """Every stored point of a job (with step at most ``step_to`` when given), whole, ordered
-    by source and then seq: each source's points in the order they were emitted."""
+    """Every stored point of a job's run (with step at most ``step_to`` when given), whole,
+    ordered by source and then seq: each source's points in the order they were emitted."""
     db = db or await default_pool()
     job_no = await _job_no(db, job_uuid)
     if job_no is None:
         return []
+    params = Params(job_no, step_to)
+    in_run = await _run_filter(db, job_no, run, params)
     columns = ", ".join(f"m.{f}" for f in CORE_FIELDS)
     rows = await db.fetch(
         f"""
         SELECT s.source, m.seq, m.step, m.epoch, m.ts, {columns}, m.custom
         FROM metrics m JOIN metric_sources s ON s.source_no = m.source_no
-        WHERE m.job_no = $1 AND ($2::bigint IS NULL OR m.step <= $2)
+        WHERE m.job_no = $1 AND ($2::bigint IS NULL OR m.step <= $2){in_run}
         ORDER BY s.source, m.seq
         """,
-        job_no,
-        step_to,
+        *params.values,
     )
     return [_stored_point(job_uuid, row) for row in rows]
 
@@ -256,6 +329,7 @@ async def get_metrics_range(
     time_to: float | datetime | None = None,
     order_by: Axis = "step",
     limit: int | None = None,
+    run: Run = None,
     db: Db | None = None,
 ) -> MetricSeries:
     """The chosen fields of a job's points with step in [step_from, step_to] and time in
@@ -270,7 +344,7 @@ async def get_metrics_range(
     if job_no is None:
         return series
     params.values[0] = job_no
-    where = ["m.job_no = $1"]
+    where = ["m.job_no = $1" + await _run_filter(db, job_no, run, params)]
     if step_from is not None:
         where.append(f"m.step >= {params.add(step_from)}")
     if step_to is not None:
@@ -309,6 +383,7 @@ async def get_downsampled_metrics(
     axis: Axis = "step",
     start: float | None = None,
     end: float | None = None,
+    run: Run = None,
     db: Db | None = None,
 ) -> DownsampledSeries:
     """One field of a job reduced to about ``buckets`` entries for a chart.
@@ -328,8 +403,10 @@ async def get_downsampled_metrics(
     if job_no is None:
         return result
     params.values[0] = job_no
+    sources = await _run_sources(db, job_no, run)
+    in_run = _in_run(sources, params)
     if start is None or end is None:
-        lo, hi = await _x_range(db, job_no, axis)
+        lo, hi = await _x_range(db, job_no, axis, sources)
         if lo is None or hi is None:
             return result
         start = lo if start is None else start
@@ -347,7 +424,7 @@ async def get_downsampled_metrics(
         grid = BucketGrid.for_times(float(start), float(end), buckets)
         x = "date_part('epoch', m.ts)"
         in_range = f"m.ts BETWEEN {params.add(_epoch(start))} AND {params.add(_epoch(end))}"
-    source = f"FROM metrics m WHERE m.job_no = $1 AND {in_range}"
+    source = f"FROM metrics m WHERE m.job_no = $1 AND {in_range}{in_run}"
     if method == "minmax":
         bucket = bucket_sql(x, params.add(grid.lo), params.add(grid.span), params.add(grid.buckets))
         finite = f"v NOT IN {_NON_FINITE_SQL}"
@@ -394,18 +471,19 @@ async def get_downsampled_metrics(
     return dataclasses.replace(result, source_points=len(xs))
 
 
-async def _x_range(db: Db, job_no: int, axis: Axis) -> tuple[Any, Any]:
-    # min/max on an index's leading columns: two index probes, whatever the table's size.
-    if axis == "step":
-        row = await db.fetchrow(
-            "SELECT min(step) AS lo, max(step) AS hi FROM metrics WHERE job_no = $1", job_no
-        )
-        return (row["lo"], row["hi"]) if row else (None, None)
+async def _x_range(db: Db, job_no: int, axis: Axis, sources: list[int] | None) -> tuple[Any, Any]:
+    # min/max on an index's leading columns: two index probes for a job of one run.
+    x = "m.step" if axis == "step" else "m.ts"
+    params = Params(job_no)
+    in_run = _in_run(sources, params)
     row = await db.fetchrow(
-        "SELECT min(ts) AS lo, max(ts) AS hi FROM metrics WHERE job_no = $1", job_no
+        f"SELECT min({x}) AS lo, max({x}) AS hi FROM metrics m WHERE m.job_no = $1{in_run}",
+        *params.values,
     )
     if row is None or row["lo"] is None:
         return None, None
+    if axis == "step":
+        return row["lo"], row["hi"]
     return row["lo"].timestamp(), row["hi"].timestamp()
 
 

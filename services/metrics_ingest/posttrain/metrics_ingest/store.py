@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from posttrain.events.messages.metrics import run_key
 from posttrain.metrics_ingest.core.rows import TABLE_COLUMNS, ReportRows, Row
 
 log = logging.getLogger(__name__)
@@ -194,16 +195,23 @@ class MetricsWriter:
                 [r.attempt for r in jobs.values()],
             )
             job_nos = {row["job_id"]: row["job_no"] for row in rows}
-            pairs = sorted({(job_nos[r.job_id], r.source) for r in reports})
+            # The upsert above locked each job's row: runs are numbered by one writer at a time.
+            wanted = sorted(
+                {(job_nos[r.job_id], r.source, run_key(r.source, r.attempt)) for r in reports}
+            )
+            runs = await _number_runs(conn, wanted)
             await conn.execute(
                 """
-                INSERT INTO metric_sources (job_no, source)
-                SELECT * FROM unnest($1::int[], $2::text[])
+                INSERT INTO metric_sources (job_no, source, run_key, run)
+                SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::int[])
                 ON CONFLICT (job_no, source) DO NOTHING
                 """,
-                [p[0] for p in pairs],
-                [p[1] for p in pairs],
+                [w[0] for w in wanted],
+                [w[1] for w in wanted],
+                [w[2] for w in wanted],
+                [runs[(w[0], w[2])] for w in wanted],
             )
+            pairs = [(w[0], w[1]) for w in wanted]
             found = await conn.fetch(
                 """
                 SELECT s.job_no, s.source, s.source_no
@@ -227,3 +235,22 @@ def _records(
         prefix = ids[(report.job_id, report.source)]
         for row in report.rows:
             yield prefix + row
+
+
+async def _number_runs(
+    conn: asyncpg.Connection, wanted: list[tuple[int, str, str]]
+) -> dict[tuple[int, str], int]:
+    """The run number of each (job_no, run_key): the one already given, else the job's next."""
+    job_nos = sorted({w[0] for w in wanted})
+    rows = await conn.fetch(
+        "SELECT job_no, run_key, run FROM metric_sources WHERE job_no = ANY($1::int[])", job_nos
+    )
+    runs = {(r["job_no"], r["run_key"]): r["run"] for r in rows}
+    last: dict[int, int] = {}
+    for (job_no, _), run in runs.items():
+        last[job_no] = max(last.get(job_no, 0), run)
+    for job_no, _, key in wanted:
+        if (job_no, key) not in runs:
+            last[job_no] = last.get(job_no, 0) + 1
+            runs[(job_no, key)] = last[job_no]
+    return runs

@@ -24,10 +24,8 @@ import contextlib
 import itertools
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from posttrain.events.codec import encode
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.blocking import BlockingProducer, Record
 from posttrain.events.messages import MetricPoint, MetricsReported
+from posttrain.events.messages.metrics import reporter_source
 from posttrain.events.topics import Topic
 from posttrain.events.writers import metrics_reported, point_document
 from posttrain.trainer_agent.core.batching import Routing, contiguous_batches
@@ -87,7 +86,7 @@ class ReporterOptions:
 
 def new_source() -> str:
     """A reporter's source name: unique per process and reporter, readable by a human."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return reporter_source()
 
 
 # One item of the queue: (source, seq, payload); the payload is a ready point (tailer) or the raw

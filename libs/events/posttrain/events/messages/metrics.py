@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain.events.messages.base import Message
+
+# A reporter's source: ``host:pid:random``, unique per reporter, readable by a human. The
+# reporters of one process are one run of their job (see ``run_key``).
+_REPORTER_SOURCE = re.compile(r"^(?P<process>.+:\d+):[0-9a-f]{8}$")
+
+
+def reporter_source() -> str:
+    """A new reporter's source name in this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_key(source: str, attempt: int | None) -> str:
+    """Which run of its job a source's points belong to. Under the trainer agent, the stage's
+    attempt (its callback and its tailed metrics file are one run; a retry is the next run);
+    outside it, the reporter's process (a script started twice under one job id is two runs,
+    the reporters of one process one run); any other source (a synced file, a producer of
+    its own) belongs to the job's one run of such sources."""
+    if attempt is not None:
+        return f"attempt:{attempt}"
+    match = _REPORTER_SOURCE.match(source)
+    if match is not None:
+        return f"process:{match.group('process')}"
+    return "other"
+
 
 # The seed's StructuredMetric fields plus the canonical names of METRICS.md. Everything else a
 # trainer logs goes under ``custom``: nothing is dropped.
