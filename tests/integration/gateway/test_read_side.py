@@ -4,17 +4,25 @@ metric series, live updates pushed by LISTEN/NOTIFY, and idempotent submissions.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
 
+from posttrain.diagnostics.core.records import AnomalyRecord
+from posttrain.diagnostics.store import write_records
+from posttrain.events.messages.metrics import MetricPoint
+from posttrain.metrics_ingest.core.wire import rows_from_points
+from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
 from posttrain.orchestrator.api import alist_agents
 from posttrain.orchestrator.shell.projection import Projection
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent
-from tests.integration.gateway.test_api import OPERATOR, VIEWER, gateway
+from tests.integration.gateway.test_api import OPERATOR, VIEWER, _commands_sent, gateway
 from tests.integration.orchestrator.test_orchestrator import running
 from tests.waiting import wait_for
 
@@ -163,3 +171,174 @@ async def test_history_pages_through_decisions_and_retries_and_agents_show_what_
         assert mine["running"] == [] and mine["last_heartbeat_at"] is not None
     finally:
         await conn.close()
+
+
+async def _store_points(database_url: str, job: str, pipeline: str | None, steps, loss) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await prepare_connection(conn)
+        points = [
+            (i, MetricPoint(step=step, timestamp=T0 + step, loss=loss(step), reward_mean=step / 10))
+            for i, step in enumerate(steps)
+        ]
+        report = rows_from_points(
+            job, "trainer", points, pipeline_id=pipeline, stage="b", attempt=1
+        )
+        await MetricsWriter().write(conn, [report])
+    finally:
+        await conn.close()
+
+
+async def test_a_live_stream_is_pushed_status_history_metrics_and_anomalies(
+    kafka_settings, database_url, tmp_path, run_id
+):
+    hold = asyncio.Event()
+    agent = ScriptedAgent(kafka_settings, f"{run_id}-gpu", tmp_path / "r.jsonl", holds={"b": hold})
+    job = f"{run_id}.b"
+    async with (
+        running(kafka_settings, database_url, agent) as orchestrator,
+        gateway(kafka_settings, database_url) as client,
+    ):
+        await _owning_everything(orchestrator)
+        body = {"pipeline_id": run_id, "name": "live", "stages": [_cmd("a"), _cmd("b", ["a"])]}
+        assert (await client.post("/v1/pipelines", json=body, headers=OPERATOR)).status_code == 202
+
+        async def b_running():
+            response = await client.get(f"/v1/pipelines/{run_id}", headers=VIEWER)
+            if response.status_code != 200:
+                return False
+            return {s["name"]: s["status"] for s in response.json()["stages"]}["b"] == "running"
+
+        await wait_for(b_running, timeout=60, what="b to run")
+        # From the start of the history; the in-process transport returns the body at the end.
+        follow = asyncio.create_task(
+            client.get(f"/v1/pipelines/{run_id}/events", params={"after": 0}, headers=VIEWER)
+        )
+
+        async def streams_open():
+            text = (await client.get("/metrics")).text
+            return "posttrain_gateway_live_streams 1" in text
+
+        await wait_for(streams_open, timeout=30, what="the stream to be open")
+        await _store_points(database_url, job, run_id, range(1, 6), lambda step: 1.0)
+        conn = await asyncpg.connect(database_url)
+        try:
+            anomaly = AnomalyRecord(
+                anomaly_id=f"{run_id}-an",
+                job_id=job,
+                anomaly_type="loss_spike",
+                severity="warning",
+                step=4,
+                value=9.0,
+                message="loss spike at step 4",
+                detected_at=datetime.now(UTC),
+                event_id=f"{run_id}-ev",
+                pipeline_id=run_id,
+                stage="b",
+                attempt=1,
+            )
+            await write_records(conn, [anomaly], [])
+        finally:
+            await conn.close()
+        hold.set()
+        stream = await asyncio.wait_for(follow, timeout=60)
+
+    events = _sse(stream.text)
+    kinds = [kind for kind, _, _ in events]
+    assert kinds[-1] == "status" and events[-1][1]["status"] == "succeeded"
+    history = [(data, id_) for kind, data, id_ in events if kind == "history"]
+    assert [data["seq"] for data, _ in history] == list(range(1, len(history) + 1))
+    assert all(id_ == str(data["seq"]) for data, id_ in history)
+    assert history[0][0]["type"] == "PipelineSubmitted"
+    assert history[-1][0]["type"] == "PipelineSucceeded"
+    assert {"kind": "metrics", "job_uuid": job, "step": 5} in [
+        {"kind": kind, **data} for kind, data, _ in events if kind == "metrics"
+    ]
+    [pushed] = [data for kind, data, _ in events if kind == "anomaly"]
+    assert (pushed["anomaly_id"], pushed["job_uuid"], pushed["step"]) == (f"{run_id}-an", job, 4)
+    # Status documents only when the status changed, each one different from the last.
+    statuses = [data for kind, data, _ in events if kind == "status"]
+    assert all(a != b for a, b in itertools.pairwise(statuses))
+
+
+async def test_a_series_is_downsampled_in_buckets_with_non_finite_values_named(
+    kafka_settings, database_url, run_id
+):
+    job = f"{run_id}-series"
+
+    def loss(step: int) -> float:
+        return {7: math.nan, 8: math.inf}.get(step, float(step))
+
+    await _store_points(database_url, job, None, range(1, 101), loss)
+    async with gateway(kafka_settings, database_url) as client:
+        url = f"/v1/jobs/{job}/series"
+        whole = (
+            await client.get(url, params={"fields": "loss,reward_mean"}, headers=VIEWER)
+        ).json()
+        assert whole["job_uuid"] == job and whole["fields"] == ["loss", "reward_mean"]
+        assert whole["step"] == list(range(1, 101))
+        assert whole["values"]["loss"][5:9] == [6.0, None, None, 9.0]
+        assert whole["values"]["reward_mean"][:2] == [0.1, 0.2]
+        assert whole["non_finite"] == {"loss": [7, 8], "reward_mean": []}
+
+        ten = (
+            await client.get(url, params={"fields": "loss", "points": 10}, headers=VIEWER)
+        ).json()
+        assert ten["step"] == list(range(1, 101, 10))
+        # Steps 1..10: the mean of the finite values (NaN and Inf left out, and named).
+        assert ten["values"]["loss"][0] == pytest.approx((55 - 7 - 8) / 8)
+        assert ten["values"]["loss"][9] == pytest.approx(sum(range(91, 101)) / 10)
+        assert ten["non_finite"]["loss"] == [7, 8]
+
+        part = (
+            await client.get(
+                url,
+                params={"fields": "loss", "points": 2, "step_from": 41, "step_to": 60},
+                headers=VIEWER,
+            )
+        ).json()
+        assert part["step"] == [41, 51] and part["non_finite"] == {"loss": []}
+
+        unknown = await client.get(url, params={"fields": "loss,lossy"}, headers=VIEWER)
+        assert unknown.status_code == 422
+        [error] = unknown.json()["detail"]
+        assert error["loc"] == ["query", "fields"] and "lossy" in error["msg"]
+        nothing = (await client.get("/v1/jobs/nope/series", headers=VIEWER)).json()
+        assert nothing["step"] == [] and nothing["values"] == {"loss": []}
+
+
+async def test_an_idempotency_key_makes_a_repeated_submission_harmless_across_gateways(
+    kafka_settings, database_url, run_id
+):
+    body = {"name": "once", "stages": [_cmd("a")]}  # no pipeline_id: the gateway makes one
+    key = {"idempotency-key": f"{run_id}-k1"}
+    async with (
+        gateway(kafka_settings, database_url) as one,
+        gateway(kafka_settings, database_url) as two,
+    ):
+        first = await one.post("/v1/pipelines", json=body, headers={**OPERATOR, **key})
+        assert first.status_code == 202
+        again = await two.post("/v1/pipelines", json=body, headers={**OPERATOR, **key})
+        assert (again.status_code, again.json()) == (202, first.json())
+        assert again.headers["idempotent-replayed"] == "true"
+        other = await two.post(
+            "/v1/pipelines", json={**body, "name": "twice"}, headers={**OPERATOR, **key}
+        )
+        assert other.status_code == 409 and "another request body" in other.json()["detail"]
+
+        # A refused document is answered the same way again.
+        bad = {"stages": [{"name": "x", "task": "teleport"}]}
+        bad_key = {"idempotency-key": f"{run_id}-k2"}
+        refused = await one.post("/v1/pipelines", json=bad, headers={**OPERATOR, **bad_key})
+        replay = await two.post("/v1/pipelines", json=bad, headers={**OPERATOR, **bad_key})
+        assert refused.status_code == replay.status_code == 422
+        assert refused.json() == replay.json()
+
+        fresh = await one.post("/v1/pipelines", json=body, headers=OPERATOR)
+        assert fresh.json()["pipeline_id"] != first.json()["pipeline_id"]
+        too_long = await one.post(
+            "/v1/pipelines", json=body, headers={**OPERATOR, "idempotency-key": "k" * 201}
+        )
+        assert too_long.status_code == 422
+        assert too_long.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+    assert await _commands_sent(kafka_settings) == 2  # the first submission and the fresh one
