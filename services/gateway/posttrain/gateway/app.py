@@ -22,7 +22,13 @@ from typing import Any
 import asyncpg
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 
 from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events.kafka import EventProducer, KafkaSettings
@@ -146,6 +152,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise HTTPException(404, f"no pipeline {pipeline_id!r} (or not projected yet)")
         return status
 
+    async def cached(
+        request: Request, pipeline_id: str, key: Any, load: Callable[[Any], Awaitable[Any]]
+    ) -> Response:
+        """A pipeline's document, read through the hub's cache (dropped at each change)."""
+        hub: LiveHub = request.app.state.hub
+        doc = await hub.cache.read(pipeline_id, key, lambda: load(request.app.state.pool))
+        if doc is None:
+            raise HTTPException(404, f"no pipeline {pipeline_id!r} (or not projected yet)")
+        return Response(doc, media_type="application/json")
+
     @app.post(
         "/v1/pipelines",
         status_code=202,
@@ -236,9 +252,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return await alist_pipelines(request.app.state.pool, status=status, limit=limit)
 
     @app.get("/v1/pipelines/{pipeline_id}", dependencies=[viewer])
-    async def pipeline_status(request: Request, pipeline_id: str) -> Any:
+    async def pipeline_status(request: Request, pipeline_id: str) -> Response:
         """Status and, per stage: status, attempt, task id, agent, times, outputs, error."""
-        return await existing(request, pipeline_id)
+        return await cached(
+            request, pipeline_id, "status", lambda db: aget_pipeline_status(pipeline_id, db=db)
+        )
 
     @app.get("/v1/pipelines/{pipeline_id}/history", dependencies=[viewer])
     async def pipeline_history(
@@ -246,16 +264,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
         pipeline_id: str,
         after: int | None = Query(None, ge=0, le=INT4_MAX, description="entries numbered above"),
         limit: int = Query(100, ge=1, le=1000),
-    ) -> Any:
+    ) -> Response:
         """The pipeline's events in order, each with its number (``seq``), time, type, stage,
         attempt, a one-line summary and its data: decisions, retries, losses, actions (with the
         anomaly they answer) and refused commands. Page on with ``after=next_after``."""
-        doc = await aget_pipeline_history(
-            pipeline_id, after=after, limit=limit, db=request.app.state.pool
+        return await cached(
+            request,
+            pipeline_id,
+            ("history", after, limit),
+            lambda db: aget_pipeline_history(pipeline_id, after=after, limit=limit, db=db),
         )
-        if doc is None:
-            raise HTTPException(404, f"no pipeline {pipeline_id!r} (or not projected yet)")
-        return doc
 
     @app.get("/v1/pipelines/{pipeline_id}/events", dependencies=[viewer])
     async def follow(
@@ -447,6 +465,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
             "counter",
             "PostgreSQL notifications heard for live streams.",
             hub.notifications,
+        )
+        text.add(
+            "cache_hits_total",
+            "counter",
+            "Status and history reads answered from memory (dropped at each change).",
+            hub.cache.hits,
         )
         return PlainTextResponse(text.render(), media_type=CONTENT_TYPE)
 

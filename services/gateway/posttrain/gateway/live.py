@@ -6,8 +6,13 @@ it concerns. When a pipeline's rows change, the hub reads its status and its new
 once, for every stream of that pipeline, and hands each stream what it has not had yet: a
 hundred clients following one pipeline cost two queries per change, not two hundred.
 
-A lost listening connection is opened again (with backoff); every followed pipeline is then read
-afresh, so nothing committed meanwhile is missed.
+The same notifications keep a small cache of the encoded status and history documents that
+requests read (``ReadCache``): a pipeline's entries are dropped as soon as it changes, so a
+page that a hundred clients refresh is read from PostgreSQL once per change.
+
+A lost listening connection is opened again (with backoff); meanwhile nothing is cached, and
+once it is back every followed pipeline is read afresh, so nothing committed meanwhile is
+missed.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +41,79 @@ _HISTORY_PAGE = 1000
 
 
 def encode(value: Any) -> bytes:
-    # The encoder FastAPI's responses use, so that a time reads the same in a stream.
-    return orjson.dumps(jsonable_encoder(value))
+    """JSON as the API answers it (times in ISO 8601, NaN as null)."""
+    return orjson.dumps(value, default=jsonable_encoder, option=orjson.OPT_NON_STR_KEYS)
+
+
+class ReadCache:
+    """Encoded documents of pipelines, each dropped when its pipeline changes.
+
+    A read that raced a change must not store what it read before the change: each change
+    takes a number from a counter, and a document is stored only if no change of its pipeline
+    came after the read began. Forgetting a pipeline's last change (to bound memory) raises the
+    floor that every forgotten pipeline is assumed to have changed at. Requests that miss at
+    once share one read (begun after the pipeline's last change), not one read each."""
+
+    def __init__(self, pipelines: int = 2048) -> None:
+        self.pipelines = pipelines
+        self.enabled = False  # only while notifications are heard
+        self.hits = 0
+        self._docs: OrderedDict[str, dict[Hashable, bytes]] = OrderedDict()
+        self._changed: OrderedDict[str, int] = OrderedDict()
+        self._counter = 0
+        self._floor = 0
+        self._reading: dict[tuple[str, Hashable], tuple[int, asyncio.Future[bytes | None]]] = {}
+
+    def changed(self, pipeline_id: str) -> None:
+        self._counter += 1
+        self._changed[pipeline_id] = self._counter
+        self._changed.move_to_end(pipeline_id)
+        while len(self._changed) > self.pipelines:
+            _, at = self._changed.popitem(last=False)
+            self._floor = max(self._floor, at)
+        self._docs.pop(pipeline_id, None)
+
+    def clear(self) -> None:
+        self._docs.clear()
+        self._floor = self._counter = self._counter + 1
+
+    async def read(
+        self, pipeline_id: str, key: Hashable, load: Callable[[], Awaitable[Any]]
+    ) -> bytes | None:
+        """The encoded document, from memory or from ``load`` (None: nothing to show)."""
+        docs = self._docs.get(pipeline_id)
+        if self.enabled and docs is not None and key in docs:
+            self.hits += 1
+            self._docs.move_to_end(pipeline_id)
+            return docs[key]
+        changed = self._changed.get(pipeline_id, self._floor)
+        reading = self._reading.get((pipeline_id, key))
+        if reading is not None and changed <= reading[0]:
+            return await asyncio.shield(reading[1])
+        began = self._counter
+        future = asyncio.ensure_future(self._load(pipeline_id, key, load, began))
+        self._reading[(pipeline_id, key)] = (began, future)
+
+        def done(_: asyncio.Future[bytes | None]) -> None:
+            if self._reading.get((pipeline_id, key), (0, None))[1] is future:
+                del self._reading[(pipeline_id, key)]
+
+        future.add_done_callback(done)
+        return await asyncio.shield(future)
+
+    async def _load(
+        self, pipeline_id: str, key: Hashable, load: Callable[[], Awaitable[Any]], began: int
+    ) -> bytes | None:
+        value = await load()
+        if value is None:
+            return None
+        doc = encode(value)
+        if self.enabled and self._changed.get(pipeline_id, self._floor) <= began:
+            self._docs.setdefault(pipeline_id, {})[key] = doc
+            self._docs.move_to_end(pipeline_id)
+            while len(self._docs) > self.pipelines:
+                self._docs.popitem(last=False)
+        return doc
 
 
 @dataclass(eq=False)
@@ -68,6 +145,7 @@ class LiveHub:
         self._reconnect: asyncio.Task[None] | None = None
         self._closed = False
         self.notifications = 0  # heard, for /metrics
+        self.cache = ReadCache()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -95,8 +173,11 @@ class LiveHub:
             await conn.add_listener(channel, self._heard)
         conn.add_termination_listener(self._lost)
         self._conn = conn
+        self.cache.clear()  # whatever changed while nobody listened
+        self.cache.enabled = True
 
     def _lost(self, conn: asyncpg.Connection) -> None:
+        self.cache.enabled = False  # deaf: a change would not drop what is cached
         if self._closed or self._reconnect is not None:
             return
         log.warning("the live updates' database connection was lost: reconnecting")
@@ -147,6 +228,7 @@ class LiveHub:
         self.notifications += 1
         try:
             if channel == notify.PIPELINES:
+                self.cache.changed(payload)
                 if payload in self._subs:
                     self._refresh(payload)
             elif channel == notify.METRICS:
