@@ -18,7 +18,7 @@ from posttrain.diagnostics.store import write_records
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
-from posttrain.orchestrator.api import alist_agents
+from posttrain.orchestrator.api import alist_agents, get_pipeline_history, list_agents
 from posttrain.orchestrator.shell.projection import Projection
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent
@@ -138,6 +138,16 @@ async def test_history_pages_through_decisions_and_retries_and_agents_show_what_
             if after is None:
                 break
         assert paged == events
+        # The SDK's plain twins read the same (from code with no event loop of its own).
+        sync = await asyncio.to_thread(
+            get_pipeline_history, run_id, after=2, limit=2, database_url=database_url
+        )
+        expected = [e["seq"] for e in events if e["seq"] > 2][:2]
+        assert [e["seq"] for e in sync["events"]] == expected
+        assert sync["next_after"] == expected[-1]
+        assert agent_id in [
+            a["agent_id"] for a in await asyncio.to_thread(list_agents, database_url=database_url)
+        ]
 
         unknown = await client.get("/v1/pipelines/nope/history", headers=VIEWER)
         assert unknown.status_code == 404
@@ -247,7 +257,8 @@ async def test_a_live_stream_is_pushed_status_history_metrics_and_anomalies(
     kinds = [kind for kind, _, _ in events]
     assert kinds[-1] == "status" and events[-1][1]["status"] == "succeeded"
     history = [(data, id_) for kind, data, id_ in events if kind == "history"]
-    assert [data["seq"] for data, _ in history] == list(range(1, len(history) + 1))
+    seqs = [data["seq"] for data, _ in history]
+    assert seqs[0] == 1 and seqs == sorted(set(seqs))  # each entry once, in order
     assert all(id_ == str(data["seq"]) for data, id_ in history)
     assert history[0][0]["type"] == "PipelineSubmitted"
     assert history[-1][0]["type"] == "PipelineSucceeded"
@@ -342,3 +353,46 @@ async def test_an_idempotency_key_makes_a_repeated_submission_harmless_across_ga
         assert too_long.status_code == 422
         assert too_long.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
     assert await _commands_sent(kafka_settings) == 2  # the first submission and the fresh one
+
+
+async def test_live_updates_survive_the_listening_connection_being_cut(
+    kafka_settings, database_url, tmp_path, run_id
+):
+    hold = asyncio.Event()
+    agent = ScriptedAgent(kafka_settings, f"{run_id}-gpu", tmp_path / "r.jsonl", holds={"a": hold})
+    async with (
+        running(kafka_settings, database_url, agent) as orchestrator,
+        gateway(kafka_settings, database_url) as client,
+    ):
+        await _owning_everything(orchestrator)
+        body = {"pipeline_id": run_id, "name": "cut", "stages": [_cmd("a")]}
+        assert (await client.post("/v1/pipelines", json=body, headers=OPERATOR)).status_code == 202
+        follow = asyncio.create_task(client.get(f"/v1/pipelines/{run_id}/events", headers=VIEWER))
+
+        async def metric(line: str) -> bool:
+            return line in (await client.get("/metrics")).text
+
+        await wait_for(lambda: metric("posttrain_gateway_live_streams 1"), what="the stream")
+        listening = (
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'LISTEN%'"
+        )
+        conn = await asyncpg.connect(database_url)
+        try:
+            cut = {row["pid"] for row in await conn.fetch(listening)}
+            assert cut, "no listening backend found"
+            for pid in cut:  # as a PostgreSQL restart or a proxy would cut it
+                await conn.execute("SELECT pg_terminate_backend($1)", pid)
+
+            async def listening_again():
+                now = {row["pid"] for row in await conn.fetch(listening)}
+                return now and not now & cut
+
+            await wait_for(listening_again, timeout=30, what="a new listening connection")
+        finally:
+            await conn.close()
+        await wait_for(lambda: metric("posttrain_gateway_live_listening 1"), what="listening")
+        hold.set()  # the pipeline ends after the cut: the stream must still hear it
+        stream = await asyncio.wait_for(follow, timeout=60)
+    statuses = [data["status"] for kind, data, _ in _sse(stream.text) if kind == "status"]
+    assert statuses[-1] == "succeeded"

@@ -461,6 +461,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
         hub: LiveHub = request.app.state.hub
         text.add("live_streams", "gauge", "Server-sent event streams open.", hub.streams)
         text.add(
+            "live_listening",
+            "gauge",
+            "1 while the gateway hears PostgreSQL notifications (live updates flow).",
+            int(hub.listening),
+        )
+        text.add(
             "notifications_total",
             "counter",
             "PostgreSQL notifications heard for live streams.",

@@ -219,6 +219,10 @@ class LiveHub:
                     del self._subs[pipeline_id]
 
     @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed() and self._reconnect is None
+
+    @property
     def streams(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
