@@ -275,3 +275,22 @@ def recorder(
         database_url,
     ]
     return ServiceProcess("recorder", argv, log, kafka_env(settings, database_url), port)
+
+
+def gateway(
+    settings: KafkaSettings, database_url: str, log: Path, *, port: int | None = None
+) -> ServiceProcess:
+    """``python -m posttrain.gateway --no-auth`` on ``port``: reads ``database_url``, sends to
+    ``settings``' namespace; its API, /healthz and /metrics share the port."""
+    port = free_port() if port is None else port
+    argv = [
+        sys.executable,
+        "-m",
+        "posttrain.gateway",
+        "--no-auth",
+        "--port",
+        str(port),
+        "--database-url",
+        database_url,
+    ]
+    return ServiceProcess("gateway", argv, log, kafka_env(settings, database_url), port)

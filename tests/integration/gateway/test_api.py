@@ -36,9 +36,7 @@ VIEWER = {"authorization": "Bearer view-token"}
 async def gateway(
     kafka_settings: KafkaSettings, database_url: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        GatewayConfig(kafka_settings, database_url, TOKENS, poll_interval_s=0.1, keepalive_s=1)
-    )
+    app = create_app(GatewayConfig(kafka_settings, database_url, TOKENS, keepalive_s=1))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from posttrain.diagnostics.core.records import ActionRecord, AnomalyRecord
+from posttrain.service import notify
 
 # An asyncpg connection (asyncpg ships no type hints).
 Connection = Any
@@ -82,6 +83,7 @@ async def write_records(
 ) -> WriteResult:
     """Write the records in one transaction, in order."""
     inserted = 0
+    stored: list[str] = []
     async with conn.transaction():
         for a in anomalies:
             row = await conn.fetchval(
@@ -102,7 +104,9 @@ async def write_records(
                 a.detected_at,
                 a.event_id,
             )
-            inserted += row is not None
+            if row is not None:
+                inserted += 1
+                stored.append(anomaly_notification(a))
         for x in actions:
             await conn.execute(
                 _UPSERT_ACTION,
@@ -122,4 +126,22 @@ async def write_records(
                 x.refused_at,
                 x.refusal,
             )
+        if stored:
+            # Delivered on commit: live views hear of each anomaly once, when it is kept.
+            await conn.execute(notify.NOTIFY_EACH, notify.ANOMALIES, stored)
     return WriteResult(inserted, len(anomalies) - inserted, len(actions))
+
+
+def anomaly_notification(a: AnomalyRecord) -> str:
+    """The ``notify.ANOMALIES`` payload of a stored anomaly."""
+    return orjson.dumps(
+        {
+            "anomaly_id": a.anomaly_id,
+            "job_id": a.job_id,
+            "pipeline_id": a.pipeline_id,
+            "stage": a.stage,
+            "step": a.step,
+            "anomaly_type": a.anomaly_type,
+            "severity": a.severity,
+        }
+    ).decode()

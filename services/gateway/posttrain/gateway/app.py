@@ -1,6 +1,8 @@
-"""The HTTP API: submit pipelines (JSON or YAML), read their status, follow them live (SSE),
-resume, cancel, retry a stage, read a job's latest metrics and the anomalies kept for a job or a
-pipeline (with the actions taken on each); and a web page over it (``/``).
+"""The HTTP API: submit pipelines (JSON or YAML, with an optional ``Idempotency-Key``), read
+their status and history, follow them live (SSE, pushed by PostgreSQL LISTEN/NOTIFY), resume,
+cancel, retry a stage, read the agents, a job's latest metrics and downsampled series, and the
+anomalies kept for a job or a pipeline (with the actions taken on each); and a web page over it
+(``/``).
 
 Commands go to the orchestrator over Kafka, exactly as ``PipelineExecutor`` sends them; reads come
 from the PostgreSQL read models. A pipeline the DAG validator refuses gets a 422 listing every
@@ -20,14 +22,28 @@ from typing import Any
 import asyncpg
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 
 from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events.kafka import EventProducer, KafkaSettings
+from posttrain.gateway import idempotency
 from posttrain.gateway.auth import Role, role_of
-from posttrain.metrics_ingest.queries import get_latest_metrics
-from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status, alist_pipelines
+from posttrain.gateway.live import LiveHub
+from posttrain.metrics_ingest.queries import UnknownField, get_latest_metrics, get_metric_series
+from posttrain.orchestrator.api import (
+    PipelineExecutor,
+    aget_pipeline_history,
+    aget_pipeline_status,
+    alast_history_seq,
+    alist_agents,
+    alist_pipelines,
+)
 from posttrain.orchestrator.core.dag import InvalidPipeline
 from posttrain.orchestrator.core.document import DocumentError, read_document
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
@@ -36,6 +52,8 @@ _PAGE = Path(__file__).parent / "static" / "index.html"
 MAX_BODY_BYTES = 1 << 20
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "rejected"})
 SUBMITTER = "api"
+INT4_MAX = 2**31 - 1  # history numbers are PostgreSQL integers
+INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1  # steps are bigints
 
 
 @dataclass(frozen=True)
@@ -43,12 +61,7 @@ class GatewayConfig:
     kafka: KafkaSettings
     database_url: str
     tokens: dict[str, Role] | None  # None: no authentication (an explicit choice: --no-auth)
-    poll_interval_s: float = 0.5  # how often a live stream looks at the read model
     keepalive_s: float = 15.0  # a comment line on a quiet stream, so proxies keep it open
-
-
-def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse({"detail": "invalid pipeline", "errors": errors}, status_code=422)
 
 
 async def _body(request: Request) -> bytes:
@@ -63,9 +76,12 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _json(value: Any) -> bytes:
-    # The encoder FastAPI's responses use, so that a time reads the same in a stream.
-    return orjson.dumps(jsonable_encoder(value))
+def _field_error(where: str, name: str, message: str) -> JSONResponse:
+    """A 422 shaped like FastAPI's own validation errors, naming the field."""
+    return JSONResponse(
+        {"detail": [{"loc": [where, name], "msg": message, "type": "value_error"}]},
+        status_code=422,
+    )
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -73,13 +89,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from posttrain.db.migrate import apply_migrations
+
+        # The gateway's own tables (idempotency keys); up to date already after a stack up.
+        await apply_migrations(config.database_url, owner="gateway")
         app.state.pool = await asyncpg.create_pool(config.database_url, min_size=1, max_size=8)
+        app.state.hub = LiveHub(config.database_url, app.state.pool)
+        await app.state.hub.start()
         app.state.producer = EventProducer(config.kafka)
         await app.state.producer.start()
         try:
             yield
         finally:
             await app.state.producer.stop()
+            await app.state.hub.stop()
             await app.state.pool.close()
 
     app = FastAPI(
@@ -88,6 +111,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+
+    @app.exception_handler(asyncpg.DataError)
+    async def unstorable(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value PostgreSQL cannot take (a NUL character, a number out of its range) is the
+        # caller's to fix, not a server error.
+        return JSONResponse(
+            {"detail": f"a value in the request cannot be read: {exc}"}, status_code=422
+        )
 
     def require(needed: Role) -> Callable[..., Awaitable[Role]]:
         async def check(authorization: str | None = Header(default=None)) -> Role:
@@ -121,6 +152,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise HTTPException(404, f"no pipeline {pipeline_id!r} (or not projected yet)")
         return status
 
+    async def cached(
+        request: Request, pipeline_id: str, key: Any, load: Callable[[Any], Awaitable[Any]]
+    ) -> Response:
+        """A pipeline's document, read through the hub's cache (dropped at each change)."""
+        hub: LiveHub = request.app.state.hub
+        doc = await hub.cache.read(pipeline_id, key, lambda: load(request.app.state.pool))
+        if doc is None:
+            raise HTTPException(404, f"no pipeline {pipeline_id!r} (or not projected yet)")
+        return Response(doc, media_type="application/json")
+
     @app.post(
         "/v1/pipelines",
         status_code=202,
@@ -135,28 +176,71 @@ def create_app(config: GatewayConfig) -> FastAPI:
             }
         },
     )
-    async def submit(request: Request) -> JSONResponse:
+    async def submit(
+        request: Request,
+        idempotency_key: str | None = Header(
+            default=None,
+            min_length=1,
+            max_length=200,
+            description="Submitting again with the same key and body returns the first "
+            "response and sends nothing; the same key with another body is a 409.",
+        ),
+    ) -> JSONResponse:
         """Validate and submit a pipeline: a mapping with ``stages`` (and optional ``name``,
         ``settings``, ``pipeline_id``) as JSON, or as YAML with a YAML content type."""
+        body = await _body(request)
+        content_type = request.headers.get("content-type", "application/json")
+        if idempotency_key is None:
+            status, doc = await submit_document(request, body, content_type)
+            return JSONResponse(doc, status_code=status)
+        pool = request.app.state.pool
+        digest = idempotency.request_digest(content_type, body)
         try:
-            doc = read_document(
-                await _body(request), request.headers.get("content-type", "application/json")
+            stored = await idempotency.claim(pool, idempotency_key, digest)
+        except idempotency.KeyReused:
+            raise HTTPException(
+                409, "this Idempotency-Key was used with another request body"
+            ) from None
+        except idempotency.KeyInFlight:
+            raise HTTPException(
+                409, "a request with this Idempotency-Key is still being processed: retry"
+            ) from None
+        if stored is not None:
+            counts["replayed"] += 1
+            return JSONResponse(
+                stored.body, status_code=stored.status, headers={"Idempotent-Replayed": "true"}
             )
-        except DocumentError as exc:
+        try:
+            status, doc = await submit_document(request, body, content_type)
+        except BaseException:
+            await idempotency.release(pool, idempotency_key)
+            raise
+        await idempotency.store(pool, idempotency_key, status, doc)
+        return JSONResponse(doc, status_code=status)
+
+    async def submit_document(
+        request: Request, body: bytes, content_type: str
+    ) -> tuple[int, dict[str, Any]]:
+        def invalid(errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
             counts["rejected"] += 1
-            return _invalid([{"stage": None, "field": exc.field, "message": exc.message}])
+            return 422, {"detail": "invalid pipeline", "errors": errors}
+
+        try:
+            doc = read_document(body, content_type)
+        except DocumentError as exc:
+            return invalid([{"stage": None, "field": exc.field, "message": exc.message}])
         pipeline = executor(request, doc.pipeline_id)
         try:
             result = await pipeline.aexecute(doc.stages, name=doc.name, settings=doc.settings)
         except InvalidPipeline as exc:
-            counts["rejected"] += 1
-            return _invalid([e.as_dict() for e in exc.errors])
+            return invalid([e.as_dict() for e in exc.errors])
         counts["submitted"] += 1
         pid = result["pipeline_uuid"]
-        return JSONResponse(
-            {"pipeline_id": pid, "layers": result["layers"], "status_url": f"/v1/pipelines/{pid}"},
-            status_code=202,
-        )
+        return 202, {
+            "pipeline_id": pid,
+            "layers": result["layers"],
+            "status_url": f"/v1/pipelines/{pid}",
+        }
 
     @app.get("/v1/pipelines", dependencies=[viewer])
     async def list_pipelines(
@@ -168,32 +252,69 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return await alist_pipelines(request.app.state.pool, status=status, limit=limit)
 
     @app.get("/v1/pipelines/{pipeline_id}", dependencies=[viewer])
-    async def pipeline_status(request: Request, pipeline_id: str) -> Any:
+    async def pipeline_status(request: Request, pipeline_id: str) -> Response:
         """Status and, per stage: status, attempt, task id, agent, times, outputs, error."""
-        return await existing(request, pipeline_id)
+        return await cached(
+            request, pipeline_id, "status", lambda db: aget_pipeline_status(pipeline_id, db=db)
+        )
+
+    @app.get("/v1/pipelines/{pipeline_id}/history", dependencies=[viewer])
+    async def pipeline_history(
+        request: Request,
+        pipeline_id: str,
+        after: int | None = Query(None, ge=0, le=INT4_MAX, description="entries numbered above"),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> Response:
+        """The pipeline's events in order, each with its number (``seq``), time, type, stage,
+        attempt, a one-line summary and its data: decisions, retries, losses, actions (with the
+        anomaly they answer) and refused commands. Page on with ``after=next_after``."""
+        return await cached(
+            request,
+            pipeline_id,
+            ("history", after, limit),
+            lambda db: aget_pipeline_history(pipeline_id, after=after, limit=limit, db=db),
+        )
 
     @app.get("/v1/pipelines/{pipeline_id}/events", dependencies=[viewer])
-    async def follow(request: Request, pipeline_id: str) -> StreamingResponse:
-        """Server-sent events: the pipeline's status each time it changes (``event: status``),
-        until it ends. A pipeline not projected yet (just submitted) is waited for."""
+    async def follow(
+        request: Request,
+        pipeline_id: str,
+        after: int | None = Query(
+            None, ge=0, le=INT4_MAX, description="send the history entries numbered above"
+        ),
+        last_event_id: str | None = Header(default=None, max_length=20),
+    ) -> StreamingResponse:
+        """Server-sent events, pushed as they happen: ``status`` (the whole status document,
+        at each change), ``history`` (each new history entry; its ``id`` is the entry's
+        number), ``metrics`` (``{"job_uuid", "step"}`` when points of one of the pipeline's
+        jobs are stored) and ``anomaly`` (each anomaly kept for it). The stream ends with the
+        pipeline. History starts after ``after`` (or the ``Last-Event-ID`` a reconnecting
+        client sends), by default after the entries that exist now. A pipeline not projected
+        yet (just submitted) is waited for."""
+        if after is None and last_event_id is not None and last_event_id.isdigit():
+            after = min(int(last_event_id), INT4_MAX)
         pool = request.app.state.pool
+        start = after if after is not None else await alast_history_seq(pipeline_id, db=pool)
+        hub: LiveHub = request.app.state.hub
 
         async def stream() -> AsyncIterator[bytes]:
-            last: bytes | None = None
-            quiet = 0.0
-            while not await request.is_disconnected():
-                status = await aget_pipeline_status(pipeline_id, db=pool)
-                doc = _json(status) if status is not None else None
-                if doc is not None and doc != last:
-                    last, quiet = doc, 0.0
-                    yield b"event: status\ndata: " + doc + b"\n\n"
-                    if status is not None and status["status"] in TERMINAL:
+            with hub.subscribe(pipeline_id, start) as sub:
+                while not sub.overflowed:
+                    try:
+                        event, data, seq = await asyncio.wait_for(
+                            sub.queue.get(), config.keepalive_s
+                        )
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield b": keep-alive\n\n"
+                        continue
+                    head = b"event: " + event.encode() + b"\n"
+                    if seq is not None:
+                        head += b"id: %d\n" % seq
+                    yield head + b"data: " + data + b"\n\n"
+                    if event == "status" and orjson.loads(data)["status"] in TERMINAL:
                         return
-                elif quiet >= config.keepalive_s:
-                    quiet = 0.0
-                    yield b": keep-alive\n\n"
-                await asyncio.sleep(config.poll_interval_s)
-                quiet += config.poll_interval_s
 
         return StreamingResponse(
             stream(),
@@ -241,6 +362,46 @@ def create_app(config: GatewayConfig) -> FastAPI:
             for p in points
         ]
 
+    @app.get("/v1/jobs/{job_id}/series", dependencies=[viewer])
+    async def metric_series(
+        request: Request,
+        job_id: str,
+        fields: str = Query(
+            "loss",
+            min_length=1,
+            max_length=2000,
+            description="comma-separated: canonical names, epoch, or custom.<key>",
+        ),
+        points: int = Query(500, ge=1, le=5000, description="at most this many buckets"),
+        step_from: int | None = Query(None, ge=INT8_MIN, le=INT8_MAX),
+        step_to: int | None = Query(None, ge=INT8_MIN, le=INT8_MAX),
+    ) -> Any:
+        """Chosen fields of a job for a chart, downsampled in PostgreSQL to at most ``points``
+        buckets of equal step width: per bucket its first step and each field's mean of finite
+        values. NaN and infinite values are null there, and their steps are listed per field
+        under ``non_finite``."""
+        names = [name.strip() for name in fields.split(",") if name.strip()]
+        if not names:
+            return _field_error("query", "fields", "name at least one field")
+        try:
+            return await get_metric_series(
+                job_id,
+                names,
+                points=points,
+                step_from=step_from,
+                step_to=step_to,
+                db=request.app.state.pool,
+            )
+        except UnknownField as exc:
+            return _field_error("query", "fields", str(exc))
+
+    @app.get("/v1/agents", dependencies=[viewer])
+    async def agents(request: Request) -> Any:
+        """Every agent: labels, GPUs (total and free), stage slots, the stages it runs, its
+        last heartbeat, and whether it is alive (heard from within the orchestrator's silence
+        interval)."""
+        return {"agents": await alist_agents(db=request.app.state.pool)}
+
     @app.get("/v1/jobs/{job_id}/anomalies", dependencies=[viewer])
     async def job_anomalies(
         request: Request, job_id: str, limit: int = Query(1000, ge=1, le=10000)
@@ -278,14 +439,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> PlainTextResponse:
+    async def metrics(request: Request) -> PlainTextResponse:
         text = Exposition("posttrain_gateway")
         text.add("up", "gauge", "1 while the gateway serves.", 1)
         text.add(
             "submissions_total",
             "counter",
             "Pipelines submitted, and refused with a 422.",
-            [({"outcome": k}, counts[k]) for k in ("submitted", "rejected")],
+            [({"outcome": k}, counts[k]) for k in ("submitted", "rejected", "replayed")],
         )
         text.add(
             "commands_total",
@@ -296,6 +457,26 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 for k, v in sorted(counts.items())
                 if k.startswith("command:")
             ],
+        )
+        hub: LiveHub = request.app.state.hub
+        text.add("live_streams", "gauge", "Server-sent event streams open.", hub.streams)
+        text.add(
+            "live_listening",
+            "gauge",
+            "1 while the gateway hears PostgreSQL notifications (live updates flow).",
+            int(hub.listening),
+        )
+        text.add(
+            "notifications_total",
+            "counter",
+            "PostgreSQL notifications heard for live streams.",
+            hub.notifications,
+        )
+        text.add(
+            "cache_hits_total",
+            "counter",
+            "Status and history reads answered from memory (dropped at each change).",
+            hub.cache.hits,
         )
         return PlainTextResponse(text.render(), media_type=CONTENT_TYPE)
 

@@ -3,9 +3,8 @@
 The query and sync API (what the gateway and the SDK import)::
 
     from posttrain.metrics_ingest import get_latest_metrics, get_metrics_range,
-        get_downsampled_metrics, get_job_points, get_metric_jobs, get_metric_runs,
-        sync_metrics_from_file,
-        flush_metrics
+        get_downsampled_metrics, get_metric_series, get_job_points, get_metric_jobs,
+        get_metric_runs, sync_metrics_from_file, flush_metrics
 
 The service itself: ``python -m posttrain.metrics_ingest`` (``posttrain-ingest``).
 """
@@ -25,6 +24,7 @@ from posttrain.metrics_ingest.queries import (
     get_latest_metrics,
     get_metric_jobs,
     get_metric_runs,
+    get_metric_series,
     get_metrics_range,
 )
 from posttrain.metrics_ingest.service import IngestService
@@ -46,6 +46,7 @@ __all__ = [
     "get_latest_metrics",
     "get_metric_jobs",
     "get_metric_runs",
+    "get_metric_series",
     "get_metrics_range",
     "sync_metrics_from_file",
 ]

@@ -514,3 +514,79 @@ async def close_default_pool() -> None:
     loop_id = id(asyncio.get_running_loop())
     for key in [k for k in _POOLS if k[1] == loop_id]:
         await _POOLS.pop(key).close()
+
+
+async def get_metric_series(
+    job_uuid: str,
+    fields: Sequence[str],
+    *,
+    points: int = 500,
+    step_from: int | None = None,
+    step_to: int | None = None,
+    db: Db | None = None,
+) -> dict[str, Any]:
+    """Chosen fields of a job for a chart, in at most ``points`` buckets of equal step width
+    (``core.downsample.BucketGrid``; one bucket per step when there are fewer steps), computed
+    in PostgreSQL. Per bucket: its first step with a value, and per field the mean of its
+    finite values (None when it has none). A field's non-finite values are never averaged in:
+    the steps where it was NaN or infinite are listed under ``non_finite``.
+
+    ``{"job_uuid", "fields", "step": [...], "values": {field: [...]}, "non_finite":
+    {field: [step, ...]}}``; an unknown field raises ``UnknownField``."""
+    if points < 1:
+        raise ValueError(f"points must be at least 1, got {points}")
+    chosen = tuple(dict.fromkeys(fields))
+    if not chosen:
+        raise UnknownField("name at least one field")
+    params = Params(None)  # $1: the job number, known below
+    exprs = [numeric_sql(name, params) for name in chosen]
+    result: dict[str, Any] = {
+        "job_uuid": job_uuid,
+        "fields": list(chosen),
+        "step": [],
+        "values": {name: [] for name in chosen},
+        "non_finite": {name: [] for name in chosen},
+    }
+    db = db or await default_pool()
+    job_no = await _job_no(db, job_uuid)
+    if job_no is None:
+        return result
+    params.values[0] = job_no
+    lo, hi = step_from, step_to
+    if lo is None or hi is None:
+        first, last = await _x_range(db, job_no, "step")
+        if first is None or last is None:
+            return result
+        lo = first if lo is None else lo
+        hi = last if hi is None else hi
+    if lo > hi:
+        return result
+    grid = BucketGrid.for_steps(lo, hi, points)
+    bucket = bucket_sql(
+        "m.step", params.add(grid.lo), params.add(grid.span), params.add(grid.buckets)
+    )
+    in_range = f"m.step BETWEEN {params.add(lo)} AND {params.add(hi)}"
+    inner = ", ".join(f"{e} AS v{i}" for i, e in enumerate(exprs))
+    present = " OR ".join(f"v{i} IS NOT NULL" for i in range(len(exprs)))
+    aggregates = ", ".join(
+        f"avg(v{i}) FILTER (WHERE v{i} NOT IN {_NON_FINITE_SQL}) AS f{i}, "
+        f"array_agg(DISTINCT step) FILTER (WHERE v{i} IN {_NON_FINITE_SQL}) AS bad{i}"
+        for i in range(len(exprs))
+    )
+    rows = await db.fetch(
+        f"""
+        SELECT b, min(step) AS step, {aggregates}
+        FROM (SELECT {bucket} AS b, m.step, {inner}
+              FROM metrics m WHERE m.job_no = $1 AND {in_range}) q
+        WHERE {present}
+        GROUP BY b ORDER BY b
+        """,
+        *params.values,
+    )
+    for row in rows:
+        result["step"].append(row["step"])
+        for i, name in enumerate(chosen):
+            result["values"][name].append(row[f"f{i}"])
+            if row[f"bad{i}"]:
+                result["non_finite"][name].extend(sorted(row[f"bad{i}"]))
+    return result

@@ -17,9 +17,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
 
 from posttrain.events.messages.metrics import run_key
-from posttrain.metrics_ingest.core.rows import TABLE_COLUMNS, ReportRows, Row
+from posttrain.metrics_ingest.core.rows import ROW_COLUMNS, TABLE_COLUMNS, ReportRows, Row
+from posttrain.service import notify
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,7 @@ class MetricsWriter:
                     columns=TABLE_COLUMNS,
                     timeout=self.timeout_s,
                 )
+                await _notify(conn, reports)
             return WriteResult(offered, offered, False)
         except asyncpg.UniqueViolationError:
             pass  # some points are stored already: write again, skipping them
@@ -159,6 +162,7 @@ class MetricsWriter:
                 "ON CONFLICT DO NOTHING",
                 timeout=self.timeout_s,
             )
+            await _notify(conn, reports)
         return WriteResult(offered, int(status.rsplit(" ", 1)[-1]), True)
 
     async def register(
@@ -226,6 +230,32 @@ class MetricsWriter:
         self._jobs.update(job_nos)
         for row in found:
             self._sources[(by_no[row["job_no"]], row["source"])] = (row["job_no"], row["source_no"])
+
+
+_STEP = ROW_COLUMNS.index("step")
+
+
+def notifications(reports: Sequence[ReportRows]) -> list[str]:
+    """One ``notify.METRICS`` payload per job of a batch, with the highest step written."""
+    steps: dict[str, int] = {}
+    pipelines: dict[str, str | None] = {}
+    for report in reports:
+        if not report.rows:
+            continue
+        step = max(row[_STEP] for row in report.rows)
+        steps[report.job_id] = max(step, steps.get(report.job_id, step))
+        pipelines[report.job_id] = pipelines.get(report.job_id) or report.pipeline_id
+    return [
+        orjson.dumps({"job_id": job, "step": step, "pipeline_id": pipelines[job]}).decode()
+        for job, step in steps.items()
+    ]
+
+
+async def _notify(conn: asyncpg.Connection, reports: Sequence[ReportRows]) -> None:
+    # In the rows' transaction: live views are woken when, and only if, the points are stored.
+    payloads = notifications(reports)
+    if payloads:
+        await conn.execute(notify.NOTIFY_EACH, notify.METRICS, payloads)
 
 
 def _records(

@@ -233,3 +233,157 @@ def get_pipeline_status(
     pipeline_uuid: str, database_url: str | None = None
 ) -> dict[str, Any] | None:
     return run_sync(aget_pipeline_status(pipeline_uuid, database_url))
+
+
+# --- history and agents (the read model the projection writes) -------------------------------
+
+
+async def aget_pipeline_history(
+    pipeline_uuid: str,
+    *,
+    after: int | None = None,
+    limit: int = 100,
+    database_url: str | None = None,
+    db: Db | None = None,
+) -> dict[str, Any] | None:
+    """A pipeline's events in log order, ``limit`` at most with numbers above ``after``: each
+    ``seq``, ``at``, ``type`` (the event's type name), ``stage``, ``attempt``, ``summary`` (one
+    line) and ``data`` (the event's payload). Decisions, retries, losses, actions (with the
+    anomaly they answer) and refused commands are all there. ``next_after`` is the ``after`` of
+    the next page, None when this one reaches the end. None if the pipeline is unknown."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
+    try:
+        known = await conn.fetchval("SELECT 1 FROM pipelines WHERE pipeline_id = $1", pipeline_uuid)
+        if known is None:
+            return None
+        rows = await conn.fetch(
+            """
+            SELECT seq, at, type, stage, attempt, summary, data FROM pipeline_history
+            WHERE pipeline_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+            """,
+            pipeline_uuid,
+            after if after is not None else 0,
+            limit + 1,
+        )
+    finally:
+        if db is None:
+            await conn.close()
+    more = len(rows) > limit
+    events = [
+        {
+            "seq": r["seq"],
+            "at": r["at"],
+            "type": r["type"],
+            "stage": r["stage"],
+            "attempt": r["attempt"],
+            "summary": r["summary"],
+            "data": orjson.loads(r["data"]),
+        }
+        for r in rows[:limit]
+    ]
+    return {
+        "pipeline_uuid": pipeline_uuid,
+        "events": events,
+        "next_after": events[-1]["seq"] if more else None,
+    }
+
+
+def get_pipeline_history(
+    pipeline_uuid: str,
+    *,
+    after: int | None = None,
+    limit: int = 100,
+    database_url: str | None = None,
+) -> dict[str, Any] | None:
+    return run_sync(
+        aget_pipeline_history(pipeline_uuid, after=after, limit=limit, database_url=database_url)
+    )
+
+
+async def alast_history_seq(pipeline_uuid: str, *, db: Db) -> int:
+    """The number of a pipeline's latest history entry (0 if none yet)."""
+    seq = await db.fetchval(
+        "SELECT max(seq) FROM pipeline_history WHERE pipeline_id = $1", pipeline_uuid
+    )
+    return int(seq or 0)
+
+
+def _labels(labels: list[str]) -> dict[str, str]:
+    # Agents are labelled ``a100,ib`` or ``zone=eu``: a bare label maps to "".
+    out: dict[str, str] = {}
+    for label in labels:
+        key, _, value = label.partition("=")
+        out[key] = value
+    return out
+
+
+def _running_command(command_id: str) -> dict[str, Any]:
+    # ``core.ids.command_id`` is pipeline:stage:attempt (a pipeline id may hold ":").
+    parts = command_id.rsplit(":", 2)
+    if len(parts) == 3 and parts[2].isdigit():
+        return {"pipeline_uuid": parts[0], "stage": parts[1], "attempt": int(parts[2])}
+    return {"pipeline_uuid": None, "stage": None, "attempt": None}
+
+
+async def alist_agents(
+    *, database_url: str | None = None, db: Db | None = None
+) -> list[dict[str, Any]]:
+    """Every agent that ever sent a heartbeat, by id: its labels, GPUs (total and free), stage
+    slots (None: the agent announces no limit but its GPUs), the stages it runs (pipeline,
+    stage, attempt, job), when it was last heard from, and whether it is alive (heard from
+    within the orchestrator's silence interval, and not stopping)."""
+    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT agent_id, labels, gpus, free_gpus, running, last_heartbeat_at,
+                   (NOT stopping AND silent_after > now()) AS alive
+            FROM agents ORDER BY agent_id
+            """
+        )
+        running = {r["agent_id"]: orjson.loads(r["running"]) for r in rows}
+        commands = sorted({c for ids in running.values() for c in ids})
+        known = {
+            r["command_id"]: r
+            for r in await conn.fetch(
+                """
+                SELECT command_id, pipeline_id, name, attempt, job_id FROM pipeline_stages
+                WHERE command_id = ANY($1::text[])
+                """,
+                commands,
+            )
+        }
+    finally:
+        if db is None:
+            await conn.close()
+
+    def stage(command_id: str) -> dict[str, Any]:
+        row = known.get(command_id)
+        if row is None:
+            return {**_running_command(command_id), "job_uuid": None}
+        return {
+            "pipeline_uuid": row["pipeline_id"],
+            "stage": row["name"],
+            "attempt": row["attempt"],
+            "job_uuid": row["job_id"],
+        }
+
+    return [
+        {
+            "agent_id": r["agent_id"],
+            "labels": _labels(orjson.loads(r["labels"])),
+            "gpus": r["gpus"],
+            "gpus_free": r["free_gpus"],
+            "slots": None,
+            "running": [stage(c) for c in running[r["agent_id"]]],
+            "last_heartbeat_at": r["last_heartbeat_at"],
+            "alive": r["alive"],
+        }
+        for r in rows
+    ]
+
+
+def list_agents(*, database_url: str | None = None) -> list[dict[str, Any]]:
+    return run_sync(alist_agents(database_url=database_url))

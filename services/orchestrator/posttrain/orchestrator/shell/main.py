@@ -68,7 +68,9 @@ async def serve(args: argparse.Namespace) -> None:
     if args.projection:
         from posttrain.orchestrator.shell.projection import Projection
 
-        projection = Projection(settings, args.database_url)
+        projection = Projection(
+            settings, args.database_url, silence_intervals=args.silence_intervals
+        )
         await projection.start()
         tasks.append(asyncio.create_task(projection.run(stop), name="projection"))
     try:

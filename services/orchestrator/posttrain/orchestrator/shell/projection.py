@@ -1,9 +1,18 @@
-"""The read model: pipelines and stages projected from the event log into PostgreSQL.
+"""The read model: pipelines, their stages and history, and the agents, projected from the event
+log and the agents topic into PostgreSQL.
 
 The projection folds the log with the same ``apply`` as the orchestrator and writes whole-row
-snapshots of the pipelines each batch touched, with the log offsets, in one PostgreSQL
-transaction. A snapshot carries the number of events it reflects, and a row never moves back to
-an older one: projecting is idempotent, so a restart simply reads the log again.
+snapshots of the pipelines each batch touched, one history row per event (numbered within its
+pipeline by the fold), and the log offsets, in one PostgreSQL transaction that also NOTIFYs
+each touched pipeline's id (``posttrain.service.notify.PIPELINES``) for live views. A snapshot
+carries the number of events it reflects, and a row never moves back to an older one; history
+rows are keyed by (pipeline, number): projecting is idempotent, so a restart simply reads the
+log again.
+
+Agents: every heartbeat on the compacted ``posttrain.agents`` topic is read (in full, as the
+orchestrator reads it) and each agent's latest one kept in ``agents``; a row only moves to a
+later offset of the topic, so reading it again changes nothing. Projecting both here keeps one
+writer of the orchestrator's read model, with one database pool, in the process that has it.
 """
 
 from __future__ import annotations
@@ -11,18 +20,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from posttrain.events import DecodeError, decode
+from posttrain.events import DecodeError, Envelope, decode
 from posttrain.events.kafka import KafkaSettings
+from posttrain.events.messages import AgentHeartbeat
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.orchestrator.core.state import PipelineState, apply
-from posttrain.orchestrator.core.view import pipeline_view
+from posttrain.orchestrator.core.view import (
+    HIDDEN_FROM_HISTORY,
+    event_stage,
+    event_summary,
+    pipeline_view,
+)
+from posttrain.service import notify
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +67,25 @@ ON CONFLICT (pipeline_id, name) DO UPDATE SET
     finished_at = EXCLUDED.finished_at, outputs = EXCLUDED.outputs, error = EXCLUDED.error,
     waiting_reason = EXCLUDED.waiting_reason, cached_from = EXCLUDED.cached_from,
     attempts = EXCLUDED.attempts
+"""
+
+_INSERT_HISTORY = """
+INSERT INTO pipeline_history (pipeline_id, seq, at, type, stage, attempt, summary, data, event_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)
+ON CONFLICT (pipeline_id, seq) DO NOTHING
+"""
+
+_UPSERT_AGENT = """
+INSERT INTO agents AS a (agent_id, host, labels, gpus, free_gpus, running, interval_s, stopping,
+                         last_heartbeat_at, silent_after, topic_partition, topic_offset)
+VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (agent_id) DO UPDATE SET
+    host = EXCLUDED.host, labels = EXCLUDED.labels, gpus = EXCLUDED.gpus,
+    free_gpus = EXCLUDED.free_gpus, running = EXCLUDED.running,
+    interval_s = EXCLUDED.interval_s, stopping = EXCLUDED.stopping,
+    last_heartbeat_at = EXCLUDED.last_heartbeat_at, silent_after = EXCLUDED.silent_after,
+    topic_partition = EXCLUDED.topic_partition, topic_offset = EXCLUDED.topic_offset
+WHERE a.topic_partition <> EXCLUDED.topic_partition OR a.topic_offset < EXCLUDED.topic_offset
 """
 
 _SAVE_OFFSET = """
@@ -107,14 +142,64 @@ def pipeline_rows(state: PipelineState) -> tuple[tuple[Any, ...], list[tuple[Any
     return pipeline, stages
 
 
+def history_row(state: PipelineState, envelope: Envelope[Any]) -> tuple[Any, ...] | None:
+    """The pipeline_history row of an event just applied to ``state`` (None: not shown)."""
+    if envelope.type in HIDDEN_FROM_HISTORY:
+        return None
+    stage, attempt = event_stage(envelope.data)
+    return (
+        state.pipeline_id,
+        state.version,
+        envelope.occurred_at,
+        envelope.type,
+        stage,
+        attempt,
+        event_summary(envelope.data),
+        _json(envelope.data.model_dump(mode="json")),
+        envelope.id,
+    )
+
+
+def agent_row(
+    beat: AgentHeartbeat, *, at: datetime, partition: int, offset: int, silence_intervals: float
+) -> tuple[Any, ...]:
+    """The agents row of a heartbeat read at (partition, offset), sent at ``at``."""
+    silent_after = (
+        at if beat.stopping else at + timedelta(seconds=silence_intervals * beat.interval_s)
+    )
+    return (
+        beat.agent_id,
+        beat.host,
+        _json(beat.labels),
+        beat.gpus,
+        beat.free_gpus,
+        _json(beat.running),
+        beat.interval_s,
+        beat.stopping,
+        at,
+        silent_after,
+        partition,
+        offset,
+    )
+
+
 class Projection:
-    def __init__(self, settings: KafkaSettings, database_url: str, name: str = "pipelines") -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        database_url: str,
+        name: str = "pipelines",
+        *,
+        silence_intervals: float = 3.0,
+    ) -> None:
         self.settings = settings
         self.database_url = database_url
         self.name = name
+        self.silence_intervals = silence_intervals
         self.states: dict[str, PipelineState] = {}
         self._pool: asyncpg.Pool | None = None
         self._topic = settings.topic(Topic.PIPELINE_EVENTS)
+        self._agents_topic = settings.topic(Topic.AGENTS)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             client_id=f"{settings.client_id}-projection",
@@ -126,8 +211,11 @@ class Projection:
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
         await self._consumer.start()
-        partitions = TOPICS[Topic.PIPELINE_EVENTS].partitions
-        tps = [TopicPartition(self._topic, p) for p in range(partitions)]
+        tps = [
+            TopicPartition(self.settings.topic(topic), p)
+            for topic in (Topic.PIPELINE_EVENTS, Topic.AGENTS)
+            for p in range(TOPICS[topic].partitions)
+        ]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
 
@@ -146,14 +234,28 @@ class Projection:
     async def step(self, timeout_ms: int = 200) -> int:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
         touched: dict[str, PipelineState] = {}
+        history: list[tuple[Any, ...]] = []
+        agents: dict[str, tuple[Any, ...]] = {}  # the latest heartbeat of each agent
         offsets: dict[int, int] = {}
         for tp, records in batches.items():
+            is_agents = tp.topic == self._agents_topic
             for record in records:
-                offsets[tp.partition] = record.offset + 1
+                if not is_agents:
+                    offsets[tp.partition] = record.offset + 1
                 try:
                     envelope = decode(record.value, record.headers)
                 except DecodeError as exc:
-                    log.error("unreadable event skipped by the projection: %s", exc)
+                    log.error("unreadable message skipped by the projection: %s", exc)
+                    continue
+                if is_agents:
+                    if isinstance(envelope.data, AgentHeartbeat):
+                        agents[envelope.data.agent_id] = agent_row(
+                            envelope.data,
+                            at=datetime.fromtimestamp(record.timestamp / 1000, UTC),
+                            partition=tp.partition,
+                            offset=record.offset,
+                            silence_intervals=self.silence_intervals,
+                        )
                     continue
                 pid = envelope.data.pipeline_id
                 state = self.states.get(pid)
@@ -161,11 +263,20 @@ class Projection:
                     state = self.states[pid] = PipelineState(pid)
                 apply(state, envelope)
                 touched[pid] = state
-        if offsets:
-            await self._write(touched.values(), offsets)
+                row = history_row(state, envelope)
+                if row is not None:
+                    history.append(row)
+        if offsets or agents:
+            await self._write(touched.values(), history, list(agents.values()), offsets)
         return sum(len(r) for r in batches.values())
 
-    async def _write(self, states: Iterable[PipelineState], offsets: dict[int, int]) -> None:
+    async def _write(
+        self,
+        states: Iterable[PipelineState],
+        history: list[tuple[Any, ...]],
+        agents: list[tuple[Any, ...]],
+        offsets: dict[int, int],
+    ) -> None:
         assert self._pool is not None
         pipelines, stages = [], []
         for state in states:
@@ -178,6 +289,16 @@ class Projection:
             if pipelines:
                 await conn.executemany(_UPSERT_PIPELINE, pipelines)
                 await conn.executemany(_UPSERT_STAGE, stages)
-            await conn.executemany(
-                _SAVE_OFFSET, [(self.name, self._topic, p, o) for p, o in offsets.items()]
-            )
+            if history:
+                await conn.executemany(_INSERT_HISTORY, history)
+            if agents:
+                await conn.executemany(_UPSERT_AGENT, agents)
+            if offsets:
+                await conn.executemany(
+                    _SAVE_OFFSET, [(self.name, self._topic, p, o) for p, o in offsets.items()]
+                )
+            if pipelines:
+                # Delivered on commit, with the rows: a live view reads them when woken.
+                await conn.execute(
+                    notify.NOTIFY_EACH, notify.PIPELINES, [row[0] for row in pipelines]
+                )
