@@ -54,6 +54,8 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled", "rejected"})
 SUBMITTER = "api"
 INT4_MAX = 2**31 - 1  # history numbers are PostgreSQL integers
 INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1  # steps are bigints
+INT4_MAX = 2**31 - 1  # run numbers are integers
+RUN_HELP = "a run of the job, from 1 (a job id reported again is a new run); the latest by default"
 
 
 @dataclass(frozen=True)
@@ -353,10 +355,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}/metrics", dependencies=[viewer])
     async def latest_metrics(
-        request: Request, job_id: str, limit: int = Query(10, ge=1, le=1000)
+        request: Request,
+        job_id: str,
+        limit: int = Query(10, ge=1, le=1000),
+        run: int | None = Query(None, ge=1, le=INT4_MAX, description=RUN_HELP),
     ) -> Any:
         """A training job's latest metric points, newest first."""
-        points = await get_latest_metrics(job_id, limit, db=request.app.state.pool)
+        points = await get_latest_metrics(job_id, limit, run=run, db=request.app.state.pool)
         return [
             {"source": p.source, "seq": p.seq, **p.point.model_dump(exclude_none=True)}
             for p in points
@@ -375,6 +380,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         points: int = Query(500, ge=1, le=5000, description="at most this many buckets"),
         step_from: int | None = Query(None, ge=INT8_MIN, le=INT8_MAX),
         step_to: int | None = Query(None, ge=INT8_MIN, le=INT8_MAX),
+        run: int | None = Query(None, ge=1, le=INT4_MAX, description=RUN_HELP),
     ) -> Any:
         """Chosen fields of a job for a chart, downsampled in PostgreSQL to at most ``points``
         buckets of equal step width: per bucket its first step and each field's mean of finite
@@ -390,6 +396,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 points=points,
                 step_from=step_from,
                 step_to=step_to,
+                run=run,
                 db=request.app.state.pool,
             )
         except UnknownField as exc:

@@ -523,9 +523,10 @@ async def get_metric_series(
     points: int = 500,
     step_from: int | None = None,
     step_to: int | None = None,
+    run: Run = None,
     db: Db | None = None,
 ) -> dict[str, Any]:
-    """Chosen fields of a job for a chart, in at most ``points`` buckets of equal step width
+    """Chosen fields of a job's run (the latest unless ``run`` says) for a chart, in at most ``points`` buckets of equal step width
     (``core.downsample.BucketGrid``; one bucket per step when there are fewer steps), computed
     in PostgreSQL. Per bucket: its first step with a value, and per field the mean of its
     finite values (None when it has none). A field's non-finite values are never averaged in:
@@ -552,9 +553,11 @@ async def get_metric_series(
     if job_no is None:
         return result
     params.values[0] = job_no
+    sources = await _run_sources(db, job_no, run)
+    in_run = _in_run(sources, params)
     lo, hi = step_from, step_to
     if lo is None or hi is None:
-        first, last = await _x_range(db, job_no, "step")
+        first, last = await _x_range(db, job_no, "step", sources)
         if first is None or last is None:
             return result
         lo = first if lo is None else lo
@@ -577,7 +580,7 @@ async def get_metric_series(
         f"""
         SELECT b, min(step) AS step, {aggregates}
         FROM (SELECT {bucket} AS b, m.step, {inner}
-              FROM metrics m WHERE m.job_no = $1 AND {in_range}) q
+              FROM metrics m WHERE m.job_no = $1 AND {in_range}{in_run}) q
         WHERE {present}
         GROUP BY b ORDER BY b
         """,
