@@ -269,3 +269,29 @@ def recorder(
         database_url,
     ]
     return ServiceProcess("recorder", argv, log, kafka_env(settings, database_url), port)
+
+
+def gateway(
+    settings: KafkaSettings,
+    database_url: str,
+    log: Path,
+    *,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    no_auth: bool = False,
+) -> ServiceProcess:
+    """``python -m posttrain.gateway`` on a free port, reading ``database_url``: ready once its
+    /healthz answers (its database is reachable). ``env`` adds to the environment (tokens)."""
+    port = free_port() if port is None else port
+    argv = [
+        sys.executable,
+        "-m",
+        "posttrain.gateway",
+        "--port",
+        str(port),
+        "--database-url",
+        database_url,
+        *(["--no-auth"] if no_auth else []),
+    ]
+    environ = {**kafka_env(settings, database_url), **(env or {})}
+    return ServiceProcess("gateway", argv, log, environ, port)
