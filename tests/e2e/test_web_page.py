@@ -22,11 +22,29 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "pipelines" / "arithmetic.yaml"
-TOKEN = "web-test-operator"
 STAGES = {"preprocess", "train_sft", "train_grpo", "train_dpo", "evaluate"}
 EDGES = 5  # preprocess->sft, sft->grpo, sft->dpo, grpo->evaluate, dpo->evaluate
 
 NO_WIDER = "return document.scrollingElement.scrollWidth <= window.innerWidth"
+
+
+async def submitter_token(database_url: str) -> tuple[str, dict[str, str]]:
+    """A token that may submit, and what the gateway's environment needs to accept it.
+
+    Gateways that keep hashed tokens in their database get one made there; older ones read
+    ``TOKEN:ROLE`` pairs from POSTTRAIN_API_TOKENS."""
+    try:
+        from posttrain.gateway.auth import Role, create_token
+    except ImportError:
+        token = "web-test-operator"
+        return token, {"POSTTRAIN_API_TOKENS": f"{token}:operator"}
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await create_token(conn, "web-test", Role.SUBMITTER), {}
+    finally:
+        await conn.close()
 
 
 def js(driver, script: str, *args):
@@ -37,6 +55,7 @@ async def test_the_page_submits_the_example_and_shows_it_live(
     kafka_settings, database_url, tmp_path
 ):
     require_chromium()  # before starting anything: fails with how to install it
+    token, gateway_env = await submitter_token(database_url)
     logs = tmp_path / "logs"
     platform = [
         services.orchestrator(kafka_settings, logs / "orchestrator.log", database_url=database_url),
@@ -56,7 +75,7 @@ async def test_the_page_submits_the_example_and_shows_it_live(
             kafka_settings,
             database_url,
             logs / "gateway.log",
-            env={"POSTTRAIN_API_TOKENS": f"{TOKEN}:operator"},
+            env=gateway_env,
         ),
     ]
     for service in platform:
@@ -66,17 +85,17 @@ async def test_the_page_submits_the_example_and_shows_it_live(
         await asyncio.gather(*(s.wait_ready() for s in platform))
         url = f"http://127.0.0.1:{platform[-1].port}/"
         with chromium() as driver:
-            await _use_the_page(driver, url, shot)
+            await _use_the_page(driver, url, token, shot)
     finally:
         services.stop_all(platform)
-        if shot.exists():
-            kept = artifacts_dir() / "web-page.png"
+        for taken in sorted(tmp_path.glob("web-page*.png")):
+            kept = artifacts_dir() / taken.name
             kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(shot, kept)
-            print(f"\nweb page screenshot: {shot} (kept as {kept})")
+            shutil.copyfile(taken, kept)
+            print(f"\nweb page screenshot: {taken} (kept as {kept})")
 
 
-async def _use_the_page(driver, url: str, shot: Path) -> None:
+async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
     from selenium.webdriver.common.by import By
 
     find = driver.find_element
@@ -87,9 +106,17 @@ async def _use_the_page(driver, url: str, shot: Path) -> None:
         timeout=20,
         what="the page to ask for a token",
     )
-    find(By.ID, "token").send_keys(TOKEN)
+    find(By.ID, "token").send_keys(token)
     find(By.ID, "token-save").click()
-    assert js(driver, "return localStorage.getItem('posttrain-token')") == TOKEN
+    assert js(driver, "return localStorage.getItem('posttrain-token')") == token
+    await wait_for(
+        lambda: (
+            driver.find_elements(By.CSS_SELECTOR, "#pipelines")
+            and not find(By.ID, "banner").is_displayed()
+        ),
+        timeout=20,
+        what="the pipeline list, with the token",
+    )
 
     # A pipeline the gateway refuses: its problems, by stage and field.
     driver.get(url + "#/submit")
@@ -155,6 +182,7 @@ async def _use_the_page(driver, url: str, shot: Path) -> None:
         what="an anomaly listed for the pipeline",
     )
     stage = links[0].text
+    step = js(driver, "return arguments[0].closest('tr').children[1].textContent", links[0])
     links[0].click()
     assert js(driver, "return location.hash") == f"#/pipelines/{pipeline_id}/stages/{stage}"
 
@@ -164,9 +192,11 @@ async def _use_the_page(driver, url: str, shot: Path) -> None:
             """
             const charts = [...document.querySelectorAll('#stage-metrics .chart svg')];
             const points = charts.map(c => +c.dataset.points);
-            const marks = [...document.querySelectorAll('#stage-metrics .anomaly.marker title')];
+            const marks = [...document.querySelectorAll(
+                `#stage-metrics .anomaly.marker[data-step="${arguments[0]}"] title`)];
             return points.some(p => p > 0) && marks.length ? marks[0].textContent : null;
             """,
+            step,
         )
 
     marker = await wait_for(
@@ -176,9 +206,11 @@ async def _use_the_page(driver, url: str, shot: Path) -> None:
     assert js(driver, "return document.querySelectorAll('#stage-metrics .x-ticks text').length") > 2
     assert js(driver, NO_WIDER), "the stage view is wider than the window"
 
-    # Every stage by its own URL: facts, outputs that wrap, never a page wider than the window.
+    # Every stage by its own URL: facts, outputs that wrap, never a page wider than the window
+    # (nor on a narrow one).
     longest = 0
-    for name in sorted(STAGES):
+    for name, width in [(n, 1280) for n in sorted(STAGES)] + [("train_sft", 640)]:
+        driver.set_window_size(width, 900)
         driver.get(f"{url}#/pipelines/{pipeline_id}/stages/{name}")
         await wait_for(
             lambda name=name: find(By.ID, "stage-facts").text.startswith(f"↑ stage {name}"),
@@ -191,8 +223,11 @@ async def _use_the_page(driver, url: str, shot: Path) -> None:
             what=f"stage {name}'s outputs",
         )
         longest = max(longest, len(find(By.ID, "outputs").text))
-        assert js(driver, NO_WIDER), f"stage {name} makes the page wider than the window"
+        assert js(driver, NO_WIDER), f"stage {name} makes the page wider than {width} px"
     assert longest > 1000  # some stage's outputs are long: they wrapped
+
+    driver.save_screenshot(str(shot.with_name("web-page-narrow.png")))
+    driver.set_window_size(1280, 900)
 
     # Sections that older gateways lack say so, or show their data.
     driver.get(url + "#/agents")

@@ -277,21 +277,19 @@ def gateway(
     log: Path,
     *,
     port: int | None = None,
+    auth: bool = True,
     env: Mapping[str, str] | None = None,
-    no_auth: bool = False,
 ) -> ServiceProcess:
-    """``python -m posttrain.gateway`` on a free port, reading ``database_url``: ready once its
-    /healthz answers (its database is reachable). ``env`` adds to the environment (tokens)."""
+    """``posttrain-gateway`` on ``port`` reading ``database_url`` (its /healthz answers once its
+    database pool is up); without ``auth``, ``--no-auth``. ``env`` adds to its environment."""
     port = free_port() if port is None else port
     argv = [
-        sys.executable,
-        "-m",
-        "posttrain.gateway",
+        str(BIN / "posttrain-gateway"),
         "--port",
         str(port),
         "--database-url",
         database_url,
-        *(["--no-auth"] if no_auth else []),
+        *([] if auth else ["--no-auth"]),
     ]
     environ = {**kafka_env(settings, database_url), **(env or {})}
     return ServiceProcess("gateway", argv, log, environ, port)

@@ -69,8 +69,7 @@ export function mountPipeline(root, params) {
   stageBox.append(factsBox, chartsBox);
   const anomaliesBox = el("section", {id: "anomalies"}, el("h3", {text: "Anomalies"}));
   const historyBox = el("section", {id: "history-box"});
-  root.replaceChildren(head, dagBox, stageBox,
-    el("div", {class: "grid"}, anomaliesBox, historyBox));
+  root.replaceChildren(head, dagBox, stageBox, anomaliesBox, historyBox);
   const history = new History(historyBox, id);
 
   async function command(path, what) {
@@ -140,6 +139,8 @@ export function mountPipeline(root, params) {
       ["error", s.error ? el("span", {class: "error", text: s.error}) : null],
     ], "stage-facts-list");
     const attempts = (s.attempts || []).length ? el("table", {id: "attempts"},
+      el("colgroup", {}, el("col", {style: "width: 2.5em"}), el("col", {style: "width: 7.5em"}),
+        el("col"), el("col"), el("col"), el("col", {style: "width: 30%"})),
       el("thead", {}, el("tr", {}, ["#", "status", "agent", "started", "finished", "error"].map(
         (h) => el("th", {text: h})))),
       el("tbody", {}, s.attempts.map((a) => el("tr", {},
@@ -185,8 +186,8 @@ export function mountPipeline(root, params) {
         (x.refusal ? ` (${x.refusal})` : "")).join("; ") || "—"})));
     anomaliesBox.replaceChildren(el("h3", {text: "Anomalies"}), rows.length
       ? el("table", {},
-        el("colgroup", {}, el("col", {style: "width: 16%"}), el("col", {style: "width: 8%"}),
-          el("col", {style: "width: 27%"}), el("col"), el("col", {style: "width: 22%"})),
+        el("colgroup", {}, el("col", {style: "width: 14%"}), el("col", {style: "width: 6%"}),
+          el("col", {style: "width: 20%"}), el("col"), el("col", {style: "width: 26%"})),
         el("thead", {}, el("tr", {}, ["stage", "step", "anomaly", "message", "actions"].map(
           (h) => el("th", {text: h})))),
         el("tbody", {}, rows))
