@@ -133,6 +133,7 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
     )
     cells = {tuple(c.text for c in r.find_elements(By.TAG_NAME, "td"))[:2] for r in rows}
     assert ("a", "task") in cells and ("b", "depends_on") in cells, cells
+    driver.save_screenshot(str(shot.with_name("web-page-refused.png")))
 
     # The example pipeline, from its file.
     driver.get(url + "#/submit")
@@ -166,6 +167,9 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
 
     def all_green():
         states = dag()
+        running = shot.with_name("web-page-running.png")
+        if "running" in states.values() and not running.exists():
+            driver.save_screenshot(str(running))  # the DAG as it was, mid-run
         return set(states) == STAGES and set(states.values()) == {"succeeded"}
 
     await wait_for(all_green, timeout=600, interval=0.3, what=f"every stage green: {dag()}")
@@ -236,6 +240,16 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
         timeout=20,
         what="the agents, or a note that they are unavailable",
     )
+    driver.save_screenshot(str(shot.with_name("web-page-agents.png")))
+    driver.get(url + "#/")
+    await wait_for(
+        lambda: driver.find_elements(
+            By.CSS_SELECTOR, f'#pipelines tr[data-pipeline="{pipeline_id}"]'
+        ),
+        timeout=20,
+        what="the pipeline in the list",
+    )
+    driver.save_screenshot(str(shot.with_name("web-page-list.png")))
 
     # The picture: the stage with the anomaly, the whole page.
     driver.get(f"{url}#/pipelines/{pipeline_id}/stages/{stage}")

@@ -55,7 +55,7 @@ export function mountPipeline(root, params) {
   const state = {
     stage: params.stage || null,
     status: null,
-    anomalies: [],
+    anomalies: null,  // null until first read
     pushed: {metrics: false, anomaly: false},
     endedAt: null,
   };
@@ -98,7 +98,7 @@ export function mountPipeline(root, params) {
 
   function anomalyCounts() {
     const counts = {};
-    for (const a of state.anomalies) if (a.stage) counts[a.stage] = (counts[a.stage] || 0) + 1;
+    for (const a of state.anomalies || []) if (a.stage) counts[a.stage] = (counts[a.stage] || 0) + 1;
     return counts;
   }
 
@@ -165,7 +165,7 @@ export function mountPipeline(root, params) {
       chartsBox.replaceChildren();
     } else if (!charts || charts.jobId !== s.job_id) {
       charts = new JobCharts(chartsBox, s.job_id,
-        (job) => state.anomalies.filter((a) => a.job_id === job));
+        (job) => (state.anomalies || []).filter((a) => a.job_id === job));
       charts.refresh();
     }
   }
@@ -175,7 +175,7 @@ export function mountPipeline(root, params) {
       anomaliesBox.replaceChildren(el("h3", {text: "Anomalies"}), unavailable("The anomalies", error));
       return;
     }
-    const rows = state.anomalies.map((a) => el("tr", {"data-anomaly": a.anomaly_id},
+    const rows = (state.anomalies || []).map((a) => el("tr", {"data-anomaly": a.anomaly_id},
       el("td", {}, a.stage ? el("a", {href: `${base}/stages/${encodeURIComponent(a.stage)}`,
         text: a.stage}) : ""),
       el("td", {text: a.step}),
@@ -202,7 +202,8 @@ export function mountPipeline(root, params) {
       drawAnomalies(error);
       return;
     }
-    const changed = JSON.stringify(found) !== JSON.stringify(state.anomalies);
+    const changed = state.anomalies === null ||
+      JSON.stringify(found) !== JSON.stringify(state.anomalies);
     state.anomalies = found;
     if (!changed) return;
     drawAnomalies();

@@ -18,6 +18,7 @@ function contentType(text, fileName) {
 
 export function errorsTable(errors) {
   return el("table", {class: "errors", id: "submit-errors"},
+    el("colgroup", {}, el("col", {style: "width: 20%"}), el("col", {style: "width: 25%"}), el("col")),
     el("thead", {}, el("tr", {}, ["stage", "field", "problem"].map((h) => el("th", {text: h})))),
     el("tbody", {}, errors.map((e) => el("tr", {},
       el("td", {class: "mono", text: e.stage ?? "(pipeline)"}),
