@@ -9,6 +9,7 @@ screenshot is kept (its path is printed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -96,6 +97,7 @@ async def test_the_page_submits_the_example_and_shows_it_live(
 
 
 async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     find = driver.find_element
@@ -165,15 +167,35 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
         seen.update(states.values())
         return states
 
+    # While the SFT stage trains, its page (reached through its box on the DAG) is watched:
+    # its chart grows as the points arrive.
+    sft = f"#/pipelines/{pipeline_id}/stages/train_sft"
+    sft_points: list[int] = []
+
     def all_green():
         states = dag()
         running = shot.with_name("web-page-running.png")
         if "running" in states.values() and not running.exists():
             driver.save_screenshot(str(running))  # the DAG as it was, mid-run
+        here = js(driver, "return location.hash")
+        if states.get("train_sft") == "running" and here != sft:
+            with contextlib.suppress(StaleElementReferenceException):  # redrawn meanwhile
+                find(By.CSS_SELECTOR, '#dag .node[data-stage="train_sft"]').click()
+        elif here == sft:
+            points = js(
+                driver,
+                "const c = document.querySelector('#stage-metrics .chart svg');"
+                "return c ? +c.dataset.points : 0",
+            )
+            if points and (not sft_points or sft_points[-1] != points):
+                sft_points.append(points)
         return set(states) == STAGES and set(states.values()) == {"succeeded"}
 
-    await wait_for(all_green, timeout=600, interval=0.3, what=f"every stage green: {dag()}")
+    await wait_for(all_green, timeout=600, interval=0.3, what="every stage green")
     assert seen & {"pending", "assigned", "running", "waiting"}, seen  # it changed as we looked
+    assert js(driver, "return location.hash") == sft  # the DAG's boxes link to their stages
+    print(f"\nthe SFT chart's points as the page showed them: {sft_points}")
+    assert len(sft_points) >= 2, f"the SFT chart did not grow while it ran: {sft_points}"
     assert js(driver, "return +document.querySelector('#dag svg').dataset.edges") == EDGES
     heading = find(By.CSS_SELECTOR, "#pipeline-head h2").text
     assert "arithmetic-posttrain" in heading and "succeeded" in heading
@@ -240,6 +262,8 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
         timeout=20,
         what="the agents, or a note that they are unavailable",
     )
+    agents = driver.find_elements(By.CSS_SELECTOR, '#agents tr[data-agent="web-cpu-1"]')
+    assert agents or driver.find_elements(By.CSS_SELECTOR, ".unavailable")
     driver.save_screenshot(str(shot.with_name("web-page-agents.png")))
     driver.get(url + "#/")
     await wait_for(
@@ -250,6 +274,16 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
         what="the pipeline in the list",
     )
     driver.save_screenshot(str(shot.with_name("web-page-list.png")))
+
+    # The history: its entries, or (an older gateway) a note that it is unavailable.
+    driver.get(f"{url}#/pipelines/{pipeline_id}")
+    await wait_for(
+        lambda: driver.find_elements(
+            By.CSS_SELECTOR, "#history tr[data-seq], #history-box .unavailable"
+        ),
+        timeout=20,
+        what="the history, or a note that it is unavailable",
+    )
 
     # The picture: the stage with the anomaly, the whole page.
     driver.get(f"{url}#/pipelines/{pipeline_id}/stages/{stage}")
