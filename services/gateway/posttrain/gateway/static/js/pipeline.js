@@ -50,7 +50,7 @@ function sleep(ms, signal) {
 export function mountPipeline(root, params) {
   const id = params.id;
   const base = `#/pipelines/${encodeURIComponent(id)}`;
-  const api = `/v1/pipelines/${encodeURIComponent(id)}`;
+  const pid = encodeURIComponent(id);
   const controller = new AbortController();
   const state = {
     stage: params.stage || null,
@@ -72,8 +72,8 @@ export function mountPipeline(root, params) {
   root.replaceChildren(head, dagBox, stageBox, anomaliesBox, historyBox);
   const history = new History(historyBox, id);
 
-  async function command(path, what) {
-    const answer = await post(`${api}/${path}`);
+  async function command(url, what) {
+    const answer = await post(url);
     const detail = answer.body && answer.body.detail;
     head.querySelector(".command-result").textContent = answer.ok
       ? `${what}: sent.`
@@ -83,8 +83,10 @@ export function mountPipeline(root, params) {
   function drawHead() {
     const s = state.status;
     const controls = el("div", {class: "controls"},
-      el("button", {type: "button", text: "resume", onclick: () => command("resume", "resume")}),
-      el("button", {type: "button", text: "cancel", onclick: () => command("cancel", "cancel")}),
+      el("button", {type: "button", text: "resume",
+        onclick: () => command(`/v1/pipelines/${pid}/resume`, "resume")}),
+      el("button", {type: "button", text: "cancel",
+        onclick: () => command(`/v1/pipelines/${pid}/cancel`, "cancel")}),
       el("span", {class: "command-result muted"}));
     const errors = (s.errors || []).map((e) =>
       el("p", {class: "error", text: `stage ${e.stage ?? "-"}, field ${e.field}: ${e.message}`}));
@@ -127,7 +129,8 @@ export function mountPipeline(root, params) {
       return;
     }
     const retry = el("button", {type: "button", text: "retry this stage",
-      onclick: () => command(`stages/${encodeURIComponent(s.name)}/retry`, "retry")});
+      onclick: () => command(
+        `/v1/pipelines/${pid}/stages/${encodeURIComponent(s.name)}/retry`, "retry")});
     const agent = s.agent_id ? el("a", {href: "#/agents", text: s.agent_id}) : null;
     const facts = kv([
       ["status", statusText(s.status)], ["task", s.task], ["attempt", s.attempt],
@@ -197,7 +200,7 @@ export function mountPipeline(root, params) {
   async function refreshAnomalies() {
     let found;
     try {
-      found = await getJson(`${api}/anomalies`);
+      found = await getJson(`/v1/pipelines/${pid}/anomalies`);
     } catch (error) {
       drawAnomalies(error);
       return;
@@ -242,7 +245,7 @@ export function mountPipeline(root, params) {
     const signal = controller.signal;
     while (!signal.aborted) {
       try {
-        await follow(`${api}/events`, onEvent, signal);
+        await follow(`/v1/pipelines/${pid}/events`, onEvent, signal);
       } catch (error) {
         if (signal.aborted) return;
         if (error instanceof ApiError && (error.status === 401 || error.status === 403)) return;
@@ -268,7 +271,7 @@ export function mountPipeline(root, params) {
 
   (async () => {
     try {
-      onStatus(await getJson(api));
+      onStatus(await getJson(`/v1/pipelines/${pid}`));
     } catch (error) {
       if (error.status === 404) {
         head.replaceChildren(el("h2", {class: "mono", text: id}),
