@@ -297,4 +297,5 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
         what="the window to grow",
     )
     assert js(driver, NO_WIDER)
+    js(driver, "window.scrollTo(0, 0)")
     driver.save_screenshot(str(shot))
