@@ -23,7 +23,7 @@ MEMBERS := -e ./libs/events -e ./libs/service -e ./services/orchestrator \
 	-e ./services/metrics_ingest -e ./services/diagnostics -e ./services/trainer_agent \
 	-e ./services/gateway -e '.[dev]'
 
-.PHONY: install lint typecheck unit test demo bench stack-up stack-down stack-status doctor clean-stack
+.PHONY: install browser lint typecheck unit test demo bench stack-up stack-down stack-status doctor clean-stack
 
 $(UV):
 	python3 -m pip install --quiet --disable-pip-version-check --target $(POSTTRAIN_HOME)/uvbin uv
@@ -33,6 +33,19 @@ $(PY): | $(UV)
 
 install: $(PY)
 	$(UV) pip install --quiet --python $(PY) $(MEMBERS)
+
+# The web page's test drives Debian's chromium and its driver: installed once (as root, or
+# through sudo), nothing done when both are there. Without apt, it says so and the test says how.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "make: no apt-get here: install chromium and chromedriver for the web page's test"; \
+		exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	echo "make: installing chromium and chromium-driver (the web page's test)"; \
+	$$sudo apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null \
+		|| echo "make: chromium was not installed: the web page's test will fail and say how"
 
 lint: install
 	$(BIN)/ruff check .
@@ -59,7 +72,7 @@ doctor: install
 
 # Starts the stack, runs lint, types and every test, and stops the stack it started whatever
 # the outcome.
-test: install
+test: install browser
 	@set -o pipefail; started=0; \
 	if ! $(BIN)/posttrain stack status --quiet; then started=1; fi; \
 	$(BIN)/posttrain stack up || exit 1; \

@@ -278,19 +278,28 @@ def recorder(
 
 
 def gateway(
-    settings: KafkaSettings, database_url: str, log: Path, *, port: int | None = None
+    settings: KafkaSettings,
+    database_url: str,
+    log: Path,
+    *,
+    port: int | None = None,
+    auth: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> ServiceProcess:
-    """``python -m posttrain.gateway --no-auth`` on ``port``: reads ``database_url``, sends to
-    ``settings``' namespace; its API, /healthz and /metrics share the port."""
+    """``python -m posttrain.gateway`` on ``port``: reads ``database_url``, sends to
+    ``settings``' namespace; its API, /healthz and /metrics share the port. ``--no-auth``
+    unless ``auth``: then callers need tokens made in ``database_url``. ``env`` adds to its
+    environment."""
     port = free_port() if port is None else port
     argv = [
         sys.executable,
         "-m",
         "posttrain.gateway",
-        "--no-auth",
+        *([] if auth else ["--no-auth"]),
         "--port",
         str(port),
         "--database-url",
         database_url,
     ]
-    return ServiceProcess("gateway", argv, log, kafka_env(settings, database_url), port)
+    environ = {**kafka_env(settings, database_url), **(env or {})}
+    return ServiceProcess("gateway", argv, log, environ, port)

@@ -29,6 +29,7 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
+from fastapi.staticfiles import StaticFiles
 
 from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events.kafka import EventProducer, KafkaSettings
@@ -48,7 +49,8 @@ from posttrain.orchestrator.core.dag import InvalidPipeline
 from posttrain.orchestrator.core.document import DocumentError, read_document
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
 
-_PAGE = Path(__file__).parent / "static" / "index.html"
+_STATIC = Path(__file__).parent / "static"
+_PAGE = _STATIC / "index.html"
 MAX_BODY_BYTES = 1 << 20
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "rejected"})
 SUBMITTER = "api"
@@ -434,8 +436,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        """The web page: pipelines, a pipeline's stages by layer, live, with a job's metrics."""
+        """The web page (no build step: ES modules and a style sheet under /static): pipelines,
+        a pipeline's DAG live at /#/pipelines/{id}, a stage at .../stages/{name} with its job's
+        metric charts, anomalies and history, the agents, submit, token entry."""
         return HTMLResponse(_PAGE.read_bytes())
+
+    # The page's scripts and style sheet: public, like the page; the data behind them is not.
+    app.mount("/static", StaticFiles(directory=_STATIC), name="static")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> JSONResponse:

@@ -179,6 +179,7 @@ async def aget_pipeline_status(
             {
                 "name": s["name"],
                 "task": s["task"],
+                "depends_on": orjson.loads(s["depends_on"]),
                 "status": s["status"],
                 "task_id": s["command_id"],
                 "celery_task_id": s["command_id"],

@@ -26,6 +26,7 @@ def pipeline_view(state: PipelineState) -> dict[str, Any]:
             {
                 "name": stage.name,
                 "task": stage.spec.task,
+                "depends_on": list(stage.spec.depends_on),
                 "status": stage.status.value,
                 "attempt": stage.attempt,
                 "command_id": stage.current.command_id if stage.current else None,

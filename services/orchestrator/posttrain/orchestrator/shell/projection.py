@@ -57,8 +57,9 @@ WHERE pipelines.version <= EXCLUDED.version
 _UPSERT_STAGE = """
 INSERT INTO pipeline_stages (pipeline_id, name, position, task, status, attempt, command_id,
                              agent_id, job_id, started_at, finished_at, outputs, error,
-                             waiting_reason, cached_from, attempts)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16::jsonb
+                             waiting_reason, cached_from, attempts, depends_on)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16::jsonb,
+       $18::jsonb
 WHERE (SELECT version FROM pipelines WHERE pipeline_id = $1) = $17
 ON CONFLICT (pipeline_id, name) DO UPDATE SET
     position = EXCLUDED.position, task = EXCLUDED.task, status = EXCLUDED.status,
@@ -66,7 +67,7 @@ ON CONFLICT (pipeline_id, name) DO UPDATE SET
     job_id = EXCLUDED.job_id, started_at = EXCLUDED.started_at,
     finished_at = EXCLUDED.finished_at, outputs = EXCLUDED.outputs, error = EXCLUDED.error,
     waiting_reason = EXCLUDED.waiting_reason, cached_from = EXCLUDED.cached_from,
-    attempts = EXCLUDED.attempts
+    attempts = EXCLUDED.attempts, depends_on = EXCLUDED.depends_on
 """
 
 _INSERT_HISTORY = """
@@ -136,6 +137,7 @@ def pipeline_rows(state: PipelineState) -> tuple[tuple[Any, ...], list[tuple[Any
             s["cached_from"],
             _json(s["attempts"]),
             state.version,
+            _json(s["depends_on"]),
         )
         for i, s in enumerate(view["stages"])
     ]
