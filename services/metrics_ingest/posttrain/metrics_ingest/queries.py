@@ -529,8 +529,9 @@ async def get_metric_series(
     """Chosen fields of a job's run (the latest unless ``run`` says) for a chart, in at most
     ``points`` buckets of equal step width (``core.downsample.BucketGrid``; one bucket per step
     when there are fewer steps), computed in PostgreSQL. Per bucket: its first step with a
-    value, and per field the mean of its finite values (None when it has none). A field's non-finite values are never averaged in:
-    the steps where it was NaN or infinite are listed under ``non_finite``.
+    value, and per field the mean of its finite values (None when it has none). A field's
+    non-finite values are never averaged in: the steps where it was NaN or infinite are listed
+    under ``non_finite``.
 
     ``{"job_uuid", "fields", "step": [...], "values": {field: [...]}, "non_finite":
     {field: [step, ...]}}``; an unknown field raises ``UnknownField``."""
