@@ -10,6 +10,7 @@ problem with its stage and field, and nothing is sent.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 
 from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events.kafka import EventProducer, KafkaSettings
-from posttrain.gateway.auth import Role, role_of
+from posttrain.gateway.auth import ANONYMOUS_ADMIN, Principal, Role, authenticate
 from posttrain.metrics_ingest.queries import get_latest_metrics
 from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status, alist_pipelines
 from posttrain.orchestrator.core.dag import InvalidPipeline
@@ -34,17 +35,20 @@ from posttrain.service.prometheus import CONTENT_TYPE, Exposition
 
 _PAGE = Path(__file__).parent / "static" / "index.html"
 MAX_BODY_BYTES = 1 << 20
+log = logging.getLogger("posttrain.gateway")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "rejected"})
-SUBMITTER = "api"
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     kafka: KafkaSettings
     database_url: str
-    tokens: dict[str, Role] | None  # None: no authentication (an explicit choice: --no-auth)
+    # False: no authentication, every caller an admin (an explicit choice: --no-auth). True:
+    # bearer tokens from the gateway's table (``posttrain token create``).
+    auth: bool = True
     poll_interval_s: float = 0.5  # how often a live stream looks at the read model
     keepalive_s: float = 15.0  # a comment line on a quiet stream, so proxies keep it open
+    address: str | None = None  # where it serves (for its start line); None in-process
 
 
 def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
@@ -76,11 +80,19 @@ def create_app(config: GatewayConfig) -> FastAPI:
         app.state.pool = await asyncpg.create_pool(config.database_url, min_size=1, max_size=8)
         app.state.producer = EventProducer(config.kafka)
         await app.state.producer.start()
+        identity = {
+            "address": config.address,
+            "auth": "tokens" if config.auth else "none (--no-auth)",
+            "namespace": config.kafka.namespace,
+            "kafka": config.kafka.bootstrap_servers,
+        }
+        log.info("gateway started", extra=identity)
         try:
             yield
         finally:
             await app.state.producer.stop()
             await app.state.pool.close()
+            log.info("gateway stopped", extra=identity)
 
     app = FastAPI(
         title="posttrain",
@@ -89,29 +101,32 @@ def create_app(config: GatewayConfig) -> FastAPI:
         lifespan=lifespan,
     )
 
-    def require(needed: Role) -> Callable[..., Awaitable[Role]]:
-        async def check(authorization: str | None = Header(default=None)) -> Role:
-            if config.tokens is None:
-                return Role.OPERATOR
-            role = role_of(authorization, config.tokens)
-            if role is None:
+    def require(needed: Role) -> Callable[..., Awaitable[Principal]]:
+        async def check(
+            request: Request, authorization: str | None = Header(default=None)
+        ) -> Principal:
+            if not config.auth:
+                return ANONYMOUS_ADMIN
+            principal = await authenticate(request.app.state.pool, authorization)
+            if principal is None:
                 raise HTTPException(
-                    401, "a known bearer token is required", {"WWW-Authenticate": "Bearer"}
+                    401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
                 )
-            if role < needed:
+            if principal.role < needed:
                 raise HTTPException(403, f"needs the {needed.name.lower()} role")
-            return role
+            return principal
 
         return check
 
     viewer = Depends(require(Role.VIEWER))
-    operator = Depends(require(Role.OPERATOR))
+    submitter = Depends(require(Role.SUBMITTER))
 
-    def executor(request: Request, pipeline_id: str | None) -> PipelineExecutor:
+    def executor(request: Request, pipeline_id: str | None, by: Principal) -> PipelineExecutor:
+        # The token's name goes on the record as submitted_by / requested_by.
         return PipelineExecutor(
             pipeline_id,
             settings=config.kafka,
-            submitted_by=SUBMITTER,
+            submitted_by=by.name,
             producer=request.app.state.producer,
         )
 
@@ -121,10 +136,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise HTTPException(404, f"no pipeline {pipeline_id!r} (or not projected yet)")
         return status
 
+    async def steerable(request: Request, pipeline_id: str, by: Principal) -> dict[str, Any]:
+        """The pipeline's status, if ``by`` may resume, cancel or retry it (a submitter only
+        its own; 403 otherwise)."""
+        status = await existing(request, pipeline_id)
+        if not by.may_steer(status["submitted_by"]):
+            raise HTTPException(
+                403,
+                f"pipeline {pipeline_id!r} was submitted by another token: needs the admin role",
+            )
+        return status
+
     @app.post(
         "/v1/pipelines",
         status_code=202,
-        dependencies=[operator],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -135,7 +160,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             }
         },
     )
-    async def submit(request: Request) -> JSONResponse:
+    async def submit(request: Request, by: Principal = submitter) -> JSONResponse:
         """Validate and submit a pipeline: a mapping with ``stages`` (and optional ``name``,
         ``settings``, ``pipeline_id``) as JSON, or as YAML with a YAML content type."""
         try:
@@ -145,7 +170,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         except DocumentError as exc:
             counts["rejected"] += 1
             return _invalid([{"stage": None, "field": exc.field, "message": exc.message}])
-        pipeline = executor(request, doc.pipeline_id)
+        pipeline = executor(request, doc.pipeline_id, by)
         try:
             result = await pipeline.aexecute(doc.stages, name=doc.name, settings=doc.settings)
         except InvalidPipeline as exc:
@@ -205,29 +230,32 @@ def create_app(config: GatewayConfig) -> FastAPI:
         counts[f"command:{kind}"] += 1
         return JSONResponse({"accepted": kind, "pipeline_id": pipeline_id}, status_code=202)
 
-    @app.post("/v1/pipelines/{pipeline_id}/resume", status_code=202, dependencies=[operator])
-    async def resume(request: Request, pipeline_id: str) -> JSONResponse:
+    @app.post("/v1/pipelines/{pipeline_id}/resume", status_code=202)
+    async def resume(request: Request, pipeline_id: str, by: Principal = submitter) -> JSONResponse:
         """Run again every failed, cancelled or lost stage (and what waits on them)."""
-        await existing(request, pipeline_id)
-        await executor(request, pipeline_id).aresume()
+        await steerable(request, pipeline_id, by)
+        await executor(request, pipeline_id, by).aresume()
         return accepted(pipeline_id, "ResumePipeline")
 
-    @app.post("/v1/pipelines/{pipeline_id}/cancel", status_code=202, dependencies=[operator])
-    async def cancel(request: Request, pipeline_id: str, reason: str = "") -> JSONResponse:
-        await existing(request, pipeline_id)
-        await executor(request, pipeline_id).acancel(reason)
+    @app.post("/v1/pipelines/{pipeline_id}/cancel", status_code=202)
+    async def cancel(
+        request: Request, pipeline_id: str, reason: str = "", by: Principal = submitter
+    ) -> JSONResponse:
+        await steerable(request, pipeline_id, by)
+        await executor(request, pipeline_id, by).acancel(reason)
         return accepted(pipeline_id, "CancelPipeline")
 
     @app.post(
         "/v1/pipelines/{pipeline_id}/stages/{stage}/retry",
         status_code=202,
-        dependencies=[operator],
     )
-    async def retry(request: Request, pipeline_id: str, stage: str) -> JSONResponse:
-        status = await existing(request, pipeline_id)
+    async def retry(
+        request: Request, pipeline_id: str, stage: str, by: Principal = submitter
+    ) -> JSONResponse:
+        status = await steerable(request, pipeline_id, by)
         if stage not in {s["name"] for s in status["stages"]}:
             raise HTTPException(404, f"pipeline {pipeline_id!r} has no stage {stage!r}")
-        await executor(request, pipeline_id).aretry_stage(stage)
+        await executor(request, pipeline_id, by).aretry_stage(stage)
         return accepted(pipeline_id, "RetryStage")
 
     @app.get("/v1/jobs/{job_id}/metrics", dependencies=[viewer])
