@@ -11,15 +11,16 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from posttrain.db.migrate import apply_migrations
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.gateway.app import GatewayConfig, create_app
-from posttrain.gateway.auth import Role
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent
 from tests.integration.orchestrator.test_orchestrator import running
@@ -27,17 +28,13 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-TOKENS = {"op-token": Role.OPERATOR, "view-token": Role.VIEWER}
-OPERATOR = {"authorization": "Bearer op-token"}
-VIEWER = {"authorization": "Bearer view-token"}
-
 
 @contextlib.asynccontextmanager
 async def gateway(
     kafka_settings: KafkaSettings, database_url: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
-        GatewayConfig(kafka_settings, database_url, TOKENS, poll_interval_s=0.1, keepalive_s=1)
+        GatewayConfig(kafka_settings, database_url, poll_interval_s=0.1, keepalive_s=1)
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -68,8 +65,9 @@ def _events(stream: str) -> list[dict[str, Any]]:
 
 
 async def test_an_invalid_pipeline_gets_a_422_naming_each_stage_and_field(
-    kafka_settings, database_url
+    kafka_settings, database_url, callers
 ):
+    OPERATOR = callers["submitter"].headers
     async with gateway(kafka_settings, database_url) as client:
         response = await client.post(
             "/v1/pipelines",
@@ -107,7 +105,8 @@ async def test_an_invalid_pipeline_gets_a_422_naming_each_stage_and_field(
     assert await _commands_sent(kafka_settings) == 0  # nothing reached the orchestrator
 
 
-async def test_tokens_and_roles_are_enforced(kafka_settings, database_url):
+async def test_tokens_and_roles_are_enforced(kafka_settings, database_url, callers):
+    VIEWER = callers["viewer"].headers
     async with gateway(kafka_settings, database_url) as client:
         missing = await client.get("/v1/pipelines")
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
@@ -122,8 +121,9 @@ async def test_tokens_and_roles_are_enforced(kafka_settings, database_url):
 
 
 async def test_submit_follow_resume_and_read_a_pipeline(
-    kafka_settings, database_url, tmp_path, run_id
+    kafka_settings, database_url, tmp_path, run_id, callers
 ):
+    OPERATOR, VIEWER = callers["submitter"].headers, callers["viewer"].headers
     agent = ScriptedAgent(kafka_settings, "gpu-1", tmp_path / "record.jsonl", fail={"b": [1]})
     yaml_pipeline = f"""
 pipeline_id: {run_id}
@@ -189,15 +189,38 @@ stages:
         assert unknown.status_code == 404
 
 
-def test_the_gateway_will_not_serve_without_tokens_unless_told():
-    refused = subprocess.run(
-        [sys.executable, "-m", "posttrain.gateway", "--port", "0"],
-        env={"PATH": "/usr/bin:/bin", "POSTTRAIN_API_TOKENS": ""},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert refused.returncode == 2 and "--no-auth" in refused.stderr
+async def test_the_gateway_will_not_serve_without_tokens_unless_told(
+    base_database_url, run_id, tmp_path
+):
+    def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "posttrain.gateway", "--port", "0"],
+            env={"PATH": "/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    # Plain-text tokens in the environment are no longer read: refused, not silently ignored.
+    old_style = start({"POSTTRAIN_API_TOKENS": "abc:operator", "DATABASE_URL": "unused"})
+    assert old_style.returncode == 2 and "posttrain token create" in old_style.stderr
+    assert "abc" not in old_style.stderr
+
+    name = f"posttrain_{run_id.replace('-', '_')}_notokens"
+    admin = await asyncpg.connect(base_database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = base_database_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        no_table = start({"DATABASE_URL": url})
+        assert no_table.returncode == 2 and "posttrain stack up" in no_table.stderr
+        assert "--no-auth" in no_table.stderr
+        await apply_migrations(url, owner="gateway")
+        no_tokens = start({"DATABASE_URL": url})
+        assert no_tokens.returncode == 2 and "posttrain token create" in no_tokens.stderr
+        assert "--no-auth" in no_tokens.stderr
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 async def test_the_web_page_is_served_and_calls_only_routes_that_exist(
@@ -210,7 +233,7 @@ async def test_the_web_page_is_served_and_calls_only_routes_that_exist(
         re.findall(r'"(/v1/[^"?]*)', page.text)
     )
     assert {"/v1/pipelines", "/v1/pipelines/${pipeline}/events"} <= called
-    app = create_app(GatewayConfig(kafka_settings, database_url, TOKENS))
+    app = create_app(GatewayConfig(kafka_settings, database_url))
     patterns = [route.path_regex for route in app.routes if hasattr(route, "path_regex")]
     # ``control(pipeline, path)`` posts to resume, cancel and a stage's retry.
     controls = ["resume", "cancel", "stages/x/retry"]
