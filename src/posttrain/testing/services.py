@@ -269,3 +269,25 @@ def recorder(
         database_url,
     ]
     return ServiceProcess("recorder", argv, log, kafka_env(settings, database_url), port)
+
+
+def gateway(
+    settings: KafkaSettings,
+    database_url: str,
+    log: Path,
+    *,
+    port: int | None = None,
+    auth: bool = True,
+) -> ServiceProcess:
+    """``posttrain-gateway`` on ``port`` (its /healthz answers once its database pool is up);
+    with ``auth``, callers need tokens made in ``database_url``."""
+    port = free_port() if port is None else port
+    argv = [
+        str(BIN / "posttrain-gateway"),
+        "--port",
+        str(port),
+        "--database-url",
+        database_url,
+        *([] if auth else ["--no-auth"]),
+    ]
+    return ServiceProcess("gateway", argv, log, kafka_env(settings, database_url), port)

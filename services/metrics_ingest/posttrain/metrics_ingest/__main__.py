@@ -21,8 +21,9 @@ log = logging.getLogger("posttrain.metrics_ingest")
 
 
 async def serve(config: IngestConfig) -> None:
+    settings = KafkaSettings.from_env(client_id="posttrain-ingest")
     service = IngestService(
-        KafkaSettings.from_env(client_id="posttrain-ingest"),
+        settings,
         config.database_url,
         policy=config.policy,
         consumer=ConsumerOptions(
@@ -40,13 +41,21 @@ async def serve(config: IngestConfig) -> None:
     if config.http_host is not None:
         endpoints = EndpointServer(routes(service), config.http_host, config.http_port)
     policy = config.policy
+    identity: dict[str, object] = {
+        "namespace": settings.namespace,
+        "kafka": settings.bootstrap_servers,
+        "instance_id": config.instance_id,
+        "http": None,
+    }
     try:
         if endpoints is not None:
             port = await endpoints.start()
             log.info("http endpoints listening", extra={"host": config.http_host, "port": port})
+            identity["http"] = f"{config.http_host}:{port}"
         log.info(
-            "ingest starting",
+            "ingest started",
             extra={
+                **identity,
                 "batch_rows": policy.max_rows,
                 "batch_age_s": policy.max_age_s,
                 "max_pending_rows": policy.max_pending_rows,
@@ -56,7 +65,7 @@ async def serve(config: IngestConfig) -> None:
     finally:
         if endpoints is not None:
             await endpoints.stop()
-        log.info("ingest stopped", extra={"rows_inserted": service.stats.rows_inserted})
+        log.info("ingest stopped", extra={**identity, "rows_inserted": service.stats.rows_inserted})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
