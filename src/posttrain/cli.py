@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -36,8 +37,9 @@ app.add_typer(token_app, name="token")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schema_app, name="schema")
 
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup or emoji codes in what we print: ids like "p:a:1" are shown as they are.
+out = Console(highlight=False, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 class Refusal(Exception):
@@ -120,6 +122,9 @@ def _safe(url: str) -> str:
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; an error a user can act on becomes one sentence, exit 1."""
+    if not os.environ.get("POSTTRAIN_DEBUG"):
+        # The Kafka client logs each failed connection attempt; the sentence below says it once.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(coroutine)
     except (typer.Exit, KeyboardInterrupt):

@@ -32,7 +32,8 @@ def orchestrator_members(settings: KafkaSettings) -> int:
 
     group = settings.group(ORCHESTRATOR_GROUP)
     try:
-        future = _admin(settings).describe_consumer_groups([group], request_timeout=TIMEOUT_S)
+        admin = _admin(settings)  # held until the answer: a collected client answers nothing
+        future = admin.describe_consumer_groups([group], request_timeout=TIMEOUT_S)
         return len(future[group].result(timeout=TIMEOUT_S + 1).members)
     except (KafkaException, TimeoutError) as exc:
         raise OSError(f"the broker at {settings.bootstrap_servers} did not answer: {exc}") from exc
@@ -46,8 +47,9 @@ def log_end_offsets(settings: KafkaSettings) -> dict[int, int]:
     topic = settings.topic(Topic.PIPELINE_EVENTS)
     partitions = TOPICS[Topic.PIPELINE_EVENTS].partitions
     latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+    admin = _admin(settings)  # held until the answers come
     try:
-        futures = _admin(settings).list_offsets(
+        futures = admin.list_offsets(
             {TopicPartition(topic, p): latest for p in range(partitions)},
             request_timeout=TIMEOUT_S,
         )
@@ -66,17 +68,26 @@ async def projected_offsets(db: Any, settings: KafkaSettings) -> dict[int, int]:
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
+def unprojected(ends: dict[int, int], projected: dict[int, int]) -> int:
+    """Partitions of the log holding events the projection has not read.
+
+    The orchestrator writes the log in transactions, so each partition's end offset lies one
+    past a commit marker that the projection never records (it saves the offset after the last
+    event it read): a gap of one is a projection that is up to date, a larger one is not."""
+    return sum(1 for p, end in ends.items() if end - projected.get(p, 0) > 1)
+
+
 def staleness(
     *, members: int, ends: dict[int, int], projected: dict[int, int], terminal: bool
 ) -> str | None:
     """Why the read model may not be current (None if it is): no live orchestrator (it matters
     only while the pipeline can still change), or a projection behind the log."""
-    behind = sum(max(end - projected.get(p, 0), 0) for p, end in ends.items())
     reasons = []
     if members == 0 and not terminal:
         reasons.append("no live orchestrator (start one with `posttrain orchestrator`)")
+    behind = unprojected(ends, projected)
     if behind:
-        reasons.append(f"the read model is {behind} event(s) behind the log")
+        reasons.append(f"the read model is behind the log in {behind} partition(s)")
     return "; ".join(reasons) or None
 
 

@@ -34,6 +34,12 @@ HEADLINE_FIELDS = ("loss", "reward_mean", "learning_rate", "grad_norm", "kl_dive
 SPARK = "▁▂▃▄▅▆▇█"
 
 
+def _row(table: Table, *cells: RenderableType) -> None:
+    """A row whose strings are shown as they are: a stage's error or a task id such as
+    ``p:a:1`` is neither rich markup nor an emoji code."""
+    table.add_row(*(Text(c) if isinstance(c, str) else c for c in cells))
+
+
 def one_line(text: str | None) -> str:
     """An error as one line: a traceback's last line says what went wrong (``--verbose``
     prints the whole)."""
@@ -92,7 +98,8 @@ def status_table(status: Mapping[str, Any], *, verbose: bool = False) -> Table:
         if stage.get("cached_from"):
             shown = shown or f"cached from {stage['cached_from']}"
         layer = layer_of.get(stage["name"])
-        table.add_row(
+        _row(
+            table,
             "-" if layer is None else str(layer),
             stage["name"],
             styled(stage["status"]),
@@ -126,7 +133,8 @@ def pipelines_table(pipelines: Iterable[Mapping[str, Any]]) -> Table:
     for column in ("pipeline", "name", "status", "submitted by", "submitted", "finished"):
         table.add_column(column, overflow="fold")
     for p in pipelines:
-        table.add_row(
+        _row(
+            table,
             p["pipeline_uuid"],
             p.get("name") or "-",
             styled(p["status"]),
@@ -144,7 +152,8 @@ def history_table(events: Iterable[Mapping[str, Any]]) -> Table:
     for column in ("#", "at", "event", "stage", "attempt", "summary"):
         table.add_column(column, overflow="fold")
     for e in events:
-        table.add_row(
+        _row(
+            table,
             str(e.get("seq", "")),
             when(e.get("at")),
             e.get("type", ""),
@@ -165,7 +174,8 @@ def agents_table(agents: Iterable[Mapping[str, Any]]) -> Table:
             for r in a.get("running") or []
         )
         labels = ", ".join(f"{k}={v}" for k, v in (a.get("labels") or {}).items())
-        table.add_row(
+        _row(
+            table,
             a["agent_id"],
             Text("yes", style="green") if a.get("alive") else Text("no", style="red"),
             f"{a.get('gpus_free', '-')}/{a.get('gpus', '-')}",
@@ -201,7 +211,7 @@ def metrics_table(points: Sequence[Mapping[str, Any]], fields: Sequence[str] = (
     for field in shown:
         table.add_column(field, justify="right")
     for p in sorted(points, key=lambda p: p.get("step", 0)):
-        table.add_row(str(p.get("step")), *(number(p.get(f)) for f in shown))
+        _row(table, str(p.get("step")), *(number(p.get(f)) for f in shown))
     return table
 
 
@@ -232,7 +242,8 @@ def metrics_chart(points: Sequence[Mapping[str, Any]], fields: Sequence[str] = (
     for field in metric_fields(points, fields):
         values = [_float(p.get(field)) for p in ordered]
         finite = [v for v in values if v is not None and math.isfinite(v)]
-        table.add_row(
+        _row(
+            table,
             field,
             number(min(finite)) if finite else "-",
             number(max(finite)) if finite else "-",
@@ -321,7 +332,7 @@ def follow_view(
         for field in shown:
             table.add_column(field, justify="right")
         for stage, point in latest.items():
-            table.add_row(stage, str(point.get("step")), *(number(point.get(f)) for f in shown))
+            _row(table, stage, str(point.get("step")), *(number(point.get(f)) for f in shown))
         parts.append(table)
     if anomalies:
         parts.append(Text("anomalies and actions", style="bold"))

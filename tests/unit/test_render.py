@@ -172,3 +172,17 @@ def test_history_and_agents_tables():
     row = next(line for line in agents.splitlines() if line.startswith("gpu-1"))
     assert row.split()[:5] == ["gpu-1", "yes", "6/8", "2", "p:sft#1"]
     assert "zone=a" in row
+
+
+def test_staleness_counts_a_commit_marker_as_up_to_date():
+    from posttrain.liveness import staleness
+
+    live = {"members": 1, "terminal": False}
+    assert staleness(ends={0: 10, 1: 0}, projected={0: 9}, **live) is None
+    assert staleness(ends={0: 10, 1: 0}, projected={0: 10}, **live) is None
+    assert staleness(ends={0: 10, 1: 5}, projected={0: 8}, **live) == (
+        "the read model is behind the log in 2 partition(s)"
+    )
+    dead = staleness(members=0, ends={0: 3}, projected={0: 2}, terminal=False)
+    assert dead == "no live orchestrator (start one with `posttrain orchestrator`)"
+    assert staleness(members=0, ends={0: 3}, projected={0: 2}, terminal=True) is None
