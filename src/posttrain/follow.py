@@ -16,9 +16,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from posttrain.render import TERMINAL, anomaly_line, follow_view, one_line, styled
+from posttrain.render import (
+    TERMINAL,
+    anomaly_line,
+    follow_view,
+    metric_fields,
+    number,
+    one_line,
+    styled,
+)
 
 STALE_EVERY_S = 5.0  # how often to ask whether an orchestrator is alive
+METRICS_EVERY_S = 5.0  # how often a running job's latest point gets a line of its own
 
 
 async def _latest_points(conn: Any, status: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -75,6 +84,12 @@ def _changes(before: dict[str, Any] | None, after: dict[str, Any]) -> list[Text]
     return lines
 
 
+def metrics_line(stage: str, point: dict[str, Any]) -> Text:
+    """A running job's latest point as one line: ``sft step 120: loss 0.25, ...``."""
+    shown = ", ".join(f"{f} {number(point.get(f))}" for f in metric_fields([point]))
+    return Text(f"{stage} step {point.get('step')}: {shown}", style="dim")
+
+
 def _action_keys(anomaly: dict[str, Any]) -> set[tuple[str, str]]:
     return {(a["action_id"], a["status"]) for a in anomaly.get("actions") or []}
 
@@ -99,6 +114,7 @@ async def follow_pipeline(
     stale: str | None = None
     loop = asyncio.get_running_loop()
     stale_at = 0.0
+    said_metrics: dict[str, tuple[float, Any]] = {}  # stage -> (when, step) last printed
     try:
         with Live(
             follow_view(None, pipeline_id=pipeline_id),
@@ -110,8 +126,10 @@ async def follow_pipeline(
                 found = await aget_pipeline_status(pipeline_id, db=conn)
                 if loop.time() >= stale_at:
                     terminal = found is not None and found["status"] in TERMINAL
-                    stale = await read_model_staleness(conn, kafka, terminal=terminal)
+                    was, stale = stale, await read_model_staleness(conn, kafka, terminal=terminal)
                     stale_at = loop.time() + STALE_EVERY_S
+                    if stale and stale != was:
+                        live.console.print(Text(f"stale: {stale}", style="bold yellow"))
                 if found is not None:
                     for line in _changes(status, found):
                         live.console.print(line)
@@ -124,6 +142,12 @@ async def follow_pipeline(
                         live.console.print(Text("anomaly: ").append_text(anomaly_line(anomaly)))
                     seen[anomaly["anomaly_id"]] = keys
                 latest = await _latest_points(conn, status) if status else {}
+                now = loop.time()
+                for stage, point in latest.items():
+                    when, step = said_metrics.get(stage, (-METRICS_EVERY_S, None))
+                    if point.get("step") != step and now - when >= METRICS_EVERY_S:
+                        live.console.print(metrics_line(stage, point))
+                        said_metrics[stage] = (now, point.get("step"))
                 live.update(
                     follow_view(
                         status,

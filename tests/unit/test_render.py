@@ -186,3 +186,10 @@ def test_staleness_counts_a_commit_marker_as_up_to_date():
     dead = staleness(members=0, ends={0: 3}, projected={0: 2}, terminal=False)
     assert dead == "no live orchestrator (start one with `posttrain orchestrator`)"
     assert staleness(members=0, ends={0: 3}, projected={0: 2}, terminal=True) is None
+
+
+def test_a_running_jobs_latest_point_as_one_line():
+    from posttrain.follow import metrics_line
+
+    line = metrics_line("sft", {"step": 120, "loss": 0.25, "learning_rate": 5e-5, "timestamp": 1.0})
+    assert line.plain == "sft step 120: loss 0.25, learning_rate 5e-05"
