@@ -9,6 +9,7 @@ round trip each; no consumer joins anything.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from posttrain.events.kafka import KafkaSettings
@@ -19,10 +20,17 @@ PROJECTION = "pipelines"  # posttrain.orchestrator.shell.projection.Projection's
 TIMEOUT_S = 3.0
 
 
-def _admin(settings: KafkaSettings) -> Any:
+@functools.cache
+def _admin_for(bootstrap_servers: str) -> Any:
+    """One admin client per process, kept: librdkafka writes a line to stderr ("Purging 1
+    unserved events") when a short-lived client is closed."""
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers, "socket.timeout.ms": 3000})
+    return AdminClient({"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 3000})
+
+
+def _admin(settings: KafkaSettings) -> Any:
+    return _admin_for(settings.bootstrap_servers)
 
 
 def orchestrator_members(settings: KafkaSettings) -> int:
@@ -32,8 +40,7 @@ def orchestrator_members(settings: KafkaSettings) -> int:
 
     group = settings.group(ORCHESTRATOR_GROUP)
     try:
-        admin = _admin(settings)  # held until the answer: a collected client answers nothing
-        future = admin.describe_consumer_groups([group], request_timeout=TIMEOUT_S)
+        future = _admin(settings).describe_consumer_groups([group], request_timeout=TIMEOUT_S)
         return len(future[group].result(timeout=TIMEOUT_S + 1).members)
     except (KafkaException, TimeoutError) as exc:
         raise OSError(f"the broker at {settings.bootstrap_servers} did not answer: {exc}") from exc
@@ -47,9 +54,8 @@ def log_end_offsets(settings: KafkaSettings) -> dict[int, int]:
     topic = settings.topic(Topic.PIPELINE_EVENTS)
     partitions = TOPICS[Topic.PIPELINE_EVENTS].partitions
     latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-    admin = _admin(settings)  # held until the answers come
     try:
-        futures = admin.list_offsets(
+        futures = _admin(settings).list_offsets(
             {TopicPartition(topic, p): latest for p in range(partitions)},
             request_timeout=TIMEOUT_S,
         )

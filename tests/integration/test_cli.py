@@ -163,6 +163,7 @@ async def test_submit_follow_shows_the_run_and_exits_by_its_outcome(
             ["1", "c", "succeeded"],
         ]
         assert "pipeline: succeeded" in out
+        assert "rdkafka" not in out + err  # no client library's noise in what a user reads
         status = await aget_pipeline_status(f"{run_id}-good", database_url)
         assert status["submitted_by"].startswith("cli")
 
