@@ -4,6 +4,7 @@ submit --follow, status (and when it is stale), and errors as one sentence."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -214,3 +215,43 @@ async def test_status_says_when_no_orchestrator_is_alive(
         assert "[stale: no live orchestrator (start one with `posttrain orchestrator`)]" in first
     finally:
         hold.set()
+
+
+async def test_metrics_and_diagnose_read_a_jobs_stored_points(
+    kafka_settings, database_url, run_id, tmp_path
+):
+    env = kafka_env(kafka_settings, database_url)
+    job = f"{run_id}-job"
+    lines = []
+    for step in range(1, 61):
+        loss = 2.0 / step if step != 40 else "NaN"  # a NaN loss at step 40
+        lines.append(
+            json.dumps(
+                {"job_id": job, "step": step, "timestamp": 1767225600.0 + step, "loss": loss}
+            )
+        )
+    path = tmp_path / f"{job}_metrics.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = await posttrain("metrics", "sync", str(path), env=env)  # the service's form
+    assert code == 0 and "60 new" in out, out + err
+
+    code, out, err = await posttrain("metrics", job, "--limit", "5", env=env)
+    assert code == 0, err
+    rows = out.splitlines()
+    assert rows[0].split() == ["step", "loss"]
+    assert [r.split()[0] for r in rows[1:]] == ["56", "57", "58", "59", "60"]
+    assert rows[-1].split()[1] == "0.03333"
+
+    code, out, err = await posttrain("metrics", job, "--limit", "60", "--chart", env=env)
+    assert code == 0, err
+    (loss,) = [line for line in out.splitlines() if line.startswith("loss")]
+    assert loss.split()[1:4] == ["0.03333", "2", "0.03333"]  # min, max, last
+    assert "steps 1..60" in out
+
+    code, out, err = await posttrain("diagnose", job, env=env)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"job {job}: ")
+    assert "step 40" in out and "nan" in out.lower()
+
+    code, _, err = await posttrain("metrics", f"{run_id}-nothing", env=env)
+    assert code == 1 and one_sentence(err) and "no metrics stored" in err
