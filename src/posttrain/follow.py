@@ -158,7 +158,10 @@ async def follow_pipeline(
                     )
                 )
                 if status is not None and status["status"] in TERMINAL:
-                    return str(status["status"])
+                    break
                 await asyncio.sleep(interval_s)
+        if not console.is_terminal:
+            console.line()  # the last frame is printed without one where nothing redraws it
+        return str(status["status"])
     finally:
         await conn.close()

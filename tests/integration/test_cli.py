@@ -154,7 +154,8 @@ async def test_submit_follow_shows_the_run_and_exits_by_its_outcome(
         assert "layer 0: a" in out and "layer 1: b, c" in out
         for stage in "abc":
             assert f"{stage}: succeeded (attempt 1, on gpu-1)" in out
-        # The live view's last frame: the pipeline, then a line per stage.
+        # The live view's last frame: the pipeline, then a line per stage, ending its line.
+        assert out.endswith("\n")
         final = out.rstrip().splitlines()[-5:]
         assert final[0] == f"pipeline {run_id}-good ({run_id}-good): succeeded", out
         assert final[2].split()[4] == f"{run_id}-good:a:1"
