@@ -277,17 +277,20 @@ def gateway(
     log: Path,
     *,
     port: int | None = None,
-    auth: bool = True,
+    auth: bool = False,
 ) -> ServiceProcess:
-    """``posttrain-gateway`` on ``port`` (its /healthz answers once its database pool is up);
-    with ``auth``, callers need tokens made in ``database_url``."""
+    """``python -m posttrain.gateway`` on ``port``: reads ``database_url``, sends to
+    ``settings``' namespace; its API, /healthz and /metrics share the port. ``--no-auth``
+    unless ``auth``: then callers need tokens made in ``database_url``."""
     port = free_port() if port is None else port
     argv = [
-        str(BIN / "posttrain-gateway"),
+        sys.executable,
+        "-m",
+        "posttrain.gateway",
+        *([] if auth else ["--no-auth"]),
         "--port",
         str(port),
         "--database-url",
         database_url,
-        *([] if auth else ["--no-auth"]),
     ]
     return ServiceProcess("gateway", argv, log, kafka_env(settings, database_url), port)

@@ -94,7 +94,7 @@ async def test_the_gateway_logs_its_start_and_its_stop_and_never_a_token(
     finally:
         await conn.close()
     log = tmp_path / "gateway.log"
-    service = services.gateway(kafka_settings, database_url, log).start()
+    service = services.gateway(kafka_settings, database_url, log, auth=True).start()
     try:
         await service.wait_ready()
         base = f"http://127.0.0.1:{service.port}"
