@@ -181,6 +181,11 @@ async def test_submit_follow_shows_the_run_and_exits_by_its_outcome(
         assert boom.split()[:4] == ["1", "boom", "failed", "1"]
         assert "stale" not in out
 
+        # The older form still answers, as it did.
+        code, out, err = await posttrain("pipeline", "status", f"{run_id}-bad", env=env)
+        assert code == 0, err
+        assert out.splitlines()[0] == f"pipeline {run_id}-bad ({run_id}-bad): failed"
+
 
 async def test_status_says_when_no_orchestrator_is_alive(
     kafka_settings, database_url, tmp_path, run_id
