@@ -1,8 +1,9 @@
 """``posttrain gateway`` / ``posttrain-gateway``: serve the HTTP API with uvicorn.
 
 Callers show a bearer token made by ``posttrain token create --name NAME --role
-viewer|submitter|admin`` (kept hashed in the gateway's table). Without any token made, the
-gateway refuses to start unless ``--no-auth`` says so (every caller then acts as an admin).
+viewer|submitter|admin`` (kept hashed in the gateway's table, which it makes at start if
+missing). Without any token made, the gateway refuses to start unless ``--no-auth`` says so
+(every caller then acts as an admin).
 ``POSTTRAIN_API_TOKENS`` (plain-text tokens in the environment) is no longer read: a gateway that
 finds it set refuses to start, so that nobody believes those tokens still open it.
 """
@@ -21,12 +22,14 @@ DEFAULT_PORT = 9460
 
 
 async def _live_tokens(database_url: str) -> int:
+    """How many unrevoked tokens there are (the gateway's own tables made first, if missing)."""
     import asyncpg
 
+    from posttrain.db.migrate import apply_migrations
+
+    await apply_migrations(database_url, owner="gateway")
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
-        if await conn.fetchval("SELECT to_regclass('gateway_tokens')") is None:
-            raise LookupError("the gateway's tables are missing")
         return int(
             await conn.fetchval("SELECT count(*) FROM gateway_tokens WHERE revoked_at IS NULL")
         )
@@ -60,13 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             live = asyncio.run(_live_tokens(args.database_url))
-        except LookupError:
-            print(
-                "posttrain gateway: the database has no token table: run `posttrain stack up` "
-                "(it applies the migrations), or pass --no-auth",
-                file=sys.stderr,
-            )
-            return 2
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             print(
                 f"posttrain gateway: the database is unreachable ({exc}): start it with "
