@@ -1,59 +1,612 @@
-"""The ``posttrain`` command line."""
+"""The ``posttrain`` command line: submit and follow pipelines, read what the platform knows
+(status, history, agents, metrics, diagnoses), steer pipelines, manage API tokens, and run the
+local stack and the services.
+
+Reads go straight to the PostgreSQL read models (``DATABASE_URL``) through the SDK; commands go
+to the orchestrator over Kafka (``KAFKA_BOOTSTRAP_SERVERS``, ``POSTTRAIN_TOPIC_NAMESPACE``).
+An error is one sentence saying what to do; ``POSTTRAIN_DEBUG=1`` adds the traceback.
+"""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import json
+import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="posttrain",
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+token_app = typer.Typer(help="API tokens for the gateway (stored hashed)", no_args_is_help=True)
+stack_app = typer.Typer(help="the local Kafka broker and PostgreSQL server", no_args_is_help=True)
+schema_app = typer.Typer(help="the message contracts", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(stack_app, name="stack")
+app.add_typer(schema_app, name="schema")
+
+# No markup or emoji codes in what we print: ids like "p:a:1" are shown as they are.
+out = Console(highlight=False, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    stack = sub.add_parser("stack", help="the local Kafka broker and PostgreSQL server")
-    stack_sub = stack.add_subparsers(dest="action", required=True)
-    stack_sub.add_parser("up", help="fetch, start and prepare Kafka and PostgreSQL (idempotent)")
-    stack_sub.add_parser("down", help="stop what `stack up` started; data is kept")
-    status = stack_sub.add_parser("status", help="what is running; exit 1 if not everything")
-    status.add_argument("--quiet", action="store_true", help="print nothing, exit code only")
-
-    sub.add_parser("doctor", help="check Java, the broker, topics, PostgreSQL and migrations")
-
-    # Commands that belong to a service take the rest of the line as their own arguments.
-    for name, help_text in _DELEGATED.items():
-        delegated = sub.add_parser(name, help=help_text, add_help=False)
-        delegated.add_argument("rest", nargs=argparse.REMAINDER)
-
-    schema = sub.add_parser("schema", help="the message contracts")
-    schema_sub = schema.add_subparsers(dest="action", required=True)
-    export = schema_sub.add_parser("export", help="write one JSON Schema per message type")
-    export.add_argument("dir")
-    docs = schema_sub.add_parser("topics-doc", help="print docs/topics.md from the registry")
-    docs.add_argument("--output", default="-")
-    return parser
+class Refusal(Exception):
+    """An error the user can act on: its message is the one sentence printed."""
 
 
-_DELEGATED = {
-    "pipeline": "submit a pipeline file, show its status, resume, cancel, retry a stage",
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"posttrain: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def _database_url() -> str:
+    from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
+
+    return os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+def _kafka() -> Any:
+    from posttrain.events.kafka import KafkaSettings
+
+    return KafkaSettings.from_env(client_id="posttrain-cli")
+
+
+def explain(exc: BaseException) -> str | None:
+    """The one sentence for an error a user meets (None: not one we know)."""
+    import asyncpg
+
+    from posttrain.orchestrator.api import UnknownPipeline
+    from posttrain.orchestrator.core.dag import InvalidPipeline
+
+    if isinstance(exc, Refusal | UnknownPipeline):
+        return str(exc)
+    if isinstance(exc, InvalidPipeline):
+        problems = "; ".join(
+            f"stage {e.stage!r} field {e.field!r}: {e.message}" for e in exc.errors
+        )
+        return f"the pipeline is invalid, fix it and submit again: {problems}"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError | asyncpg.InvalidPasswordError):
+        return f"cannot use the database at {_safe(_database_url())} ({exc}): check DATABASE_URL"
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return (
+            f"the database at {_safe(_database_url())} lacks the platform's tables ({exc}): "
+            "run `posttrain stack up`, which applies the migrations"
+        )
+    kafka_error = _kafka_error(exc)
+    if kafka_error:
+        return kafka_error
+    if isinstance(exc, OSError | asyncio.TimeoutError):
+        return (
+            f"the database at {_safe(_database_url())} is unreachable ({exc}): start the stack "
+            "with `posttrain stack up` or set DATABASE_URL"
+        )
+    return None
+
+
+def _kafka_error(exc: BaseException) -> str | None:
+    try:
+        from aiokafka.errors import KafkaConnectionError, KafkaError
+    except ImportError:  # pragma: no cover - aiokafka comes with posttrain-events
+        return None
+    if isinstance(exc, KafkaConnectionError | KafkaError):
+        return (
+            f"the Kafka broker at {_kafka().bootstrap_servers} is unreachable ({exc}): start the "
+            "stack with `posttrain stack up` or set KAFKA_BOOTSTRAP_SERVERS"
+        )
+    return None
+
+
+def _safe(url: str) -> str:
+    """A database URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; an error a user can act on becomes one sentence, exit 1."""
+    if not os.environ.get("POSTTRAIN_DEBUG"):
+        # The Kafka client logs each failed connection attempt; the sentence below says it once.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(coroutine)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if os.environ.get("POSTTRAIN_DEBUG"):
+            raise
+        fail(
+            explain(exc)
+            or f"unexpected error: {type(exc).__name__}: {exc} "
+            "(POSTTRAIN_DEBUG=1 shows the traceback)"
+        )
+
+
+async def _connect() -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(_database_url(), timeout=5)
+
+
+def _json_out(value: Any) -> None:
+    out.print_json(json.dumps(value, default=str))
+
+
+# --- pipelines --------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    file: Annotated[str, typer.Argument(help="a pipeline file (YAML or JSON)")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="follow it live until it ends")
+    ] = False,
+    pipeline_id: Annotated[
+        str | None, typer.Option("--id", help="pipeline id (default: the file's, or a new one)")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="seconds between looks when following")] = 0.5,
+) -> None:
+    """Validate and submit a pipeline file. Relative paths in stage params that exist next to
+    the file are made absolute (so an agent started anywhere finds them), and each is shown.
+    With --follow: stages by layer as they change, the latest metrics of running jobs, anomalies
+    and actions as they happen; exit 0 if it succeeds, 1 otherwise."""
+    from posttrain.orchestrator.api import PipelineExecutor
+    from posttrain.pipeline_cli import load_pipeline_file
+
+    if not os.path.isfile(file):
+        fail(f"no pipeline file {file!r}: give the path of a YAML or JSON pipeline file")
+    changes: list[str] = []
+    try:
+        doc = load_pipeline_file(file, say=changes.append)
+    except SystemExit as exc:
+        fail(f"cannot read {exc.code}; fix the file and submit again")
+    for change in changes:
+        err.print(f"made absolute: {change}", markup=False)
+
+    async def send() -> dict[str, Any]:
+        executor = PipelineExecutor(pipeline_id or doc.pipeline_id, submitted_by=_who())
+        return await executor.aexecute(doc.stages, name=doc.name, settings=doc.settings)
+
+    result = run(send())
+    out.print(f"submitted {result['pipeline_uuid']}", markup=False)
+    for i, layer in enumerate(result["layers"]):
+        out.print(f"  layer {i}: {', '.join(layer)}", markup=False)
+    if follow:
+        from posttrain.follow import follow_pipeline
+
+        final = run(
+            follow_pipeline(
+                result["pipeline_uuid"], _database_url(), _kafka(), out, interval_s=interval
+            )
+        )
+        raise typer.Exit(0 if final == "succeeded" else 1)
+
+
+def _who() -> str:
+    """Who the CLI submits as: ``POSTTRAIN_USER``, else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("POSTTRAIN_USER") or f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@app.command("list")
+def list_(
+    status: Annotated[str | None, typer.Option(help="only pipelines of this status")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The latest pipelines, newest first."""
+    from posttrain.orchestrator.api import alist_pipelines
+    from posttrain.render import pipelines_table
+
+    async def read() -> list[dict[str, Any]]:
+        conn = await _connect()
+        try:
+            return await alist_pipelines(conn, status=status, limit=limit)
+        finally:
+            await conn.close()
+
+    found = run(read())
+    if as_json:
+        _json_out(found)
+    elif not found:
+        out.print("no pipelines yet: `posttrain submit FILE` submits one", markup=False)
+    else:
+        out.print(pipelines_table(found))
+
+
+@app.command()
+def status(
+    pipeline_id: Annotated[str, typer.Argument(metavar="PIPELINE", help="the pipeline's id")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="errors in full")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A pipeline's status: one line per stage (an error as one line; in full with --verbose),
+    and a warning when the read model is stale (no live orchestrator, or behind the log)."""
+    from posttrain.liveness import read_model_staleness
+    from posttrain.orchestrator.api import aget_pipeline_status
+    from posttrain.render import TERMINAL, status_view
+
+    async def read() -> tuple[dict[str, Any] | None, str | None]:
+        conn = await _connect()
+        try:
+            found = await aget_pipeline_status(pipeline_id, db=conn)
+            if found is None:
+                return None, None
+            stale = await read_model_staleness(conn, _kafka(), terminal=found["status"] in TERMINAL)
+            return found, stale
+        finally:
+            await conn.close()
+
+    found, stale = run(read())
+    if found is None:
+        fail(
+            f"no pipeline {pipeline_id!r}: check the id with `posttrain list` (a pipeline "
+            "submitted a moment ago shows once the orchestrator has projected it)"
+        )
+    if as_json:
+        _json_out({**found, "stale": stale})
+        return
+    out.print(status_view(found, verbose=verbose, stale=stale))
+
+
+def _sdk(name: str, what: str) -> Any:
+    """A read function of the orchestrator's SDK that older installations lack."""
+    from posttrain.orchestrator import api
+
+    found = getattr(api, name, None)
+    if found is None:
+        fail(f"this installation cannot {what} yet (no {name} in posttrain.orchestrator.api)")
+    return found
+
+
+@app.command()
+def history(
+    pipeline_id: Annotated[str, typer.Argument(metavar="PIPELINE", help="the pipeline's id")],
+    after: Annotated[
+        int | None, typer.Option(help="only events after this sequence number")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A pipeline's history: its events with decisions, retries, anomalies and actions."""
+    from posttrain.render import history_table
+
+    aget_pipeline_history = _sdk("aget_pipeline_history", "read histories")
+
+    found = run(
+        aget_pipeline_history(pipeline_id, after=after, limit=limit, database_url=_database_url())
+    )
+    if found is None:
+        fail(f"no pipeline {pipeline_id!r}: check the id with `posttrain list`")
+    if as_json:
+        _json_out(found)
+        return
+    out.print(history_table(found["events"]))
+    if found.get("next_after") is not None:
+        out.print(
+            f"more: posttrain history {pipeline_id} --after {found['next_after']}", markup=False
+        )
+
+
+@app.command()
+def agents(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The trainer agents: capacity, labels, what each runs, its last heartbeat."""
+    from posttrain.render import agents_table
+
+    alist_agents = _sdk("alist_agents", "list agents")
+    found = run(alist_agents(database_url=_database_url()))
+    if as_json:
+        _json_out(found)
+    elif not found:
+        out.print("no agents have announced themselves: start one with `posttrain agent`")
+    else:
+        out.print(agents_table(found))
+
+
+def _steer(pipeline_id: str, action: Callable[[Any], Coroutine[Any, Any, None]], what: str) -> None:
+    from posttrain.orchestrator.api import PipelineExecutor
+
+    run(action(PipelineExecutor(pipeline_id, submitted_by=_who())))
+    out.print(
+        f"{what} sent for {pipeline_id}; `posttrain status {pipeline_id}` shows it", markup=False
+    )
+
+
+@app.command()
+def resume(
+    pipeline_id: Annotated[str, typer.Argument(metavar="PIPELINE", help="the pipeline's id")],
+) -> None:
+    """Run again every failed, cancelled or lost stage (and what waits on them)."""
+    _steer(pipeline_id, lambda e: e.aresume(), "resume")
+
+
+@app.command()
+def cancel(
+    pipeline_id: Annotated[str, typer.Argument(metavar="PIPELINE", help="the pipeline's id")],
+    reason: Annotated[
+        str, typer.Option(help="why, for the record")
+    ] = "cancelled from the command line",
+) -> None:
+    """Cancel a pipeline: its running stages are stopped."""
+    _steer(pipeline_id, lambda e: e.acancel(reason), "cancel")
+
+
+@app.command()
+def retry(
+    pipeline_id: Annotated[str, typer.Argument(metavar="PIPELINE", help="the pipeline's id")],
+    stage: Annotated[str, typer.Argument(help="the stage to run again")],
+) -> None:
+    """Run one failed stage again."""
+    _steer(pipeline_id, lambda e: e.aretry_stage(stage), f"retry of {stage}")
+
+
+# --- metrics and diagnoses --------------------------------------------------------------------
+
+
+def metrics_command(
+    job: Annotated[
+        str, typer.Argument(metavar="JOB", help="the training job's id (a stage's job id)")
+    ],
+    limit: Annotated[int, typer.Option(min=1, max=100000, help="the latest N points")] = 20,
+    field: Annotated[
+        list[str] | None, typer.Option("--field", help="fields to show (repeatable)")
+    ] = None,
+    chart: Annotated[bool, typer.Option("--chart", help="a chart per field instead")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A job's latest metric points as a table, or a small chart per field (--chart). Other
+    forms: `posttrain metrics sync FILE`, `flush`, `latest JOB` (`posttrain metrics sync -h`)."""
+    from posttrain.metrics_ingest.queries import get_latest_metrics
+    from posttrain.render import metrics_chart, metrics_table
+
+    async def read() -> list[dict[str, Any]]:
+        conn = await _connect()
+        try:
+            points = await get_latest_metrics(job, limit, db=conn)
+        finally:
+            await conn.close()
+        return [{"step": p.point.step, **p.point.model_dump(exclude_none=True)} for p in points]
+
+    points = run(read())
+    if as_json:
+        _json_out(points)
+    elif not points:
+        fail(
+            f"no metrics stored for job {job!r}: `posttrain status PIPELINE` shows each stage's job"
+        )
+    else:
+        out.print((metrics_chart if chart else metrics_table)(points, field or ()))
+
+
+app.command("metrics")(metrics_command)
+
+
+def diagnose_command(
+    job: Annotated[str, typer.Argument(metavar="JOB", help="the training job's id")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What the detectors find in a job's stored metrics, and the anomalies the stream raised
+    for it with the actions taken. Other forms: `posttrain diagnose backtest | anomalies |
+    record` (`posttrain diagnose backtest -h`)."""
+    from posttrain.diagnostics.batch import DiagnosticService
+    from posttrain.render import diagnosis_view
+
+    async def read() -> dict[str, Any]:
+        service = DiagnosticService(_database_url())
+        try:
+            return await service.diagnose_job(job)
+        finally:
+            close = getattr(service, "aclose", None) or getattr(service, "close", None)
+            if close is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+
+    result = run(read())
+    if as_json:
+        _json_out(result)
+    else:
+        out.print(diagnosis_view(result))
+
+
+app.command("diagnose")(diagnose_command)
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="who holds it: recorded as submitted_by")],
+    role: Annotated[str, typer.Option(help="viewer | submitter | admin")],
+) -> None:
+    """Make a token and print it once: only its hash is kept."""
+    from posttrain.gateway.auth import Role, TokenError, create_token
+
+    try:
+        chosen = Role.parse(role)
+    except ValueError as exc:
+        fail(str(exc))
+
+    async def make() -> str:
+        conn = await _connect()
+        try:
+            return await create_token(conn, name, chosen)
+        except TokenError as exc:
+            raise Refusal(str(exc)) from None
+        finally:
+            await conn.close()
+
+    token = run(make())
+    err.print(
+        f"token {name!r} ({chosen.name.lower()}) made; it is shown once, keep it now "
+        "(send it as `Authorization: Bearer TOKEN`):",
+        markup=False,
+    )
+    print(token)
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="the token's name")]) -> None:
+    """Revoke a token at once, for every gateway."""
+    from posttrain.gateway.auth import TokenError, revoke_token
+
+    async def revoke() -> None:
+        conn = await _connect()
+        try:
+            await revoke_token(conn, name)
+        except TokenError as exc:
+            raise Refusal(str(exc)) from None
+        finally:
+            await conn.close()
+
+    run(revoke())
+    out.print(f"token {name!r} revoked", markup=False)
+
+
+@token_app.command("list")
+def token_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every token's name, role, when it was made and revoked (never the token itself)."""
+    from rich.table import Table
+
+    from posttrain.gateway.auth import list_tokens
+    from posttrain.render import when
+
+    async def read() -> list[Any]:
+        conn = await _connect()
+        try:
+            return await list_tokens(conn)
+        finally:
+            await conn.close()
+
+    found = run(read())
+    if as_json:
+        _json_out(
+            [
+                {
+                    "name": t.name,
+                    "role": t.role.name.lower(),
+                    "created_at": t.created_at,
+                    "revoked_at": t.revoked_at,
+                }
+                for t in found
+            ]
+        )
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("name", "role", "created", "revoked"):
+        table.add_column(column)
+    for t in found:
+        table.add_row(t.name, t.role.name.lower(), when(t.created_at), when(t.revoked_at))
+    out.print(table if found else "no tokens: `posttrain token create --name NAME --role ROLE`")
+
+
+# --- the local stack, checks, contracts --------------------------------------------------------
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Fetch, start and prepare Kafka and PostgreSQL (idempotent)."""
+    from posttrain.stack import commands
+
+    raise typer.Exit(commands.up())
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop what `stack up` started; data is kept."""
+    from posttrain.stack import commands
+
+    raise typer.Exit(commands.down())
+
+
+@stack_app.command("status")
+def stack_status(
+    quiet: Annotated[bool, typer.Option("--quiet", help="print nothing, exit code only")] = False,
+) -> None:
+    """What is running; exit 1 if not everything."""
+    from posttrain.stack import commands
+
+    raise typer.Exit(commands.status(quiet=quiet))
+
+
+@app.command()
+def doctor() -> None:
+    """Check Java, the broker, topics, PostgreSQL and migrations."""
+    from posttrain.doctor import run_doctor
+
+    raise typer.Exit(run_doctor())
+
+
+@schema_app.command("export")
+def schema_export(directory: Annotated[str, typer.Argument(metavar="DIR")]) -> None:
+    """Write one JSON Schema per message type."""
+    from posttrain.events import schema
+
+    written = schema.export_json_schemas(directory)
+    print(f"wrote {len(written)} schemas to {directory}")
+
+
+@schema_app.command("topics-doc")
+def schema_topics_doc(output: Annotated[str, typer.Option()] = "-") -> None:
+    """Print docs/topics.md from the registry."""
+    from posttrain.events import schema
+
+    text = schema.topics_markdown()
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+
+# --- commands that belong to a service: the rest of the line is theirs ---------------------------
+
+DELEGATED = {
+    "pipeline": "the older forms: pipeline submit | status | resume | cancel | retry",
     "orchestrator": "run the orchestrator service",
     "gateway": "serve the HTTP API (submissions, status, live updates, control)",
     "agent": "run a trainer agent on this node",
-    "metrics": "metrics: sync a JSONL file into PostgreSQL, ...",
-    "diagnose": "diagnostics: backtest a policy on stored metrics, kept anomalies, the recorder",
+}
+# `metrics JOB` and `diagnose JOB` are ours; these first words belong to the service's own CLI.
+SERVICE_SUBCOMMANDS = {
+    "metrics": frozenset({"sync", "flush", "latest"}),
+    "diagnose": frozenset({"backtest", "anomalies", "record"}),
 }
 
 
-def _delegate(command: str, rest: list[str]) -> int:
-    if command == "pipeline":
-        from posttrain.pipeline_cli import main as pipeline_main
-
-        return pipeline_main(rest)
-    if command == "orchestrator":
-        from posttrain.orchestrator.shell.main import main as orchestrator_main
-
-        return orchestrator_main(rest)
+def delegate(command: str, rest: list[str]) -> int:
+    """Hand the rest of the command line to a service's own argument parser."""
     try:
+        if command == "pipeline":
+            from posttrain.pipeline_cli import main as pipeline_main
+
+            return pipeline_main(rest)
+        if command == "orchestrator":
+            from posttrain.orchestrator.shell.main import main as orchestrator_main
+
+            return orchestrator_main(rest)
         if command == "gateway":
             from posttrain.gateway.main import main as gateway_main
 
@@ -70,42 +623,41 @@ def _delegate(command: str, rest: list[str]) -> int:
 
         return int(metrics_main(rest) or 0)
     except ImportError as exc:
-        print(f"posttrain {command}: not installed here ({exc})", file=sys.stderr)
+        err.print(f"posttrain {command}: not installed here ({exc})", markup=False)
         return 2
 
 
+def _listed(name: str, help_text: str) -> None:
+    """A delegated command, listed in ``posttrain --help`` (main() hands it over before
+    typer parses anything, so that its own --help is the service's)."""
+
+    @app.command(
+        name,
+        help=help_text,
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def delegated(ctx: typer.Context) -> None:
+        raise typer.Exit(delegate(name, list(ctx.args)))
+
+
+for _name, _help in DELEGATED.items():
+    _listed(_name, _help)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _DELEGATED:  # before argparse, which would eat their --help
-        return _delegate(argv[0], argv[1:])
-    args = _build_parser().parse_args(argv)
-    if args.command == "stack":
-        from posttrain.stack import commands
-
-        if args.action == "up":
-            return commands.up()
-        if args.action == "down":
-            return commands.down()
-        return commands.status(quiet=args.quiet)
-    if args.command == "doctor":
-        from posttrain.doctor import run_doctor
-
-        return run_doctor()
-    if args.command == "schema":
-        from posttrain.events import schema
-
-        if args.action == "export":
-            written = schema.export_json_schemas(args.dir)
-            print(f"wrote {len(written)} schemas to {args.dir}")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in DELEGATED:
+        return delegate(args[0], args[1:])
+    if len(args) > 1 and args[0] in SERVICE_SUBCOMMANDS and args[1] in SERVICE_SUBCOMMANDS[args[0]]:
+        return delegate(args[0], args[1:])
+    try:
+        app(args=args, prog_name="posttrain")
+    except SystemExit as exc:
+        if exc.code is None:
             return 0
-        text = schema.topics_markdown()
-        if args.output == "-":
-            sys.stdout.write(text)
-        else:
-            with open(args.output, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        return 0
-    raise AssertionError(args.command)
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
 
 
 if __name__ == "__main__":

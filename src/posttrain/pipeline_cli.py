@@ -1,4 +1,6 @@
-"""``posttrain pipeline submit | status | resume | cancel | retry``."""
+"""``posttrain pipeline submit | status | resume | cancel | retry``: the older forms, kept as
+they were (``posttrain submit | status | resume | cancel | retry`` are the new ones, in
+``posttrain.cli``); ``load_pipeline_file`` serves both."""
 
 from __future__ import annotations
 
@@ -75,14 +77,11 @@ def _print_status(status: dict[str, Any], *, verbose: bool = False) -> None:
 
 
 def _one_line(text: str) -> str:
-    """An error as one line: a traceback's last line says what went wrong (``--verbose`` prints
-    the whole)."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    if lines[0].startswith("Traceback") or len(lines) > 1:
-        return f"{lines[-1]} (more with --verbose)"
-    return lines[0]
+    """An error as one line (``posttrain.render.one_line``: the one rule for the old and the new
+    commands)."""
+    from posttrain.render import one_line
+
+    return one_line(text)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from posttrain.diagnostics.core.records import ActionRecord, AnomalyRecord
 from posttrain.diagnostics.store import write_records
-from tests.integration.gateway.test_api import VIEWER, gateway
+from tests.integration.gateway.test_api import gateway
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,9 @@ def _anomaly(run_id: str, name: str, job: str, stage: str, kind: str, step: int,
 
 
 async def test_a_viewer_reads_a_jobs_and_a_pipelines_anomalies_with_their_actions(
-    kafka_settings, database_url, run_id
+    kafka_settings, database_url, run_id, callers
 ):
+    VIEWER = callers["viewer"].headers
     pipeline, sft_job, rl_job = f"{run_id}-pipe", f"{run_id}-sft", f"{run_id}-rl"
     nan = _anomaly(run_id, "a1", sft_job, "sft", "nan_inf", 45, math.nan)
     kl = _anomaly(run_id, "a2", rl_job, "grpo", "kl_blowup", 12, 3.5)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -18,7 +19,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.gateway.app import GatewayConfig, create_app
-from posttrain.gateway.auth import Role
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent
 from tests.integration.orchestrator.test_orchestrator import running
@@ -26,16 +26,12 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-TOKENS = {"op-token": Role.OPERATOR, "view-token": Role.VIEWER}
-OPERATOR = {"authorization": "Bearer op-token"}
-VIEWER = {"authorization": "Bearer view-token"}
-
 
 @contextlib.asynccontextmanager
 async def gateway(
     kafka_settings: KafkaSettings, database_url: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(GatewayConfig(kafka_settings, database_url, TOKENS, keepalive_s=1))
+    app = create_app(GatewayConfig(kafka_settings, database_url, keepalive_s=1))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
@@ -65,8 +61,9 @@ def _events(stream: str) -> list[dict[str, Any]]:
 
 
 async def test_an_invalid_pipeline_gets_a_422_naming_each_stage_and_field(
-    kafka_settings, database_url
+    kafka_settings, database_url, callers
 ):
+    OPERATOR = callers["submitter"].headers
     async with gateway(kafka_settings, database_url) as client:
         response = await client.post(
             "/v1/pipelines",
@@ -104,7 +101,8 @@ async def test_an_invalid_pipeline_gets_a_422_naming_each_stage_and_field(
     assert await _commands_sent(kafka_settings) == 0  # nothing reached the orchestrator
 
 
-async def test_tokens_and_roles_are_enforced(kafka_settings, database_url):
+async def test_tokens_and_roles_are_enforced(kafka_settings, database_url, callers):
+    VIEWER = callers["viewer"].headers
     async with gateway(kafka_settings, database_url) as client:
         missing = await client.get("/v1/pipelines")
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
@@ -119,8 +117,9 @@ async def test_tokens_and_roles_are_enforced(kafka_settings, database_url):
 
 
 async def test_submit_follow_resume_and_read_a_pipeline(
-    kafka_settings, database_url, tmp_path, run_id
+    kafka_settings, database_url, tmp_path, run_id, callers
 ):
+    OPERATOR, VIEWER = callers["submitter"].headers, callers["viewer"].headers
     agent = ScriptedAgent(kafka_settings, "gpu-1", tmp_path / "record.jsonl", fail={"b": [1]})
     yaml_pipeline = f"""
 pipeline_id: {run_id}
@@ -186,12 +185,39 @@ stages:
         assert unknown.status_code == 404
 
 
-def test_the_gateway_will_not_serve_without_tokens_unless_told():
-    refused = subprocess.run(
-        [sys.executable, "-m", "posttrain.gateway", "--port", "0"],
-        env={"PATH": "/usr/bin:/bin", "POSTTRAIN_API_TOKENS": ""},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert refused.returncode == 2 and "--no-auth" in refused.stderr
+async def test_the_gateway_will_not_serve_without_tokens_unless_told(
+    base_database_url, run_id, tmp_path
+):
+    def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "posttrain.gateway", "--port", "0"],
+            env={"PATH": "/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    # Plain-text tokens in the environment are no longer read: refused, not silently ignored.
+    old_style = start({"POSTTRAIN_API_TOKENS": "abc:operator", "DATABASE_URL": "unused"})
+    assert old_style.returncode == 2 and "posttrain token create" in old_style.stderr
+    assert "abc" not in old_style.stderr
+
+    name = f"posttrain_{run_id.replace('-', '_')}_notokens"
+    admin = await asyncpg.connect(base_database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = base_database_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        # A database without the gateway's tables gets them, then has no token.
+        no_tokens = start({"DATABASE_URL": url})
+        assert no_tokens.returncode == 2 and "posttrain token create" in no_tokens.stderr
+        assert "--no-auth" in no_tokens.stderr
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM gateway_tokens") == 0
+        finally:
+            await conn.close()
+        unreachable = start({"DATABASE_URL": "postgresql://a:b@127.0.0.1:1/none"})
+        assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

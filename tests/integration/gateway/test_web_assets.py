@@ -1,7 +1,6 @@
 """The web page and every module it loads are served, without a token (the data behind them
 needs one); the page names no address outside the gateway (there is no internet at run time:
-no CDN), and calls only routes that exist, or that the shared interface names and branch
-``read`` is building (the page says those are unavailable until they answer)."""
+no CDN), and calls only routes that exist."""
 
 from __future__ import annotations
 
@@ -10,12 +9,10 @@ import re
 import pytest
 
 from posttrain.gateway.app import GatewayConfig, create_app
-from tests.integration.gateway.test_api import TOKENS, gateway
+from tests.integration.gateway.test_api import gateway
 
 pytestmark = pytest.mark.integration
 
-# Agreed in the shared interface, being built on branch `read`: once merged, every call matches.
-PENDING = {"/v1/agents", "/v1/pipelines/x/history", "/v1/jobs/x/series"}
 IMPORT = re.compile(r"""(?:import|from)\s*(?:[^"';]*?\sfrom\s*)?["'](\./[^"']+)["']""")
 
 
@@ -64,7 +61,8 @@ async def test_the_page_and_its_modules_are_served_and_self_contained(kafka_sett
     }
     assert {"/v1/pipelines", "/v1/pipelines/x", "/v1/pipelines/x/events"} <= called
     assert {"/v1/pipelines/x/resume", "/v1/pipelines/x/stages/x/retry"} <= called
-    app = create_app(GatewayConfig(kafka_settings, database_url, TOKENS))
+    app = create_app(GatewayConfig(kafka_settings, database_url))
     patterns = [route.path_regex for route in app.routes if hasattr(route, "path_regex")]
     missing = {path for path in called if not any(p.match(path) for p in patterns)}
-    assert missing <= PENDING, missing
+    assert not missing, missing
+    assert {"/v1/agents", "/v1/pipelines/x/history", "/v1/jobs/x/series"} <= called

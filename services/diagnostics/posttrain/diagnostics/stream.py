@@ -598,8 +598,20 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = sys.argv[:1]
     worker = faust.Worker(app, loglevel=os.environ.get("LOG_LEVEL", "info").lower())
     started = time.time()
-    log.info("diagnostics stream starting", extra={"app": app.conf.id, "t": started})
-    worker.execute_from_commandline()
+    identity = {
+        "app": app.conf.id,
+        "namespace": stream.settings.namespace,
+        "kafka": stream.settings.bootstrap_servers,
+        "http": f"127.0.0.1:{port}" if port else None,
+        "pid": os.getpid(),
+    }
+    # Its logs are Faust's plain text, not JSON: the identity goes in the message itself.
+    said = ", ".join(f"{k} {v}" for k, v in identity.items())
+    log.info("diagnostics stream started: %s", said, extra={**identity, "t": started})
+    try:
+        worker.execute_from_commandline()
+    finally:
+        log.info("diagnostics stream stopped: %s", said, extra=identity)
 
 
 if __name__ == "__main__":

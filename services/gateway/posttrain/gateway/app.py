@@ -12,6 +12,7 @@ problem with its stage and field, and nothing is sent.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.gateway import idempotency
-from posttrain.gateway.auth import Role, role_of
+from posttrain.gateway.auth import ANONYMOUS_ADMIN, Principal, Role, authenticate
 from posttrain.gateway.live import LiveHub
 from posttrain.metrics_ingest.queries import UnknownField, get_latest_metrics, get_metric_series
 from posttrain.orchestrator.api import (
@@ -52,11 +53,10 @@ from posttrain.service.prometheus import CONTENT_TYPE, Exposition
 _STATIC = Path(__file__).parent / "static"
 _PAGE = _STATIC / "index.html"
 MAX_BODY_BYTES = 1 << 20
+log = logging.getLogger("posttrain.gateway")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "rejected"})
-SUBMITTER = "api"
-INT4_MAX = 2**31 - 1  # history numbers are PostgreSQL integers
+INT4_MAX = 2**31 - 1  # history and run numbers are PostgreSQL integers
 INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1  # steps are bigints
-INT4_MAX = 2**31 - 1  # run numbers are integers
 RUN_HELP = "a run of the job, from 1 (a job id reported again is a new run); the latest by default"
 
 
@@ -64,8 +64,11 @@ RUN_HELP = "a run of the job, from 1 (a job id reported again is a new run); the
 class GatewayConfig:
     kafka: KafkaSettings
     database_url: str
-    tokens: dict[str, Role] | None  # None: no authentication (an explicit choice: --no-auth)
+    # False: no authentication, every caller an admin (an explicit choice: --no-auth). True:
+    # bearer tokens from the gateway's table (``posttrain token create``).
+    auth: bool = True
     keepalive_s: float = 15.0  # a comment line on a quiet stream, so proxies keep it open
+    address: str | None = None  # where it serves (for its start line); None in-process
 
 
 async def _body(request: Request) -> bytes:
@@ -102,12 +105,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
         await app.state.hub.start()
         app.state.producer = EventProducer(config.kafka)
         await app.state.producer.start()
+        identity = {
+            "address": config.address,
+            "auth": "tokens" if config.auth else "none (--no-auth)",
+            "namespace": config.kafka.namespace,
+            "kafka": config.kafka.bootstrap_servers,
+        }
+        log.info("gateway started", extra=identity)
         try:
             yield
         finally:
             await app.state.producer.stop()
             await app.state.hub.stop()
             await app.state.pool.close()
+            log.info("gateway stopped", extra=identity)
 
     app = FastAPI(
         title="posttrain",
@@ -124,29 +135,32 @@ def create_app(config: GatewayConfig) -> FastAPI:
             {"detail": f"a value in the request cannot be read: {exc}"}, status_code=422
         )
 
-    def require(needed: Role) -> Callable[..., Awaitable[Role]]:
-        async def check(authorization: str | None = Header(default=None)) -> Role:
-            if config.tokens is None:
-                return Role.OPERATOR
-            role = role_of(authorization, config.tokens)
-            if role is None:
+    def require(needed: Role) -> Callable[..., Awaitable[Principal]]:
+        async def check(
+            request: Request, authorization: str | None = Header(default=None)
+        ) -> Principal:
+            if not config.auth:
+                return ANONYMOUS_ADMIN
+            principal = await authenticate(request.app.state.pool, authorization)
+            if principal is None:
                 raise HTTPException(
-                    401, "a known bearer token is required", {"WWW-Authenticate": "Bearer"}
+                    401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
                 )
-            if role < needed:
+            if principal.role < needed:
                 raise HTTPException(403, f"needs the {needed.name.lower()} role")
-            return role
+            return principal
 
         return check
 
     viewer = Depends(require(Role.VIEWER))
-    operator = Depends(require(Role.OPERATOR))
+    submitter = Depends(require(Role.SUBMITTER))
 
-    def executor(request: Request, pipeline_id: str | None) -> PipelineExecutor:
+    def executor(request: Request, pipeline_id: str | None, by: Principal) -> PipelineExecutor:
+        # The token's name goes on the record as submitted_by / requested_by.
         return PipelineExecutor(
             pipeline_id,
             settings=config.kafka,
-            submitted_by=SUBMITTER,
+            submitted_by=by.name,
             producer=request.app.state.producer,
         )
 
@@ -166,10 +180,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise HTTPException(404, f"no pipeline {pipeline_id!r} (or not projected yet)")
         return Response(doc, media_type="application/json")
 
+    async def steerable(request: Request, pipeline_id: str, by: Principal) -> dict[str, Any]:
+        """The pipeline's status, if ``by`` may resume, cancel or retry it (a submitter only
+        its own; 403 otherwise)."""
+        status = await existing(request, pipeline_id)
+        if not by.may_steer(status["submitted_by"]):
+            raise HTTPException(
+                403,
+                f"pipeline {pipeline_id!r} was submitted by another token: needs the admin role",
+            )
+        return status
+
     @app.post(
         "/v1/pipelines",
         status_code=202,
-        dependencies=[operator],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -182,12 +206,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
     )
     async def submit(
         request: Request,
+        by: Principal = submitter,
         idempotency_key: str | None = Header(
             default=None,
             min_length=1,
             max_length=200,
             description="Submitting again with the same key and body returns the first "
-            "response and sends nothing; the same key with another body is a 409.",
+            "response and sends nothing; the same key with another body is a 409. Keys are "
+            "per token.",
         ),
     ) -> JSONResponse:
         """Validate and submit a pipeline: a mapping with ``stages`` (and optional ``name``,
@@ -195,12 +221,14 @@ def create_app(config: GatewayConfig) -> FastAPI:
         body = await _body(request)
         content_type = request.headers.get("content-type", "application/json")
         if idempotency_key is None:
-            status, doc = await submit_document(request, body, content_type)
+            status, doc = await submit_document(request, body, content_type, by)
             return JSONResponse(doc, status_code=status)
         pool = request.app.state.pool
+        # Keys are per token: another caller's key never answers for this one.
+        key = f"{by.name}\n{idempotency_key}"
         digest = idempotency.request_digest(content_type, body)
         try:
-            stored = await idempotency.claim(pool, idempotency_key, digest)
+            stored = await idempotency.claim(pool, key, digest)
         except idempotency.KeyReused:
             raise HTTPException(
                 409, "this Idempotency-Key was used with another request body"
@@ -215,15 +243,15 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 stored.body, status_code=stored.status, headers={"Idempotent-Replayed": "true"}
             )
         try:
-            status, doc = await submit_document(request, body, content_type)
+            status, doc = await submit_document(request, body, content_type, by)
         except BaseException:
-            await idempotency.release(pool, idempotency_key)
+            await idempotency.release(pool, key)
             raise
-        await idempotency.store(pool, idempotency_key, status, doc)
+        await idempotency.store(pool, key, status, doc)
         return JSONResponse(doc, status_code=status)
 
     async def submit_document(
-        request: Request, body: bytes, content_type: str
+        request: Request, body: bytes, content_type: str, by: Principal
     ) -> tuple[int, dict[str, Any]]:
         def invalid(errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
             counts["rejected"] += 1
@@ -233,7 +261,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             doc = read_document(body, content_type)
         except DocumentError as exc:
             return invalid([{"stage": None, "field": exc.field, "message": exc.message}])
-        pipeline = executor(request, doc.pipeline_id)
+        pipeline = executor(request, doc.pipeline_id, by)
         try:
             result = await pipeline.aexecute(doc.stages, name=doc.name, settings=doc.settings)
         except InvalidPipeline as exc:
@@ -330,29 +358,32 @@ def create_app(config: GatewayConfig) -> FastAPI:
         counts[f"command:{kind}"] += 1
         return JSONResponse({"accepted": kind, "pipeline_id": pipeline_id}, status_code=202)
 
-    @app.post("/v1/pipelines/{pipeline_id}/resume", status_code=202, dependencies=[operator])
-    async def resume(request: Request, pipeline_id: str) -> JSONResponse:
+    @app.post("/v1/pipelines/{pipeline_id}/resume", status_code=202)
+    async def resume(request: Request, pipeline_id: str, by: Principal = submitter) -> JSONResponse:
         """Run again every failed, cancelled or lost stage (and what waits on them)."""
-        await existing(request, pipeline_id)
-        await executor(request, pipeline_id).aresume()
+        await steerable(request, pipeline_id, by)
+        await executor(request, pipeline_id, by).aresume()
         return accepted(pipeline_id, "ResumePipeline")
 
-    @app.post("/v1/pipelines/{pipeline_id}/cancel", status_code=202, dependencies=[operator])
-    async def cancel(request: Request, pipeline_id: str, reason: str = "") -> JSONResponse:
-        await existing(request, pipeline_id)
-        await executor(request, pipeline_id).acancel(reason)
+    @app.post("/v1/pipelines/{pipeline_id}/cancel", status_code=202)
+    async def cancel(
+        request: Request, pipeline_id: str, reason: str = "", by: Principal = submitter
+    ) -> JSONResponse:
+        await steerable(request, pipeline_id, by)
+        await executor(request, pipeline_id, by).acancel(reason)
         return accepted(pipeline_id, "CancelPipeline")
 
     @app.post(
         "/v1/pipelines/{pipeline_id}/stages/{stage}/retry",
         status_code=202,
-        dependencies=[operator],
     )
-    async def retry(request: Request, pipeline_id: str, stage: str) -> JSONResponse:
-        status = await existing(request, pipeline_id)
+    async def retry(
+        request: Request, pipeline_id: str, stage: str, by: Principal = submitter
+    ) -> JSONResponse:
+        status = await steerable(request, pipeline_id, by)
         if stage not in {s["name"] for s in status["stages"]}:
             raise HTTPException(404, f"pipeline {pipeline_id!r} has no stage {stage!r}")
-        await executor(request, pipeline_id).aretry_stage(stage)
+        await executor(request, pipeline_id, by).aretry_stage(stage)
         return accepted(pipeline_id, "RetryStage")
 
     @app.get("/v1/jobs/{job_id}/metrics", dependencies=[viewer])

@@ -1,12 +1,17 @@
 """``posttrain gateway`` / ``posttrain-gateway``: serve the HTTP API with uvicorn.
 
-Tokens come from ``POSTTRAIN_API_TOKENS`` (``TOKEN:ROLE,...``, roles ``viewer`` and
-``operator``); without any, the gateway refuses to start unless ``--no-auth`` says so.
+Callers show a bearer token made by ``posttrain token create --name NAME --role
+viewer|submitter|admin`` (kept hashed in the gateway's table, which it makes at start if
+missing). Without any token made, the gateway refuses to start unless ``--no-auth`` says so
+(every caller then acts as an admin).
+``POSTTRAIN_API_TOKENS`` (plain-text tokens in the environment) is no longer read: a gateway that
+finds it set refuses to start, so that nobody believes those tokens still open it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +19,22 @@ from collections.abc import Sequence
 from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
 
 DEFAULT_PORT = 9460
+
+
+async def _live_tokens(database_url: str) -> int:
+    """How many unrevoked tokens there are (the gateway's own tables made first, if missing)."""
+    import asyncpg
+
+    from posttrain.db.migrate import apply_migrations
+
+    await apply_migrations(database_url, owner="gateway")
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM gateway_tokens WHERE revoked_at IS NULL")
+        )
+    finally:
+        await conn.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,35 +47,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-auth",
         action="store_true",
-        help="serve without tokens: every caller is an operator (a local, single-user setup)",
+        help="serve without tokens: every caller is an admin (a local, single-user setup)",
     )
     args = parser.parse_args(argv)
+
+    if os.environ.get("POSTTRAIN_API_TOKENS"):
+        print(
+            "posttrain gateway: POSTTRAIN_API_TOKENS is no longer read (tokens are kept hashed): "
+            "unset it and make tokens with `posttrain token create --name NAME --role ROLE`",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.no_auth:
+        import asyncpg
+
+        try:
+            live = asyncio.run(_live_tokens(args.database_url))
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            print(
+                f"posttrain gateway: the database is unreachable ({exc}): start it with "
+                "`posttrain stack up` or set DATABASE_URL",
+                file=sys.stderr,
+            )
+            return 2
+        if live == 0:
+            print(
+                "posttrain gateway: no tokens yet: make one with `posttrain token create --name "
+                "NAME --role admin`, or pass --no-auth to serve without them",
+                file=sys.stderr,
+            )
+            return 2
 
     import uvicorn
 
     from posttrain.events.kafka import KafkaSettings
     from posttrain.gateway.app import GatewayConfig, create_app
-    from posttrain.gateway.auth import parse_tokens
     from posttrain.service.logs import configure_json_logging
 
-    try:
-        tokens = parse_tokens(os.environ.get("POSTTRAIN_API_TOKENS", ""))
-    except ValueError as exc:
-        print(f"posttrain gateway: POSTTRAIN_API_TOKENS: {exc}", file=sys.stderr)
-        return 2
-    if not tokens and not args.no_auth:
-        print(
-            "posttrain gateway: no tokens in POSTTRAIN_API_TOKENS (TOKEN:ROLE,...); "
-            "pass --no-auth to serve without them",
-            file=sys.stderr,
-        )
-        return 2
     configure_json_logging(os.environ.get("POSTTRAIN_LOG_LEVEL", "INFO"))
     app = create_app(
         GatewayConfig(
             kafka=KafkaSettings.from_env(client_id="gateway"),
             database_url=args.database_url,
-            tokens=None if args.no_auth else tokens,
+            auth=not args.no_auth,
+            address=f"{args.host}:{args.port}",
         )
     )
     uvicorn.run(app, host=args.host, port=args.port, log_config=None)

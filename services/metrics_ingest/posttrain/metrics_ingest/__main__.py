@@ -34,8 +34,9 @@ async def serve(config: IngestConfig) -> None:
         endpoints = EndpointServer({}, config.http_host, config.http_port)
         port = await endpoints.start()
         address = f"{config.http_host}:{port}"
+    settings = KafkaSettings.from_env(client_id="posttrain-ingest")
     service = IngestService(
-        KafkaSettings.from_env(client_id="posttrain-ingest"),
+        settings,
         config.database_url,
         policy=config.policy,
         consumer=ConsumerOptions(
@@ -47,15 +48,20 @@ async def serve(config: IngestConfig) -> None:
         http_address=address,
     )
     policy = config.policy
+    identity: dict[str, object] = {
+        "namespace": settings.namespace,
+        "kafka": settings.bootstrap_servers,
+        "instance_id": config.instance_id,
+        "http": address,
+    }
     try:
         if endpoints is not None:
             endpoints.routes.update(routes(service))
         log.info(
             "ingest started",
             extra={
-                "http": address,
+                **identity,
                 "client_id": service.client_id,
-                "instance_id": config.instance_id,
                 "group": service.group,
                 "batch_rows": policy.max_rows,
                 "batch_age_s": policy.max_age_s,
@@ -66,7 +72,7 @@ async def serve(config: IngestConfig) -> None:
     finally:
         if endpoints is not None:
             await endpoints.stop()
-        log.info("ingest stopped", extra={"rows_inserted": service.stats.rows_inserted})
+        log.info("ingest stopped", extra={**identity, "rows_inserted": service.stats.rows_inserted})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,7 +65,13 @@ class EventProducer:
         return self._client
 
     async def start(self) -> None:
-        await self._client.start()
+        try:
+            await self._client.start()
+        except BaseException:
+            # A broker that cannot be reached: close what start opened, or the client is left
+            # half-open ("Unclosed AIOKafkaProducer" when it is collected).
+            await self._client.stop()
+            raise
 
     async def stop(self) -> None:
         await self._client.stop()

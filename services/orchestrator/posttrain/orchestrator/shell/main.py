@@ -13,7 +13,7 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
 from posttrain.orchestrator.shell.endpoints import routes
 from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
-from posttrain.orchestrator.shell.service import Orchestrator
+from posttrain.orchestrator.shell.service import GROUP, Orchestrator
 from posttrain.service.http import EndpointServer, parse_address
 from posttrain.service.logs import configure_json_logging
 
@@ -73,6 +73,15 @@ async def serve(args: argparse.Namespace) -> None:
         )
         await projection.start()
         tasks.append(asyncio.create_task(projection.run(stop), name="projection"))
+    identity = {
+        "group": settings.group(GROUP),
+        "namespace": settings.namespace,
+        "kafka": settings.bootstrap_servers,
+        "http": f"{http.host}:{http.port}" if http is not None else None,
+        "projection": _without_password(args.database_url) if args.projection else None,
+        "pid": os.getpid(),
+    }
+    log.info("orchestrator started", extra=identity)
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -82,6 +91,17 @@ async def serve(args: argparse.Namespace) -> None:
         if http is not None:
             await http.stop()
         await orchestrator.stop()
+        log.info("orchestrator stopped", extra=identity)
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
