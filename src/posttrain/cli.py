@@ -270,16 +270,6 @@ def status(
     out.print(status_view(found, verbose=verbose, stale=stale))
 
 
-def _sdk(name: str, what: str) -> Any:
-    """A read function of the orchestrator's SDK that older installations lack."""
-    from posttrain.orchestrator import api
-
-    found = getattr(api, name, None)
-    if found is None:
-        fail(f"this installation cannot {what} yet (no {name} in posttrain.orchestrator.api)")
-    return found
-
-
 @app.command()
 def history(
     pipeline_id: Annotated[str, typer.Argument(metavar="PIPELINE", help="the pipeline's id")],
@@ -290,9 +280,8 @@ def history(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A pipeline's history: its events with decisions, retries, anomalies and actions."""
+    from posttrain.orchestrator.api import aget_pipeline_history
     from posttrain.render import history_table
-
-    aget_pipeline_history = _sdk("aget_pipeline_history", "read histories")
 
     found = run(
         aget_pipeline_history(pipeline_id, after=after, limit=limit, database_url=_database_url())
@@ -312,9 +301,8 @@ def history(
 @app.command()
 def agents(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The trainer agents: capacity, labels, what each runs, its last heartbeat."""
+    from posttrain.orchestrator.api import alist_agents
     from posttrain.render import agents_table
-
-    alist_agents = _sdk("alist_agents", "list agents")
     found = run(alist_agents(database_url=_database_url()))
     if as_json:
         _json_out(found)

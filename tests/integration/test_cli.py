@@ -181,6 +181,17 @@ async def test_submit_follow_shows_the_run_and_exits_by_its_outcome(
         assert boom.split()[:4] == ["1", "boom", "failed", "1"]
         assert "stale" not in out
 
+        # Its history: what was decided and what happened, one line each, in order.
+        code, out, err = await posttrain("history", f"{run_id}-bad", env=env)
+        assert code == 0, err
+        for event in ("PipelineSubmitted", "StageDispatched", "StageSucceeded", "StageFailed"):
+            assert event in out, out
+        assert out.index("PipelineSubmitted") < out.index("StageFailed")
+        # The agents, with what they run and when they were heard from.
+        code, out, err = await posttrain("agents", env=env)
+        assert code == 0, err
+        assert "gpu-1" in out, out
+
         # The older form still answers, as it did.
         code, out, err = await posttrain("pipeline", "status", f"{run_id}-bad", env=env)
         assert code == 0, err
