@@ -22,7 +22,7 @@ from posttrain.orchestrator.api import alist_agents, get_pipeline_history, list_
 from posttrain.orchestrator.shell.projection import Projection
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent
-from tests.integration.gateway.test_api import OPERATOR, VIEWER, _commands_sent, gateway
+from tests.integration.gateway.test_api import _commands_sent, gateway
 from tests.integration.orchestrator.test_orchestrator import running
 from tests.waiting import wait_for
 
@@ -59,8 +59,9 @@ async def _owning_everything(orchestrator) -> None:
 
 
 async def test_history_pages_through_decisions_and_retries_and_agents_show_what_they_run(
-    kafka_settings, database_url, tmp_path, run_id
+    kafka_settings, database_url, tmp_path, run_id, callers
 ):
+    OPERATOR, VIEWER = callers["submitter"].headers, callers["viewer"].headers
     agent_id = f"{run_id}-gpu"
     hold = asyncio.Event()
     agent = ScriptedAgent(
@@ -200,8 +201,9 @@ async def _store_points(database_url: str, job: str, pipeline: str | None, steps
 
 
 async def test_a_live_stream_is_pushed_status_history_metrics_and_anomalies(
-    kafka_settings, database_url, tmp_path, run_id
+    kafka_settings, database_url, tmp_path, run_id, callers
 ):
+    OPERATOR, VIEWER = callers["submitter"].headers, callers["viewer"].headers
     hold = asyncio.Event()
     agent = ScriptedAgent(kafka_settings, f"{run_id}-gpu", tmp_path / "r.jsonl", holds={"b": hold})
     job = f"{run_id}.b"
@@ -273,8 +275,9 @@ async def test_a_live_stream_is_pushed_status_history_metrics_and_anomalies(
 
 
 async def test_a_series_is_downsampled_in_buckets_with_non_finite_values_named(
-    kafka_settings, database_url, run_id
+    kafka_settings, database_url, run_id, callers
 ):
+    VIEWER = callers["viewer"].headers
     job = f"{run_id}-series"
 
     def loss(step: int) -> float:
@@ -319,8 +322,9 @@ async def test_a_series_is_downsampled_in_buckets_with_non_finite_values_named(
 
 
 async def test_an_idempotency_key_makes_a_repeated_submission_harmless_across_gateways(
-    kafka_settings, database_url, run_id
+    kafka_settings, database_url, run_id, callers
 ):
+    OPERATOR = callers["submitter"].headers
     body = {"name": "once", "stages": [_cmd("a")]}  # no pipeline_id: the gateway makes one
     key = {"idempotency-key": f"{run_id}-k1"}
     async with (
@@ -356,8 +360,9 @@ async def test_an_idempotency_key_makes_a_repeated_submission_harmless_across_ga
 
 
 async def test_live_updates_survive_the_listening_connection_being_cut(
-    kafka_settings, database_url, tmp_path, run_id
+    kafka_settings, database_url, tmp_path, run_id, callers
 ):
+    OPERATOR, VIEWER = callers["submitter"].headers, callers["viewer"].headers
     hold = asyncio.Event()
     agent = ScriptedAgent(kafka_settings, f"{run_id}-gpu", tmp_path / "r.jsonl", holds={"a": hold})
     async with (
