@@ -37,17 +37,23 @@ MATRIX: dict[tuple[str, str], str] = {
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
+    ("GET", "/static"): PUBLIC,  # the web page's scripts and style sheet (a mount)
     ("POST", "/v1/pipelines"): SUBMIT,
     ("GET", "/v1/pipelines"): READ,
     ("GET", "/v1/pipelines/{pipeline_id}"): READ,
     ("GET", "/v1/pipelines/{pipeline_id}/events"): READ,
+    ("GET", "/v1/pipelines/{pipeline_id}/history"): READ,
     ("GET", "/v1/pipelines/{pipeline_id}/anomalies"): READ,
     ("POST", "/v1/pipelines/{pipeline_id}/resume"): STEER,
     ("POST", "/v1/pipelines/{pipeline_id}/cancel"): STEER,
     ("POST", "/v1/pipelines/{pipeline_id}/stages/{stage}/retry"): STEER,
     ("GET", "/v1/jobs/{job_id}/metrics"): READ,
     ("GET", "/v1/jobs/{job_id}/anomalies"): READ,
+    ("GET", "/v1/jobs/{job_id}/series"): READ,
+    ("GET", "/v1/agents"): READ,
 }
+# A mount is called at a file under it.
+UNDER_MOUNT = {"/static": "/static/js/main.js"}
 
 # Who gets in, per class: the others get 401 (no valid token) or 403 (a token without the right).
 ALLOWED = {
@@ -127,6 +133,7 @@ async def test_each_role_on_each_endpoint(kafka_settings, database_url, tmp_path
 
         def concrete(path: str, kind: str) -> str:
             pid = ids["steer"] if kind == STEER else ids["read"]
+            path = UNDER_MOUNT.get(path, path)
             return path.format(pipeline_id=pid, stage="a", job_id=f"{run_id}-job")
 
         outcomes: dict[str, list[str]] = {"wrong answers": []}
