@@ -401,3 +401,16 @@ async def test_live_updates_survive_the_listening_connection_being_cut(
         stream = await asyncio.wait_for(follow, timeout=60)
     statuses = [data["status"] for kind, data, _ in _sse(stream.text) if kind == "status"]
     assert statuses[-1] == "succeeded"
+
+
+async def test_values_postgresql_cannot_take_are_422s_not_server_errors(
+    kafka_settings, database_url
+):
+    async with gateway(kafka_settings, database_url) as client:
+        nul = await client.get("/v1/pipelines/a%00b/history", headers=VIEWER)
+        assert nul.status_code == 422 and "cannot be read" in nul.json()["detail"]
+        big = await client.get("/v1/pipelines/p/history", params={"after": 2**31}, headers=VIEWER)
+        assert big.status_code == 422 and big.json()["detail"][0]["loc"] == ["query", "after"]
+        steps = await client.get("/v1/jobs/j/series", params={"step_from": 2**63}, headers=VIEWER)
+        assert steps.status_code == 422
+        assert steps.json()["detail"][0]["loc"] == ["query", "step_from"]
