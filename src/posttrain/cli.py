@@ -303,6 +303,7 @@ def agents(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The trainer agents: capacity, labels, what each runs, its last heartbeat."""
     from posttrain.orchestrator.api import alist_agents
     from posttrain.render import agents_table
+
     found = run(alist_agents(database_url=_database_url()))
     if as_json:
         _json_out(found)

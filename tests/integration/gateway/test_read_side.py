@@ -404,8 +404,9 @@ async def test_live_updates_survive_the_listening_connection_being_cut(
 
 
 async def test_values_postgresql_cannot_take_are_422s_not_server_errors(
-    kafka_settings, database_url
+    kafka_settings, database_url, callers
 ):
+    VIEWER = callers["viewer"].headers
     async with gateway(kafka_settings, database_url) as client:
         nul = await client.get("/v1/pipelines/a%00b/history", headers=VIEWER)
         assert nul.status_code == 422 and "cannot be read" in nul.json()["detail"]
