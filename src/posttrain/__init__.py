@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 __path__ = extend_path(__path__, __name__)
 
-_SDK_NAMES = (
+# The seed's names (SEED.md) with their a-twins, all defined in posttrain.sdk.
+SDK_NAMES = (
     "DagResolver",
     "DiagnosticService",
     "FlushFailed",
@@ -38,14 +39,14 @@ _SDK_NAMES = (
     "sync_metrics_from_file",
 )
 
-__all__ = list(_SDK_NAMES)
+__all__ = list(SDK_NAMES)
 
 if TYPE_CHECKING:
     from posttrain.sdk import *  # noqa: F403
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SDK_NAMES:
+    if name in SDK_NAMES:
         value = getattr(importlib.import_module("posttrain.sdk"), name)
         globals()[name] = value
         return value
@@ -53,4 +54,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_SDK_NAMES])
+    return sorted([*globals(), *SDK_NAMES])

@@ -20,41 +20,31 @@ from typing import Any
 
 import asyncpg
 
+from posttrain import SDK_NAMES
 from posttrain.diagnostics.alerts import Delivery
 from posttrain.diagnostics.alerts import send_alert as _send_alert
 from posttrain.diagnostics.batch import DiagnosticService as _BatchDiagnosis
 from posttrain.events.runner import run_sync
 from posttrain.metrics_ingest import filesync
 from posttrain.metrics_ingest import queries as metric_queries
-from posttrain.metrics_ingest.flushing import FlushFailed
+from posttrain.metrics_ingest.flushing import FlushFailed as FlushFailed
 from posttrain.metrics_ingest.flushing import flush_metrics as _flush_metrics
 from posttrain.metrics_ingest.queries import Run, StoredMetric
 from posttrain.orchestrator import api as orchestrator
-from posttrain.orchestrator.api import DEFAULT_DATABASE_URL, PipelineExecutor, UnknownPipeline
-from posttrain.orchestrator.core.dag import DagResolver, InvalidPipeline
-from posttrain.trainer_agent.metrics_file import create_metrics_file_writer
-from posttrain.trainer_agent.reporting import create_training_callback
+from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
+from posttrain.orchestrator.api import PipelineExecutor as PipelineExecutor
+from posttrain.orchestrator.api import UnknownPipeline as UnknownPipeline
+from posttrain.orchestrator.core.dag import DagResolver as DagResolver
+from posttrain.orchestrator.core.dag import InvalidPipeline as InvalidPipeline
+from posttrain.trainer_agent.metrics_file import (
+    create_metrics_file_writer as create_metrics_file_writer,
+)
+from posttrain.trainer_agent.reporting import (
+    create_training_callback as create_training_callback,
+)
 
-__all__ = [
-    "DagResolver",
-    "DiagnosticService",
-    "FlushFailed",
-    "InvalidPipeline",
-    "PipelineExecutor",
-    "UnknownPipeline",
-    "aflush_metrics",
-    "aget_latest_metrics",
-    "aget_pipeline_status",
-    "asend_alert",
-    "async_metrics_from_file",
-    "create_metrics_file_writer",
-    "create_training_callback",
-    "flush_metrics",
-    "get_latest_metrics",
-    "get_pipeline_status",
-    "send_alert",
-    "sync_metrics_from_file",
-]
+# The names themselves are listed once, in posttrain/__init__.py (which loads them from here).
+__all__ = list(SDK_NAMES)
 
 # What the seed passes as ``session``: see the module's docstring.
 Session = Any
