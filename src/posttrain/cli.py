@@ -20,6 +20,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
+from posttrain.service.logs import without_password
+
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -77,11 +79,12 @@ def explain(exc: BaseException) -> str | None:
             f"stage {e.stage!r} field {e.field!r}: {e.message}" for e in exc.errors
         )
         return f"the pipeline is invalid, fix it and submit again: {problems}"
+    database = without_password(_database_url())
     if isinstance(exc, asyncpg.InvalidCatalogNameError | asyncpg.InvalidPasswordError):
-        return f"cannot use the database at {_safe(_database_url())} ({exc}): check DATABASE_URL"
+        return f"cannot use the database at {database} ({exc}): check DATABASE_URL"
     if isinstance(exc, asyncpg.UndefinedTableError):
         return (
-            f"the database at {_safe(_database_url())} lacks the platform's tables ({exc}): "
+            f"the database at {database} lacks the platform's tables ({exc}): "
             "run `posttrain stack up`, which applies the migrations"
         )
     kafka_error = _kafka_error(exc)
@@ -89,7 +92,7 @@ def explain(exc: BaseException) -> str | None:
         return kafka_error
     if isinstance(exc, OSError | asyncio.TimeoutError):
         return (
-            f"the database at {_safe(_database_url())} is unreachable ({exc}): start the stack "
+            f"the database at {database} is unreachable ({exc}): start the stack "
             "with `posttrain stack up` or set DATABASE_URL"
         )
     return None
@@ -106,18 +109,6 @@ def _kafka_error(exc: BaseException) -> str | None:
             "stack with `posttrain stack up` or set KAFKA_BOOTSTRAP_SERVERS"
         )
     return None
-
-
-def _safe(url: str) -> str:
-    """A database URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

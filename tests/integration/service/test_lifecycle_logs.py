@@ -118,3 +118,22 @@ async def test_the_gateway_logs_its_start_and_its_stop_and_never_a_token(
     assert started["namespace"] == kafka_settings.namespace and started["auth"] == "tokens"
     assert _said(log, "gateway stopped") is not None, service.tail()
     assert token not in log.read_text(errors="replace")
+
+
+async def test_the_anomaly_recorder_logs_its_start_and_its_stop(
+    kafka_settings, database_url, tmp_path
+):
+    log = tmp_path / "recorder.log"
+    service = services.recorder(kafka_settings, database_url, log).start()
+    try:
+        started = await wait_for(
+            lambda: _said(log, "recorder started"), timeout=60, what=service.tail()
+        )
+    finally:
+        service.stop()
+    assert started["namespace"] == kafka_settings.namespace
+    assert started["http"] == f"127.0.0.1:{service.port}"
+    assert "posttrain:posttrain@" not in json.dumps(started)  # no password in the log
+    assert started["database"].endswith(database_url.rsplit("/", 1)[1])
+    stopped = _said(log, "recorder stopped")
+    assert stopped is not None and stopped["namespace"] == kafka_settings.namespace

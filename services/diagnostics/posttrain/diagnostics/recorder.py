@@ -52,6 +52,7 @@ from posttrain.events.kafka.dlq import DeadLetterPublisher
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
 from posttrain.events.topics import Topic
 from posttrain.service.http import EndpointServer, Handler, Response, only, parse_address
+from posttrain.service.logs import without_password
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
 
 log = logging.getLogger("posttrain.diagnostics.recorder")
@@ -455,16 +456,22 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     address = parse_address(args.http)
     endpoints = EndpointServer(routes(recorder), *address) if address is not None else None
+    identity: dict[str, object] = {
+        "namespace": recorder.settings.namespace,
+        "kafka": recorder.settings.bootstrap_servers,
+        "database": without_password(args.database_url),
+        "http": None,
+    }
     try:
         if endpoints is not None:
             port = await endpoints.start()
-            log.info("http endpoints listening", extra={"host": endpoints.host, "port": port})
-        log.info("recorder starting", extra={"namespace": recorder.settings.namespace})
+            identity["http"] = f"{endpoints.host}:{port}"
+        log.info("recorder started", extra=identity)
         await recorder.run(stop)
     finally:
         if endpoints is not None:
             await endpoints.stop()
-        log.info("recorder stopped", extra=vars(recorder.stats))
+        log.info("recorder stopped", extra={**identity, **vars(recorder.stats)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

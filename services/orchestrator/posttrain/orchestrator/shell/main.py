@@ -15,7 +15,7 @@ from posttrain.orchestrator.shell.endpoints import routes
 from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
 from posttrain.orchestrator.shell.service import GROUP, Orchestrator
 from posttrain.service.http import EndpointServer, parse_address
-from posttrain.service.logs import configure_json_logging
+from posttrain.service.logs import configure_json_logging, without_password
 
 log = logging.getLogger("posttrain.orchestrator")
 
@@ -78,7 +78,7 @@ async def serve(args: argparse.Namespace) -> None:
         "namespace": settings.namespace,
         "kafka": settings.bootstrap_servers,
         "http": f"{http.host}:{http.port}" if http is not None else None,
-        "projection": _without_password(args.database_url) if args.projection else None,
+        "projection": without_password(args.database_url) if args.projection else None,
         "pid": os.getpid(),
     }
     log.info("orchestrator started", extra=identity)
@@ -92,16 +92,6 @@ async def serve(args: argparse.Namespace) -> None:
             await http.stop()
         await orchestrator.stop()
         log.info("orchestrator stopped", extra=identity)
-
-
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
