@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from posttrain.events import Envelope
 from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
-from posttrain.events.kafka.producer import partition_for
-from posttrain.events.messages import Message, RunStage, StageControl, StageRejected
+from posttrain.events.messages import Message, RunStage, StageControl
 from posttrain.events.topics import Topic
 from posttrain.service.http import EndpointServer
 from posttrain.trainer_agent.core.decide import (
@@ -56,6 +53,7 @@ from posttrain.trainer_agent.core.failure import tail
 from posttrain.trainer_agent.core.state import Entry, Launch, Status, usage
 from posttrain.trainer_agent.endpoints import AgentStats, routes
 from posttrain.trainer_agent.heartbeat import heartbeat, paused_count
+from posttrain.trainer_agent.intake import assign_own_partition, read_commands
 from posttrain.trainer_agent.journal_file import Journal
 from posttrain.trainer_agent.launcher import Launcher
 from posttrain.trainer_agent.relay import EventRelay
@@ -162,10 +160,7 @@ class Agent:
         )
         await consumer.start(subscribe=False)
         self._consumer = consumer
-        topic = self.settings.topic(Topic.AGENT_COMMANDS)
-        partitions = sorted(await producer.client.partitions_for(topic))
-        mine = partition_for(self.config.name.encode(), len(partitions))
-        consumer.client.assign([TopicPartition(topic, mine)])
+        await assign_own_partition(consumer, producer, self.settings, self.config.name)
         local = self.supervisors[LOCAL]
         if isinstance(local, LocalSupervisor):
             local.launcher  # noqa: B018 (the zygote imports torch now, while we recover)
@@ -190,7 +185,7 @@ class Agent:
             )
             tasks: list[asyncio.Task[Any]] = [
                 asyncio.create_task(self._heartbeats(), name="heartbeats"),
-                asyncio.create_task(self._commands(), name="commands"),
+                asyncio.create_task(read_commands(consumer, self.handle), name="commands"),
                 asyncio.create_task(self._monitor(), name="monitor"),
             ]
             stop: asyncio.Task[Any] = asyncio.create_task(self._stopping.wait())
@@ -258,31 +253,7 @@ class Agent:
             except Exception as exc:
                 log.warning("heartbeat not sent", extra={"error": str(exc)})
 
-    # --- intake: commands ----------------------------------------------------------------------
-
-    async def _commands(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=200)
-            except Exception as exc:
-                # The broker is away: stages go on, commands wait for it (the offsets were
-                # committed only for handled ones).
-                log.warning("cannot read commands", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            for received in batch:
-                message = received.envelope.data
-                try:
-                    await self.handle(message)
-                except Exception:
-                    # One command that cannot be handled must not stop the agent.
-                    log.exception("command failed", extra={"type": message.TYPE})
-            if batch:
-                try:
-                    await self._consumer.commit()
-                except Exception as exc:  # redelivered later: the journal makes that harmless
-                    log.warning("offsets not committed", extra={"error": str(exc)})
+    # --- intake: commands (read by ``intake``) --------------------------------------------------
 
     async def handle(self, message: Message) -> None:
         if getattr(message, "agent_id", None) != self.config.name:
@@ -379,9 +350,7 @@ class Agent:
             self.stats.replayed += 1
         elif decision.name == "refuse":
             self.stats.refused += 1
-        elif decision.name == "reject" or any(
-            isinstance(a, Send) and isinstance(a.message, StageRejected) for a in decision.actions
-        ):
+        elif decision.name == "reject":
             self.stats.rejected += 1
 
     async def _carry_out(self, decision: Decision) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 from posttrain.events.actions import ACTION_COMMANDS
 from posttrain.events.messages import (
-    MESSAGE_TYPES,
     ActionApplied,
     ActionKind,
     ActionRefused,
@@ -26,13 +25,10 @@ from posttrain.events.messages import (
     ResumeStage,
     RunStage,
     StageControl,
-    StageFailed,
     StagePaused,
     StageRejected,
     StageStarted,
-    StageSucceeded,
 )
-from posttrain.events.messages.stage import FailureKind
 from posttrain.trainer_agent.core.events import (
     Accepted,
     Finished,
@@ -44,10 +40,16 @@ from posttrain.trainer_agent.core.events import (
     StopRequested,
     StopSignal,
 )
-from posttrain.trainer_agent.core.failure import exit_details, kind_from_log
+from posttrain.trainer_agent.core.outcomes import (
+    LOG_NAME,
+    command_fields,
+    died,
+    entry_fields,
+    failed,
+    from_result,
+    outcome_message,
+)
 from posttrain.trainer_agent.core.state import Entry, Status, usage
-
-LOG_NAME = "stage.log"  # stage_files.LOG: the log every launch of an attempt appends to
 
 # Every control command and the action it carries (one table, in libs/events).
 CONTROL_KINDS: dict[type[Message], ActionKind] = {
@@ -205,7 +207,7 @@ def decide(entries: Mapping[str, Entry], obs: Observation, setup: Setup) -> Deci
         return _look(entry, obs, setup)
     if isinstance(obs, LaunchFailed):
         return _finish(
-            "failed", _failed(entry, "error", f"stage could not start: {obs.error}", obs.now)
+            "failed", failed(entry, "error", f"stage could not start: {obs.error}", obs.now)
         )
     return _recover(entry, obs)
 
@@ -252,13 +254,13 @@ def _run(entries: Mapping[str, Entry], obs: RunReceived, setup: Setup) -> Decisi
         return Decision("ignore", reason="already running")
     reason = _no_room(capacity(entries, setup), command.resources.gpus, command.resources.labels)
     if reason is not None:
-        rejected = StageRejected(**_command_fields(command, setup.agent_id), reason=reason)
+        rejected = StageRejected(**command_fields(command, setup.agent_id), reason=reason)
         return Decision("reject", (Send(rejected),), reason)
     free = capacity(entries, setup).free_gpu_ids
     gpu_ids = tuple(sorted(free)[: command.resources.gpus])
     directory = attempt_dir(setup, command.command_id)
     started = StageStarted(
-        **_command_fields(command, setup.agent_id),
+        **command_fields(command, setup.agent_id),
         started_at=obs.now,
         log_path=str(PurePath(directory) / LOG_NAME),
     )
@@ -369,8 +371,8 @@ def _control(entries: Mapping[str, Entry], obs: ControlReceived, setup: Setup) -
         action="cancel",
         step=step,
     )
-    failed = _failed(entry, "cancelled", f"cancelled while paused at step {step}", obs.now)
-    return Decision("cancel_paused", (Send(applied), *_finish_actions(failed)))
+    cancelled = failed(entry, "cancelled", f"cancelled while paused at step {step}", obs.now)
+    return Decision("cancel_paused", (Send(applied), *_finish_actions(cancelled)))
 
 
 def _refuse(
@@ -405,13 +407,12 @@ def _look(entry: Entry, obs: Looked, setup: Setup) -> Decision:
     if obs.result is not None:
         return _collect(entry, obs.result, obs.now, setup)
     if not obs.alive:
-        return _finish("died", _died(entry, obs))
+        return _finish("died", died(entry, obs.now, obs.log_tail, obs.exit_code))
     return _deadlines(entry, obs.now, setup)
 
 
 def _collect(entry: Entry, result: JsonDict, now: float, setup: Setup) -> Decision:
-    """The outcome a launch wrote: paused, succeeded, or failed (of its own kind, unless the
-    agent timed it out)."""
+    """The result a launch wrote: paused (a resume goes on from it), or its outcome."""
     status = result.get("status")
     if status == "paused":
         # A result written before checkpoints were marked resumes from its own checkpoint.
@@ -432,40 +433,9 @@ def _collect(entry: Entry, result: JsonDict, now: float, setup: Setup) -> Decisi
             resume_checkpoint=resume,
         )
         return Decision("paused", (Record(paused), Send(report)))
-    if status == "succeeded":
-        outputs = dict(result.get("outputs") or {})
-        outputs.setdefault("log_path", str(PurePath(entry.attempt_dir) / LOG_NAME))
-        succeeded = StageSucceeded(
-            **entry_fields(entry, setup.agent_id),
-            finished_at=float(result.get("finished_at") or now),
-            outputs=outputs,
-        )
-        return _finish(
-            "succeeded", {"type": StageSucceeded.TYPE, "data": succeeded.model_dump(mode="json")}
-        )
-    stop = entry.stop
-    kind = "timeout" if stop is not None and stop.reason == "timeout" else result.get("kind")
-    failed = _failed(
-        entry,
-        _failure_kind(kind),
-        str(result.get("error", "")),
-        now,
-        dict(result.get("details") or {}),
-    )
-    return _finish("failed", failed)
-
-
-def _died(entry: Entry, obs: Looked) -> JsonDict:
-    """The outcome of a stage process that ended without writing one."""
-    if entry.stop is not None:
-        reason = entry.stop.reason
-        return _failed(entry, reason, f"stage process stopped by the agent ({reason})", obs.now)
-    return _failed(
-        entry,
-        kind_from_log(obs.log_tail),
-        "stage process died without reporting an outcome (killed, or crashed)",
-        obs.now,
-        {"log_tail": obs.log_tail, **exit_details(obs.exit_code)},
+    return _finish(
+        "succeeded" if status == "succeeded" else "failed",
+        from_result(entry, result, now, setup.agent_id),
     )
 
 
@@ -522,7 +492,7 @@ def recovery_verdict(entry: Entry, alive: bool, result_written: bool) -> str:
 def _recover(entry: Entry, obs: Restarted) -> Decision:
     verdict = recovery_verdict(entry, obs.alive, obs.result_written)
     if verdict == "lost":
-        lost = _failed(
+        lost = failed(
             entry,
             "lost",
             "the stage process ended while the agent was down and left no outcome",
@@ -562,56 +532,3 @@ def _report(entry: Entry) -> Decision:
             Record(OutcomeReported(entry.command_id)),
         ),
     )
-
-
-def outcome_message(outcome: Mapping[str, Any], *, replayed: bool) -> Message:
-    """The report a journal outcome stands for (``replayed``: answered again from the journal)."""
-    cls = MESSAGE_TYPES[outcome["type"]]
-    data = dict(outcome["data"])
-    if replayed and cls is StageSucceeded:
-        data["replayed"] = True
-    return cls.model_validate(data)
-
-
-_KINDS: frozenset[str] = frozenset({"error", "oom", "cancelled", "lost", "timeout"})
-
-
-def _failure_kind(kind: Any) -> FailureKind:
-    return kind if isinstance(kind, str) and kind in _KINDS else "error"  # type: ignore[return-value]
-
-
-def _failed(
-    entry: Entry, kind: FailureKind, error: str, now: float, details: JsonDict | None = None
-) -> JsonDict:
-    message = StageFailed(
-        **entry_fields(entry, str(entry.run.get("agent_id", ""))),
-        finished_at=now,
-        kind=kind,
-        error=error,
-        details=details or {},
-    )
-    return {"type": StageFailed.TYPE, "data": message.model_dump(mode="json")}
-
-
-def _command_fields(command: RunStage, agent_id: str) -> dict[str, Any]:
-    return {
-        "pipeline_id": command.pipeline_id,
-        "stage": command.stage,
-        "attempt": command.attempt,
-        "command_id": command.command_id,
-        "agent_id": agent_id,
-        "job_id": command.job_id,
-    }
-
-
-def entry_fields(entry: Entry, agent_id: str) -> dict[str, Any]:
-    """The routing fields of a report about ``entry``."""
-    run = entry.run
-    return {
-        "pipeline_id": run["pipeline_id"],
-        "stage": run["stage"],
-        "attempt": run["attempt"],
-        "command_id": entry.command_id,
-        "agent_id": agent_id,
-        "job_id": run["job_id"],
-    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from posttrain.events.messages import ActionApplied, ActionRefused, CheckpointSaved, Message
-from posttrain.trainer_agent.core.decide import entry_fields
+from posttrain.trainer_agent.core.outcomes import entry_fields
 from posttrain.trainer_agent.core.state import Entry
 
 
