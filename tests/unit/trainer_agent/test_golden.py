@@ -114,3 +114,35 @@ def _finished_lost(recovery):
 
     record = recovery["golden-p:lost:1"][0]
     return Finished(record["command_id"], record["outcome"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_report_says_which_supervisor_ran_the_stage(name):
+    """The orchestrator never learns how a stage was run (local, ssh, ranks)."""
+    sent = [a for d in play_file(name)["decisions"] for a in d["actions"] if "send" in a]
+    assert sent
+    assert not any("supervisor" in json.dumps(a) for a in sent)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_journal_file_reads_back_what_the_decisions_recorded(name, tmp_path: Path):
+    """Every event a history records, written by ``Journal`` and read again, folds to the same
+    state as the history's own."""
+    from posttrain.trainer_agent.core.events import from_record
+    from posttrain.trainer_agent.core.state import fold
+    from tests.unit.trainer_agent.golden.play import observation
+
+    journal = Journal(tmp_path / "journal.jsonl")
+    entries: dict = {}
+    for line in (HERE / f"{name}.jsonl").read_text().splitlines():
+        step = json.loads(line)
+        if "journal" in step:
+            events = [from_record(step["journal"])]
+        else:
+            decision = decide(entries, observation(step), SETUP)
+            events = [a.event for a in decision.actions if hasattr(a, "event")]
+        for event in events:
+            journal.append(event)
+        entries = fold(events, entries)
+    journal.close()
+    assert Journal(tmp_path / "journal.jsonl").entries == entries

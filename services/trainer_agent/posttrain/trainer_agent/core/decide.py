@@ -10,7 +10,6 @@ decision, which is what the golden histories (tests/unit/trainer_agent/golden) c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -29,6 +28,7 @@ from posttrain.events.messages import (
     StageRejected,
     StageStarted,
 )
+from posttrain.trainer_agent.core import paths
 from posttrain.trainer_agent.core.events import (
     Accepted,
     Finished,
@@ -231,12 +231,7 @@ def capacity(entries: Mapping[str, Entry], setup: Setup) -> Capacity:
 
 
 def attempt_dir(setup: Setup, command_id: str) -> str:
-    return str(PurePath(setup.work_dir) / "stages" / _safe_name(command_id))
-
-
-def _safe_name(text: str) -> str:
-    # tasks.context.safe_name, without importing the tasks (they import torch's neighbours).
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:120] or "_"
+    return paths.attempt_dir(setup.work_dir, command_id)
 
 
 # --- RunStage -----------------------------------------------------------------------------------
