@@ -26,7 +26,9 @@ from posttrain.orchestrator.core.dag import TASKS
 from posttrain.orchestrator.core.decide import AgentView, Context, decide
 from posttrain.orchestrator.core.state import PipelineState
 from posttrain.trainer_agent.core.control import at_step_boundary
-from posttrain.trainer_agent.core.journal import decide_control, fold
+from posttrain.trainer_agent.core.decide import control_verdict
+from posttrain.trainer_agent.core.events import from_record
+from posttrain.trainer_agent.core.state import fold
 
 POLICY_ACTIONS = sorted(
     set(get_args(PolicyActionKind))
@@ -92,10 +94,10 @@ def test_the_agent_applies_or_hands_on_every_action(action):
     ]
     if action == "resume":
         records.append({"kind": "paused", "command_id": "c", "step": 5, "checkpoint": "/c/5"})
-    entry = fold(records)["c"]
-    decision = decide_control(entry, action)
-    assert decision.action in ("forward", "resume", "cancel_paused"), decision
-    if decision.action != "forward":
+    entry = fold(filter(None, map(from_record, records)))["c"]
+    verdict, reason = control_verdict(entry, action)
+    assert verdict in ("forward", "resume", "cancel_paused"), (verdict, reason)
+    if verdict != "forward":
         return  # the agent itself relaunches (resume) or finishes (cancel) the stage
     line = {
         "type": ACTION_COMMANDS[action].TYPE,

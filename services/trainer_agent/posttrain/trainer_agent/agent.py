@@ -1,13 +1,16 @@
-"""The trainer agent: one per GPU node.
+"""The trainer agent: one per GPU node; a thin shell around ``core.decide``.
 
 It announces itself and its capacity on ``posttrain.agents`` (heartbeats), reads the commands
 addressed to it on ``posttrain.agent.commands`` (its own partition of the topic, keyed by agent
-id), runs each stage in a stage process (``launcher``), forwards control commands to it through
-its control file, and publishes what the stage reports on ``posttrain.stage.reports``.
+id), looks at its stage processes, and hands each of those observations to ``core.decide``,
+then carries out the decision: journal events appended (``journal_file``), reports sent on
+``posttrain.stage.reports``, processes started or signalled through a supervisor
+(``supervisors``), control lines written. What the stage processes report is relayed by
+``relay``.
 
-Every decision comes from the journal (``core.journal``): a RunStage id already finished is
-answered again from it, one that runs is left alone, even across restarts. Stopping the agent
-leaves stages running: the next agent on this work directory re-attaches to them.
+Every decision comes from the journal: a RunStage id already finished is answered again from
+it, one that runs is left alone, even across restarts. Stopping the agent leaves stages running:
+the next agent on this work directory re-attaches to them.
 """
 
 from __future__ import annotations
@@ -16,66 +19,47 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from posttrain.events import Envelope
-from posttrain.events.actions import ACTION_COMMANDS
 from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
-from posttrain.events.kafka.producer import partition_for
-from posttrain.events.messages import (
-    MESSAGE_TYPES,
-    ActionApplied,
-    ActionKind,
-    ActionRefused,
-    AgentHeartbeat,
-    CheckpointSaved,
-    Message,
-    RunStage,
-    StageControl,
-    StageFailed,
-    StagePaused,
-    StageRejected,
-    StageStarted,
-    StageSucceeded,
-)
+from posttrain.events.messages import Message, RunStage, StageControl
 from posttrain.events.topics import Topic
 from posttrain.service.http import EndpointServer
-from posttrain.trainer_agent.core.failure import kind_from_log, tail
-from posttrain.trainer_agent.core.journal import (
-    Capacity,
-    Entry,
-    Ignore,
-    Reject,
-    Replay,
+from posttrain.trainer_agent.core.decide import (
+    CONTROL_KINDS,
+    ControlReceived,
+    Decision,
+    LaunchFailed,
+    Looked,
+    Observation,
+    Record,
+    Restarted,
+    RunReceived,
+    Send,
+    Setup,
+    SignalStage,
     Start,
-    Status,
-    decide_control,
-    decide_recovery,
-    decide_run,
-    usage,
+    WriteControl,
+    decide,
 )
+from posttrain.trainer_agent.core.events import Finished, Launched
+from posttrain.trainer_agent.core.failure import tail
+from posttrain.trainer_agent.core.state import Entry, Launch, Status, usage
 from posttrain.trainer_agent.endpoints import AgentStats, routes
-from posttrain.trainer_agent.journal import Journal
-from posttrain.trainer_agent.launcher import (
-    Launcher,
-    ProcessId,
-    ZygoteLauncher,
-    is_alive,
-    signal_group,
-)
-from posttrain.trainer_agent.reporting import ENV_ATTEMPT, ENV_JOB_ID, ENV_PIPELINE_ID, ENV_STAGE
+from posttrain.trainer_agent.heartbeat import heartbeat, paused_count
+from posttrain.trainer_agent.intake import assign_own_partition, read_commands
+from posttrain.trainer_agent.journal_file import Journal
+from posttrain.trainer_agent.launcher import Launcher
+from posttrain.trainer_agent.relay import EventRelay
 from posttrain.trainer_agent.stage_files import (
     CONTROL,
-    EVENTS,
     LOG,
-    LineFollower,
     append_line,
     file_size,
     read_json,
@@ -83,16 +67,12 @@ from posttrain.trainer_agent.stage_files import (
     spec_path,
     write_json_atomic,
 )
-from posttrain.trainer_agent.tasks.context import safe_name
+from posttrain.trainer_agent.stage_spec import stage_env, stage_spec
+from posttrain.trainer_agent.supervisors.base import LaunchRequest, StageHandle, Supervisor
+from posttrain.trainer_agent.supervisors.choice import LOCAL, supervisor_for
+from posttrain.trainer_agent.supervisors.local import LocalSupervisor
 
 log = logging.getLogger("posttrain.trainer_agent")
-
-# Every control command and the action it carries (one table, in libs/events).
-_CONTROL_KINDS: dict[type[Message], ActionKind] = {
-    cls: action for action, cls in ACTION_COMMANDS.items()
-}
-# What a control line in the stage's control file carries besides its type.
-_ROUTING_FIELDS = frozenset({"agent_id", "run_command_id", "pipeline_id", "stage", "attempt"})
 
 
 @dataclass(frozen=True)
@@ -117,31 +97,45 @@ class AgentConfig:
     http_host: str = "127.0.0.1"
     http_port: int | None = None
 
+    def setup(self) -> Setup:
+        """What decisions need of this configuration."""
+        return Setup(
+            agent_id=self.name,
+            work_dir=str(self.work_dir),
+            gpus=self.gpus,
+            labels=self.labels,
+            slots=self.slots,
+            cancel_grace_s=self.cancel_grace_s,
+            kill_grace_s=self.kill_grace_s,
+        )
 
-@dataclass
-class _Kill:
-    reason: str  # "timeout" or "cancelled"
-    term_at: float
-    kill_at: float
-    sent_term: bool = False
+
+def handle_of(launch: Launch) -> StageHandle:
+    """The supervisor handle a journal's launch records."""
+    return StageHandle(launch.supervisor, launch.pid, launch.pid_start, launch.host, launch.extra)
 
 
 class Agent:
     def __init__(
-        self, config: AgentConfig, settings: KafkaSettings, launcher: Launcher | None = None
+        self,
+        config: AgentConfig,
+        settings: KafkaSettings,
+        launcher: Launcher | None = None,
+        supervisors: Mapping[str, Supervisor] | None = None,
     ) -> None:
+        """``launcher``: the local supervisor's (the zygote when None; one given is the
+        caller's to close); ``supervisors``: more supervisors by name (``ssh``, ``ranks``)."""
         self.config = config
+        self.setup = config.setup()
         self.settings = settings
         self.work_dir = config.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.work_dir / "journal.jsonl")
-        # A launcher given by the caller is the caller's to close.
-        self._own_launcher = launcher is None
-        self._launcher: Launcher | None = launcher
+        self.supervisors: dict[str, Supervisor] = {LOCAL: LocalSupervisor(launcher)}
+        self.supervisors.update(supervisors or {})
         self._producer: EventProducer | None = None
         self._consumer: EventConsumer | None = None
-        self._followers: dict[str, LineFollower] = {}
-        self._kills: dict[str, _Kill] = {}
+        self._relay = EventRelay(config.name)
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -149,12 +143,6 @@ class Agent:
         self.http: EndpointServer | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
-
-    @property
-    def launcher(self) -> Launcher:
-        if self._launcher is None:
-            self._launcher = ZygoteLauncher()
-        return self._launcher
 
     def stop(self) -> None:
         self._stopping.set()
@@ -172,12 +160,10 @@ class Agent:
         )
         await consumer.start(subscribe=False)
         self._consumer = consumer
-        topic = self.settings.topic(Topic.AGENT_COMMANDS)
-        partitions = sorted(await producer.client.partitions_for(topic))
-        mine = partition_for(self.config.name.encode(), len(partitions))
-        consumer.client.assign([TopicPartition(topic, mine)])
-        if self._launcher is None:
-            self._launcher = ZygoteLauncher()  # it imports torch now, while we recover
+        await assign_own_partition(consumer, producer, self.settings, self.config.name)
+        local = self.supervisors[LOCAL]
+        if isinstance(local, LocalSupervisor):
+            local.launcher  # noqa: B018 (the zygote imports torch now, while we recover)
         await self._start_http()
         try:
             await self._recover()
@@ -199,7 +185,7 @@ class Agent:
             )
             tasks: list[asyncio.Task[Any]] = [
                 asyncio.create_task(self._heartbeats(), name="heartbeats"),
-                asyncio.create_task(self._commands(), name="commands"),
+                asyncio.create_task(read_commands(consumer, self.handle), name="commands"),
                 asyncio.create_task(self._monitor(), name="monitor"),
             ]
             stop: asyncio.Task[Any] = asyncio.create_task(self._stopping.wait())
@@ -219,8 +205,8 @@ class Agent:
                 await self.http.stop()
             await consumer.stop()
             await producer.stop()
-            if self._own_launcher and self._launcher is not None:
-                self._launcher.close()
+            for supervisor in self.supervisors.values():
+                supervisor.close()
             self.journal.close()
             self.stopped.set()
             log.info(
@@ -244,30 +230,20 @@ class Agent:
 
     # --- heartbeats ----------------------------------------------------------------------------
 
-    def _capacity(self) -> Capacity:
-        used = usage(self.journal.entries)
-        free = tuple(g for g in range(self.config.gpus) if g not in used.gpu_ids)
-        return Capacity(free, self.config.labels, self.config.slots - len(used.running))
-
     async def _heartbeat(self, *, stopping: bool = False) -> None:
-        used = usage(self.journal.entries)
-        beat = AgentHeartbeat(
-            agent_id=self.config.name,
+        entries = self.journal.entries
+        beat = heartbeat(
+            self.setup,
+            entries,
             host=self.config.host,
-            gpus=self.config.gpus,
-            free_gpus=self.config.gpus - len(used.gpu_ids),
-            labels=sorted(self.config.labels),
-            running=list(used.running),
             interval_s=self.config.heartbeat_s,
-            sent_at=time.time(),
+            now=time.time(),
             stopping=stopping,
         )
-        await self._send(Topic.AGENTS, beat, key=self.config.name)
+        await self._send(beat, topic=Topic.AGENTS, key=self.config.name)
         self.stats.last_heartbeat_at = beat.sent_at
-        self.stats.running = len(used.running)
-        self.stats.paused = sum(
-            1 for e in self.journal.entries.values() if e.status is Status.PAUSED
-        )
+        self.stats.running = len(beat.running)
+        self.stats.paused = paused_count(entries)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -277,256 +253,16 @@ class Agent:
             except Exception as exc:
                 log.warning("heartbeat not sent", extra={"error": str(exc)})
 
-    # --- commands ------------------------------------------------------------------------------
-
-    async def _commands(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=200)
-            except Exception as exc:
-                # The broker is away: stages go on, commands wait for it (the offsets were
-                # committed only for handled ones).
-                log.warning("cannot read commands", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            for received in batch:
-                message = received.envelope.data
-                try:
-                    await self.handle(message)
-                except Exception:
-                    # One command that cannot be handled must not stop the agent.
-                    log.exception("command failed", extra={"type": message.TYPE})
-            if batch:
-                try:
-                    await self._consumer.commit()
-                except Exception as exc:  # redelivered later: the journal makes that harmless
-                    log.warning("offsets not committed", extra={"error": str(exc)})
+    # --- intake: commands (read by ``intake``) --------------------------------------------------
 
     async def handle(self, message: Message) -> None:
         if getattr(message, "agent_id", None) != self.config.name:
             return  # another agent's command on our partition
         self.stats.commands[message.TYPE] += 1
         if isinstance(message, RunStage):
-            await self._run_stage(message)
-        elif isinstance(message, StageControl) and type(message) in _CONTROL_KINDS:
-            await self._control(message, _CONTROL_KINDS[type(message)])
-
-    async def _run_stage(self, command: RunStage) -> None:
-        entry = self.journal.get(command.command_id)
-        decision = decide_run(
-            entry, command.resources.gpus, command.resources.labels, self._capacity()
-        )
-        log.info(
-            "RunStage",
-            extra={"command_id": command.command_id, "decision": decision.action},
-        )
-        if isinstance(decision, Replay):
-            self.stats.replayed += 1
-            await self._publish_outcome(decision.outcome, replayed=True)
-        elif isinstance(decision, Reject):
-            self.stats.rejected += 1
-            await self._send(
-                Topic.STAGE_REPORTS,
-                StageRejected(**_report_fields(command, self.config.name), reason=decision.reason),
-                key=command.pipeline_id,
-            )
-        elif isinstance(decision, Start):
-            await self._start(command, decision.gpu_ids)
-        elif isinstance(decision, Ignore):
-            log.info(
-                "RunStage ignored",
-                extra={"command_id": command.command_id, "reason": decision.reason},
-            )
-
-    async def _start(self, command: RunStage, gpu_ids: tuple[int, ...]) -> None:
-        attempt_dir = self.work_dir / "stages" / safe_name(command.command_id)
-        attempt_dir.mkdir(parents=True, exist_ok=True)
-        entry = self.journal.append(
-            "accepted",
-            command.command_id,
-            run=command.model_dump(mode="json"),
-            attempt_dir=str(attempt_dir),
-            gpu_ids=list(gpu_ids),
-        )
-        assert entry is not None
-        try:
-            await self._launch(entry, resume_from=command.resume_from)
-        except Exception as exc:
-            await self._finish(entry, _failed(entry, "error", f"stage could not start: {exc}"))
-            return
-        await self._send(
-            Topic.STAGE_REPORTS,
-            StageStarted(
-                **_report_fields(command, self.config.name),
-                started_at=time.time(),
-                log_path=str(attempt_dir / LOG),
-            ),
-            key=command.pipeline_id,
-        )
-
-    async def _launch(
-        self,
-        entry: Entry,
-        *,
-        resume_from: str | None,
-        resume_action: dict[str, Any] | None = None,
-        resume_step: int | None = None,
-        gpu_ids: tuple[int, ...] | None = None,
-    ) -> None:
-        number = len(entry.launches) + 1
-        attempt_dir = Path(entry.attempt_dir)
-        gpus = entry.gpu_ids if gpu_ids is None else gpu_ids
-        # Controls already in the file were applied by an earlier launch (or queued for this
-        # one while paused): the journal says where this launch starts reading.
-        control_offset = entry.control_offset
-        write_json_atomic(
-            spec_path(attempt_dir, number),
-            {
-                "run": entry.run,
-                "work_dir": str(self.work_dir),
-                "kafka": {
-                    "bootstrap_servers": self.settings.bootstrap_servers,
-                    "namespace": self.settings.namespace,
-                },
-                "resume_from": resume_from,
-                "resume_action": resume_action,
-                "resume_step": resume_step,
-                "control_offset": control_offset,
-            },
-        )
-        env = self._stage_env(entry, gpus)
-        process = await asyncio.to_thread(
-            self.launcher.launch, attempt_dir, number, env, self.config.cwd
-        )
-        self.stats.launches += 1
-        self.journal.append(
-            "launched",
-            entry.command_id,
-            pid=process.pid,
-            pid_start=process.start,
-            started_at=time.time(),
-            resume_from=resume_from,
-            gpu_ids=list(gpus),
-            control_offset=control_offset,
-        )
-        log.info(
-            "stage launched",
-            extra={"command_id": entry.command_id, "pid": process.pid, "launch": number},
-        )
-
-    def _stage_env(self, entry: Entry, gpus: tuple[int, ...]) -> dict[str, str]:
-        run = entry.run
-        env = dict(os.environ)
-        env.update(dict(self.config.stage_env))
-        env.update(
-            {
-                ENV_JOB_ID: str(run["job_id"]),
-                ENV_PIPELINE_ID: str(run["pipeline_id"]),
-                ENV_STAGE: str(run["stage"]),
-                ENV_ATTEMPT: str(run["attempt"]),
-                "POSTTRAIN_COMMAND_ID": entry.command_id,
-                "POSTTRAIN_AGENT_ID": self.config.name,
-                "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
-                "POSTTRAIN_TOPIC_NAMESPACE": self.settings.namespace,
-                "POSTTRAIN_SPILL_DIR": str(self.work_dir / "spill"),
-                # A stage sees only the GPUs it was given (none, if it asked for none).
-                "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
-                "TOKENIZERS_PARALLELISM": "false",
-            }
-        )
-        return env
-
-    async def _control(self, command: StageControl, kind: ActionKind) -> None:
-        entry = self.journal.get(command.run_command_id)
-        decision = decide_control(entry, kind)
-        log.info(
-            "control",
-            extra={
-                "type": command.TYPE,
-                "action_id": command.action_id,
-                "decision": decision.action,
-                "reason": decision.reason,
-            },
-        )
-        if decision.action == "refuse":
-            await self._refuse(command, kind, entry, decision.reason)
-            return
-        assert entry is not None
-        attempt_dir = Path(entry.attempt_dir)
-        if decision.action in ("forward", "queue"):
-            line = command.model_dump(mode="json", exclude=set(_ROUTING_FIELDS))
-            append_line(attempt_dir / CONTROL, {"type": command.TYPE, **line})
-            if kind == "cancel" and entry.launch is not None:
-                now = time.monotonic()
-                self._kills.setdefault(
-                    entry.command_id,
-                    _Kill(
-                        "cancelled",
-                        now + self.config.cancel_grace_s,
-                        now + self.config.cancel_grace_s + self.config.kill_grace_s,
-                    ),
-                )
-        elif decision.action == "resume":
-            capacity = self._capacity()
-            gpus_needed = len(_needed_gpus(entry))
-            if gpus_needed > len(capacity.free_gpu_ids) or capacity.free_slots <= 0:
-                log.warning("cannot resume: no capacity", extra={"command_id": entry.command_id})
-                await self._refuse(
-                    command,
-                    kind,
-                    entry,
-                    f"no capacity to resume: the stage needs {gpus_needed} GPU(s) and a slot, the "
-                    f"agent has {len(capacity.free_gpu_ids)} GPU(s) and "
-                    f"{max(capacity.free_slots, 0)} slot(s) free",
-                )
-                return
-            # A checkpoint the user names, else the last one whose weights are finite.
-            checkpoint = getattr(command, "checkpoint", None) or entry.resume_checkpoint
-            await self._launch(
-                entry,
-                resume_from=checkpoint,
-                resume_action={"action_id": command.action_id, "reason": command.reason},
-                resume_step=entry.paused_step,
-                gpu_ids=tuple(sorted(capacity.free_gpu_ids)[:gpus_needed]),
-            )
-        elif decision.action == "cancel_paused":
-            step = entry.paused_step or 0
-            await self._send(
-                Topic.STAGE_REPORTS,
-                ActionApplied(
-                    **_entry_fields(entry, self.config.name),
-                    action_id=command.action_id,
-                    action="cancel",
-                    step=step,
-                ),
-                key=entry.run["pipeline_id"],
-            )
-            await self._finish(
-                entry, _failed(entry, "cancelled", f"cancelled while paused at step {step}")
-            )
-
-    async def _refuse(
-        self, command: StageControl, kind: ActionKind, entry: Entry | None, reason: str
-    ) -> None:
-        """A control this agent cannot apply is reported, not only logged."""
-        self.stats.refused += 1
-        await self._send(
-            Topic.STAGE_REPORTS,
-            ActionRefused(
-                action_id=command.action_id,
-                pipeline_id=command.pipeline_id,
-                stage=command.stage,
-                attempt=command.attempt,
-                action=kind,
-                reason=reason,
-                step=entry.paused_step if entry is not None else None,
-                agent_id=self.config.name,
-                command_id=command.run_command_id,
-                job_id=entry.run.get("job_id") if entry is not None else None,
-            ),
-            key=command.pipeline_id,
-        )
+            await self._observe(RunReceived(message, time.time()), message.command_id)
+        elif isinstance(message, StageControl) and type(message) in CONTROL_KINDS:
+            await self._observe(ControlReceived(message, time.time()), message.run_command_id)
 
     # --- monitoring stage processes ------------------------------------------------------------
 
@@ -539,209 +275,43 @@ class Agent:
             await asyncio.sleep(self.config.poll_s)
 
     async def check_stages(self) -> None:
-        if self._launcher is not None:
-            self._launcher.reap()
+        for supervisor in self.supervisors.values():
+            supervisor.reap()
         for entry in list(self.journal.entries.values()):
             if entry.status is Status.FINISHED and not entry.outcome_reported:
-                assert entry.outcome is not None
-                await self._publish_outcome(entry.outcome, replayed=False)
-                self.journal.append("outcome_reported", entry.command_id)
-            if entry.status is not Status.RUNNING or entry.launch is None:
-                continue
-            await self._publish_events(entry)
-            await self._check(entry)
+                await self._observe(Looked(entry.command_id, time.time(), alive=False), None)
+            elif entry.status is Status.RUNNING and entry.launch is not None:
+                await self._observe(await self._look(entry), None)
 
-    async def _check(self, entry: Entry) -> None:
+    async def _look(self, entry: Entry) -> Looked:
+        """What a running stage's process and files say now (its events relayed first, so
+        they are on Kafka before its outcome)."""
         launch = entry.launch
         assert launch is not None
+        supervisor = self._supervisor(launch)
+        handle = handle_of(launch)
         attempt_dir = Path(entry.attempt_dir)
+        await supervisor.pull(handle, attempt_dir)
+        await self._relay_events(entry.command_id)
         result = read_json(result_path(attempt_dir, launch.number))
-        process = ProcessId(launch.pid, launch.pid_start)
-        if result is None and not is_alive(process):
-            # It may have written its result just before exiting: look once more.
-            result = read_json(result_path(attempt_dir, launch.number))
-            if result is None:
-                await self._publish_events(entry)
-                await self._finish(entry, self._died(entry))
-                return
-        if result is not None:
-            await self._publish_events(self.journal.get(entry.command_id) or entry)
-            await self._collect(entry, result)
-            return
-        await self._enforce_deadlines(entry, process)
+        alive = True
+        if result is None:
+            alive = await supervisor.alive(handle)
+            if not alive:
+                # It may have written its result just before exiting: look once more.
+                await supervisor.pull(handle, attempt_dir)
+                result = read_json(result_path(attempt_dir, launch.number))
+        if result is not None or not alive:
+            await self._relay_events(entry.command_id)  # what it wrote before it ended
+        log_tail = "" if alive or result is not None else _read_tail(attempt_dir / LOG)
+        return Looked(entry.command_id, time.time(), alive, result, log_tail)
 
-    def _died(self, entry: Entry) -> dict[str, Any]:
-        """The outcome of a stage process that ended without writing one."""
-        kill = self._kills.get(entry.command_id)
-        if kill is not None:
-            return _failed(
-                entry, kill.reason, f"stage process stopped by the agent ({kill.reason})"
-            )
-        log_tail = _read_tail(Path(entry.attempt_dir) / LOG)
-        kind = kind_from_log(log_tail)
-        return _failed(
-            entry,
-            kind,
-            "stage process died without reporting an outcome (killed, or crashed)",
-            {"log_tail": log_tail},
-        )
-
-    async def _enforce_deadlines(self, entry: Entry, process: ProcessId) -> None:
-        now = time.monotonic()
-        timeout = entry.run.get("timeout_s")
-        launch = entry.launch
-        assert launch is not None
-        if (
-            timeout
-            and entry.command_id not in self._kills
-            and time.time() - _first_start(entry) > float(timeout)
-        ):
-            self._kills[entry.command_id] = _Kill("timeout", now, now + self.config.kill_grace_s)
-        kill = self._kills.get(entry.command_id)
-        if kill is None:
-            return
-        if not kill.sent_term and now >= kill.term_at:
-            kill.sent_term = True
-            signal_group(process, signal.SIGTERM)
-        elif now >= kill.kill_at:
-            signal_group(process, signal.SIGKILL)
-
-    async def _collect(self, entry: Entry, result: dict[str, Any]) -> None:
-        status = result.get("status")
-        run = entry.run
-        if status == "paused":
-            non_finite = list(result.get("non_finite") or [])
-            # A result written before checkpoints were marked resumes from its own checkpoint.
-            resume = result.get("resume_checkpoint", result.get("checkpoint"))
-            updated = self.journal.append(
-                "paused",
-                entry.command_id,
-                checkpoint=result.get("checkpoint"),
-                resume_checkpoint=resume,
-                step=result.get("step"),
-                control_offset=result.get("control_offset", entry.control_offset),
-            )
-            assert updated is not None
-            await self._send(
-                Topic.STAGE_REPORTS,
-                StagePaused(
-                    **_entry_fields(entry, self.config.name),
-                    step=int(result.get("step") or 0),
-                    checkpoint=result.get("checkpoint"),
-                    non_finite=non_finite,
-                    resume_checkpoint=resume,
-                ),
-                key=run["pipeline_id"],
-            )
-            return
-        if status == "succeeded":
-            outputs = dict(result.get("outputs") or {})
-            outputs.setdefault("log_path", str(Path(entry.attempt_dir) / LOG))
-            outcome = {
-                "type": StageSucceeded.TYPE,
-                "data": StageSucceeded(
-                    **_entry_fields(entry, self.config.name),
-                    finished_at=float(result.get("finished_at") or time.time()),
-                    outputs=outputs,
-                ).model_dump(mode="json"),
-            }
-        else:
-            kill = self._kills.get(entry.command_id)
-            kind = (
-                kill.reason
-                if kill is not None and kill.reason == "timeout"
-                else str(result.get("kind", "error"))
-            )
-            details = dict(result.get("details") or {})
-            outcome = _failed(entry, kind, str(result.get("error", "")), details)
-        await self._finish(entry, outcome)
-
-    async def _finish(self, entry: Entry, outcome: dict[str, Any]) -> None:
-        self.journal.append("finished", entry.command_id, outcome=outcome)
-        self._kills.pop(entry.command_id, None)
-        self._followers.pop(entry.command_id, None)
-        final = self.journal.get(entry.command_id)
-        assert final is not None and final.outcome is not None
-        data = final.outcome["data"]
-        self.stats.outcomes[str(data.get("kind", "succeeded"))] += 1
-        await self._publish_outcome(final.outcome, replayed=False)
-        self.journal.append("outcome_reported", entry.command_id)
-        log.info(
-            "stage finished",
-            extra={"command_id": entry.command_id, "outcome": final.outcome["type"]},
-        )
-        with contextlib.suppress(Exception):
-            await self._heartbeat()  # capacity is free again: say so now, not in 5 s
-
-    async def _publish_events(self, entry: Entry) -> None:
-        follower = self._followers.get(entry.command_id)
-        if follower is None:
-            follower = LineFollower(Path(entry.attempt_dir) / EVENTS, entry.events_offset)
-            follower.lines_read = entry.events_published
-            self._followers[entry.command_id] = follower
-        if not follower.changed():
-            return
-        first = follower.lines_read
-        events = follower.read()
-        envelopes = []
-        for index, event in enumerate(events, start=first):
-            message = self._event_message(entry, event)
-            if message is not None:
-                envelopes.append(
-                    Envelope.create(
-                        message,
-                        key=entry.run["pipeline_id"],
-                        id=f"{entry.command_id}:event:{index}",  # the same on a re-publish
-                    )
-                )
-        assert self._producer is not None
-        try:
-            if envelopes:
-                await self._producer.send_many(Topic.STAGE_REPORTS, envelopes)
-        except Exception:
-            # Not on Kafka yet: read them again next time.
-            self._followers.pop(entry.command_id, None)
-            raise
-        self.journal.append(
-            "events_published",
-            entry.command_id,
-            count=follower.lines_read,
-            offset=follower.offset,
-        )
-
-    def _event_message(self, entry: Entry, event: dict[str, Any]) -> Message | None:
-        fields = _entry_fields(entry, self.config.name)
-        if event.get("type") == "CheckpointSaved":
-            return CheckpointSaved(
-                **fields,
-                step=int(event["step"]),
-                path=str(event["path"]),
-                reason=str(event.get("reason", "scheduled")),
-                non_finite=list(event.get("non_finite") or []),
-            )
-        if event.get("type") == "ActionRefused":
-            step = event.get("step")
-            return ActionRefused(
-                action_id=str(event["action_id"]),
-                pipeline_id=fields["pipeline_id"],
-                stage=fields["stage"],
-                attempt=fields["attempt"],
-                action=event["action"],
-                reason=str(event.get("reason", "")),
-                step=int(step) if step is not None else None,
-                agent_id=fields["agent_id"],
-                command_id=fields["command_id"],
-                job_id=fields["job_id"],
-            )
-        if event.get("type") == "ActionApplied":
-            return ActionApplied(
-                **fields,
-                action_id=str(event["action_id"]),
-                action=event["action"],
-                step=int(event["step"]),
-                details=dict(event.get("details") or {}),
-            )
-        return None
+    async def _relay_events(self, command_id: str) -> None:
+        entry = self.journal.get(command_id)
+        assert entry is not None and self._producer is not None
+        published = await self._relay.publish(entry, self._producer)
+        if published is not None:
+            self.journal.append(published)
 
     # --- recovery ------------------------------------------------------------------------------
 
@@ -750,92 +320,141 @@ class Agent:
         that were left behind, report the rest lost. Nothing is launched again."""
         for entry in list(self.journal.entries.values()):
             launch = entry.launch
-            attempt_dir = Path(entry.attempt_dir)
-            alive = launch is not None and is_alive(ProcessId(launch.pid, launch.pid_start))
-            written = launch is not None and result_path(attempt_dir, launch.number).exists()
-            action = decide_recovery(entry, alive, written).action
-            if action == "adopt":
-                log.info("re-attached to a running stage", extra={"command_id": entry.command_id})
-            elif action == "lost":
-                await self._finish(
-                    entry,
-                    _failed(
-                        entry,
-                        "lost",
-                        "the stage process ended while the agent was down and left no outcome",
-                    ),
-                )
-            elif action == "report":
-                assert entry.outcome is not None
-                await self._publish_outcome(entry.outcome, replayed=False)
-                self.journal.append("outcome_reported", entry.command_id)
-            # "collect" is done by the first check_stages; "none" needs nothing.
+            alive = written = False
+            if launch is not None and entry.status is Status.RUNNING:
+                supervisor = self._supervisor(launch)
+                await supervisor.pull(handle_of(launch), Path(entry.attempt_dir))
+                alive = await supervisor.alive(handle_of(launch))
+                written = result_path(Path(entry.attempt_dir), launch.number).exists()
+            await self._observe(Restarted(entry.command_id, time.time(), alive, written), None)
 
-    # --- publishing ----------------------------------------------------------------------------
+    # --- carrying out decisions ----------------------------------------------------------------
 
-    async def _publish_outcome(self, outcome: dict[str, Any], *, replayed: bool) -> None:
-        cls = MESSAGE_TYPES[outcome["type"]]
-        data = dict(outcome["data"])
-        if replayed and cls is StageSucceeded:
-            data["replayed"] = True
-        message = cls.model_validate(data)
-        await self._send(Topic.STAGE_REPORTS, message, key=data["pipeline_id"])
+    async def _observe(self, obs: Observation, command_id: str | None) -> None:
+        decision = decide(self.journal.entries, obs, self.setup)
+        if decision.name != "none":
+            log.info(
+                type(obs).__name__,
+                extra={
+                    "command_id": command_id or getattr(obs, "command_id", None),
+                    "decision": decision.name,
+                    "reason": decision.reason,
+                    **decision.fields,
+                },
+            )
+        self._count(decision)
+        await self._carry_out(decision)
 
-    async def _send(self, topic: Topic, message: Message, *, key: str) -> None:
+    def _count(self, decision: Decision) -> None:
+        if decision.name == "replay":
+            self.stats.replayed += 1
+        elif decision.name == "refuse":
+            self.stats.refused += 1
+        elif decision.name == "reject":
+            self.stats.rejected += 1
+
+    async def _carry_out(self, decision: Decision) -> None:
+        finished = False
+        for action in decision.actions:
+            if isinstance(action, Record):
+                self.journal.append(action.event)
+                if isinstance(action.event, Finished):
+                    finished = True
+                    self._relay.forget(action.event.command_id)
+                    kind = action.event.outcome["data"].get("kind", "succeeded")
+                    self.stats.outcomes[str(kind)] += 1
+            elif isinstance(action, Send):
+                await self._send(action.message, key=action.key)
+            elif isinstance(action, Start):
+                if not await self._start(action):
+                    return  # the failure was decided and carried out instead
+            elif isinstance(action, SignalStage):
+                entry = self.journal.get(action.command_id)
+                if entry is not None and entry.launch is not None:
+                    await self._supervisor(entry.launch).signal(
+                        handle_of(entry.launch), action.signal
+                    )
+            elif isinstance(action, WriteControl):
+                entry = self.journal.get(action.command_id)
+                assert entry is not None
+                append_line(Path(entry.attempt_dir) / CONTROL, action.line)
+                if entry.status is Status.RUNNING and entry.launch is not None:
+                    await self._supervisor(entry.launch).push(
+                        handle_of(entry.launch), Path(entry.attempt_dir)
+                    )
+        if finished:
+            with contextlib.suppress(Exception):
+                await self._heartbeat()  # capacity is free again: say so now, not in 5 s
+
+    async def _start(self, start: Start) -> bool:
+        """Start a launch; False if the first launch could not start (the stage failed)."""
+        entry = self.journal.get(start.command_id)
+        assert entry is not None
+        attempt_dir = Path(entry.attempt_dir)
+        os.makedirs(attempt_dir, exist_ok=True)
+        write_json_atomic(
+            spec_path(attempt_dir, start.number),
+            stage_spec(entry, start, self.work_dir, self.settings),
+        )
+        env = stage_env(
+            entry,
+            start.gpu_ids,
+            agent_id=self.config.name,
+            work_dir=self.work_dir,
+            settings=self.settings,
+            extra=self.config.stage_env,
+        )
+        name = supervisor_for(entry.run)
+        request = LaunchRequest(
+            attempt_dir, start.number, env, self.config.cwd, start.gpu_ids, entry.run
+        )
+        try:
+            handle = await self.supervisors[name].start(request)
+        except Exception as exc:
+            if start.number > 1:
+                raise  # a resume that cannot start leaves the stage paused
+            await self._observe(LaunchFailed(start.command_id, str(exc), time.time()), None)
+            return False
+        self.stats.launches += 1
+        self.journal.append(
+            Launched(
+                start.command_id,
+                pid=handle.pid,
+                pid_start=handle.start,
+                started_at=time.time(),
+                resume_from=start.resume_from,
+                gpu_ids=start.gpu_ids,
+                control_offset=start.control_offset,
+                supervisor=handle.supervisor,
+                host=handle.host,
+                extra=dict(handle.extra),
+            )
+        )
+        log.info(
+            "stage launched",
+            extra={
+                "command_id": start.command_id,
+                "pid": handle.pid,
+                "launch": start.number,
+                "supervisor": handle.supervisor,
+            },
+        )
+        if start.started is not None:
+            await self._send(start.started, key=start.started.pipeline_id)
+        return True
+
+    def _supervisor(self, launch: Launch) -> Supervisor:
+        return self.supervisors.get(launch.supervisor) or self.supervisors[LOCAL]
+
+    async def _send(
+        self, message: Message, *, key: str, topic: Topic = Topic.STAGE_REPORTS
+    ) -> None:
         assert self._producer is not None
         try:
             await self._producer.send(topic, Envelope.create(message, key=key))
         except Exception:
             self.stats.send_errors += 1
             raise
-
-
-# --- helpers -------------------------------------------------------------------------------------
-
-
-def _report_fields(command: RunStage, agent_id: str) -> dict[str, Any]:
-    return {
-        "pipeline_id": command.pipeline_id,
-        "stage": command.stage,
-        "attempt": command.attempt,
-        "command_id": command.command_id,
-        "agent_id": agent_id,
-        "job_id": command.job_id,
-    }
-
-
-def _entry_fields(entry: Entry, agent_id: str) -> dict[str, Any]:
-    run = entry.run
-    return {
-        "pipeline_id": run["pipeline_id"],
-        "stage": run["stage"],
-        "attempt": run["attempt"],
-        "command_id": entry.command_id,
-        "agent_id": agent_id,
-        "job_id": run["job_id"],
-    }
-
-
-def _failed(
-    entry: Entry, kind: str, error: str, details: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    message = StageFailed(
-        **_entry_fields(entry, str(entry.run.get("agent_id", ""))),
-        finished_at=time.time(),
-        kind=kind,
-        error=error,
-        details=details or {},
-    )
-    return {"type": StageFailed.TYPE, "data": message.model_dump(mode="json")}
-
-
-def _needed_gpus(entry: Entry) -> tuple[int, ...]:
-    resources = entry.run.get("resources") or {}
-    return tuple(range(int(resources.get("gpus", 0))))
-
-
-def _first_start(entry: Entry) -> float:
-    return entry.launches[0].started_at if entry.launches else time.time()
 
 
 def _read_tail(path: Path) -> str:

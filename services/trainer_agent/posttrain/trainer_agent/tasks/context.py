@@ -3,7 +3,6 @@ the control channel of the stage process."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,16 +11,13 @@ from typing import Any
 from posttrain.events.messages import RunStage
 from posttrain.trainer_agent.core.checkpoints import Checkpoint, resume_checkpoint, rollback_target
 from posttrain.trainer_agent.core.control import Applied, Rollback, StepDirective
+from posttrain.trainer_agent.core.paths import safe_name
 from posttrain.trainer_agent.reporting import TrainingCallback
 from posttrain.trainer_agent.stage_files import ControlInbox, EventOutbox
 
 
 class StageError(Exception):
     """A stage cannot run as configured: the message says which field and what was expected."""
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:120] or "_"
 
 
 def stage_config(params: Mapping[str, Any]) -> dict[str, Any]:

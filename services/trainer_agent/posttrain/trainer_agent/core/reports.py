@@ -1,0 +1,45 @@
+"""The reports a stage process asks the agent to relay (its events file), as messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from posttrain.events.messages import ActionApplied, ActionRefused, CheckpointSaved, Message
+from posttrain.trainer_agent.core.outcomes import entry_fields
+from posttrain.trainer_agent.core.state import Entry
+
+
+def event_message(entry: Entry, event: dict[str, Any], agent_id: str) -> Message | None:
+    """The report for one line of the stage's events file; None for a line of another type."""
+    fields = entry_fields(entry, agent_id)
+    if event.get("type") == "CheckpointSaved":
+        return CheckpointSaved(
+            **fields,
+            step=int(event["step"]),
+            path=str(event["path"]),
+            reason=str(event.get("reason", "scheduled")),
+            non_finite=list(event.get("non_finite") or []),
+        )
+    if event.get("type") == "ActionRefused":
+        step = event.get("step")
+        return ActionRefused(
+            action_id=str(event["action_id"]),
+            pipeline_id=fields["pipeline_id"],
+            stage=fields["stage"],
+            attempt=fields["attempt"],
+            action=event["action"],
+            reason=str(event.get("reason", "")),
+            step=int(step) if step is not None else None,
+            agent_id=fields["agent_id"],
+            command_id=fields["command_id"],
+            job_id=fields["job_id"],
+        )
+    if event.get("type") == "ActionApplied":
+        return ActionApplied(
+            **fields,
+            action_id=str(event["action_id"]),
+            action=event["action"],
+            step=int(event["step"]),
+            details=dict(event.get("details") or {}),
+        )
+    return None
