@@ -17,6 +17,7 @@ from posttrain.events.messages import MetricsReported
 from posttrain.events.tasks import SshConfig
 from posttrain.events.topics import Topic
 from posttrain.testing.sshd import SshdMissing, TestSshd
+from posttrain.trainer_agent.launcher import start_time
 from posttrain.trainer_agent.reporting import MetricsReporter
 from posttrain.trainer_agent.supervisors.ssh import RemoteLaunch, SshOptions, SshSupervisor
 from posttrain.trainer_agent.supervisors.ssh_connect import HostKeyRefused
@@ -261,3 +262,37 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")
+
+
+@pytest.fixture
+def unrelated_process() -> Any:
+    """A process in a session of its own, standing for one that reused a run's pid."""
+    proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+async def test_a_reused_pid_is_never_adopted(
+    ssh_config: SshConfig, unrelated_process: Any, kafka_settings: Any, tmp_path: Path
+) -> None:
+    pid = unrelated_process.pid
+    start = start_time(pid)
+    assert start is not None
+    run_dir = Path(ssh_config.remote_dir) / "ghost"
+    run_dir.mkdir(parents=True)
+    record = {
+        "run_dir": str(run_dir),
+        "pid": pid,
+        "start": start + 1,  # the run's wrapper started at another time: not this process
+        "metrics_file": str(run_dir / "job_metrics.jsonl"),
+        "result_file": None,
+    }
+    reporter = _reporter("job-ssh-ghost", kafka_settings, tmp_path)
+    sup = SshSupervisor(ssh_config, tmp_path / "state", reporter)
+    await sup.attach(record)
+    await sup.cancel(grace_s=0.5)
+    outcome = await asyncio.wait_for(sup.wait(), 20)
+    reporter.close()
+    assert outcome.exit_code is None  # the run is gone, and said so
+    assert unrelated_process.poll() is None and _alive(pid)  # never signalled

@@ -235,22 +235,23 @@ class SshSupervisor:
         it has seen."""
         run = self._require_run()
         line = orjson.dumps(dict(command)) + b"\n"
-        await self._remote(
-            ssh_remote.append_script(f"{run.run_dir}/{CONTROL}"), input=line.decode()
-        )
+        script = ssh_remote.append_script(f"{run.run_dir}/{CONTROL}")
+        await self._with_reconnect(functools.partial(self._remote, script, line.decode()))
 
     async def cancel(self, grace_s: float | None = None) -> None:
         """SIGTERM the run's process group; SIGKILL what is left after ``grace_s``."""
         run = self._require_run()
         grace = self.options.cancel_grace_s if grace_s is None else grace_s
-        await self._remote(ssh_remote.signal_script(run.pid, run.start, "TERM"))
+        term = ssh_remote.signal_script(run.pid, run.start, "TERM")
+        await self._with_reconnect(functools.partial(self._remote, term))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while loop.time() < deadline:
-            if await self._group_size() == 0:
+            if await self._with_reconnect(self._group_size) == 0:
                 return
             await asyncio.sleep(0.1)
-        await self._remote(ssh_remote.signal_script(run.pid, run.start, "KILL"))
+        kill = ssh_remote.signal_script(run.pid, run.start, "KILL")
+        await self._with_reconnect(functools.partial(self._remote, kill))
 
     async def wait(self) -> RemoteOutcome:
         """Follow the run until it ends and every metric line is read; its outcome."""
@@ -291,12 +292,12 @@ class SshSupervisor:
         run = self._require_run()
         sftp = await self._sftp_client()
         got = await self._pump_metrics(sftp, run)
-        chunk = await _read_from(sftp, f"{run.run_dir}/{ssh_remote.LOG}", self._output_offset)
+        chunk = await _read_new(sftp, f"{run.run_dir}/{ssh_remote.LOG}", self._output_offset)
         if chunk:
             if self.on_output is not None:
                 self.on_output(chunk)
             self._output_offset += len(chunk)
-        lines = await _read_from(sftp, f"{run.run_dir}/{EVENTS}", self._events_offset)
+        lines = await _read_new(sftp, f"{run.run_dir}/{EVENTS}", self._events_offset)
         end = lines.rfind(b"\n") + 1
         for line in lines[:end].splitlines():
             with contextlib.suppress(ValueError):
@@ -319,10 +320,7 @@ class SshSupervisor:
         return got or bool(chunk) or end > 0
 
     async def _pump_metrics(self, sftp: asyncssh.SFTPClient, run: RemoteRun) -> bool:
-        try:
-            size = (await sftp.stat(run.metrics_file)).size or 0
-        except asyncssh.SFTPNoSuchFile:
-            return False
+        size = await _size(sftp, run.metrics_file)
         state = self._metrics
         if size < state.offset:  # truncated or replaced: a new generation of lines
             state = self._metrics = TailState(generation=state.generation + 1)
@@ -341,8 +339,20 @@ class SshSupervisor:
         return bool(points)
 
     async def _status(self) -> str:
+        """``exit <status>``, ``running`` or ``gone``, read over SFTP (no remote process to
+        spawn, so the metrics poll is not held up): the exit file, else /proc/<pid>/stat."""
         run = self._require_run()
-        return await self._remote(ssh_remote.status_script(run.run_dir, run.pid, run.start))
+        sftp = await self._sftp_client()
+        exit_file = f"{run.run_dir}/{ssh_remote.EXIT}"
+        for _ in range(2):  # again after the process check: it may have ended in between
+            status = (await _read_from(sftp, exit_file, 0, 64)).strip()
+            if status:
+                return f"exit {status.decode()}"
+            stat = await _read_from(sftp, f"/proc/{run.pid}/stat", 0, 4096)
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 19 and fields[0] not in (b"Z", b"X") and int(fields[19]) == run.start:
+                return "running"
+        return "gone"
 
     async def _outcome(self, status: str) -> RemoteOutcome:
         run = self._require_run()
@@ -351,7 +361,7 @@ class SshSupervisor:
         if run.result_file:
             sftp = await self._sftp_client()
             with contextlib.suppress(asyncssh.SFTPNoSuchFile, ValueError):
-                data = await _read_from(sftp, run.result_file, 0)
+                data = await _read_new(sftp, run.result_file, 0)
                 doc = json.loads(data) if data else None
                 result = doc if isinstance(doc, dict) else None
         log.info("ssh: ended", extra={"run_dir": run.run_dir, "exit_code": exit_code})
@@ -364,19 +374,16 @@ class SshSupervisor:
     # --- the connection -------------------------------------------------------------------
 
     async def _with_reconnect(self, step: Callable[[], Awaitable[T]]) -> T:
-        """Run ``step``; when the connection is lost, reconnect (with backoff) and run it
-        again. A refused host key or credentials are not retried."""
+        """Run ``step``; when the connection is lost or the host cannot be reached, reconnect
+        (with backoff) and run it again, for ``give_up_after_s`` at most. A refused host key,
+        refused credentials or a missing secret (``SshError``) are not retried."""
         loop = asyncio.get_running_loop()
         wait = self.options.reconnect_min_s
         lost_since: float | None = None
         while True:
             try:
                 return await step()
-            except HostKeyRefused:
-                raise
             except (asyncssh.Error, OSError) as exc:
-                if isinstance(exc, asyncssh.PermissionDenied):
-                    raise
                 self._drop_connection()
                 now = loop.time()
                 lost_since = lost_since if lost_since is not None else now
@@ -389,15 +396,6 @@ class SshSupervisor:
                     "ssh: connection lost, reconnecting",
                     extra={"host": self.config.host, "error": type(exc).__name__},
                 )
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, self.options.reconnect_max_s)
-            except SshError:
-                # connect() failed for a reason that may pass (host down, refused).
-                self._drop_connection()
-                now = loop.time()
-                lost_since = lost_since if lost_since is not None else now
-                if now - lost_since > self.options.give_up_after_s:
-                    raise
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, self.options.reconnect_max_s)
 
@@ -444,9 +442,7 @@ class SshSupervisor:
         return f"{self.config.user}@{self.config.host}:{self.config.port}"
 
 
-async def _read_from(
-    sftp: asyncssh.SFTPClient, path: str, offset: int, size: int = _READ_BYTES
-) -> bytes:
+async def _read_from(sftp: asyncssh.SFTPClient, path: str, offset: int, size: int) -> bytes:
     """Up to ``size`` bytes of a remote file from ``offset`` (nothing if it does not exist)."""
     try:
         async with sftp.open(path, "rb") as fh:
@@ -454,6 +450,19 @@ async def _read_from(
     except asyncssh.SFTPNoSuchFile:
         return b""
     return data if isinstance(data, bytes) else data.encode()
+
+
+async def _size(sftp: asyncssh.SFTPClient, path: str) -> int:
+    try:
+        return (await sftp.stat(path)).size or 0
+    except asyncssh.SFTPNoSuchFile:
+        return 0
+
+
+async def _read_new(sftp: asyncssh.SFTPClient, path: str, offset: int) -> bytes:
+    """What a remote file gained past ``offset`` (a stat, then one read of just that)."""
+    size = await _size(sftp, path)
+    return await _read_from(sftp, path, offset, size - offset) if size > offset else b""
 
 
 def _q(text: str) -> str:
@@ -472,3 +481,14 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)
+
+
+__all__ = [
+    "HostKeyRefused",
+    "RemoteLaunch",
+    "RemoteOutcome",
+    "RemoteRun",
+    "SshError",
+    "SshOptions",
+    "SshSupervisor",
+]

@@ -64,17 +64,6 @@ cat {PID}
 """
 
 
-def status_script(run_dir: str, pid: int, start: int) -> str:
-    """Prints ``exit <status>``, ``running``, or ``gone`` (ended without writing a status)."""
-    q = shlex.quote
-    return f"""cd {q(run_dir)} || {{ echo gone; exit 0; }}
-if [ -f {EXIT} ]; then echo "exit $(cat {EXIT})"; exit 0; fi
-set -- $(cut -d' ' -f3,22 /proc/{pid}/stat 2>/dev/null)
-if [ "${{2:-}}" = {start} ] && [ "$1" != Z ]; then echo running; exit 0; fi
-if [ -f {EXIT} ]; then echo "exit $(cat {EXIT})"; else echo gone; fi
-"""
-
-
 def signal_script(pid: int, start: int, signal: str) -> str:
     """Signal the run's process group, if the wrapper is still that very process."""
     return f"""set -- $(cut -d' ' -f3,22 /proc/{pid}/stat 2>/dev/null)
