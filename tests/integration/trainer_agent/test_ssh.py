@@ -187,28 +187,48 @@ async def test_cancel_kills_the_remote_process_group(
     assert outcome.exit_code == 143  # the command ended on SIGTERM, the wrapper recorded it
 
 
-async def test_control_commands_reach_the_remote_control_file(
+# A stand-in stage: reads its uploaded spec, waits for a control line, records a checkpoint in
+# events.jsonl (as a local stage process does) and writes its result file.
+STAGE = r"""
+cat spec.json
+while [ ! -s control.jsonl ]; do sleep 0.05; done
+cat control.jsonl
+mkdir -p ckpt/checkpoint-3
+ckpt="$PWD/ckpt/checkpoint-3"
+echo '{"type":"CheckpointSaved","step":3,"path":"'"$ckpt"'","reason":"forced"}' >> events.jsonl
+echo '{"status":"succeeded","outputs":{"model":"'"$ckpt"'"}}' > result.json
+"""
+
+
+async def test_control_events_outputs_and_files_travel_both_ways(
     ssh_config: SshConfig, kafka_settings: Any, tmp_path: Path
 ) -> None:
     reporter = _reporter("job-ssh-control", kafka_settings, tmp_path)
-    sup = SshSupervisor(ssh_config, tmp_path / "state", reporter)
+    output: list[bytes] = []
+    events: list[dict[str, Any]] = []
+    sup = SshSupervisor(
+        ssh_config, tmp_path / "state", reporter, on_output=output.append, on_event=events.append
+    )
     run = await sup.start(
         RemoteLaunch(
             name="control-1",
             job_id="job-ssh-control",
-            argv=[
-                "sh",
-                "-c",
-                "while [ ! -s control.jsonl ]; do sleep 0.05; done; cat control.jsonl",
-            ],
+            argv=["sh", "-c", STAGE],
+            files={"spec.json": b'{"stage": "train"}\n'},
         )
     )
-    await sup.control({"type": "AdjustLearningRate", "action_id": "a1", "factor": 0.5})
+    await sup.control({"type": "ForceCheckpoint", "action_id": "a1", "reason": "test"})
     outcome = await asyncio.wait_for(sup.wait(), 20)
     reporter.close()
+
+    checkpoint = f"{run.run_dir}/ckpt/checkpoint-3"
     assert outcome.exit_code == 0
-    text = (Path(run.run_dir) / "stage.log").read_text()
-    assert '"action_id":"a1"' in text and '"factor":0.5' in text
+    assert outcome.checkpoints == (checkpoint,)
+    assert outcome.result == {"status": "succeeded", "outputs": {"model": checkpoint}}
+    assert [e["type"] for e in events] == ["CheckpointSaved"] and events[0]["step"] == 3
+    text = b"".join(output).decode()
+    assert '{"stage": "train"}' in text  # the uploaded file was there before the start
+    assert '"action_id":"a1"' in text and '"type":"ForceCheckpoint"' in text
 
 
 @pytest.fixture
