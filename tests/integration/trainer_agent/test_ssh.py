@@ -20,7 +20,7 @@ from posttrain.testing.sshd import SshdMissing, TestSshd
 from posttrain.trainer_agent.launcher import start_time
 from posttrain.trainer_agent.reporting import MetricsReporter
 from posttrain.trainer_agent.supervisors.ssh import RemoteLaunch, SshOptions, SshSupervisor
-from posttrain.trainer_agent.supervisors.ssh_connect import HostKeyRefused
+from posttrain.trainer_agent.supervisors.ssh_connect import HostKeyRefused, SshError
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key
 from tests.waiting import wait_for
 
@@ -316,3 +316,23 @@ async def test_a_reused_pid_is_never_adopted(
     reporter.close()
     assert outcome.exit_code is None  # the run is gone, and said so
     assert unrelated_process.poll() is None and _alive(pid)  # never signalled
+
+
+async def test_an_unreachable_host_is_an_error_naming_it(
+    ssh_config: SshConfig, kafka_settings: Any, tmp_path: Path
+) -> None:
+    closed = _closed_port()
+    config = ssh_config.model_copy(update={"port": closed, "known_hosts": "accept_new"})
+    reporter = _reporter("job-ssh-down", kafka_settings, tmp_path)
+    sup = SshSupervisor(config, tmp_path / "state", reporter)
+    with pytest.raises(SshError, match=rf"could not start the run on .*@127\.0\.0\.1:{closed}"):
+        await sup.start(RemoteLaunch(name="down-1", job_id="job-ssh-down", argv=["true"]))
+    reporter.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed

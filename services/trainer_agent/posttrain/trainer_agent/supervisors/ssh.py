@@ -20,6 +20,29 @@ ActionApplied, ActionRefused, as a local stage process writes them) are followed
 When the connection drops, the remote run goes on (see ``ssh_remote``) and the follower
 reconnects and carries on from where it was; a new supervisor built on the same state folder
 ``attach``-es and carries on from the saved positions. Nothing held only in memory is needed.
+
+Errors: ``SshError`` (its message names the host or the secret, never a key), ``HostKeyRefused``
+for a host key known_hosts does not vouch for. A lost connection is retried for
+``SshOptions.give_up_after_s``; refused host keys and credentials are not.
+
+An agent runs a ``run_mode: ssh`` stage's launch ``n`` of attempt directory ``A`` so::
+
+    config = SshConfig.model_validate(stage_config(run.params)["ssh_config"])
+    sup = SshSupervisor(config, A / f"ssh-{n}", reporter,        # the stage's MetricsReporter
+                        on_output=<append to A/stage.log>, on_event=<publish as events.jsonl>)
+    name = f"{safe(run.command_id)}-launch{n}"; run_dir = f"{config.remote_dir}/{name}"
+    handle = await sup.start(RemoteLaunch(
+        name, run.job_id,
+        ["python3", "-m", "posttrain.trainer_agent.stage_process", run_dir, str(n)],
+        files={f"spec-{n}.json": <spec, work_dir on the remote host, metrics to a file>,
+               "control.jsonl": <control lines queued for this launch>},
+        result_file=f"result-{n}.json"))
+    journal: the launch's record is handle.to_record() (instead of pid and start time)
+    restart:  SshSupervisor(same arguments).attach(record)
+    control:  await sup.control({"type": command.TYPE, **line})  (the local control line)
+    cancel / timeout: await sup.cancel(grace_s)
+    end:      outcome = await sup.wait(); outcome.result is the stage's result-<n>.json,
+              outcome.exit_code its exit status, outcome.checkpoints the remote checkpoints
 """
 
 from __future__ import annotations
@@ -185,8 +208,9 @@ class SshSupervisor:
 
     async def start(self, launch: RemoteLaunch) -> RemoteRun:
         """Start the launch detached on the remote host and begin following it."""
-        if not _NAME.match(launch.name):
-            raise ValueError(f"run name {launch.name!r}: letters, digits, '_.:-' only")
+        for name in (launch.name, *launch.files):
+            if not _NAME.match(name) or name.startswith("."):
+                raise ValueError(f"{name!r}: a file name of letters, digits and '_.:-' only")
         run_dir = f"{self.config.remote_dir.rstrip('/')}/{launch.name}"
         metrics = f"{run_dir}/{launch.metrics_file or metrics_file_path('.', launch.job_id).name}"
         env = {
@@ -197,6 +221,21 @@ class SshSupervisor:
             ENV_METRICS_FILE: metrics,
             ENV_CONTROL_FILE: f"{run_dir}/{CONTROL}",
         }
+        try:
+            pid, start = await self._start_remote(launch, run_dir, env)
+        except (asyncssh.Error, OSError) as exc:
+            self._drop_connection()
+            raise SshError(f"could not start the run on {self._where()}: {exc}") from None
+        result_file = f"{run_dir}/{launch.result_file}" if launch.result_file else None
+        self.run = RemoteRun(run_dir, pid, start, metrics, result_file)
+        _write_json(self.state_dir / _RUN_RECORD, self.run.to_record())
+        log.info("ssh: started", extra={"host": self.config.host, "run_dir": run_dir, "pid": pid})
+        self._follower = asyncio.create_task(self._follow(), name=f"ssh-follow-{launch.name}")
+        return self.run
+
+    async def _start_remote(
+        self, launch: RemoteLaunch, run_dir: str, env: Mapping[str, str]
+    ) -> tuple[int, int]:
         conn = await self._connection()
         if launch.files:
             await conn.run(f"mkdir -p {_q(run_dir)}", check=True)
@@ -211,12 +250,7 @@ class SshSupervisor:
                 f"could not start the run on {self._where()}: {str(done.stderr).strip()}"
             )
         pid, start = (int(x) for x in str(done.stdout).split())
-        result_file = f"{run_dir}/{launch.result_file}" if launch.result_file else None
-        self.run = RemoteRun(run_dir, pid, start, metrics, result_file)
-        _write_json(self.state_dir / _RUN_RECORD, self.run.to_record())
-        log.info("ssh: started", extra={"host": self.config.host, "run_dir": run_dir, "pid": pid})
-        self._follower = asyncio.create_task(self._follow(), name=f"ssh-follow-{launch.name}")
-        return self.run
+        return pid, start
 
     async def attach(self, record: Mapping[str, Any] | None = None) -> RemoteRun:
         """Adopt a run started earlier (by this agent before a restart): from ``record`` or
