@@ -231,6 +231,69 @@ async def test_control_events_outputs_and_files_travel_both_ways(
     assert '"action_id":"a1"' in text and '"type":"ForceCheckpoint"' in text
 
 
+# A real (tiny) torch training on the remote host, wired like a stage process: the platform's
+# StageContext reads control.jsonl at each step boundary and writes events.jsonl; the metrics go
+# through posttrain's file writer (the remote host has no broker to reach).
+TRAINING = """
+import json, os, sys
+from pathlib import Path
+from posttrain.events.messages import RunStage
+from posttrain.testing.training import run
+from posttrain.trainer_agent.metrics_file import create_metrics_file_writer
+from posttrain.trainer_agent.stage_files import ControlInbox, EventOutbox
+from posttrain.trainer_agent.tasks.context import StageContext
+run_dir = Path(os.environ["POSTTRAIN_RUN_DIR"])
+stage = RunStage(command_id="p:train:1", agent_id="a", pipeline_id="p", stage="train",
+                 attempt=1, job_id=sys.argv[1], task="python", params={})
+writer = create_metrics_file_writer(stage.job_id, os.environ["POSTTRAIN_METRICS_DIR"])
+ctx = StageContext(run=stage, attempt_dir=run_dir, work_dir=run_dir / "work", reporter=writer,
+                   inbox=ControlInbox(run_dir, 0), outbox=EventOutbox(run_dir))
+outputs = run(ctx, steps=2000, step_s=0.01, lr=0.05)
+writer.close()
+(run_dir / "result.json").write_text(json.dumps({"status": "paused", "outputs": outputs,
+                                                 "checkpoint": ctx.last_checkpoint}))
+"""
+
+
+async def test_a_real_training_runs_remotely_and_obeys_forwarded_controls(
+    ssh_config: SshConfig, kafka_settings: Any, tmp_path: Path
+) -> None:
+    job = "job-ssh-train"
+    reporter = _reporter(job, kafka_settings, tmp_path)
+    events: list[dict[str, Any]] = []
+    sup = SshSupervisor(ssh_config, tmp_path / "state", reporter, on_event=events.append)
+    await sup.start(
+        RemoteLaunch(
+            name="train-1",
+            job_id=job,
+            argv=[sys.executable, _script(tmp_path, "train.py", TRAINING), job],
+            env={"OMP_NUM_THREADS": "1"},
+        )
+    )
+    async with TopicReader(kafka_settings, Topic.METRICS) as reader:
+        await reader.wait(lambda ms: len(points_by_key(ms, job)) >= 10, timeout=60)
+        await sup.control({"type": "AdjustLearningRate", "action_id": "lr-1", "factor": 0.1})
+        await wait_for(lambda: any(e.get("action_id") == "lr-1" for e in events), 30)
+        await sup.control({"type": "PauseStage", "action_id": "pause-1", "reason": "test"})
+        outcome = await asyncio.wait_for(sup.wait(), 30)
+        applied = {e["action_id"]: e for e in events if e["type"] == "ActionApplied"}
+        last = applied["pause-1"]["step"]
+        final = await reader.wait(
+            lambda ms: len(points_by_key(ms, job)) == last - 1 and points_by_key(ms, job),
+            what="every step's point",
+        )
+    reporter.close()
+
+    lr_step = applied["lr-1"]["step"]
+    rates = {p.step: p.learning_rate for p in final.values()}
+    assert sorted(rates) == list(range(1, last))  # no gap, no double
+    assert all(rates[s] == pytest.approx(0.05) for s in range(1, lr_step))
+    assert all(rates[s] == pytest.approx(0.005) for s in range(lr_step, last))
+    assert outcome.exit_code == 0
+    assert outcome.checkpoints and outcome.checkpoints[-1].endswith(f"step-{last}.pt")
+    assert outcome.result is not None and outcome.result["checkpoint"] == outcome.checkpoints[-1]
+
+
 @pytest.fixture
 def wrong_known_hosts(sshd: TestSshd, tmp_path: Path) -> Path:
     """known_hosts naming the test host with another host's key."""
