@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -69,6 +70,7 @@ async def run(points: int, rate: float) -> float:
     try:
         sshd.start()
     except SshdMissing as exc:
+        shutil.rmtree(folder, ignore_errors=True)
         print(f"remote_lag: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     settings = await fresh_namespace("remote-lag", [Topic.METRICS])
@@ -135,6 +137,7 @@ async def run(points: int, rate: float) -> float:
         await consumer.stop()
         sshd.stop()
         await drop_namespace(settings)
+        shutil.rmtree(folder, ignore_errors=True)
     missing = {k: points - len(v) for k, v in lags.items() if len(v) < points}
     if missing or outcome.exit_code != 0:
         print(f"remote_lag: points missing {missing}, writer exit {outcome.exit_code}")
