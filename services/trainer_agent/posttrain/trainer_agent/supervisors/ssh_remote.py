@@ -1,4 +1,4 @@
-"""The shell the remote host runs for a stage: start detached, report status, signal the group.
+"""The shell the remote host runs for a stage: start detached, signal the group, count it.
 
 Only POSIX ``sh`` and Linux's ``/proc`` are assumed on the remote host. A run lives in its own
 folder ``<remote_dir>/<name>``::
@@ -13,7 +13,8 @@ folder ``<remote_dir>/<name>``::
 The wrapper is a session leader started with ``setsid`` and no terminal, stdin from /dev/null:
 closing or losing the SSH connection does not touch it. It forwards SIGTERM to the command and
 writes the exit status; a re-attaching agent trusts a pid only together with its start time, so a
-pid reused by the system is never taken for the run.
+pid reused by the system is never taken for the run. (The agent reads the run's state, the exit
+file and /proc/<pid>/stat, over SFTP: see ``SshSupervisor._status``.)
 """
 
 from __future__ import annotations
