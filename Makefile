@@ -23,7 +23,7 @@ MEMBERS := -e ./libs/events -e ./libs/service -e ./services/orchestrator \
 	-e ./services/metrics_ingest -e ./services/diagnostics -e ./services/trainer_agent \
 	-e ./services/gateway -e '.[dev]'
 
-.PHONY: install browser lint typecheck unit test demo bench stack-up stack-down stack-status doctor clean-stack
+.PHONY: install browser sshd lint typecheck unit test demo bench stack-up stack-down stack-status doctor clean-stack
 
 $(UV):
 	python3 -m pip install --quiet --disable-pip-version-check --target $(POSTTRAIN_HOME)/uvbin uv
@@ -46,6 +46,19 @@ browser:
 	$$sudo apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver >/dev/null \
 		|| echo "make: chromium was not installed: the web page's test will fail and say how"
+
+# The SSH run mode's tests start Debian's OpenSSH server on 127.0.0.1 as the "remote" host:
+# installed once like the browser above (the package's own service is not used or started).
+sshd:
+	@if [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "make: no apt-get here: install openssh-server for the SSH run mode's tests"; \
+		exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	echo "make: installing openssh-server (the SSH run mode's tests)"; \
+	$$sudo apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq openssh-server >/dev/null \
+		|| echo "make: openssh-server was not installed: the SSH tests will fail and say how"
 
 lint: install
 	$(BIN)/ruff check .
@@ -72,7 +85,7 @@ doctor: install
 
 # Starts the stack, runs lint, types and every test, and stops the stack it started whatever
 # the outcome.
-test: install browser
+test: install browser sshd
 	@set -o pipefail; started=0; \
 	if ! $(BIN)/posttrain stack status --quiet; then started=1; fi; \
 	$(BIN)/posttrain stack up || exit 1; \

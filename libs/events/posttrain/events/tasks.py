@@ -12,8 +12,12 @@ a key.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Read by the platform for every task, not by the task itself.
 COMMON_PARAMS: frozenset[str] = frozenset(
@@ -110,3 +114,55 @@ def suggestion(name: str, known: Iterable[str]) -> str:
     """' (did you mean "x"?)' for the nearest known name, or nothing when none is near."""
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class SshConfig(BaseModel):
+    """``ssh_config`` of a ``run_mode: ssh`` stage: where and how the agent reaches the remote
+    host. It names credentials, never holds them: ``key_secret`` is the name of a private key
+    that the agent resolves on its own host (a file in its secrets directory, or an environment
+    variable), so no key or password is ever in a pipeline, an event, a log or the read model.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1, description="host name or address of the remote host")
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    key_secret: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="name of the private key secret the agent resolves locally",
+    )
+    agent: bool = Field(
+        default=False, description="authenticate with the agent host's ssh-agent (SSH_AUTH_SOCK)"
+    )
+    remote_dir: str = Field(
+        min_length=1, description="remote working directory; each run gets a folder under it"
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="remote environment")
+    known_hosts: Literal["strict", "accept_new"] = Field(
+        default="strict",
+        description="strict: the host must be in known_hosts with the key it shows; "
+        "accept_new: an unknown host's key is recorded on first contact (a changed key is "
+        "still refused)",
+    )
+    known_hosts_file: str | None = Field(
+        default=None, description="known_hosts on the agent host (default ~/.ssh/known_hosts)"
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in env if not _ENV_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"not environment variable names: {sorted(bad)}")
+        return env
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> SshConfig:
+        if (self.key_secret is None) == (not self.agent):
+            raise ValueError("name exactly one of key_secret or agent: true")
+        return self

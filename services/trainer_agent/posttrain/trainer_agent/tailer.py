@@ -47,6 +47,46 @@ class TailedPoint:
     point: MetricPoint
 
 
+def take_lines(state: TailState, chunk: bytes, source: str) -> tuple[list[TailedPoint], int]:
+    """The points of the complete lines of ``chunk`` (the bytes of the file at
+    ``state.offset``), advancing ``state`` past them; and how many lines were not points.
+
+    Shared by every tailer, local or remote: a point's seq is its line number, so the same line
+    read again (after a restart or a reconnection) is the same point."""
+    lines, consumed = complete_lines(chunk)
+    if not lines:
+        return [], 0
+    now = time.time()
+    out: list[TailedPoint] = []
+    skipped = 0
+    for line in lines:
+        point = parse_line(line, now)
+        if point is None:
+            if line.strip():
+                skipped += 1
+        else:
+            out.append(TailedPoint(source, state.line, point))
+        state.line += 1
+    state.offset += consumed
+    return out, skipped
+
+
+def load_tail_state(path: Path) -> TailState:
+    """A position saved by ``save_tail_state``, or the top of the file."""
+    try:
+        doc = json.loads(path.read_text())
+        return TailState(**{k: doc[k] for k in TailState.__dataclass_fields__ if k in doc})
+    except (FileNotFoundError, ValueError, TypeError):
+        return TailState()
+
+
+def save_tail_state(path: Path, state: TailState) -> None:
+    """Persist a position (atomically: a crash leaves the old or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(state)))
+    tmp.replace(path)
+
+
 class MetricsFileTailer:
     """Reads new complete lines of one file; ``save()`` persists the position."""
 
@@ -79,21 +119,8 @@ class MetricsFileTailer:
                 return []
             fh.seek(state.offset)
             chunk = fh.read(_READ_BYTES)
-        lines, consumed = complete_lines(chunk)
-        if not lines:
-            return []
-        now = time.time()
-        out: list[TailedPoint] = []
-        source = self.source
-        for line in lines:
-            point = parse_line(line, now)
-            if point is None:
-                if line.strip():
-                    self.skipped_lines += 1
-            else:
-                out.append(TailedPoint(source, state.line, point))
-            state.line += 1
-        state.offset += consumed
+        out, skipped = take_lines(state, chunk, self.source)
+        self.skipped_lines += skipped
         if state.head_len < min(state.offset, _HEAD_BYTES):
             state.head_len = min(state.offset, _HEAD_BYTES)
             state.head = self._head_digest(state.head_len)
@@ -101,9 +128,7 @@ class MetricsFileTailer:
 
     def save(self) -> None:
         """Persist the position (atomically: a crash leaves the old or the new one)."""
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.state)))
-        tmp.replace(self.state_path)
+        save_tail_state(self.state_path, self.state)
 
     def _check_identity(self, inode: int, size: int) -> None:
         state = self.state
@@ -127,11 +152,7 @@ class MetricsFileTailer:
         return ""
 
     def _load_state(self) -> TailState:
-        try:
-            doc = json.loads(self.state_path.read_text())
-            return TailState(**{k: doc[k] for k in TailState.__dataclass_fields__ if k in doc})
-        except (FileNotFoundError, ValueError, TypeError):
-            return TailState()
+        return load_tail_state(self.state_path)
 
 
 def follow(

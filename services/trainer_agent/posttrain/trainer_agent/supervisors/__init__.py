@@ -1,2 +1,3 @@
 """How a stage process is started, watched and signalled: one ``Supervisor`` per way of running
-a stage (``base``), chosen by the agent per stage; the orchestrator never learns which."""
+a stage (``base``): a local process, a remote process over SSH, or N local ranks, chosen by the
+agent per stage (``choice``); the orchestrator never learns which."""
