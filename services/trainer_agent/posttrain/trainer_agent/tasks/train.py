@@ -88,8 +88,9 @@ def train_model(ctx: StageContext) -> dict[str, Any]:
             "metrics": summary,
         }
     final = ctx.job_dir / "final"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # by rank 0 only, in a multi-rank stage
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(final))
     return {
         "checkpoint": str(final),
         "algorithm": algorithm,

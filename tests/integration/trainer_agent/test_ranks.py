@@ -1,0 +1,190 @@
+"""A training stage with two ranks (torchrun's launcher, gloo on CPU): one metrics stream from
+rank 0, one outcome, and every control command applied by both ranks at the same step, as each
+rank's own witness file shows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from posttrain.events.messages import (
+    AdjustLearningRate,
+    CancelStage,
+    ForceCheckpoint,
+    PauseStage,
+    ResumeStage,
+)
+from posttrain.events.topics import Topic
+from tests.integration.trainer_agent.conftest import tiny_sft
+from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
+
+pytestmark = pytest.mark.integration
+
+WITNESS = "tests.integration.trainer_agent.stage_functions:RankWitness"
+LR = 3e-3
+
+
+def _two_ranks(witness: Path, **overrides: Any) -> dict[str, Any]:
+    witness.mkdir(parents=True, exist_ok=True)
+    return tiny_sft(
+        nproc_per_node=2,
+        batch_size=16,
+        save_steps=0,
+        callbacks=[{"entrypoint": WITNESS, "kwargs": {"path": str(witness)}}],
+        **overrides,
+    )
+
+
+def _witness(directory: Path) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for rank in (0, 1):
+        path = directory / f"witness-rank{rank}.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        out[rank] = [json.loads(line) for line in lines if line.strip()]
+    return out
+
+
+def _control(cls: Any, run: Any, action_id: str, **fields: Any) -> Any:
+    return cls(
+        action_id=action_id,
+        agent_id=run.agent_id,
+        run_command_id=run.command_id,
+        pipeline_id=run.pipeline_id,
+        stage=run.stage,
+        attempt=run.attempt,
+        reason="test",
+        **fields,
+    )
+
+
+def _applied(messages: list[Any], run: Any, action_id: str) -> list[Any]:
+    return [
+        m
+        for m in reports_for(messages, run.command_id, "ActionApplied")
+        if m.action_id == action_id
+    ]
+
+
+def _lr_at(records: list[dict[str, Any]], step: int) -> float:
+    [lr] = {r["lr"] for r in records if r["event"] == "step" and r["step"] == step}
+    return float(lr)
+
+
+async def test_two_ranks_report_one_metrics_stream_and_one_outcome(
+    start_agent, kafka_settings, tmp_path
+):
+    agent = await start_agent()
+    witness = tmp_path / "witness"
+    run = agent.run_stage("train_model", {"config": _two_ranks(witness, max_steps=6)})
+    async with (
+        TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
+        TopicReader(kafka_settings, Topic.METRICS) as metrics,
+    ):
+        await agent.send(run)
+        [done] = await reports.wait(
+            lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=120
+        )
+        points = await metrics.wait(
+            lambda ms: len(points_by_key(ms, run.job_id)) >= 6 and points_by_key(ms, run.job_id)
+        )
+    # One stream: a single source (rank 0), each step once.
+    assert len({source for source, _ in points}) == 1
+    assert sorted(pt.step for pt in points.values()) == [1, 2, 3, 4, 5, 6]
+    assert all(pt.loss is not None for pt in points.values())
+    assert [m.TYPE for m in reports_for(reports.messages(), run.command_id)].count(
+        "StageSucceeded"
+    ) == 1
+    assert done.outputs["steps"] == 6
+    assert (Path(done.outputs["checkpoint"]) / "config.json").exists()
+    # Both ranks trained every step, in two processes.
+    ranks = _witness(witness)
+    for rank in (0, 1):
+        assert [r["step"] for r in ranks[rank] if r["event"] == "step"] == [1, 2, 3, 4, 5, 6]
+    assert {r["pid"] for r in ranks[0]}.isdisjoint({r["pid"] for r in ranks[1]})
+
+
+async def test_controls_apply_on_both_ranks_at_the_same_step(start_agent, kafka_settings, tmp_path):
+    agent = await start_agent()
+    witness = tmp_path / "witness"
+    run = agent.run_stage(
+        "train_model", {"config": _two_ranks(witness, max_steps=5000)}, stage="ranks-ctl"
+    )
+    async with (
+        TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
+        TopicReader(kafka_settings, Topic.METRICS) as metrics,
+    ):
+        await agent.send(run)
+        await metrics.wait(
+            lambda ms: any(pt.step >= 3 for pt in points_by_key(ms, run.job_id).values()),
+            timeout=120,
+        )
+
+        # A learning-rate cut and a forced checkpoint, sent together.
+        await agent.send(_control(AdjustLearningRate, run, "lr-1", factor=0.1))
+        await agent.send(_control(ForceCheckpoint, run, "ckpt-1"))
+        await reports.wait(lambda ms: _applied(ms, run, "lr-1") and _applied(ms, run, "ckpt-1"))
+        [lr_applied] = _applied(reports.messages(), run, "lr-1")
+        [ckpt_applied] = _applied(reports.messages(), run, "ckpt-1")
+        s = lr_applied.step
+        saved = await reports.wait(
+            lambda ms: [
+                m
+                for m in reports_for(ms, run.command_id, "CheckpointSaved")
+                if m.reason == "forced"
+            ]
+        )
+        # Saved once (by rank 0), at the step both ranks agreed on.
+        assert [m.step for m in saved] == [s]
+        assert Path(saved[0].path).name == f"checkpoint-{s}"
+
+        # Pause: both ranks stop at the same step, after the same checkpoint.
+        await agent.send(_control(PauseStage, run, "pause-1"))
+        [paused] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StagePaused"))
+        p = paused.step
+        assert p > s
+        first = _witness(witness)
+        for rank in (0, 1):
+            records = first[rank]
+            # Each rank's own optimizer had the old rate before step s and the new one from it.
+            assert _lr_at(records, s - 1) == pytest.approx(LR)
+            assert _lr_at(records, s) == pytest.approx(LR * 0.1)
+            assert sorted(r["step"] for r in records if r["event"] == "save") == [s, p]
+            assert max(r["step"] for r in records if r["event"] == "step") == p
+        assert ckpt_applied.step == s
+
+        # Resume: both ranks go on from the pause's checkpoint, with the rate they had.
+        await agent.send(_control(ResumeStage, run, "resume-1"))
+        await metrics.wait(
+            lambda ms: any(pt.step >= p + 2 for pt in points_by_key(ms, run.job_id).values()),
+            timeout=60,
+        )
+        await agent.send(_control(CancelStage, run, "cancel-1"))
+        [failed] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageFailed"))
+        assert failed.kind == "cancelled"
+        [cancel_applied] = _applied(reports.messages(), run, "cancel-1")
+        points = await metrics.wait(
+            lambda ms: (
+                any(pt.step == cancel_applied.step for pt in points_by_key(ms, run.job_id).values())
+                and points_by_key(ms, run.job_id)
+            )
+        )
+
+    after = _witness(witness)
+    for rank in (0, 1):
+        resumed = after[rank][len(first[rank]) :]
+        assert (resumed[0]["event"], resumed[0]["step"]) == ("begin", p)
+        assert resumed[1]["step"] == p + 1
+        assert _lr_at(resumed, p + 1) == pytest.approx(LR * 0.1)
+        last = [r for r in resumed if r["event"] == "step"][-1]
+        assert last["step"] == cancel_applied.step and last["stop"]
+    # Two launches, one stream each (rank 0's); no step twice within one, and none lost.
+    sources: dict[str, list[int]] = {}
+    for (source, _), pt in points.items():
+        sources.setdefault(source, []).append(pt.step)
+    assert len(sources) == 2
+    before_pause, after_resume = sorted(sources.values(), key=min)
+    assert sorted(before_pause) == list(range(1, p + 1))
+    assert sorted(after_resume) == list(range(p + 1, max(after_resume) + 1))
