@@ -66,3 +66,17 @@ def RankWitness(path: str) -> Any:
     """A ``module:Name`` for ``params.config.callbacks`` (the class is built when called, so
     importing this module does not import transformers)."""
     return _rank_witness_class()(path)
+
+
+def FailOnRank(rank: int, step: int) -> Any:
+    """A callback that raises on one rank only, at the end of ``step``."""
+    from transformers import TrainerCallback
+
+    class _FailOnRank(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            import os
+
+            if int(os.environ.get("RANK", "0")) == rank and state.global_step == step:
+                raise RuntimeError(f"rank {rank} broke at step {step}")
+
+    return _FailOnRank()

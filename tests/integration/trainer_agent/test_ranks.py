@@ -188,3 +188,34 @@ async def test_controls_apply_on_both_ranks_at_the_same_step(start_agent, kafka_
     before_pause, after_resume = sorted(sources.values(), key=min)
     assert sorted(before_pause) == list(range(1, p + 1))
     assert sorted(after_resume) == list(range(p + 1, max(after_resume) + 1))
+
+
+async def test_a_failing_rank_fails_the_stage_and_stops_the_others(
+    start_agent, kafka_settings, tmp_path
+):
+    agent = await start_agent()
+    witness = tmp_path / "witness"
+    config = _two_ranks(witness, max_steps=5000)
+    config["callbacks"].append(
+        {"entrypoint": f"{WITNESS.split(':')[0]}:FailOnRank", "kwargs": {"rank": 1, "step": 3}}
+    )
+    run = agent.run_stage("train_model", {"config": config})
+    async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
+        await agent.send(run)
+        [failed] = await reports.wait(
+            lambda ms: reports_for(ms, run.command_id, "StageFailed"), timeout=90
+        )
+    # The outcome is the rank that failed first, not the one torchrun stopped after it.
+    assert failed.kind == "error"
+    assert "rank 1 broke at step 3" in failed.error
+    pids = {r["pid"] for records in _witness(witness).values() for r in records}
+    assert len(pids) == 2
+    assert not [pid for pid in pids if _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"

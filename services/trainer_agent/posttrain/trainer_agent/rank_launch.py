@@ -28,6 +28,8 @@ from posttrain.trainer_agent.core.failure import tail
 from posttrain.trainer_agent.ranks import Ranks, load_indexed_cpu_locations
 from posttrain.trainer_agent.stage_files import read_json, spec_path, write_json_atomic
 
+SHUTDOWN_TIMEOUT_S = 10
+
 
 def rank_result_path(attempt_dir: Path, launch: int, rank: int) -> Path:
     """Where a failed rank leaves its result (the launch's result is rank 0's, or the first
@@ -50,6 +52,9 @@ def torchrun_argv(attempt_dir: Path, launch: int, nproc: int) -> list[str]:
         # A failed rank fails the launch: the agent's retry policy decides what comes next.
         "--max-restarts=0",
         "--monitor-interval=0.1",
+        # A rank stuck in a collective when another failed does not see SIGTERM: it is killed
+        # after this, well within the agent's own grace.
+        f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
         f"--log-dir={attempt_dir / f'ranks-{launch}'}",
         "posttrain-stage-rank",  # torchrun's "training script": unused, the entrypoint is ours
     ]
