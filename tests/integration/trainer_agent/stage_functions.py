@@ -27,9 +27,9 @@ def _rank_witness_class() -> type:
 
     class RankWitness(TrainerCallback):  # type: ignore[misc]
         """Each rank's own record of what it did: ``witness-rank<RANK>.jsonl`` in ``path``,
-        one line per step end (the step and this rank's optimizer learning rate, after the
-        platform's callback applied that boundary's controls), per checkpoint save and per
-        training start, written by the rank process itself."""
+        one line per step end (the step, this rank's optimizer learning rate after the
+        platform's callback applied that boundary's controls, and a sum of its weights), per
+        checkpoint save and per training start, written by the rank process itself."""
 
         def __init__(self, path: str) -> None:
             import os
@@ -47,13 +47,21 @@ def _rank_witness_class() -> type:
             self._write(event="begin", step=int(state.global_step))
 
         def on_step_end(
-            self, args: Any, state: Any, control: Any, optimizer: Any = None, **kw: Any
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            optimizer: Any = None,
+            model: Any = None,
+            **kw: Any,
         ) -> None:
             self._write(
                 event="step",
                 step=int(state.global_step),
                 lr=float(optimizer.param_groups[0]["lr"]),
                 stop=bool(control.should_training_stop),
+                # A fingerprint of this rank's weights: DDP keeps every rank's the same.
+                weights=float(sum(float(p.detach().double().sum()) for p in model.parameters())),
             )
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

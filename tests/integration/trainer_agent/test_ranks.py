@@ -16,6 +16,7 @@ from posttrain.events.messages import (
     ForceCheckpoint,
     PauseStage,
     ResumeStage,
+    RollbackStage,
 )
 from posttrain.events.topics import Topic
 from tests.integration.trainer_agent.conftest import tiny_sft
@@ -104,6 +105,11 @@ async def test_two_ranks_report_one_metrics_stream_and_one_outcome(
     for rank in (0, 1):
         assert [r["step"] for r in ranks[rank] if r["event"] == "step"] == [1, 2, 3, 4, 5, 6]
     assert {r["pid"] for r in ranks[0]}.isdisjoint({r["pid"] for r in ranks[1]})
+    # Data-parallel: gradients are averaged across the ranks, so their weights stay equal, and
+    # they change at every step.
+    weights = [[r["weights"] for r in ranks[rank] if r["event"] == "step"] for rank in (0, 1)]
+    assert weights[0] == weights[1]
+    assert len(set(weights[0])) == 6
 
 
 async def test_controls_apply_on_both_ranks_at_the_same_step(start_agent, kafka_settings, tmp_path):
@@ -219,3 +225,45 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+async def test_a_rollback_takes_both_ranks_back_to_the_same_checkpoint(
+    start_agent, kafka_settings, tmp_path
+):
+    agent = await start_agent()
+    witness = tmp_path / "witness"
+    config = _two_ranks(witness, max_steps=5000)
+    config.update(save_steps=4, save_total_limit=3)
+    run = agent.run_stage("train_model", {"config": config}, stage="ranks-rb")
+    async with (
+        TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
+        TopicReader(kafka_settings, Topic.METRICS) as metrics,
+    ):
+        await agent.send(run)
+        await metrics.wait(
+            lambda ms: any(pt.step >= 10 for pt in points_by_key(ms, run.job_id).values()),
+            timeout=120,
+        )
+        await agent.send(_control(RollbackStage, run, "rb-1", step=9))
+        [applied] = await reports.wait(lambda ms: _applied(ms, run, "rb-1"))
+        assert applied.details["to_step"] == 8
+        f = applied.step
+        # Training goes on from step 9 again, past where it was.
+        await metrics.wait(
+            lambda ms: (
+                sum(pt.step == 9 for pt in points_by_key(ms, run.job_id).values()) == 2
+                and any(pt.step > f + 1 for pt in points_by_key(ms, run.job_id).values())
+            ),
+            timeout=60,
+        )
+        await agent.send(_control(CancelStage, run, "cancel-1"))
+        await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageFailed"))
+    ranks = _witness(witness)
+    sequences = [[r["step"] for r in ranks[rank] if r["event"] == "step"] for rank in (0, 1)]
+    # Both ranks stepped through the same steps: up to f, back to 9, on from there.
+    n = min(len(s) for s in sequences)
+    assert sequences[0][:n] == sequences[1][:n]
+    assert sequences[0][: f + 1] == [*range(1, f + 1), 9]
+    # Both ranks hold the same weights at every step, those after the rollback included.
+    weights = [[r["weights"] for r in ranks[rank] if r["event"] == "step"] for rank in (0, 1)]
+    assert weights[0][:n] == weights[1][:n]
