@@ -267,3 +267,22 @@ async def test_a_rollback_takes_both_ranks_back_to_the_same_checkpoint(
     # Both ranks hold the same weights at every step, those after the rollback included.
     weights = [[r["weights"] for r in ranks[rank] if r["event"] == "step"] for rank in (0, 1)]
     assert weights[0][:n] == weights[1][:n]
+
+
+async def test_a_timeout_stops_every_rank(start_agent, kafka_settings, tmp_path):
+    """The agent's SIGTERM reaches the stage process and its ranks (one process group): the
+    stage fails as timed out and no rank is left running."""
+    agent = await start_agent()
+    witness = tmp_path / "witness"
+    run = agent.run_stage(
+        "train_model", {"config": _two_ranks(witness, max_steps=5000)}, timeout_s=8.0
+    )
+    async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
+        await agent.send(run)
+        [failed] = await reports.wait(
+            lambda ms: reports_for(ms, run.command_id, "StageFailed"), timeout=60
+        )
+    assert failed.kind == "timeout"
+    pids = {r["pid"] for records in _witness(witness).values() for r in records}
+    assert len(pids) == 2  # both ranks were training when the deadline came
+    assert not [pid for pid in pids if _running(pid)]
