@@ -8,6 +8,7 @@ Each RunStage command has a directory on the agent's disk::
     events.jsonl      CheckpointSaved / ActionApplied / ActionRefused, appended by the stage,
                       published by the agent
     result-<n>.json   how launch n ended, written once, atomically
+    result-<n>.rank<r>.json   how rank r of a multi-rank launch failed (``rank_launch``)
 
 Files rather than pipes, because the stage process outlives an agent that is killed: the next
 agent finds the same files, re-attaches and carries on, and nothing held only in memory is lost.

@@ -10,7 +10,9 @@ publish, and ends with ``result-<n>.json``:
      "resume_checkpoint": ".../checkpoint-40"}
     {"status": "failed", "kind": "oom" | "error" | "cancelled", "error": "...", "details": {}}
 
-A crash here (or an OOM kill) never touches the agent: it is another process.
+A crash here (or an OOM kill) never touches the agent: it is another process. A multi-rank
+training stage (``ranks.stage_ranks``) runs its task in N ranks that this process starts with
+torchrun's launcher (``rank_launch``); rank 0 reports, and its result is the launch's.
 """
 
 from __future__ import annotations

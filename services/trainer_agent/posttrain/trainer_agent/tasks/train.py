@@ -9,6 +9,8 @@ Config (``params.config``, SEED.md's names first): ``algorithm`` (sft | dpo | gr
 and ``reward_funcs`` (names in ``tasks.rewards`` or ``module:function``), ``num_threads``,
 ``trainer_args`` (any other TRL config field, passed through), and ``callbacks`` (more HF
 ``TrainerCallback``s: ``module:Name`` or ``{"entrypoint": "module:Name", "kwargs": {...}}``).
+``nproc_per_node`` (ranks of a CPU stage) is read by the stage process, which runs this task
+once per rank (``rank_launch``; a GPU stage runs one rank per GPU): the trainer does DDP.
 
 Checkpoints: every ``save_steps`` steps (default 100; 0 turns periodic checkpoints off), the
 last ``save_total_limit`` kept (default 3 when ``save_steps`` is defaulted), each with its
