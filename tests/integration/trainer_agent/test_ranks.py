@@ -4,6 +4,7 @@ rank's own witness file shows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.integration
 
 WITNESS = "tests.integration.trainer_agent.stage_functions:RankWitness"
 LR = 3e-3
+# About 10 s of two-rank training here: an agent restart happens well within it.
+STEPS = 150
 
 
 def _two_ranks(witness: Path, **overrides: Any) -> dict[str, Any]:
@@ -286,3 +289,40 @@ async def test_a_timeout_stops_every_rank(start_agent, kafka_settings, tmp_path)
     pids = {r["pid"] for records in _witness(witness).values() for r in records}
     assert len(pids) == 2  # both ranks were training when the deadline came
     assert not [pid for pid in pids if _running(pid)]
+
+
+async def test_a_restarted_agent_reattaches_to_the_ranks_and_reports_once(
+    start_agent, kafka_settings, tmp_path
+):
+    """The agent stops mid-stage (its stages go on) and a new one re-attaches: the ranks train
+    once, rank 0's one stream is complete, and the outcome is reported once."""
+    first = await start_agent(name="ranks-restart")
+    witness = tmp_path / "witness"
+    run = first.run_stage("train_model", {"config": _two_ranks(witness, max_steps=STEPS)})
+    async with (
+        TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
+        TopicReader(kafka_settings, Topic.METRICS) as metrics,
+    ):
+        await first.send(run)
+        await metrics.wait(
+            lambda ms: any(pt.step >= 3 for pt in points_by_key(ms, run.job_id).values()),
+            timeout=120,
+        )
+        first.agent.stop()
+        await asyncio.wait_for(first.agent.stopped.wait(), 30)
+        attempt_dir = Path(first.agent.journal.get(run.command_id).attempt_dir)
+        assert not (attempt_dir / "result-1.json").exists()  # the ranks still train
+        await start_agent(name="ranks-restart")
+        [done] = await reports.wait(
+            lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=120
+        )
+        points = await metrics.wait(
+            lambda ms: len(points_by_key(ms, run.job_id)) >= STEPS and points_by_key(ms, run.job_id)
+        )
+    assert done.outputs["steps"] == STEPS
+    assert len({source for source, _ in points}) == 1
+    assert sorted(pt.step for pt in points.values()) == list(range(1, STEPS + 1))
+    for records in _witness(witness).values():
+        assert [r["step"] for r in records if r["event"] == "begin"] == [0]
+        assert [r["step"] for r in records if r["event"] == "step"] == list(range(1, STEPS + 1))
+    assert len(reports_for(reports.messages(), run.command_id, "StageSucceeded")) == 1
