@@ -73,10 +73,18 @@ def run_ranks(attempt_dir: Path, launch: int, nproc: int) -> dict[str, Any]:
     try:
         returned = elastic_launch(config, _rank_main)(str(attempt_dir), launch)
     except ChildFailedError as exc:
+        # The rank that failed first is the cause; the others failed because it went (a
+        # collective whose peer left, torchrun's SIGTERM). torchrun names the failure it saw
+        # first, which is not always the first (two ranks that exited before its poll are taken
+        # in rank order): the ranks' own results say to the microsecond when each one ended.
+        saved = [
+            doc
+            for rank in range(nproc)
+            if isinstance(doc := read_json(rank_result_path(attempt_dir, launch, rank)), dict)
+        ]
+        if saved:
+            return min(saved, key=lambda doc: float(doc.get("finished_at") or 0.0))
         rank, failure = exc.get_first_failure()
-        saved = read_json(rank_result_path(attempt_dir, launch, rank))
-        if isinstance(saved, dict):
-            return saved
         return _failed(
             "error", f"rank {rank} exited with status {failure.exitcode}: {failure.message}"
         )
