@@ -91,9 +91,9 @@ def run_ranks(attempt_dir: Path, launch: int, nproc: int) -> dict[str, Any]:
     except SignalException as exc:
         # The agent stopped the stage (cancel without a step boundary, timeout): rank 0 says how
         # far it got when it could.
-        saved = read_json(rank_result_path(attempt_dir, launch, 0))
-        if isinstance(saved, dict):
-            return saved
+        main = read_json(rank_result_path(attempt_dir, launch, 0))
+        if isinstance(main, dict):
+            return main
         return _failed("cancelled", f"terminated by the agent ({signal.Signals(exc.sigval).name})")
     result = returned.get(0)
     if not isinstance(result, dict):
