@@ -279,3 +279,21 @@ def test_an_option_no_agent_can_honour_yet_is_refused_saying_so(config, field, s
     }
     messages = errors_of([stage])
     assert any(m.startswith(f"stage 'a', field '{field}': {says}") for m in messages), messages
+
+
+def test_ranks_of_a_training_stage_are_a_positive_integer_one_per_gpu():
+    assert errors_of([sft("a", nproc_per_node=2)]) == []
+    assert errors_of([{**sft("a", nproc_per_node=4), "resources": {"gpus": 4}}]) == []
+    assert errors_of([sft("a", nproc_per_node=0)]) == [
+        "stage 'a', field 'params.config.nproc_per_node': must be a positive integer, got 0"
+    ]
+    assert errors_of([sft("a", nproc_per_node="2")]) == [
+        "stage 'a', field 'params.config.nproc_per_node': must be a positive integer, got '2'"
+    ]
+    [message] = errors_of([{**sft("a", nproc_per_node=2), "resources": {"gpus": 4}}])
+    assert message.startswith("stage 'a', field 'params.config.nproc_per_node': 2 ranks on ")
+    # Only training stages have ranks: a command stage starts its own processes.
+    [unknown] = errors_of(
+        [{"name": "c", "task": "command", "params": {"argv": ["x"], "nproc_per_node": 2}}]
+    )
+    assert unknown.startswith("stage 'c', field 'params.nproc_per_node': unknown key")

@@ -23,8 +23,9 @@ TASK_MODULES = {
 # cfg.get("x"), cfg["x"], ctx.config.get("x"), ctx.config["x"], ctx.require("x")
 READ = re.compile(r"""(?:cfg|config)(?:\.get\(\s*|\[)"(\w+)"|require\("(\w+)\"""")
 # Read by the validator, not by a task: only ``run_mode: local`` is accepted today, and it
-# needs no ``ssh_config``.
-NOT_READ_BY_TASKS = {"train_model": {"run_mode", "ssh_config"}}
+# needs no ``ssh_config``. ``nproc_per_node`` is read by the stage process, which starts the
+# task's ranks (``ranks.stage_ranks``).
+NOT_READ_BY_TASKS = {"train_model": {"run_mode", "ssh_config", "nproc_per_node"}}
 
 
 def test_the_agent_runs_every_task_of_the_catalogue_and_no_other() -> None:

@@ -61,6 +61,8 @@ _TRAIN_PARAMS = frozenset(
         "temperature",
         "reward_funcs",
         "num_threads",
+        # Processes (ranks) of a CPU stage, torchrun's name; a GPU stage runs one per GPU.
+        "nproc_per_node",
         "trainer_args",
         "callbacks",
         "resume",

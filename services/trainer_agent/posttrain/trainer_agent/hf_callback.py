@@ -193,7 +193,9 @@ class PosttrainCallback(TrainerCallback):
         path = f"{args.output_dir}/checkpoint-{step}"
         # Marked so that nothing goes back to, or on from, weights that hold a NaN.
         non_finite = non_finite_parts(model, self.last_logs.get("loss"))
-        if Path(path).is_dir():  # not rotated away already (a file beside it would confuse HF)
+        # Written by rank 0 alone (it wrote the weights); not rotated away already (a file
+        # beside it would confuse HF).
+        if state.is_world_process_zero and Path(path).is_dir():
             with contextlib.suppress(OSError):
                 write_marker(path, step, non_finite)
         if self.stage is None:

@@ -8,6 +8,7 @@ Each RunStage command has a directory on the agent's disk::
     events.jsonl      CheckpointSaved / ActionApplied / ActionRefused, appended by the stage,
                       published by the agent
     result-<n>.json   how launch n ended, written once, atomically
+    result-<n>.rank<r>.json   how rank r of a multi-rank launch failed (``rank_launch``)
 
 Files rather than pipes, because the stage process outlives an agent that is killed: the next
 agent finds the same files, re-attaches and carries on, and nothing held only in memory is lost.
@@ -122,16 +123,21 @@ class ControlInbox:
 
 
 class EventOutbox:
-    """The stage's side of the events file."""
+    """The stage's side of the events file. A multi-rank stage's ranks other than 0 have a
+    silent one (``enabled=False``): rank 0 reports what every rank did."""
 
-    def __init__(self, attempt_dir: Path) -> None:
+    def __init__(self, attempt_dir: Path, *, enabled: bool = True) -> None:
         self.path = attempt_dir / EVENTS
+        self.enabled = enabled
+
+    def _append(self, doc: dict[str, Any]) -> None:
+        if self.enabled:
+            append_line(self.path, doc)
 
     def checkpoint_saved(
         self, step: int, path: str, reason: str, non_finite: tuple[str, ...] = ()
     ) -> None:
-        append_line(
-            self.path,
+        self._append(
             {
                 "type": "CheckpointSaved",
                 "step": step,
@@ -142,8 +148,7 @@ class EventOutbox:
         )
 
     def action_refused(self, action_id: str, action: str, step: int | None, reason: str) -> None:
-        append_line(
-            self.path,
+        self._append(
             {
                 "type": "ActionRefused",
                 "action_id": action_id,
@@ -156,8 +161,7 @@ class EventOutbox:
     def action_applied(
         self, action_id: str, action: str, step: int, details: dict[str, Any]
     ) -> None:
-        append_line(
-            self.path,
+        self._append(
             {
                 "type": "ActionApplied",
                 "action_id": action_id,

@@ -10,7 +10,9 @@ publish, and ends with ``result-<n>.json``:
      "resume_checkpoint": ".../checkpoint-40"}
     {"status": "failed", "kind": "oom" | "error" | "cancelled", "error": "...", "details": {}}
 
-A crash here (or an OOM kill) never touches the agent: it is another process.
+A crash here (or an OOM kill) never touches the agent: it is another process. A multi-rank
+training stage (``ranks.stage_ranks``) runs its task in N ranks that this process starts with
+torchrun's launcher (``rank_launch``); rank 0 reports, and its result is the launch's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.settings import DEFAULT_BOOTSTRAP
 from posttrain.events.messages import RunStage
 from posttrain.trainer_agent.core.failure import is_oom_exception, tail
+from posttrain.trainer_agent.ranks import Ranks, SilentReporter, stage_ranks
 from posttrain.trainer_agent.reporting import TrainingCallback
 from posttrain.trainer_agent.stage_files import (
     ControlInbox,
@@ -61,6 +64,47 @@ def run(attempt_dir: Path, launch: int) -> int:
         print(f"posttrain: no readable spec for launch {launch} in {attempt_dir}", flush=True)
         return 2
     run_stage = RunStage.model_validate(spec["run"])
+    try:
+        config = stage_config(run_stage.params)
+        nproc = stage_ranks(run_stage.task, config, run_stage.resources.gpus)
+    except ValueError as exc:
+        result: dict[str, Any] = {
+            "status": "failed",
+            "kind": "error",
+            "error": str(exc),
+            "details": {},
+            "finished_at": time.time(),
+        }
+    else:
+        if nproc > 1:
+            # This process supervises the ranks (torchrun's launcher); rank 0 reports.
+            from posttrain.trainer_agent.rank_launch import run_ranks
+
+            try:
+                result = run_ranks(attempt_dir, launch, nproc)
+            except Exception as exc:  # the launcher itself failed: the outcome says how
+                traceback.print_exc()
+                result = {
+                    "status": "failed",
+                    "kind": "error",
+                    "error": tail(f"starting {nproc} ranks failed: {exc}"),
+                    "details": {"exception": type(exc).__qualname__},
+                    "finished_at": time.time(),
+                }
+        else:
+            result = serve(attempt_dir, launch, spec)
+    write_json_atomic(result_path(attempt_dir, launch), result)
+    print(f"posttrain: launch {launch} ended: {result['status']}", flush=True)
+    return 0
+
+
+def serve(
+    attempt_dir: Path, launch: int, spec: dict[str, Any], ranks: Ranks | None = None
+) -> dict[str, Any]:
+    """Run the stage's task in this process (one rank of it, where ``ranks`` says so) and
+    return how it ended. Only rank 0 reports metrics and events."""
+    ranks = ranks or Ranks()
+    run_stage = RunStage.model_validate(spec["run"])
     kafka = spec.get("kafka", {})
     settings = KafkaSettings(
         bootstrap_servers=kafka.get("bootstrap_servers", DEFAULT_BOOTSTRAP),
@@ -68,15 +112,19 @@ def run(attempt_dir: Path, launch: int) -> int:
         client_id=f"posttrain-stage-{run_stage.stage}",
     )
     work_dir = Path(spec["work_dir"])
-    reporter = TrainingCallback(
-        run_stage.job_id,
-        pipeline_id=run_stage.pipeline_id,
-        stage=run_stage.stage,
-        attempt=run_stage.attempt,
-        settings=settings,
-        spill_dir=work_dir / "spill",
-        # Readable and unique: a launch number is used once, the pid tells a relaunch apart.
-        source=f"{socket.gethostname()}:{run_stage.command_id}:launch{launch}:{os.getpid()}",
+    reporter = (
+        TrainingCallback(
+            run_stage.job_id,
+            pipeline_id=run_stage.pipeline_id,
+            stage=run_stage.stage,
+            attempt=run_stage.attempt,
+            settings=settings,
+            spill_dir=work_dir / "spill",
+            # Readable and unique: a launch number is used once, the pid tells a relaunch apart.
+            source=f"{socket.gethostname()}:{run_stage.command_id}:launch{launch}:{os.getpid()}",
+        )
+        if ranks.is_main
+        else SilentReporter(run_stage.job_id)
     )
     ctx = StageContext(
         run=run_stage,
@@ -84,12 +132,14 @@ def run(attempt_dir: Path, launch: int) -> int:
         work_dir=work_dir,
         reporter=reporter,
         inbox=ControlInbox(attempt_dir, int(spec.get("control_offset", 0))),
-        outbox=EventOutbox(attempt_dir),
+        outbox=EventOutbox(attempt_dir, enabled=ranks.is_main),
         resume_from=spec.get("resume_from"),
         config=stage_config(run_stage.params),
+        ranks=ranks,
     )
+    rank = f" rank {ranks.rank}/{ranks.world_size}" if ranks.world_size > 1 else ""
     print(
-        f"posttrain: {run_stage.task} {run_stage.command_id} launch {launch} "
+        f"posttrain: {run_stage.task} {run_stage.command_id} launch {launch}{rank} "
         f"(resume from {ctx.resume_from})",
         flush=True,
     )
@@ -105,16 +155,17 @@ def run(attempt_dir: Path, launch: int) -> int:
     # Every control the task was handed is answered: what it did not apply is refused.
     ctx.refuse_unanswered(ctx.stop_step, f"the stage ended ({result['status']}) before applying it")
     try:
-        with contextlib.suppress(Terminated):
-            left = reporter.close(timeout=METRICS_CLOSE_TIMEOUT_S)
-            if left:
-                print(f"posttrain: {left} metric points left in the spill file", flush=True)
+        left = reporter.close(timeout=METRICS_CLOSE_TIMEOUT_S)
+        if left:
+            print(f"posttrain: {left} metric points left in the spill file", flush=True)
+    except Terminated:
+        pass
+    except Exception:  # the outcome stands; the points left are in the spill file
+        traceback.print_exc()
     finally:
         result["control_offset"] = ctx.inbox.offset
         result["finished_at"] = time.time()
-        write_json_atomic(result_path(attempt_dir, launch), result)
-    print(f"posttrain: launch {launch} ended: {result['status']}", flush=True)
-    return 0
+    return result
 
 
 def _run_task(ctx: StageContext) -> dict[str, Any]:

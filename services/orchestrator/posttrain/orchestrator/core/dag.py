@@ -198,6 +198,7 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
         for number in ("num_epochs", "kl_coef", "learning_rate", "max_steps"):
             if number in config and not isinstance(config[number], int | float):
                 errors.append(DagError(spec.name, f"{prefix}.{number}", "must be a number"))
+        errors.extend(_rank_errors(spec, config, prefix))
         run_mode = config.get("run_mode", "local")
         if run_mode not in RUN_MODES:
             errors.append(
@@ -232,6 +233,28 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
     if spec.resources.gpus < 0:
         errors.append(DagError(spec.name, "resources.gpus", "must not be negative"))
     return errors
+
+
+def _rank_errors(spec: StageSpec, config: Mapping[str, Any], prefix: str) -> list[DagError]:
+    """``nproc_per_node`` (the ranks of a training stage; one per GPU where it has GPUs) is a
+    positive integer, and names one rank per GPU where the stage asks for several."""
+    if "nproc_per_node" not in config:
+        return []
+    value = config["nproc_per_node"]
+    field = f"{prefix}.nproc_per_node"
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        return [DagError(spec.name, field, f"must be a positive integer, got {value!r}")]
+    gpus = spec.resources.gpus
+    if gpus > 1 and value != gpus:
+        return [
+            DagError(
+                spec.name,
+                field,
+                f"{value} ranks on resources.gpus {gpus}: a GPU stage runs one rank per GPU "
+                "(leave nproc_per_node out)",
+            )
+        ]
+    return []
 
 
 def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:

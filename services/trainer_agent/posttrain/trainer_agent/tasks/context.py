@@ -12,6 +12,7 @@ from posttrain.events.messages import RunStage
 from posttrain.trainer_agent.core.checkpoints import Checkpoint, resume_checkpoint, rollback_target
 from posttrain.trainer_agent.core.control import Applied, Rollback, StepDirective
 from posttrain.trainer_agent.core.paths import safe_name
+from posttrain.trainer_agent.ranks import Ranks
 from posttrain.trainer_agent.reporting import TrainingCallback
 from posttrain.trainer_agent.stage_files import ControlInbox, EventOutbox
 
@@ -40,6 +41,9 @@ class StageContext:
     outbox: EventOutbox
     resume_from: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # This process's rank in a multi-process stage: rank 0 reads the controls and decides, every
+    # rank applies the same decision at the same step.
+    ranks: Ranks = field(default_factory=Ranks)
     stop_reason: str | None = None  # "pause" or "cancel" once a control command stopped the run
     stop_step: int | None = None
     last_checkpoint: str | None = None
@@ -80,7 +84,8 @@ class StageContext:
         at). Those the task was handed last time and neither applied nor refused are refused
         now: a task that ignores a control says so on the record."""
         self.refuse_unanswered(step, f"the {self.run.task} stage did not apply it")
-        directive = self.inbox.poll()
+        # Rank 0 reads the file; every rank gets its directive, at this same step boundary.
+        directive = self.ranks.share(self.inbox.poll() if self.ranks.is_main else StepDirective())
         for refused in directive.refused:
             self.outbox.action_refused(refused.action_id, refused.action, step, refused.reason)
         for applied in directive.applied:
@@ -116,8 +121,14 @@ class StageContext:
         saved before the anomaly's step (``step`` when the request names none) that is still
         on disk."""
         before = rollback.step if rollback.step is not None else step
-        on_disk = [c for c in self.checkpoints if Path(c.path).exists()]
-        return rollback_target(on_disk, before_step=before, rollback_steps=rollback.rollback_steps)
+        target = None
+        if self.ranks.is_main:
+            on_disk = [c for c in self.checkpoints if Path(c.path).exists()]
+            target = rollback_target(
+                on_disk, before_step=before, rollback_steps=rollback.rollback_steps
+            )
+        # Every rank goes back to the checkpoint rank 0 chose (or none goes back).
+        return self.ranks.share(target)
 
     def rolled_back(
         self,

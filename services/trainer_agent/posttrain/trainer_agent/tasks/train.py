@@ -9,6 +9,8 @@ Config (``params.config``, SEED.md's names first): ``algorithm`` (sft | dpo | gr
 and ``reward_funcs`` (names in ``tasks.rewards`` or ``module:function``), ``num_threads``,
 ``trainer_args`` (any other TRL config field, passed through), and ``callbacks`` (more HF
 ``TrainerCallback``s: ``module:Name`` or ``{"entrypoint": "module:Name", "kwargs": {...}}``).
+``nproc_per_node`` (ranks of a CPU stage) is read by the stage process, which runs this task
+once per rank (``rank_launch``; a GPU stage runs one rank per GPU): the trainer does DDP.
 
 Checkpoints: every ``save_steps`` steps (default 100; 0 turns periodic checkpoints off), the
 last ``save_total_limit`` kept (default 3 when ``save_steps`` is defaulted), each with its
@@ -88,8 +90,9 @@ def train_model(ctx: StageContext) -> dict[str, Any]:
             "metrics": summary,
         }
     final = ctx.job_dir / "final"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
+    trainer.save_model(str(final))  # by rank 0 only, in a multi-rank stage
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(final))
     return {
         "checkpoint": str(final),
         "algorithm": algorithm,
