@@ -228,6 +228,14 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
                 for name, why in verl_param_errors(config)
                 if name not in ("algorithm", "backend", "model_path")  # said above
             )
+            if spec.resources.gpus < 1:
+                errors.append(
+                    DagError(
+                        spec.name,
+                        "resources.gpus",
+                        "a stage on verl needs at least 1 GPU (verl's trainer.n_gpus_per_node)",
+                    )
+                )
     elif spec.task == "python":
         entrypoint = config.get("entrypoint")
         if not isinstance(entrypoint, str) or entrypoint.count(":") != 1:
