@@ -123,9 +123,10 @@ def _wait(ctx: StageContext, process: subprocess.Popen[bytes]) -> int:
 
 
 def _refuse(ctx: StageContext, action_id: str, action: str) -> None:
+    takes = ", ".join(["cancel", *(ctx.config.get("accepts") or [])])
     reason = (
         f"a command stage runs an external program with no step boundary: {action} cannot be "
-        "applied (only cancel can)"
+        f"applied (it takes {takes}; params.accepts declares what its program handles)"
     )
     print(f"posttrain: {action} refused: {reason}", flush=True)
     ctx.action_refused(action_id, action, None, reason)
