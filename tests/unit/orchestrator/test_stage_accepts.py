@@ -85,6 +85,14 @@ def test_a_grpo_stage_on_trl_takes_every_action():
             ppo(verl_overrides=["trainer.default_local_dir=/x"]),
             ["stage 't', field 'params.config.verl_overrides': Value error, "],
         ),
+        (
+            {
+                "name": "t",
+                "task": "train_model",
+                "params": {"config": {"algorithm": "sft", "model_path": "m", "verl_overrides": []}},
+            },
+            ["stage 't', field 'params.config.verl_overrides': read only by a stage on verl"],
+        ),
         (ppo(gpus=0), ["stage 't', field 'resources.gpus': a stage on verl needs at least 1"]),
         (ppo(backend="trl"), ["stage 't', field 'params.config.backend': must be 'trl' or"]),
         (

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from posttrain.events.tasks import verl_param_errors, verl_params
 from posttrain.trainer_agent.core.verl_command import Launch, command_line, hydra_value
+from posttrain.trainer_agent.tasks.verl import checkpoints_in
 
 LAUNCH = Launch(
     checkpoint_dir="/w/jobs/job-1/verl-checkpoints",
@@ -129,3 +130,17 @@ def test_unknown_or_bad_params_are_refused_naming_the_key(config, field, says):
     assert says in errors[0][1]
     with pytest.raises(ValidationError):
         verl_params({**base, **config})
+
+
+def test_checkpoints_are_those_verl_finished_saving(tmp_path):
+    assert checkpoints_in(tmp_path / "none") == []
+    for step in (5, 10, 15):
+        (tmp_path / f"global_step_{step}" / "actor").mkdir(parents=True)
+    (tmp_path / "global_step_x").mkdir()
+    assert checkpoints_in(tmp_path) == []  # no latest_checkpointed_iteration.txt yet
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("10")
+    # global_step_15 is still being written: verl names it in the file once it is complete.
+    assert [(c.step, c.path) for c in checkpoints_in(tmp_path)] == [
+        (5, str(tmp_path / "global_step_5")),
+        (10, str(tmp_path / "global_step_10")),
+    ]

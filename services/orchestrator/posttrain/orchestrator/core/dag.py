@@ -221,7 +221,15 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
                     f"must be 'trl' or 'verl' (ppo runs on verl only), got {backend!r}",
                 )
             )
-        elif uses_verl(config):
+        elif not uses_verl(config):
+            errors.extend(
+                DagError(
+                    spec.name, f"{prefix}.{name}", "read only by a stage on verl (backend: verl)"
+                )
+                for name in ("verl_command", "verl_overrides")
+                if name in config
+            )
+        else:
             # A verl stage reads fewer params than TRL's; each one it would ignore is refused.
             errors.extend(
                 DagError(spec.name, f"{prefix}.{name}", why)

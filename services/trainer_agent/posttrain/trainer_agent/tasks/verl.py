@@ -143,8 +143,8 @@ class _Supervisor:
                 self.ctx.checkpoint_saved(checkpoint.step, checkpoint.path, "scheduled")
 
     def latest(self) -> Checkpoint | None:
-        point = self.ctx.resume_point()
-        return point
+        """The checkpoint verl goes on from: the last one saved on this run's line."""
+        return self.ctx.resume_point()
 
     def _next_metrics_file(self) -> Path:
         path = self.ctx.attempt_dir / f"verl-metrics-{len(list(self._existing()))}.jsonl"
