@@ -29,7 +29,7 @@ from tests.integration.trainer_agent.topics import (
 pytestmark = pytest.mark.integration
 
 SAVE_STEPS = 5
-MAX_STEPS = 200
+MAX_STEPS = 300
 
 
 def _control(cls, run, action_id, **fields):
@@ -140,16 +140,39 @@ async def test_ppo_on_verl_pause_resume_and_learning_rate_change(start_agent, ka
         assert lr_applied.details["learning_rate"] == pytest.approx(1e-7)
         assert Path(lr_applied.details["relaunched_from"]).name == f"global_step_{q}"
 
+        third = await metrics.wait(
+            lambda ms: (
+                len(s := _by_source(ms, run.job_id)) == 3
+                and max(list(s.values())[2]) >= q + SAVE_STEPS + 1
+                and list(s.values())[2]
+            ),
+            timeout=60,
+        )
+        assert min(third) == q + 1
+        assert all(pt.learning_rate == pytest.approx(1e-7) for pt in third.values())
+
+        # A second pause and resume: the new rate holds in the next launch of the stage.
+        await agent.send(_control(PauseStage, run, "pause-2"))
+        paused_again = await reports.wait(
+            lambda ms: len(p := reports_for(ms, run.command_id, "StagePaused")) == 2 and p[1]
+        )
+        p2 = paused_again.step
+        assert p2 > q and p2 % SAVE_STEPS == 0
+        await agent.send(_control(ResumeStage, run, "resume-2"))
         done = await reports.wait(lambda ms: finished(ms, run.command_id), timeout=60)
         assert done.TYPE == "StageSucceeded", done
         assert Path(done.outputs["checkpoint"]).name == f"global_step_{MAX_STEPS}"
         assert done.outputs["learning_rate"] == pytest.approx(1e-7)
+        assert done.outputs["resumed_from"] == paused_again.checkpoint
         series = await metrics.wait(
             lambda ms: (
-                len(s := _by_source(ms, run.job_id)) == 3 and MAX_STEPS in list(s.values())[2] and s
+                len(s := _by_source(ms, run.job_id)) == 4 and MAX_STEPS in list(s.values())[3] and s
             ),
             timeout=30,
         )
-    last = list(series.values())[2]
-    assert min(last) == q + 1 and max(last) == MAX_STEPS
+    last = list(series.values())[3]
+    assert min(last) == p2 + 1 and max(last) == MAX_STEPS
     assert all(pt.learning_rate == pytest.approx(1e-7) for pt in last.values())
+    # Every step up to the end was logged; only the steps after each stop's checkpoint twice.
+    steps = [step for launch in series.values() for step in launch]
+    assert set(steps) == set(range(1, MAX_STEPS + 1))
