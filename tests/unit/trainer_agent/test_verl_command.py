@@ -111,6 +111,8 @@ def test_hydra_values_are_quoted_when_they_must_be():
     assert hydra_value("a/b-c_d.e") == "a/b-c_d.e"
     assert hydra_value("it's here") == "'it\\'s here'"
     assert hydra_value(True) == "true" and hydra_value(3) == "3"
+    # A string Hydra would read as another type stays a string.
+    assert hydra_value("123") == "'123'" and hydra_value("null") == "'null'"
 
 
 @pytest.mark.parametrize(

@@ -40,10 +40,21 @@ def hydra_value(value: str | int | float | bool) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if _PLAIN.fullmatch(value):
+    if _PLAIN.fullmatch(value) and not _reads_as_other_type(value):
         return value
     escaped = value.replace("\\", "\\\\").replace("'", "\\'")
     return f"'{escaped}'"
+
+
+def _reads_as_other_type(text: str) -> bool:
+    """Whether Hydra would read this string unquoted as a number, a bool or null."""
+    if text.lower() in ("true", "false", "null", "nan", "inf", "-inf", "+inf"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def overrides(params: VerlParams, launch: Launch) -> list[str]:
