@@ -77,6 +77,7 @@ def test_grpo_resume_with_a_new_rate_and_overrides_passed_through():
         gpus=1,
         learning_rate=5e-7,
         resume_from="/ck/global_step_40",
+        metrics_file="/a/verl-metrics-1.jsonl",
     )
     assert command_line(params, launch) == [
         "/venv/bin/python",
@@ -102,6 +103,7 @@ def test_grpo_resume_with_a_new_rate_and_overrides_passed_through():
         "trainer.resume_mode=resume_path",
         "trainer.resume_from_path=/ck/global_step_40",
         'trainer.logger=["console","file"]',
+        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH=/a/verl-metrics-1.jsonl",
         "actor_rollout_ref.rollout.name=vllm",
         "+ray_kwargs.x=1",
     ]

@@ -131,6 +131,7 @@ VERL_OWNED_KEYS: frozenset[str] = frozenset(
         "actor_rollout_ref.model.path",
         "data.train_files",
         "data.val_files",
+        "ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH",
     }
 )
 

@@ -20,6 +20,7 @@ from posttrain.events.tasks import VerlParams
 _PLAIN = re.compile(r"[A-Za-z0-9_./@:+-]+")
 PROJECT_NAME = "posttrain"
 LOGGERS = '["console","file"]'
+RUNTIME_ENV_FILE_LOGGER = "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class Launch:
     learning_rate: float
     nnodes: int = 1
     resume_from: str | None = None  # a global_step_N directory, or None for a fresh start
+    metrics_file: str | None = None  # where verl's ``file`` logger writes
 
 
 def hydra_value(value: str | int | float | bool) -> str:
@@ -100,7 +102,12 @@ def overrides(params: VerlParams, launch: Launch) -> list[str]:
         items["trainer.resume_mode"] = "resume_path"
         items["trainer.resume_from_path"] = launch.resume_from
     rendered = [f"{key}={hydra_value(value)}" for key, value in items.items()]
-    return [*rendered, f"trainer.logger={LOGGERS}", *params.verl_overrides]
+    rendered.append(f"trainer.logger={LOGGERS}")
+    if launch.metrics_file is not None:
+        # verl's trainer, and so its file logger, runs in a Ray actor: the path goes in the Ray
+        # job's environment too, so that it holds on a Ray cluster started beforehand.
+        rendered.append(f"{RUNTIME_ENV_FILE_LOGGER}={hydra_value(launch.metrics_file)}")
+    return [*rendered, *params.verl_overrides]
 
 
 def command_line(params: VerlParams, launch: Launch) -> list[str]:

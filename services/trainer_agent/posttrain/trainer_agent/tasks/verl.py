@@ -86,15 +86,16 @@ class _Supervisor:
 
     def launch(self, resume_from: str | None) -> None:
         ctx = self.ctx
+        metrics_file = self._next_metrics_file()
         launch = Launch(
             checkpoint_dir=str(self.checkpoint_dir),
             experiment=safe_name(ctx.run.job_id),
             gpus=ctx.run.resources.gpus,
             learning_rate=self.learning_rate,
             resume_from=resume_from,
+            metrics_file=str(metrics_file),
         )
         argv = command_line(self.params, launch)
-        metrics_file = self._next_metrics_file()
         env = {**os.environ, **environment(str(metrics_file))}
         print(f"posttrain: verl launch: {' '.join(argv)}", flush=True)
         self._stop_tailing = threading.Event()
