@@ -263,7 +263,6 @@ def test_the_seeds_keys_are_known() -> None:
 @pytest.mark.parametrize(
     ("config", "field", "says"),
     [
-        ({"algorithm": "ppo"}, "params.config.algorithm", "'ppo' is not supported yet: "),
         (
             {"algorithm": "sft", "run_mode": "ssh", "ssh_config": {"host": "h"}},
             "params.config.run_mode",

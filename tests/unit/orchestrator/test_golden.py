@@ -18,7 +18,13 @@ NAMES = sorted(p.name.removesuffix(".jsonl") for p in GOLDEN.glob("*.jsonl"))
 
 
 def test_there_are_golden_histories():
-    assert set(NAMES) >= {"seed_pipeline", "failure_and_resume", "lost_agent", "actions"}
+    assert set(NAMES) >= {
+        "seed_pipeline",
+        "failure_and_resume",
+        "lost_agent",
+        "actions",
+        "stage_accepts",
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)

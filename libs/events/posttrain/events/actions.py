@@ -22,6 +22,7 @@ from posttrain.events.messages.agent import (
     StageControl,
 )
 from posttrain.events.messages.pipeline import ActionKind
+from posttrain.events.tasks import merged_params, uses_verl
 
 ALL_ACTIONS: frozenset[ActionKind] = frozenset(get_args(ActionKind))
 
@@ -52,6 +53,58 @@ TASK_ACTIONS: Mapping[str, frozenset[ActionKind]] = {
     "preprocess_dataset": frozenset({"cancel"}),
     "run_evaluation": frozenset({"cancel"}),
 }
+
+
+# What a ``command`` stage may declare in ``params.accepts`` beyond cancel: ``pause`` stops the
+# program (SIGTERM to its group) and ``resume`` starts the same argv again, for a program that
+# goes on from its own checkpoints when restarted. Nothing else can reach an arbitrary program.
+COMMAND_ACCEPTS: frozenset[ActionKind] = frozenset({"pause"})
+
+# A train_model stage run by verl (PPO, or GRPO with ``backend: verl``): verl has no callback, so
+# the agent stops it and relaunches it from its last checkpoint (pause/resume, a new learning
+# rate). verl saves only every ``trainer.save_freq`` steps and cannot roll back on its own.
+VERL_ACTIONS: frozenset[ActionKind] = frozenset(
+    {"pause", "resume", "adjust_learning_rate", "cancel"}
+)
+VERL_REFUSALS: Mapping[str, str] = {
+    "force_checkpoint": "verl saves only every save_steps steps (trainer.save_freq) and has "
+    "no way to save on demand",
+    "rollback": "verl's stage does not roll back yet: pause, then resume from a checkpoint",
+}
+
+
+def stage_actions(task: str, params: Mapping[str, object]) -> frozenset[ActionKind]:
+    """The actions a stage of ``task`` with these params takes: the task's own set, verl's for
+    a train_model stage on verl, and for a ``command`` stage cancel plus what it declares in
+    ``accepts`` (resume comes with pause)."""
+    config = merged_params(params)
+    if task == "train_model" and uses_verl(config):
+        return VERL_ACTIONS
+    if task == "command":
+        declared = config.get("accepts")
+        accepted = (
+            {a for a in declared if a in COMMAND_ACCEPTS} if isinstance(declared, list) else set()
+        )
+        if "pause" in accepted:
+            accepted.add("resume")
+        return frozenset({"cancel", *accepted})
+    return TASK_ACTIONS.get(task, frozenset())
+
+
+def refusal_reason(task: str, params: Mapping[str, object], action: str) -> str:
+    """Why a stage of ``task`` does not take ``action`` (which ``stage_actions`` leaves out)."""
+    allowed = stage_actions(task, params)
+    config = merged_params(params)
+    takes = f" (it takes {', '.join(sorted(allowed))})" if allowed else ""
+    if task == "train_model" and uses_verl(config):
+        why = VERL_REFUSALS.get(action, "")
+        return f"a train_model stage on verl cannot take {action!r}: {why}{takes}"
+    if task == "command":
+        return (
+            f"a command stage cannot take {action!r}{takes}: its params.accepts declares what "
+            f"its program handles beyond cancel (among {', '.join(sorted(COMMAND_ACCEPTS))})"
+        )
+    return f"a {task} stage cannot take {action!r}{takes}"
 
 
 _COMMANDS_BY_NAME: Mapping[str, type[StageControl]] = {

@@ -15,9 +15,9 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Read by the platform for every task, not by the task itself.
 COMMON_PARAMS: frozenset[str] = frozenset(
@@ -68,6 +68,9 @@ _TRAIN_PARAMS = frozenset(
         "resume",
         "run_mode",
         "ssh_config",
+        "backend",
+        "verl_command",
+        "verl_overrides",
     }
 )
 
@@ -82,10 +85,6 @@ TASKS: dict[str, TaskSpec] = {
             "train_model",
             _TRAIN_PARAMS,
             not_yet={
-                "algorithm": {
-                    "ppo": "PPO is not built into train_model yet: run verl's PPO as a "
-                    "'command' stage (its metrics file is tailed), see the trainer agent's README"
-                },
                 "run_mode": {
                     "ssh": "no agent runs stages over SSH yet: run an agent on the remote host, "
                     "or a 'command' stage that starts the run there"
@@ -106,10 +105,118 @@ TASKS: dict[str, TaskSpec] = {
                 }
             ),
         ),
-        TaskSpec("command", frozenset({"argv", "env", "cwd", "metrics_file", "checkpoint"})),
+        TaskSpec(
+            "command",
+            frozenset({"argv", "env", "cwd", "metrics_file", "checkpoint", "accepts"}),
+        ),
         TaskSpec("python", frozenset({"entrypoint", "kwargs"})),
     )
 }
+
+
+# --- train_model on verl ------------------------------------------------------------------
+
+# Hydra keys the platform sets itself on a verl run: a ``verl_overrides`` entry may not name them
+# (the stage's own params say these things, and the agent relies on them to tail, save, resume).
+VERL_OWNED_KEYS: frozenset[str] = frozenset(
+    {
+        "trainer.logger",
+        "trainer.default_local_dir",
+        "trainer.resume_mode",
+        "trainer.resume_from_path",
+        "trainer.n_gpus_per_node",
+        "trainer.nnodes",
+        "trainer.save_freq",
+        "trainer.total_epochs",
+        "trainer.total_training_steps",
+        "trainer.experiment_name",
+        "actor_rollout_ref.actor.optim.lr",
+        "actor_rollout_ref.model.path",
+        "data.train_files",
+        "data.val_files",
+        "ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH",
+    }
+)
+
+
+class VerlParams(BaseModel):
+    """What a ``train_model`` stage run by verl reads (``algorithm: ppo``, or ``grpo`` with
+    ``backend: verl``): a subset of train_model's params, each mapped onto verl's ``main_ppo``
+    config. Any other key is refused: verl would not read it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: Literal["ppo", "grpo"]
+    backend: Literal["verl"] = "verl"
+    model_path: str = Field(min_length=1)
+    train_data_path: str = Field(min_length=1)
+    eval_data_path: str | None = None
+    num_epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(1e-6, gt=0)
+    kl_coef: float | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, ge=1)
+    num_generations: int | None = Field(None, ge=1)
+    # verl saves every ``save_freq`` steps: what a pause or a learning-rate change goes back to.
+    save_steps: int = Field(10, ge=1)
+    # The program to run (argv prefix): verl by default; tests point it at a stand-in.
+    verl_command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "verl.trainer.main_ppo"], min_length=1
+    )
+    # More Hydra overrides (``key=value``) passed through, as ``trainer_args`` is for TRL.
+    verl_overrides: list[str] = Field(default_factory=list)
+
+    @field_validator("verl_overrides")
+    @classmethod
+    def _overrides(cls, value: list[str]) -> list[str]:
+        for item in value:
+            key = item.split("=", 1)[0].lstrip("+~")
+            if "=" not in item or not key:
+                raise ValueError(f"{item!r} is not a Hydra override (key=value)")
+            if key in VERL_OWNED_KEYS:
+                raise ValueError(f"{key} is set from the stage's params, not an override")
+        return value
+
+
+def merged_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's params with ``params.config`` merged in (``config`` wins where both name a
+    key), the platform's own keys left out."""
+    nested = params.get("config")
+    merged = {k: v for k, v in params.items() if k not in COMMON_PARAMS}
+    if isinstance(nested, Mapping):
+        merged.update({k: v for k, v in nested.items() if k not in COMMON_PARAMS})
+    return merged
+
+
+def uses_verl(config: Mapping[str, Any]) -> bool:
+    """Whether a train_model stage with these (merged) params runs on verl: PPO always does
+    (TRL ships no PPO trainer), GRPO when ``backend: verl`` says so."""
+    return config.get("algorithm") == "ppo" or config.get("backend") == "verl"
+
+
+def verl_params(config: Mapping[str, Any]) -> VerlParams:
+    """The verl params of a stage's merged config (the platform's own keys left out); raises
+    ``ValidationError`` naming each bad or unknown key."""
+    return VerlParams.model_validate({k: v for k, v in config.items() if k not in COMMON_PARAMS})
+
+
+def verl_param_errors(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(param, message) for each problem of a verl stage's params; empty when they are fine."""
+    try:
+        verl_params(config)
+    except ValidationError as exc:
+        out: list[tuple[str, str]] = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "(params)"
+            message = (
+                "verl's backend does not read this key; it reads "
+                + ", ".join(sorted(VerlParams.model_fields))
+                if err["type"] == "extra_forbidden"
+                else err["msg"]
+            )
+            out.append((name, message))
+        return out
+    return []
 
 
 def suggestion(name: str, known: Iterable[str]) -> str:

@@ -197,11 +197,78 @@ def actions() -> World:
     return w
 
 
+def stage_accepts() -> World:
+    """What a stage takes follows its params: a PPO stage on verl takes pause, resume and a
+    learning-rate change and refuses force-checkpoint and rollback; a command stage that
+    declares ``accepts: [pause]`` is paused and resumed and refuses a learning-rate change."""
+    w = World(pipeline_id="golden-accepts")
+    w.submit(
+        [
+            {
+                "name": "ppo",
+                "task": "train_model",
+                "params": {
+                    "config": {
+                        "algorithm": "ppo",
+                        "model_path": "tiny",
+                        "train_data_path": "t.parquet",
+                        "kl_coef": 0.001,
+                    }
+                },
+                "resources": {"gpus": 1},
+            },
+            {
+                "name": "job",
+                "task": "command",
+                "params": {"argv": ["run", "job"], "accepts": ["pause"]},
+            },
+        ]
+    )
+    w.start("ppo")
+    w.start("job")
+    ppo = w._report(w.run_for("ppo"))
+    job = w._report(w.run_for("job"))
+
+    def request(action_id: str, stage: str, action: str, **fields: Any) -> RequestAction:
+        return RequestAction(
+            action_id=action_id,
+            pipeline_id="golden-accepts",
+            stage=stage,
+            attempt=1,
+            action=action,
+            reason="golden",
+            **fields,
+        )
+
+    w.send(CheckpointSaved(**ppo, step=10, path="/c/global_step_10"))
+    w.send(request("ppo-lr", "ppo", "adjust_learning_rate", factor=0.1))
+    w.send(
+        ActionApplied(
+            **ppo,
+            action_id="ppo-lr",
+            action="adjust_learning_rate",
+            step=10,
+            details={"factor": 0.1, "relaunched_from": "/c/global_step_10"},
+        )
+    )
+    w.send(request("ppo-ckpt", "ppo", "force_checkpoint"))
+    w.send(request("ppo-rb", "ppo", "rollback", step=12))
+    w.send(request("job-lr", "job", "adjust_learning_rate", factor=0.5))
+    w.send(request("job-pause", "job", "pause"))
+    w.send(ActionApplied(**job, action_id="job-pause", action="pause", step=0))
+    w.send(StagePaused(**job, step=0))
+    w.send(request("job-resume", "job", "resume"))
+    w.succeed("ppo")
+    w.succeed("job")
+    return w
+
+
 SCENARIOS = {
     "seed_pipeline": seed_pipeline,
     "failure_and_resume": failure_and_resume,
     "lost_agent": lost_agent,
     "actions": actions,
+    "stage_accepts": stage_accepts,
 }
 
 

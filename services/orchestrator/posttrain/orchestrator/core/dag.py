@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from posttrain.events.actions import COMMAND_ACCEPTS
 from posttrain.events.messages import Resources, RetryPolicy, StageSpec
-from posttrain.events.tasks import COMMON_PARAMS, TASKS, suggestion
+from posttrain.events.tasks import COMMON_PARAMS, TASKS, suggestion, uses_verl, verl_param_errors
 
 ALGORITHMS: frozenset[str] = frozenset({"sft", "dpo", "grpo", "ppo"})
 RUN_MODES: frozenset[str] = frozenset({"local", "ssh"})
@@ -212,6 +213,38 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
             errors.append(
                 DagError(spec.name, f"{prefix}.ssh_config", "run_mode ssh needs ssh_config")
             )
+        backend = config.get("backend")
+        if backend not in (None, "trl", "verl") or (algorithm == "ppo" and backend == "trl"):
+            errors.append(
+                DagError(
+                    spec.name,
+                    f"{prefix}.backend",
+                    f"must be 'trl' or 'verl' (ppo runs on verl only), got {backend!r}",
+                )
+            )
+        elif not uses_verl(config):
+            errors.extend(
+                DagError(
+                    spec.name, f"{prefix}.{name}", "read only by a stage on verl (backend: verl)"
+                )
+                for name in ("verl_command", "verl_overrides")
+                if name in config
+            )
+        else:
+            # A verl stage reads fewer params than TRL's; each one it would ignore is refused.
+            errors.extend(
+                DagError(spec.name, f"{prefix}.{name}", why)
+                for name, why in verl_param_errors(config)
+                if name not in ("algorithm", "backend", "model_path")  # said above
+            )
+            if spec.resources.gpus < 1:
+                errors.append(
+                    DagError(
+                        spec.name,
+                        "resources.gpus",
+                        "a stage on verl needs at least 1 GPU (verl's trainer.n_gpus_per_node)",
+                    )
+                )
     elif spec.task == "python":
         entrypoint = config.get("entrypoint")
         if not isinstance(entrypoint, str) or entrypoint.count(":") != 1:
@@ -223,6 +256,16 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             errors.append(
                 DagError(spec.name, f"{prefix}.argv", "command needs a non-empty list of strings")
+            )
+        accepts = config.get("accepts", [])
+        if not isinstance(accepts, list) or not all(a in COMMAND_ACCEPTS for a in accepts):
+            errors.append(
+                DagError(
+                    spec.name,
+                    f"{prefix}.accepts",
+                    "a list of the actions the program takes beyond cancel, among "
+                    f"{', '.join(sorted(COMMAND_ACCEPTS))}, got {accepts!r}",
+                )
             )
     if spec.retries.max_attempts < 1:
         errors.append(DagError(spec.name, "retries.max_attempts", "must be at least 1"))

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from posttrain.events import Envelope, Message
-from posttrain.events.actions import TASK_ACTIONS, command_for
+from posttrain.events.actions import command_for, refusal_reason, stage_actions
 from posttrain.events.messages import (
     ActionApplied,
     ActionRefused,
@@ -326,12 +326,8 @@ def _refusal(state: PipelineState, c: RequestAction) -> str | None:
         return f"pipeline {state.pipeline_id!r} has no stage {c.stage!r}"
     if command_for(c.action) is None:
         return f"no agent command carries the action {c.action!r}"
-    task = stage.spec.task
-    allowed = TASK_ACTIONS.get(task, frozenset())
-    if c.action not in allowed:
-        return f"a {task} stage cannot take {c.action!r}" + (
-            f" (it takes {', '.join(sorted(allowed))})" if allowed else ""
-        )
+    if c.action not in stage_actions(stage.spec.task, stage.spec.params):
+        return refusal_reason(stage.spec.task, stage.spec.params, c.action)
     if stage.attempt != c.attempt:
         return f"stage {c.stage!r} is at attempt {stage.attempt}, not {c.attempt}"
     if stage.status not in ACTIVE:

@@ -21,8 +21,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "train/loss", "actor/pg_loss"),
     "policy_loss": ("policy_loss", "loss/policy_avg", "actor/pg_loss"),
     "value_loss": ("value_loss", "loss/value_avg", "critic/vf_loss"),
-    "learning_rate": ("learning_rate", "lr", "actor/lr", "train/lr"),
-    "grad_norm": ("grad_norm", "grad_norm_actor", "actor/grad_norm"),
+    "learning_rate": ("learning_rate", "lr", "actor/lr", "train/lr", "critic/lr"),
+    "grad_norm": ("grad_norm", "grad_norm_actor", "actor/grad_norm", "critic/grad_norm"),
     "reward_mean": (
         "reward_mean",
         "reward",
@@ -33,7 +33,14 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "rewards/margins",
     ),
     "reward_std": ("reward_std",),
-    "kl_divergence": ("kl_divergence", "kl", "objective/kl", "actor/ppo_kl", "actor/kl_loss"),
+    "kl_divergence": (
+        "kl_divergence",
+        "kl",
+        "objective/kl",
+        "actor/ppo_kl",
+        "actor/kl_loss",
+        "actor/reward_kl_penalty",
+    ),
     "entropy": ("entropy", "objective/entropy", "policy/entropy_avg", "actor/entropy"),
     "response_length_mean": (
         "response_length_mean",
@@ -54,7 +61,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "perf/max_memory_allocated_gb",
     ),
     "gpu_utilization_percent": ("gpu_utilization_percent",),
-    "eval_loss": ("eval_loss", "eval/loss"),
+    "eval_loss": ("eval_loss", "eval/loss", "val/loss"),
     "eval_accuracy": ("eval_accuracy", "eval/accuracy"),
 }
 
@@ -63,6 +70,11 @@ assert set(ALIASES) == set(CORE_FIELDS), "every canonical field needs an alias e
 # Names that are not metrics but the point's coordinates (and, in files, its job).
 COORDINATES = frozenset({"step", "epoch", "timestamp"})
 _RECORD_KEYS = frozenset({"job_id"})
+# The names that carry a point's epoch, in priority order: verl's PPO trainer logs it as
+# ``training/epoch`` (next to ``training/global_step``, which is the line's ``step``).
+EPOCH_NAMES: tuple[str, ...] = ("epoch", "training/epoch")
+# The keys of a verl ``file`` logger line that are not its other top-level values.
+_VERL_LINE_KEYS = frozenset({"step", "data", "epoch", "timestamp"}) | _RECORD_KEYS
 
 # How non-finite floats travel in JSON (pydantic's "strings" mode, which the platform uses).
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -211,19 +223,40 @@ def point_from_record(record: Mapping[str, Any], default_timestamp: float) -> Me
     if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
         return None
     data = record.get("data")
-    fields: Mapping[str, Any]
-    if isinstance(data, Mapping) and not any(k in record for k in ALIASES):
-        fields = data  # verl: everything but the step sits under "data"
-        epoch_value: Any = data.get("epoch", record.get("epoch"))
-    else:
-        fields = record
-        epoch_value = record.get("epoch")
-    epoch = as_number(epoch_value)
     timestamp = as_number(record.get("timestamp"))
+    if isinstance(data, Mapping) and not any(k in record for k in ALIASES):
+        return _verl_point(int(step), record, data, timestamp, default_timestamp)
     return to_point(
         int(step),
+        as_number(record.get("epoch")),
+        timestamp if timestamp is not None else default_timestamp,
+        record,
+        COORDINATES | _RECORD_KEYS,
+    )
+
+
+def _verl_point(
+    step: int,
+    record: Mapping[str, Any],
+    data: Mapping[str, Any],
+    timestamp: float | None,
+    default_timestamp: float,
+) -> MetricPoint:
+    """verl's line: its names sit under ``data``. orjson (verl's writer since January 2026)
+    writes a NaN or an infinity as ``null``, and verl logs nothing but numbers there, so a null
+    is read back as NaN: a NaN loss must stay visible. The epoch comes from ``EPOCH_NAMES``, and
+    the line's other top-level values (``elapsed_seconds``, written by wrappers) stay in custom."""
+    fields = {k: (math.nan if v is None else v) for k, v in data.items()}
+    epoch_name = next((n for n in EPOCH_NAMES if as_number(fields.get(n)) is not None), None)
+    epoch = as_number(fields.pop(epoch_name)) if epoch_name else as_number(record.get("epoch"))
+    point = to_point(
+        step,
         epoch,
         timestamp if timestamp is not None else default_timestamp,
         fields,
         COORDINATES | _RECORD_KEYS,
     )
+    extra = {str(k): jsonable(v) for k, v in record.items() if k not in _VERL_LINE_KEYS}
+    if not extra:
+        return point
+    return point.model_copy(update={"custom": {**point.custom, **extra}})

@@ -2,7 +2,9 @@
 
 Config: ``argv`` (list of strings, required), ``env`` (extra environment), ``cwd``,
 ``metrics_file`` (default ``<attempt dir>/<job id>_metrics.jsonl``), ``checkpoint`` (a path the
-program writes, reported as the ``checkpoint`` output).
+program writes, reported as the ``checkpoint`` output), ``accepts`` (the actions the program
+takes beyond cancel: ``[pause]`` for a program that goes on from its own checkpoints when it is
+started again; the orchestrator refuses the others on the record).
 
 The program gets ``POSTTRAIN_JOB_ID`` (and pipeline, stage, attempt), ``POSTTRAIN_METRICS_FILE``
 and ``VERL_FILE_LOGGER_PATH`` naming the metrics file, and ``POSTTRAIN_METRICS_DIR`` its
@@ -10,8 +12,9 @@ directory (so ``create_metrics_file_writer(job_id, metrics_dir)`` writes exactly
 This task tails the file onto the platform
 while it runs: lines in the project's format (``create_metrics_file_writer``) or verl's ``file``
 logger format both work. Its stdout and stderr go to the stage log. ``CancelStage`` stops it
-(SIGTERM, then SIGKILL); other controls need a trainer with step boundaries: each is refused on
-the record (ActionRefused).
+(SIGTERM, then SIGKILL); so does a ``PauseStage`` when ``accepts`` names pause (the stage is
+then paused, and a resume starts the same argv again); other controls need a trainer with step
+boundaries: each is refused on the record (ActionRefused).
 A failure whose log shows torch's out-of-memory error is reported as ``oom``.
 """
 
@@ -82,8 +85,8 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
         "metrics_lines_skipped": tailer.skipped_lines,
         "duration_s": round(time.monotonic() - started, 3),
     }
-    if ctx.stop_reason == "cancel":
-        return {"stopped": "cancel", "step": 0, **outputs}
+    if ctx.stop_reason in ("cancel", "pause"):
+        return {"stopped": ctx.stop_reason, "step": 0, **outputs}
     if code != 0:
         log_tail = _log_tail(ctx.attempt_dir / LOG, log_size_before)
         raise CommandFailed(
@@ -97,6 +100,7 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
 
 
 def _wait(ctx: StageContext, process: subprocess.Popen[bytes]) -> int:
+    accepts = ctx.config.get("accepts") or []
     while True:
         try:
             return process.wait(timeout=0.5)
@@ -108,6 +112,10 @@ def _wait(ctx: StageContext, process: subprocess.Popen[bytes]) -> int:
                 ctx.stopping("cancel", 0)
                 ctx.action_applied(applied, 0)
                 _terminate(process)
+            elif applied.action == "pause" and "pause" in accepts and ctx.stop_reason is None:
+                ctx.stopping("pause", 0)
+                ctx.action_applied(applied, 0)
+                _terminate(process)
             else:
                 _refuse(ctx, applied.action_id, applied.action)
         if directive.rollback is not None:
@@ -115,9 +123,10 @@ def _wait(ctx: StageContext, process: subprocess.Popen[bytes]) -> int:
 
 
 def _refuse(ctx: StageContext, action_id: str, action: str) -> None:
+    takes = ", ".join(["cancel", *(ctx.config.get("accepts") or [])])
     reason = (
         f"a command stage runs an external program with no step boundary: {action} cannot be "
-        "applied (only cancel can)"
+        f"applied (it takes {takes}; params.accepts declares what its program handles)"
     )
     print(f"posttrain: {action} refused: {reason}", flush=True)
     ctx.action_refused(action_id, action, None, reason)
