@@ -39,11 +39,12 @@ from posttrain.events.tasks import VerlParams, verl_params
 from posttrain.trainer_agent.core.checkpoints import Checkpoint
 from posttrain.trainer_agent.core.control import Applied
 from posttrain.trainer_agent.core.failure import kind_from_log, tail
+from posttrain.trainer_agent.core.paths import safe_name
 from posttrain.trainer_agent.core.verl_command import Launch, command_line, environment
 from posttrain.trainer_agent.stage_files import LOG
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
 from posttrain.trainer_agent.tasks.command import CommandFailed
-from posttrain.trainer_agent.tasks.context import StageContext, StageError, safe_name
+from posttrain.trainer_agent.tasks.context import StageContext, StageError
 
 TERMINATE_GRACE_S = 30.0
 POLL_S = 0.2
