@@ -1,7 +1,7 @@
 """Remote metrics lag: a point written on the SSH "remote" host -> seen on ``posttrain.metrics``.
 
 The "remote" host is Debian's OpenSSH server started here on 127.0.0.1 (``posttrain.testing.sshd``,
-run as root). One writer program runs there, started detached by ``SshSupervisor`` like a
+run as root). One writer program runs there, started detached by ``SshRunner`` like a
 ``run_mode: ssh`` stage, and writes every point twice with posttrain's metrics file writer: to its
 run folder, which the supervisor follows over SSH (SFTP reads at saved offsets), and, as the
 baseline in the same run, to a local folder followed by the existing tailer (``tailer.follow``
@@ -36,7 +36,7 @@ from posttrain.events.tasks import SshConfig
 from posttrain.events.topics import Topic
 from posttrain.testing.sshd import SshdMissing, TestSshd
 from posttrain.trainer_agent.reporting import MetricsReporter
-from posttrain.trainer_agent.supervisors.ssh import RemoteLaunch, SshSupervisor
+from posttrain.trainer_agent.supervisors.ssh_runner import RemoteLaunch, SshRunner
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
 
 LOCAL_TAIL_POLL_S = 0.5  # tasks/command.py's poll of a command stage's metrics file
@@ -109,7 +109,7 @@ async def run(points: int, rate: float) -> float:
             daemon=True,
         )
         local_tail.start()
-        supervisor = SshSupervisor(config, folder / "state", remote_reporter)
+        supervisor = SshRunner(config, folder / "state", remote_reporter)
         script = folder / "writer.py"
         script.write_text(WRITER)
         argv = [sys.executable, str(script), "bench-remote", "bench-local", str(local_dir)]

@@ -19,8 +19,8 @@ from posttrain.events.topics import Topic
 from posttrain.testing.sshd import SshdMissing, TestSshd
 from posttrain.trainer_agent.launcher import start_time
 from posttrain.trainer_agent.reporting import MetricsReporter
-from posttrain.trainer_agent.supervisors.ssh import RemoteLaunch, SshOptions, SshSupervisor
 from posttrain.trainer_agent.supervisors.ssh_connect import HostKeyRefused, SshError
+from posttrain.trainer_agent.supervisors.ssh_runner import RemoteLaunch, SshOptions, SshRunner
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key
 from tests.waiting import wait_for
 
@@ -109,7 +109,7 @@ async def test_a_remote_job_runs_detached_and_its_metrics_arrive_once_across_a_d
     output: list[bytes] = []
     state = tmp_path / "agent-state"
     options = SshOptions(poll_s=0.05, status_s=0.3)
-    first = SshSupervisor(ssh_config, state, reporter, on_output=output.append, options=options)
+    first = SshRunner(ssh_config, state, reporter, on_output=output.append, options=options)
     launch = RemoteLaunch(
         name="pipe-1-train-1-launch1",
         job_id=job,
@@ -134,9 +134,7 @@ async def test_a_remote_job_runs_detached_and_its_metrics_arrive_once_across_a_d
         assert first.reconnections >= 1
         # The agent goes away mid-run and a new one re-attaches from the saved record.
         await first.close()
-        second = SshSupervisor(
-            ssh_config, state, reporter, on_output=output.append, options=options
-        )
+        second = SshRunner(ssh_config, state, reporter, on_output=output.append, options=options)
         assert (await second.attach(run.to_record())) == run
         (gate / "gate-2").touch()
         outcome = await asyncio.wait_for(second.wait(), 30)
@@ -166,7 +164,7 @@ async def test_cancel_kills_the_remote_process_group(
     ssh_config: SshConfig, kafka_settings: Any, tmp_path: Path
 ) -> None:
     reporter = _reporter("job-ssh-cancel", kafka_settings, tmp_path)
-    sup = SshSupervisor(ssh_config, tmp_path / "state", reporter)
+    sup = SshRunner(ssh_config, tmp_path / "state", reporter)
     run = await sup.start(
         RemoteLaunch(
             name="cancel-1",
@@ -206,7 +204,7 @@ async def test_control_events_outputs_and_files_travel_both_ways(
     reporter = _reporter("job-ssh-control", kafka_settings, tmp_path)
     output: list[bytes] = []
     events: list[dict[str, Any]] = []
-    sup = SshSupervisor(
+    sup = SshRunner(
         ssh_config, tmp_path / "state", reporter, on_output=output.append, on_event=events.append
     )
     run = await sup.start(
@@ -261,7 +259,7 @@ async def test_a_real_training_runs_remotely_and_obeys_forwarded_controls(
     job = "job-ssh-train"
     reporter = _reporter(job, kafka_settings, tmp_path)
     events: list[dict[str, Any]] = []
-    sup = SshSupervisor(ssh_config, tmp_path / "state", reporter, on_event=events.append)
+    sup = SshRunner(ssh_config, tmp_path / "state", reporter, on_event=events.append)
     await sup.start(
         RemoteLaunch(
             name="train-1",
@@ -320,19 +318,19 @@ async def test_a_wrong_host_key_is_refused_naming_the_host(
 
     mismatch = ssh_config.model_copy(update={"known_hosts_file": str(wrong)})
     with pytest.raises(HostKeyRefused, match=rf"127\.0\.0\.1:{sshd.port} does not match"):
-        await SshSupervisor(mismatch, tmp_path / "s1", reporter).start(launch)
+        await SshRunner(mismatch, tmp_path / "s1", reporter).start(launch)
     # A changed key is refused even when unknown hosts may be accepted.
     lenient = mismatch.model_copy(update={"known_hosts": "accept_new"})
     with pytest.raises(HostKeyRefused, match=r"127\.0\.0\.1"):
-        await SshSupervisor(lenient, tmp_path / "s2", reporter).start(launch)
+        await SshRunner(lenient, tmp_path / "s2", reporter).start(launch)
 
     unknown = tmp_path / "empty_known_hosts"
     strict = ssh_config.model_copy(update={"known_hosts_file": str(unknown)})
     with pytest.raises(HostKeyRefused, match=r"127\.0\.0\.1.* is not in"):
-        await SshSupervisor(strict, tmp_path / "s3", reporter).start(launch)
+        await SshRunner(strict, tmp_path / "s3", reporter).start(launch)
     # accept_new records an unknown host's key on first contact, then checks it as known.
     first_contact = strict.model_copy(update={"known_hosts": "accept_new"})
-    sup = SshSupervisor(first_contact, tmp_path / "s4", reporter)
+    sup = SshRunner(first_contact, tmp_path / "s4", reporter)
     await sup.start(launch)
     assert (await asyncio.wait_for(sup.wait(), 20)).exit_code == 0
     assert f"[127.0.0.1]:{sshd.port} ssh-ed25519 " in unknown.read_text()
@@ -372,7 +370,7 @@ async def test_a_reused_pid_is_never_adopted(
         "result_file": None,
     }
     reporter = _reporter("job-ssh-ghost", kafka_settings, tmp_path)
-    sup = SshSupervisor(ssh_config, tmp_path / "state", reporter)
+    sup = SshRunner(ssh_config, tmp_path / "state", reporter)
     await sup.attach(record)
     await sup.cancel(grace_s=0.5)
     outcome = await asyncio.wait_for(sup.wait(), 20)
@@ -387,7 +385,7 @@ async def test_an_unreachable_host_is_an_error_naming_it(
     closed = _closed_port()
     config = ssh_config.model_copy(update={"port": closed, "known_hosts": "accept_new"})
     reporter = _reporter("job-ssh-down", kafka_settings, tmp_path)
-    sup = SshSupervisor(config, tmp_path / "state", reporter)
+    sup = SshRunner(config, tmp_path / "state", reporter)
     with pytest.raises(SshError, match=rf"could not start the run on .*@127\.0\.0\.1:{closed}"):
         await sup.start(RemoteLaunch(name="down-1", job_id="job-ssh-down", argv=["true"]))
     reporter.close()

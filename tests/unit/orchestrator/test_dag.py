@@ -260,24 +260,42 @@ def test_the_seeds_keys_are_known() -> None:
     assert errors_of([stage]) == []
 
 
+SSH = {"host": "gpu-1", "user": "ml", "key_secret": "gpu-key", "remote_dir": "/scratch/runs"}
+
+
 @pytest.mark.parametrize(
     ("config", "field", "says"),
     [
+        ({"run_mode": "ssh"}, "params.config.ssh_config", "run_mode ssh needs ssh_config"),
         (
-            {"algorithm": "sft", "run_mode": "ssh", "ssh_config": {"host": "h"}},
-            "params.config.run_mode",
-            "'ssh' is not supported yet: ",
+            {"run_mode": "ssh", "ssh_config": {**SSH, "password": "x"}},
+            "params.config.ssh_config.password",
+            "Extra inputs are not permitted",
+        ),
+        (
+            {"run_mode": "ssh", "ssh_config": {k: v for k, v in SSH.items() if k != "host"}},
+            "params.config.ssh_config.host",
+            "Field required",
+        ),
+        (
+            {"run_mode": "ssh", "ssh_config": {**SSH, "agent": True}},
+            "params.config.ssh_config",
+            "Value error, name exactly one of key_secret or agent: true",
+        ),
+        (
+            {"run_mode": "local", "ssh_config": SSH},
+            "params.config.ssh_config",
+            "read only by a stage with run_mode: ssh",
         ),
     ],
 )
-def test_an_option_no_agent_can_honour_yet_is_refused_saying_so(config, field, says):
-    stage = {
-        "name": "a",
-        "task": "train_model",
-        "params": {"config": {"model_path": "m", **config}},
-    }
-    messages = errors_of([stage])
-    assert any(m.startswith(f"stage 'a', field '{field}': {says}") for m in messages), messages
+def test_ssh_config_is_checked_field_by_field(config, field, says):
+    stage = sft("a", **config)
+    assert errors_of([stage]) == [f"stage 'a', field '{field}': {says}"]
+
+
+def test_a_stage_over_ssh_is_accepted():
+    assert errors_of([sft("a", run_mode="ssh", ssh_config=SSH)]) == []
 
 
 def test_ranks_of_a_training_stage_are_a_positive_integer_one_per_gpu():

@@ -1,6 +1,8 @@
-"""The local supervisor keeps the ``Supervisor`` contract (supervisors/base.py) with real
-processes: started in their own session, found alive by (pid, start time), signalled as a
-group; a launcher that cannot start raises ``SupervisorError``."""
+"""The local and ranks supervisors keep the ``Supervisor`` contract (supervisors/base.py) with
+real processes: started in their own session, found alive by (pid, start time), signalled as a
+group; a launcher that cannot start raises ``SupervisorError``. Which supervisor a stage gets is
+decided from its RunStage alone (``supervisors.choice``). The SSH supervisor needs an SSH server:
+its tests are in tests/integration/trainer_agent/test_ssh_stage.py."""
 
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from posttrain.trainer_agent.supervisors.base import (
     Supervisor,
     SupervisorError,
 )
+from posttrain.trainer_agent.supervisors.choice import supervisor_for
 from posttrain.trainer_agent.supervisors.local import LocalSupervisor
+from posttrain.trainer_agent.supervisors.ranks import RanksSupervisor
+from posttrain.trainer_agent.supervisors.ssh import SshSupervisor
 from tests.waiting import wait_for
 
 
@@ -78,3 +83,56 @@ async def test_a_launcher_that_cannot_start_raises_supervisor_error(tmp_path: Pa
     supervisor = LocalSupervisor(BrokenLauncher())
     with pytest.raises(SupervisorError, match="could not fork"):
         await supervisor.start(_request(tmp_path))
+
+
+def _run(task: str = "train_model", gpus: int = 0, **config: object) -> dict[str, object]:
+    return {"task": task, "params": {"config": config}, "resources": {"gpus": gpus}}
+
+
+@pytest.mark.parametrize(
+    ("run", "name"),
+    [
+        (_run(), "local"),
+        (_run(gpus=1), "local"),
+        (_run(gpus=2), "ranks"),
+        (_run(nproc_per_node=2), "ranks"),
+        (_run(nproc_per_node=1, gpus=0), "local"),
+        (_run(nproc_per_node=0), "local"),  # the stage process reports the bad value
+        (_run("run_evaluation", gpus=4), "local"),  # one process, on every GPU it was given
+        (_run("command", gpus=2), "local"),  # starts its own processes
+        (_run(run_mode="ssh", gpus=2), "ssh"),  # its ranks start on the remote host
+        (_run(run_mode="local", gpus=0), "local"),
+        ({"task": "train_model", "params": {"run_mode": "ssh"}}, "ssh"),  # flat params
+    ],
+)
+def test_the_supervisor_is_chosen_from_the_run_stage(run, name):
+    assert supervisor_for(run) == name
+
+
+async def test_ranks_run_through_the_local_launcher_under_their_own_name(tmp_path: Path):
+    launcher = SleepLauncher()
+    local = LocalSupervisor(launcher)
+    supervisor = RanksSupervisor(local)
+    assert isinstance(supervisor, Supervisor)
+    try:
+        request = LaunchRequest(tmp_path, 1, {}, str(tmp_path), run=_run(nproc_per_node=3))
+        handle = await supervisor.start(request)
+        assert (handle.supervisor, dict(handle.extra)) == ("ranks", {"ranks": 3})
+        assert await supervisor.alive(handle)
+        await supervisor.signal(handle, "kill")
+
+        async def ended() -> bool:
+            local.reap()
+            return not await supervisor.alive(handle)
+
+        await wait_for(ended, timeout=10, what="the ranks' process group ended")
+    finally:
+        launcher.close()
+
+
+def test_the_ssh_supervisor_keeps_the_contract(tmp_path: Path):
+    from posttrain.events.kafka import KafkaSettings
+
+    supervisor = SshSupervisor(KafkaSettings(), tmp_path / "spill")
+    assert isinstance(supervisor, Supervisor) and supervisor.name == "ssh"
+    supervisor.close()  # nothing followed: nothing to release

@@ -22,9 +22,9 @@ TASK_MODULES = {
 }
 # cfg.get("x"), cfg["x"], ctx.config.get("x"), ctx.config["x"], ctx.require("x")
 READ = re.compile(r"""(?:cfg|config)(?:\.get\(\s*|\[)"(\w+)"|require\("(\w+)\"""")
-# Read by the validator, not by a task: only ``run_mode: local`` is accepted today, and it
-# needs no ``ssh_config``. ``nproc_per_node`` is read by the stage process, which starts the
-# task's ranks (``ranks.stage_ranks``).
+# Read by the platform, not by a task: ``run_mode`` and ``ssh_config`` choose the supervisor
+# that runs the stage (``supervisors.choice``, ``supervisors.ssh``); ``nproc_per_node`` too, and
+# the stage process, which starts the task's ranks (``ranks.stage_ranks``).
 NOT_READ_BY_TASKS = {"train_model": {"run_mode", "ssh_config", "nproc_per_node"}}
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,8 +32,6 @@ COMMON_PARAMS: frozenset[str] = frozenset(
 class TaskSpec:
     name: str
     params: frozenset[str]
-    # Values a parameter may take that no agent can act on yet: param -> {value: why}.
-    not_yet: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 _TRAIN_PARAMS = frozenset(
@@ -81,16 +79,7 @@ TASKS: dict[str, TaskSpec] = {
             "preprocess_dataset",
             frozenset({"input_path", "model_path", "output_dir", "max_rows"}),
         ),
-        TaskSpec(
-            "train_model",
-            _TRAIN_PARAMS,
-            not_yet={
-                "run_mode": {
-                    "ssh": "no agent runs stages over SSH yet: run an agent on the remote host, "
-                    "or a 'command' stage that starts the run there"
-                },
-            },
-        ),
+        TaskSpec("train_model", _TRAIN_PARAMS),
         TaskSpec(
             "run_evaluation",
             frozenset(
@@ -178,14 +167,20 @@ class VerlParams(BaseModel):
         return value
 
 
-def merged_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """A stage's params with ``params.config`` merged in (``config`` wins where both name a
-    key), the platform's own keys left out."""
+def stage_config(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's settings: the seed's stages put them under ``params.config``, flat params work
+    too; ``config`` wins where both name a key. The one reading, for the validator and the
+    agent alike."""
+    merged = {k: v for k, v in params.items() if k != "config"}
     nested = params.get("config")
-    merged = {k: v for k, v in params.items() if k not in COMMON_PARAMS}
     if isinstance(nested, Mapping):
-        merged.update({k: v for k, v in nested.items() if k not in COMMON_PARAMS})
+        merged.update(nested)
     return merged
+
+
+def merged_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``stage_config`` with the platform's own keys left out."""
+    return {k: v for k, v in stage_config(params).items() if k not in COMMON_PARAMS}
 
 
 def uses_verl(config: Mapping[str, Any]) -> bool:
@@ -252,6 +247,12 @@ class SshConfig(BaseModel):
         min_length=1, description="remote working directory; each run gets a folder under it"
     )
     env: dict[str, str] = Field(default_factory=dict, description="remote environment")
+    python: str = Field(
+        default="python3",
+        min_length=1,
+        description="the remote Python that has posttrain's trainer agent installed (a stage "
+        "runs there as python -m posttrain.trainer_agent.stage_process)",
+    )
     known_hosts: Literal["strict", "accept_new"] = Field(
         default="strict",
         description="strict: the host must be in known_hosts with the key it shows; "

@@ -69,8 +69,10 @@ from posttrain.trainer_agent.stage_files import (
 )
 from posttrain.trainer_agent.stage_spec import stage_env, stage_spec
 from posttrain.trainer_agent.supervisors.base import LaunchRequest, StageHandle, Supervisor
-from posttrain.trainer_agent.supervisors.choice import LOCAL, supervisor_for
+from posttrain.trainer_agent.supervisors.choice import LOCAL, RANKS, SSH, supervisor_for
 from posttrain.trainer_agent.supervisors.local import LocalSupervisor
+from posttrain.trainer_agent.supervisors.ranks import RanksSupervisor
+from posttrain.trainer_agent.supervisors.ssh import SshSupervisor
 
 log = logging.getLogger("posttrain.trainer_agent")
 
@@ -124,14 +126,20 @@ class Agent:
         supervisors: Mapping[str, Supervisor] | None = None,
     ) -> None:
         """``launcher``: the local supervisor's (the zygote when None; one given is the
-        caller's to close); ``supervisors``: more supervisors by name (``ssh``, ``ranks``)."""
+        caller's to close); ``supervisors``: supervisors by name in place of the shipped ones
+        (``local``, ``ranks``, ``ssh``: ``supervisors.choice`` picks one per stage)."""
         self.config = config
         self.setup = config.setup()
         self.settings = settings
         self.work_dir = config.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.work_dir / "journal.jsonl")
-        self.supervisors: dict[str, Supervisor] = {LOCAL: LocalSupervisor(launcher)}
+        local = LocalSupervisor(launcher)
+        self.supervisors: dict[str, Supervisor] = {
+            LOCAL: local,
+            RANKS: RanksSupervisor(local),
+            SSH: SshSupervisor(settings, self.work_dir / "spill"),
+        }
         self.supervisors.update(supervisors or {})
         self._producer: EventProducer | None = None
         self._consumer: EventConsumer | None = None

@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from posttrain.events.messages import MetricPoint
 from posttrain.trainer_agent.core.fields import to_point
+from posttrain.trainer_agent.reporting import TrainingCallback
 
 FILE_SUFFIX = "_metrics.jsonl"
 
@@ -46,7 +48,10 @@ class MetricsFileWriter:
         self._job_json = f'{{"job_id":{_json_string(job_uuid)},'.encode()
 
     def __call__(self, step: int, epoch: float | None = None, **fields: Any) -> None:
-        point = to_point(step, epoch, time.time(), fields)
+        self.write_point(to_point(step, epoch, time.time(), fields))
+
+    def write_point(self, point: MetricPoint) -> None:
+        """Append one point already in canonical fields."""
         body = point.model_dump_json(exclude_none=True).encode()
         line = self._job_json + body[1:] + b"\n"
         with self._lock:
@@ -76,6 +81,48 @@ class MetricsFileWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FileReporter(TrainingCallback):
+    """The reporter of a stage that runs where Kafka is not reachable (``run_mode: ssh``): its
+    points go to its metrics file, which the agent follows onto ``posttrain.metrics``
+    (``supervisors.ssh``) at byte offsets, so a line is one point however often it is read.
+
+    It is a ``TrainingCallback`` (what a task is handed): called with a step's values, or
+    handed points read from another file (``submit``, by ``command`` and verl stages)."""
+
+    def __init__(self, job_id: str, path: str | Path) -> None:  # no sender thread, no broker
+        self.job_id = job_id
+        path = Path(path)
+        self._writer = MetricsFileWriter(job_id, path.parent)
+        if self._writer.path != path:
+            self._writer.close()
+            raise ValueError(f"{path}: a metrics file is named <job_id>{FILE_SUFFIX}")
+
+    @property
+    def path(self) -> Path:
+        return self._writer.path
+
+    def __call__(self, step: int, epoch: float | None = None, **fields: Any) -> None:
+        self._writer(step, epoch, **fields)
+
+    def submit(self, source: str, seq: int, point: MetricPoint) -> None:
+        self._writer.write_point(point)
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        self._writer.flush()
+        return True
+
+    def wait_durable(self, timeout: float | None = 10.0) -> bool:
+        return self.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> int:
+        self._writer.flush()
+        self._writer.close()
+        return 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "file": str(self.path)}
 
 
 def _json_string(text: str) -> str:

@@ -2,8 +2,9 @@
 
 ``python -m posttrain.trainer_agent.stage_process <attempt_dir> <launch>`` (or forked by the
 launcher's zygote). It reads ``spec-<n>.json``, reports metrics itself (straight to Kafka, with
-its own spill file), writes CheckpointSaved/ActionApplied/ActionRefused lines for the agent to
-publish, and ends with ``result-<n>.json``:
+its own spill file; on a remote host, to the metrics file its spec names, which the agent
+follows: ``supervisors.ssh``), writes CheckpointSaved/ActionApplied/ActionRefused lines for
+the agent to publish, and ends with ``result-<n>.json``:
 
     {"status": "succeeded", "outputs": {...}}
     {"status": "paused", "step": 40, "checkpoint": ".../checkpoint-40", "non_finite": [],
@@ -30,7 +31,9 @@ from typing import Any
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.settings import DEFAULT_BOOTSTRAP
 from posttrain.events.messages import RunStage
+from posttrain.events.tasks import stage_config
 from posttrain.trainer_agent.core.failure import is_oom_exception, tail
+from posttrain.trainer_agent.metrics_file import FileReporter
 from posttrain.trainer_agent.ranks import Ranks, SilentReporter, stage_ranks
 from posttrain.trainer_agent.reporting import TrainingCallback
 from posttrain.trainer_agent.stage_files import (
@@ -42,7 +45,6 @@ from posttrain.trainer_agent.stage_files import (
     write_json_atomic,
 )
 from posttrain.trainer_agent.tasks import StageContext, task_for
-from posttrain.trainer_agent.tasks.context import stage_config
 
 # How long the end of a stage may wait for its last metric points to reach Kafka; whatever is
 # not delivered by then stays in the spill file and is sent by the next reporter of the job.
@@ -112,20 +114,7 @@ def serve(
         client_id=f"posttrain-stage-{run_stage.stage}",
     )
     work_dir = Path(spec["work_dir"])
-    reporter = (
-        TrainingCallback(
-            run_stage.job_id,
-            pipeline_id=run_stage.pipeline_id,
-            stage=run_stage.stage,
-            attempt=run_stage.attempt,
-            settings=settings,
-            spill_dir=work_dir / "spill",
-            # Readable and unique: a launch number is used once, the pid tells a relaunch apart.
-            source=f"{socket.gethostname()}:{run_stage.command_id}:launch{launch}:{os.getpid()}",
-        )
-        if ranks.is_main
-        else SilentReporter(run_stage.job_id)
-    )
+    reporter = _reporter(run_stage, spec, settings, work_dir, launch, ranks)
     ctx = StageContext(
         run=run_stage,
         attempt_dir=attempt_dir,
@@ -166,6 +155,32 @@ def serve(
         result["control_offset"] = ctx.inbox.offset
         result["finished_at"] = time.time()
     return result
+
+
+def _reporter(
+    run_stage: RunStage,
+    spec: dict[str, Any],
+    settings: KafkaSettings,
+    work_dir: Path,
+    launch: int,
+    ranks: Ranks,
+) -> TrainingCallback:
+    """Rank 0's reporter: to Kafka, or to the metrics file the spec names (a stage on a remote
+    host, whose agent follows that file); the other ranks report nothing."""
+    if not ranks.is_main:
+        return SilentReporter(run_stage.job_id)
+    if spec.get("metrics_file"):
+        return FileReporter(run_stage.job_id, spec["metrics_file"])
+    return TrainingCallback(
+        run_stage.job_id,
+        pipeline_id=run_stage.pipeline_id,
+        stage=run_stage.stage,
+        attempt=run_stage.attempt,
+        settings=settings,
+        spill_dir=work_dir / "spill",
+        # Readable and unique: a launch number is used once, the pid tells a relaunch apart.
+        source=f"{socket.gethostname()}:{run_stage.command_id}:launch{launch}:{os.getpid()}",
+    )
 
 
 def _run_task(ctx: StageContext) -> dict[str, Any]:

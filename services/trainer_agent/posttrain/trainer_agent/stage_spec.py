@@ -16,6 +16,21 @@ from posttrain.trainer_agent.reporting import (
     ENV_STAGE,
 )
 
+ENV_COMMAND_ID = "POSTTRAIN_COMMAND_ID"
+ENV_AGENT_ID = "POSTTRAIN_AGENT_ID"
+# What of a stage's environment says which stage it is: all a stage on another host is given of
+# the agent's (``supervisors.ssh``); the rest (the agent host's own variables, its broker and
+# spill folder) is this host's.
+IDENTITY_VARS: tuple[str, ...] = (
+    ENV_JOB_ID,
+    ENV_PIPELINE_ID,
+    ENV_STAGE,
+    ENV_ATTEMPT,
+    ENV_COMMAND_ID,
+    ENV_AGENT_ID,
+    "TOKENIZERS_PARALLELISM",
+)
+
 
 def stage_spec(
     entry: Entry, start: Start, work_dir: Path, settings: KafkaSettings
@@ -54,14 +69,14 @@ def stage_env(
             ENV_PIPELINE_ID: str(run["pipeline_id"]),
             ENV_STAGE: str(run["stage"]),
             ENV_ATTEMPT: str(run["attempt"]),
-            "POSTTRAIN_COMMAND_ID": entry.command_id,
-            "POSTTRAIN_AGENT_ID": agent_id,
+            ENV_COMMAND_ID: entry.command_id,
+            ENV_AGENT_ID: agent_id,
+            "TOKENIZERS_PARALLELISM": "false",
             "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
             "POSTTRAIN_SPILL_DIR": str(work_dir / "spill"),
             # A stage sees only the GPUs it was given (none, if it asked for none).
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids),
-            "TOKENIZERS_PARALLELISM": "false",
         }
     )
     return env

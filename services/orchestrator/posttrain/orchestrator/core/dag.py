@@ -13,7 +13,15 @@ from pydantic import ValidationError
 
 from posttrain.events.actions import COMMAND_ACCEPTS
 from posttrain.events.messages import Resources, RetryPolicy, StageSpec
-from posttrain.events.tasks import COMMON_PARAMS, TASKS, suggestion, uses_verl, verl_param_errors
+from posttrain.events.tasks import (
+    COMMON_PARAMS,
+    TASKS,
+    SshConfig,
+    stage_config,
+    suggestion,
+    uses_verl,
+    verl_param_errors,
+)
 
 ALGORITHMS: frozenset[str] = frozenset({"sft", "dpo", "grpo", "ppo"})
 RUN_MODES: frozenset[str] = frozenset({"local", "ssh"})
@@ -145,26 +153,28 @@ def _param_errors(spec: StageSpec) -> list[DagError]:
                 errors.append(
                     DagError(spec.name, f"{prefix}.{key}", _unknown(str(key), task.params))
                 )
-    merged = _merged_config(spec.params)
-    prefix = "params.config" if isinstance(nested, Mapping) else "params"
-    for param, values in task.not_yet.items():
-        value = merged.get(param)
-        if isinstance(value, str) and value in values:
-            errors.append(
-                DagError(
-                    spec.name,
-                    f"{prefix}.{param}",
-                    f"{value!r} is not supported yet: {values[value]}",
-                )
-            )
     return errors
 
 
-def _merged_config(params: Mapping[str, Any]) -> Mapping[str, Any]:
-    # Params may be flat or under ``params.config`` (the seed's shape); config wins, as in the
-    # agent that reads them.
-    nested = params.get("config")
-    return {**params, **nested} if isinstance(nested, Mapping) else params
+def _ssh_errors(
+    spec: StageSpec, config: Mapping[str, Any], prefix: str, run_mode: Any
+) -> list[DagError]:
+    where = f"{prefix}.ssh_config"
+    if run_mode != "ssh":
+        if "ssh_config" in config:
+            return [DagError(spec.name, where, "read only by a stage with run_mode: ssh")]
+        return []
+    ssh = config.get("ssh_config")
+    if not isinstance(ssh, Mapping):
+        return [DagError(spec.name, where, "run_mode ssh needs ssh_config")]
+    try:
+        SshConfig.model_validate(ssh)
+    except ValidationError as exc:
+        return [
+            DagError(spec.name, ".".join([where, *map(str, err["loc"])]), err["msg"])
+            for err in exc.errors()
+        ]
+    return []
 
 
 def _task_errors(spec: StageSpec) -> list[DagError]:
@@ -180,7 +190,7 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
         )
         return errors
     errors.extend(_param_errors(spec))
-    config = _merged_config(spec.params)
+    config = stage_config(spec.params)
     prefix = "params.config" if isinstance(spec.params.get("config"), Mapping) else "params"
     if spec.task == "train_model":
         algorithm = config.get("algorithm")
@@ -209,10 +219,7 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
                     f"must be one of {sorted(RUN_MODES)}, got {run_mode!r}",
                 )
             )
-        if run_mode == "ssh" and not isinstance(config.get("ssh_config"), Mapping):
-            errors.append(
-                DagError(spec.name, f"{prefix}.ssh_config", "run_mode ssh needs ssh_config")
-            )
+        errors.extend(_ssh_errors(spec, config, prefix, run_mode))
         backend = config.get("backend")
         if backend not in (None, "trl", "verl") or (algorithm == "ppo" and backend == "trl"):
             errors.append(

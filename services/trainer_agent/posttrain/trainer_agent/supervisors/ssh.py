@@ -1,528 +1,314 @@
-"""A stage run on another host over SSH (``run_mode: ssh``), supervised from the agent.
+"""The SSH supervisor: a ``run_mode: ssh`` stage runs on the host its ``ssh_config`` names.
 
-``SshSupervisor`` is the remote counterpart of the local stage process. Its operations::
+The stage process there is the same program as a local one (``python -m
+posttrain.trainer_agent.stage_process <run folder> <launch>``, with ``ssh_config.python``), so
+every task, control and resume works the same; only where its files live differs:
 
-    handle = await sup.start(RemoteLaunch(...))   # start detached; returns the record to keep
-    handle = await sup.attach(record)             # after an agent restart: adopt the same run
-    await sup.control(command)                    # append to the run's control.jsonl
-    await sup.cancel()                            # SIGTERM the process group, SIGKILL after grace
-    outcome = await sup.wait()                    # exit status, result file, checkpoint paths
-    await sup.close()                             # stop following; the remote run goes on
+- ``start``: the launch's spec is rewritten for the remote host (its work directory is
+  ``ssh_config.remote_dir``, its metrics go to ``<job_id>_metrics.jsonl`` in its run folder, it is
+  given no broker) and copied, with the stage's control file, into the run folder
+  ``<remote_dir>/<command id>-launch<n>``; the process starts there detached from the connection
+  (``ssh_remote``), with ``ssh_config.env`` and the stage's identity (``IDENTITY_VARS``), never the
+  agent host's environment or secrets.
+- One ``SshRunner`` per launch follows the run (``ssh_runner``): metric lines onto
+  ``posttrain.metrics`` through a reporter of the agent's, keyed by remote file and line so that
+  none is lost or doubled across a dropped connection or an agent restart; the stage's output is
+  appended to the local ``stage.log`` and its events to the local ``events.jsonl``, which the
+  agent relays as it does a local stage's. When the run ended and all it wrote is read, its
+  result is copied to the local ``result-<n>.json`` (``pull``), or, if it ended without one, the
+  exit status is written to ``stage.log`` for the failure to quote.
+- ``push`` appends the control lines the agent wrote locally since the last push to the remote
+  control file; ``signal`` signals the remote process group.
 
-From ``start``/``attach`` until ``wait`` returns (or ``close``), one background task follows the
-run: the metrics JSONL file is read at byte offsets and its points handed to the agent's
-``MetricsReporter`` with ``(source, seq = line number)``, so a line read twice is one point for
-ingest; the position is saved in the local state folder once the reporter holds the points
-durably (``tailer.take_lines``/``save_tail_state``, the same code as the local tailer). The
-command's output (``on_output``) and the stage's events (``on_event``: CheckpointSaved,
-ActionApplied, ActionRefused, as a local stage process writes them) are followed the same way.
-
-When the connection drops, the remote run goes on (see ``ssh_remote``) and the follower
-reconnects and carries on from where it was; a new supervisor built on the same state folder
-``attach``-es and carries on from the saved positions. Nothing held only in memory is needed.
-
-Errors: ``SshError`` (its message names the host or the secret, never a key), ``HostKeyRefused``
-for a host key known_hosts does not vouch for. A lost connection is retried for
-``SshOptions.give_up_after_s``; refused host keys and credentials are not.
-
-An agent runs a ``run_mode: ssh`` stage's launch ``n`` of attempt directory ``A`` so::
-
-    config = SshConfig.model_validate(stage_config(run.params)["ssh_config"])
-    sup = SshSupervisor(config, A / f"ssh-{n}", reporter,        # the stage's MetricsReporter
-                        on_output=<append to A/stage.log>, on_event=<publish as events.jsonl>)
-    name = f"{safe(run.command_id)}-launch{n}"; run_dir = f"{config.remote_dir}/{name}"
-    handle = await sup.start(RemoteLaunch(
-        name, run.job_id,
-        ["python3", "-m", "posttrain.trainer_agent.stage_process", run_dir, str(n)],
-        files={f"spec-{n}.json": <spec, work_dir on the remote host, metrics to a file>,
-               "control.jsonl": <control lines queued for this launch>},
-        result_file=f"result-{n}.json"))
-    journal: the launch's record is handle.to_record() (instead of pid and start time)
-    restart:  SshSupervisor(same arguments).attach(record)
-    control:  await sup.control({"type": command.TYPE, **line})  (the local control line)
-    cancel / timeout: await sup.cancel(grace_s)
-    end:      outcome = await sup.wait(); outcome.result is the stage's result-<n>.json,
-              outcome.exit_code its exit status, outcome.checkpoints the remote checkpoints
+Everything needed to find a run again is in its handle (``StageHandle.extra``: the run's record,
+the ``ssh_config``, which names the key secret but never holds a key) and in the state folder
+``ssh-<n>`` of the attempt directory (offsets read, control bytes pushed): an agent restarted on
+the same work directory re-attaches and goes on where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
-import json
 import logging
-import re
-import shlex
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import asyncssh
 import orjson
 
-from posttrain.events.tasks import SshConfig
+from posttrain.events.kafka import KafkaSettings
+from posttrain.events.tasks import SshConfig, stage_config
+from posttrain.trainer_agent.core.paths import safe_name
 from posttrain.trainer_agent.metrics_file import metrics_file_path
 from posttrain.trainer_agent.reporting import MetricsReporter
-from posttrain.trainer_agent.stage_files import CONTROL, EVENTS
-from posttrain.trainer_agent.supervisors import ssh_remote
-from posttrain.trainer_agent.supervisors.ssh_connect import HostKeyRefused, SshError, connect
-from posttrain.trainer_agent.tailer import (
-    TailState,
-    load_tail_state,
-    save_tail_state,
-    take_lines,
+from posttrain.trainer_agent.stage_files import (
+    CONTROL,
+    EVENTS,
+    LOG,
+    append_line,
+    read_json,
+    result_path,
+    spec_path,
+    write_json_atomic,
+)
+from posttrain.trainer_agent.stage_spec import IDENTITY_VARS
+from posttrain.trainer_agent.supervisors.base import (
+    LaunchRequest,
+    StageHandle,
+    StopSignal,
+    SupervisorError,
+)
+from posttrain.trainer_agent.supervisors.ssh_connect import SshError
+from posttrain.trainer_agent.supervisors.ssh_runner import (
+    RemoteLaunch,
+    SshOptions,
+    SshRunner,
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# The environment a remote command gets besides ssh_config.env and the launch's own.
-ENV_RUN_DIR = "POSTTRAIN_RUN_DIR"
-ENV_METRICS_DIR = "POSTTRAIN_METRICS_DIR"
-ENV_METRICS_FILE = "POSTTRAIN_METRICS_FILE"
-ENV_CONTROL_FILE = "POSTTRAIN_CONTROL_FILE"
-
-_RUN_RECORD = "ssh-run.json"
-_METRICS_STATE = "ssh-metrics.offset"
-_FOLLOW_STATE = "ssh-follow.json"
-_READ_BYTES = 4 * 1024 * 1024
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+STAGE_MODULE = "posttrain.trainer_agent.stage_process"
+_PUSHED = "control.pushed"  # bytes of the local control file already in the remote one
+_SIGNALS = {"term": "TERM", "kill": "KILL"}
+# How long the end of a run may wait for its last points to reach Kafka (the rest is in the
+# spill file, and re-read after a restart: the offsets were not saved past them).
+_CLOSE_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteLaunch:
-    """What to run remotely: ``argv`` in ``cwd`` (default: the run folder) with ``env``.
-
-    ``name`` names the run folder under ``ssh_config.remote_dir`` (one per launch, e.g.
-    ``<command_id>-<launch>``); ``files`` are written into it before the start (a stage spec);
-    ``metrics_file`` is the JSONL file followed (relative to the run folder; by default
-    ``<job_id>_metrics.jsonl``, where ``create_metrics_file_writer(job_id,
-    os.environ["POSTTRAIN_METRICS_DIR"])`` writes); ``result_file`` is read at the end."""
-
-    name: str
-    job_id: str
-    argv: Sequence[str]
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    files: Mapping[str, bytes] = field(default_factory=dict)
-    metrics_file: str | None = None
-    result_file: str | None = "result.json"
-
-    @classmethod
-    def python_module(
-        cls,
-        name: str,
-        job_id: str,
-        module: str,
-        args: Sequence[str] = (),
-        *,
-        python: str = "python3",
-        **kwargs: Any,
-    ) -> RemoteLaunch:
-        """A Python task entry: ``python -m module args...`` on the remote host."""
-        return cls(name, job_id, [python, "-m", module, *args], **kwargs)
+def ssh_config_of(run: Mapping[str, Any]) -> SshConfig:
+    """The ``ssh_config`` of a RunStage payload (validated by the orchestrator already)."""
+    return SshConfig.model_validate(stage_config(run.get("params") or {}).get("ssh_config"))
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteRun:
-    """The handle of a started run: all an agent needs to find it again (JSON-able)."""
+@dataclass
+class _Run:
+    """One launch followed by this agent."""
 
-    run_dir: str
-    pid: int
-    start: int  # the wrapper's start time, clock ticks since boot: tells a reused pid apart
-    metrics_file: str
-    result_file: str | None
-
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> RemoteRun:
-        return cls(
-            run_dir=str(record["run_dir"]),
-            pid=int(record["pid"]),
-            start=int(record["start"]),
-            metrics_file=str(record["metrics_file"]),
-            result_file=record.get("result_file"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteOutcome:
-    """How the run ended. ``exit_code`` None: it ended without a status (killed with SIGKILL,
-    or the host restarted). ``checkpoints``: remote paths from the stage's CheckpointSaved."""
-
-    exit_code: int | None
-    result: Mapping[str, Any] | None
-    checkpoints: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SshOptions:
-    poll_s: float = 0.1  # metrics, output and events files
-    status_s: float = 1.0  # whether the process still runs (one remote command)
-    durable_timeout_s: float = 30.0
-    reconnect_min_s: float = 0.2
-    reconnect_max_s: float = 10.0
-    give_up_after_s: float = 600.0  # without a connection, the supervisor fails
-    cancel_grace_s: float = 20.0
+    runner: SshRunner
+    reporter: MetricsReporter
+    attempt_dir: Path
+    launch: int
+    host: str
+    settled: bool = False  # its ending is written into the attempt directory
 
 
 class SshSupervisor:
-    """Runs and follows one remote run; see the module's docstring for the operations."""
+    """Runs stage launches on remote hosts over SSH (see the module docstring)."""
+
+    name = "ssh"
 
     def __init__(
-        self,
-        config: SshConfig,
-        state_dir: str | Path,
-        reporter: MetricsReporter,
-        *,
-        on_output: Callable[[bytes], None] | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-        options: SshOptions | None = None,
+        self, settings: KafkaSettings, spill_dir: Path, options: SshOptions | None = None
     ) -> None:
-        self.config = config
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.reporter = reporter
-        self.on_output = on_output
-        self.on_event = on_event
+        self.settings = settings
+        self.spill_dir = spill_dir
         self.options = options or SshOptions()
-        self.run: RemoteRun | None = None
-        self.reconnections = 0
-        self._conn: asyncssh.SSHClientConnection | None = None
-        self._connected_before = False
-        self._sftp: asyncssh.SFTPClient | None = None
-        self._lock = asyncio.Lock()
-        self._follower: asyncio.Task[RemoteOutcome] | None = None
-        self._metrics = load_tail_state(self.state_dir / _METRICS_STATE)
-        follow = _read_json(self.state_dir / _FOLLOW_STATE) or {}
-        self._output_offset = int(follow.get("output", 0))
-        self._events_offset = int(follow.get("events", 0))
-        self._checkpoints: list[str] = list(follow.get("checkpoints", []))
+        self._runs: dict[tuple[str, int], _Run] = {}
 
-    # --- operations -----------------------------------------------------------------------
+    # --- the Supervisor interface ---------------------------------------------------------
 
-    async def start(self, launch: RemoteLaunch) -> RemoteRun:
-        """Start the launch detached on the remote host and begin following it."""
-        for name in (launch.name, *launch.files):
-            if not _NAME.match(name) or name.startswith("."):
-                raise ValueError(f"{name!r}: a file name of letters, digits and '_.:-' only")
-        run_dir = f"{self.config.remote_dir.rstrip('/')}/{launch.name}"
-        metrics = f"{run_dir}/{launch.metrics_file or metrics_file_path('.', launch.job_id).name}"
-        env = {
-            **self.config.env,
-            **launch.env,
-            ENV_RUN_DIR: run_dir,
-            ENV_METRICS_DIR: run_dir,
-            ENV_METRICS_FILE: metrics,
-            ENV_CONTROL_FILE: f"{run_dir}/{CONTROL}",
-        }
+    async def start(self, request: LaunchRequest) -> StageHandle:
+        run = request.run
         try:
-            pid, start = await self._start_remote(launch, run_dir, env)
-        except (asyncssh.Error, OSError) as exc:
-            self._drop_connection()
-            raise SshError(f"could not start the run on {self._where()}: {exc}") from None
-        result_file = f"{run_dir}/{launch.result_file}" if launch.result_file else None
-        self.run = RemoteRun(run_dir, pid, start, metrics, result_file)
-        _write_json(self.state_dir / _RUN_RECORD, self.run.to_record())
-        log.info("ssh: started", extra={"host": self.config.host, "run_dir": run_dir, "pid": pid})
-        self._follower = asyncio.create_task(self._follow(), name=f"ssh-follow-{launch.name}")
-        return self.run
+            config = ssh_config_of(run)
+        except ValueError as exc:
+            raise SupervisorError(f"ssh_config: {exc}") from None
+        n = request.launch
+        name = f"{safe_name(str(run['command_id']))}-launch{n}"
+        run_dir = f"{config.remote_dir.rstrip('/')}/{name}"
+        spec = read_json(spec_path(request.attempt_dir, n))
+        if not isinstance(spec, dict):
+            raise SupervisorError(f"no spec for launch {n} in {request.attempt_dir}")
+        remote_spec = {
+            **spec,
+            "work_dir": config.remote_dir,
+            "metrics_file": str(metrics_file_path(run_dir, str(run["job_id"]))),
+            "kafka": {},
+        }
+        control = _read_bytes(request.attempt_dir / CONTROL)
+        launch = RemoteLaunch(
+            name,
+            str(run["job_id"]),
+            [config.python, "-m", STAGE_MODULE, run_dir, str(n)],
+            env={k: request.env[k] for k in IDENTITY_VARS if k in request.env},
+            files={spec_path(Path("."), n).name: orjson.dumps(remote_spec), CONTROL: control},
+            result_file=result_path(Path("."), n).name,
+        )
+        state = self._new_run(request.attempt_dir, n, config, run)
+        try:
+            remote = await state.runner.start(launch)
+        except (SshError, ValueError) as exc:
+            await self._forget(state)
+            raise SupervisorError(str(exc)) from None
+        _write_int(state.runner.state_dir / _PUSHED, len(control))
+        return StageHandle(
+            self.name,
+            remote.pid,
+            remote.start,
+            host=config.host,
+            extra={
+                "attempt_dir": str(request.attempt_dir),
+                "launch": n,
+                "remote": remote.to_record(),
+                "ssh_config": config.model_dump(),
+                "routing": _routing(run),
+            },
+        )
 
-    async def _start_remote(
-        self, launch: RemoteLaunch, run_dir: str, env: Mapping[str, str]
-    ) -> tuple[int, int]:
-        conn = await self._connection()
-        if launch.files:
-            await conn.run(f"mkdir -p {_q(run_dir)}", check=True)
-            sftp = await self._sftp_client()
-            for name, data in launch.files.items():
-                async with sftp.open(f"{run_dir}/{name}", "wb") as fh:
-                    await fh.write(data)
-        script = ssh_remote.start_script(run_dir, launch.argv, env, launch.cwd)
-        done = await conn.run(script)
-        if done.exit_status != 0:
-            raise SshError(
-                f"could not start the run on {self._where()}: {str(done.stderr).strip()}"
+    async def alive(self, handle: StageHandle) -> bool:
+        """True until the run ended and all it wrote is read (or the host was given up on)."""
+        return not (await self._run_of(handle)).runner.ended
+
+    async def signal(self, handle: StageHandle, sig: StopSignal) -> None:
+        state = await self._run_of(handle)
+        if state.runner.ended:
+            return
+        try:
+            await state.runner.signal(_SIGNALS[sig])
+        except SshError as exc:
+            raise SupervisorError(str(exc)) from None
+
+    async def push(self, handle: StageHandle, attempt_dir: Path) -> None:
+        state = await self._run_of(handle)
+        pushed_file = state.runner.state_dir / _PUSHED
+        pushed = _read_int(pushed_file)
+        data = _read_bytes(attempt_dir / CONTROL)
+        new = data[pushed : data.rfind(b"\n") + 1] if len(data) > pushed else b""
+        if not new or state.runner.ended:
+            return
+        try:
+            await state.runner.append_control(new)
+        except SshError as exc:
+            raise SupervisorError(str(exc)) from None
+        _write_int(pushed_file, pushed + len(new))
+
+    async def pull(self, handle: StageHandle, attempt_dir: Path) -> None:
+        """Output and events arrive as the runner reads them; once it is over, the ending."""
+        state = await self._run_of(handle)
+        if state.runner.ended and not state.settled:
+            await self._settle(state)
+
+    def reap(self) -> None:
+        return None  # no child process of this agent runs a stage
+
+    def close(self) -> None:
+        for state in self._runs.values():
+            if not state.settled:
+                state.runner.abandon()
+                with contextlib.suppress(Exception):
+                    state.reporter.close(timeout=5.0)
+        self._runs.clear()
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def _new_run(
+        self, attempt_dir: Path, launch: int, config: SshConfig, run: Mapping[str, Any]
+    ) -> _Run:
+        routing = _routing(run)
+        reporter = MetricsReporter(
+            routing["job_id"],
+            pipeline_id=routing["pipeline_id"],
+            stage=routing["stage"],
+            attempt=routing["attempt"],
+            settings=self.settings,
+            spill_dir=self.spill_dir,
+        )
+        runner = SshRunner(
+            config,
+            attempt_dir / f"ssh-{launch}",
+            reporter,
+            on_output=lambda chunk: _append_bytes(attempt_dir / LOG, chunk),
+            on_event=lambda event: append_line(attempt_dir / EVENTS, event),
+            options=self.options,
+        )
+        state = _Run(runner, reporter, attempt_dir, launch, config.host)
+        self._runs[(str(attempt_dir), launch)] = state
+        return state
+
+    async def _run_of(self, handle: StageHandle) -> _Run:
+        """The followed run a handle names; after an agent restart, re-attached from it."""
+        extra = handle.extra
+        key = (str(extra["attempt_dir"]), int(extra["launch"]))
+        state = self._runs.get(key)
+        if state is None:
+            config = SshConfig.model_validate(extra["ssh_config"])
+            routing = extra["routing"]
+            state = self._new_run(Path(key[0]), key[1], config, routing)
+            await state.runner.attach(extra["remote"])
+            log.info(
+                "ssh: re-attached",
+                extra={"host": config.host, "run_dir": extra["remote"]["run_dir"]},
             )
-        pid, start = (int(x) for x in str(done.stdout).split())
-        return pid, start
+        return state
 
-    async def attach(self, record: Mapping[str, Any] | None = None) -> RemoteRun:
-        """Adopt a run started earlier (by this agent before a restart): from ``record`` or
-        the state folder's; follows it from the saved positions, or reports how it ended."""
-        if record is None:
-            record = _read_json(self.state_dir / _RUN_RECORD)
-            if record is None:
-                raise SshError(f"no remote run recorded in {self.state_dir}")
-        self.run = RemoteRun.from_record(record)
-        self._follower = asyncio.create_task(self._follow(), name="ssh-follow")
-        return self.run
-
-    async def control(self, command: Mapping[str, Any]) -> None:
-        """Append one control command to the run's control file, where the stage reads it at
-        its next step boundary. Sending one again is harmless: the stage skips an action id
-        it has seen."""
-        run = self._require_run()
-        line = orjson.dumps(dict(command)) + b"\n"
-        script = ssh_remote.append_script(f"{run.run_dir}/{CONTROL}")
-        await self._with_reconnect(functools.partial(self._remote, script, line.decode()))
-
-    async def cancel(self, grace_s: float | None = None) -> None:
-        """SIGTERM the run's process group; SIGKILL what is left after ``grace_s``."""
-        run = self._require_run()
-        grace = self.options.cancel_grace_s if grace_s is None else grace_s
-        term = ssh_remote.signal_script(run.pid, run.start, "TERM")
-        await self._with_reconnect(functools.partial(self._remote, term))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while loop.time() < deadline:
-            if await self._with_reconnect(self._group_size) == 0:
-                return
-            await asyncio.sleep(0.1)
-        kill = ssh_remote.signal_script(run.pid, run.start, "KILL")
-        await self._with_reconnect(functools.partial(self._remote, kill))
-
-    async def wait(self) -> RemoteOutcome:
-        """Follow the run until it ends and every metric line is read; its outcome."""
-        if self._follower is None:
-            raise SshError("nothing started or attached")
-        return await asyncio.shield(self._follower)
-
-    async def close(self) -> None:
-        """Stop following (the agent stops or hands over); the remote run goes on."""
-        if self._follower is not None and not self._follower.done():
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-        self._drop_connection()
-
-    # --- following ------------------------------------------------------------------------
-
-    async def _follow(self) -> RemoteOutcome:
-        loop = asyncio.get_running_loop()
-        next_status = 0.0
-        ended: str | None = None
-        while True:
-            if ended is None and loop.time() >= next_status:
-                status = await self._with_reconnect(self._status)
-                ended = None if status == "running" else status
-                next_status = loop.time() + self.options.status_s
-            read = await self._with_reconnect(self._pump)
-            if ended is not None and not read:
-                # Ended, and a read after the end found nothing more: everything is in.
-                if await self._with_reconnect(self._pump):
-                    continue
-                return await self._with_reconnect(functools.partial(self._outcome, ended))
-            if not read:
-                await asyncio.sleep(self.options.poll_s)
-
-    async def _pump(self) -> bool:
-        """Read what the metrics, output and events files gained; True if anything."""
-        run = self._require_run()
-        sftp = await self._sftp_client()
-        got = await self._pump_metrics(sftp, run)
-        chunk = await _read_new(sftp, f"{run.run_dir}/{ssh_remote.LOG}", self._output_offset)
-        if chunk:
-            if self.on_output is not None:
-                self.on_output(chunk)
-            self._output_offset += len(chunk)
-        lines = await _read_new(sftp, f"{run.run_dir}/{EVENTS}", self._events_offset)
-        end = lines.rfind(b"\n") + 1
-        for line in lines[:end].splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    if event.get("type") == "CheckpointSaved" and event.get("path"):
-                        self._checkpoints.append(str(event["path"]))
-                    if self.on_event is not None:
-                        self.on_event(event)
-        self._events_offset += end
-        if chunk or end:
-            _write_json(
-                self.state_dir / _FOLLOW_STATE,
-                {
-                    "output": self._output_offset,
-                    "events": self._events_offset,
-                    "checkpoints": self._checkpoints,
-                },
-            )
-        return got or bool(chunk) or end > 0
-
-    async def _pump_metrics(self, sftp: asyncssh.SFTPClient, run: RemoteRun) -> bool:
-        size = await _size(sftp, run.metrics_file)
-        state = self._metrics
-        if size < state.offset:  # truncated or replaced: a new generation of lines
-            state = self._metrics = TailState(generation=state.generation + 1)
-        if size == state.offset:
-            return False
-        chunk = await _read_from(sftp, run.metrics_file, state.offset, size - state.offset)
-        points, _ = take_lines(state, chunk, self._source(run))
-        for p in points:
-            self.reporter.submit(p.source, p.seq, p.point)
-        if points:
-            durable = await asyncio.to_thread(
-                self.reporter.wait_durable, self.options.durable_timeout_s
-            )
-            if durable:
-                save_tail_state(self.state_dir / _METRICS_STATE, state)
-        return bool(points)
-
-    async def _status(self) -> str:
-        """``exit <status>``, ``running`` or ``gone``, read over SFTP (no remote process to
-        spawn, so the metrics poll is not held up): the exit file, else /proc/<pid>/stat."""
-        run = self._require_run()
-        sftp = await self._sftp_client()
-        exit_file = f"{run.run_dir}/{ssh_remote.EXIT}"
-        for _ in range(2):  # again after the process check: it may have ended in between
-            status = (await _read_from(sftp, exit_file, 0, 64)).strip()
-            if status:
-                return f"exit {status.decode()}"
-            stat = await _read_from(sftp, f"/proc/{run.pid}/stat", 0, 4096)
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 19 and fields[0] not in (b"Z", b"X") and int(fields[19]) == run.start:
-                return "running"
-        return "gone"
-
-    async def _outcome(self, status: str) -> RemoteOutcome:
-        run = self._require_run()
-        exit_code = int(status.split()[1]) if status.startswith("exit ") else None
-        result: Mapping[str, Any] | None = None
-        if run.result_file:
-            sftp = await self._sftp_client()
-            with contextlib.suppress(asyncssh.SFTPNoSuchFile, ValueError):
-                data = await _read_new(sftp, run.result_file, 0)
-                doc = json.loads(data) if data else None
-                result = doc if isinstance(doc, dict) else None
-        log.info("ssh: ended", extra={"run_dir": run.run_dir, "exit_code": exit_code})
-        return RemoteOutcome(exit_code, result, tuple(self._checkpoints))
-
-    async def _group_size(self) -> int:
-        run = self._require_run()
-        return int(await self._remote(ssh_remote.group_alive_script(run.pid)))
-
-    # --- the connection -------------------------------------------------------------------
-
-    async def _with_reconnect(self, step: Callable[[], Awaitable[T]]) -> T:
-        """Run ``step``; when the connection is lost or the host cannot be reached, reconnect
-        (with backoff) and run it again, for ``give_up_after_s`` at most. A refused host key,
-        refused credentials or a missing secret (``SshError``) are not retried."""
-        loop = asyncio.get_running_loop()
-        wait = self.options.reconnect_min_s
-        lost_since: float | None = None
-        while True:
-            try:
-                return await step()
-            except (asyncssh.Error, OSError) as exc:
-                self._drop_connection()
-                now = loop.time()
-                lost_since = lost_since if lost_since is not None else now
-                if now - lost_since > self.options.give_up_after_s:
-                    raise SshError(
-                        f"lost {self._where()} for {self.options.give_up_after_s:.0f} s: "
-                        f"{type(exc).__name__}"
-                    ) from None
-                log.warning(
-                    "ssh: connection lost, reconnecting",
-                    extra={"host": self.config.host, "error": type(exc).__name__},
+    async def _settle(self, state: _Run) -> None:
+        """Write how the run ended into the local attempt directory, once."""
+        try:
+            outcome = await state.runner.wait()
+        except Exception as exc:  # it gave up on the host: the stage fails saying why
+            _append_bytes(state.attempt_dir / LOG, f"\nposttrain: {exc}\n".encode())
+        else:
+            if outcome.result is not None:
+                write_json_atomic(result_path(state.attempt_dir, state.launch), outcome.result)
+            else:
+                status = (
+                    f"exit status {outcome.exit_code}"
+                    if outcome.exit_code is not None
+                    else "no exit status (killed, or its host restarted)"
                 )
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, self.options.reconnect_max_s)
+                _append_bytes(
+                    state.attempt_dir / LOG,
+                    f"\nposttrain: the stage process on {state.host} ended with {status} "
+                    "and wrote no result\n".encode(),
+                )
+        state.settled = True  # kept, so that a later look does not re-attach to it
+        await self._release(state)
 
-    async def _connection(self) -> asyncssh.SSHClientConnection:
-        async with self._lock:
-            if self._conn is None:
-                self._conn = await connect(self.config)
-                self.reconnections += self._connected_before
-                self._connected_before = True
-            return self._conn
+    async def _forget(self, state: _Run) -> None:
+        self._runs.pop((str(state.attempt_dir), state.launch), None)
+        await self._release(state)
 
-    async def _sftp_client(self) -> asyncssh.SFTPClient:
-        conn = await self._connection()
-        if self._sftp is None:
-            self._sftp = await conn.start_sftp_client()
-        return self._sftp
-
-    async def _remote(self, script: str, input: str | None = None) -> str:
-        conn = await self._connection()
-        done = await conn.run(script, input=input)
-        if done.exit_status != 0:
-            raise SshError(f"remote command failed on {self._where()}: {str(done.stderr).strip()}")
-        return str(done.stdout).strip()
-
-    def _drop_connection(self) -> None:
-        if self._sftp is not None:
-            self._sftp.exit()
-            self._sftp = None
-        if self._conn is not None:
-            self._conn.abort()
-            self._conn = None
-
-    def _require_run(self) -> RemoteRun:
-        if self.run is None:
-            raise SshError("nothing started or attached")
-        return self.run
-
-    def _source(self, run: RemoteRun) -> str:
-        digest = hashlib.sha1(run.metrics_file.encode()).hexdigest()[:10]
-        c = self.config
-        return f"ssh:{c.user}@{c.host}:{c.port}:{digest}:g{self._metrics.generation}"
-
-    def _where(self) -> str:
-        return f"{self.config.user}@{self.config.host}:{self.config.port}"
+    async def _release(self, state: _Run) -> None:
+        state.runner.abandon()
+        left = await asyncio.to_thread(state.reporter.close, _CLOSE_TIMEOUT_S)
+        if left:
+            log.warning(
+                "ssh: metric points left in the spill file",
+                extra={"job_id": state.reporter.job_id, "points": left},
+            )
 
 
-async def _read_from(sftp: asyncssh.SFTPClient, path: str, offset: int, size: int) -> bytes:
-    """Up to ``size`` bytes of a remote file from ``offset`` (nothing if it does not exist)."""
+def _routing(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "job_id": str(run["job_id"]),
+        "pipeline_id": run.get("pipeline_id"),
+        "stage": run.get("stage"),
+        "attempt": run.get("attempt"),
+    }
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
-        async with sftp.open(path, "rb") as fh:
-            data = await fh.read(min(size, _READ_BYTES), offset)
-    except asyncssh.SFTPNoSuchFile:
+        return path.read_bytes()
+    except FileNotFoundError:
         return b""
-    return data if isinstance(data, bytes) else data.encode()
 
 
-async def _size(sftp: asyncssh.SFTPClient, path: str) -> int:
+def _append_bytes(path: Path, data: bytes) -> None:
+    with open(path, "ab") as fh:
+        fh.write(data)
+
+
+def _read_int(path: Path) -> int:
     try:
-        return (await sftp.stat(path)).size or 0
-    except asyncssh.SFTPNoSuchFile:
+        return int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
         return 0
 
 
-async def _read_new(sftp: asyncssh.SFTPClient, path: str, offset: int) -> bytes:
-    """What a remote file gained past ``offset`` (a stat, then one read of just that)."""
-    size = await _size(sftp, path)
-    return await _read_from(sftp, path, offset, size - offset) if size > offset else b""
-
-
-def _q(text: str) -> str:
-    return shlex.quote(text)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+def _write_int(path: Path, value: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc))
+    tmp.write_text(str(value))
     tmp.replace(path)
-
-
-__all__ = [
-    "HostKeyRefused",
-    "RemoteLaunch",
-    "RemoteOutcome",
-    "RemoteRun",
-    "SshError",
-    "SshOptions",
-    "SshSupervisor",
-]

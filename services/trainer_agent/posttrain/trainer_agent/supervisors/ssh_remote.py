@@ -14,7 +14,7 @@ The wrapper is a session leader started with ``setsid`` and no terminal, stdin f
 closing or losing the SSH connection does not touch it. It forwards SIGTERM to the command and
 writes the exit status; a re-attaching agent trusts a pid only together with its start time, so a
 pid reused by the system is never taken for the run. (The agent reads the run's state, the exit
-file and /proc/<pid>/stat, over SFTP: see ``SshSupervisor._status``.)
+file and /proc/<pid>/stat, over SFTP: see ``SshRunner._status``.)
 """
 
 from __future__ import annotations

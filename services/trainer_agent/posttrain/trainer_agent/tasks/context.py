@@ -3,7 +3,6 @@ the control channel of the stage process."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,6 @@ from posttrain.trainer_agent.stage_files import ControlInbox, EventOutbox
 
 class StageError(Exception):
     """A stage cannot run as configured: the message says which field and what was expected."""
-
-
-def stage_config(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The seed's stages put a task's settings under ``params.config``; flat params work too.
-    ``config`` wins where both name a key."""
-    merged = {k: v for k, v in params.items() if k != "config"}
-    nested = params.get("config")
-    if isinstance(nested, Mapping):
-        merged.update(nested)
-    return merged
 
 
 @dataclass
