@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ import pytest_asyncio
 from posttrain.events import Envelope
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.events.messages import Message, RunStage
+from posttrain.events.tasks import SshConfig
 from posttrain.events.topics import Topic
+from posttrain.testing.sshd import SshdMissing, TestSshd
 from posttrain.trainer_agent.agent import Agent, AgentConfig
 from posttrain.trainer_agent.launcher import ProcessId, ZygoteLauncher, signal_group
 
@@ -131,3 +134,42 @@ async def start_agent(
         for entry in agent.journal.entries.values():
             for launch in entry.launches:
                 signal_group(ProcessId(launch.pid, launch.pid_start), signal.SIGKILL)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Any:
+    server = TestSshd(tmp_path / "sshd")
+    try:
+        server.start()
+    except SshdMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ssh_config(sshd: TestSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SshConfig:
+    # The key reaches the agent as a secret of its own host, never through the pipeline.
+    monkeypatch.setenv("POSTTRAIN_SECRET_TEST_KEY", sshd.client_key.read_text())
+    return SshConfig(
+        host="127.0.0.1",
+        port=sshd.port,
+        user=sshd.user,
+        key_secret="test-key",
+        remote_dir=str(tmp_path / "remote"),
+        known_hosts_file=str(sshd.known_hosts),
+        env={"PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.fixture
+def wrong_known_hosts(sshd: TestSshd, tmp_path: Path) -> Path:
+    """known_hosts naming the test host with another host's key."""
+    other_key = tmp_path / "other_host_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
+    )
+    kind, body = Path(f"{other_key}.pub").read_text().split()[:2]
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {kind} {body}\n")
+    return wrong

@@ -16,7 +16,7 @@ import pytest
 from posttrain.events.messages import MetricsReported
 from posttrain.events.tasks import SshConfig
 from posttrain.events.topics import Topic
-from posttrain.testing.sshd import SshdMissing, TestSshd
+from posttrain.testing.sshd import TestSshd
 from posttrain.trainer_agent.launcher import start_time
 from posttrain.trainer_agent.reporting import MetricsReporter
 from posttrain.trainer_agent.supervisors.ssh_connect import HostKeyRefused, SshError
@@ -55,32 +55,6 @@ with open(os.path.join(os.environ["POSTTRAIN_RUN_DIR"], "child.pid"), "w") as fh
 print("waiting", flush=True)
 time.sleep(600)
 """
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Any:
-    server = TestSshd(tmp_path / "sshd")
-    try:
-        server.start()
-    except SshdMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def ssh_config(sshd: TestSshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SshConfig:
-    # The key reaches the agent as a secret of its own host, never through the pipeline.
-    monkeypatch.setenv("POSTTRAIN_SECRET_TEST_KEY", sshd.client_key.read_text())
-    return SshConfig(
-        host="127.0.0.1",
-        port=sshd.port,
-        user=sshd.user,
-        key_secret="test-key",
-        remote_dir=str(tmp_path / "remote"),
-        known_hosts_file=str(sshd.known_hosts),
-        env={"PYTHONUNBUFFERED": "1"},
-    )
 
 
 def _script(tmp_path: Path, name: str, text: str) -> str:
@@ -290,19 +264,6 @@ async def test_a_real_training_runs_remotely_and_obeys_forwarded_controls(
     assert outcome.exit_code == 0
     assert outcome.checkpoints and outcome.checkpoints[-1].endswith(f"step-{last}.pt")
     assert outcome.result is not None and outcome.result["checkpoint"] == outcome.checkpoints[-1]
-
-
-@pytest.fixture
-def wrong_known_hosts(sshd: TestSshd, tmp_path: Path) -> Path:
-    """known_hosts naming the test host with another host's key."""
-    other_key = tmp_path / "other_host_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
-    )
-    kind, body = Path(f"{other_key}.pub").read_text().split()[:2]
-    wrong = tmp_path / "wrong_known_hosts"
-    wrong.write_text(f"[127.0.0.1]:{sshd.port} {kind} {body}\n")
-    return wrong
 
 
 async def test_a_wrong_host_key_is_refused_naming_the_host(

@@ -220,7 +220,7 @@ class SshSupervisor:
             attempt_dir / f"ssh-{launch}",
             reporter,
             on_output=lambda chunk: _append_bytes(attempt_dir / LOG, chunk),
-            on_event=lambda event: append_line(attempt_dir / EVENTS, event),
+            on_event=lambda event: _append_event(attempt_dir, event),
             options=self.options,
         )
         state = _Run(runner, reporter, attempt_dir, launch, config.host)
@@ -287,6 +287,10 @@ def _routing(run: Mapping[str, Any]) -> dict[str, Any]:
         "stage": run.get("stage"),
         "attempt": run.get("attempt"),
     }
+
+
+def _append_event(attempt_dir: Path, event: dict[str, Any]) -> None:
+    append_line(attempt_dir / EVENTS, event)
 
 
 def _read_bytes(path: Path) -> bytes:
