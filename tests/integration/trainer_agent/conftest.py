@@ -60,6 +60,20 @@ def tiny_sft(train_data_path: str = TRAIN, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def control_for(cls: type[Message], run: RunStage, action_id: str, **fields: Any) -> Any:
+    """A control command of type ``cls`` (PauseStage, AdjustLearningRate, ...) for a run."""
+    return cls(
+        action_id=action_id,
+        agent_id=run.agent_id,
+        run_command_id=run.command_id,
+        pipeline_id=run.pipeline_id,
+        stage=run.stage,
+        attempt=run.attempt,
+        reason="test",
+        **fields,
+    )
+
+
 class AgentHarness:
     """An agent running in this test's event loop, and a way to send it commands."""
 

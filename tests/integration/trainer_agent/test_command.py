@@ -9,6 +9,7 @@ import pytest
 
 from posttrain.events.messages import AdjustLearningRate, PauseStage, ResumeStage
 from posttrain.events.topics import Topic
+from tests.integration.trainer_agent.conftest import control_for
 from tests.integration.trainer_agent.topics import (
     TopicReader,
     finished,
@@ -95,19 +96,6 @@ with open(os.environ["POSTTRAIN_METRICS_FILE"], "a") as fh:
 """
 
 
-def _control(cls, run, action_id, **fields):
-    return cls(
-        action_id=action_id,
-        agent_id=run.agent_id,
-        run_command_id=run.command_id,
-        pipeline_id=run.pipeline_id,
-        stage=run.stage,
-        attempt=run.attempt,
-        reason="test",
-        **fields,
-    )
-
-
 def _answered(messages, run, action_id):
     return [
         m
@@ -129,18 +117,18 @@ async def test_a_command_that_accepts_pause_is_paused_and_resumed(
         await agent.send(run)
         await metrics.wait(lambda ms: len(points_by_key(ms, run.job_id)) >= 10, timeout=60)
         # Not declared: refused by the stage, with the reason.
-        await agent.send(_control(AdjustLearningRate, run, "lr-1", factor=0.5))
+        await agent.send(control_for(AdjustLearningRate, run, "lr-1", factor=0.5))
         [lr] = await reports.wait(lambda ms: _answered(ms, run, "lr-1"))
         assert lr.TYPE == "ActionRefused" and "it takes cancel, pause" in lr.reason
 
-        await agent.send(_control(PauseStage, run, "pause-1"))
+        await agent.send(control_for(PauseStage, run, "pause-1"))
         [paused] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StagePaused"))
         [applied] = _answered(reports.messages(), run, "pause-1")
         assert applied.TYPE == "ActionApplied"
         stopped_at = int((tmp_path / "state").read_text())
         assert 10 <= stopped_at < 400
 
-        await agent.send(_control(ResumeStage, run, "resume-1"))
+        await agent.send(control_for(ResumeStage, run, "resume-1"))
         done = await reports.wait(lambda ms: finished(ms, run.command_id), timeout=60)
         assert done.TYPE == "StageSucceeded", done
         steps = await metrics.wait(

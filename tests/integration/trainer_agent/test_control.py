@@ -17,23 +17,10 @@ from posttrain.events.messages import (
     RollbackStage,
 )
 from posttrain.events.topics import Topic
-from tests.integration.trainer_agent.conftest import tiny_sft
+from tests.integration.trainer_agent.conftest import control_for, tiny_sft
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
 
 pytestmark = pytest.mark.integration
-
-
-def _control(cls, run, action_id, **fields):
-    return cls(
-        action_id=action_id,
-        agent_id=run.agent_id,
-        run_command_id=run.command_id,
-        pipeline_id=run.pipeline_id,
-        stage=run.stage,
-        attempt=run.attempt,
-        reason="test",
-        **fields,
-    )
 
 
 def _files(directory: Path) -> set[str]:
@@ -65,7 +52,7 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
         )
 
         # Pause: a checkpoint (with optimizer and scheduler state), then the process stops.
-        await agent.send(_control(PauseStage, run, "pause-1"))
+        await agent.send(control_for(PauseStage, run, "pause-1"))
         [paused] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StagePaused"))
         p = paused.step
         assert p >= 10
@@ -85,9 +72,9 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
         first_source = {source for source, _ in before}
 
         # While paused: a learning-rate cut and a checkpoint request wait for the next step.
-        await agent.send(_control(AdjustLearningRate, run, "lr-1", factor=0.1))
-        await agent.send(_control(ForceCheckpoint, run, "ckpt-1"))
-        await agent.send(_control(ResumeStage, run, "resume-1"))
+        await agent.send(control_for(AdjustLearningRate, run, "lr-1", factor=0.1))
+        await agent.send(control_for(ForceCheckpoint, run, "ckpt-1"))
+        await agent.send(control_for(ResumeStage, run, "resume-1"))
         await reports.wait(
             lambda ms: _applied(ms, run, "lr-1") and _applied(ms, run, "ckpt-1"), timeout=60
         )
@@ -131,7 +118,7 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
         assert series[p + 1].loss < 0.5 * first_loss  # not a restart from scratch
 
         # ForceCheckpoint while training runs: the checkpoint is at the step it was applied.
-        await agent.send(_control(ForceCheckpoint, run, "ckpt-2"))
+        await agent.send(control_for(ForceCheckpoint, run, "ckpt-2"))
         [applied] = await reports.wait(lambda ms: _applied(ms, run, "ckpt-2"), timeout=60)
         checkpoints = await reports.wait(
             lambda ms: [
@@ -143,7 +130,7 @@ async def test_pause_resume_checkpoint_learning_rate_and_cancel(start_agent, kaf
         assert Path(checkpoints[0].path).name == f"checkpoint-{applied.step}"
 
         # Cancel: the run stops at its next step and the stage fails as cancelled.
-        await agent.send(_control(CancelStage, run, "cancel-1"))
+        await agent.send(control_for(CancelStage, run, "cancel-1"))
         [failed] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageFailed"))
         assert failed.kind == "cancelled"
         [cancel_applied] = _applied(reports.messages(), run, "cancel-1")
@@ -191,19 +178,19 @@ async def test_controls_a_stage_cannot_apply_are_reported_refused(start_agent, k
     async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
         await agent.send(run)
         await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageStarted"), timeout=60)
-        await agent.send(_control(PauseStage, run, "pause-1"))
-        await agent.send(_control(ForceCheckpoint, run, "ckpt-1"))
-        await agent.send(_control(AdjustLearningRate, run, "lr-1", factor=0.1))
-        await agent.send(_control(RollbackStage, run, "rb-1", step=3))
-        await agent.send(_control(ResumeStage, run, "resume-1"))
+        await agent.send(control_for(PauseStage, run, "pause-1"))
+        await agent.send(control_for(ForceCheckpoint, run, "ckpt-1"))
+        await agent.send(control_for(AdjustLearningRate, run, "lr-1", factor=0.1))
+        await agent.send(control_for(RollbackStage, run, "rb-1", step=3))
+        await agent.send(control_for(ResumeStage, run, "resume-1"))
         ghost = run.model_copy(update={"command_id": "pipe-1:ghost:1", "stage": "ghost"})
-        await agent.send(_control(PauseStage, ghost, "pause-ghost"))
+        await agent.send(control_for(PauseStage, ghost, "pause-ghost"))
         ids = ["pause-1", "ckpt-1", "lr-1", "rb-1", "resume-1", "pause-ghost"]
         refused = await reports.wait(
             lambda ms: all(_refused(ms, i) for i in ids) and {i: _refused(ms, i) for i in ids},
             timeout=60,
         )
-        await agent.send(_control(CancelStage, run, "cancel-1"))
+        await agent.send(control_for(CancelStage, run, "cancel-1"))
         [failed] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StageFailed"))
     assert failed.kind == "cancelled"
     assert _applied(reports.messages(), run, "cancel-1")

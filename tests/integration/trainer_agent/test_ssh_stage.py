@@ -16,7 +16,7 @@ from posttrain.events.messages import AdjustLearningRate, CancelStage
 from posttrain.events.tasks import SshConfig
 from posttrain.events.topics import Topic
 from posttrain.testing.sshd import TestSshd
-from tests.integration.trainer_agent.conftest import tiny_sft
+from tests.integration.trainer_agent.conftest import control_for, tiny_sft
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
 from tests.waiting import wait_for
 
@@ -33,19 +33,6 @@ def _remote(config: SshConfig, **changes: Any) -> dict[str, Any]:
         }
     )
     return remote.model_dump()
-
-
-def _control(cls: Any, run: Any, action_id: str, **fields: Any) -> Any:
-    return cls(
-        action_id=action_id,
-        agent_id=run.agent_id,
-        run_command_id=run.command_id,
-        pipeline_id=run.pipeline_id,
-        stage=run.stage,
-        attempt=run.attempt,
-        reason="test",
-        **fields,
-    )
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -90,7 +77,7 @@ async def test_a_training_stage_runs_remotely_through_a_dropped_connection_and_o
         await metrics.wait(lambda ms: len(points_by_key(ms, run.job_id)) >= 5, timeout=180)
         # The network fails: every connection to the host is cut; the remote run goes on.
         assert sshd.drop_connections() >= 1
-        await agent.send(_control(AdjustLearningRate, run, "lr-1", factor=0.5))
+        await agent.send(control_for(AdjustLearningRate, run, "lr-1", factor=0.5))
         [done] = await reports.wait(
             lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=240
         )
@@ -187,7 +174,7 @@ async def test_cancel_ends_the_remote_process_group(
         assert entry.launch is not None
         group = entry.launch.pid
         assert _group_members(group), "the remote run's process group is running"
-        await agent.send(_control(CancelStage, run, "cancel-1"))
+        await agent.send(control_for(CancelStage, run, "cancel-1"))
         [failed] = await reports.wait(
             lambda ms: reports_for(ms, run.command_id, "StageFailed"), timeout=60
         )

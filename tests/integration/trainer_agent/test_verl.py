@@ -18,7 +18,7 @@ from posttrain.events.messages import (
     ResumeStage,
 )
 from posttrain.events.topics import Topic
-from tests.integration.trainer_agent.conftest import TRAIN
+from tests.integration.trainer_agent.conftest import TRAIN, control_for
 from tests.integration.trainer_agent.topics import (
     TopicReader,
     finished,
@@ -30,19 +30,6 @@ pytestmark = pytest.mark.integration
 
 SAVE_STEPS = 5
 MAX_STEPS = 300
-
-
-def _control(cls, run, action_id, **fields):
-    return cls(
-        action_id=action_id,
-        agent_id=run.agent_id,
-        run_command_id=run.command_id,
-        pipeline_id=run.pipeline_id,
-        stage=run.stage,
-        attempt=run.attempt,
-        reason="test",
-        **fields,
-    )
 
 
 def _answered(messages, run, action_id):
@@ -98,12 +85,12 @@ async def test_ppo_on_verl_pause_resume_and_learning_rate_change(start_agent, ka
         assert point.custom["training/global_step"] == 12
 
         # verl cannot save on demand: refused on the record, with the reason.
-        await agent.send(_control(ForceCheckpoint, run, "ckpt-1"))
+        await agent.send(control_for(ForceCheckpoint, run, "ckpt-1"))
         [refused] = await reports.wait(lambda ms: _answered(ms, run, "ckpt-1"))
         assert refused.TYPE == "ActionRefused" and "save_freq" in refused.reason
 
         # Pause: verl is stopped; the stage stands at its last checkpoint.
-        await agent.send(_control(PauseStage, run, "pause-1"))
+        await agent.send(control_for(PauseStage, run, "pause-1"))
         [paused] = await reports.wait(lambda ms: reports_for(ms, run.command_id, "StagePaused"))
         p = paused.step
         assert p >= 2 * SAVE_STEPS and p % SAVE_STEPS == 0
@@ -116,7 +103,7 @@ async def test_ppo_on_verl_pause_resume_and_learning_rate_change(start_agent, ka
         assert set(range(SAVE_STEPS, p + 1, SAVE_STEPS)) <= saved
 
         # Resume: verl starts again from global_step_p and goes on at p + 1, not at 1.
-        await agent.send(_control(ResumeStage, run, "resume-1"))
+        await agent.send(control_for(ResumeStage, run, "resume-1"))
         series = await metrics.wait(
             lambda ms: (
                 len(s := _by_source(ms, run.job_id)) == 2
@@ -132,7 +119,7 @@ async def test_ppo_on_verl_pause_resume_and_learning_rate_change(start_agent, ka
         assert resume_applied.TYPE == "ActionApplied" and resume_applied.step == p
 
         # A learning-rate change: verl relaunched from its last checkpoint with the new rate.
-        await agent.send(_control(AdjustLearningRate, run, "lr-1", factor=0.1))
+        await agent.send(control_for(AdjustLearningRate, run, "lr-1", factor=0.1))
         [lr_applied] = await reports.wait(lambda ms: _answered(ms, run, "lr-1"), timeout=60)
         assert lr_applied.TYPE == "ActionApplied", lr_applied
         q = lr_applied.step
@@ -152,13 +139,13 @@ async def test_ppo_on_verl_pause_resume_and_learning_rate_change(start_agent, ka
         assert all(pt.learning_rate == pytest.approx(1e-7) for pt in third.values())
 
         # A second pause and resume: the new rate holds in the next launch of the stage.
-        await agent.send(_control(PauseStage, run, "pause-2"))
+        await agent.send(control_for(PauseStage, run, "pause-2"))
         paused_again = await reports.wait(
             lambda ms: len(p := reports_for(ms, run.command_id, "StagePaused")) == 2 and p[1]
         )
         p2 = paused_again.step
         assert p2 > q and p2 % SAVE_STEPS == 0
-        await agent.send(_control(ResumeStage, run, "resume-2"))
+        await agent.send(control_for(ResumeStage, run, "resume-2"))
         done = await reports.wait(lambda ms: finished(ms, run.command_id), timeout=60)
         assert done.TYPE == "StageSucceeded", done
         assert Path(done.outputs["checkpoint"]).name == f"global_step_{MAX_STEPS}"

@@ -49,7 +49,6 @@ from posttrain.trainer_agent.core.decide import (
     decide,
 )
 from posttrain.trainer_agent.core.events import Finished, Launched
-from posttrain.trainer_agent.core.failure import tail
 from posttrain.trainer_agent.core.state import Entry, Launch, Status, usage
 from posttrain.trainer_agent.endpoints import AgentStats, routes
 from posttrain.trainer_agent.heartbeat import heartbeat, paused_count
@@ -61,8 +60,8 @@ from posttrain.trainer_agent.stage_files import (
     CONTROL,
     LOG,
     append_line,
-    file_size,
     read_json,
+    read_tail,
     result_path,
     spec_path,
     write_json_atomic,
@@ -311,7 +310,7 @@ class Agent:
                 result = read_json(result_path(attempt_dir, launch.number))
         if result is not None or not alive:
             await self._relay_events(entry.command_id)  # what it wrote before it ended
-        log_tail = "" if alive or result is not None else _read_tail(attempt_dir / LOG)
+        log_tail = "" if alive or result is not None else read_tail(attempt_dir / LOG)
         return Looked(entry.command_id, time.time(), alive, result, log_tail)
 
     async def _relay_events(self, command_id: str) -> None:
@@ -463,11 +462,3 @@ class Agent:
         except Exception:
             self.stats.send_errors += 1
             raise
-
-
-def _read_tail(path: Path) -> str:
-    size = file_size(path)
-    with contextlib.suppress(OSError), open(path, "rb") as fh:
-        fh.seek(max(0, size - 16384))
-        return tail(fh.read().decode("utf-8", "replace"))
-    return ""

@@ -25,11 +25,13 @@ from typing import Any
 import orjson
 
 from posttrain.trainer_agent.core.control import StepDirective, at_step_boundary
+from posttrain.trainer_agent.core.failure import tail
 from posttrain.trainer_agent.core.lines import complete_lines
 
 CONTROL = "control.jsonl"
 EVENTS = "events.jsonl"
 LOG = "stage.log"
+_TAIL_BYTES = 16384
 
 
 def spec_path(attempt_dir: Path, launch: int) -> Path:
@@ -72,6 +74,18 @@ def file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def read_tail(path: Path, since: int | None = None) -> str:
+    """The end of a log (``core.failure.tail``) of what it gained past ``since`` (by default,
+    of its last 16 KiB): what a failure quotes."""
+    start = max(0, file_size(path) - _TAIL_BYTES) if since is None else since
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return tail(fh.read().decode("utf-8", "replace"))
+    except FileNotFoundError:
+        return ""
 
 
 class LineFollower:

@@ -1,15 +1,16 @@
 """The supervisor interface: what the agent needs from whatever runs a stage process.
 
 The agent decides (``core.decide``); a supervisor carries out the process side of it. Three
-implementations are meant to exist, and the interface is the same for each:
+implementations exist, and the interface is the same for each (``choice`` picks one per stage):
 
-- ``local`` (``supervisors/local.py``): a stage process on this host, forked from the zygote
-  (or spawned), in its own session so that it outlives the agent.
-- ``ssh``: the same stage process on a remote host, started detached over SSH; the supervisor
-  mirrors the attempt directory between the two hosts (``push`` / ``pull``) and re-attaches after
-  a dropped connection from what the handle records (pid file, start time).
-- ``ranks``: N local processes of one stage (torchrun / accelerate, one per GPU); the handle
-  names the launcher's process group, rank 0 writes the result and events.
+- ``local`` (``local.py``): a stage process on this host, forked from the zygote (or spawned),
+  in its own session so that it outlives the agent.
+- ``ssh`` (``ssh.py``): the same stage process on a remote host, started detached over SSH; the
+  supervisor mirrors the attempt directory between the two hosts (``push``: control lines out;
+  the run's output, events and result back as it reads them) and re-attaches after a dropped
+  connection or an agent restart from what the handle records (pid file, start time).
+- ``ranks`` (``ranks.py``): N local processes of one stage (torchrun's launcher, one per GPU);
+  the handle names the stage's process group, rank 0 writes the result and events.
 
 The contract every implementation keeps:
 

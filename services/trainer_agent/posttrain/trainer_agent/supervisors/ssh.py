@@ -8,8 +8,8 @@ every task, control and resume works the same; only where its files live differs
   ``ssh_config.remote_dir``, its metrics go to ``<job_id>_metrics.jsonl`` in its run folder, it is
   given no broker) and copied, with the stage's control file, into the run folder
   ``<remote_dir>/<command id>-launch<n>``; the process starts there detached from the connection
-  (``ssh_remote``), with ``ssh_config.env`` and the stage's identity (``IDENTITY_VARS``), never the
-  agent host's environment or secrets.
+  (``ssh_remote``), with ``ssh_config.env``, the stage's identity (``IDENTITY_VARS``) and the GPUs
+  it was assigned, never the agent host's environment or secrets.
 - One ``SshRunner`` per launch follows the run (``ssh_runner``): metric lines onto
   ``posttrain.metrics`` through a reporter of the agent's, keyed by remote file and line so that
   none is lost or doubled across a dropped connection or an agent restart; the stage's output is
@@ -18,7 +18,8 @@ every task, control and resume works the same; only where its files live differs
   result is copied to the local ``result-<n>.json`` (``pull``), or, if it ended without one, the
   exit status is written to ``stage.log`` for the failure to quote.
 - ``push`` appends the control lines the agent wrote locally since the last push to the remote
-  control file; ``signal`` signals the remote process group.
+  control file; ``signal`` signals the remote process group. Both run in the background, so
+  that a host that cannot be reached holds up no other stage of the agent.
 
 Everything needed to find a run again is in its handle (``StageHandle.extra``: the run's record,
 the ``ssh_config``, which names the key secret but never holds a key) and in the state folder
@@ -31,8 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ from posttrain.trainer_agent.supervisors.ssh_runner import (
 log = logging.getLogger(__name__)
 
 STAGE_MODULE = "posttrain.trainer_agent.stage_process"
+# The GPUs the agent assigned the stage: an agent fronting a remote host announces its GPUs.
+GPUS_VAR = "CUDA_VISIBLE_DEVICES"
 _PUSHED = "control.pushed"  # bytes of the local control file already in the remote one
 _SIGNALS = {"term": "TERM", "kill": "KILL"}
 # How long the end of a run may wait for its last points to reach Kafka (the rest is in the
@@ -92,6 +95,8 @@ class _Run:
     launch: int
     host: str
     settled: bool = False  # its ending is written into the attempt directory
+    push_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class SshSupervisor:
@@ -132,7 +137,7 @@ class SshSupervisor:
             name,
             str(run["job_id"]),
             [config.python, "-m", STAGE_MODULE, run_dir, str(n)],
-            env={k: request.env[k] for k in IDENTITY_VARS if k in request.env},
+            env={k: request.env[k] for k in (*IDENTITY_VARS, GPUS_VAR) if k in request.env},
             files={spec_path(Path("."), n).name: orjson.dumps(remote_spec), CONTROL: control},
             result_file=result_path(Path("."), n).name,
         )
@@ -162,27 +167,17 @@ class SshSupervisor:
         return not (await self._run_of(handle)).runner.ended
 
     async def signal(self, handle: StageHandle, sig: StopSignal) -> None:
+        """Sent in the background: a host that cannot be reached holds up no other stage (the
+        runner retries until it gives up on the host, which fails the stage)."""
         state = await self._run_of(handle)
-        if state.runner.ended:
-            return
-        try:
-            await state.runner.signal(_SIGNALS[sig])
-        except SshError as exc:
-            raise SupervisorError(str(exc)) from None
+        if not state.runner.ended:
+            self._background(state, self._signal(state, sig))
 
     async def push(self, handle: StageHandle, attempt_dir: Path) -> None:
+        """In the background, one push at a time per run: the lines past what was pushed."""
         state = await self._run_of(handle)
-        pushed_file = state.runner.state_dir / _PUSHED
-        pushed = _read_int(pushed_file)
-        data = _read_bytes(attempt_dir / CONTROL)
-        new = data[pushed : data.rfind(b"\n") + 1] if len(data) > pushed else b""
-        if not new or state.runner.ended:
-            return
-        try:
-            await state.runner.append_control(new)
-        except SshError as exc:
-            raise SupervisorError(str(exc)) from None
-        _write_int(pushed_file, pushed + len(new))
+        if not state.runner.ended:
+            self._background(state, self._push(state, attempt_dir))
 
     async def pull(self, handle: StageHandle, attempt_dir: Path) -> None:
         """Output and events arrive as the runner reads them; once it is over, the ending."""
@@ -195,6 +190,8 @@ class SshSupervisor:
 
     def close(self) -> None:
         for state in self._runs.values():
+            for task in state.tasks:
+                task.cancel()
             if not state.settled:
                 state.runner.abandon()
                 with contextlib.suppress(Exception):
@@ -202,6 +199,34 @@ class SshSupervisor:
         self._runs.clear()
 
     # --- runs -----------------------------------------------------------------------------
+
+    def _background(self, state: _Run, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    async def _signal(self, state: _Run, sig: StopSignal) -> None:
+        try:
+            await state.runner.signal(_SIGNALS[sig])
+        except Exception as exc:
+            log.warning("ssh: signal not sent", extra={"host": state.host, "error": str(exc)})
+
+    async def _push(self, state: _Run, attempt_dir: Path) -> None:
+        async with state.push_lock:
+            pushed_file = state.runner.state_dir / _PUSHED
+            pushed = _read_int(pushed_file)
+            data = _read_bytes(attempt_dir / CONTROL)
+            new = data[pushed : data.rfind(b"\n") + 1] if len(data) > pushed else b""
+            if not new or state.runner.ended:
+                return
+            try:
+                await state.runner.append_control(new)
+            except Exception as exc:  # the next push (or none: the stage failed) carries them
+                log.warning(
+                    "ssh: control lines not pushed", extra={"host": state.host, "error": str(exc)}
+                )
+                return
+            _write_int(pushed_file, pushed + len(new))
 
     def _new_run(
         self, attempt_dir: Path, launch: int, config: SshConfig, run: Mapping[str, Any]

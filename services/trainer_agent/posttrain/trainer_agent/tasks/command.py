@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from posttrain.trainer_agent.core.failure import kind_from_log, tail
+from posttrain.trainer_agent.core.failure import kind_from_log
 from posttrain.trainer_agent.metrics_file import metrics_file_path
-from posttrain.trainer_agent.stage_files import LOG
+from posttrain.trainer_agent.stage_files import LOG, file_size, read_tail
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
 
@@ -58,7 +58,7 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
     env.setdefault("POSTTRAIN_METRICS_FILE", str(metrics_file))
     env.setdefault("VERL_FILE_LOGGER_PATH", str(metrics_file))
     env.setdefault("POSTTRAIN_METRICS_DIR", str(metrics_file.parent))
-    log_size_before = _size(ctx.attempt_dir / LOG)
+    log_size_before = file_size(ctx.attempt_dir / LOG)
 
     stop_tailing = threading.Event()
     tailer = MetricsFileTailer(metrics_file, ctx.attempt_dir / "metrics.offset")
@@ -88,7 +88,7 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
     if ctx.stop_reason in ("cancel", "pause"):
         return {"stopped": ctx.stop_reason, "step": 0, **outputs}
     if code != 0:
-        log_tail = _log_tail(ctx.attempt_dir / LOG, log_size_before)
+        log_tail = read_tail(ctx.attempt_dir / LOG, log_size_before)
         raise CommandFailed(
             f"command exited with status {code}",
             kind_from_log(log_tail),
@@ -138,19 +138,3 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
         process.wait(TERMINATE_GRACE_S)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _log_tail(path: Path, since: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(since)
-            return tail(fh.read().decode("utf-8", "replace"))
-    except FileNotFoundError:
-        return ""

@@ -38,10 +38,10 @@ from posttrain.events.actions import VERL_REFUSALS
 from posttrain.events.tasks import VerlParams, verl_params
 from posttrain.trainer_agent.core.checkpoints import Checkpoint
 from posttrain.trainer_agent.core.control import Applied
-from posttrain.trainer_agent.core.failure import kind_from_log, tail
+from posttrain.trainer_agent.core.failure import kind_from_log
 from posttrain.trainer_agent.core.paths import safe_name
 from posttrain.trainer_agent.core.verl_command import Launch, command_line, environment
-from posttrain.trainer_agent.stage_files import LOG
+from posttrain.trainer_agent.stage_files import LOG, file_size, read_tail
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
 from posttrain.trainer_agent.tasks.command import CommandFailed
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
@@ -180,7 +180,7 @@ def run_verl(ctx: StageContext) -> dict[str, Any]:
             c for c in checkpoints_in(supervisor.checkpoint_dir) if at is None or c.step <= at
         ]
         supervisor.reported = {c.step for c in ctx.checkpoints}
-    log_size_before = _size(ctx.attempt_dir / LOG)
+    log_size_before = file_size(ctx.attempt_dir / LOG)
     started = time.monotonic()
     supervisor.launch(resume)
     try:
@@ -202,7 +202,7 @@ def run_verl(ctx: StageContext) -> dict[str, Any]:
     if ctx.stop_reason is not None:
         return {"stopped": ctx.stop_reason, "step": ctx.stop_step, **outputs}
     if code != 0:
-        log_tail = _log_tail(ctx.attempt_dir / LOG, log_size_before)
+        log_tail = read_tail(ctx.attempt_dir / LOG, log_size_before)
         raise CommandFailed(
             f"verl exited with status {code}",
             kind_from_log(log_tail),
@@ -315,19 +315,3 @@ def _save_rate(path: Path, rate: float) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"learning_rate": rate}))
     tmp.replace(path)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _log_tail(path: Path, since: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(since)
-            return tail(fh.read().decode("utf-8", "replace"))
-    except FileNotFoundError:
-        return ""
