@@ -265,8 +265,10 @@ async def test_a_timeout_stops_every_rank(start_agent, kafka_settings, tmp_path)
     stage fails as timed out and no rank is left running."""
     agent = await start_agent()
     witness = tmp_path / "witness"
+    # Long enough for both ranks to start training on a loaded 2-core machine (they take 3-5 s
+    # on an idle one), far shorter than the 5,000 steps.
     run = agent.run_stage(
-        "train_model", {"config": _two_ranks(witness, max_steps=5000)}, timeout_s=8.0
+        "train_model", {"config": _two_ranks(witness, max_steps=5000)}, timeout_s=15.0
     )
     async with TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports:
         await agent.send(run)
