@@ -3,9 +3,6 @@ transactions that a crash cannot half-commit."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from typing import Any
 
 import orjson
@@ -15,7 +12,7 @@ from aiokafka import AIOKafkaConsumer
 from posttrain.events import Envelope, decode
 from posttrain.events.kafka import EventConsumer, KafkaSettings
 from posttrain.events.kafka.dlq import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
-from posttrain.events.messages import MetricPoint, MetricsReported, StageFailed, TickClock
+from posttrain.events.messages import MetricPoint, MetricsReported, StageFailed
 from posttrain.events.topics import Topic, topics_for_type
 from tests.samples import sample_messages
 from tests.waiting import wait_for
@@ -183,69 +180,3 @@ async def test_v1_payload_is_read_as_the_current_version(kafka_settings, produce
     message = got[0].envelope.data
     assert isinstance(message, StageFailed) and message.VERSION == 2
     assert (message.kind, message.attempt) == ("oom", 2)
-
-
-def _worker(settings: KafkaSettings, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.integration.txn_worker",
-            "--bootstrap",
-            settings.bootstrap_servers,
-            "--namespace",
-            settings.namespace,
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-async def test_killed_transaction_leaves_nothing_visible_and_input_is_read_again(
-    kafka_settings, producer
-):
-    inputs = [
-        Envelope.create(TickClock(pipeline_id=f"p-{i}", now=float(i)), key=f"p-{i}")
-        for i in range(5)
-    ]
-    await producer.send_many(Topic.PIPELINE_COMMANDS, inputs)
-
-    crashed = await asyncio.to_thread(_worker, kafka_settings, "--crash")
-    assert crashed.returncode == -9, crashed.stderr[-2000:]
-
-    # The outputs did reach the log (a read_uncommitted reader sees them) ...
-    uncommitted = await _read_all(
-        kafka_settings, Topic.PIPELINE_EVENTS, 5, isolation="read_uncommitted"
-    )
-    assert len(uncommitted) == 5
-    # ... but they were never committed: after the restart aborts them, read_committed readers
-    # see each output exactly once, from the second run.
-    finished = await asyncio.to_thread(_worker, kafka_settings)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "processed 5" in finished.stdout
-
-    committed = await _read_all(kafka_settings, Topic.PIPELINE_EVENTS, 5)
-    outputs = [decode(r.value, r.headers) for r in committed]
-    assert sorted(e.causation_id for e in outputs) == sorted(e.id for e in inputs)
-    assert not {e.id for e in outputs} & {decode(r.value, r.headers).id for r in uncommitted}
-
-    async with EventConsumer(
-        kafka_settings, [Topic.PIPELINE_EVENTS], group_id=None, name="txn-check"
-    ) as consumer:
-        seen: list[Any] = []
-        ends = None
-
-        async def at_end() -> bool:
-            nonlocal ends
-            seen.extend(await consumer.getmany(timeout_ms=200))
-            if not consumer.client.assignment():
-                return False
-            ends = ends or await consumer.end_offsets()
-            positions = {tp: await consumer.client.position(tp) for tp in ends}
-            return all(positions[tp] >= end for tp, end in ends.items())
-
-        await wait_for(at_end, what="the end of the event log")
-    assert len(seen) == 5
