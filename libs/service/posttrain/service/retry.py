@@ -20,6 +20,7 @@ from tenacity.wait import wait_base, wait_random_exponential
 log = logging.getLogger(__name__)
 
 Failure = Callable[[BaseException], Awaitable[None] | None]
+Transient = Callable[[BaseException], bool] | type[BaseException] | tuple[type[BaseException], ...]
 
 
 def backoff(initial_s: float = 0.1, max_s: float = 5.0) -> wait_base:
@@ -31,16 +32,16 @@ def backoff(initial_s: float = 0.1, max_s: float = 5.0) -> wait_base:
 def retrying(
     what: str,
     *,
-    transient: Callable[[BaseException], bool] | type[BaseException] = Exception,
+    transient: Transient = Exception,
     wait: wait_base | None = None,
     on_failure: Failure | None = None,
 ) -> AsyncRetrying:
-    """Retries forever while the failure is ``transient`` (a predicate, or an exception class);
+    """Retries forever while the failure is ``transient`` (a predicate, or exception classes);
     any other failure, and cancellation always, is raised at once. Each failed attempt is
     logged (as "``what`` failed; retrying") and handed to ``on_failure`` before the wait, e.g.
     to count it or to drop a broken connection. Make one per use: the object keeps state."""
     is_transient: Callable[[BaseException], bool]
-    if isinstance(transient, type):
+    if isinstance(transient, type | tuple):
         kind = transient
         is_transient = lambda exc: isinstance(exc, kind)  # noqa: E731
     else:
