@@ -9,21 +9,22 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from posttrain.events import Envelope, decode
+from posttrain.events import Envelope
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.dlq import HEADER_CONSUMER, HEADER_REASON, HEADER_TOPIC
 from posttrain.events.messages import CancelPipeline, CommandRefused
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.shell.service import Orchestrator
+from posttrain.testing.orchestrator import read_log
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-async def _records(settings: KafkaSettings, topic: Topic, wanted: Any, what: str) -> list[Any]:
-    """Raw committed records of ``topic`` from the beginning, once ``wanted(records)`` holds."""
+async def _parked(settings: KafkaSettings) -> list[Any]:
+    """The raw records of the dead-letter topic (raw: what it holds cannot be decoded)."""
     consumer = AIOKafkaConsumer(
-        settings.topic(topic),
+        settings.topic(Topic.DLQ),
         bootstrap_servers=settings.bootstrap_servers,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -36,9 +37,9 @@ async def _records(settings: KafkaSettings, topic: Topic, wanted: Any, what: str
         async def enough() -> bool:
             for batch in (await consumer.getmany(timeout_ms=200)).values():
                 records.extend(batch)
-            return bool(wanted(records))
+            return bool(records)
 
-        await wait_for(enough, timeout=30, what=what)
+        await wait_for(enough, timeout=30, what="the unreadable command on the DLQ")
     finally:
         await consumer.stop()
     return records
@@ -55,11 +56,9 @@ async def test_an_unreadable_command_is_parked_and_the_next_one_decided(kafka_se
         cancel = Envelope.create(CancelPipeline(pipeline_id="p-1"), key="p-1")
         await producer.send(Topic.PIPELINE_COMMANDS, cancel)
 
-        (parked,) = await _records(
-            kafka_settings, Topic.DLQ, lambda rs: rs, "the unreadable command on the DLQ"
-        )
-        events = await _records(
-            kafka_settings, Topic.PIPELINE_EVENTS, lambda rs: rs, "the answer to the cancel"
+        (parked,) = await _parked(kafka_settings)
+        events = await wait_for(
+            lambda: read_log(kafka_settings), timeout=30, what="the answer to the cancel"
         )
         await wait_for(
             lambda: orchestrator.stats.dead_letters == 1, timeout=10, what="the count of it"
@@ -74,5 +73,5 @@ async def test_an_unreadable_command_is_parked_and_the_next_one_decided(kafka_se
     assert headers[HEADER_REASON] == b"malformed"
     assert headers[HEADER_TOPIC] == topic.encode()
     assert headers[HEADER_CONSUMER] == b"orchestrator"
-    (answer,) = [decode(r.value, r.headers).data for r in events]
+    (answer,) = [e.data for e in events]
     assert isinstance(answer, CommandRefused) and answer.command == "CancelPipeline"
