@@ -7,48 +7,17 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from posttrain.events import Envelope, decode
-from posttrain.events.kafka import EventConsumer, KafkaSettings
+from posttrain.events.kafka import EventConsumer
 from posttrain.events.kafka.dlq import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
 from posttrain.events.messages import MetricPoint, MetricsReported, StageFailed
 from posttrain.events.topics import Topic, topics_for_type
+from tests.raw import read_raw
 from tests.samples import sample_messages
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def _read_all(
-    settings: KafkaSettings,
-    topic: Topic,
-    expected: int,
-    *,
-    isolation: str = "read_committed",
-    timeout: float = 30.0,
-) -> list[Any]:
-    """Every raw record of a topic, from the beginning, once ``expected`` have arrived."""
-    consumer = AIOKafkaConsumer(
-        settings.topic(topic),
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level=isolation,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-
-        async def enough() -> bool:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-            return len(records) >= expected
-
-        await wait_for(enough, timeout=timeout, what=f"{expected} records on {topic}")
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def test_every_message_type_round_trips_through_kafka(kafka_settings, producer):
@@ -69,7 +38,7 @@ async def test_every_message_type_round_trips_through_kafka(kafka_settings, prod
         by_topic[topic] = by_topic.get(topic, 0) + 1
     received = {}
     for topic, count in by_topic.items():
-        for record in await _read_all(kafka_settings, topic, count):
+        for record in await read_raw(kafka_settings, topic, count):
             envelope = decode(record.value, record.headers)
             assert record.key == envelope.key.encode()
             assert dict(record.headers)["posttrain-type"] == envelope.type.encode()
@@ -136,7 +105,7 @@ async def test_unreadable_messages_go_to_the_dlq_and_the_consumer_goes_on(kafka_
     finally:
         await consumer.stop()
 
-    parked = await _read_all(kafka_settings, Topic.DLQ, 3)
+    parked = await read_raw(kafka_settings, Topic.DLQ, 3)
     assert [(r.value, dict(r.headers)[HEADER_REASON].decode()) for r in parked] == [
         (value, reason) for value, reason in bad
     ]
