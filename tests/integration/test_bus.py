@@ -3,55 +3,21 @@ transactions that a crash cannot half-commit."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from posttrain.events import Envelope, decode
-from posttrain.events.kafka import EventConsumer, KafkaSettings
+from posttrain.events.kafka import EventConsumer
 from posttrain.events.kafka.dlq import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC
-from posttrain.events.messages import MetricPoint, MetricsReported, StageFailed, TickClock
+from posttrain.events.messages import MetricPoint, MetricsReported, StageFailed
 from posttrain.events.topics import Topic, topics_for_type
+from tests.raw import read_raw
 from tests.samples import sample_messages
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def _read_all(
-    settings: KafkaSettings,
-    topic: Topic,
-    expected: int,
-    *,
-    isolation: str = "read_committed",
-    timeout: float = 30.0,
-) -> list[Any]:
-    """Every raw record of a topic, from the beginning, once ``expected`` have arrived."""
-    consumer = AIOKafkaConsumer(
-        settings.topic(topic),
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level=isolation,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-
-        async def enough() -> bool:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-            return len(records) >= expected
-
-        await wait_for(enough, timeout=timeout, what=f"{expected} records on {topic}")
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def test_every_message_type_round_trips_through_kafka(kafka_settings, producer):
@@ -72,7 +38,7 @@ async def test_every_message_type_round_trips_through_kafka(kafka_settings, prod
         by_topic[topic] = by_topic.get(topic, 0) + 1
     received = {}
     for topic, count in by_topic.items():
-        for record in await _read_all(kafka_settings, topic, count):
+        for record in await read_raw(kafka_settings, topic, count):
             envelope = decode(record.value, record.headers)
             assert record.key == envelope.key.encode()
             assert dict(record.headers)["posttrain-type"] == envelope.type.encode()
@@ -139,7 +105,7 @@ async def test_unreadable_messages_go_to_the_dlq_and_the_consumer_goes_on(kafka_
     finally:
         await consumer.stop()
 
-    parked = await _read_all(kafka_settings, Topic.DLQ, 3)
+    parked = await read_raw(kafka_settings, Topic.DLQ, 3)
     assert [(r.value, dict(r.headers)[HEADER_REASON].decode()) for r in parked] == [
         (value, reason) for value, reason in bad
     ]
@@ -183,69 +149,3 @@ async def test_v1_payload_is_read_as_the_current_version(kafka_settings, produce
     message = got[0].envelope.data
     assert isinstance(message, StageFailed) and message.VERSION == 2
     assert (message.kind, message.attempt) == ("oom", 2)
-
-
-def _worker(settings: KafkaSettings, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.integration.txn_worker",
-            "--bootstrap",
-            settings.bootstrap_servers,
-            "--namespace",
-            settings.namespace,
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-async def test_killed_transaction_leaves_nothing_visible_and_input_is_read_again(
-    kafka_settings, producer
-):
-    inputs = [
-        Envelope.create(TickClock(pipeline_id=f"p-{i}", now=float(i)), key=f"p-{i}")
-        for i in range(5)
-    ]
-    await producer.send_many(Topic.PIPELINE_COMMANDS, inputs)
-
-    crashed = await asyncio.to_thread(_worker, kafka_settings, "--crash")
-    assert crashed.returncode == -9, crashed.stderr[-2000:]
-
-    # The outputs did reach the log (a read_uncommitted reader sees them) ...
-    uncommitted = await _read_all(
-        kafka_settings, Topic.PIPELINE_EVENTS, 5, isolation="read_uncommitted"
-    )
-    assert len(uncommitted) == 5
-    # ... but they were never committed: after the restart aborts them, read_committed readers
-    # see each output exactly once, from the second run.
-    finished = await asyncio.to_thread(_worker, kafka_settings)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "processed 5" in finished.stdout
-
-    committed = await _read_all(kafka_settings, Topic.PIPELINE_EVENTS, 5)
-    outputs = [decode(r.value, r.headers) for r in committed]
-    assert sorted(e.causation_id for e in outputs) == sorted(e.id for e in inputs)
-    assert not {e.id for e in outputs} & {decode(r.value, r.headers).id for r in uncommitted}
-
-    async with EventConsumer(
-        kafka_settings, [Topic.PIPELINE_EVENTS], group_id=None, name="txn-check"
-    ) as consumer:
-        seen: list[Any] = []
-        ends = None
-
-        async def at_end() -> bool:
-            nonlocal ends
-            seen.extend(await consumer.getmany(timeout_ms=200))
-            if not consumer.client.assignment():
-                return False
-            ends = ends or await consumer.end_offsets()
-            positions = {tp: await consumer.client.position(tp) for tp in ends}
-            return all(positions[tp] >= end for tp, end in ends.items())
-
-        await wait_for(at_end, what="the end of the event log")
-    assert len(seen) == 5

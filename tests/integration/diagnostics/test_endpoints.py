@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import uuid
 
 import httpx
@@ -13,14 +12,14 @@ from posttrain.events.kafka import EventProducer
 from posttrain.events.topics import Topic
 from tests.integration.diagnostics.helpers import StreamProcess
 from tests.integration.diagnostics.test_stream import STARTUP_S, points, report
+from tests.prometheus import samples
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def _sample(text: str, name: str) -> float:
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    return samples(text).get(name, 0.0)
 
 
 async def test_health_and_counters_follow_the_stream(

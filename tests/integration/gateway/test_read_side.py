@@ -24,6 +24,7 @@ from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent
 from tests.integration.gateway.test_api import _commands_sent, gateway
 from tests.integration.orchestrator.test_orchestrator import running
+from tests.prometheus import samples
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -229,7 +230,7 @@ async def test_a_live_stream_is_pushed_status_history_metrics_and_anomalies(
 
         async def streams_open():
             text = (await client.get("/metrics")).text
-            return "posttrain_gateway_live_streams 1" in text
+            return samples(text).get("posttrain_gateway_live_streams") == 1
 
         await wait_for(streams_open, timeout=30, what="the stream to be open")
         await _store_points(database_url, job, run_id, range(1, 6), lambda step: 1.0)
@@ -374,10 +375,10 @@ async def test_live_updates_survive_the_listening_connection_being_cut(
         assert (await client.post("/v1/pipelines", json=body, headers=OPERATOR)).status_code == 202
         follow = asyncio.create_task(client.get(f"/v1/pipelines/{run_id}/events", headers=VIEWER))
 
-        async def metric(line: str) -> bool:
-            return line in (await client.get("/metrics")).text
+        async def metric(name: str, value: float) -> bool:
+            return samples((await client.get("/metrics")).text).get(name) == value
 
-        await wait_for(lambda: metric("posttrain_gateway_live_streams 1"), what="the stream")
+        await wait_for(lambda: metric("posttrain_gateway_live_streams", 1), what="the stream")
         listening = (
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
             "AND query LIKE 'LISTEN%'"
@@ -396,7 +397,7 @@ async def test_live_updates_survive_the_listening_connection_being_cut(
             await wait_for(listening_again, timeout=30, what="a new listening connection")
         finally:
             await conn.close()
-        await wait_for(lambda: metric("posttrain_gateway_live_listening 1"), what="listening")
+        await wait_for(lambda: metric("posttrain_gateway_live_listening", 1), what="listening")
         hold.set()  # the pipeline ends after the cut: the stream must still hear it
         stream = await asyncio.wait_for(follow, timeout=60)
     statuses = [data["status"] for kind, data, _ in _sse(stream.text) if kind == "status"]

@@ -19,6 +19,7 @@ import asyncpg
 from posttrain.events import Envelope
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.messages.metrics import MetricPoint, MetricsReported
+from tests.prometheus import samples
 
 REPO = Path(__file__).resolve().parents[3]
 WHEN = datetime(2026, 1, 1, tzinfo=UTC)
@@ -173,12 +174,7 @@ class IngestProcess:
             text = await asyncio.to_thread(get)
         except OSError:
             return {}
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+        return samples(text)
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

@@ -16,6 +16,7 @@ from posttrain.metrics_ingest.endpoints import routes
 from posttrain.metrics_ingest.service import IngestService
 from posttrain.service.http import EndpointServer
 from tests.integration.metrics_ingest.helpers import count, messages
+from tests.prometheus import samples
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -60,15 +61,13 @@ async def test_health_metrics_and_flush_over_http(kafka_settings, producer, data
         assert status == 200 and health["status"] == "ok" and health["database_up"] is True
 
         status, body = await _http("GET", f"{base}/metrics")
-        samples = dict(
-            line.rsplit(" ", 1) for line in body.decode().splitlines() if not line.startswith("#")
-        )
+        got = samples(body.decode())
         assert status == 200
-        assert float(samples["posttrain_ingest_rows_inserted_total"]) >= 500
-        assert float(samples['posttrain_ingest_batch_rows_bucket{le="100"}']) >= 5
-        assert "posttrain_ingest_consumer_lag_messages_total" in samples
-        assert samples["posttrain_ingest_dead_letters_total"] == "0"
-        assert float(samples["posttrain_ingest_rows_per_second"]) > 0
+        assert got["posttrain_ingest_rows_inserted_total"] >= 500
+        assert got['posttrain_ingest_batch_rows_bucket{le="100.0"}'] >= 5
+        assert "posttrain_ingest_consumer_lag_messages_total" in got
+        assert got["posttrain_ingest_dead_letters_total"] == 0
+        assert got["posttrain_ingest_rows_per_second"] > 0
 
         status, body = await _http("POST", f"{base}/flush")
         assert status == 200 and "rows_inserted" in orjson.loads(body)

@@ -15,6 +15,7 @@ from posttrain.orchestrator.api import PipelineExecutor
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.orchestrator import read_log, start_orchestrator, stop
 from posttrain.testing.scripted_agent import ScriptedAgent
+from tests.prometheus import samples
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -53,12 +54,7 @@ async def _get(port: int, path: str) -> tuple[int, bytes]:
 async def _samples(port: int) -> dict[str, float]:
     status, body = await _get(port, "/metrics")
     assert status == 200
-    return {
-        name: float(value)
-        for name, value in (
-            line.rsplit(" ", 1) for line in body.decode().splitlines() if line[:1] != "#"
-        )
-    }
+    return samples(body.decode())
 
 
 async def test_health_and_metrics_of_a_running_orchestrator(kafka_settings, tmp_path, run_id):

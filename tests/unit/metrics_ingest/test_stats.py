@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 from posttrain.metrics_ingest.stats import IngestStats, render_prometheus
-
-
-def _samples(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+from tests.prometheus import samples
 
 
 def test_the_exposition_reports_what_the_service_did() -> None:
@@ -21,21 +13,20 @@ def test_the_exposition_reports_what_the_service_did() -> None:
     stats.dead_letters = 2
     stats.paused = True
     lag = {("posttrain.metrics", 0): 5, ("posttrain.metrics", 1): 7}
-    samples = _samples(render_prometheus(stats, lag, now=101.0))
+    got = samples(render_prometheus(stats, lag, now=101.0))
     assert (
-        samples['posttrain_ingest_consumer_lag_messages{partition="1",topic="posttrain.metrics"}']
-        == 7
+        got['posttrain_ingest_consumer_lag_messages{partition="1",topic="posttrain.metrics"}'] == 7
     )
-    assert samples["posttrain_ingest_consumer_lag_messages_total"] == 12
-    assert samples['posttrain_ingest_batch_rows_bucket{le="1000"}'] == 1
-    assert samples['posttrain_ingest_batch_rows_bucket{le="20000"}'] == 2
-    assert samples['posttrain_ingest_batch_rows_bucket{le="+Inf"}'] == 2
-    assert samples["posttrain_ingest_batch_rows_sum"] == 20_500
-    assert samples["posttrain_ingest_rows_inserted_total"] == 19_500
-    assert samples["posttrain_ingest_rows_duplicate_total"] == 1_000
-    assert samples["posttrain_ingest_rows_per_second"] == 1_950
-    assert samples["posttrain_ingest_dead_letters_total"] == 2
-    assert samples["posttrain_ingest_paused"] == 1
+    assert got["posttrain_ingest_consumer_lag_messages_total"] == 12
+    assert got['posttrain_ingest_batch_rows_bucket{le="1000.0"}'] == 1
+    assert got['posttrain_ingest_batch_rows_bucket{le="20000.0"}'] == 2
+    assert got['posttrain_ingest_batch_rows_bucket{le="+Inf"}'] == 2
+    assert got["posttrain_ingest_batch_rows_sum"] == 20_500
+    assert got["posttrain_ingest_rows_inserted_total"] == 19_500
+    assert got["posttrain_ingest_rows_duplicate_total"] == 1_000
+    assert got["posttrain_ingest_rows_per_second"] == 1_950
+    assert got["posttrain_ingest_dead_letters_total"] == 2
+    assert got["posttrain_ingest_paused"] == 1
 
 
 def test_rows_per_second_forgets_old_batches() -> None:

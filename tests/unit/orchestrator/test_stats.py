@@ -9,14 +9,8 @@ from posttrain.orchestrator.shell.stats import (
     pipelines_by_status,
     render_prometheus,
 )
+from tests.prometheus import samples
 from tests.unit.orchestrator.sim import World
-
-
-def _samples(text: str) -> dict[str, float]:
-    return {
-        name: float(value)
-        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
-    }
 
 
 def cmd(name, deps=()):
@@ -36,25 +30,25 @@ def test_metrics_count_what_committed_transactions_carried_and_pipelines_by_stat
 
     states = {0: {"p1": done.state}, 3: {"p2": running.state}}
     by_status = pipelines_by_status(states.values())
-    samples = _samples(render_prometheus(stats, [0, 3], by_status, now=102.5))
+    got = samples(render_prometheus(stats, [0, 3], by_status, now=102.5))
 
     p = "posttrain_orchestrator"
-    assert samples[f"{p}_up"] == 1
-    assert samples[f"{p}_owned_partitions"] == 2
-    assert samples[f'{p}_pipelines{{status="succeeded"}}'] == 1
-    assert samples[f'{p}_pipelines{{status="running"}}'] == 1
-    assert samples[f'{p}_pipelines{{status="failed"}}'] == 0
-    assert samples[f"{p}_records_total"] == 5
-    assert samples[f"{p}_dead_letters_total"] == 1
-    assert samples[f"{p}_events_appended_total"] == appended > 0
-    assert samples[f'{p}_agent_commands_total{{type="RunStage"}}'] == 2
-    assert samples[f'{p}_transactions_total{{outcome="committed"}}'] == 3
-    assert samples[f'{p}_transactions_total{{outcome="aborted"}}'] == 1
-    assert samples[f"{p}_replays_total"] == 2
-    assert samples[f"{p}_events_replayed_total"] == 600
-    assert samples[f"{p}_replay_seconds_total"] == 0.75
-    assert samples[f"{p}_last_replay_seconds"] == 0.5
-    assert samples[f"{p}_seconds_since_poll"] == 2.5
+    assert got[f"{p}_up"] == 1
+    assert got[f"{p}_owned_partitions"] == 2
+    assert got[f'{p}_pipelines{{status="succeeded"}}'] == 1
+    assert got[f'{p}_pipelines{{status="running"}}'] == 1
+    assert got[f'{p}_pipelines{{status="failed"}}'] == 0
+    assert got[f"{p}_records_total"] == 5
+    assert got[f"{p}_dead_letters_total"] == 1
+    assert got[f"{p}_events_appended_total"] == appended > 0
+    assert got[f'{p}_agent_commands_total{{type="RunStage"}}'] == 2
+    assert got[f'{p}_transactions_total{{outcome="committed"}}'] == 3
+    assert got[f'{p}_transactions_total{{outcome="aborted"}}'] == 1
+    assert got[f"{p}_replays_total"] == 2
+    assert got[f"{p}_events_replayed_total"] == 600
+    assert got[f"{p}_replay_seconds_total"] == 0.75
+    assert got[f"{p}_last_replay_seconds"] == 0.5
+    assert got[f"{p}_seconds_since_poll"] == 2.5
 
 
 def test_healthy_while_the_loop_runs_and_polls() -> None:

@@ -1,93 +1,76 @@
-"""The Prometheus text exposition format (0.0.4), built one metric family at a time.
+"""Every service's /metrics, written by prometheus_client (text format 0.0.4).
 
     text = Exposition("posttrain_agent", labels={"agent": "gpu-1"})
     text.add("launches_total", "counter", "Stage processes started.", 3)
     text.add("stages", "gauge", "Stages by state.", [({"state": "running"}, 1)])
+    text.collect_from(batch_rows)  # a prometheus_client instrument (a Histogram, say)
     body = text.render()
 
-Label values are escaped, labels are written in name order and a service's constant labels
-(``labels=``) go on every sample, so that every service writes the same text the same way.
+A service keeps its figures where its loop keeps them (plain fields, bumped for the price of an
+addition) and hands them over when someone asks: prometheus_client's custom-collector pattern.
+Families, samples, escaping, value formatting and the exposition itself are prometheus_client's;
+a service's constant labels (``labels=``) go on every sample.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
-Kind = Literal["counter", "gauge", "histogram", "untyped"]
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+Kind = Literal["counter", "gauge", "untyped"]
 Labels = Mapping[str, str]
 Samples = float | Iterable[tuple[Labels, float]]
 """One unlabelled value, or a value per label set."""
 
 
 class Exposition:
+    """The families of one /metrics answer, rendered by prometheus_client."""
+
     def __init__(self, prefix: str, labels: Labels | None = None) -> None:
         self.prefix = prefix
         self.labels = dict(labels or {})
-        self._lines: list[str] = []
+        self._families: list[Metric] = []
 
     def add(self, name: str, kind: Kind, help_: str, samples: Samples) -> None:
-        """One family: its HELP and TYPE lines and its samples (none is fine: the family is
-        still declared, e.g. a counter by type before the first one is counted)."""
-        full = self._family(name, kind, help_)
+        """One family and its samples (none is fine: the family is still declared, e.g. a
+        counter by type before the first one is counted). A counter's name ends in ``_total``,
+        the sample's name; prometheus_client names the family without it."""
+        full = f"{self.prefix}_{name}" if self.prefix else name
+        family_name = full
+        if kind == "counter":
+            if not full.endswith("_total"):
+                raise ValueError(f"counter {full!r}: a counter's name ends in _total")
+            family_name = full.removesuffix("_total")
+        family = Metric(family_name, help_, kind)
         if isinstance(samples, int | float):
             samples = [({}, samples)]
-        self._lines.extend(self._sample(full, value, labels) for labels, value in samples)
+        for labels, value in samples:
+            family.add_sample(full, {**self.labels, **labels}, float(value))
+        self._families.append(family)
 
-    def histogram(
-        self, name: str, help_: str, bounds: Sequence[float], counts: Sequence[int], sum_: float
-    ) -> None:
-        """A histogram from per-bucket counts (not cumulative): ``counts[i]`` observations fell
-        at or under ``bounds[i]`` and above the bound before; ``counts[-1]``, one more than the
-        bounds, is above them all."""
-        if len(counts) != len(bounds) + 1:
-            raise ValueError(
-                f"{len(bounds)} bounds need {len(bounds) + 1} counts, not {len(counts)}"
-            )
-        full = self._family(name, "histogram", help_)
-        cumulative = 0
-        for bound, count in zip(bounds, counts, strict=False):
-            cumulative += count
-            self._lines.append(self._sample(f"{full}_bucket", cumulative, {"le": number(bound)}))
-        total = cumulative + counts[-1]
-        self._lines.append(self._sample(f"{full}_bucket", total, {"le": "+Inf"}))
-        self._lines.append(self._sample(f"{full}_sum", sum_, {}))
-        self._lines.append(self._sample(f"{full}_count", total, {}))
+    def collect_from(self, instrument: Collector) -> None:
+        """The families of a prometheus_client instrument made with ``registry=None`` (a
+        ``Histogram``, say), named under this prefix, with the constant labels added."""
+        prefix = f"{self.prefix}_" if self.prefix else ""
+        for family in instrument.collect():
+            copy = Metric(prefix + family.name, family.documentation, family.type)
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue  # when the instrument was made: not one of our series
+                labels = {**self.labels, **sample.labels}
+                copy.add_sample(prefix + sample.name, labels, sample.value)
+            self._families.append(copy)
+
+    def collect(self) -> Iterator[Metric]:
+        """The families added so far (what prometheus_client's exposition reads)."""
+        return iter(self._families)
 
     def render(self) -> str:
-        return "\n".join(self._lines) + "\n"
-
-    def _family(self, name: str, kind: Kind, help_: str) -> str:
-        full = f"{self.prefix}_{name}" if self.prefix else name
-        help_text = help_.replace("\\", "\\\\").replace("\n", "\\n")
-        self._lines.append(f"# HELP {full} {help_text}")
-        self._lines.append(f"# TYPE {full} {kind}")
-        return full
-
-    def _sample(self, name: str, value: float, labels: Labels) -> str:
-        merged = {**self.labels, **labels} if self.labels else labels
-        if not merged:
-            return f"{name} {number(value)}"
-        inner = ",".join(f'{k}="{escape(v)}"' for k, v in sorted(merged.items()))
-        return f"{name}{{{inner}}} {number(value)}"
-
-
-def escape(value: str) -> str:
-    """A label value as the format wants it: backslash, double quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def number(value: float) -> str:
-    """A sample value: integers as integers, ``NaN``, ``+Inf``/``-Inf``, floats as ``repr``."""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+        return generate_latest(self).decode()

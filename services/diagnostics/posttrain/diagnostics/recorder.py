@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import logging
 import os
-import random
 import signal
 import sys
 import time
@@ -45,15 +44,16 @@ from posttrain.diagnostics.core.records import (
     anomaly_record,
     recommended_action,
 )
-from posttrain.diagnostics.store import write_records
+from posttrain.diagnostics.store import WriteResult, write_records
 from posttrain.events.codec import HEADER_TYPE, DecodeError, decode
 from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
-from posttrain.events.kafka.dlq import DeadLetterPublisher
+from posttrain.events.kafka.dlq import DeadLetters
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
 from posttrain.events.topics import Topic
 from posttrain.service.http import EndpointServer, Handler, Response, only, parse_address
 from posttrain.service.logs import without_password
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
+from posttrain.service.retry import retrying
 
 log = logging.getLogger("posttrain.diagnostics.recorder")
 
@@ -126,7 +126,7 @@ class AnomalyRecorder:
         self._max_records = max_records
         self._producer = EventProducer(settings)
         self._consumer = EventConsumer(settings, TOPICS, group_id=group_id, name=NAME)
-        self._dlq = DeadLetterPublisher(self._producer, NAME)
+        self._dlq = DeadLetters.acknowledged(self._producer, NAME)
         self._conn: asyncpg.Connection | None = None
         self.last_poll_at = time.monotonic()
         self.database_up = False
@@ -295,30 +295,29 @@ class AnomalyRecorder:
     async def _write_until_stored(
         self, anomalies: list[AnomalyRecord], actions: list[ActionRecord]
     ) -> None:
-        attempt = 0
-        while True:
-            try:
-                result = await write_records(await self._connection(), anomalies, actions)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if _is_data_error(exc):
-                    raise _Refused() from exc
-                attempt += 1
-                self.stats.write_failures += 1
-                self.database_up = False
-                delay = min(5.0, 0.1 * 2 ** (attempt - 1)) * (0.8 + 0.4 * random.random())
-                log.warning(
-                    "writing records to PostgreSQL failed; retrying",
-                    extra={"error": repr(exc), "attempt": attempt, "retry_in_s": round(delay, 2)},
-                )
-                await self._discard()
-                await asyncio.sleep(delay)
-                continue
-            self.database_up = True
-            self.stats.anomalies_recorded += result.anomalies_inserted
-            self.stats.anomalies_known += result.anomalies_known
-            return
+        try:
+            result: WriteResult = await retrying(
+                "writing records to PostgreSQL",
+                transient=lambda exc: not _is_data_error(exc),
+                on_failure=self._write_failed,
+            )(self._write_records, anomalies, actions)
+        except Exception as exc:
+            if _is_data_error(exc):
+                raise _Refused() from exc
+            raise
+        self.database_up = True
+        self.stats.anomalies_recorded += result.anomalies_inserted
+        self.stats.anomalies_known += result.anomalies_known
+
+    async def _write_records(
+        self, anomalies: list[AnomalyRecord], actions: list[ActionRecord]
+    ) -> WriteResult:
+        return await write_records(await self._connection(), anomalies, actions)
+
+    async def _write_failed(self, exc: BaseException) -> None:
+        self.stats.write_failures += 1
+        self.database_up = False
+        await self._discard()
 
     async def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit the offsets of the partitions still ours. A refused commit loses nothing: the
@@ -336,26 +335,10 @@ class AnomalyRecorder:
     async def _park(self, record: Any, reason: str, detail: str) -> None:
         """Put a record on the dead-letter topic, retrying until the broker has it: moving past
         it before that would lose it."""
-        log.warning(
-            "message parked in the DLQ",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "reason": reason,
-                "detail": detail[:500],
-            },
+        await retrying("writing to the DLQ", transient=KafkaError)(
+            self._dlq.park, record, reason, detail
         )
-        attempt = 0
-        while True:
-            try:
-                await self._dlq.park(record, reason, detail)
-                self.stats.dead_letters += 1
-                return
-            except KafkaError as exc:
-                attempt += 1
-                log.warning("DLQ write failed; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        self.stats.dead_letters += 1
 
     # --- observation ----------------------------------------------------------------------
 

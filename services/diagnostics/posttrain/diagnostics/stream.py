@@ -55,7 +55,7 @@ from posttrain.diagnostics.core.state import JobState
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import KafkaSettings, NewTopicSpec, await_leaders, ensure_named_topics
 from posttrain.events.kafka.admin import LEADERS_TIMEOUT_S
-from posttrain.events.kafka.dlq import dead_letter_headers
+from posttrain.events.kafka.dlq import DeadLetters
 from posttrain.events.messages.diagnostics import AnomalyDetected
 from posttrain.events.messages.metrics import MetricsReported
 from posttrain.events.messages.pipeline import RequestAction
@@ -113,22 +113,6 @@ class _QuietMonitor(Monitor):
     on_table_set = Sensor.on_table_set
     on_send_initiated = Sensor.on_send_initiated
     on_send_completed = Sensor.on_send_completed
-
-
-class _Record:
-    """What dead_letter_headers needs of a Faust message."""
-
-    def __init__(self, message: Any) -> None:
-        self.topic = message.topic
-        self.partition = message.partition
-        self.offset = message.offset
-        self.key = message.key
-        self.value = message.value
-        self.headers = (
-            list((message.headers or {}).items())
-            if isinstance(message.headers, dict)
-            else list(message.headers or [])
-        )
 
 
 class DiagnosticsStream:
@@ -343,13 +327,7 @@ class DiagnosticsStream:
             return decode(message.value, pairs)
         except DecodeError as exc:
             self.dead_lettered += 1
-            log.warning("unreadable message parked in DLQ", extra={"reason": exc.reason})
-            record = _Record(message)
-            await self.dlq.send(
-                key=message.key,
-                value=message.value,
-                headers=dead_letter_headers(record, exc.reason, exc.detail, APP_NAME),
-            )
+            await DeadLetters(self.dlq.send, APP_NAME).park(message, exc.reason, exc.detail)
             return None
 
     async def _send(self, topic: Any, envelope: Envelope[Any]) -> None:

@@ -31,6 +31,7 @@ from fastapi.encoders import jsonable_encoder
 
 from posttrain.orchestrator.api import aget_pipeline_history, aget_pipeline_status
 from posttrain.service import notify
+from posttrain.service.retry import backoff, retrying
 
 log = logging.getLogger(__name__)
 
@@ -184,19 +185,15 @@ class LiveHub:
         self._reconnect = asyncio.get_running_loop().create_task(self._relisten())
 
     async def _relisten(self) -> None:
-        delay = 0.2
+        # ``stop`` cancels this task: cancellation ends the retries.
         try:
-            while not self._closed:
-                try:
-                    await self._listen()
-                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                    log.warning("live updates: reconnecting failed (%s), retrying", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                for pipeline_id in list(self._subs):  # whatever changed while deaf
-                    self._refresh(pipeline_id)
-                return
+            await retrying(
+                "live updates: reconnecting",
+                transient=(OSError, asyncpg.PostgresError, TimeoutError),
+                wait=backoff(initial_s=0.2, max_s=5.0),
+            )(self._listen)
+            for pipeline_id in list(self._subs):  # whatever changed while deaf
+                self._refresh(pipeline_id)
         finally:
             self._reconnect = None
 

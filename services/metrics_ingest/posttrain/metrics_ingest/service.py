@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import weakref
 from collections.abc import Callable
@@ -27,19 +26,22 @@ from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from tenacity import AsyncRetrying
+from tenacity.wait import wait_base
 
 from posttrain.events.codec import DecodeError, decode
 from posttrain.events.kafka import EventProducer, KafkaSettings
-from posttrain.events.kafka.dlq import DeadLetterPublisher
+from posttrain.events.kafka.dlq import DeadLetters
 from posttrain.events.messages.metrics import MetricsReported
 from posttrain.events.topics import Topic
-from posttrain.metrics_ingest.core.backoff import Backoff
 from posttrain.metrics_ingest.core.batching import DEFAULT_POLICY, Batch, Batcher, BatchPolicy
 from posttrain.metrics_ingest.core.rows import ReportRows, RowError
 from posttrain.metrics_ingest.core.wire import read_report, rows_from_message
 from posttrain.metrics_ingest.flushing import advertised_client_id
 from posttrain.metrics_ingest.stats import IngestStats
 from posttrain.metrics_ingest.store import Connector, MetricsWriter, WriteResult, is_data_error
+from posttrain.service.retry import backoff as retry_backoff
+from posttrain.service.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class IngestService:
         policy: BatchPolicy = DEFAULT_POLICY,
         group_id: str = GROUP_ID,
         name: str = NAME,
-        backoff: Backoff | None = None,
+        backoff: wait_base | None = None,
         consumer: ConsumerOptions | None = None,
         migrate: bool = True,
         http_address: str | None = None,
@@ -94,7 +96,7 @@ class IngestService:
         self.kafka = kafka
         self.policy = policy
         self.name = name
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or retry_backoff()
         self.stats = IngestStats()
         self._clock = clock
         options = consumer or ConsumerOptions()
@@ -118,7 +120,7 @@ class IngestService:
             **options.extra,
         )
         self._producer = EventProducer(kafka, linger_ms=0)
-        self._dlq = DeadLetterPublisher(self._producer, name)
+        self._dlq = DeadLetters.acknowledged(self._producer, name)
         self._connector = Connector(database_url, migrate=migrate)
         self._writer = MetricsWriter()
         self._batcher: Batcher[TopicPartition, Pending] = Batcher(policy)
@@ -277,26 +279,10 @@ class IngestService:
     async def _park(self, record: Any, reason: str, detail: str) -> None:
         """Put a record on the dead-letter topic, retrying until the broker has it: moving past
         it before that would lose it."""
-        attempt = 0
-        log.warning(
-            "metrics message parked in the DLQ",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "reason": reason,
-                "detail": detail[:500],
-            },
+        await retrying("writing to the DLQ", transient=KafkaError, wait=self.backoff)(
+            self._dlq.park, record, reason, detail
         )
-        while True:
-            try:
-                await self._dlq.park(record, reason, detail)
-                self.stats.dead_letters += 1
-                return
-            except KafkaError as exc:
-                attempt += 1
-                log.warning("DLQ write failed; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(self.backoff.delay(attempt, random.random()))
+        self.stats.dead_letters += 1
 
     def _seal(self) -> None:
         """Hand the open batch to the writer (if it holds anything to write or commit)."""
@@ -361,29 +347,16 @@ class IngestService:
         if not batch.entries:
             return
         pending = batch.items
-        attempt = 0
-        while True:
-            try:
-                result = await self._write_once([p.report for p in pending])
-            except asyncio.CancelledError:
+        try:
+            result: WriteResult = await self._until_stored("writing a batch to PostgreSQL")(
+                self._write_once, [p.report for p in pending]
+            )
+        except Exception as exc:
+            if not is_data_error(exc):
                 raise
-            except Exception as exc:
-                if is_data_error(exc):
-                    await self._write_one_by_one(pending)
-                    return
-                attempt += 1
-                self.stats.write_failures += 1
-                self.stats.db_up = False
-                delay = self.backoff.delay(attempt, random.random())
-                log.warning(
-                    "writing a batch to PostgreSQL failed; retrying",
-                    extra={"error": repr(exc), "attempt": attempt, "retry_in_s": round(delay, 2)},
-                )
-                await self._connector.discard()
-                await asyncio.sleep(delay)
-                continue
-            self._record(result)
+            await self._write_one_by_one(pending)
             return
+        self._record(result)
 
     async def _write_once(self, reports: list[ReportRows]) -> WriteResult:
         conn = await self._connector.connection()
@@ -393,24 +366,30 @@ class IngestService:
         """A value in the batch was refused: write message by message and park the ones that
         PostgreSQL refuses, so that one bad message does not hold up the others."""
         for item in pending:
-            attempt = 0
-            while True:
-                try:
-                    result = await self._write_once([item.report])
-                except asyncio.CancelledError:
+            try:
+                result: WriteResult = await self._until_stored("writing a message to PostgreSQL")(
+                    self._write_once, [item.report]
+                )
+            except Exception as exc:
+                if not is_data_error(exc):
                     raise
-                except Exception as exc:
-                    if is_data_error(exc):
-                        await self._park(item.record, "unstorable", f"PostgreSQL refused: {exc}")
-                        break
-                    attempt += 1
-                    self.stats.write_failures += 1
-                    self.stats.db_up = False
-                    await self._connector.discard()
-                    await asyncio.sleep(self.backoff.delay(attempt, random.random()))
-                    continue
-                self._record(result)
-                break
+                await self._park(item.record, "unstorable", f"PostgreSQL refused: {exc}")
+                continue
+            self._record(result)
+
+    def _until_stored(self, what: str) -> AsyncRetrying:
+        """Retries while PostgreSQL is away; a value it refuses is raised at once."""
+        return retrying(
+            what,
+            transient=lambda exc: not is_data_error(exc),
+            wait=self.backoff,
+            on_failure=self._write_failed,
+        )
+
+    async def _write_failed(self, exc: BaseException) -> None:
+        self.stats.write_failures += 1
+        self.stats.db_up = False
+        await self._connector.discard()
 
     def _record(self, result: WriteResult) -> None:
         self.stats.db_up = True

@@ -6,6 +6,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from prometheus_client import Histogram
+
 from posttrain.service.prometheus import Exposition
 
 # Upper bounds of the batch-size histogram, in rows.
@@ -29,8 +31,11 @@ class IngestStats:
     pending_rows: int = 0
     paused: bool = False
     db_up: bool = False
-    batch_histogram: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
-    batch_rows_sum: int = 0
+    batch_rows: Histogram = field(
+        default_factory=lambda: Histogram(
+            "batch_rows", "Rows per batch written.", buckets=BATCH_BUCKETS, registry=None
+        )
+    )
     _recent: deque[tuple[float, int]] = field(default_factory=deque)
 
     def batch_written(self, offered: int, inserted: int, via_staging: bool, now: float) -> None:
@@ -39,13 +44,7 @@ class IngestStats:
         self.rows_inserted += inserted
         self.rows_duplicate += offered - inserted
         self.last_batch_rows = offered
-        self.batch_rows_sum += offered
-        for i, bound in enumerate(BATCH_BUCKETS):
-            if offered <= bound:
-                self.batch_histogram[i] += 1
-                break
-        else:
-            self.batch_histogram[-1] += 1
+        self.batch_rows.observe(offered)
         self._recent.append((now, inserted))
         self._trim(now)
 
@@ -80,13 +79,7 @@ def render_prometheus(
         "Messages not yet durable, all assigned partitions.",
         sum(lag.values()),
     )
-    text.histogram(
-        "batch_rows",
-        "Rows per batch written.",
-        BATCH_BUCKETS,
-        stats.batch_histogram,
-        stats.batch_rows_sum,
-    )
+    text.collect_from(stats.batch_rows)
     text.add("last_batch_rows", "gauge", "Rows in the last batch written.", stats.last_batch_rows)
     text.add(
         "rows_per_second",

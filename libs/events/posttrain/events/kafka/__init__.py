@@ -1,5 +1,5 @@
 """Kafka helpers over aiokafka: settings, admin, batched idempotent producer, consumers with a
-dead-letter topic, and a transactional consume-transform-produce loop. (``blocking``, the producer
+dead-letter topic. (``blocking``, the producer
 of a thread without an event loop, over librdkafka, is imported from its module: the services
 never load librdkafka.)"""
 
@@ -13,20 +13,18 @@ from posttrain.events.kafka.admin import (
     ensure_topics,
 )
 from posttrain.events.kafka.consumer import EventConsumer, Received
-from posttrain.events.kafka.dlq import DeadLetterPublisher
+from posttrain.events.kafka.dlq import DeadLetters
 from posttrain.events.kafka.producer import EventProducer
 from posttrain.events.kafka.settings import KafkaSettings
-from posttrain.events.kafka.transactional import TransactionalProcessor
 
 __all__ = [
-    "DeadLetterPublisher",
+    "DeadLetters",
     "EventConsumer",
     "EventProducer",
     "KafkaSettings",
     "NewTopicSpec",
     "Received",
     "TopicProblem",
-    "TransactionalProcessor",
     "await_coordinators",
     "await_leaders",
     "check_topics",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -11,12 +10,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from posttrain.events.codec import DecodeError, decode
 from posttrain.events.envelope import Envelope
-from posttrain.events.kafka.dlq import DeadLetterPublisher
+from posttrain.events.kafka.dlq import DeadLetters
 from posttrain.events.kafka.producer import EventProducer
 from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.events.topics import Topic
-
-log = logging.getLogger(__name__)
 
 
 class Received(NamedTuple):
@@ -62,7 +59,7 @@ class EventConsumer:
             isolation_level=isolation_level,
             **client_options,
         )
-        self._dlq = DeadLetterPublisher(dead_letters, name) if dead_letters else None
+        self._dlq = DeadLetters.acknowledged(dead_letters, name) if dead_letters else None
         self.undecodable = 0
 
     @property
@@ -116,16 +113,6 @@ class EventConsumer:
 
     async def _dead_letter(self, record: Any, exc: DecodeError) -> None:
         self.undecodable += 1
-        log.warning(
-            "unreadable message parked in DLQ",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "reason": exc.reason,
-                "detail": exc.detail,
-            },
-        )
         if self._dlq is None:
             raise RuntimeError(
                 f"{self.name}: unreadable message at {record.topic}/{record.partition}"

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import EventProducer, KafkaSettings
-from posttrain.events.kafka.dlq import dead_letter_headers
+from posttrain.events.kafka.dlq import DeadLetters
 from posttrain.events.messages import TickClock
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.orchestrator.core.decide import (
@@ -245,12 +245,8 @@ class Orchestrator:
                         pid = envelope.data.pipeline_id
                     except (DecodeError, AttributeError) as exc:
                         reason = exc.reason if isinstance(exc, DecodeError) else "invalid"
-                        await producer.client.send(
-                            self.settings.topic(Topic.DLQ),
-                            key=record.key,
-                            value=record.value,
-                            headers=dead_letter_headers(record, reason, str(exc), "orchestrator"),
-                        )
+                        dlq = DeadLetters.in_transaction(producer, "orchestrator")
+                        await dlq.park(record, reason, str(exc))
                         dead += 1
                         continue
                     state = states.get(pid) or PipelineState(pid)
