@@ -231,7 +231,7 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5, help="a client's wait between reads")
     args = parser.parse_args()
 
-    from posttrain.db.migrate import apply_migrations
+    from posttrain.service.migrate import apply_migrations
 
     base = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     name = f"bench_gateway_{uuid.uuid4().hex[:8]}"

@@ -96,7 +96,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from posttrain.db.migrate import apply_migrations
+        from posttrain.service.migrate import apply_migrations
 
         # The gateway's own tables (idempotency keys); up to date already after a stack up.
         await apply_migrations(config.database_url, owner="gateway")
