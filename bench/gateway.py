@@ -34,7 +34,7 @@ from bench.common import drop_namespace, fresh_namespace
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
-from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.testing import services
 from posttrain.testing.scripted_agent import ScriptedAgent
 

@@ -38,16 +38,17 @@ from posttrain.gateway import idempotency
 from posttrain.gateway.auth import ANONYMOUS_ADMIN, Principal, Role, authenticate
 from posttrain.gateway.live import LiveHub
 from posttrain.metrics_ingest.queries import UnknownField, get_latest_metrics, get_metric_series
-from posttrain.orchestrator.api import (
+from posttrain.orchestrator.client import (
+    DocumentError,
+    InvalidPipeline,
     PipelineExecutor,
     aget_pipeline_history,
     aget_pipeline_status,
     alast_history_seq,
     alist_agents,
     alist_pipelines,
+    read_document,
 )
-from posttrain.orchestrator.core.dag import InvalidPipeline
-from posttrain.orchestrator.core.document import DocumentError, read_document
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
 
 _STATIC = Path(__file__).parent / "static"

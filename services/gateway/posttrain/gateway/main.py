@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
+from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
 
 DEFAULT_PORT = 9460
 
