@@ -30,10 +30,9 @@ from posttrain.diagnostics.core.anomaly import (
     Anomaly,
     AnomalyType,
     make,
-    oom_anomaly_id,
 )
 from posttrain.diagnostics.core.config import ConfigBook, DetectorConfig
-from posttrain.diagnostics.core.messages import anomaly_detected
+from posttrain.diagnostics.core.messages import anomaly_detected, oom_detected
 from posttrain.diagnostics.core.state import JobState
 from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events import Envelope
@@ -206,16 +205,14 @@ class DiagnosticService:
                 f"stage {failure.stage} attempt {failure.attempt} ran out of GPU memory: "
                 f"{error.strip().splitlines()[0][:300] if error else ''}",
             )
-            event = anomaly_detected(
-                failure.job_id,
-                anomaly,
-                pipeline_id=failure.pipeline_id,
-                stage=failure.stage,
-                attempt=failure.attempt,
-            )
             found.append(
-                event.model_copy(
-                    update={"anomaly_id": oom_anomaly_id(failure.job_id, failure.command_id)}
+                oom_detected(
+                    failure.job_id,
+                    failure.command_id,
+                    anomaly,
+                    pipeline_id=failure.pipeline_id,
+                    stage=failure.stage,
+                    attempt=failure.attempt,
                 )
             )
         return found
