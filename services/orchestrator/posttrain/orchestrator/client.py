@@ -185,13 +185,29 @@ class PipelineExecutor:
 Db = Any
 
 
+@contextlib.asynccontextmanager
+async def _connection(db: Db | None, database_url: str | None = None) -> AsyncIterator[Any]:
+    """A connection for a query's block: from ``db`` (taken from it for the block if it is a
+    pool), else one opened on ``database_url`` (or DATABASE_URL) and closed after."""
+    if db is None:
+        conn = await asyncpg.connect(_database_url(database_url))
+        try:
+            yield conn
+        finally:
+            await conn.close()
+    elif isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
+
+
 async def aget_pipeline_status(
     pipeline_uuid: str, database_url: str | None = None, *, db: Db | None = None
 ) -> dict[str, Any] | None:
     """Status and, per stage, name, status, command id, agent, attempts, times; None if the
     pipeline is unknown (or not projected yet). Reads through ``db`` when given."""
-    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
-    try:
+    async with _connection(db, database_url) as conn:
         row = await conn.fetchrow("SELECT * FROM pipelines WHERE pipeline_id = $1", pipeline_uuid)
         if row is None:
             return None
@@ -199,9 +215,6 @@ async def aget_pipeline_status(
             "SELECT * FROM pipeline_stages WHERE pipeline_id = $1 ORDER BY position",
             pipeline_uuid,
         )
-    finally:
-        if db is None:
-            await conn.close()
     return {
         **_summary(row),
         "celery_task_id": row["pipeline_id"],
@@ -286,8 +299,7 @@ async def aget_pipeline_history(
     the next page, None when this one reaches the end. None if the pipeline is unknown."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
-    try:
+    async with _connection(db, database_url) as conn:
         known = await conn.fetchval("SELECT 1 FROM pipelines WHERE pipeline_id = $1", pipeline_uuid)
         if known is None:
             return None
@@ -300,9 +312,6 @@ async def aget_pipeline_history(
             after if after is not None else 0,
             limit + 1,
         )
-    finally:
-        if db is None:
-            await conn.close()
     more = len(rows) > limit
     events = [
         {
@@ -367,8 +376,7 @@ async def alist_agents(
     slots (None: the agent announces no limit but its GPUs), the stages it runs (pipeline,
     stage, attempt, job), when it was last heard from, and whether it is alive (heard from
     within the orchestrator's silence interval, and not stopping)."""
-    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
-    try:
+    async with _connection(db, database_url) as conn:
         rows = await conn.fetch(
             """
             SELECT agent_id, labels, gpus, free_gpus, running, last_heartbeat_at,
@@ -388,9 +396,6 @@ async def alist_agents(
                 commands,
             )
         }
-    finally:
-        if db is None:
-            await conn.close()
 
     def stage(command_id: str) -> dict[str, Any]:
         row = known.get(command_id)
@@ -450,16 +455,6 @@ async def aget_oom_failures(*, db: Db) -> list[FailedAttempt]:
             "OR error ILIKE '%out of memory%'"
         )
     return [failure for row in rows for failure in _oom_attempts(row)]
-
-
-@contextlib.asynccontextmanager
-async def _connection(db: Db) -> AsyncIterator[Any]:
-    """A connection from ``db``: the pool's (taken for the block) or the connection itself."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn:
-            yield conn
-    else:
-        yield db
 
 
 def _oom_attempts(row: asyncpg.Record) -> list[FailedAttempt]:
