@@ -14,6 +14,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from posttrain.events.kafka import KafkaSettings
+from posttrain.orchestrator.client import aget_pipeline_status
+from posttrain.orchestrator.shell.projection import Projection
 from posttrain.service.migrate import (
     PLATFORM,
     PLATFORM_LEDGER,
@@ -146,3 +149,20 @@ async def test_a_database_migrated_before_the_move_adopts_the_moved_tables(
         }
     finally:
         await conn.close()
+
+
+async def test_the_orchestrator_projection_creates_its_own_read_model(
+    fresh_database: str, kafka_settings: KafkaSettings
+) -> None:
+    projection = Projection(kafka_settings, fresh_database)
+    await projection.start()
+    try:
+        # What the gateway reads is there, empty, on a database nobody else migrated.
+        assert await aget_pipeline_status("nobody", fresh_database) is None
+    finally:
+        await projection.stop()
+
+    tables = await _tables(fresh_database)
+    assert {"pipelines", "pipeline_stages", "pipeline_history", "agents"} <= tables
+    assert not tables & {"metrics", "anomalies", "idempotency_keys"}
+    assert await pending_migrations(fresh_database, owner="orchestrator") == []
