@@ -54,7 +54,7 @@ from posttrain.events.kafka import EventConsumer, KafkaSettings
 from posttrain.events.messages.diagnostics import AnomalyDetected
 from posttrain.events.messages.stage import ActionApplied
 from posttrain.events.topics import Topic
-from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.shell.service import Orchestrator
 from posttrain.testing import services
 

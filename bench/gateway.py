@@ -34,7 +34,7 @@ from bench.common import drop_namespace, fresh_namespace
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
-from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.testing import services
 from posttrain.testing.scripted_agent import ScriptedAgent
 
@@ -231,7 +231,7 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5, help="a client's wait between reads")
     args = parser.parse_args()
 
-    from posttrain.db.migrate import apply_migrations
+    from posttrain.service.migrate import apply_migrations
 
     base = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     name = f"bench_gateway_{uuid.uuid4().hex[:8]}"

@@ -496,7 +496,7 @@ async def main() -> None:
     args = parser.parse_args()
     shape = Shape(args.jobs, args.producers, args.instances)
 
-    from posttrain.db.migrate import apply_migrations
+    from posttrain.service.migrate import apply_migrations
 
     base = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     name = f"bench_ingest_{uuid.uuid4().hex[:8]}"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import drop_namespace, fresh_namespace
-from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.core.dag import execution_layers, validate
 from posttrain.testing.orchestrator import read_log, start_orchestrator, stop
 from posttrain.testing.scripted_agent import ScriptedAgent

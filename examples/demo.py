@@ -25,7 +25,11 @@ from typing import Any
 
 from posttrain.doctor import run_doctor
 from posttrain.events.kafka import KafkaSettings
-from posttrain.orchestrator.api import DEFAULT_DATABASE_URL, PipelineExecutor, aget_pipeline_status
+from posttrain.orchestrator.client import (
+    DEFAULT_DATABASE_URL,
+    PipelineExecutor,
+    aget_pipeline_status,
+)
 from posttrain.pipeline_cli import load_pipeline_file
 from posttrain.testing import services
 

@@ -95,7 +95,7 @@ def base_database_url() -> str:
 @pytest_asyncio.fixture(scope="session")
 async def database_url(base_database_url: str) -> AsyncIterator[str]:
     """A database of this run's own, migrated to the latest schema, dropped at the end."""
-    from posttrain.db.migrate import apply_migrations
+    from posttrain.service.migrate import apply_migrations
 
     name = f"posttrain_{RUN_ID}"
     admin = await asyncpg.connect(base_database_url)

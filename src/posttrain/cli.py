@@ -54,7 +54,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _database_url() -> str:
-    from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
+    from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
 
     return os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
 
@@ -69,7 +69,7 @@ def explain(exc: BaseException) -> str | None:
     """The one sentence for an error a user meets (None: not one we know)."""
     import asyncpg
 
-    from posttrain.orchestrator.api import UnknownPipeline
+    from posttrain.orchestrator.client import UnknownPipeline
     from posttrain.orchestrator.core.dag import InvalidPipeline
 
     if isinstance(exc, Refusal | UnknownPipeline):
@@ -158,7 +158,7 @@ def submit(
     the file are made absolute (so an agent started anywhere finds them), and each is shown.
     With --follow: stages by layer as they change, the latest metrics of running jobs, anomalies
     and actions as they happen; exit 0 if it succeeds, 1 otherwise."""
-    from posttrain.orchestrator.api import PipelineExecutor
+    from posttrain.orchestrator.client import PipelineExecutor
     from posttrain.pipeline_cli import load_pipeline_file
 
     if not os.path.isfile(file):
@@ -207,7 +207,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The latest pipelines, newest first."""
-    from posttrain.orchestrator.api import alist_pipelines
+    from posttrain.orchestrator.client import alist_pipelines
     from posttrain.render import pipelines_table
 
     async def read() -> list[dict[str, Any]]:
@@ -235,7 +235,7 @@ def status(
     """A pipeline's status: one line per stage (an error as one line; in full with --verbose),
     and a warning when the read model is stale (no live orchestrator, or behind the log)."""
     from posttrain.liveness import read_model_staleness
-    from posttrain.orchestrator.api import aget_pipeline_status
+    from posttrain.orchestrator.client import aget_pipeline_status
     from posttrain.render import TERMINAL, status_view
 
     async def read() -> tuple[dict[str, Any] | None, str | None]:
@@ -271,7 +271,7 @@ def history(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A pipeline's history: its events with decisions, retries, anomalies and actions."""
-    from posttrain.orchestrator.api import aget_pipeline_history
+    from posttrain.orchestrator.client import aget_pipeline_history
     from posttrain.render import history_table
 
     found = run(
@@ -292,7 +292,7 @@ def history(
 @app.command()
 def agents(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The trainer agents: capacity, labels, what each runs, its last heartbeat."""
-    from posttrain.orchestrator.api import alist_agents
+    from posttrain.orchestrator.client import alist_agents
     from posttrain.render import agents_table
 
     found = run(alist_agents(database_url=_database_url()))
@@ -305,7 +305,7 @@ def agents(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 def _steer(pipeline_id: str, action: Callable[[Any], Coroutine[Any, Any, None]], what: str) -> None:
-    from posttrain.orchestrator.api import PipelineExecutor
+    from posttrain.orchestrator.client import PipelineExecutor
 
     run(action(PipelineExecutor(pipeline_id, submitted_by=_who())))
     out.print(

@@ -118,7 +118,7 @@ def _drift_fix(topic: str, problem: str, bootstrap: str) -> str:
 async def _database_findings(dsn: str) -> list[Finding]:
     import asyncpg
 
-    from posttrain.db.migrate import pending_migrations
+    from posttrain.service.migrate import pending_migrations
 
     try:
         conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)

@@ -106,7 +106,7 @@ async def follow_pipeline(
     import asyncpg
 
     from posttrain.liveness import read_model_staleness
-    from posttrain.orchestrator.api import aget_pipeline_status
+    from posttrain.orchestrator.client import aget_pipeline_status
 
     conn = await asyncpg.connect(database_url, timeout=5)
     status: dict[str, Any] | None = None

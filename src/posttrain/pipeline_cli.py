@@ -85,7 +85,7 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    from posttrain.orchestrator.api import PipelineExecutor, get_pipeline_status
+    from posttrain.orchestrator.client import PipelineExecutor, get_pipeline_status
     from posttrain.orchestrator.core.dag import InvalidPipeline
 
     parser = argparse.ArgumentParser(prog="posttrain pipeline")
@@ -129,7 +129,7 @@ def main(argv: Sequence[str]) -> int:
         else:
             _print_status(found, verbose=args.verbose)
         return 0
-    from posttrain.orchestrator.api import UnknownPipeline
+    from posttrain.orchestrator.client import UnknownPipeline
 
     executor = PipelineExecutor(args.pipeline_id, submitted_by="cli")
     try:

@@ -30,10 +30,10 @@ from posttrain.metrics_ingest import queries as metric_queries
 from posttrain.metrics_ingest.flushing import FlushFailed as FlushFailed
 from posttrain.metrics_ingest.flushing import flush_metrics as _flush_metrics
 from posttrain.metrics_ingest.queries import Run, StoredMetric
-from posttrain.orchestrator import api as orchestrator
-from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
-from posttrain.orchestrator.api import PipelineExecutor as PipelineExecutor
-from posttrain.orchestrator.api import UnknownPipeline as UnknownPipeline
+from posttrain.orchestrator import client as orchestrator
+from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
+from posttrain.orchestrator.client import PipelineExecutor as PipelineExecutor
+from posttrain.orchestrator.client import UnknownPipeline as UnknownPipeline
 from posttrain.orchestrator.core.dag import DagResolver as DagResolver
 from posttrain.orchestrator.core.dag import InvalidPipeline as InvalidPipeline
 from posttrain.trainer_agent.metrics_file import (

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from posttrain.gateway.auth import authenticate, token_hash
-from posttrain.orchestrator.api import aget_pipeline_status
+from posttrain.orchestrator.client import aget_pipeline_status
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent
 from posttrain.testing.services import kafka_env

@@ -20,15 +20,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from posttrain.db.migrate import (
+from posttrain.events.kafka.admin import check_topics
+from posttrain.events.kafka.settings import KafkaSettings
+from posttrain.service.migrate import (
+    PLATFORM,
     all_migrations,
     apply_migrations,
-    load_migrations,
     migration_sets,
     pending_migrations,
 )
-from posttrain.events.kafka.admin import check_topics
-from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.stack import commands, kafka
 from posttrain.stack.component import State
 from posttrain.stack.config import DEFAULT_DATABASE_URL, database_target, kafka_address
@@ -206,10 +206,15 @@ async def _migrations_in_fresh_database() -> tuple[list[list[str]], list[str], l
         again = await apply_migrations(url)
         conn = await asyncpg.connect(url)
         try:
-            # Each owner records its own: the platform in schema_migrations, diagnostics in
-            # diagnostics_migrations, the gateway in its own ledger.
+            # Each owner records its own: the platform in schema_migrations, each service in
+            # <owner>_migrations.
             ledgers = [s.ledger for s in migration_sets()]
-            assert {"schema_migrations", "diagnostics_migrations"} <= set(ledgers)
+            assert {
+                "schema_migrations",
+                "diagnostics_migrations",
+                "metrics_ingest_migrations",
+                "orchestrator_migrations",
+            } <= set(ledgers)
             rows = 0
             for ledger in ledgers:
                 rows += await conn.fetchval(f"SELECT count(*) FROM {ledger}")
@@ -227,8 +232,10 @@ def test_migrations_are_idempotent_and_safe_when_concurrent() -> None:
         every = [m.id for m in all_migrations()]
         assert every and every[0] == "0001_foundation"
         # The platform's first, then each owner's, numbered on their own.
-        assert every[: len(load_migrations())] == [m.id for m in load_migrations()]
+        platform = [m.id for m in migration_sets(PLATFORM)[0].migrations]
+        assert every[: len(platform)] == platform
         assert "diagnostics/0001_anomalies" in every
+        assert "orchestrator/0001_pipelines" in every
 
         concurrent, pending_before, again, rows = asyncio.run(_migrations_in_fresh_database())
 

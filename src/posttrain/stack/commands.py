@@ -99,7 +99,7 @@ def _topics_step() -> str:
 
 
 def _database_step(paths: StackPaths) -> str:
-    from posttrain.db.migrate import apply_migrations
+    from posttrain.service.migrate import apply_migrations
 
     target = database_target(os.environ)
     created = postgres.ensure_role_and_database(paths, target)

@@ -12,7 +12,7 @@ import pytest
 
 from posttrain.events.kafka import EventConsumer
 from posttrain.events.topics import Topic
-from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.shell.service import Orchestrator
 from posttrain.testing import services
 from posttrain.testing.orchestrator import read_log

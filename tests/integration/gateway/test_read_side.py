@@ -18,7 +18,7 @@ from posttrain.diagnostics.store import write_records
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
-from posttrain.orchestrator.api import alist_agents, get_pipeline_history, list_agents
+from posttrain.orchestrator.client import alist_agents, get_pipeline_history, list_agents
 from posttrain.orchestrator.shell.projection import Projection
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.scripted_agent import ScriptedAgent

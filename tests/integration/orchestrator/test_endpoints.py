@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.shell.service import expected_partitions
 from posttrain.testing.orchestrator import read_log, start_orchestrator, stop
 from posttrain.testing.scripted_agent import ScriptedAgent

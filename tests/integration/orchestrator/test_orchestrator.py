@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status
+from posttrain.orchestrator.client import PipelineExecutor, aget_pipeline_status
 from posttrain.orchestrator.shell.projection import Projection
 from posttrain.orchestrator.shell.service import Orchestrator
 from posttrain.testing.orchestrator import kill, read_log, start_orchestrator, stop
@@ -197,7 +197,7 @@ async def test_a_command_for_an_unknown_pipeline_is_refused_by_the_sdk_and_on_th
     from posttrain.events.kafka import EventProducer
     from posttrain.events.messages import ResumePipeline
     from posttrain.events.topics import Topic
-    from posttrain.orchestrator.api import UnknownPipeline
+    from posttrain.orchestrator.client import UnknownPipeline
 
     ghost = f"{run_id}-ghost"
     with pytest.raises(UnknownPipeline, match="never submitted"):

@@ -23,7 +23,7 @@ import pytest_asyncio
 from posttrain.events import Envelope
 from posttrain.events.messages import RequestAction
 from posttrain.events.topics import Topic
-from posttrain.orchestrator.api import PipelineExecutor
+from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.shell.service import Orchestrator
 from posttrain.testing.orchestrator import read_log
 from tests.integration.trainer_agent.conftest import tiny_sft

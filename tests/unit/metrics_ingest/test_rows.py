@@ -22,7 +22,8 @@ from posttrain.metrics_ingest.core.rows import (
 )
 
 MIGRATION = (
-    Path(__file__).parents[3] / "src" / "posttrain" / "db" / "migrations" / "0002_metrics.sql"
+    Path(__file__).parents[3]
+    / "services/metrics_ingest/posttrain/metrics_ingest/migrations/0001_metrics.sql"
 )
 
 

@@ -8,8 +8,9 @@ Points are read through metrics_ingest's query API (``get_job_points``) in each 
 emission order (seq), exactly as the stream folds them, so both find the same anomalies with the
 same ids. ``diagnose_job`` also lists what the stream raised and did (``recorded``: the anomalies
 the recorder kept, with their actions; ``queries.aget_anomalies``).
-``scan_failed_jobs`` finds stages that failed out of GPU memory in the orchestrator's read model
-(migration 0003) and raises gpu_oom for each, with the id the stream gives the same failure.
+``scan_failed_jobs`` asks the orchestrator's read model for attempts that failed out of GPU
+memory (its client's ``aget_oom_failures``; diagnostics reads no other service's tables) and
+raises gpu_oom for each, with the id the stream gives the same failure.
 """
 
 from __future__ import annotations
@@ -23,17 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
 
 from posttrain.diagnostics.core.anomaly import (
     SEVERITY_RANK,
     Anomaly,
     AnomalyType,
     make,
-    oom_anomaly_id,
 )
 from posttrain.diagnostics.core.config import ConfigBook, DetectorConfig
-from posttrain.diagnostics.core.messages import anomaly_detected
+from posttrain.diagnostics.core.messages import anomaly_detected, oom_detected
 from posttrain.diagnostics.core.state import JobState
 from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events import Envelope
@@ -42,6 +41,7 @@ from posttrain.events.messages.diagnostics import AnomalyDetected
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.events.topics import Topic
 from posttrain.metrics_ingest.queries import get_job_points, get_metric_jobs
+from posttrain.orchestrator.client import aget_oom_failures
 
 log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
@@ -191,42 +191,30 @@ class DiagnosticService:
     async def scan_failed_jobs(self) -> list[AnomalyDetected]:
         """gpu_oom for every failed attempt in the orchestrator's read model whose failure kind
         is ``oom`` (or whose error says CUDA ran out of memory)."""
-        pool = await self._db()
-        async with pool.acquire() as conn:
-            if await conn.fetchval("SELECT to_regclass('pipeline_stages')") is None:
-                return []
-            rows = await conn.fetch(
-                "SELECT pipeline_id, name, attempt, command_id, job_id, error, attempts "
-                "FROM pipeline_stages WHERE attempts::text LIKE '%oom%' "
-                "OR error ILIKE '%out of memory%'"
-            )
         found: list[AnomalyDetected] = []
-        for row in rows:
-            for attempt in _oom_attempts(row):
-                job_id = attempt.get("job_id") or row["job_id"]
-                command_id = attempt.get("command_id") or row["command_id"]
-                if not job_id or not command_id:
-                    continue
-                error = str(attempt.get("error") or row["error"] or "out of memory")
-                anomaly = make(
-                    AnomalyType.GPU_OOM,
-                    "critical",
-                    0,
-                    None,
-                    "failure",
-                    f"stage {row['name']} attempt {attempt.get('attempt', row['attempt'])} ran "
-                    f"out of GPU memory: {error.strip().splitlines()[0][:300] if error else ''}",
-                )
-                event = anomaly_detected(
-                    job_id,
+        for failure in await aget_oom_failures(db=await self._db()):
+            if not failure.job_id or not failure.command_id:
+                continue
+            error = str(failure.error or "out of memory")
+            anomaly = make(
+                AnomalyType.GPU_OOM,
+                "critical",
+                0,
+                None,
+                "failure",
+                f"stage {failure.stage} attempt {failure.attempt} ran out of GPU memory: "
+                f"{error.strip().splitlines()[0][:300] if error else ''}",
+            )
+            found.append(
+                oom_detected(
+                    failure.job_id,
+                    failure.command_id,
                     anomaly,
-                    pipeline_id=row["pipeline_id"],
-                    stage=row["name"],
-                    attempt=int(attempt.get("attempt", row["attempt"])),
+                    pipeline_id=failure.pipeline_id,
+                    stage=failure.stage,
+                    attempt=failure.attempt,
                 )
-                found.append(
-                    event.model_copy(update={"anomaly_id": oom_anomaly_id(job_id, command_id)})
-                )
+            )
         return found
 
     async def publish_failed_jobs(self, producer: EventProducer) -> int:
@@ -250,18 +238,3 @@ class DiagnosticService:
                 log.warning("failed-job scan failed", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
-
-
-def _oom_attempts(row: asyncpg.Record) -> list[dict[str, Any]]:
-    attempts = row["attempts"]
-    if isinstance(attempts, str):
-        attempts = orjson.loads(attempts)
-    items = list(attempts.values()) if isinstance(attempts, dict) else list(attempts or [])
-    ooms = [
-        a
-        for a in items
-        if isinstance(a, dict) and (a.get("failure_kind") == "oom" or a.get("kind") == "oom")
-    ]
-    if not ooms and "out of memory" in str(row["error"] or "").lower():
-        ooms = [{}]
-    return ooms

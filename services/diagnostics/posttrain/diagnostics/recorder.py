@@ -257,7 +257,7 @@ class AnomalyRecorder:
         if conn is not None and not conn.is_closed():
             return conn
         if self._migrate:
-            from posttrain.db.migrate import apply_migrations
+            from posttrain.service.migrate import apply_migrations
 
             await asyncio.wait_for(apply_migrations(self.database_url, owner="diagnostics"), 30)
             self._migrate = False

@@ -47,9 +47,8 @@ from faust.serializers import codecs
 from posttrain.diagnostics.alerts import Alerter, load_config_book
 from posttrain.diagnostics.batch import DiagnosticService
 from posttrain.diagnostics.core.alerting import AlertDedup
-from posttrain.diagnostics.core.anomaly import oom_anomaly_id
 from posttrain.diagnostics.core.config import ConfigBook
-from posttrain.diagnostics.core.messages import anomaly_detected, detect
+from posttrain.diagnostics.core.messages import detect, oom_detected
 from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
 from posttrain.diagnostics.core.state import JobState
 from posttrain.events import DecodeError, Envelope, decode, encode
@@ -446,16 +445,14 @@ class DiagnosticsStream:
                 attempt_key=failed.command_id,
                 step=int(step) if isinstance(step, int) else 0,
             ):
-                out = anomaly_detected(
+                out = oom_detected(
                     failed.job_id,
+                    failed.command_id,
                     anomaly,
                     pipeline_id=failed.pipeline_id,
                     stage=failed.stage,
                     attempt=failed.attempt,
                     emitted_at=failed.finished_at,
-                )
-                out = out.model_copy(
-                    update={"anomaly_id": oom_anomaly_id(failed.job_id, failed.command_id)}
                 )
                 await self._send(self.anomalies, envelope.caused(out, key=failed.job_id))
             yield None

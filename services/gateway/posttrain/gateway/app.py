@@ -38,16 +38,17 @@ from posttrain.gateway import idempotency
 from posttrain.gateway.auth import ANONYMOUS_ADMIN, Principal, Role, authenticate
 from posttrain.gateway.live import LiveHub
 from posttrain.metrics_ingest.queries import UnknownField, get_latest_metrics, get_metric_series
-from posttrain.orchestrator.api import (
+from posttrain.orchestrator.client import (
+    DocumentError,
+    InvalidPipeline,
     PipelineExecutor,
     aget_pipeline_history,
     aget_pipeline_status,
     alast_history_seq,
     alist_agents,
     alist_pipelines,
+    read_document,
 )
-from posttrain.orchestrator.core.dag import InvalidPipeline
-from posttrain.orchestrator.core.document import DocumentError, read_document
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
 
 _STATIC = Path(__file__).parent / "static"
@@ -96,7 +97,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from posttrain.db.migrate import apply_migrations
+        from posttrain.service.migrate import apply_migrations
 
         # The gateway's own tables (idempotency keys); up to date already after a stack up.
         await apply_migrations(config.database_url, owner="gateway")

@@ -29,7 +29,7 @@ import asyncpg
 import orjson
 from fastapi.encoders import jsonable_encoder
 
-from posttrain.orchestrator.api import aget_pipeline_history, aget_pipeline_status
+from posttrain.orchestrator.client import aget_pipeline_history, aget_pipeline_status
 from posttrain.service import notify
 from posttrain.service.retry import backoff, retrying
 

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
+from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
 
 DEFAULT_PORT = 9460
 
@@ -25,7 +25,7 @@ async def _live_tokens(database_url: str) -> int:
     """How many unrevoked tokens there are (the gateway's own tables made first, if missing)."""
     import asyncpg
 
-    from posttrain.db.migrate import apply_migrations
+    from posttrain.service.migrate import apply_migrations
 
     await apply_migrations(database_url, owner="gateway")
     conn = await asyncpg.connect(database_url, timeout=10)

@@ -81,7 +81,7 @@ def _unpack_int8(data: bytes) -> int:
 
 class Connector:
     """One connection to PostgreSQL, opened on demand and replaced after a failure; the
-    migrations are applied the first time it connects (they are idempotent and locked)."""
+    ingest's own migrations are applied the first time it connects (idempotent and locked)."""
 
     def __init__(self, dsn: str, *, connect_timeout_s: float = 5.0, migrate: bool = True) -> None:
         self.dsn = dsn
@@ -94,9 +94,11 @@ class Connector:
         if conn is not None and not conn.is_closed():
             return conn
         if self._migrate:
-            from posttrain.db.migrate import apply_migrations
+            from posttrain.service.migrate import apply_migrations
 
-            await asyncio.wait_for(apply_migrations(self.dsn), self.connect_timeout_s * 6)
+            await asyncio.wait_for(
+                apply_migrations(self.dsn, owner="metrics_ingest"), self.connect_timeout_s * 6
+            )
             self._migrate = False
         conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s)
         try:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from posttrain.diagnostics.core.alerting import Alert
-from posttrain.diagnostics.core.anomaly import Anomaly
+from posttrain.diagnostics.core.anomaly import Anomaly, oom_anomaly_id
 from posttrain.diagnostics.core.state import JobState
 from posttrain.events.messages.diagnostics import AnomalyDetected
 
@@ -62,6 +62,29 @@ def anomaly_detected(
         attempt=attempt,
         emitted_at=emitted_at,
     )
+
+
+def oom_detected(
+    job_id: str,
+    command_id: str,
+    anomaly: Anomaly,
+    *,
+    pipeline_id: str | None,
+    stage: str | None,
+    attempt: int | None,
+    emitted_at: float | None = None,
+) -> AnomalyDetected:
+    """The AnomalyDetected for an attempt (``command_id``) that ran out of GPU memory, with the
+    one id the stream and the periodic scan both give that failure."""
+    event = anomaly_detected(
+        job_id,
+        anomaly,
+        pipeline_id=pipeline_id,
+        stage=stage,
+        attempt=attempt,
+        emitted_at=emitted_at,
+    )
+    return event.model_copy(update={"anomaly_id": oom_anomaly_id(job_id, command_id)})
 
 
 def alert_for(event: AnomalyDetected) -> Alert:

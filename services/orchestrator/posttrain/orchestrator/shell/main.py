@@ -10,7 +10,7 @@ import signal
 from collections.abc import Sequence
 
 from posttrain.events.kafka import KafkaSettings
-from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
+from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
 from posttrain.orchestrator.shell.endpoints import routes
 from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
 from posttrain.orchestrator.shell.service import GROUP, Orchestrator

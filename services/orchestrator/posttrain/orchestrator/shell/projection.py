@@ -39,8 +39,10 @@ from posttrain.orchestrator.core.view import (
     pipeline_view,
 )
 from posttrain.service import notify
+from posttrain.service.migrate import apply_migrations
 
 log = logging.getLogger(__name__)
+MIGRATIONS_OWNER = "orchestrator"  # its entry point in posttrain.migrations
 
 _UPSERT_PIPELINE = """
 INSERT INTO pipelines (pipeline_id, name, status, submitted_by, submitted_at, finished_at,
@@ -211,6 +213,8 @@ class Projection:
         )
 
     async def start(self) -> None:
+        # The read model's tables are the orchestrator's: it applies its own migrations.
+        await asyncio.wait_for(apply_migrations(self.database_url, owner=MIGRATIONS_OWNER), 30)
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
         await self._consumer.start()
         tps = [

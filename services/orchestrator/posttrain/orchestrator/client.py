@@ -1,4 +1,13 @@
-"""The seed's Python API over the event-sourced orchestrator.
+"""The orchestrator's client: what another service or a user's program needs from it, and all
+that the gateway, diagnostics and the SDK import from this distribution (never its shell).
+
+- the validator: ``read_document`` (a pipeline document's shape, ``DocumentError`` naming the
+  field) and ``InvalidPipeline`` (every problem the DAG validator found, which ``aexecute``
+  raises); the same code the orchestrator runs;
+- the command sender: ``PipelineExecutor``;
+- the read-model queries: status, list, history, agents, failed attempts.
+
+The seed's Python API over the event-sourced orchestrator:
 
 ``PipelineExecutor(pipeline_uuid).execute(stages)`` validates the DAG here (the same validator
 the orchestrator runs), submits it as a ``SubmitPipeline`` command and returns the id and the
@@ -15,9 +24,11 @@ stage's metrics job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -34,7 +45,28 @@ from posttrain.events.messages import (
 )
 from posttrain.events.runner import run_sync
 from posttrain.events.topics import Topic
-from posttrain.orchestrator.core.dag import DagResolver
+from posttrain.orchestrator.core.dag import DagResolver, InvalidPipeline
+from posttrain.orchestrator.core.document import DocumentError, PipelineDocument, read_document
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DocumentError",
+    "FailedAttempt",
+    "InvalidPipeline",
+    "PipelineDocument",
+    "PipelineExecutor",
+    "UnknownPipeline",
+    "aget_oom_failures",
+    "aget_pipeline_history",
+    "aget_pipeline_status",
+    "alast_history_seq",
+    "alist_agents",
+    "alist_pipelines",
+    "get_pipeline_history",
+    "get_pipeline_status",
+    "list_agents",
+    "read_document",
+]
 
 DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 
@@ -153,13 +185,29 @@ class PipelineExecutor:
 Db = Any
 
 
+@contextlib.asynccontextmanager
+async def _connection(db: Db | None, database_url: str | None = None) -> AsyncIterator[Any]:
+    """A connection for a query's block: from ``db`` (taken from it for the block if it is a
+    pool), else one opened on ``database_url`` (or DATABASE_URL) and closed after."""
+    if db is None:
+        conn = await asyncpg.connect(_database_url(database_url))
+        try:
+            yield conn
+        finally:
+            await conn.close()
+    elif isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
+
+
 async def aget_pipeline_status(
     pipeline_uuid: str, database_url: str | None = None, *, db: Db | None = None
 ) -> dict[str, Any] | None:
     """Status and, per stage, name, status, command id, agent, attempts, times; None if the
     pipeline is unknown (or not projected yet). Reads through ``db`` when given."""
-    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
-    try:
+    async with _connection(db, database_url) as conn:
         row = await conn.fetchrow("SELECT * FROM pipelines WHERE pipeline_id = $1", pipeline_uuid)
         if row is None:
             return None
@@ -167,9 +215,6 @@ async def aget_pipeline_status(
             "SELECT * FROM pipeline_stages WHERE pipeline_id = $1 ORDER BY position",
             pipeline_uuid,
         )
-    finally:
-        if db is None:
-            await conn.close()
     return {
         **_summary(row),
         "celery_task_id": row["pipeline_id"],
@@ -254,8 +299,7 @@ async def aget_pipeline_history(
     the next page, None when this one reaches the end. None if the pipeline is unknown."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
-    try:
+    async with _connection(db, database_url) as conn:
         known = await conn.fetchval("SELECT 1 FROM pipelines WHERE pipeline_id = $1", pipeline_uuid)
         if known is None:
             return None
@@ -268,9 +312,6 @@ async def aget_pipeline_history(
             after if after is not None else 0,
             limit + 1,
         )
-    finally:
-        if db is None:
-            await conn.close()
     more = len(rows) > limit
     events = [
         {
@@ -335,8 +376,7 @@ async def alist_agents(
     slots (None: the agent announces no limit but its GPUs), the stages it runs (pipeline,
     stage, attempt, job), when it was last heard from, and whether it is alive (heard from
     within the orchestrator's silence interval, and not stopping)."""
-    conn = db if db is not None else await asyncpg.connect(_database_url(database_url))
-    try:
+    async with _connection(db, database_url) as conn:
         rows = await conn.fetch(
             """
             SELECT agent_id, labels, gpus, free_gpus, running, last_heartbeat_at,
@@ -356,9 +396,6 @@ async def alist_agents(
                 commands,
             )
         }
-    finally:
-        if db is None:
-            await conn.close()
 
     def stage(command_id: str) -> dict[str, Any]:
         row = known.get(command_id)
@@ -388,3 +425,56 @@ async def alist_agents(
 
 def list_agents(*, database_url: str | None = None) -> list[dict[str, Any]]:
     return run_sync(alist_agents(database_url=database_url))
+
+
+# --- failed attempts (diagnostics' periodic OOM scan) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    """One attempt of a stage that failed, as the read model keeps it."""
+
+    pipeline_id: str
+    stage: str
+    attempt: int
+    command_id: str | None
+    job_id: str | None
+    error: str | None
+
+
+async def aget_oom_failures(*, db: Db) -> list[FailedAttempt]:
+    """Every attempt that failed out of GPU memory: failure kind ``oom``, or, for a stage none
+    of whose attempts is so marked, an error that says it ran out of memory (its latest
+    attempt). Empty where the read model is not in that database."""
+    async with _connection(db) as conn:
+        if await conn.fetchval("SELECT to_regclass('pipeline_stages')") is None:
+            return []
+        rows = await conn.fetch(
+            "SELECT pipeline_id, name, attempt, command_id, job_id, error, attempts "
+            "FROM pipeline_stages WHERE attempts::text LIKE '%oom%' "
+            "OR error ILIKE '%out of memory%'"
+        )
+    return [failure for row in rows for failure in _oom_attempts(row)]
+
+
+def _oom_attempts(row: asyncpg.Record) -> list[FailedAttempt]:
+    attempts = row["attempts"]
+    if isinstance(attempts, str | bytes):  # unless the caller's pool decodes jsonb itself
+        attempts = orjson.loads(attempts)
+    items = list(attempts.values()) if isinstance(attempts, dict) else list(attempts or [])
+    ooms = [
+        a for a in items if isinstance(a, dict) and "oom" in (a.get("failure_kind"), a.get("kind"))
+    ]
+    if not ooms and "out of memory" in str(row["error"] or "").lower():
+        ooms = [{}]
+    return [
+        FailedAttempt(
+            pipeline_id=row["pipeline_id"],
+            stage=row["name"],
+            attempt=int(a.get("attempt", row["attempt"])),
+            command_id=a.get("command_id") or row["command_id"],
+            job_id=a.get("job_id") or row["job_id"],
+            error=a.get("error") or row["error"],
+        )
+        for a in ooms
+    ]

@@ -1,3 +1,7 @@
+-- was: 0004_history_and_agents
+-- (the platform's migration of that id before the ingest and the orchestrator owned their tables:
+-- a database that recorded it there adopts this one without running it again)
+
 -- The orchestrator's read model, continued: a pipeline's history and the agents.
 
 -- One row per event of a pipeline's log (clock ticks left out), written by the projection in

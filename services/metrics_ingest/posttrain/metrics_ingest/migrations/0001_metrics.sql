@@ -1,3 +1,7 @@
+-- was: 0002_metrics
+-- (the platform's migration of that id before the ingest and the orchestrator owned their tables:
+-- a database that recorded it there adopts this one without running it again)
+
 -- Metrics (issue 5): one row per training-step point, written by metrics_ingest with COPY.
 --
 -- Identity: a point is (job_id, source, seq) for ever (MetricsReported's contract). job_id and

@@ -1,21 +1,25 @@
-"""Versioned SQL migrations: ``migrations/NNNN_<name>.sql``, applied in order, each in its own
-transaction, recorded in a ledger table.
+"""The one migrator: versioned SQL migrations, each owner's in its own distribution, applied in
+order, each in its own transaction, recorded in the owner's ledger table.
 
-The platform's own migrations live in ``posttrain/db/migrations`` and are recorded in
-``schema_migrations`` (0001 creates that table itself, so an absent table simply means that
-nothing has been applied yet).
-
-A service that owns tables keeps its migrations in its own package and declares them under the
-``posttrain.migrations`` entry-point group (name: the owner, value: the package holding a
-``migrations`` folder), e.g. in the service's ``pyproject.toml``::
+Every owner of tables (the platform, each service) keeps its migrations in a ``migrations``
+folder of its own package, named ``NNNN_<name>.sql`` and numbered on its own, and declares the
+package under the ``posttrain.migrations`` entry-point group (name: the owner), e.g. in the
+service's ``pyproject.toml``::
 
     [project.entry-points."posttrain.migrations"]
     diagnostics = "posttrain.diagnostics"
 
-An owner's migrations are numbered on their own (``diagnostics/0001_anomalies``) and recorded in
-the owner's own ledger, ``<owner>_migrations``, which the migrator creates: owners never compete
-for version numbers, and who owns a table is read from where its migration lives. The
-platform's migrations are applied first, then each owner's in name order.
+An owner's applied migrations are recorded in ``<owner>_migrations``, which the migrator
+creates, so owners never compete for version numbers and who owns a table is read from where
+its migration lives. The platform's (``platform``, the root distribution's ``posttrain.db``)
+keep their first ledger, ``schema_migrations``, which its 0001 creates; they are applied first,
+then each other owner's in name order. A service applies only its own (``owner=``); ``posttrain
+stack up`` and the test fixtures apply every installed owner's.
+
+Tables that moved to their owner: a migration whose file starts with ``-- was: NNNN_<name>``
+was the platform's migration of that id. A database that recorded that id in
+``schema_migrations`` already has its tables, so the owner's ledger adopts it (records it,
+without running it again).
 
 Concurrent callers (two services starting at once) are serialised by a session-level advisory
 lock: the second one waits, then finds nothing left to do.
@@ -34,10 +38,11 @@ import asyncpg
 # Arbitrary but fixed: every posttrain migrator in any process takes this same lock.
 ADVISORY_LOCK_KEY = 0x706F_7374_7472_6E  # "posttrn"
 ENTRY_POINT_GROUP = "posttrain.migrations"
-PLATFORM = "platform"  # the owner of posttrain/db/migrations
+PLATFORM = "platform"  # the root distribution's posttrain.db
 PLATFORM_LEDGER = "schema_migrations"
 _FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _OWNER = re.compile(r"^[a-z][a-z0-9_]*$")
+_WAS = re.compile(r"\A-- was: (\d{4})_([a-z0-9_]+)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,8 @@ class Migration:
     name: str
     sql: str
     owner: str = PLATFORM
+    # (version, name) of the platform's migration this one was before it moved to its owner.
+    was: tuple[int, str] | None = None
 
     @property
     def id(self) -> str:
@@ -71,12 +78,16 @@ def parse_filename(filename: str) -> tuple[int, str] | None:
     return int(match.group(1)), match.group(2)
 
 
-def load_migrations(directory: Traversable | None = None, owner: str = PLATFORM) -> list[Migration]:
-    """Every migration file of one folder (the platform's by default), ordered by version;
-    duplicate versions are an error."""
-    root = directory or resources.files("posttrain.db").joinpath("migrations")
+def _was(sql: str) -> tuple[int, str] | None:
+    match = _WAS.match(sql)
+    return None if match is None else (int(match.group(1)), match.group(2))
+
+
+def load_migrations(directory: Traversable, owner: str) -> list[Migration]:
+    """Every migration file of one owner's folder, ordered by version; duplicate versions are
+    an error."""
     found: dict[int, Migration] = {}
-    for entry in root.iterdir():
+    for entry in directory.iterdir():
         parsed = parse_filename(entry.name)
         if parsed is None:
             if entry.name.endswith(".sql"):
@@ -85,25 +96,22 @@ def load_migrations(directory: Traversable | None = None, owner: str = PLATFORM)
         version, name = parsed
         if version in found:
             raise ValueError(f"{owner}: two migrations have version {version:04d}")
-        found[version] = Migration(version, name, entry.read_text(encoding="utf-8"), owner)
+        sql = entry.read_text(encoding="utf-8")
+        found[version] = Migration(version, name, sql, owner, _was(sql))
     return [found[v] for v in sorted(found)]
 
 
 def migration_sets(owner: str | None = None) -> list[MigrationSet]:
-    """The platform's migrations, then each installed owner's (by name); only ``owner``'s when
-    given."""
-    sets = [MigrationSet(PLATFORM, PLATFORM_LEDGER, tuple(load_migrations()))]
-    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if not _OWNER.match(entry.name) or entry.name == PLATFORM:
+    """Every installed owner's migrations, the platform's first, then by owner name; only
+    ``owner``'s when given."""
+    sets: list[MigrationSet] = []
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if not _OWNER.match(entry.name):
             raise ValueError(f"{ENTRY_POINT_GROUP} entry point {entry.name!r}: bad owner name")
         folder = resources.files(entry.value).joinpath("migrations")
-        sets.append(
-            MigrationSet(
-                entry.name,
-                f"{entry.name}_migrations",
-                tuple(load_migrations(folder, entry.name)),
-            )
-        )
+        ledger = PLATFORM_LEDGER if entry.name == PLATFORM else f"{entry.name}_migrations"
+        sets.append(MigrationSet(entry.name, ledger, tuple(load_migrations(folder, entry.name))))
+    sets.sort(key=lambda s: (s.owner != PLATFORM, s.owner))
     if owner is None:
         return sets
     chosen = [s for s in sets if s.owner == owner]
@@ -123,9 +131,19 @@ async def _applied_versions(conn: asyncpg.Connection, ledger: str) -> set[int]:
     return {row["version"] for row in await conn.fetch(f"SELECT version FROM {ledger}")}
 
 
+async def _platform_record(conn: asyncpg.Connection) -> set[tuple[int, str]]:
+    """(version, name) of every migration ``schema_migrations`` records: what a database
+    migrated before its tables moved to their owners already has."""
+    if await conn.fetchval("SELECT to_regclass($1)", PLATFORM_LEDGER) is None:
+        return set()
+    rows = await conn.fetch(f"SELECT version, name FROM {PLATFORM_LEDGER}")
+    return {(row["version"], row["name"]) for row in rows}
+
+
 async def pending_migrations(dsn: str, owner: str | None = None) -> list[str]:
     """The ids (``0001_foundation``, ``diagnostics/0001_anomalies``) of migrations not yet
-    applied to that database, in order."""
+    recorded in that database, in order (one that ``apply_migrations`` would only adopt is
+    listed too: its ledger does not record it yet)."""
     sets = migration_sets(owner)
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
@@ -140,7 +158,7 @@ async def pending_migrations(dsn: str, owner: str | None = None) -> list[str]:
 
 async def apply_migrations(dsn: str, owner: str | None = None) -> list[str]:
     """Apply every pending migration in order (every owner's, or only ``owner``'s); the ids
-    applied by this call (empty if none)."""
+    applied or adopted by this call (empty if none)."""
     sets = migration_sets(owner)
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
@@ -169,13 +187,17 @@ async def _apply_set(conn: asyncpg.Connection, migrations: MigrationSet) -> list
         )
     # Read under the lock: whatever another caller applied meanwhile is now visible.
     applied = await _applied_versions(conn, migrations.ledger)
+    if all(m.version in applied for m in migrations.migrations):
+        return []
+    adoptable = await _platform_record(conn)
     done: list[str] = []
     for migration in migrations.migrations:
         if migration.version in applied:
             continue
         async with conn.transaction():
-            # No arguments: the simple query protocol, so a file may hold many statements.
-            await conn.execute(migration.sql)
+            if migration.was is None or migration.was not in adoptable:
+                # No arguments: the simple query protocol, so a file may hold many statements.
+                await conn.execute(migration.sql)
             await conn.execute(
                 f"INSERT INTO {migrations.ledger} (version, name) VALUES ($1, $2)",
                 migration.version,

@@ -1,3 +1,7 @@
+-- was: 0003_pipelines
+-- (the platform's migration of that id before the ingest and the orchestrator owned their tables:
+-- a database that recorded it there adopts this one without running it again)
+
 -- The orchestrator's read model: pipelines and their stages as the event log last left them.
 -- Rows are whole snapshots written by the projection; `version` (events applied) only grows,
 -- so re-projecting an older event never moves a row backwards.
