@@ -144,6 +144,7 @@ class Agent:
         self._consumer: EventConsumer | None = None
         self._relay = EventRelay(config.name)
         self._stopping = asyncio.Event()
+        self._deciding = asyncio.Lock()
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
         self.stats = AgentStats(config.name, config.heartbeat_s)
@@ -338,6 +339,14 @@ class Agent:
     # --- carrying out decisions ----------------------------------------------------------------
 
     async def _observe(self, obs: Observation, command_id: str | None) -> None:
+        """Decide on one observation and carry the decision out, one observation at a time:
+        the commands and the monitor observe concurrently, and a decision carried out halfway
+        (its outcome recorded, not yet sent) must not be seen by the next one (which would send
+        the outcome again)."""
+        async with self._deciding:
+            await self._decide(obs, command_id)
+
+    async def _decide(self, obs: Observation, command_id: str | None) -> None:
         decision = decide(self.journal.entries, obs, self.setup)
         if decision.name != "none":
             log.info(
@@ -420,7 +429,8 @@ class Agent:
         except Exception as exc:
             if start.number > 1:
                 raise  # a resume that cannot start leaves the stage paused
-            await self._observe(LaunchFailed(start.command_id, str(exc), time.time()), None)
+            # Within the observation that started it (its lock held).
+            await self._decide(LaunchFailed(start.command_id, str(exc), time.time()), None)
             return False
         self.stats.launches += 1
         self.journal.append(
