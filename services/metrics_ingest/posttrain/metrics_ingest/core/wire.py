@@ -38,18 +38,9 @@ from posttrain.metrics_ingest.core.rows import (
     point_row,
 )
 
-# The fields of a point, in the order of the view's fields and of a row (a field added to
-# MetricPoint in another place fails a unit test).
+# A row takes a point view's values by position: the view's fields are the model's, in this
+# order (a unit test holds the two together).
 POINT_FIELDS: tuple[str, ...] = ("step", "epoch", "timestamp", *CORE_FIELDS, "custom")
-REPORT_FIELDS: tuple[str, ...] = (
-    "job_id",
-    "source",
-    "first_seq",
-    "points",
-    "pipeline_id",
-    "stage",
-    "attempt",
-)
 # The contract's one fast reader, for this one type (other types are no concern of the ingest).
 _read_view = ViewDecoder(types={MetricsReported.TYPE: MetricsReported}).view
 _astuple = msgspec.structs.astuple
