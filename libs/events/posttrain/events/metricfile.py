@@ -24,7 +24,10 @@ unreadable lines counted) and the source names the file by its content, ``file_s
 first non-blank line (the project's writer puts a timestamp in every line). Whoever reads the
 file, on whichever machine, under whichever path, finds the same identities: a file tailed by an
 agent and synced by hand is stored once, and a file replaced by another (a new first line) is a
-new source. Two files whose first lines are byte for byte the same are taken for one.
+new source. Two files whose first lines are byte for byte the same are taken for one: a script
+that writes no timestamp and the same first values into a new file at each attempt has its
+later attempts' points taken for the first's (the project's writer stamps every line, and verl's
+logger writes its timings, so neither does).
 """
 
 from __future__ import annotations
