@@ -7,7 +7,7 @@
 Every run is made by the trainer agent's own ``train_model`` code (``tasks.train``: the same
 TRL trainer construction and arguments a pipeline stage gets) on the tiny Llama of
 ``trainer_agent.tiny``, learning single-digit addition from ``examples/data``, with its metrics
-mapped by the shipped ``PosttrainCallback`` (``core.fields``). DPO and GRPO start from the SFT
+mapped by the shipped ``PosttrainCallback`` (``events.aliases``). DPO and GRPO start from the SFT
 model of the demo pipeline, trained first. Faults are injected into the real training loop at a
 known step:
 
@@ -309,7 +309,7 @@ class Recorder:
     """The reporter a stage gives ``PosttrainCallback``: here it keeps the mapped points."""
 
     def __init__(self) -> None:
-        from posttrain.trainer_agent.core.fields import to_point
+        from posttrain.events.aliases import to_point
 
         self._to_point = to_point
         self.points: list[MetricPoint] = []

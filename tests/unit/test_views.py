@@ -193,3 +193,29 @@ def test_fields_the_two_parsers_read_differently_get_no_view():
     assert view_type(NestsChecked) is None  # a validator may change what it reads
     assert view_type(NestsTwo) is None
     assert view_type(Plain) is not None
+
+
+def test_metric_points_with_non_finite_floats_are_read_as_views_with_those_floats():
+    from posttrain.events.messages import MetricPoint, MetricsReported
+
+    points = [
+        MetricPoint(step=1, timestamp=1.5, loss=math.nan, grad_norm=math.inf, custom={"x": 1}),
+        MetricPoint(step=2, timestamp=2.5, epoch=-math.inf, loss=0.5),
+    ]
+    message = MetricsReported(job_id="j", source="s", first_seq=0, points=points)
+    value, headers = _wire(message)
+    assert b'"NaN"' in value and b'"-Infinity"' in value  # as pydantic writes them
+    expected = as_model(MetricsReported, decode(value, headers).data)
+    decoder = ViewDecoder()
+    for got in (decoder.decode(value, headers), decoder.view(value)):
+        assert isinstance(got, EnvelopeView)  # the fast path, not the models
+        first, second = got.data.points
+        assert math.isnan(first.loss) and first.grad_norm == math.inf and first.custom == {"x": 1}
+        assert second.epoch == -math.inf and second.loss == 0.5
+        read = as_model(MetricsReported, got.data)
+        assert read.model_dump_json() == expected.model_dump_json()
+    # A string that is no float is still left to decode, which refuses it.
+    bad = value.replace(b'"NaN"', b'"nan?"')
+    assert decoder.view(bad) is None
+    with pytest.raises(DecodeError):
+        decoder.decode(bad, headers)

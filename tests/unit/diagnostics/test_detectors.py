@@ -63,7 +63,7 @@ def test_any_core_field_non_finite_raises(field, bad):
 def verl_run(bad: dict[int, dict[str, str]], steps: int = 60) -> list:
     """A verl run as its ``file`` logger writes it (bare NaN/Infinity, as Python's json does),
     read by the agent's line parser."""
-    from posttrain.trainer_agent.core.lines import parse_line
+    from posttrain.events.metricfile import parse_line
 
     points = []
     for step in range(1, steps + 1):

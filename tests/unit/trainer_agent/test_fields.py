@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
-from posttrain.trainer_agent.core.fields import canonical_fields, point_from_record, to_point
+import pytest
+
+from posttrain.events.aliases import canonical_fields, to_point
+from posttrain.events.metricfile import LineError, point_from_record
 
 
 class _Scalar:
@@ -130,5 +133,6 @@ def test_project_record_keeps_its_own_custom_and_timestamp():
 
 
 def test_record_without_step_is_not_a_point():
-    assert point_from_record({"loss": 1.0}, 0.0) is None
-    assert point_from_record({"step": "three"}, 0.0) is None
+    for record in ({"loss": 1.0}, {"step": "three"}, {"step": 2.5}):
+        with pytest.raises(LineError, match="'step' must be an integer"):
+            point_from_record(record, 0.0)

@@ -104,3 +104,23 @@ def test_a_torn_last_spill_line_is_skipped(tmp_path):
     line = SpilledPoint("job", "s", 0, MetricPoint(step=0, timestamp=0.0)).to_line()
     path.write_bytes(line + line[:10])
     assert [p.seq for p in read_points(path)] == [0]
+
+
+def test_the_tailers_source_is_the_metric_files_whatever_position_it_resumes_from(tmp_path):
+    from posttrain.events.metricfile import source_of_file
+
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n" + "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(3)))
+    with path.open("rb") as fh:
+        expected = source_of_file(fh)  # what ``posttrain metrics sync`` names the file
+    tailer = MetricsFileTailer(path)
+    assert {p.source for p in tailer.poll()} == {expected}
+    # A position saved by a tailer from before sources were named by the first line.
+    tailer.save()
+    state = json.loads(tailer.state_path.read_text())
+    del state["source"]
+    tailer.state_path.write_text(json.dumps(state))
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"step": 3, "loss": 1.0}) + "\n")
+    [p] = MetricsFileTailer(path).poll()
+    assert (p.source, p.seq, p.point.step) == (expected, 4, 3)

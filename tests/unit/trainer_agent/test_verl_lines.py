@@ -11,8 +11,9 @@ import json
 import math
 
 import orjson
+import pytest
 
-from posttrain.trainer_agent.core.lines import parse_line
+from posttrain.events.metricfile import LineError, parse_line
 
 # One PPO step as verl's RayPPOTrainer logs it (names from verl/trainer/ppo/ray_trainer.py and
 # metric_utils.py), written by Python's json.dumps.
@@ -91,5 +92,6 @@ def test_a_serialised_point_keeps_nan_and_elapsed_seconds():
 
 
 def test_a_line_without_a_step_is_not_a_point():
-    assert parse_line(b'{"data": {"actor/pg_loss": 1.0}}', 0.0) is None
-    assert parse_line(b'{"step": NaN, "data": {}}', 0.0) is None
+    for line in (b'{"data": {"actor/pg_loss": 1.0}}', b'{"step": NaN, "data": {}}'):
+        with pytest.raises(LineError, match="'step' must be an integer"):
+            parse_line(line, 0.0)

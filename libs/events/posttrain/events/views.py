@@ -16,6 +16,13 @@ validators, aliases or another ``extra`` policy, and any value msgspec's strict 
 pydantic's lax ones might accept it (a NaN written as the string "NaN" into a float field, an int
 written as 1.0). One difference is left, on purpose: an integer beyond 64 bits, which orjson (and
 so ``decode``) rounds to a float and msgspec reads exactly; nothing posttrain writes holds one.
+
+Metric points are the exception to "a string in a float field goes through ``decode``": a run
+whose loss went NaN writes ``"NaN"`` (``nonfinite``) at every step from then on, and the ingest
+and the diagnostics read every point. ``MetricsReported`` has a second view whose float fields
+also take those strings, tried when the first refuses a message that holds one; its points come
+out with the floats the strings stand for, as ``decode`` reads them. ``ViewDecoder.view`` is the
+fast path alone, for readers that go their own way when it answers None.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from pydantic import BaseModel
 from posttrain.events.codec import DecodeError, decode, has_extra_headers
 from posttrain.events.envelope import NO_HEADERS, Envelope
 from posttrain.events.messages import MESSAGE_TYPES, Message
+from posttrain.events.messages.metrics import MetricPoint, MetricsReported
+from posttrain.events.nonfinite import NON_FINITE, NonFiniteText
 from posttrain.events.upcasters import UpcasterTable
 
 # The only leaf types a view takes: msgspec and pydantic read JSON into them alike. (Not bytes:
@@ -184,6 +193,46 @@ def view_type(cls: type[Message]) -> type[msgspec.Struct] | None:
     return _VIEWS[cls]
 
 
+def _with_text(annotation: Any) -> Any:
+    """A float annotation that also takes the non-finite strings."""
+    if annotation is float:
+        return float | NonFiniteText
+    args = get_args(annotation)
+    if get_origin(annotation) in (Union, UnionType) and float in args:
+        return Union[(*args, NonFiniteText)]
+    return annotation
+
+
+def _non_finite_metrics() -> tuple[type[EnvelopeView], tuple[str, ...]] | None:
+    """The envelope view of ``MetricsReported`` whose points' float fields also take the
+    non-finite strings, and the names of those fields."""
+    if view_type(MetricsReported) is None:
+        return None
+    fields = _view_fields(MetricPoint)
+    point = msgspec.defstruct(
+        "MetricPointTextView",
+        [(f[0], _with_text(f[1]), *f[2:]) for f in fields],
+        kw_only=True,
+        module=__name__,
+    )
+    report = msgspec.defstruct(
+        "MetricsReportedTextView",
+        [
+            (f[0], list[point] if f[0] == "points" else f[1], *f[2:])  # type: ignore[valid-type]
+            for f in _view_fields(MetricsReported)
+        ],
+        kw_only=True,
+        module=__name__,
+        namespace={"TYPE": MetricsReported.TYPE, "VERSION": MetricsReported.VERSION},
+    )
+    floats = tuple(f[0] for f in fields if _with_text(f[1]) is not f[1])
+    return _derive_envelope(MetricsReported, report), floats
+
+
+def _may_hold_non_finite(value: bytes) -> bool:
+    return b'NaN"' in value or b'Infinity"' in value
+
+
 class ViewDecoder:
     """``decode`` that returns envelopes whose ``data`` is a view where the type has one.
 
@@ -204,6 +253,40 @@ class ViewDecoder:
         self._decoder: msgspec.json.Decoder[Any] | None = (
             msgspec.json.Decoder(Union[tuple(envelopes)]) if envelopes else None  # noqa: UP007
         )
+        text = (
+            _non_finite_metrics()
+            if self._types.get(MetricsReported.TYPE) is MetricsReported
+            else None
+        )
+        self._text_decoder: msgspec.json.Decoder[Any] | None = None
+        self._text_floats: tuple[str, ...] = ()
+        if text is not None:
+            self._text_decoder = msgspec.json.Decoder(text[0])
+            self._text_floats = text[1]
+
+    def view(self, value: bytes | None) -> EnvelopeView | None:
+        """The envelope of ``value`` read with its view, or None where the view decoder is not
+        sure of it (``decode`` then reads it, or says what is wrong)."""
+        if value is None or self._decoder is None:
+            return None
+        try:
+            return self._decoder.decode(value)  # type: ignore[no-any-return]
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return self._non_finite(value)
+
+    def _non_finite(self, value: bytes) -> EnvelopeView | None:
+        """A ``MetricsReported`` whose points hold non-finite strings, with their floats."""
+        if self._text_decoder is None or not _may_hold_non_finite(value):
+            return None
+        try:
+            envelope = self._text_decoder.decode(value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        for point in envelope.data.points:
+            for name in self._text_floats:
+                if type(text := getattr(point, name)) is str:
+                    setattr(point, name, NON_FINITE[text])
+        return envelope  # type: ignore[no-any-return]
 
     def decode_all(
         self,
@@ -227,8 +310,10 @@ class ViewDecoder:
                 try:
                     view = read(value)
                 except (msgspec.ValidationError, msgspec.DecodeError):
-                    pass  # decode() below says what is wrong, or reads what views cannot
-                else:
+                    # A NaN in a metric point, or decode() below says what is wrong, or reads
+                    # what views cannot.
+                    view = self._non_finite(value)
+                if view is not None:
                     yield view
                     continue
             try:
@@ -243,9 +328,6 @@ class ViewDecoder:
     def decode(
         self, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> EnvelopeView | Envelope[Any]:
-        if value is not None and self._decoder is not None and not has_extra_headers(headers):
-            try:
-                return self._decoder.decode(value)  # type: ignore[no-any-return]
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                pass  # decode() says what is wrong, or reads what views cannot
+        if not has_extra_headers(headers) and (view := self.view(value)) is not None:
+            return view
         return decode(value, headers, types=self._types, upcasters=self._upcasters)

@@ -8,8 +8,8 @@ message is written by orjson in one call (about 1 us a point).
 
 The writer is only ever a faster way to the same message: ``decode`` reads what it writes as the
 model writes it (``tests/unit/test_writers.py`` holds the two together over generated points).
-Non-finite floats are written as the model writes them ("NaN", "Infinity", "-Infinity"), never as
-orjson's null: a NaN loss must never become a missing loss. ``point_document`` takes only the
+Non-finite floats are written as the model writes them (``nonfinite``), never as orjson's
+null: a NaN loss must never become a missing loss. ``point_document`` takes only the
 plain kinds of values; for anything else it returns None and the caller builds the model, which
 judges the value (and refuses it, or reads it as pydantic does).
 """
@@ -23,31 +23,13 @@ import orjson
 
 from posttrain.events.codec import KafkaHeaders, encode_written
 from posttrain.events.messages import CORE_FIELDS, MetricsReported
+from posttrain.events.nonfinite import as_text, non_finite_text
 
 _CORE = frozenset(CORE_FIELDS)
 _FLOAT_ONLY = frozenset({float})
 # Values orjson writes as the model does (a float only when finite).
 _JSON_SCALARS = frozenset({float, int, str, bool, type(None)})
 _NUMBERS = frozenset({float, int})
-
-
-def _text(value: float) -> str:
-    """How the model writes a non-finite float."""
-    if value != value:
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
-def _plain(value: Any) -> Any:
-    """A custom value with its non-finite floats written as text, at any depth."""
-    kind = type(value)
-    if kind is float:
-        return value if value - value == 0.0 else _text(value)
-    if kind is dict:
-        return {k: _plain(v) for k, v in value.items()}
-    if kind is list:
-        return [_plain(v) for v in value]
-    return value
 
 
 def point_document(
@@ -69,9 +51,9 @@ def point_document(
         elif type(epoch) is not float:
             return None
         elif epoch - epoch != 0.0:
-            epoch = _text(epoch)
+            epoch = non_finite_text(epoch)
     if timestamp - timestamp != 0.0:
-        timestamp = _text(timestamp)
+        timestamp = non_finite_text(timestamp)
     if not _CORE.issuperset(canonical):
         return None
     document: dict[str, Any] = {"step": step, "epoch": epoch, "timestamp": timestamp}
@@ -85,8 +67,8 @@ def point_document(
     if total - total != 0.0:
         for name, value in canonical.items():
             if value - value != 0.0:
-                document[name] = _text(value)
-    document["custom"] = custom if _plain_finite(custom.values()) else _plain(dict(custom))
+                document[name] = non_finite_text(value)
+    document["custom"] = custom if _plain_finite(custom.values()) else as_text(dict(custom))
     return document
 
 

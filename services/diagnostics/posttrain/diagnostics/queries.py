@@ -20,6 +20,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from posttrain.events.nonfinite import non_finite_text
+
 DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 
 # An asyncpg Pool or Connection (asyncpg ships no type hints).
@@ -78,9 +80,7 @@ class RecordedAnomaly:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "actions"}
         value = self.value
         if value is not None and not math.isfinite(value):
-            out["value"] = (
-                "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-            )
+            out["value"] = non_finite_text(value)
         out["actions"] = [a.to_dict() for a in self.actions]
         return out
 

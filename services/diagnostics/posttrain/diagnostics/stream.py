@@ -400,8 +400,8 @@ class DiagnosticsStream:
         envelope = await self._decode(event, view=True)
         if envelope is None or envelope.type != MetricsReported.TYPE:
             return
-        # A view (one msgspec pass, ~1 us a point) unless the message needs the contract's
-        # reader (a NaN written as "NaN", another version): the rules only read field values.
+        # A view (one msgspec pass, ~1 us a point, NaN points too) unless the message needs the
+        # contract's reader (another version): the rules only read field values.
         data: MetricsReported = envelope.data
         cause_id, correlation = envelope.id, envelope.correlation_id
         key = data.job_id.encode()

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import orjson
 
-from posttrain.metrics_ingest.core.filelines import SOURCE_PREFIX
+from posttrain.events.metricfile import FILE_SUFFIX, job_from_file_name
 
-FILE_SUFFIX = "_metrics.jsonl"
 DEFAULT_FLUSH_URL = "http://127.0.0.1:9464/flush"
 
 
@@ -38,13 +37,6 @@ def _parser() -> argparse.ArgumentParser:
     latest.add_argument("job")
     latest.add_argument("--limit", type=int, default=10)
     return parser
-
-
-def job_from_file_name(name: str) -> str | None:
-    """``job-42_metrics.jsonl`` -> ``job-42`` (the file writer's naming)."""
-    if name.endswith(FILE_SUFFIX) and len(name) > len(FILE_SUFFIX):
-        return name[: -len(FILE_SUFFIX)]
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +70,7 @@ def _sync(file: str, job: str | None) -> int:
         print(f"... and {len(result.errors) - 20} more unreadable lines", file=sys.stderr)
     print(
         f"{file}: {result.points} points for job {job}: {result.inserted} new, "
-        f"{result.duplicates} already stored ({SOURCE_PREFIX}{path.name})"
+        f"{result.duplicates} already stored ({result.source})"
     )
     return 1 if result.errors else 0
 

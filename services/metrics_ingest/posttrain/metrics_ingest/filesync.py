@@ -1,8 +1,9 @@
 """``sync_metrics_from_file``: a JSONL metric file (SEED.md mode B) into PostgreSQL, idempotent.
 
-Each line's point has a permanent identity (``core.filelines``), and rows go through the same
-writer as the Kafka path, which skips points already stored: syncing a file twice, or again
-after lines were appended, stores each point once.
+Each line's point has a permanent identity (``posttrain.events.metricfile``, the same for the
+agent's tailers), and rows go through the same writer as the Kafka path, which skips points
+already stored: syncing a file twice, or again after lines were appended, or a file an agent
+also tails, stores each point once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from posttrain.metrics_ingest.core.filelines import FileLine, file_source, read_lines
+from posttrain.events.metricfile import FileLine, read_lines, source_of_file
 from posttrain.metrics_ingest.core.rows import RowError
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.settings import database_url
@@ -50,15 +51,18 @@ async def sync_metrics_from_file(
 
     ``db`` is an asyncpg connection or pool; by default a connection to ``DATABASE_URL``."""
     file = Path(path)
-    source = file_source(file.name)
-    result = SyncResult(str(file), job_uuid, source)
     writer = MetricsWriter()
     # The file is read and parsed in a worker thread, a chunk at a time: a big file must not
     # stall the caller's event loop (the gateway's, say).
     fh = await asyncio.to_thread(open, file, "rb")
     try:
         default_timestamp = os.fstat(fh.fileno()).st_mtime
-        chunks = _chunks(read_lines(fh, job_uuid, default_timestamp), result)
+        source = await asyncio.to_thread(source_of_file, fh)
+        result = SyncResult(str(file), job_uuid, source or "")
+        if source is None:
+            return result  # not one line yet
+        fh.seek(0)
+        chunks = _chunks(read_lines(fh, default_timestamp, job_uuid), result)
         async with _connection(db) as conn:
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
                 try:

@@ -36,6 +36,7 @@ import asyncpg
 import orjson
 
 from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint
+from posttrain.events.nonfinite import NON_FINITE
 from posttrain.metrics_ingest.core.downsample import Bucket, BucketGrid, bucket_sql, lttb
 from posttrain.metrics_ingest.settings import database_url
 
@@ -46,7 +47,9 @@ Method = Literal["minmax", "lttb"]
 
 CUSTOM_PREFIX = "custom."
 _COLUMNS = frozenset({"epoch", *CORE_FIELDS})
-_NON_FINITE_SQL = "('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)"
+# The wire's strings for non-finite floats (``nonfinite``), as SQL literals.
+_NON_FINITE_TEXT = "(" + ", ".join(f"'{text}'" for text in NON_FINITE) + ")"
+_NON_FINITE_SQL = "(" + ", ".join(f"'{text}'::float8" for text in NON_FINITE) + ")"
 
 
 class UnknownField(ValueError):
@@ -149,7 +152,7 @@ def numeric_sql(name: str, params: Params) -> str:
     text = f"({expr} #>> '{{}}')"
     return (
         f"(CASE WHEN jsonb_typeof({expr}) = 'number' "
-        f"OR {text} IN ('NaN', 'Infinity', '-Infinity') THEN {text}::float8 END)"
+        f"OR {text} IN {_NON_FINITE_TEXT} THEN {text}::float8 END)"
     )
 
 

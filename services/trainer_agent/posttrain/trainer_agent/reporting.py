@@ -9,11 +9,11 @@
 
 The call only stamps the time, takes a sequence number and puts the raw values on a bounded
 queue (a few microseconds). A background thread maps the names onto ``MetricPoint``'s canonical
-fields (``core.fields``), batches the points into ``MetricsReported`` messages and sends them with
-the idempotent producer. When Kafka cannot be reached, or the queue is full, points go to a local
-spill file (``spill``) and are sent once the broker answers again, by this reporter or, if the
-process is gone, by the next reporter of the same job. Every point is identified by
-``(job_id, source, seq)`` for ever, so a re-sent point is deduplicated by ingest.
+fields (``posttrain.events.aliases``), batches the points into ``MetricsReported`` messages and
+sends them with the idempotent producer. When Kafka cannot be reached, or the queue is full,
+points go to a local spill file (``spill``) and are sent once the broker answers again, by this
+reporter or, if the process is gone, by the next reporter of the same job. Every point is
+identified by ``(job_id, source, seq)`` for ever, so a re-sent point is deduplicated by ingest.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from posttrain.events import Envelope
+from posttrain.events.aliases import canonical_fields, to_point
 from posttrain.events.codec import encode
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.blocking import BlockingProducer, Record
@@ -43,7 +44,6 @@ from posttrain.events.messages.metrics import reporter_source
 from posttrain.events.topics import Topic
 from posttrain.events.writers import metrics_reported, point_document
 from posttrain.trainer_agent.core.batching import Routing, contiguous_batches
-from posttrain.trainer_agent.core.fields import canonical_fields, to_point
 from posttrain.trainer_agent.spill import (
     OrphanFiles,
     SpilledPoint,

@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
+from posttrain.events.metricfile import complete_lines
 from posttrain.trainer_agent.core.control import StepDirective, at_step_boundary
 from posttrain.trainer_agent.core.failure import tail
-from posttrain.trainer_agent.core.lines import complete_lines
 
 CONTROL = "control.jsonl"
 EVENTS = "events.jsonl"

@@ -6,6 +6,10 @@ notices when the file was truncated or replaced (then it starts again at the top
 generation). Each line's identity is ``(source, seq)``: the source names the file (host, path,
 inode, generation) and seq is the line's number, so re-reading lines after a crash re-sends the
 same points, which ingest dedups, and never invents new ones.
+
+The lines' format and the points' identity are the metric file's (``posttrain.events.metricfile``):
+the source is named by the file's first line, so ``posttrain metrics sync`` of the same file finds
+the same points.
 """
 
 from __future__ import annotations
@@ -14,14 +18,19 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from posttrain.events.messages import MetricPoint
-from posttrain.trainer_agent.core.lines import complete_lines, parse_line
+from posttrain.events.metricfile import (
+    LineError,
+    complete_lines,
+    file_source,
+    parse_line,
+    source_of_file,
+)
 from posttrain.trainer_agent.reporting import MetricsReporter
 
 # How many bytes at the head of the file identify it: a file rewritten in place (truncated and
@@ -38,6 +47,7 @@ class TailState:
     inode: int = 0
     head: str = ""  # sha1 of the first head_len bytes
     head_len: int = 0
+    source: str = ""  # metricfile.file_source of the first non-blank line, once read
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +57,13 @@ class TailedPoint:
     point: MetricPoint
 
 
-def take_lines(state: TailState, chunk: bytes, source: str) -> tuple[list[TailedPoint], int]:
+def take_lines(state: TailState, chunk: bytes) -> tuple[list[TailedPoint], int]:
     """The points of the complete lines of ``chunk`` (the bytes of the file at
     ``state.offset``), advancing ``state`` past them; and how many lines were not points.
 
-    Shared by every tailer, local or remote: a point's seq is its line number, so the same line
-    read again (after a restart or a reconnection) is the same point."""
+    Shared by every tailer, local or remote: a point's identity is the metric file's (its
+    line number, and the source its first line names), so the same line read again (after a
+    restart or a reconnection, or by ``posttrain metrics sync``) is the same point."""
     lines, consumed = complete_lines(chunk)
     if not lines:
         return [], 0
@@ -60,12 +71,17 @@ def take_lines(state: TailState, chunk: bytes, source: str) -> tuple[list[Tailed
     out: list[TailedPoint] = []
     skipped = 0
     for line in lines:
-        point = parse_line(line, now)
-        if point is None:
-            if line.strip():
-                skipped += 1
+        if not line.strip():
+            state.line += 1
+            continue
+        if not state.source:
+            state.source = file_source(line)
+        try:
+            point = parse_line(line, now)
+        except LineError:
+            skipped += 1
         else:
-            out.append(TailedPoint(source, state.line, point))
+            out.append(TailedPoint(state.source, state.line, point))
         state.line += 1
     state.offset += consumed
     return out, skipped
@@ -96,14 +112,12 @@ class MetricsFileTailer:
             Path(state_path) if state_path else self.path.with_name(self.path.name + ".offset")
         )
         self.state = self._load_state()
-        self._path_id = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:10]
-        self._host = socket.gethostname()
         self.skipped_lines = 0
 
     @property
     def source(self) -> str:
-        s = self.state
-        return f"file:{self._host}:{self._path_id}:{s.inode}:g{s.generation}"
+        """The source of the file's points ("" until its first line is read)."""
+        return self.state.source
 
     def poll(self) -> list[TailedPoint]:
         """The points of the lines completed since the last poll."""
@@ -117,9 +131,12 @@ class MetricsFileTailer:
             state = self.state
             if st.st_size <= state.offset:
                 return []
+            if state.offset > 0 and not state.source:
+                # A position saved before sources were named by the file's first line.
+                state.source = source_of_file(fh) or ""
             fh.seek(state.offset)
             chunk = fh.read(_READ_BYTES)
-        out, skipped = take_lines(state, chunk, self.source)
+        out, skipped = take_lines(state, chunk)
         self.skipped_lines += skipped
         if state.head_len < min(state.offset, _HEAD_BYTES):
             state.head_len = min(state.offset, _HEAD_BYTES)

@@ -40,22 +40,15 @@ from posttrain.diagnostics.core.windows import (
     linear_slope,
 )
 from posttrain.events.messages.metrics import MetricPoint
+from posttrain.events.nonfinite import float_of
 
 _POINT_FIELDS = frozenset(MetricPoint.model_fields)
 _isfinite = math.isfinite
 Getter = Callable[[MetricPoint], Any]
 
 
-def _as_float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        return value
-    if isinstance(value, int):
-        return float(value)
-    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-        return float(value.replace("Infinity", "inf"))
-    return None
+# A rule's value: a number, or a non-finite float as the wire writes it in ``custom``.
+_as_float = float_of
 
 
 def getter(name: str) -> Getter:

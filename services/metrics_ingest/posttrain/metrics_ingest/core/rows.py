@@ -9,13 +9,13 @@ the message goes to the dead-letter topic instead (``RowError``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
 
 from posttrain.events.messages.metrics import CORE_FIELDS
+from posttrain.events.nonfinite import as_text, has_non_finite
 
 # The identity of a point is (job, source, seq); job and source are stored as small integers
 # (``metric_jobs``, ``metric_sources``) that the writer prepends to every row.
@@ -101,31 +101,11 @@ def custom_json(custom: Mapping[str, Any]) -> bytes | None:
         raise RowError("custom holds a value that is not JSON") from None
     # orjson writes NaN and infinities as null; a genuine null is fine too, so only re-encode
     # when a float is not finite.
-    if b"null" in text and _has_non_finite(custom):
-        text = orjson.dumps(_finite_or_string(custom))
+    if b"null" in text and has_non_finite(custom):
+        text = orjson.dumps(as_text(custom))
     if b"\\u0000" in text:
         raise RowError("custom contains a NUL character, which JSONB cannot store")
     return JSONB_VERSION + text
-
-
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_non_finite(v) for v in value)
-    return False
-
-
-def _finite_or_string(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _finite_or_string(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_string(v) for v in value]
-    return value
 
 
 def point_row(

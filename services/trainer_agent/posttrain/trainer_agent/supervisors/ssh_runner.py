@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import re
@@ -364,7 +363,7 @@ class SshRunner:
         if size == state.offset:
             return False
         chunk = await _read_from(sftp, run.metrics_file, state.offset, size - state.offset)
-        points, _ = take_lines(state, chunk, self._source(run))
+        points, _ = take_lines(state, chunk)
         for p in points:
             self.reporter.submit(p.source, p.seq, p.point)
         if points:
@@ -469,11 +468,6 @@ class SshRunner:
         if self.run is None:
             raise SshError("nothing started or attached")
         return self.run
-
-    def _source(self, run: RemoteRun) -> str:
-        digest = hashlib.sha1(run.metrics_file.encode()).hexdigest()[:10]
-        c = self.config
-        return f"ssh:{c.user}@{c.host}:{c.port}:{digest}:g{self._metrics.generation}"
 
     def _where(self) -> str:
         return f"{self.config.user}@{self.config.host}:{self.config.port}"

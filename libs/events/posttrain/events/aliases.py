@@ -3,17 +3,18 @@
 One table serves every path in: the direct callback (the seed's names such as
 ``grad_norm_actor``), the Hugging Face/TRL callback (``reward``, ``kl``, ``completions/...``) and
 verl's ``file`` logger (``actor/pg_loss``, ``critic/score/mean``). A name that feeds no canonical
-field is kept under ``custom``: nothing a trainer logs is dropped.
+field is kept under ``custom``: nothing a trainer logs is dropped. The metric file's reader
+(``metricfile``) maps its lines' names through the same table.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from posttrain.events.messages import CORE_FIELDS, MetricPoint
+from posttrain.events.nonfinite import NON_FINITE
 
 # canonical field -> the names that feed it, in priority order: the first one present wins and
 # the others stay under ``custom`` (so verl's post-KL reward is kept next to the raw score).
@@ -67,17 +68,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 assert set(ALIASES) == set(CORE_FIELDS), "every canonical field needs an alias entry"
 
-# Names that are not metrics but the point's coordinates (and, in files, its job).
+# Names that are not metrics but the point's coordinates.
 COORDINATES = frozenset({"step", "epoch", "timestamp"})
-_RECORD_KEYS = frozenset({"job_id"})
 # The names that carry a point's epoch, in priority order: verl's PPO trainer logs it as
 # ``training/epoch`` (next to ``training/global_step``, which is the line's ``step``).
 EPOCH_NAMES: tuple[str, ...] = ("epoch", "training/epoch")
-# The keys of a verl ``file`` logger line that are not its other top-level values.
-_VERL_LINE_KEYS = frozenset({"step", "data", "epoch", "timestamp"}) | _RECORD_KEYS
-
-# How non-finite floats travel in JSON (pydantic's "strings" mode, which the platform uses).
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 def as_number(value: Any) -> float | None:
@@ -92,7 +87,7 @@ def as_number(value: Any) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        return _NON_FINITE.get(value)
+        return NON_FINITE.get(value)
     item = getattr(value, "item", None)
     if callable(item):
         try:
@@ -162,13 +157,19 @@ def canonical_fields(
         if number is None:  # a name that is usually a number is not, this time
             return _canonical_fields_slow(fields, skip)
         canonical[field] = number
-    custom: dict[str, Any] = {}
-    nested = fields.get("custom")
-    if isinstance(nested, Mapping):
-        custom.update({str(k): jsonable(v) for k, v in nested.items()})
+    custom = _nested_custom(fields.get("custom"))
     for name in plan.custom:
         custom[name] = jsonable(fields[name])
     return canonical, custom
+
+
+def _nested_custom(nested: Any) -> dict[str, Any]:
+    """The values logged under ``custom`` itself (a value that is no mapping is kept too)."""
+    if nested is None:
+        return {}
+    if isinstance(nested, Mapping):
+        return {str(k): jsonable(v) for k, v in nested.items()}
+    return {"custom": jsonable(nested)}
 
 
 def _canonical_fields_slow(
@@ -188,10 +189,7 @@ def _canonical_fields_slow(
                 best[field] = (priority, name, number)
     canonical = {field: number for field, (_, _, number) in best.items()}
     used = {name for _, name, _ in best.values()}
-    custom: dict[str, Any] = {}
-    nested = fields.get("custom")
-    if isinstance(nested, Mapping):
-        custom.update({str(k): jsonable(v) for k, v in nested.items()})
+    custom = _nested_custom(fields.get("custom"))
     for name, value in fields.items():
         if name in used or name in skip or name == "custom":
             continue
@@ -209,54 +207,3 @@ def to_point(
     """One ``MetricPoint`` from a step's logged names."""
     canonical, custom = canonical_fields(fields, skip)
     return MetricPoint(step=step, epoch=epoch, timestamp=timestamp, custom=custom, **canonical)
-
-
-def point_from_record(record: Mapping[str, Any], default_timestamp: float) -> MetricPoint | None:
-    """A point from one JSONL record of either format the platform reads, or None if the record
-    has no usable step.
-
-    - the project's format: ``{"step": n, "epoch": e, "timestamp": t, <names>..., "custom": {}}``
-      (canonical names or any trainer's names, mapped by ``ALIASES``);
-    - verl's ``file`` logger: ``{"step": n, "data": {<verl names>}}``.
-    """
-    step = record.get("step")
-    if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
-        return None
-    data = record.get("data")
-    timestamp = as_number(record.get("timestamp"))
-    if isinstance(data, Mapping) and not any(k in record for k in ALIASES):
-        return _verl_point(int(step), record, data, timestamp, default_timestamp)
-    return to_point(
-        int(step),
-        as_number(record.get("epoch")),
-        timestamp if timestamp is not None else default_timestamp,
-        record,
-        COORDINATES | _RECORD_KEYS,
-    )
-
-
-def _verl_point(
-    step: int,
-    record: Mapping[str, Any],
-    data: Mapping[str, Any],
-    timestamp: float | None,
-    default_timestamp: float,
-) -> MetricPoint:
-    """verl's line: its names sit under ``data``. orjson (verl's writer since January 2026)
-    writes a NaN or an infinity as ``null``, and verl logs nothing but numbers there, so a null
-    is read back as NaN: a NaN loss must stay visible. The epoch comes from ``EPOCH_NAMES``, and
-    the line's other top-level values (``elapsed_seconds``, written by wrappers) stay in custom."""
-    fields = {k: (math.nan if v is None else v) for k, v in data.items()}
-    epoch_name = next((n for n in EPOCH_NAMES if as_number(fields.get(n)) is not None), None)
-    epoch = as_number(fields.pop(epoch_name)) if epoch_name else as_number(record.get("epoch"))
-    point = to_point(
-        step,
-        epoch,
-        timestamp if timestamp is not None else default_timestamp,
-        fields,
-        COORDINATES | _RECORD_KEYS,
-    )
-    extra = {str(k): jsonable(v) for k, v in record.items() if k not in _VERL_LINE_KEYS}
-    if not extra:
-        return point
-    return point.model_copy(update={"custom": {**point.custom, **extra}})
