@@ -25,8 +25,9 @@ from typing import Any
 
 from posttrain.doctor import run_doctor
 from posttrain.events.kafka import KafkaSettings
-from posttrain.orchestrator.api import DEFAULT_DATABASE_URL, PipelineExecutor, aget_pipeline_status
+from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status
 from posttrain.pipeline_cli import load_pipeline_file
+from posttrain.service.settings import database_url
 from posttrain.testing import services
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +38,7 @@ def platform(logs: Path, agent_dir: Path) -> list[services.ServiceProcess]:
     """The platform's services on the default namespace and database, each with a /healthz of
     its own (free ports, so a platform already running here is not disturbed)."""
     settings = KafkaSettings.from_env(client_id="posttrain-demo")
-    database = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    database = database_url()
     return [
         services.orchestrator(
             settings,

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from posttrain.service.logs import without_password
+from posttrain.service.settings import database_url
 
 T = TypeVar("T")
 
@@ -54,9 +55,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _database_url() -> str:
-    from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
-
-    return os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    return database_url()
 
 
 def _kafka() -> Any:

@@ -64,6 +64,7 @@ from posttrain.events.topics import TOPICS, Topic
 from posttrain.events.views import ViewDecoder
 from posttrain.service.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from posttrain.service.prometheus import Exposition
+from posttrain.service.settings import posttrain_home
 
 log = logging.getLogger(__name__)
 APP_NAME = "posttrain-diagnostics"
@@ -90,8 +91,7 @@ codecs.register("posttrain_state", _StateCodec())
 
 
 def _data_root() -> Path:
-    root = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
-    root = root / "diagnostics"
+    root = posttrain_home() / "diagnostics"
     root.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     return root
 

@@ -15,7 +15,6 @@ stage's metrics job.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,11 +35,9 @@ from posttrain.events.runner import run_sync
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.core.dag import DagResolver
 
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
-
-
-def _database_url(url: str | None) -> str:
-    return url or os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+# Re-exported: callers that imported the default from here keep working.
+from posttrain.service.settings import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL
+from posttrain.service.settings import database_url as _database_url
 
 
 class UnknownPipeline(LookupError):

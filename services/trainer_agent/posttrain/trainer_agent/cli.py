@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import socket
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from posttrain.events.kafka import KafkaSettings
 from posttrain.service.logs import configure_json_logging
+from posttrain.service.settings import posttrain_home
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from posttrain.trainer_agent.agent import Agent, AgentConfig
     from posttrain.trainer_agent.launcher import Launcher, SpawnLauncher
 
-    home = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
+    home = posttrain_home()
     work_dir = Path(args.work_dir) if args.work_dir else home / "agents" / args.name
     stage_env: tuple[tuple[str, str], ...] = ()
     if args.stage_threads:
