@@ -32,7 +32,10 @@ class ServiceSettings(BaseSettings):
     """``DATABASE_URL`` and ``POSTTRAIN_HOME``; a service adds its own fields (with their own
     ``env_prefix`` through ``model_config``)."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # An empty variable counts as unset; a keyword argument may use the field's name.
+    model_config = SettingsConfigDict(
+        extra="ignore", frozen=True, env_ignore_empty=True, populate_by_name=True
+    )
 
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL, validation_alias=AliasChoices("DATABASE_URL")

@@ -34,13 +34,14 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import faust
 import orjson
+import typer
 from faust.sensors import Monitor, Sensor
 from faust.serializers import codecs
 
@@ -62,6 +63,7 @@ from posttrain.events.messages.pipeline import RequestAction
 from posttrain.events.messages.stage import StageFailed
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.events.views import ViewDecoder
+from posttrain.service.commands import command_app, run_app
 from posttrain.service.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from posttrain.service.prometheus import Exposition
 from posttrain.service.settings import posttrain_home
@@ -562,31 +564,36 @@ def create_app(
     return create_stream(settings, book, **options).app
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+cli = command_app()
 
-    parser = argparse.ArgumentParser(
-        prog="posttrain-diagnostics",
-        description="The streaming diagnostics service: anomalies from posttrain.metrics, "
-        "alerts, and automatic actions through the orchestrator.",
-        epilog="Environment: KAFKA_BOOTSTRAP_SERVERS, POSTTRAIN_TOPIC_NAMESPACE, "
-        "POSTTRAIN_DIAGNOSTICS_CONFIG (thresholds, alert channels, action policy), "
-        "POSTTRAIN_DIAGNOSTICS_WEB_PORT (/healthz and /metrics), POSTTRAIN_DIAGNOSTICS_SCAN_S "
-        "with DATABASE_URL (a periodic scan of failed jobs), LOG_LEVEL.",
-    )
-    parser.add_argument(
-        "--web-port",
-        type=int,
-        default=None,
-        help="serve /healthz and /metrics on 127.0.0.1:PORT "
-        "(default: $POSTTRAIN_DIAGNOSTICS_WEB_PORT, else none)",
-    )
-    args = parser.parse_args(argv)
+
+@cli.command(
+    help="The streaming diagnostics service: anomalies from posttrain.metrics, alerts, and "
+    "automatic actions through the orchestrator.",
+    epilog="Environment: KAFKA_BOOTSTRAP_SERVERS, POSTTRAIN_TOPIC_NAMESPACE, "
+    "POSTTRAIN_DIAGNOSTICS_CONFIG (thresholds, alert channels, action policy), "
+    "POSTTRAIN_DIAGNOSTICS_WEB_PORT (/healthz and /metrics), POSTTRAIN_DIAGNOSTICS_SCAN_S "
+    "with DATABASE_URL (a periodic scan of failed jobs), LOG_LEVEL.",
+)
+def serve(
+    web_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="POSTTRAIN_DIAGNOSTICS_WEB_PORT",
+            help="serve /healthz and /metrics on 127.0.0.1:PORT (default: none)",
+        ),
+    ] = None,
+) -> None:
+    _serve(web_port or None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(cli, argv, "posttrain-diagnostics")
+
+
+def _serve(port: int | None) -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
-    port = args.web_port or os.environ.get("POSTTRAIN_DIAGNOSTICS_WEB_PORT")
-    stream = create_stream(
-        web_port=int(port) if port else None, database_url=os.environ.get("DATABASE_URL")
-    )
+    stream = create_stream(web_port=port, database_url=os.environ.get("DATABASE_URL"))
     app = stream.app
     # On a loop of its own, not set as current: the worker makes and runs its own.
     loop = asyncio.new_event_loop()
@@ -615,4 +622,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

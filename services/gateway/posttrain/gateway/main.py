@@ -10,13 +10,16 @@ finds it set refuses to start, so that nobody believes those tokens still open i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import Annotated
 
-from posttrain.orchestrator.api import DEFAULT_DATABASE_URL
+import typer
+
+from posttrain.service import settings
+from posttrain.service.commands import command_app, run_app
 
 DEFAULT_PORT = 9460
 
@@ -37,20 +40,32 @@ async def _live_tokens(database_url: str) -> int:
         await conn.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posttrain gateway", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    )
-    parser.add_argument(
-        "--no-auth",
-        action="store_true",
-        help="serve without tokens: every caller is an admin (a local, single-user setup)",
-    )
-    args = parser.parse_args(argv)
+app = command_app()
 
+
+@app.command(help=__doc__)
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = DEFAULT_PORT,
+    database_url: Annotated[
+        str | None, typer.Option(help="default: DATABASE_URL, else the local stack's")
+    ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="serve without tokens: every caller is an admin (a local, single-user setup)",
+        ),
+    ] = False,
+) -> None:
+    raise typer.Exit(_serve(host, port, settings.database_url(database_url), no_auth))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "posttrain gateway")
+
+
+def _serve(host: str, port: int, database_url: str, no_auth: bool) -> int:
     if os.environ.get("POSTTRAIN_API_TOKENS"):
         print(
             "posttrain gateway: POSTTRAIN_API_TOKENS is no longer read (tokens are kept hashed): "
@@ -58,11 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if not args.no_auth:
+    if not no_auth:
         import asyncpg
 
         try:
-            live = asyncio.run(_live_tokens(args.database_url))
+            live = asyncio.run(_live_tokens(database_url))
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             print(
                 f"posttrain gateway: the database is unreachable ({exc}): start it with "
@@ -88,10 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(
         GatewayConfig(
             kafka=KafkaSettings.from_env(client_id="gateway"),
-            database_url=args.database_url,
-            auth=not args.no_auth,
-            address=f"{args.host}:{args.port}",
+            database_url=database_url,
+            auth=not no_auth,
+            address=f"{host}:{port}",
         )
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
+    uvicorn.run(app, host=host, port=port, log_config=None)
     return 0
