@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -27,11 +26,11 @@ from posttrain.doctor import run_doctor
 from posttrain.events.kafka import KafkaSettings
 from posttrain.orchestrator.api import PipelineExecutor, aget_pipeline_status
 from posttrain.pipeline_cli import load_pipeline_file
-from posttrain.service.settings import database_url
+from posttrain.service.settings import database_url, posttrain_home
 from posttrain.testing import services
 
 HERE = Path(__file__).resolve().parent
-HOME = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
+HOME = posttrain_home()
 
 
 def platform(logs: Path, agent_dir: Path) -> list[services.ServiceProcess]:
