@@ -11,7 +11,6 @@ posttrain diagnose record [--http HOST:PORT] [--no-migrate]
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import orjson
 import typer
 
 from posttrain.diagnostics.recorder import record
+from posttrain.diagnostics.settings import DiagnosticsSettings
 from posttrain.service import settings
 from posttrain.service.commands import command_app, run_app
 
@@ -88,7 +88,7 @@ def _backtest(args: Target, policy: str | None) -> int:
     try:
         book = load_config_book(policy)
     except Exception as exc:  # a missing file, bad JSON/YAML, a key the schema refuses
-        where = policy or os.environ.get("POSTTRAIN_DIAGNOSTICS_CONFIG")
+        where = policy or DiagnosticsSettings().config
         print(f"error: policy {where}: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_run_backtest(args, book))

@@ -53,6 +53,7 @@ from posttrain.diagnostics.core.config import ConfigBook
 from posttrain.diagnostics.core.messages import anomaly_detected, detect
 from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
 from posttrain.diagnostics.core.state import JobState
+from posttrain.diagnostics.settings import DiagnosticsSettings
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import KafkaSettings, NewTopicSpec, await_leaders, ensure_named_topics
 from posttrain.events.kafka.admin import LEADERS_TIMEOUT_S
@@ -147,6 +148,7 @@ class DiagnosticsStream:
         **faust_options: Any,
     ) -> None:
         self.settings = settings
+        environment = DiagnosticsSettings()
         self.book = book or ConfigBook()
         self.alerter = alerter or Alerter(self.book)
         self.processed_messages = 0
@@ -175,9 +177,7 @@ class DiagnosticsStream:
             "datadir": str(_data_root() / settings.group(APP_NAME)),
             # A worker that died is replaced within ~10 s instead of the default minute: its
             # partitions (and so its jobs' detection) wait for the group to notice it is gone.
-            "broker_session_timeout": float(
-                os.environ.get("POSTTRAIN_DIAGNOSTICS_SESSION_TIMEOUT_S", "10")
-            ),
+            "broker_session_timeout": environment.session_timeout_s,
             "broker_heartbeat_interval": 1.0,
         }
         if web_port is not None:
@@ -230,7 +230,7 @@ class DiagnosticsStream:
         self._written_at: dict[bytes, float] = {}
         self._flushed_at = time.monotonic()
         self.service: DiagnosticService | None = None
-        scan_s = float(os.environ.get("POSTTRAIN_DIAGNOSTICS_SCAN_S", "0") or 0)
+        scan_s = environment.scan_s
         if scan_s > 0 and database_url:
             # Failed jobs in the orchestrator's read model (e.g. OOM), raised with stable ids.
             self.service = DiagnosticService(database_url, self.book)
@@ -579,21 +579,26 @@ def serve(
     web_port: Annotated[
         int | None,
         typer.Option(
-            envvar="POSTTRAIN_DIAGNOSTICS_WEB_PORT",
-            help="serve /healthz and /metrics on 127.0.0.1:PORT (default: none)",
+            help="serve /healthz and /metrics on 127.0.0.1:PORT "
+            "(default: $POSTTRAIN_DIAGNOSTICS_WEB_PORT, else none)",
         ),
     ] = None,
 ) -> None:
-    _serve(web_port or None)
+    try:
+        options: dict[str, Any] = {"web_port": web_port} if web_port else {}
+        environment = DiagnosticsSettings(**options)
+    except ValueError as exc:  # pydantic's ValidationError names the field
+        raise typer.BadParameter(str(exc)) from None
+    _serve(environment.web_port or None, environment.scan_database_url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_app(cli, argv, "posttrain-diagnostics")
 
 
-def _serve(port: int | None) -> None:
+def _serve(port: int | None, database_url: str | None) -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
-    stream = create_stream(web_port=port, database_url=os.environ.get("DATABASE_URL"))
+    stream = create_stream(web_port=port, database_url=database_url)
     app = stream.app
     # On a loop of its own, not set as current: the worker makes and runs its own.
     loop = asyncio.new_event_loop()
