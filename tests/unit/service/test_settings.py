@@ -16,12 +16,14 @@ from posttrain.service.settings import (
 def test_defaults_without_the_variables(monkeypatch, tmp_path):
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("POSTTRAIN_HOME", raising=False)
+    monkeypatch.delenv("POSTTRAIN_LOG_LEVEL", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     settings = ServiceSettings()
     assert settings.database_url == DEFAULT_DATABASE_URL
     assert settings.posttrain_home == tmp_path / ".cache" / "posttrain"
     assert database_url() == DEFAULT_DATABASE_URL
     assert posttrain_home() == tmp_path / ".cache" / "posttrain"
+    assert settings.log_level == "INFO"
 
 
 def test_the_variables_keep_their_names(monkeypatch, tmp_path):

@@ -1,13 +1,14 @@
 """Settings every service shares, read from the environment once, with their defaults defined
 here and nowhere else.
 
-| variable        | default                                                      |
-|-----------------|--------------------------------------------------------------|
-| DATABASE_URL    | the local stack's database (``DEFAULT_DATABASE_URL``)        |
-| POSTTRAIN_HOME  | ``$HOME/.cache/posttrain`` (caches, state, agents' work dirs) |
+| variable            | default                                                       |
+|---------------------|---------------------------------------------------------------|
+| DATABASE_URL        | the local stack's database (``DEFAULT_DATABASE_URL``)         |
+| POSTTRAIN_HOME      | ``$HOME/.cache/posttrain`` (caches, state, agents' work dirs) |
+| POSTTRAIN_LOG_LEVEL | INFO (the orchestrator's and the gateway's JSON logs)         |
 
 A service's own settings subclass ``ServiceSettings`` (pydantic-settings), so that a variable
-keeps its name everywhere and a bad value is refused with the variable named.
+keeps its name everywhere and a bad value is refused with the setting named.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ServiceSettings(BaseSettings):
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL, validation_alias=AliasChoices("DATABASE_URL")
     )
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("POSTTRAIN_LOG_LEVEL"))
     posttrain_home: Path = Field(
         default_factory=default_home, validation_alias=AliasChoices("POSTTRAIN_HOME")
     )

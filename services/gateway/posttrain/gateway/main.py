@@ -99,7 +99,7 @@ def _serve(host: str, port: int, database_url: str, no_auth: bool) -> int:
     from posttrain.gateway.app import GatewayConfig, create_app
     from posttrain.service.logs import configure_json_logging
 
-    configure_json_logging(os.environ.get("POSTTRAIN_LOG_LEVEL", "INFO"))
+    configure_json_logging(settings.ServiceSettings().log_level)
     app = create_app(
         GatewayConfig(
             kafka=KafkaSettings.from_env(client_id="gateway"),

@@ -169,7 +169,7 @@ def run(
         database_url=service_settings.database_url(database_url),
         http=address,
     )
-    configure_json_logging(os.environ.get("POSTTRAIN_LOG_LEVEL", "INFO"))
+    configure_json_logging(service_settings.ServiceSettings().log_level)
     asyncio.run(serve(options))
 
 
