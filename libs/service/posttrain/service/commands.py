@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Annotated
 
 import typer
+
+# ``--database-url`` as every service spells it; None: ``settings.database_url()`` decides.
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--database-url", help="default: DATABASE_URL, else the local stack's"),
+]
 
 
 def command_app(help_text: str | None = None) -> typer.Typer:

@@ -22,7 +22,7 @@ import typer
 from posttrain.diagnostics.recorder import record
 from posttrain.diagnostics.settings import DiagnosticsSettings
 from posttrain.service import settings
-from posttrain.service.commands import command_app, run_app
+from posttrain.service.commands import DatabaseUrlOption, command_app, run_app
 
 app = command_app("Diagnostics: backtest a policy on stored metrics, read kept anomalies.")
 # The recorder's own command, under ``posttrain diagnose record``.
@@ -30,9 +30,6 @@ app.command("record", help="run the recorder")(record)
 
 Job = Annotated[str | None, typer.Option(help="one training job")]
 Pipeline = Annotated[str | None, typer.Option(help="every job of a pipeline")]
-DatabaseUrl = Annotated[
-    str | None, typer.Option(help="default: DATABASE_URL, else the local stack's")
-]
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
@@ -56,7 +53,7 @@ def _target(job: str | None, pipeline: str | None, database_url: str | None, jso
 def backtest_command(
     job: Job = None,
     pipeline: Pipeline = None,
-    database_url: DatabaseUrl = None,
+    database_url: DatabaseUrlOption = None,
     json: Json = False,
     policy: Annotated[
         str | None,
@@ -72,7 +69,10 @@ def backtest_command(
 
 @app.command("anomalies")
 def anomalies_command(
-    job: Job = None, pipeline: Pipeline = None, database_url: DatabaseUrl = None, json: Json = False
+    job: Job = None,
+    pipeline: Pipeline = None,
+    database_url: DatabaseUrlOption = None,
+    json: Json = False,
 ) -> None:
     """Kept anomalies with the actions taken on each."""
     raise typer.Exit(_anomalies(_target(job, pipeline, database_url, json)))

@@ -51,7 +51,7 @@ from posttrain.events.kafka.dlq import DeadLetterPublisher
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
 from posttrain.events.topics import Topic
 from posttrain.service import settings as service_settings
-from posttrain.service.commands import command_app, run_app
+from posttrain.service.commands import DatabaseUrlOption, command_app, run_app
 from posttrain.service.http import EndpointServer, Handler, Response, only, parse_address
 from posttrain.service.logs import without_password
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
@@ -440,9 +440,7 @@ def record(
             help="host:port of /healthz and /metrics; 'off' for none",
         ),
     ] = DEFAULT_HTTP,
-    database_url: Annotated[
-        str | None, typer.Option(help="default: DATABASE_URL, else the local stack's")
-    ] = None,
+    database_url: DatabaseUrlOption = None,
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="do not apply migrations")
     ] = False,

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from posttrain.service import settings
-from posttrain.service.commands import command_app, run_app
+from posttrain.service.commands import DatabaseUrlOption, command_app, run_app
 
 DEFAULT_PORT = 9460
 
@@ -47,9 +47,7 @@ app = command_app()
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = DEFAULT_PORT,
-    database_url: Annotated[
-        str | None, typer.Option(help="default: DATABASE_URL, else the local stack's")
-    ] = None,
+    database_url: DatabaseUrlOption = None,
     no_auth: Annotated[
         bool,
         typer.Option(

@@ -17,7 +17,7 @@ from posttrain.orchestrator.shell.endpoints import routes
 from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
 from posttrain.orchestrator.shell.service import GROUP, Orchestrator
 from posttrain.service import settings as service_settings
-from posttrain.service.commands import bad_option, command_app, run_app
+from posttrain.service.commands import DatabaseUrlOption, bad_option, command_app, run_app
 from posttrain.service.http import EndpointServer, parse_address
 from posttrain.service.logs import configure_json_logging, without_password
 
@@ -142,9 +142,7 @@ def run(
         bool,
         typer.Option("--projection/--no-projection", help="project pipelines into PostgreSQL"),
     ] = True,
-    database_url: Annotated[
-        str | None, typer.Option(help="default: DATABASE_URL, else the local stack's")
-    ] = None,
+    database_url: DatabaseUrlOption = None,
     http: Annotated[
         str,
         typer.Option(
