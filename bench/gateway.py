@@ -35,10 +35,9 @@ from posttrain.events.messages.metrics import MetricPoint
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
 from posttrain.orchestrator.client import PipelineExecutor
+from posttrain.service.settings import database_url
 from posttrain.testing import services
 from posttrain.testing.scripted_agent import ScriptedAgent
-
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -233,7 +232,7 @@ async def main() -> None:
 
     from posttrain.service.migrate import apply_migrations
 
-    base = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    base = database_url()
     name = f"bench_gateway_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(base)
     await admin.execute(f'CREATE DATABASE "{name}"')

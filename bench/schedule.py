@@ -23,7 +23,7 @@ from typing import Any
 from bench.common import drop_namespace, fresh_namespace
 from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.core.dag import execution_layers, validate
-from posttrain.testing.orchestrator import read_log, start_orchestrator, stop
+from posttrain.testing.orchestrator import read_log, start_orchestrator
 from posttrain.testing.scripted_agent import ScriptedAgent
 
 
@@ -138,7 +138,7 @@ async def main() -> None:
         )
         layer_critical = critical_path(stages, layer_took)
     finally:
-        stop(orchestrator)
+        orchestrator.stop()
         await agent.stop()
         await drop_namespace(settings)
     ms = sorted(d * 1000 for d in dispatch)

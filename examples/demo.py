@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -25,23 +24,20 @@ from typing import Any
 
 from posttrain.doctor import run_doctor
 from posttrain.events.kafka import KafkaSettings
-from posttrain.orchestrator.client import (
-    DEFAULT_DATABASE_URL,
-    PipelineExecutor,
-    aget_pipeline_status,
-)
+from posttrain.orchestrator.client import PipelineExecutor, aget_pipeline_status
 from posttrain.pipeline_cli import load_pipeline_file
+from posttrain.service.settings import database_url, posttrain_home
 from posttrain.testing import services
 
 HERE = Path(__file__).resolve().parent
-HOME = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
+HOME = posttrain_home()
 
 
 def platform(logs: Path, agent_dir: Path) -> list[services.ServiceProcess]:
     """The platform's services on the default namespace and database, each with a /healthz of
     its own (free ports, so a platform already running here is not disturbed)."""
     settings = KafkaSettings.from_env(client_id="posttrain-demo")
-    database = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    database = database_url()
     return [
         services.orchestrator(
             settings,

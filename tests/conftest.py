@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,9 +21,9 @@ import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient
 
 from posttrain.events.kafka import EventProducer, KafkaSettings, ensure_topics
+from posttrain.service.settings import database_url as service_database_url
 
 RUN_ID = f"t{uuid.uuid4().hex[:8]}"
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 _counter = itertools.count(1)
 
 
@@ -86,7 +85,7 @@ def _with_database(url: str, database: str) -> str:
 
 @pytest.fixture(scope="session")
 def base_database_url() -> str:
-    url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    url = service_database_url()
     parts = urlsplit(url)
     _require_port(f"{parts.hostname}:{parts.port or 5432}", "PostgreSQL")
     return url
@@ -126,7 +125,7 @@ _FOOTPRINT_KEY = pytest.StashKey["object"]()
 def _stack_addresses() -> tuple[str, str] | None:
     """The stack's Kafka and default database, if both answer (a unit-only run may have none)."""
     bootstrap = KafkaSettings.from_env().bootstrap_servers
-    database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    database_url = service_database_url()
     parts = urlsplit(database_url)
     for host, port in (
         bootstrap.split(",")[0].rsplit(":", 1),

@@ -15,12 +15,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
+from posttrain.service.commands import run_app
 from posttrain.service.logs import without_password
+from posttrain.service.settings import database_url
 
 T = TypeVar("T")
 
@@ -54,9 +57,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _database_url() -> str:
-    from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
-
-    return os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    return database_url()
 
 
 def _kafka() -> Any:
@@ -563,7 +564,10 @@ def schema_topics_doc(output: Annotated[str, typer.Option()] = "-") -> None:
 
 # --- commands that belong to a service: the rest of the line is theirs ---------------------------
 
-DELEGATED = {
+COMMANDS_GROUP = "posttrain.commands"
+# How ``posttrain --help`` words the service commands it knows; another distribution's command
+# is listed with its distribution's summary.
+LISTED = {
     "pipeline": "the older forms: pipeline submit | status | resume | cancel | retry",
     "orchestrator": "run the orchestrator service",
     "gateway": "serve the HTTP API (submissions, status, live updates, control)",
@@ -576,35 +580,37 @@ SERVICE_SUBCOMMANDS = {
 }
 
 
+def service_commands() -> dict[str, EntryPoint]:
+    """The commands installed distributions declare in the ``posttrain.commands`` entry point
+    group (name -> ``main(argv) -> int``), found without importing them: the root package
+    imports no service, so no service that imports it is imported back."""
+    return {found.name: found for found in entry_points(group=COMMANDS_GROUP)}
+
+
+def _summary(found: EntryPoint) -> str:
+    return LISTED.get(found.name) or (found.dist.metadata["Summary"] if found.dist else "")
+
+
+# The commands whose whole line is the service's (``metrics`` and ``diagnose`` are ours too).
+DELEGATED = {
+    name: _summary(found)
+    for name, found in sorted(service_commands().items())
+    if name not in SERVICE_SUBCOMMANDS
+}
+
+
 def delegate(command: str, rest: list[str]) -> int:
-    """Hand the rest of the command line to a service's own argument parser."""
+    """Hand the rest of the command line to a service's own command line."""
+    found = service_commands().get(command)
+    if found is None:
+        err.print(f"posttrain {command}: not installed here (no {COMMANDS_GROUP} entry point)")
+        return 2
     try:
-        if command == "pipeline":
-            from posttrain.pipeline_cli import main as pipeline_main
-
-            return pipeline_main(rest)
-        if command == "orchestrator":
-            from posttrain.orchestrator.shell.main import main as orchestrator_main
-
-            return orchestrator_main(rest)
-        if command == "gateway":
-            from posttrain.gateway.main import main as gateway_main
-
-            return gateway_main(rest)
-        if command == "agent":
-            from posttrain.trainer_agent.cli import main as agent_main
-
-            return int(agent_main(rest) or 0)
-        if command == "diagnose":
-            from posttrain.diagnostics.cli import main as diagnose_main
-
-            return diagnose_main(rest)
-        from posttrain.metrics_ingest.cli import main as metrics_main
-
-        return int(metrics_main(rest) or 0)
+        service_main = found.load()
     except ImportError as exc:
         err.print(f"posttrain {command}: not installed here ({exc})", markup=False)
         return 2
+    return int(service_main(rest) or 0)
 
 
 def _listed(name: str, help_text: str) -> None:
@@ -631,13 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return delegate(args[0], args[1:])
     if len(args) > 1 and args[0] in SERVICE_SUBCOMMANDS and args[1] in SERVICE_SUBCOMMANDS[args[0]]:
         return delegate(args[0], args[1:])
-    try:
-        app(args=args, prog_name="posttrain")
-    except SystemExit as exc:
-        if exc.code is None:
-            return 0
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
+    return run_app(app, args, "posttrain")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from posttrain.service.settings import database_url
 from posttrain.stack import kafka, process
-from posttrain.stack.config import DEFAULT_DATABASE_URL, kafka_address
+from posttrain.stack.config import kafka_address
 from posttrain.stack.paths import KAFKA_VERSION, stack_paths
 
 FIX_STACK = "posttrain stack up"
@@ -147,7 +148,7 @@ def _redact(dsn: str) -> str:
 
 
 def check_database() -> list[Finding]:
-    dsn = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    dsn = database_url()
     try:
         return asyncio.run(_database_findings(dsn))
     except Exception as exc:  # a broken database is a finding, not a crash of the doctor

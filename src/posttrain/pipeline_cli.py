@@ -4,13 +4,16 @@ they were (``posttrain submit | status | resume | cancel | retry`` are the new o
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from posttrain.service.commands import command_app, run_app
 
 if TYPE_CHECKING:
     from posttrain.orchestrator.core.document import PipelineDocument
@@ -84,63 +87,80 @@ def _one_line(text: str) -> str:
     return one_line(text)
 
 
-def main(argv: Sequence[str]) -> int:
-    from posttrain.orchestrator.client import PipelineExecutor, get_pipeline_status
+app = command_app("The older forms: pipeline submit | status | resume | cancel | retry.")
+
+
+@app.command("submit")
+def submit_command(
+    file: Annotated[str, typer.Argument()],
+    id: Annotated[str | None, typer.Option(help="pipeline id (default: a new uuid)")] = None,
+) -> None:
+    """Validate and submit a pipeline file (YAML/JSON)."""
+    from posttrain.orchestrator.client import PipelineExecutor
     from posttrain.orchestrator.core.dag import InvalidPipeline
 
-    parser = argparse.ArgumentParser(prog="posttrain pipeline")
-    sub = parser.add_subparsers(dest="action", required=True)
-    submit = sub.add_parser("submit", help="validate and submit a pipeline file (YAML/JSON)")
-    submit.add_argument("file")
-    submit.add_argument("--id", default=None, help="pipeline id (default: a new uuid)")
-    status = sub.add_parser("status", help="a pipeline's status, per stage")
-    status.add_argument("pipeline_id")
-    status.add_argument("--json", action="store_true")
-    status.add_argument("--verbose", action="store_true", help="errors in full")
-    for name in ("resume", "cancel"):
-        sub.add_parser(name).add_argument("pipeline_id")
-    retry = sub.add_parser("retry", help="run one failed stage again")
-    retry.add_argument("pipeline_id")
-    retry.add_argument("stage")
-    args = parser.parse_args(argv)
-
-    if args.action == "submit":
-        doc = load_pipeline_file(
-            args.file, say=lambda change: print(f"made absolute: {change}", file=sys.stderr)
-        )
-        try:
-            result = PipelineExecutor(args.id or doc.pipeline_id, submitted_by="cli").execute(
-                doc.stages, name=doc.name, settings=doc.settings
-            )
-        except InvalidPipeline as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        print(f"submitted {result['pipeline_uuid']}")
-        for i, layer in enumerate(result["layers"]):
-            print(f"  layer {i}: {', '.join(layer)}")
-        return 0
-    if args.action == "status":
-        found = get_pipeline_status(args.pipeline_id)
-        if found is None:
-            print(f"no pipeline {args.pipeline_id} (yet)", file=sys.stderr)
-            return 1
-        if args.json:
-            print(json.dumps(found, default=str, indent=2))
-        else:
-            _print_status(found, verbose=args.verbose)
-        return 0
-    from posttrain.orchestrator.client import UnknownPipeline
-
-    executor = PipelineExecutor(args.pipeline_id, submitted_by="cli")
+    doc = load_pipeline_file(
+        file, say=lambda change: print(f"made absolute: {change}", file=sys.stderr)
+    )
     try:
-        if args.action == "resume":
-            executor.resume()
-        elif args.action == "cancel":
-            executor.cancel("cancelled from the command line")
-        else:
-            executor.retry_stage(args.stage)
+        result = PipelineExecutor(id or doc.pipeline_id, submitted_by="cli").execute(
+            doc.stages, name=doc.name, settings=doc.settings
+        )
+    except InvalidPipeline as exc:
+        print(exc, file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(f"submitted {result['pipeline_uuid']}")
+    for i, layer in enumerate(result["layers"]):
+        print(f"  layer {i}: {', '.join(layer)}")
+
+
+@app.command("status")
+def status_command(
+    pipeline_id: Annotated[str, typer.Argument()],
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="errors in full")] = False,
+) -> None:
+    """A pipeline's status, per stage."""
+    from posttrain.orchestrator.client import get_pipeline_status
+
+    found = get_pipeline_status(pipeline_id)
+    if found is None:
+        print(f"no pipeline {pipeline_id} (yet)", file=sys.stderr)
+        raise typer.Exit(1)
+    if json_out:
+        print(json.dumps(found, default=str, indent=2))
+    else:
+        _print_status(found, verbose=verbose)
+
+
+@app.command("resume")
+def resume_command(pipeline_id: Annotated[str, typer.Argument()]) -> None:
+    _steer("resume", pipeline_id, lambda executor: executor.resume())
+
+
+@app.command("cancel")
+def cancel_command(pipeline_id: Annotated[str, typer.Argument()]) -> None:
+    _steer("cancel", pipeline_id, lambda e: e.cancel("cancelled from the command line"))
+
+
+@app.command("retry")
+def retry_command(
+    pipeline_id: Annotated[str, typer.Argument()], stage: Annotated[str, typer.Argument()]
+) -> None:
+    """Run one failed stage again."""
+    _steer("retry", pipeline_id, lambda executor: executor.retry_stage(stage))
+
+
+def _steer(action: str, pipeline_id: str, send: Callable[[Any], object]) -> None:
+    from posttrain.orchestrator.client import PipelineExecutor, UnknownPipeline
+
+    try:
+        send(PipelineExecutor(pipeline_id, submitted_by="cli"))
     except UnknownPipeline as exc:
         print(exc, file=sys.stderr)
-        return 1
-    print(f"{args.action} sent for {args.pipeline_id}")
-    return 0
+        raise typer.Exit(1) from None
+    print(f"{action} sent for {pipeline_id}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "posttrain pipeline")

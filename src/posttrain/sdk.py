@@ -31,11 +31,11 @@ from posttrain.metrics_ingest.flushing import FlushFailed as FlushFailed
 from posttrain.metrics_ingest.flushing import flush_metrics as _flush_metrics
 from posttrain.metrics_ingest.queries import Run, StoredMetric
 from posttrain.orchestrator import client as orchestrator
-from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
 from posttrain.orchestrator.client import PipelineExecutor as PipelineExecutor
 from posttrain.orchestrator.client import UnknownPipeline as UnknownPipeline
 from posttrain.orchestrator.core.dag import DagResolver as DagResolver
 from posttrain.orchestrator.core.dag import InvalidPipeline as InvalidPipeline
+from posttrain.service.settings import database_url
 from posttrain.trainer_agent.metrics_file import (
     create_metrics_file_writer as create_metrics_file_writer,
 )
@@ -53,7 +53,7 @@ Session = Any
 def database_url_of(session: Session = None) -> str:
     """The PostgreSQL URL a ``session`` stands for (asyncpg's spelling)."""
     if session is None:
-        return os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+        return database_url()
     if isinstance(session, str):
         return session
     if isinstance(session, asyncpg.Connection | asyncpg.Pool):

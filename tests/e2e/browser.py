@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from posttrain.service.settings import posttrain_home
+
 INSTALL = (
     "the web page is tested in Debian's chromium: install it with "
     "`apt-get install -y chromium chromium-driver` (as root; `make test` does it)"
@@ -72,5 +74,5 @@ def artifacts_dir() -> Path:
     $POSTTRAIN_HOME/artifacts (~/.cache/posttrain/artifacts)."""
     if os.environ.get("POSTTRAIN_ARTIFACTS"):
         return Path(os.environ["POSTTRAIN_ARTIFACTS"])
-    home = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
+    home = posttrain_home()
     return home / "artifacts"

@@ -29,16 +29,17 @@ from posttrain.service.migrate import (
     migration_sets,
     pending_migrations,
 )
+from posttrain.service.settings import database_url
 from posttrain.stack import commands, kafka
 from posttrain.stack.component import State
-from posttrain.stack.config import DEFAULT_DATABASE_URL, database_target, kafka_address
+from posttrain.stack.config import database_target, kafka_address
 from posttrain.stack.paths import stack_paths
 from posttrain.stack.process import pid_alive, port_open, wait_until
 
 pytestmark = pytest.mark.integration
 
 POSTTRAIN = str(Path(sys.executable).with_name("posttrain"))
-DSN = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+DSN = database_url()
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from posttrain.service.settings import database_url
 from posttrain.stack import kafka, postgres, process
 from posttrain.stack.component import ComponentStatus, StackError, State
-from posttrain.stack.config import DEFAULT_DATABASE_URL, database_target, kafka_address
+from posttrain.stack.config import database_target, kafka_address
 from posttrain.stack.paths import StackPaths, stack_paths
 
 COMPONENTS: tuple[str, ...] = (kafka.NAME, postgres.NAME)
@@ -103,7 +104,7 @@ def _database_step(paths: StackPaths) -> str:
 
     target = database_target(os.environ)
     created = postgres.ensure_role_and_database(paths, target)
-    dsn = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    dsn = database_url()
     try:
         applied = asyncio.run(apply_migrations(dsn))
     except Exception as exc:  # asyncpg and SQL errors alike: report, do not trace back

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from posttrain.service.settings import posttrain_home
+
 KAFKA_VERSION = "4.1.1"
 
 # When we run as root, /root is mode 700 and the postgres OS user cannot reach ~/.cache, so the
@@ -43,13 +45,6 @@ class StackPaths:
     def pg_socket_dir(self) -> Path:
         # Inside the data dir: always writable by the server user, private to this cluster.
         return self.pg_data
-
-
-def posttrain_home(env: Mapping[str, str]) -> Path:
-    configured = env.get("POSTTRAIN_HOME")
-    if configured:
-        return Path(configured).expanduser()
-    return Path(env.get("HOME", str(Path.home()))) / ".cache" / "posttrain"
 
 
 def stack_paths(env: Mapping[str, str] | None = None, *, is_root: bool | None = None) -> StackPaths:

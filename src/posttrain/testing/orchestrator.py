@@ -1,12 +1,8 @@
-"""Running the orchestrator as a real process (for crash tests and benchmarks), and reading its
-event log."""
+"""Running the orchestrator as a real process (for crash tests and benchmarks: a
+``services.ServiceProcess``), and reading its event log."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,61 +11,25 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from posttrain.events import decode
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
+from posttrain.testing import services
+from posttrain.testing.services import ServiceProcess
 
 
 def start_orchestrator(
     settings: KafkaSettings, log: Path, *extra: str, database_url: str | None = None
-) -> subprocess.Popen[bytes]:
+) -> ServiceProcess:
     """Start ``python -m posttrain.orchestrator`` on ``settings``' broker and namespace, its
-    output appended to ``log``; ``extra`` arguments go last, so they win (``--http
-    127.0.0.1:0`` for /healthz and /metrics: the port is in the log). Without ``database_url``
-    no read model is projected (never into the default database by accident)."""
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "posttrain.orchestrator",
-                "--tick-interval",
-                "0.2",
-                "--silence-intervals",
-                "4",
-                "--session-timeout-ms",
-                "2000",
-                # Several run at once in tests and benchmarks: no fixed port to clash on.
-                "--http",
-                "off",
-                # Their logs are short (helpers would never fold a share): no helper processes.
-                "--replay-processes",
-                "0",
-                *(["--database-url", database_url] if database_url else ["--no-projection"]),
-                *extra,
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def kill(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            kill(process)
+    output appended to ``log``, quick to notice lost agents and crashed instances; ``extra``
+    arguments go last, so they win. No /healthz unless ``extra`` asks (``--http
+    127.0.0.1:0``: the port is in the log), since several run at once. Without
+    ``database_url`` no read model is projected (never into the default database by
+    accident). Stop it with its ``stop()`` or ``kill()``."""
+    return services.orchestrator(
+        settings,
+        log,
+        database_url=database_url,
+        extra=["--silence-intervals", "4", "--session-timeout-ms", "2000", "--http", "off", *extra],
+    ).start()
 
 
 async def read_log(settings: KafkaSettings) -> list[Any]:

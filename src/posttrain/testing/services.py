@@ -82,6 +82,12 @@ class ServiceProcess:
         return self
 
     @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise ValueError(f"{self.name} was not started")
+        return self.process.pid
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

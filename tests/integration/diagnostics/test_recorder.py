@@ -6,12 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +25,7 @@ from posttrain.events.messages.diagnostics import ActionRecommended, AlertSent, 
 from posttrain.events.messages.pipeline import ActionRequested, StageDispatched
 from posttrain.events.messages.stage import ActionApplied
 from posttrain.events.topics import TOPICS, Topic
+from posttrain.testing.services import BIN, ServiceProcess, free_port, kafka_env
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -267,37 +262,13 @@ async def test_each_anomaly_is_kept_once_with_the_actions_taken_on_it(
         await conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthz(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-            return orjson.loads(response.read())
-    except (OSError, ValueError):  # not listening yet, or 503 (HTTPError is an OSError)
-        return None
-
-
 def _recorder_process(
-    settings: KafkaSettings, database_url: str, log: Path, http: str = "off"
-) -> subprocess.Popen:
-    env = dict(
-        os.environ,
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        POSTTRAIN_TOPIC_NAMESPACE=settings.namespace,
-        DATABASE_URL=database_url,
-    )
-    posttrain = str(Path(sys.executable).with_name("posttrain"))
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [posttrain, "diagnose", "record", "--http", http],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    settings: KafkaSettings, database_url: str, log: Path, port: int | None = None
+) -> ServiceProcess:
+    """``posttrain diagnose record`` (the root command's way in), /healthz on ``port``."""
+    http = f"127.0.0.1:{port}" if port is not None else "off"
+    argv = [str(BIN / "posttrain"), "diagnose", "record", "--http", http]
+    return ServiceProcess("recorder", argv, log, kafka_env(settings, database_url), port).start()
 
 
 async def _messages_on(settings: KafkaSettings, topics: list[Topic]) -> int:
@@ -337,19 +308,15 @@ async def test_a_crashed_restarted_or_replaying_recorder_writes_nothing_twice(
 
         await wait_for(requested_kept, timeout=60, what=f"the first records ({log})")
         before = (await kept(conn, job))[nan.data.anomaly_id]
-        first.send_signal(signal.SIGKILL)  # a crash: whatever it had not committed is read again
-        first.wait(10)
+        first.kill()  # a crash: whatever it had not committed is read again
 
         sentinel = anomaly(job, pipeline, f"{run_id}-a5", "loss_spike", 90)
         await producer.send_many(Topic.ANOMALIES, [nan, sentinel])  # a redelivery, then more
         await producer.send(Topic.PIPELINE_EVENTS, applied(pipeline, pause, "pause", 46))
-        port = _free_port()
-        second = _recorder_process(kafka_settings, database_url, log, f"127.0.0.1:{port}")
+        second = _recorder_process(kafka_settings, database_url, log, free_port())
         try:
             # Ready means it owns partitions of both topics, not merely that it is listening.
-            health = await wait_for(
-                lambda: asyncio.to_thread(_healthz, port), timeout=60, what="/healthz 200"
-            )
+            health = await second.wait_ready(timeout=60)
             assert health["status"] == "ok"
             assert {p.split(":")[0] for p in health["assigned_partitions"]} == {
                 kafka_settings.topic(Topic.ANOMALIES),
@@ -362,11 +329,10 @@ async def test_a_crashed_restarted_or_replaying_recorder_writes_nothing_twice(
                 )
 
             await wait_for(caught_up, timeout=60, what=f"the restarted recorder ({log})")
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(30) == 0, log.read_text()[-3000:]
+            second.stop(timeout=30)
+            assert second.process is not None and second.process.returncode == 0, second.tail()
         finally:
-            if second.poll() is None:
-                second.kill()
+            second.kill()
         after = await kept(conn, job)
         assert after[nan.data.anomaly_id]["version"] == before["version"]  # never rewritten
         assert after[nan.data.anomaly_id]["recorded_at"] == before["recorded_at"]
@@ -394,6 +360,5 @@ async def test_a_crashed_restarted_or_replaying_recorder_writes_nothing_twice(
         ]
         assert [(x.action_id, x.status) for x in kept_anomaly.actions] == [(pause, "applied")]
     finally:
-        if first.poll() is None:
-            first.kill()
+        first.kill()
         await conn.close()

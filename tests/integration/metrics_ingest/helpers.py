@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -19,6 +15,8 @@ import asyncpg
 from posttrain.events import Envelope
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.messages.metrics import MetricPoint, MetricsReported
+from posttrain.testing import services
+from posttrain.testing.services import ServiceProcess
 from tests.prometheus import samples
 
 REPO = Path(__file__).resolve().parents[3]
@@ -98,62 +96,24 @@ def same_points(a: PointSet, b: PointSet) -> bool:
     return a.keys() == b.keys() and all(norm(a[k]) == norm(b[k]) for k in a)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class IngestProcess:
-    """``python -m posttrain.metrics_ingest`` in a child process, killable with SIGKILL."""
+class IngestProcess(ServiceProcess):
+    """``python -m posttrain.metrics_ingest`` (``services.ingest``), its settings from
+    ``env`` (``POSTTRAIN_INGEST_*``), killable with SIGKILL: no flush, no commit, no goodbye
+    to the group."""
 
     def __init__(
         self, settings: KafkaSettings, database_url: str, log_path: Path, **env: str
     ) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
-            "DATABASE_URL": database_url,
-            "POSTTRAIN_INGEST_HTTP": f"127.0.0.1:{self.port}",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+        made = services.ingest(settings, database_url, log_path)
+        environ = {**(made.env or {}), **env}
+        super().__init__(made.name, made.argv, log_path, environ, made.port, REPO)
 
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "posttrain.metrics_ingest"],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()  # SIGKILL: no flush, no commit, no goodbye to the group
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM and wait: the service writes and commits what it read, then exits."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return int(self.proc.returncode)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def stop(self, timeout: float = 30.0) -> int:  # type: ignore[override]
+        """SIGTERM and wait: the service writes and commits what it read, then exits; its
+        exit status."""
+        super().stop(timeout)
+        assert self.process is not None
+        return int(self.process.returncode)
 
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.pid}/status") as fh:
@@ -177,4 +137,4 @@ class IngestProcess:
         return samples(text)
 
     def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.tail(4000)

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.integration.metrics_ingest.helpers import free_port
+from posttrain.testing.services import free_port
 
 PG_BIN = Path(os.environ.get("POSTTRAIN_PG_BIN", "/usr/lib/postgresql/15/bin"))
 OS_USER = "postgres"

@@ -13,7 +13,7 @@ import pytest
 
 from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.shell.service import expected_partitions
-from posttrain.testing.orchestrator import read_log, start_orchestrator, stop
+from posttrain.testing.orchestrator import read_log, start_orchestrator
 from posttrain.testing.scripted_agent import ScriptedAgent
 from tests.prometheus import samples
 from tests.waiting import wait_for
@@ -64,11 +64,11 @@ async def test_health_and_metrics_of_a_running_orchestrator(kafka_settings, tmp_
     await agent.start()
     try:
         port = await wait_for(
-            lambda: _logged_port(log) or process.poll() is not None,
+            lambda: _logged_port(log) or not process.running,
             timeout=60,
             what="the orchestrator to log its HTTP port",
         )
-        assert process.poll() is None, log.read_text()[-3000:]
+        assert process.running, process.tail()
         everything = list(range(expected_partitions()))
 
         async def owns_everything():
@@ -113,7 +113,7 @@ async def test_health_and_metrics_of_a_running_orchestrator(kafka_settings, tmp_
         assert status == 200 and orjson.loads(body)["pipelines"] == 1
         assert (await _get(port, "/nothing"))[0] == 404
     finally:
-        stop(process)
+        process.stop()
         await agent.stop()
     # The logs are JSON, with the fields a log search filters on.
     owns = [d for d in _log_lines(log) if d.get("message", "").startswith("orchestrator owns")]

@@ -13,7 +13,7 @@ import pytest
 from posttrain.orchestrator.client import PipelineExecutor, aget_pipeline_status
 from posttrain.orchestrator.shell.projection import Projection
 from posttrain.orchestrator.shell.service import Orchestrator
-from posttrain.testing.orchestrator import kill, read_log, start_orchestrator, stop
+from posttrain.testing.orchestrator import read_log, start_orchestrator
 from posttrain.testing.scripted_agent import ScriptedAgent, read_record
 from tests.waiting import wait_for
 
@@ -156,23 +156,23 @@ async def test_kill_9_at_random_moments_runs_every_stage_attempt_exactly_once(
             else:
                 await wait_for(
                     lambda p=process, n=ready_before: (
-                        log.read_text().count("owns partitions") > n or p.poll() is not None
+                        log.read_text().count("owns partitions") > n or not p.running
                     ),
                     timeout=60,
                     what="the orchestrator to own its partitions",
                 )
                 # ... or while it is deciding and committing
                 await asyncio.sleep(rng.uniform(0.05, 1.5))
-            if process.poll() is not None:
+            if not process.running:
                 raise AssertionError(f"orchestrator died by itself:\n{log.read_text()[-3000:]}")
-            kill(process)
+            process.kill()
             kills += 1
 
         async def finished():
             return any(e.type == "PipelineSucceeded" for e in await read_log(kafka_settings))
 
         await wait_for(finished, timeout=120, interval=0.5, what="the pipeline to succeed")
-        stop(process)
+        process.stop()
     finally:
         await agent.stop()
 

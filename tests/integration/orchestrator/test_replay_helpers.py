@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.orchestrator.shell.replay import _SPOOL, ReplayHelpers, _discard, replay_partitions
-from posttrain.testing.orchestrator import start_orchestrator, stop
+from posttrain.testing.orchestrator import start_orchestrator
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -132,10 +132,10 @@ async def test_an_orchestrator_replays_with_helpers_that_die_with_it(kafka_setti
         helpers = _helper_pids(process.pid)
         assert len(helpers) == 1
         os.kill(process.pid, signal.SIGKILL)  # the orchestrator alone, as the OOM killer would
-        process.wait(timeout=10)
+        await wait_for(lambda: not process.running, timeout=10, what="the orchestrator gone")
         await wait_for(lambda: not any(_alive(p) for p in helpers), timeout=10, what="helpers gone")
     finally:
-        stop(process)
+        process.stop()
 
 
 def test_states_a_failed_replay_will_never_claim_are_discarded(tmp_path):

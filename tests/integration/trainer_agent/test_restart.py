@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,48 +12,35 @@ import pytest
 from posttrain.events import Envelope
 from posttrain.events.messages import AgentHeartbeat, RunStage
 from posttrain.events.topics import Topic
+from posttrain.testing import services
+from posttrain.testing.services import ServiceProcess
 from tests.integration.trainer_agent.conftest import REPO, tiny_sft
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 class AgentProcess:
+    """The agent ``name`` on ``work_dir``, started again as often as asked (a log each)."""
+
     def __init__(self, kafka_settings, work_dir: Path, name: str) -> None:
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-            "POSTTRAIN_TOPIC_NAMESPACE": kafka_settings.namespace,
-        }
+        self.kafka_settings = kafka_settings
         self.work_dir = work_dir
         self.name = name
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[ServiceProcess] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
-        log = open(self.work_dir.parent / f"{self.name}-{len(self.processes)}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "posttrain.trainer_agent.cli",
-                "--name",
-                self.name,
-                "--work-dir",
-                str(self.work_dir),
-                "--heartbeat",
-                "1",
-                "--stage-threads",
-                "1",
-                # A fresh interpreter per stage: no zygote to wait for in the restarted agent.
-                "--no-zygote",
-                "--http-port",
-                "0",
-            ],
-            env=self.env,
+    def start(self) -> ServiceProcess:
+        process = services.agent(
+            self.kafka_settings,
+            self.work_dir.parent / f"{self.name}-{len(self.processes)}.log",
+            name=self.name,
+            work_dir=self.work_dir,
+            slots=1,
             cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+            # A fresh interpreter per stage: no zygote to wait for in the restarted agent.
+            extra=["--heartbeat", "1", "--stage-threads", "1", "--no-zygote"],
+        ).start()
         self.processes.append(process)
         return process
 
@@ -64,10 +49,7 @@ class AgentProcess:
 def agent_process(kafka_settings, tmp_path) -> Iterator[AgentProcess]:
     agents = AgentProcess(kafka_settings, tmp_path / "work", "restarted")
     yield agents
-    for process in agents.processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
+    services.stop_all(agents.processes)
 
 
 async def test_killing_the_agent_mid_stage_does_not_train_the_command_twice(
@@ -100,8 +82,10 @@ async def test_killing_the_agent_mid_stage_does_not_train_the_command_twice(
             lambda ms: any(p.step >= 20 for p in points_by_key(ms, run.job_id).values()),
             timeout=120,
         )
-        first.kill()  # SIGKILL: no goodbye, the journal is all that is left
-        first.wait(10)
+        # SIGKILL to the agent alone: no goodbye, the journal is all that is left, and its
+        # stage process runs on (to be re-attached).
+        os.kill(first.pid, signal.SIGKILL)
+        await wait_for(lambda: not first.running, timeout=10, what="the agent gone")
 
         agent_process.start()
         await send()  # the command is delivered again, as after a crash before the commit

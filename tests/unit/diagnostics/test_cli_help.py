@@ -19,6 +19,6 @@ def test_help_prints_usage_and_creates_nothing(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: posttrain-diagnostics")
+    assert result.stdout.lower().startswith("usage: posttrain-diagnostics")
     assert "POSTTRAIN_DIAGNOSTICS_CONFIG" in result.stdout
     assert list(tmp_path.iterdir()) == []  # no data directory, no topics asked for

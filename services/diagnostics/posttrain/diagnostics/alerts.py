@@ -29,13 +29,13 @@ from posttrain.diagnostics.core.alerting import (
 )
 from posttrain.diagnostics.core.config import AlertChannel, AlertConfig, ConfigBook
 from posttrain.diagnostics.core.messages import alert_for
+from posttrain.diagnostics.settings import DiagnosticsSettings
 from posttrain.events import Envelope
 from posttrain.events.kafka import EventProducer
 from posttrain.events.messages.diagnostics import AlertFailed, AlertSent, AnomalyDetected
 from posttrain.events.topics import Topic
 
 log = logging.getLogger(__name__)
-CONFIG_ENV = "POSTTRAIN_DIAGNOSTICS_CONFIG"
 MAX_RETRY_AFTER_S = 30.0
 
 
@@ -50,7 +50,7 @@ class Delivery:
 def load_config_book(path: str | os.PathLike[str] | None = None) -> ConfigBook:
     """The configuration named by ``path`` or $POSTTRAIN_DIAGNOSTICS_CONFIG (JSON, or YAML when
     PyYAML is installed); the defaults when neither is set."""
-    where = path or os.environ.get(CONFIG_ENV)
+    where = path or DiagnosticsSettings().config
     if not where:
         return ConfigBook()
     text = Path(where).read_text(encoding="utf-8")

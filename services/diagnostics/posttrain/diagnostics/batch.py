@@ -42,9 +42,9 @@ from posttrain.events.messages.metrics import MetricPoint
 from posttrain.events.topics import Topic
 from posttrain.metrics_ingest.queries import get_job_points, get_metric_jobs
 from posttrain.orchestrator.client import aget_oom_failures
+from posttrain.service.settings import DEFAULT_DATABASE_URL
 
 log = logging.getLogger(__name__)
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,75 +10,91 @@ posttrain diagnose record [--http HOST:PORT] [--no-migrate]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import orjson
+import typer
 
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
+from posttrain.diagnostics.recorder import record
+from posttrain.diagnostics.settings import DiagnosticsSettings
+from posttrain.service import settings
+from posttrain.service.commands import DatabaseUrlOption, command_app, run_app
+
+app = command_app("Diagnostics: backtest a policy on stored metrics, read kept anomalies.")
+# The recorder's own command, under ``posttrain diagnose record``.
+app.command("record", help="run the recorder")(record)
+
+Job = Annotated[str | None, typer.Option(help="one training job")]
+Pipeline = Annotated[str | None, typer.Option(help="every job of a pipeline")]
+Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _target(parser: argparse.ArgumentParser) -> None:
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--job", help="one training job")
-    which.add_argument("--pipeline", help="every job of a pipeline")
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Which jobs a command reads (exactly one of ``job`` and ``pipeline``), and where."""
+
+    job: str | None
+    pipeline: str | None
+    database_url: str
+    json: bool
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="posttrain diagnose",
-        description="Diagnostics: backtest a policy on stored metrics, read kept anomalies.",
-    )
-    sub = parser.add_subparsers(dest="action", required=True)
-    backtest = sub.add_parser(
-        "backtest",
-        help="what a detector configuration and action policy would have raised and done",
-    )
-    _target(backtest)
-    backtest.add_argument(
-        "--policy",
-        help="a diagnostics configuration (JSON or YAML, as POSTTRAIN_DIAGNOSTICS_CONFIG); "
-        "default: $POSTTRAIN_DIAGNOSTICS_CONFIG, else the defaults",
-    )
-    anomalies = sub.add_parser("anomalies", help="kept anomalies with the actions taken on each")
-    _target(anomalies)
-    sub.add_parser("record", help="run the recorder", add_help=False)
-    return parser
+def _target(job: str | None, pipeline: str | None, database_url: str | None, json: bool) -> Target:
+    if (job is None) == (pipeline is None):
+        raise typer.BadParameter("give exactly one of them", param_hint="'--job' / '--pipeline'")
+    return Target(job, pipeline, settings.database_url(database_url), json)
+
+
+@app.command("backtest")
+def backtest_command(
+    job: Job = None,
+    pipeline: Pipeline = None,
+    database_url: DatabaseUrlOption = None,
+    json: Json = False,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="a diagnostics configuration (JSON or YAML, as POSTTRAIN_DIAGNOSTICS_CONFIG); "
+            "default: $POSTTRAIN_DIAGNOSTICS_CONFIG, else the defaults"
+        ),
+    ] = None,
+) -> None:
+    """What a detector configuration and action policy would have raised and done."""
+    raise typer.Exit(_backtest(_target(job, pipeline, database_url, json), policy))
+
+
+@app.command("anomalies")
+def anomalies_command(
+    job: Job = None,
+    pipeline: Pipeline = None,
+    database_url: DatabaseUrlOption = None,
+    json: Json = False,
+) -> None:
+    """Kept anomalies with the actions taken on each."""
+    raise typer.Exit(_anomalies(_target(job, pipeline, database_url, json)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "record":  # the recorder parses its own options
-        from posttrain.diagnostics.recorder import main as recorder_main
-
-        return recorder_main(argv[1:])
-    args = _parser().parse_args(argv)
-    if args.action == "backtest":
-        return _backtest(args)
-    return _anomalies(args)
+    return run_app(app, argv, "posttrain diagnose")
 
 
-def _backtest(args: argparse.Namespace) -> int:
+def _backtest(args: Target, policy: str | None) -> int:
     from posttrain.diagnostics.alerts import load_config_book
 
     try:
-        book = load_config_book(args.policy)
+        book = load_config_book(policy)
     except Exception as exc:  # a missing file, bad JSON/YAML, a key the schema refuses
-        where = args.policy or os.environ.get("POSTTRAIN_DIAGNOSTICS_CONFIG")
+        where = policy or DiagnosticsSettings().config
         print(f"error: policy {where}: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_run_backtest(args, book))
 
 
-async def _run_backtest(args: argparse.Namespace, book: Any) -> int:
+async def _run_backtest(args: Target, book: Any) -> int:
     import asyncpg
 
     from posttrain.diagnostics.backtest import NoMetrics, print_table, run_backtest
@@ -98,7 +114,7 @@ async def _run_backtest(args: argparse.Namespace, book: Any) -> int:
     return 0
 
 
-def _anomalies(args: argparse.Namespace) -> int:
+def _anomalies(args: Target) -> int:
     from posttrain.diagnostics.queries import get_anomalies
 
     found = get_anomalies(

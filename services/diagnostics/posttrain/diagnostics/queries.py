@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -21,8 +20,7 @@ import asyncpg
 import orjson
 
 from posttrain.events.nonfinite import non_finite_text
-
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
+from posttrain.service.settings import database_url as _database_url
 
 # An asyncpg Pool or Connection (asyncpg ships no type hints).
 Db = Any
@@ -83,10 +81,6 @@ class RecordedAnomaly:
             out["value"] = non_finite_text(value)
         out["actions"] = [a.to_dict() for a in self.actions]
         return out
-
-
-def _database_url(url: str | None) -> str:
-    return url or os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
 
 
 def _json(value: Any) -> Any:

@@ -18,20 +18,19 @@ header, before any decoding); an action event that cannot make a record is parke
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
+import typer
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -50,6 +49,8 @@ from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
 from posttrain.events.kafka.dlq import DeadLetters
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
 from posttrain.events.topics import Topic
+from posttrain.service import settings as service_settings
+from posttrain.service.commands import DatabaseUrlOption, command_app, run_app
 from posttrain.service.http import EndpointServer, Handler, Response, only, parse_address
 from posttrain.service.logs import without_password
 from posttrain.service.prometheus import CONTENT_TYPE, Exposition
@@ -59,7 +60,6 @@ log = logging.getLogger("posttrain.diagnostics.recorder")
 
 NAME = "posttrain-diagnostics-recorder"
 GROUP = "posttrain-diagnostics-recorder"
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 DEFAULT_HTTP = "127.0.0.1:9467"
 TOPICS = (Topic.ANOMALIES, Topic.PIPELINE_EVENTS)
 # A reader that has not polled for this long is stuck (a poll returns at least every second).
@@ -411,25 +411,41 @@ def routes(recorder: AnomalyRecorder) -> dict[str, Handler]:
 # --- the process ---------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="posttrain-diagnostics-recorder",
-        description="Keep every anomaly (once) and the actions taken on it in PostgreSQL.",
-    )
-    parser.add_argument(
-        "--http",
-        default=os.environ.get("POSTTRAIN_RECORDER_HTTP", DEFAULT_HTTP),
-        help="host:port of /healthz and /metrics; 'off' for none",
-    )
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    )
-    parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
-    return parser
+app = command_app()
 
 
-async def serve(args: argparse.Namespace) -> None:
+@app.command(help="Keep every anomaly (once) and the actions taken on it in PostgreSQL.")
+def record(
+    http: Annotated[
+        str,
+        typer.Option(
+            envvar="POSTTRAIN_RECORDER_HTTP",
+            help="host:port of /healthz and /metrics; 'off' for none",
+        ),
+    ] = DEFAULT_HTTP,
+    database_url: DatabaseUrlOption = None,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="do not apply migrations")
+    ] = False,
+    log_level: Annotated[str, typer.Option(envvar="LOG_LEVEL")] = "INFO",
+) -> None:
+    from posttrain.service.logs import configure_json_logging
+
+    configure_json_logging(log_level)
+    options = Options(http, service_settings.database_url(database_url), no_migrate)
+    asyncio.run(serve(options))
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the command line asked for."""
+
+    http: str
+    database_url: str
+    no_migrate: bool
+
+
+async def serve(args: Options) -> None:
     recorder = AnomalyRecorder(
         KafkaSettings.from_env(client_id=NAME), args.database_url, migrate=not args.no_migrate
     )
@@ -458,12 +474,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from posttrain.service.logs import configure_json_logging
-
-    args = _parser().parse_args(argv)
-    configure_json_logging(args.log_level)
-    asyncio.run(serve(args))
-    return 0
+    return run_app(app, argv, "posttrain-diagnostics-recorder")
 
 
 if __name__ == "__main__":

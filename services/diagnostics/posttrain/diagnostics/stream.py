@@ -34,13 +34,14 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import faust
 import orjson
+import typer
 from faust.sensors import Monitor, Sensor
 from faust.serializers import codecs
 
@@ -51,6 +52,7 @@ from posttrain.diagnostics.core.config import ConfigBook
 from posttrain.diagnostics.core.messages import detect, oom_detected
 from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
 from posttrain.diagnostics.core.state import JobState
+from posttrain.diagnostics.settings import DiagnosticsSettings
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import KafkaSettings, NewTopicSpec, await_leaders, ensure_named_topics
 from posttrain.events.kafka.admin import LEADERS_TIMEOUT_S
@@ -61,8 +63,10 @@ from posttrain.events.messages.pipeline import RequestAction
 from posttrain.events.messages.stage import StageFailed
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.events.views import ViewDecoder
+from posttrain.service.commands import command_app, run_app
 from posttrain.service.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from posttrain.service.prometheus import Exposition
+from posttrain.service.settings import posttrain_home
 
 log = logging.getLogger(__name__)
 APP_NAME = "posttrain-diagnostics"
@@ -89,8 +93,7 @@ codecs.register("posttrain_state", _StateCodec())
 
 
 def _data_root() -> Path:
-    root = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
-    root = root / "diagnostics"
+    root = posttrain_home() / "diagnostics"
     root.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     return root
 
@@ -128,6 +131,7 @@ class DiagnosticsStream:
         **faust_options: Any,
     ) -> None:
         self.settings = settings
+        environment = DiagnosticsSettings()
         self.book = book or ConfigBook()
         self.alerter = alerter or Alerter(self.book)
         self.processed_messages = 0
@@ -156,9 +160,7 @@ class DiagnosticsStream:
             "datadir": str(_data_root() / settings.group(APP_NAME)),
             # A worker that died is replaced within ~10 s instead of the default minute: its
             # partitions (and so its jobs' detection) wait for the group to notice it is gone.
-            "broker_session_timeout": float(
-                os.environ.get("POSTTRAIN_DIAGNOSTICS_SESSION_TIMEOUT_S", "10")
-            ),
+            "broker_session_timeout": environment.session_timeout_s,
             "broker_heartbeat_interval": 1.0,
         }
         if web_port is not None:
@@ -211,7 +213,7 @@ class DiagnosticsStream:
         self._written_at: dict[bytes, float] = {}
         self._flushed_at = time.monotonic()
         self.service: DiagnosticService | None = None
-        scan_s = float(os.environ.get("POSTTRAIN_DIAGNOSTICS_SCAN_S", "0") or 0)
+        scan_s = environment.scan_s
         if scan_s > 0 and database_url:
             # Failed jobs in the orchestrator's read model (e.g. OOM), raised with stable ids.
             self.service = DiagnosticService(database_url, self.book)
@@ -537,31 +539,41 @@ def create_app(
     return create_stream(settings, book, **options).app
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+cli = command_app()
 
-    parser = argparse.ArgumentParser(
-        prog="posttrain-diagnostics",
-        description="The streaming diagnostics service: anomalies from posttrain.metrics, "
-        "alerts, and automatic actions through the orchestrator.",
-        epilog="Environment: KAFKA_BOOTSTRAP_SERVERS, POSTTRAIN_TOPIC_NAMESPACE, "
-        "POSTTRAIN_DIAGNOSTICS_CONFIG (thresholds, alert channels, action policy), "
-        "POSTTRAIN_DIAGNOSTICS_WEB_PORT (/healthz and /metrics), POSTTRAIN_DIAGNOSTICS_SCAN_S "
-        "with DATABASE_URL (a periodic scan of failed jobs), LOG_LEVEL.",
-    )
-    parser.add_argument(
-        "--web-port",
-        type=int,
-        default=None,
-        help="serve /healthz and /metrics on 127.0.0.1:PORT "
-        "(default: $POSTTRAIN_DIAGNOSTICS_WEB_PORT, else none)",
-    )
-    args = parser.parse_args(argv)
+
+@cli.command(
+    help="The streaming diagnostics service: anomalies from posttrain.metrics, alerts, and "
+    "automatic actions through the orchestrator.",
+    epilog="Environment: KAFKA_BOOTSTRAP_SERVERS, POSTTRAIN_TOPIC_NAMESPACE, "
+    "POSTTRAIN_DIAGNOSTICS_CONFIG (thresholds, alert channels, action policy), "
+    "POSTTRAIN_DIAGNOSTICS_WEB_PORT (/healthz and /metrics), POSTTRAIN_DIAGNOSTICS_SCAN_S "
+    "with DATABASE_URL (a periodic scan of failed jobs), LOG_LEVEL.",
+)
+def serve(
+    web_port: Annotated[
+        int | None,
+        typer.Option(
+            help="serve /healthz and /metrics on 127.0.0.1:PORT "
+            "(default: $POSTTRAIN_DIAGNOSTICS_WEB_PORT, else none)",
+        ),
+    ] = None,
+) -> None:
+    try:
+        options: dict[str, Any] = {"web_port": web_port} if web_port else {}
+        environment = DiagnosticsSettings(**options)
+    except ValueError as exc:  # pydantic's ValidationError names the field
+        raise typer.BadParameter(str(exc)) from None
+    _serve(environment.web_port or None, environment.scan_database_url)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(cli, argv, "posttrain-diagnostics")
+
+
+def _serve(port: int | None, database_url: str | None) -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"))
-    port = args.web_port or os.environ.get("POSTTRAIN_DIAGNOSTICS_WEB_PORT")
-    stream = create_stream(
-        web_port=int(port) if port else None, database_url=os.environ.get("DATABASE_URL")
-    )
+    stream = create_stream(web_port=port, database_url=database_url)
     app = stream.app
     # On a loop of its own, not set as current: the worker makes and runs its own.
     loop = asyncio.new_event_loop()
@@ -590,4 +602,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

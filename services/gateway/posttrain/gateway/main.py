@@ -10,13 +10,16 @@ finds it set refuses to start, so that nobody believes those tokens still open i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import Annotated
 
-from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
+import typer
+
+from posttrain.service import settings
+from posttrain.service.commands import DatabaseUrlOption, command_app, run_app
 
 DEFAULT_PORT = 9460
 
@@ -37,20 +40,30 @@ async def _live_tokens(database_url: str) -> int:
         await conn.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posttrain gateway", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-    )
-    parser.add_argument(
-        "--no-auth",
-        action="store_true",
-        help="serve without tokens: every caller is an admin (a local, single-user setup)",
-    )
-    args = parser.parse_args(argv)
+app = command_app()
 
+
+@app.command(help=__doc__)
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = DEFAULT_PORT,
+    database_url: DatabaseUrlOption = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="serve without tokens: every caller is an admin (a local, single-user setup)",
+        ),
+    ] = False,
+) -> None:
+    raise typer.Exit(_serve(host, port, settings.database_url(database_url), no_auth))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "posttrain gateway")
+
+
+def _serve(host: str, port: int, database_url: str, no_auth: bool) -> int:
     if os.environ.get("POSTTRAIN_API_TOKENS"):
         print(
             "posttrain gateway: POSTTRAIN_API_TOKENS is no longer read (tokens are kept hashed): "
@@ -58,11 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if not args.no_auth:
+    if not no_auth:
         import asyncpg
 
         try:
-            live = asyncio.run(_live_tokens(args.database_url))
+            live = asyncio.run(_live_tokens(database_url))
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             print(
                 f"posttrain gateway: the database is unreachable ({exc}): start it with "
@@ -84,14 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from posttrain.gateway.app import GatewayConfig, create_app
     from posttrain.service.logs import configure_json_logging
 
-    configure_json_logging(os.environ.get("POSTTRAIN_LOG_LEVEL", "INFO"))
+    configure_json_logging(settings.ServiceSettings().log_level)
     app = create_app(
         GatewayConfig(
             kafka=KafkaSettings.from_env(client_id="gateway"),
-            database_url=args.database_url,
-            auth=not args.no_auth,
-            address=f"{args.host}:{args.port}",
+            database_url=database_url,
+            auth=not no_auth,
+            address=f"{host}:{port}",
         )
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
+    uvicorn.run(app, host=host, port=port, log_config=None)
     return 0

@@ -9,11 +9,16 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Annotated
+
+import typer
 
 from posttrain.events.kafka import KafkaSettings
+from posttrain.metrics_ingest.core.batching import PRESETS
 from posttrain.metrics_ingest.endpoints import routes
 from posttrain.metrics_ingest.service import ConsumerOptions, IngestService
 from posttrain.metrics_ingest.settings import IngestConfig, load_config
+from posttrain.service.commands import command_app, run_app
 from posttrain.service.http import EndpointServer
 from posttrain.service.logs import configure_json_logging
 
@@ -75,8 +80,55 @@ async def serve(config: IngestConfig) -> None:
         log.info("ingest stopped", extra={**identity, "rows_inserted": service.stats.rows_inserted})
 
 
+app = command_app()
+
+
+@app.command(help="Consume posttrain.metrics into PostgreSQL (every point exactly once).")
+def run(
+    preset: Annotated[
+        str | None, typer.Option(help=f"batch policy preset: {', '.join(sorted(PRESETS))}")
+    ] = None,
+    batch_rows: Annotated[int | None, typer.Option(help="close a batch at this many rows")] = None,
+    batch_age: Annotated[
+        float | None, typer.Option(help="close a batch this many seconds old")
+    ] = None,
+    max_pending_rows: Annotated[
+        int | None, typer.Option(help="pause consumption above this many rows in memory")
+    ] = None,
+    http: Annotated[
+        str | None, typer.Option(help="host:port of /healthz, /metrics, /flush; 'off' for none")
+    ] = None,
+    instance_id: Annotated[
+        str | None, typer.Option(help="static group membership id (stable per replica)")
+    ] = None,
+    session_timeout_ms: Annotated[int | None, typer.Option()] = None,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="do not apply migrations")
+    ] = False,
+    log_level: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    try:
+        config = load_config(
+            migrate=not no_migrate,
+            log_level=log_level,
+            preset=preset,
+            batch_rows=batch_rows,
+            batch_age_s=batch_age,
+            max_pending_rows=max_pending_rows,
+            http=http,
+            instance_id=instance_id,
+            session_timeout_ms=session_timeout_ms,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is one: it names the variable
+        raise typer.BadParameter(str(exc)) from None
+    _run(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(argv)
+    return run_app(app, argv, "posttrain-ingest")
+
+
+def _run(config: IngestConfig) -> None:
     configure_json_logging(config.log_level)
     # Every point makes a few short-lived tuples: with the default threshold (700) the cyclic
     # collector runs hundreds of times a second, rescanning the pending rows each time. Rows
@@ -84,7 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     asyncio.run(serve(config))
-    return 0
 
 
 if __name__ == "__main__":

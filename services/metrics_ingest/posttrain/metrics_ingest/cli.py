@@ -7,45 +7,53 @@ posttrain metrics latest JOB [--limit N]   print a job's latest points as JSON l
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import orjson
+import typer
 
 from posttrain.events.metricfile import FILE_SUFFIX, job_from_file_name
+from posttrain.service.commands import command_app, run_app
 
 DEFAULT_FLUSH_URL = "http://127.0.0.1:9464/flush"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="posttrain metrics",
-        description="Training metrics: sync JSONL files, flush the ingest service, read points.",
-    )
-    sub = parser.add_subparsers(dest="action", required=True)
-    sync = sub.add_parser("sync", help="store the points of a JSONL metric file (idempotent)")
-    sync.add_argument("file")
-    sync.add_argument("--job", help=f"the job (default: the file name before {FILE_SUFFIX})")
-    flush = sub.add_parser("flush", help="ask the running ingest service to write now")
-    flush.add_argument("--url", default=DEFAULT_FLUSH_URL)
-    latest = sub.add_parser("latest", help="a job's latest points, one JSON object a line")
-    latest.add_argument("job")
-    latest.add_argument("--limit", type=int, default=10)
-    return parser
+app = command_app("Training metrics: sync JSONL files, flush the ingest service, read points.")
+
+
+@app.command("sync")
+def sync_command(
+    file: Annotated[str, typer.Argument()],
+    job: Annotated[
+        str | None, typer.Option(help=f"the job (default: the file name before {FILE_SUFFIX})")
+    ] = None,
+) -> None:
+    """Store the points of a JSONL metric file (idempotent)."""
+    raise typer.Exit(_sync(file, job))
+
+
+@app.command("flush")
+def flush_command(url: Annotated[str, typer.Option()] = DEFAULT_FLUSH_URL) -> None:
+    """Ask the running ingest service to write now."""
+    raise typer.Exit(_flush(url))
+
+
+@app.command("latest")
+def latest_command(
+    job: Annotated[str, typer.Argument()], limit: Annotated[int, typer.Option()] = 10
+) -> None:
+    """A job's latest points, one JSON object a line."""
+    raise typer.Exit(asyncio.run(_latest(job, limit)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.action == "sync":
-        return _sync(args.file, args.job)
-    if args.action == "flush":
-        return _flush(args.url)
-    return asyncio.run(_latest(args.job, args.limit))
+    return run_app(app, argv, "posttrain metrics")
 
 
 def _sync(file: str, job: str | None) -> int:

@@ -21,8 +21,8 @@ import asyncpg
 from posttrain.events.metricfile import FileLine, read_lines, source_of_file
 from posttrain.metrics_ingest.core.rows import RowError
 from posttrain.metrics_ingest.core.wire import rows_from_points
-from posttrain.metrics_ingest.settings import database_url
 from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection, release_connection
+from posttrain.service.settings import database_url
 
 BATCH_POINTS = 20_000
 

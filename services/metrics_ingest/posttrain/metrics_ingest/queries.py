@@ -38,7 +38,7 @@ import orjson
 from posttrain.events.messages.metrics import CORE_FIELDS, MetricPoint
 from posttrain.events.nonfinite import NON_FINITE
 from posttrain.metrics_ingest.core.downsample import Bucket, BucketGrid, bucket_sql, lttb
-from posttrain.metrics_ingest.settings import database_url
+from posttrain.service.settings import database_url
 
 # An asyncpg Pool or Connection (asyncpg ships no type hints).
 Db = Any

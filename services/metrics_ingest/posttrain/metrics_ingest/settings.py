@@ -16,16 +16,31 @@
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
-from posttrain.metrics_ingest.core.batching import PRESETS, BatchPolicy, preset
+from pydantic_settings import SettingsConfigDict
+
+from posttrain.metrics_ingest.core.batching import BatchPolicy, preset
 from posttrain.service.http import parse_address
+from posttrain.service.settings import ServiceSettings
 
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 DEFAULT_HTTP = "127.0.0.1:9464"
+
+
+class IngestSettings(ServiceSettings):
+    """The ``POSTTRAIN_INGEST_*`` variables (and the shared ones); a keyword given to the
+    constructor (a command-line option) wins over its variable."""
+
+    model_config = SettingsConfigDict(env_prefix="POSTTRAIN_INGEST_")
+
+    preset: str = "default"
+    batch_rows: int | None = None
+    batch_age_s: float | None = None
+    max_pending_rows: int | None = None
+    http: str = DEFAULT_HTTP
+    instance_id: str | None = None
+    session_timeout_ms: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,69 +55,27 @@ class IngestConfig:
     log_level: str = "INFO"
 
 
-def database_url(env: Mapping[str, str] | None = None) -> str:
-    return (os.environ if env is None else env).get("DATABASE_URL", DEFAULT_DATABASE_URL)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="posttrain-ingest",
-        description="Consume posttrain.metrics into PostgreSQL (every point exactly once).",
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="batch policy preset")
-    parser.add_argument("--batch-rows", type=int, help="close a batch at this many rows")
-    parser.add_argument("--batch-age", type=float, help="close a batch this many seconds old")
-    parser.add_argument(
-        "--max-pending-rows", type=int, help="pause consumption above this many rows in memory"
-    )
-    parser.add_argument("--http", help="host:port of /healthz, /metrics, /flush; 'off' for none")
-    parser.add_argument("--instance-id", help="static group membership id (stable per replica)")
-    parser.add_argument("--session-timeout-ms", type=int)
-    parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
-    parser.add_argument("--log-level", default="INFO")
-    return parser
-
-
-def load_config(
-    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
-) -> IngestConfig:
-    environ = os.environ if env is None else env
-    args = _parser().parse_args(argv)
-    policy = preset(args.preset or environ.get("POSTTRAIN_INGEST_PRESET", "default"))
-    rows = args.batch_rows or _int(environ, "POSTTRAIN_INGEST_BATCH_ROWS")
-    age = (
-        args.batch_age
-        if args.batch_age is not None
-        else _float(environ, "POSTTRAIN_INGEST_BATCH_AGE_S")
-    )
-    pending = args.max_pending_rows or _int(environ, "POSTTRAIN_INGEST_MAX_PENDING_ROWS")
-    if rows is not None:
+def load_config(*, migrate: bool = True, log_level: str = "INFO", **options: Any) -> IngestConfig:
+    """The configuration from the environment, with ``options`` (``IngestSettings`` fields;
+    None: not given) over it. A bad value raises ``ValueError`` naming it."""
+    settings = IngestSettings(**{k: v for k, v in options.items() if v is not None})
+    policy = preset(settings.preset)
+    if settings.batch_rows is not None:
+        rows = settings.batch_rows
         policy = replace(policy, max_rows=rows, max_pending_rows=max(policy.max_pending_rows, rows))
-    if age is not None:
-        policy = replace(policy, max_age_s=age)
-    if pending is not None:
-        policy = replace(policy, max_pending_rows=pending)
-    address = parse_address(args.http or environ.get("POSTTRAIN_INGEST_HTTP", DEFAULT_HTTP))
+    if settings.batch_age_s is not None:
+        policy = replace(policy, max_age_s=settings.batch_age_s)
+    if settings.max_pending_rows is not None:
+        policy = replace(policy, max_pending_rows=settings.max_pending_rows)
+    address = parse_address(settings.http)
     host, port = address if address is not None else (None, 0)
     return IngestConfig(
-        database_url=database_url(environ),
+        database_url=settings.database_url,
         policy=policy,
         http_host=host,
         http_port=port,
-        instance_id=args.instance_id or environ.get("POSTTRAIN_INGEST_INSTANCE_ID") or None,
-        session_timeout_ms=args.session_timeout_ms
-        or _int(environ, "POSTTRAIN_INGEST_SESSION_TIMEOUT_MS")
-        or 10_000,
-        migrate=not args.no_migrate,
-        log_level=args.log_level,
+        instance_id=settings.instance_id or None,
+        session_timeout_ms=settings.session_timeout_ms,
+        migrate=migrate,
+        log_level=log_level,
     )
-
-
-def _int(env: Mapping[str, str], name: str) -> int | None:
-    value = env.get(name)
-    return int(value) if value else None
-
-
-def _float(env: Mapping[str, str], name: str) -> float | None:
-    value = env.get(name)
-    return float(value) if value else None

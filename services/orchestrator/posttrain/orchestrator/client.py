@@ -25,7 +25,6 @@ stage's metrics job.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -68,11 +67,9 @@ __all__ = [
     "read_document",
 ]
 
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
-
-
-def _database_url(url: str | None) -> str:
-    return url or os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+# Re-exported: callers that imported the default from here keep working.
+from posttrain.service.settings import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL
+from posttrain.service.settings import database_url as _database_url
 
 
 class UnknownPipeline(LookupError):

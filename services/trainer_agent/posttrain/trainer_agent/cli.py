@@ -9,85 +9,86 @@ directory re-attaches to them.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from posttrain.events.kafka import KafkaSettings
+from posttrain.service.commands import command_app, run_app
 from posttrain.service.logs import configure_json_logging
+from posttrain.service.settings import posttrain_home
+
+app = command_app()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="posttrain agent",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--name", default=socket.gethostname(), help="agent id (default: host)")
-    parser.add_argument("--gpus", type=int, default=0, help="GPUs this agent offers")
-    parser.add_argument("--labels", default="", help="comma-separated labels, e.g. a100,ib")
-    parser.add_argument(
-        "--slots",
-        type=int,
-        default=None,
-        help="stages at once (default: the number of GPUs, at least 1)",
-    )
-    parser.add_argument(
-        "--work-dir",
-        default=None,
-        help="journal, stage logs, checkpoints (default ~/.cache/posttrain/agents/NAME)",
-    )
-    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between beats")
-    parser.add_argument(
-        "--stage-threads", type=int, default=None, help="OMP_NUM_THREADS for stage processes"
-    )
-    parser.add_argument(
-        "--no-zygote",
-        action="store_true",
-        help="start each stage in a fresh interpreter instead of forking it "
-        "from a process with torch imported",
-    )
-    parser.add_argument("--http-host", default="127.0.0.1", help="for /healthz and /metrics")
-    parser.add_argument(
-        "--http-port", type=int, default=9466, help="for /healthz and /metrics (0: any free port)"
-    )
-    parser.add_argument("--no-http", action="store_true", help="no /healthz and /metrics")
-    parser.add_argument("--log-level", default="INFO")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_json_logging(args.log_level)
+@app.command(help=__doc__)
+def run(
+    name: Annotated[
+        str,
+        typer.Option(
+            default_factory=socket.gethostname, show_default=False, help="agent id (default: host)"
+        ),
+    ],
+    gpus: Annotated[int, typer.Option(help="GPUs this agent offers")] = 0,
+    labels: Annotated[str, typer.Option(help="comma-separated labels, e.g. a100,ib")] = "",
+    slots: Annotated[
+        int | None, typer.Option(help="stages at once (default: the number of GPUs, at least 1)")
+    ] = None,
+    work_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="journal, stage logs, checkpoints (default ~/.cache/posttrain/agents/NAME)"
+        ),
+    ] = None,
+    heartbeat: Annotated[float, typer.Option(help="seconds between beats")] = 5.0,
+    stage_threads: Annotated[
+        int | None, typer.Option(help="OMP_NUM_THREADS for stage processes")
+    ] = None,
+    no_zygote: Annotated[
+        bool,
+        typer.Option(
+            "--no-zygote",
+            help="start each stage in a fresh interpreter instead of forking it "
+            "from a process with torch imported",
+        ),
+    ] = False,
+    http_host: Annotated[str, typer.Option(help="for /healthz and /metrics")] = "127.0.0.1",
+    http_port: Annotated[
+        int, typer.Option(help="for /healthz and /metrics (0: any free port)")
+    ] = 9466,
+    no_http: Annotated[bool, typer.Option("--no-http", help="no /healthz and /metrics")] = False,
+    log_level: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    configure_json_logging(log_level)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
     from posttrain.trainer_agent.agent import Agent, AgentConfig
     from posttrain.trainer_agent.launcher import Launcher, SpawnLauncher
 
-    home = Path(os.environ.get("POSTTRAIN_HOME", Path.home() / ".cache" / "posttrain"))
-    work_dir = Path(args.work_dir) if args.work_dir else home / "agents" / args.name
+    work = Path(work_dir) if work_dir else posttrain_home() / "agents" / name
     stage_env: tuple[tuple[str, str], ...] = ()
-    if args.stage_threads:
-        stage_env = (("OMP_NUM_THREADS", str(args.stage_threads)),)
+    if stage_threads:
+        stage_env = (("OMP_NUM_THREADS", str(stage_threads)),)
     config = AgentConfig(
-        name=args.name,
-        work_dir=work_dir,
-        gpus=args.gpus,
-        labels=frozenset(label for label in args.labels.split(",") if label),
-        slots=args.slots or max(1, args.gpus),
-        heartbeat_s=args.heartbeat,
+        name=name,
+        work_dir=work,
+        gpus=gpus,
+        labels=frozenset(label for label in labels.split(",") if label),
+        slots=slots or max(1, gpus),
+        heartbeat_s=heartbeat,
         stage_env=stage_env,
-        http_host=args.http_host,
-        http_port=None if args.no_http else args.http_port,
+        http_host=http_host,
+        http_port=None if no_http else http_port,
     )
-    launcher: Launcher | None = SpawnLauncher() if args.no_zygote else None
-    agent = Agent(config, KafkaSettings.from_env(client_id=f"agent-{args.name}"), launcher)
+    launcher: Launcher | None = SpawnLauncher() if no_zygote else None
+    agent = Agent(config, KafkaSettings.from_env(client_id=f"agent-{name}"), launcher)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -98,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     asyncio.run(run())
     if launcher is not None:
         launcher.close()
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "posttrain agent")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import orjson
 
 from posttrain.events.messages import MetricPoint
+from posttrain.service.settings import posttrain_home
 
 SPILL_SUFFIX = ".spill.jsonl"
 SENDING_SUFFIX = ".sending"
@@ -78,9 +79,7 @@ def default_spill_dir() -> Path:
     configured = os.environ.get("POSTTRAIN_SPILL_DIR")
     if configured:
         return Path(configured).expanduser()
-    home = os.environ.get("POSTTRAIN_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "posttrain"
-    return base / "spill"
+    return posttrain_home() / "spill"
 
 
 def _safe_job(job_id: str) -> str:

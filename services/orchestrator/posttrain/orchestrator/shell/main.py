@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
 
 from posttrain.events.kafka import KafkaSettings
-from posttrain.orchestrator.client import DEFAULT_DATABASE_URL
 from posttrain.orchestrator.shell.endpoints import routes
 from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
 from posttrain.orchestrator.shell.service import GROUP, Orchestrator
+from posttrain.service import settings as service_settings
+from posttrain.service.commands import DatabaseUrlOption, bad_option, command_app, run_app
 from posttrain.service.http import EndpointServer, parse_address
 from posttrain.service.logs import configure_json_logging, without_password
 
@@ -23,11 +27,18 @@ log = logging.getLogger("posttrain.orchestrator")
 DEFAULT_HTTP = "127.0.0.1:9465"
 
 
-def http_address(value: str) -> tuple[str, int] | None:
-    try:
-        return parse_address(value)
-    except ValueError as exc:  # argparse shows this one's message, not a generic one
-        raise argparse.ArgumentTypeError(str(exc)) from None
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the command line asked for."""
+
+    tick_interval: float
+    silence_intervals: float
+    session_timeout_ms: int
+    replay_processes: int
+    replay_parallel_from: int
+    projection: bool
+    database_url: str
+    http: tuple[str, int] | None
 
 
 async def start_http(
@@ -48,7 +59,7 @@ async def start_http(
     return server
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: Options) -> None:
     settings = KafkaSettings.from_env(client_id="orchestrator")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,58 +105,71 @@ async def serve(args: argparse.Namespace) -> None:
         log.info("orchestrator stopped", extra=identity)
 
 
+app = command_app(__doc__)
+
+
+@app.command()
+def run(
+    tick_interval: Annotated[float, typer.Option()] = 1.0,
+    silence_intervals: Annotated[
+        float, typer.Option(help="heartbeat intervals without news before an agent counts as lost")
+    ] = 3.0,
+    session_timeout_ms: Annotated[
+        int,
+        typer.Option(
+            help="how soon a crashed instance's partitions move to another one "
+            "(the broker's group.min.session.timeout.ms is the floor)"
+        ),
+    ] = 6000,
+    replay_processes: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="helper processes that fold shares of a long event log while this one folds "
+            f"its own, when partitions are assigned (default {DEFAULT_PROCESSES}: one fewer "
+            "than the CPUs, at most 3; 0: fold in this process only)",
+        ),
+    ] = DEFAULT_PROCESSES,
+    replay_parallel_from: Annotated[
+        int,
+        typer.Option(
+            metavar="EVENTS",
+            help="the shortest log the helpers take shares of; shorter ones fold here alone "
+            f"(default {DEFAULT_PARALLEL_FROM:,})",
+        ),
+    ] = DEFAULT_PARALLEL_FROM,
+    projection: Annotated[
+        bool,
+        typer.Option("--projection/--no-projection", help="project pipelines into PostgreSQL"),
+    ] = True,
+    database_url: DatabaseUrlOption = None,
+    http: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST:PORT",
+            help=f"where to serve /healthz and /metrics (default {DEFAULT_HTTP}; "
+            "port 0: any free port, logged; 'off': none)",
+        ),
+    ] = DEFAULT_HTTP,
+) -> None:
+    """Run the orchestrator until SIGTERM/SIGINT."""
+    try:
+        address = parse_address(http)
+    except ValueError as exc:
+        raise bad_option("--http", str(exc)) from None
+    options = Options(
+        tick_interval=tick_interval,
+        silence_intervals=silence_intervals,
+        session_timeout_ms=session_timeout_ms,
+        replay_processes=replay_processes,
+        replay_parallel_from=replay_parallel_from,
+        projection=projection,
+        database_url=service_settings.database_url(database_url),
+        http=address,
+    )
+    configure_json_logging(service_settings.ServiceSettings().log_level)
+    asyncio.run(serve(options))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posttrain orchestrator", description=__doc__)
-    parser.add_argument("--tick-interval", type=float, default=1.0)
-    parser.add_argument(
-        "--silence-intervals",
-        type=float,
-        default=3.0,
-        help="heartbeat intervals without news before an agent counts as lost",
-    )
-    parser.add_argument(
-        "--session-timeout-ms",
-        type=int,
-        default=6000,
-        help="how soon a crashed instance's partitions move to another one "
-        "(the broker's group.min.session.timeout.ms is the floor)",
-    )
-    parser.add_argument(
-        "--replay-processes",
-        type=int,
-        default=DEFAULT_PROCESSES,
-        metavar="N",
-        help="helper processes that fold shares of a long event log while this one folds its "
-        f"own, when partitions are assigned (default {DEFAULT_PROCESSES}: one fewer than "
-        "the CPUs, at most 3; 0: fold in this process only)",
-    )
-    parser.add_argument(
-        "--replay-parallel-from",
-        type=int,
-        default=DEFAULT_PARALLEL_FROM,
-        metavar="EVENTS",
-        help="the shortest log the helpers take shares of; shorter ones fold here alone "
-        f"(default {DEFAULT_PARALLEL_FROM:,})",
-    )
-    parser.add_argument(
-        "--no-projection",
-        dest="projection",
-        action="store_false",
-        help="do not project pipelines into PostgreSQL",
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-    )
-    parser.add_argument(
-        "--http",
-        type=http_address,
-        default=DEFAULT_HTTP,
-        metavar="HOST:PORT",
-        help=f"where to serve /healthz and /metrics (default {DEFAULT_HTTP}; "
-        "port 0: any free port, logged; 'off': none)",
-    )
-    args = parser.parse_args(argv)
-    configure_json_logging(os.environ.get("POSTTRAIN_LOG_LEVEL", "INFO"))
-    asyncio.run(serve(args))
-    return 0
+    return run_app(app, argv, "posttrain orchestrator")
