@@ -14,8 +14,7 @@ import asyncpg
 
 from posttrain.events.kafka import KafkaSettings, ensure_topics
 from posttrain.events.topics import TOPICS, Topic
-
-DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
+from posttrain.stack.config import DEFAULT_DATABASE_URL
 
 
 async def fresh_namespace(prefix: str, topics: list[Topic] | None = None) -> KafkaSettings:
