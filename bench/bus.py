@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -128,31 +129,54 @@ class Check:
         }
 
 
+async def _check_all(
+    fetch: Callable[[], Awaitable[list[Envelope[Any]]]],
+    commit: Callable[[], Awaitable[None]],
+    assigned: Callable[[], bool],
+    total: int,
+    ready: Any,
+    timeout: float,
+) -> Check:
+    """Fetch, check and commit after every batch until every id is seen, or ``timeout`` after
+    the consumer got its partitions (then the wait counts against the figure)."""
+    check = Check.of(total)
+    deadline = None
+    while check.once < total and (deadline is None or time.time() < deadline):
+        batch = await fetch()
+        if deadline is None and assigned():
+            ready.set()
+            deadline = time.time() + timeout
+        for envelope in batch:
+            check.add(envelope)
+        if batch:
+            await commit()
+            check.last_commit = time.time()
+    if check.once < total:
+        check.last_commit = time.time()
+    return check
+
+
 async def _consume_helpers(
     settings: KafkaSettings, total: int, ready: Any, timeout: float
 ) -> Check:
-    check = Check.of(total)
     async with EventConsumer(settings, [TOPIC], group_id="bench-bus", name="bench-bus") as consumer:
-        deadline = None
-        while check.once < total and (deadline is None or time.time() < deadline):
-            batch = await consumer.getmany(timeout_ms=200)
-            if consumer.client.assignment() and not ready.is_set():
-                ready.set()
-                deadline = time.time() + timeout
-            for received in batch:
-                check.add(received.envelope)
-            if batch:
-                await consumer.commit()
-                check.last_commit = time.time()
-    if check.once < total:  # gave up: the wait counts
-        check.last_commit = time.time()
-    return check
+
+        async def fetch() -> list[Envelope[Any]]:
+            return [r.envelope for r in await consumer.getmany(timeout_ms=200)]
+
+        return await _check_all(
+            fetch,
+            consumer.commit,
+            lambda: bool(consumer.client.assignment()),
+            total,
+            ready,
+            timeout,
+        )
 
 
 async def _consume_baseline(
     settings: KafkaSettings, total: int, ready: Any, timeout: float
 ) -> Check:
-    check = Check.of(total)
     consumer = AIOKafkaConsumer(
         settings.topic(TOPIC),
         bootstrap_servers=settings.bootstrap_servers,
@@ -162,24 +186,20 @@ async def _consume_baseline(
         isolation_level="read_committed",
     )
     await consumer.start()
+
+    async def fetch() -> list[Envelope[Any]]:
+        batches = await consumer.getmany(timeout_ms=200)
+        return [decode(r.value, r.headers) for records in batches.values() for r in records]
+
+    async def commit() -> None:
+        await consumer.commit()
+
     try:
-        deadline = None
-        while check.once < total and (deadline is None or time.time() < deadline):
-            batches = await consumer.getmany(timeout_ms=200)
-            if consumer.assignment() and not ready.is_set():
-                ready.set()
-                deadline = time.time() + timeout
-            for records in batches.values():
-                for record in records:
-                    check.add(decode(record.value, record.headers))
-            if batches:
-                await consumer.commit()
-                check.last_commit = time.time()
-        if check.once < total:  # gave up: the wait counts
-            check.last_commit = time.time()
+        return await _check_all(
+            fetch, commit, lambda: bool(consumer.assignment()), total, ready, timeout
+        )
     finally:
         await consumer.stop()
-    return check
 
 
 def _consumer_process(
