@@ -1,24 +1,37 @@
-"""Throughput of the event bus: the project's batched helpers against a naive loop.
+"""Throughput of the event bus: the project's helpers against aiokafka's own batching, moving
+the same messages with the same checks in the same run.
 
-Produces N small envelopes (TickClock, about 200 bytes) with ``EventProducer.send_many`` in one
-process while another process consumes and decodes them with ``EventConsumer``; the figure is N
-over the wall time from the first send to the last message decoded. In the same run, a naive
-loop (one ``send_and_wait`` per message, one ``getone`` per message) moves fewer messages.
+Each side moves N envelopes (``TickClock``, about 200 bytes, ids ``e-0`` .. ``e-N-1``) from a
+producer in this process to a consumer in a process of its own, through a fresh namespace:
 
-    python -m bench.bus [--messages 1000000] [--naive-messages 5000]
+- helpers (the headline): ``EventProducer.send_many`` in chunks, ``EventConsumer`` in a group;
+- baseline: ``AIOKafkaProducer.send`` per message with the same guarantees (idempotent,
+  ``acks=all``, the same linger) gathered per chunk, and ``AIOKafkaConsumer.getmany`` in a group,
+  decoding with the same codec.
+
+Both consumers use their client's default fetch settings, commit their offsets after every
+batch and check every message: its id seen exactly once and its payload the one sent for that
+id. The figure is the ids seen exactly once over the wall time from the first send to the last
+commit; a missing, repeated or wrong message counts against it (the run waits for the missing
+ones until ``--timeout``, then reports what arrived), never leaves it.
+
+    python -m bench.bus [--messages 500000] [--baseline-messages 500000] [--timeout 120]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing as mp
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
+import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import drop_namespace, fresh_namespace
+from bench.common import drop_namespace, fresh_namespace, load
 from posttrain.events import Envelope, decode, encode
 from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
 from posttrain.events.messages import TickClock
@@ -27,6 +40,7 @@ from posttrain.events.topics import Topic
 TOPIC = Topic.PIPELINE_COMMANDS
 CHUNK = 20_000
 WHEN = datetime(2026, 1, 1, tzinfo=UTC)
+LINGER_MS = 5  # EventProducer's default, given to the baseline too
 
 
 def _envelopes(start: int, count: int) -> list[Envelope[TickClock]]:
@@ -41,101 +55,213 @@ def _envelopes(start: int, count: int) -> list[Envelope[TickClock]]:
     ]
 
 
-async def _produce(settings: KafkaSettings, total: int) -> float:
+# --- producing ------------------------------------------------------------------------------
+
+
+async def _produce_helpers(settings: KafkaSettings, total: int) -> float:
+    """Send with ``EventProducer.send_many``; returns when the first chunk was handed over."""
     async with EventProducer(settings) as producer:
-        await producer.send_many(TOPIC, _envelopes(0, 10))  # metadata warm-up
-        started = time.perf_counter()
-        for start in range(10, total, CHUNK):
+        await producer.client.partitions_for(settings.topic(TOPIC))  # metadata, before timing
+        started = time.time()
+        for start in range(0, total, CHUNK):
             await producer.send_many(TOPIC, _envelopes(start, min(CHUNK, total - start)))
-        return time.perf_counter() - started
+        return started
 
 
-async def _consume(settings: KafkaSettings, total: int) -> float:
-    async with EventConsumer(
-        settings,
-        [TOPIC],
-        group_id=None,
-        name="bench-bus",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=16 * 1024 * 1024,
-    ) as consumer:
-        seen = 0
-        started = None
-        while seen < total:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=20_000)
-            if batch and started is None:
-                started = time.perf_counter()
-            seen += len(batch)
-        assert started is not None
-        return time.perf_counter() - started
-
-
-def _consumer_process(settings: KafkaSettings, total: int, out: mp.Queue) -> None:
-    out.put(asyncio.run(_consume(settings, total)))
-
-
-async def _naive(settings: KafkaSettings, total: int) -> float:
+async def _produce_baseline(settings: KafkaSettings, total: int) -> float:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all"
-    )
-    consumer = AIOKafkaConsumer(
-        settings.topic(TOPIC),
         bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=LINGER_MS,
     )
     await producer.start()
-    await consumer.start()
     try:
-        started = time.perf_counter()
-        for envelope in _envelopes(0, total):
-            key, value, headers = encode(envelope)
-            await producer.send_and_wait(
-                settings.topic(TOPIC), value=value, key=key, headers=headers
-            )
-        for _ in range(total):
-            record = await consumer.getone()
-            decode(record.value, record.headers)
-        return time.perf_counter() - started
+        name = settings.topic(TOPIC)
+        await producer.partitions_for(name)
+        started = time.time()
+        for start in range(0, total, CHUNK):
+            futures = []
+            for envelope in _envelopes(start, min(CHUNK, total - start)):
+                key, value, headers = encode(envelope)
+                futures.append(await producer.send(name, value=value, key=key, headers=headers))
+            await asyncio.gather(*futures)
+        return started
     finally:
-        await consumer.stop()
         await producer.stop()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=1_000_000)
-    parser.add_argument("--naive-messages", type=int, default=5_000)
-    args = parser.parse_args()
+# --- consuming and checking -----------------------------------------------------------------
 
-    settings = await fresh_namespace("bus", [TOPIC])
-    naive_settings = await fresh_namespace("bus-naive", [TOPIC])
+
+@dataclass
+class Check:
+    """Every id once, with its payload: what a consumer saw."""
+
+    total: int
+    seen: bytearray
+    once: int = 0
+    repeated: int = 0
+    wrong: int = 0
+    last_commit: float = 0.0
+
+    @classmethod
+    def of(cls, total: int) -> Check:
+        return cls(total, bytearray(total))
+
+    def add(self, envelope: Envelope[Any]) -> None:
+        i = int(envelope.id[2:])
+        data = envelope.data
+        if not (0 <= i < self.total) or data.now != float(i) or data.pipeline_id != f"p-{i % 1000}":
+            self.wrong += 1
+        elif self.seen[i]:
+            self.repeated += 1
+        else:
+            self.seen[i] = 1
+            self.once += 1
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "once": self.once,
+            "repeated": self.repeated,
+            "wrong": self.wrong,
+            "last_commit": self.last_commit,
+        }
+
+
+async def _check_all(
+    fetch: Callable[[], Awaitable[list[Envelope[Any]]]],
+    commit: Callable[[], Awaitable[None]],
+    assigned: Callable[[], bool],
+    total: int,
+    ready: Any,
+    timeout: float,
+) -> Check:
+    """Fetch, check and commit after every batch until every id is seen, or ``timeout`` after
+    the consumer got its partitions (then the wait counts against the figure)."""
+    check = Check.of(total)
+    deadline = None
+    while check.once < total and (deadline is None or time.time() < deadline):
+        batch = await fetch()
+        if deadline is None and assigned():
+            ready.set()
+            deadline = time.time() + timeout
+        for envelope in batch:
+            check.add(envelope)
+        if batch:
+            await commit()
+            check.last_commit = time.time()
+    if check.once < total:
+        check.last_commit = time.time()
+    return check
+
+
+async def _consume_helpers(
+    settings: KafkaSettings, total: int, ready: Any, timeout: float
+) -> Check:
+    async with EventConsumer(settings, [TOPIC], group_id="bench-bus", name="bench-bus") as consumer:
+
+        async def fetch() -> list[Envelope[Any]]:
+            return [r.envelope for r in await consumer.getmany(timeout_ms=200)]
+
+        return await _check_all(
+            fetch,
+            consumer.commit,
+            lambda: bool(consumer.client.assignment()),
+            total,
+            ready,
+            timeout,
+        )
+
+
+async def _consume_baseline(
+    settings: KafkaSettings, total: int, ready: Any, timeout: float
+) -> Check:
+    consumer = AIOKafkaConsumer(
+        settings.topic(TOPIC),
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group("bench-bus-baseline"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+
+    async def fetch() -> list[Envelope[Any]]:
+        batches = await consumer.getmany(timeout_ms=200)
+        return [decode(r.value, r.headers) for records in batches.values() for r in records]
+
+    async def commit() -> None:
+        await consumer.commit()
+
     try:
-        naive_s = await _naive(naive_settings, args.naive_messages)
-        naive_rate = args.naive_messages / naive_s
-        print(f"naive_messages: {args.naive_messages}")
-        print(f"naive_msgs_per_s: {naive_rate:,.0f}")
+        return await _check_all(
+            fetch, commit, lambda: bool(consumer.assignment()), total, ready, timeout
+        )
+    finally:
+        await consumer.stop()
 
+
+def _consumer_process(
+    side: str, settings: KafkaSettings, total: int, ready: Any, out: Any, timeout: float
+) -> None:
+    consume = _consume_helpers if side == "helpers" else _consume_baseline
+    out.put(asyncio.run(consume(settings, total, ready, timeout)).summary())
+
+
+async def run_side(side: str, total: int, timeout: float) -> float:
+    """Move ``total`` messages one way; prints that side's figures and returns its rate."""
+    settings = await fresh_namespace(f"bus-{side}", [TOPIC])
+    try:
         ctx = mp.get_context("spawn")
-        out: mp.Queue = ctx.Queue()
-        consumer = ctx.Process(target=_consumer_process, args=(settings, args.messages, out))
+        ready, out = ctx.Event(), ctx.Queue()
+        consumer = ctx.Process(
+            target=_consumer_process, args=(side, settings, total, ready, out, timeout)
+        )
         consumer.start()
-        wall_start = time.perf_counter()
-        produce_s = await _produce(settings, args.messages)
-        consume_s = await asyncio.to_thread(out.get, True, 600)
-        wall_s = time.perf_counter() - wall_start
-        consumer.join()
-        rate = args.messages / wall_s
-        print(f"messages: {args.messages}")
-        print(f"produce_only_msgs_per_s: {args.messages / produce_s:,.0f}")
-        print(f"consume_only_msgs_per_s: {args.messages / consume_s:,.0f}")
-        print(f"end_to_end_seconds: {wall_s:.2f}")
-        print(f"ratio_vs_naive: {rate / naive_rate:.1f}")
-        print(f"bus_msgs_per_s: {rate:.0f}")
+        if not await asyncio.to_thread(ready.wait, 60):
+            consumer.kill()
+            raise RuntimeError(f"{side}: the consumer got no partitions in 60 s")
+        produce = _produce_helpers if side == "helpers" else _produce_baseline
+        t = time.perf_counter()
+        started = await produce(settings, total)
+        produce_s = time.perf_counter() - t
+        result = await asyncio.to_thread(out.get, True, timeout + 120)
+        consumer.join(30)
+        once = int(result["once"])
+        seconds = float(result["last_commit"]) - started
+        rate = once / seconds
+        print(f"{side}_messages: {total}")
+        print(f"{side}_produce_msgs_per_s: {total / produce_s:,.0f}")
+        print(
+            f"{side}_checked: {once} once, {result['repeated']:.0f} repeated, "
+            f"{result['wrong']:.0f} wrong, {total - once} missing"
+        )
+        print(f"{side}_msgs_per_s: {rate:,.0f} ({seconds:.2f} s to the last commit; {load()})")
+        return rate
     finally:
         await drop_namespace(settings)
-        await drop_namespace(naive_settings)
+
+
+def main(
+    messages: Annotated[int, typer.Option(help="messages through the helpers")] = 500_000,
+    baseline_messages: Annotated[
+        int, typer.Option(help="messages through aiokafka's own batching")
+    ] = 500_000,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for missing messages")] = 120,
+) -> None:
+    """Event bus throughput with commits and checks, against aiokafka's own batching."""
+
+    async def both() -> None:
+        baseline = await run_side("baseline", baseline_messages, timeout)
+        rate = await run_side("helpers", messages, timeout)
+        print(f"ratio_vs_aiokafka_batched: {rate / baseline:.2f}")
+        print(f"bus_msgs_per_s: {rate:.0f}")
+
+    asyncio.run(both())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(main)
+    app()

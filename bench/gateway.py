@@ -25,17 +25,15 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 
-from bench.common import drop_namespace, fresh_namespace
+from bench.common import drop_database, drop_namespace, fresh_database, fresh_namespace
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
 from posttrain.orchestrator.client import PipelineExecutor
-from posttrain.service.settings import database_url
 from posttrain.testing import services
 from posttrain.testing.scripted_agent import ScriptedAgent
 
@@ -232,20 +230,13 @@ async def main() -> None:
 
     from posttrain.service.migrate import apply_migrations
 
-    base = database_url()
-    name = f"bench_gateway_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(base)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    dsn = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    dsn = await fresh_database("gateway")
     try:
         await apply_migrations(dsn)
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as work:
             await run(args, dsn, Path(work))
     finally:
-        admin = await asyncpg.connect(base)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(dsn)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,53 @@
-"""How fast the orchestrator rebuilds its state from the event log on the real broker.
+"""How fast a restarted orchestrator rebuilds its state from the event log, on the real broker.
 
-Writes a log of realistic pipeline events (each pipeline: submitted, then per stage dispatched,
-started, periodic checkpoints, succeeded; then pipeline succeeded) for P pipelines, then times
-``replay_partitions`` (what an orchestrator runs when it is given partitions) reading and folding
-all of it, in a fresh process each time, as a restarted orchestrator does: ``--runs`` times,
-reporting the median. The headline is an orchestrator as it runs by default, with its replay
-helper processes (one fewer than the CPUs, at most 3; started with the orchestrator, so before
-the clock starts here) folding shares of the log beside it.
+The log is written as the orchestrator writes it: transactional producers with its settings
+(idempotent, ``acks=all``, no linger), one transaction per decision, so commit markers sit
+between the small batches of a decision's events (a stage's success and the next stage's
+dispatch; a report of a started stage or a checkpoint). Each pipeline: submitted, then per
+stage dispatched, started, ``--checkpoints`` checkpoints, succeeded; then the pipeline's
+success; the pipelines of a partition interleaved, as many run at once. A transaction takes
+tens of milliseconds here, so the log is short (``--pipelines 600``, about 64,000 events) and
+written by eight producers per partition at once; the figures of a longer log differ.
 
-Baselines in the same run: the same log read one record at a time (``getone``) and decoded into
-models, as a plain consumer would; and the orchestrator folding alone (``--replay-processes 0``).
-Also printed: two orchestrator instances of one consumer group replaying half of the partitions
-each, at the same time, as a scaled-out deployment restarts.
+Then ``replay_partitions`` (what an orchestrator runs when it is given partitions) reads and
+folds all of it, in a fresh process each time, as after a restart, ``--runs`` times each way,
+alternated, the median reported:
 
-    python -m bench.replay [--pipelines 10000] [--checkpoints 10] [--baseline-events 50000]
+- alone (``--replay-processes 0``): ``in_process_events_per_s``;
+- with its replay helpers as the orchestrator starts them by default (one fewer than the CPUs,
+  at most 3), timed from before they start: their start-up is part of what a restart pays.
+  Helpers fold shares only of logs of 100,000 events or more. ``replay_events_per_s``.
+
+Baseline in the same run: the same log read one record at a time (``getone``) and decoded into
+models, as a plain consumer would. Also printed: two orchestrator instances of one consumer
+group replaying half of the partitions each, at the same time. A replay that misses an event or
+a pipeline fails the run.
+
+    python -m bench.replay [--pipelines 600] [--checkpoints 10] [--baseline-events 50000]
                            [--runs 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, cast
 
+import typer
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import drop_namespace, fresh_namespace
-from posttrain.events import Envelope, decode
-from posttrain.events.kafka import EventProducer, KafkaSettings
+from bench.common import drop_namespace, fresh_namespace, load
+from posttrain.events import Envelope, decode, encode
+from posttrain.events.kafka import KafkaSettings
+from posttrain.events.kafka.producer import partition_for
 from posttrain.events.messages import (
     CheckpointSaved,
     PipelineSubmitted,
@@ -63,6 +76,12 @@ DEPS = {
     "report": ["eval_grpo", "eval_dpo", "ppo"],
 }
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# Transactional producers writing each partition at once. The orchestrator has one per
+# partition; a transaction takes tens of milliseconds here, so one per partition would need
+# an hour for this log. The log's shape (a transaction, and so a commit marker, per decision)
+# is the same whoever writes it. librdkafka (as the metrics reporter uses), because aiokafka
+# spends about 2 ms of Python per transaction and the writing would be CPU-bound.
+WRITERS = 8
 
 
 def pipeline_log(i: int, checkpoints: int) -> list[Envelope[Any]]:
@@ -114,17 +133,80 @@ def pipeline_log(i: int, checkpoints: int) -> list[Envelope[Any]]:
     return out
 
 
-async def write_log(settings: KafkaSettings, pipelines: int, checkpoints: int) -> int:
-    total = 0
-    async with EventProducer(settings) as producer:
-        for start in range(0, pipelines, 100):
-            batch = [
-                e
-                for i in range(start, min(start + 100, pipelines))
-                for e in pipeline_log(i, checkpoints)
-            ]
-            total += await producer.send_many(Topic.PIPELINE_EVENTS, batch)
-    return total
+def decisions(events: list[Envelope[Any]]) -> list[list[Envelope[Any]]]:
+    """A pipeline's events grouped as the orchestrator decides them: a stage's dispatch goes out
+    with the event that made it ready (the submission, or the previous stage's success), and the
+    pipeline's success with its last stage's."""
+    out: list[list[Envelope[Any]]] = []
+    for envelope in events:
+        if out and isinstance(envelope.data, StageDispatched | PipelineSucceeded):
+            out[-1].append(envelope)
+        else:
+            out.append([envelope])
+    return out
+
+
+def _write_share(
+    settings: KafkaSettings, p: int, writer: int, logs: list[list[list[Envelope[Any]]]]
+) -> tuple[int, int]:
+    """One transactional producer's share of partition ``p``: its pipelines interleaved, one
+    transaction per decision."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            **settings.librdkafka_config(),
+            "transactional.id": settings.group(f"orchestrator-p{p}-{writer}"),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 0,  # as the orchestrator's: a decision's events leave at once
+        }
+    )
+    producer.init_transactions(60)
+    topic = settings.topic(Topic.PIPELINE_EVENTS)
+    events = transactions = 0
+    for round_ in itertools.zip_longest(*logs):
+        for decision in round_:
+            if decision is None:
+                continue
+            producer.begin_transaction()
+            for envelope in decision:
+                key, value, headers = encode(envelope)
+                producer.produce(
+                    topic, value=value, key=key, headers=cast(Any, headers), partition=p
+                )
+            producer.commit_transaction(60)
+            events += len(decision)
+            transactions += 1
+    return events, transactions
+
+
+async def write_log(
+    settings: KafkaSettings, pipelines: int, checkpoints: int
+) -> tuple[int, int, float]:
+    """Write the log as the orchestrator does: transactional producers with its settings
+    (idempotent, ``acks=all``, no linger), one transaction per decision, so a commit marker
+    follows every decision; the pipelines of a partition interleaved, as many run at once.
+    Returns (events, transactions, seconds)."""
+    partitions = TOPICS[Topic.PIPELINE_EVENTS].partitions
+    per_partition: dict[int, list[list[list[Envelope[Any]]]]] = {p: [] for p in range(partitions)}
+    for i in range(pipelines):
+        log = pipeline_log(i, checkpoints)
+        per_partition[partition_for(log[0].key.encode(), partitions)].append(decisions(log))
+    shares = [
+        (p, w, logs[w::WRITERS])
+        for p, logs in per_partition.items()
+        for w in range(WRITERS)
+        if logs[w::WRITERS]
+    ]
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+        written = await asyncio.gather(
+            *(loop.run_in_executor(pool, _write_share, settings, *share) for share in shares)
+        )
+    seconds = time.perf_counter() - started
+    return sum(e for e, _ in written), sum(t for _, t in written), seconds
 
 
 async def naive_replay(settings: KafkaSettings, limit: int) -> tuple[int, float]:
@@ -153,16 +235,24 @@ async def naive_replay(settings: KafkaSettings, limit: int) -> tuple[int, float]
 
 
 async def replay_once(
-    settings: KafkaSettings, partitions: list[int], helpers: ReplayHelpers | None
+    settings: KafkaSettings, partitions: list[int], processes: int
 ) -> dict[str, Any]:
-    """What one orchestrator instance does when it is given ``partitions``; timed."""
+    """What a restarted orchestrator instance does once it is given ``partitions``, timed from
+    before its replay helpers start (their start-up is part of what a restart pays)."""
     started = time.time()
-    states, count = await replay_partitions(settings, partitions, helpers)
-    finished = time.time()
+    helpers = ReplayHelpers(processes) if processes else None
+    try:
+        states, count = await replay_partitions(settings, partitions, helpers)
+        finished = time.time()
+        folded = helpers.shares_folded if helpers is not None else 0
+    finally:
+        if helpers is not None:
+            helpers.close()
     return {
         "events": count,
         "pipelines": sum(len(s) for s in states.values()),
         "succeeded": sum(1 for s in states.values() for p in s.values() if p.status == "succeeded"),
+        "helper_shares": folded,
         "started": started,
         "finished": finished,
     }
@@ -180,9 +270,7 @@ def replay_in_processes(
                 "-m",
                 "bench.replay",
                 "--child",
-                settings.namespace,
-                json.dumps(g),
-                str(helpers),
+                json.dumps([settings.namespace, g, helpers]),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -190,7 +278,7 @@ def replay_in_processes(
         )
         for g in groups
     ]
-    for child in children:  # each says "ready" once imported and connected
+    for child in children:  # each says "ready" once imported
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
     for child in children:
         assert child.stdin is not None
@@ -207,61 +295,42 @@ def replay_in_processes(
 
 async def child(namespace: str, partitions: list[int], processes: int) -> None:
     settings = replace(KafkaSettings.from_env(client_id="bench-replay"), namespace=namespace)
-    # As the orchestrator does: helpers start with it, before it is given partitions.
-    helpers = ReplayHelpers(processes) if processes else None
-    if helpers is not None:
-        helpers.wait_started()
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    try:
-        print(json.dumps(await replay_once(settings, partitions, helpers)), flush=True)
-    finally:
-        if helpers is not None:
-            helpers.close()
+    print(json.dumps(await replay_once(settings, partitions, processes)), flush=True)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pipelines", type=int, default=10_000)
-    parser.add_argument("--checkpoints", type=int, default=10)
-    parser.add_argument("--baseline-events", type=int, default=50_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument(
-        "--child", nargs=3, metavar=("NAMESPACE", "PARTITIONS", "HELPERS"), help="internal"
-    )
-    args = parser.parse_args()
-    if args.child:
-        await child(args.child[0], json.loads(args.child[1]), int(args.child[2]))
-        return
+async def run(pipelines: int, checkpoints: int, baseline_events: int, runs: int) -> None:
     settings = await fresh_namespace("replay", [Topic.PIPELINE_EVENTS])
     try:
-        t = time.perf_counter()
-        total = await write_log(settings, args.pipelines, args.checkpoints)
+        total, transactions, seconds = await write_log(settings, pipelines, checkpoints)
         print(
-            f"events_written: {total} ({args.pipelines} pipelines) "
-            f"in {time.perf_counter() - t:.1f} s"
+            f"log: {total} events of {pipelines} pipelines in {transactions} transactions (one per"
+            f" decision), written in {seconds:.1f} s ({load()})"
         )
-        n, naive_s = await naive_replay(settings, min(args.baseline_events, total))
+        n, naive_s = await naive_replay(settings, min(baseline_events, total))
         naive_rate = n / naive_s
-        print(f"naive_replay_events_per_s: {naive_rate:,.0f} (getone, {n} events)")
+        print(f"naive_replay_events_per_s: {naive_rate:,.0f} (getone, {n} events; {load()})")
         partitions = list(range(TOPICS[Topic.PIPELINE_EVENTS].partitions))
         half = len(partitions) // 2
         (a, b) = replay_in_processes(settings, [partitions[:half], partitions[half:]])
         both = (a["events"] + b["events"]) / (
             max(a["finished"], b["finished"]) - min(a["started"], b["started"])
         )
-        print(f"two_instances_events_per_s: {both:,.0f} (half of the partitions each)")
+        print(f"two_instances_events_per_s: {both:,.0f} (half of the partitions each; {load()})")
         # Alternated, so that both see the same moments of a machine whose speed drifts.
         rates: dict[str, list[float]] = {"alone": [], "with_helpers": []}
-        for run in range(args.runs):
+        for run_ in range(runs):
             for label, helpers in (("alone", 0), ("with_helpers", DEFAULT_PROCESSES)):
                 (r,) = replay_in_processes(settings, [partitions], helpers)
-                assert r["events"] == total and r["pipelines"] == args.pipelines == r["succeeded"]
+                # A miss counts: a replay that lost events or pipelines fails the run.
+                assert r["events"] == total and r["pipelines"] == pipelines == r["succeeded"], r
                 rates[label].append(r["events"] / (r["finished"] - r["started"]))
                 print(
-                    f"run {run + 1} {label} ({helpers} helper processes): replayed {r['events']} "
-                    f"events into {r['pipelines']} pipelines in "
-                    f"{r['finished'] - r['started']:.2f} s ({rates[label][-1]:,.0f}/s)"
+                    f"run {run_ + 1} {label} ({helpers} helper processes, {r['helper_shares']} "
+                    f"shares folded by them): {r['events']} events into {r['pipelines']} "
+                    f"pipelines in {r['finished'] - r['started']:.2f} s "
+                    f"({rates[label][-1]:,.0f}/s; {load()})"
                 )
         medians = {label: statistics.median(values) for label, values in rates.items()}
         print(f"in_process_events_per_s: {medians['alone']:,.0f} (--replay-processes 0)")
@@ -272,5 +341,22 @@ async def main() -> None:
         await drop_namespace(settings)
 
 
+def main(
+    pipelines: Annotated[int, typer.Option(help="pipelines in the log")] = 600,
+    checkpoints: Annotated[int, typer.Option(help="checkpoints per stage")] = 10,
+    baseline_events: Annotated[int, typer.Option(help="events read by the naive loop")] = 50_000,
+    runs: Annotated[int, typer.Option(help="replays of each kind; the median is reported")] = 3,
+    child_args: Annotated[str | None, typer.Option("--child", hidden=True)] = None,
+) -> None:
+    """Orchestrator replay of a transactional log, alone and with its replay helpers."""
+    if child_args is not None:
+        namespace, partitions, helpers = json.loads(child_args)
+        asyncio.run(child(namespace, partitions, helpers))
+        return
+    asyncio.run(run(pipelines, checkpoints, baseline_events, runs))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(main)
+    app()
