@@ -1,5 +1,7 @@
 """Fixtures over the real stack: the broker named by KAFKA_BOOTSTRAP_SERVERS and the PostgreSQL
-server named by DATABASE_URL (both started by `posttrain stack up`; `make test` does it).
+server named by DATABASE_URL (both started by `posttrain stack up`; `make test` does it), or,
+with POSTTRAIN_TEST_STACK=containers, both started in Docker for the run
+(`posttrain.testing.stack_choice`, `posttrain.testing.containers`).
 
 Each test run gets its own topic namespace and its own database, so runs never see each other's
 data; each bus test gets a fresh namespace of its own. Everything is deleted at the end.
@@ -9,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,9 +26,46 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from posttrain.events.kafka import EventProducer, KafkaSettings, ensure_topics
 from posttrain.service.settings import database_url as service_database_url
+from posttrain.testing.stack_choice import StackChoiceError, StackKind, require_stack
 
 RUN_ID = f"t{uuid.uuid4().hex[:8]}"
 _counter = itertools.count(1)
+
+# --- the stack: local, or containers started for this run ---------------------------------------
+
+_STACK_KIND_KEY = pytest.StashKey[StackKind]()
+_CONTAINERS_KEY = pytest.StashKey[ExitStack]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Choose the stack before any fixture reads its addresses. With containers, start them and
+    point KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL at them, so that every settings object and
+    every service a test starts finds them as it finds the local stack."""
+    try:
+        kind = require_stack(os.environ)
+    except StackChoiceError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_STACK_KIND_KEY] = kind
+    if kind is StackKind.CONTAINERS:
+        from posttrain.testing.containers import containers_stack
+
+        containers = config.stash[_CONTAINERS_KEY] = ExitStack()
+        os.environ.update(containers.enter_context(containers_stack()).environment())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    containers = config.stash.get(_CONTAINERS_KEY, None)
+    if containers is not None:
+        containers.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    database = urlsplit(service_database_url())
+    return (
+        f"test stack: {config.stash[_STACK_KIND_KEY]} (Kafka at "
+        f"{KafkaSettings.from_env().bootstrap_servers}, PostgreSQL at "
+        f"{database.hostname}:{database.port or 5432})"
+    )
 
 
 def _require_port(address: str, what: str) -> None:
