@@ -50,7 +50,14 @@ def pytest_configure(config: pytest.Config) -> None:
         from posttrain.testing.containers import containers_stack
 
         containers = config.stash[_CONTAINERS_KEY] = ExitStack()
-        os.environ.update(containers.enter_context(containers_stack()).environment())
+        try:
+            addresses = containers.enter_context(containers_stack())
+        except Exception as exc:  # a pull, a start or the preparation: say which, stop the run
+            raise pytest.UsageError(
+                f"POSTTRAIN_TEST_STACK=containers: starting Kafka and PostgreSQL in Docker "
+                f"failed: {exc!r}"
+            ) from exc
+        os.environ.update(addresses.environment())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -77,6 +77,13 @@ def kafka_environment() -> dict[str, str]:
     }
 
 
+def _host(container: DockerContainer) -> str:
+    """The address the test process reaches a container's mapped ports at. "localhost" may
+    resolve to ::1 first, where Docker need not listen: the local stack's rule, 127.0.0.1."""
+    host = container.get_container_host_ip()
+    return "127.0.0.1" if host == "localhost" else host
+
+
 class KRaftKafkaContainer(DockerContainer):
     """One combined broker and controller, configured by `kafka_environment`.
 
@@ -97,7 +104,7 @@ class KRaftKafkaContainer(DockerContainer):
 
     def bootstrap_servers(self) -> str:
         """The client address, as seen from the test process."""
-        return f"{self.get_container_host_ip()}:{self.get_exposed_port(CLIENT_PORT)}"
+        return f"{_host(self)}:{self.get_exposed_port(CLIENT_PORT)}"
 
     def start(self) -> Self:
         super().start()
@@ -148,7 +155,7 @@ def containers_stack() -> Iterator[StackAddresses]:
         )
         addresses = StackAddresses(
             bootstrap_servers=kafka.bootstrap_servers(),
-            database_url=postgres.get_connection_url(),
+            database_url=postgres.get_connection_url(host=_host(postgres)),
         )
         asyncio.run(asyncio.wait_for(_prepare(addresses), PREPARE_TIMEOUT_S))
         yield addresses
