@@ -147,3 +147,22 @@ def test_the_containers_broker_is_configured_like_the_local_one() -> None:
     assert {k: v for k, v in local.items() if k not in differing} == {
         k: v for k, v in container.items() if k not in differing
     }
+
+
+def test_the_containers_addresses_reach_every_settings_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the session exports when it starts containers is what the fixtures' settings and
+    # every service read: nothing downstream needs to know which stack it runs on.
+    from posttrain.events.kafka import KafkaSettings
+    from posttrain.service.settings import database_url
+    from posttrain.testing.containers import StackAddresses
+
+    addresses = StackAddresses(
+        bootstrap_servers="127.0.0.1:32771",
+        database_url="postgresql://posttrain:posttrain@127.0.0.1:32772/posttrain",
+    )
+    for name, value in addresses.environment().items():
+        monkeypatch.setenv(name, value)
+    assert KafkaSettings.from_env().bootstrap_servers == addresses.bootstrap_servers
+    assert database_url() == addresses.database_url

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 
 ENV_VAR = "POSTTRAIN_TEST_STACK"
+PROBE_TIMEOUT_S = 10
 
 
 class StackKind(StrEnum):
@@ -52,7 +53,8 @@ def docker_engine_problem() -> str | None:
     except ImportError as exc:
         return f"testcontainers is not installed ({exc}); `make install` installs it"
     try:
-        DockerClient().client.ping()
+        # A short timeout: an engine that does not answer within it is as good as absent.
+        DockerClient(timeout=PROBE_TIMEOUT_S).client.ping()
     except Exception as exc:  # docker's, requests' and the socket's errors alike: all say "no"
         return f"{type(exc).__name__}: {exc}"
     return None
