@@ -12,6 +12,7 @@ import re
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,8 @@ def _settings_env_names(tree: ast.AST) -> Iterator[tuple[str, str]]:
                 yield prefix, f"{prefix}{item.target.id}".upper()
 
 
-def env_names_read_by_code() -> set[str]:
+@cache
+def env_names_read_by_code() -> frozenset[str]:
     """Every environment variable name the services' code spells: string constants shaped like
     one (``os.environ.get("KAFKA_BOOTSTRAP_SERVERS")``, ``AliasChoices("DATABASE_URL")``, typer's
     ``envvar=``), and the names pydantic-settings derives from an ``env_prefix`` and a field."""
@@ -204,10 +206,10 @@ def env_names_read_by_code() -> set[str]:
                 names.add(name)
     # A name ending in "_" is a prefix the code reads any name under (POSTTRAIN_SECRET_<NAME>);
     # a settings class's prefix is not: only its fields' names are read.
-    return names - prefixes
+    return frozenset(names - prefixes)
 
 
-def env_name_is_read(name: str, read: set[str]) -> bool:
+def env_name_is_read(name: str, read: frozenset[str]) -> bool:
     return name in read or any(p.endswith("_") and name.startswith(p) for p in read)
 
 
