@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from faust.types import _env as faust_env
 
 from posttrain.diagnostics import recorder
 from posttrain.gateway import main as gateway_main
@@ -63,8 +64,8 @@ def _served_address(container: Container) -> tuple[str, int]:
         return http.rpartition(":")[0], port_of(http)
     if (port := c.option("--http-port")) is not None:  # the agent
         return c.option("--http-host") or "127.0.0.1", int(port)
-    if (port := c.option("--web-port")) is not None:  # the diagnostics stream (Faust binds all)
-        return "0.0.0.0", int(port)
+    if (port := c.option("--web-port")) is not None:  # the diagnostics stream: Faust's server
+        return faust_env.WEB_BIND, int(port)
     if (port := c.option("--port")) is not None:  # the gateway
         return c.option("--host") or "127.0.0.1", int(port)
     raise AssertionError(f"{c.where}: no address for /healthz on {c.command}")
