@@ -120,8 +120,11 @@ def test_every_declared_topic_has_a_kafka_topic_as_the_code_declares_it():
         topic = topics[spec.name]
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
         assert topic["spec"]["partitions"] == spec.partitions, spec.name
-        assert {k: str(v) for k, v in topic["spec"]["config"].items()} == spec.configs(), spec.name
-        assert 1 <= topic["spec"]["replicas"] <= brokers
+        config = {k: str(v) for k, v in topic["spec"]["config"].items()}
+        assert {k: config.get(k) for k in spec.configs()} == spec.configs(), spec.name
+        # Beyond what the code declares, only what a replicated cluster adds.
+        assert set(config) - set(spec.configs()) == {"min.insync.replicas"}, spec.name
+        assert 1 <= int(config["min.insync.replicas"]) < topic["spec"]["replicas"] <= brokers
 
 
 def test_the_services_reach_the_kafka_cluster_and_database_deployed():
