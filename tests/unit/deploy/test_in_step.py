@@ -83,13 +83,19 @@ def test_every_service_is_deployed(where):
     assert set(DEFAULT_PORTS) == service_targets()
 
 
+def _command_words(container: Container) -> tuple[str, ...]:
+    """The words that name the command: ``posttrain gateway``, ``posttrain-ingest``."""
+    command = container.command
+    return tuple(command[:2] if command[0] == "posttrain" else command[:1])
+
+
 @pytest.fixture(scope="module")
-def help_texts() -> dict[tuple[str, ...], str]:
-    """``--help`` of each distinct command the files run (in parallel: each imports a service)."""
+def help_texts(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], str]:
+    """``--help`` of each distinct command the files run (in parallel: each imports a service),
+    with a home of its own so that nothing is written where a user's state lives."""
     bin_dir = Path(sys.executable).parent
-    commands = {
-        tuple(c.command[:2] if c.command[0] == "posttrain" else c.command[:1]) for c in SERVICES
-    }
+    home = tmp_path_factory.mktemp("home")
+    commands = {_command_words(c) for c in SERVICES}
 
     def run(words: tuple[str, ...]) -> str:
         done = subprocess.run(
@@ -97,7 +103,7 @@ def help_texts() -> dict[tuple[str, ...], str]:
             capture_output=True,
             text=True,
             timeout=60,
-            env={"COLUMNS": "300", "PATH": str(bin_dir), "HOME": str(ROOT)},
+            env={"COLUMNS": "300", "PATH": str(bin_dir), "HOME": str(home)},
         )
         assert done.returncode == 0, f"{' '.join(words)} --help: {done.stderr}"
         return done.stdout
@@ -108,9 +114,7 @@ def help_texts() -> dict[tuple[str, ...], str]:
 
 @pytest.mark.parametrize("container", SERVICES, ids=_id)
 def test_each_option_is_one_the_command_takes(container, help_texts):
-    words = tuple(
-        container.command[:2] if container.command[0] == "posttrain" else container.command[:1]
-    )
+    words = _command_words(container)
     text = help_texts[words]
     missing = [o for o in container.options() if o not in text.split() and f"{o}," not in text]
     assert not missing, f"{container.where}: {' '.join(words)} takes no {missing}"
