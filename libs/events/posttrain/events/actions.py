@@ -10,7 +10,7 @@ dropped; ``tests/unit/test_actions.py`` fails if the policy can ask for one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import get_args
+from typing import cast, get_args
 
 from posttrain.events.messages.agent import (
     AdjustLearningRate,
@@ -107,11 +107,14 @@ def refusal_reason(task: str, params: Mapping[str, object], action: str) -> str:
     return f"a {task} stage cannot take {action!r}{takes}"
 
 
-_COMMANDS_BY_NAME: Mapping[str, type[StageControl]] = {
-    action: cls for action, cls in ACTION_COMMANDS.items()
-}
-
-
 def command_for(action: str) -> type[StageControl] | None:
     """The agent command for ``action``, or None when no command carries it."""
-    return _COMMANDS_BY_NAME.get(action)
+    # An unknown name is simply absent: the cast only widens the key type for the lookup.
+    return ACTION_COMMANDS.get(cast(ActionKind, action))
+
+
+def action_of(command: StageControl | str) -> ActionKind | None:
+    """The action a control command carries, from the command or its wire name (a control
+    line's ``type``); None for a command that carries no action."""
+    name = command if isinstance(command, str) else command.TYPE
+    return COMMAND_ACTIONS.get(name)

@@ -37,6 +37,7 @@ from posttrain.diagnostics.core.messages import anomaly_detected
 from posttrain.diagnostics.core.state import JobState
 from posttrain.diagnostics.queries import aget_anomalies
 from posttrain.events import Envelope
+from posttrain.events.failures import mentions_oom
 from posttrain.events.kafka import EventProducer
 from posttrain.events.messages.diagnostics import AnomalyDetected
 from posttrain.events.messages.metrics import MetricPoint
@@ -262,6 +263,6 @@ def _oom_attempts(row: asyncpg.Record) -> list[dict[str, Any]]:
         for a in items
         if isinstance(a, dict) and (a.get("failure_kind") == "oom" or a.get("kind") == "oom")
     ]
-    if not ooms and "out of memory" in str(row["error"] or "").lower():
+    if not ooms and mentions_oom(str(row["error"] or "")):
         ooms = [{}]
     return ooms

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.events import Envelope
+from posttrain.events.actions import action_of
 from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
 from posttrain.events.messages import Message, RunStage, StageControl
 from posttrain.events.topics import Topic
 from posttrain.service.http import EndpointServer
 from posttrain.trainer_agent.core.decide import (
-    CONTROL_KINDS,
     ControlReceived,
     Decision,
     LaunchFailed,
@@ -268,7 +268,7 @@ class Agent:
         self.stats.commands[message.TYPE] += 1
         if isinstance(message, RunStage):
             await self._observe(RunReceived(message, time.time()), message.command_id)
-        elif isinstance(message, StageControl) and type(message) in CONTROL_KINDS:
+        elif isinstance(message, StageControl) and action_of(message) is not None:
             await self._observe(ControlReceived(message, time.time()), message.run_command_id)
 
     # --- monitoring stage processes ------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from posttrain.events.actions import ACTION_COMMANDS
+from posttrain.events.actions import action_of
 from posttrain.events.messages import (
     ActionApplied,
     ActionKind,
@@ -51,10 +51,6 @@ from posttrain.trainer_agent.core.outcomes import (
 )
 from posttrain.trainer_agent.core.state import Entry, Status, usage
 
-# Every control command and the action it carries (one table, in libs/events).
-CONTROL_KINDS: dict[type[Message], ActionKind] = {
-    cls: action for action, cls in ACTION_COMMANDS.items()
-}
 # What a control line in the stage's control file carries besides its type.
 ROUTING_FIELDS = frozenset({"agent_id", "run_command_id", "pipeline_id", "stage", "attempt"})
 
@@ -315,7 +311,8 @@ def control_verdict(entry: Entry | None, kind: ActionKind) -> tuple[str, str]:
 
 def _control(entries: Mapping[str, Entry], obs: ControlReceived, setup: Setup) -> Decision:
     command = obs.command
-    kind = CONTROL_KINDS[type(command)]
+    kind = action_of(command)
+    assert kind is not None  # the shell observes only commands that carry an action
     entry = entries.get(command.run_command_id)
     verdict, reason = control_verdict(entry, kind)
     if verdict == "refuse":

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from posttrain.trainer_agent.core.failure import kind_from_log
+from posttrain.events.failures import kind_from_text
 from posttrain.trainer_agent.metrics_file import metrics_file_path
 from posttrain.trainer_agent.stage_files import LOG, file_size, read_tail
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
@@ -91,7 +91,7 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
         log_tail = read_tail(ctx.attempt_dir / LOG, log_size_before)
         raise CommandFailed(
             f"command exited with status {code}",
-            kind_from_log(log_tail),
+            kind_from_text(log_tail),
             {"log_tail": log_tail, **outputs},
         )
     if ctx.config.get("checkpoint"):
