@@ -22,7 +22,7 @@ from posttrain.events.messages.agent import (
     StageControl,
 )
 from posttrain.events.messages.pipeline import ActionKind
-from posttrain.events.tasks import merged_params, uses_verl
+from posttrain.events.tasks import CommandAccept, merged_params, uses_verl
 
 ALL_ACTIONS: frozenset[ActionKind] = frozenset(get_args(ActionKind))
 
@@ -58,7 +58,7 @@ TASK_ACTIONS: Mapping[str, frozenset[ActionKind]] = {
 # What a ``command`` stage may declare in ``params.accepts`` beyond cancel: ``pause`` stops the
 # program (SIGTERM to its group) and ``resume`` starts the same argv again, for a program that
 # goes on from its own checkpoints when restarted. Nothing else can reach an arbitrary program.
-COMMAND_ACCEPTS: frozenset[ActionKind] = frozenset({"pause"})
+COMMAND_ACCEPTS: frozenset[ActionKind] = frozenset(get_args(CommandAccept))
 
 # A train_model stage run by verl (PPO, or GRPO with ``backend: verl``): verl has no callback, so
 # the agent stops it and relaunches it from its last checkpoint (pause/resume, a new learning
