@@ -33,7 +33,7 @@ def train(**config):
             "stage 'a', field 'params.config.batch_size': Input should be greater than or equal",
         ),
         (
-            train(reward_funcs="exact_match"),
+            train(reward_funcs=3),
             "stage 'a', field 'params.config.reward_funcs': Input should be a valid list",
         ),
         (
@@ -81,6 +81,8 @@ def test_what_validates_is_what_the_agent_reads():
         "local",
     )
     assert not read.on_verl
+    one = task_params("run_evaluation", {"model_path": "m", "reward_funcs": "exact_match"})
+    assert one.reward_funcs == ["exact_match"]  # one name stands for a list of one
     command = task_params("command", {"argv": ["echo", "hi"], "accepts": ["pause"]})
     assert isinstance(command, CommandParams)
     assert (command.argv, command.accepts, command.env) == (["echo", "hi"], ["pause"], {})

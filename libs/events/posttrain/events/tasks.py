@@ -221,6 +221,11 @@ def _one_of(choices: Iterable[str], value: Any, note: str = "") -> str:
     return f"must be one of {sorted(choices)}{note}, got {value!r}"
 
 
+def _names(value: Any) -> Any:
+    """One name may stand for a list of one (``reward_funcs: exact_match``)."""
+    return [value] if isinstance(value, str) else value
+
+
 def _strings(value: Any, message: str) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
         raise ValueError(message)
@@ -325,6 +330,8 @@ class TrainParams(TaskParams):
             raise ValueError(f"must be 'trl' or 'verl' (ppo runs on verl only), got {value!r}")
         return value
 
+    _reward_funcs = field_validator("reward_funcs", mode="before")(_names)
+
     @property
     def on_verl(self) -> bool:
         """Whether verl runs this stage (``uses_verl``)."""
@@ -341,6 +348,8 @@ class EvaluationParams(TaskParams):
     batch_size: int | None = Field(None, ge=1)
     max_new_tokens: int | None = Field(None, ge=1)
     reward_funcs: list[str] | None = None
+
+    _reward_funcs = field_validator("reward_funcs", mode="before")(_names)
 
 
 # What a ``command`` stage may declare in ``accepts`` beyond cancel (actions.COMMAND_ACCEPTS).
