@@ -265,7 +265,7 @@ class TrainParams(TaskParams):
     warmup_steps: int | None = Field(None, ge=0)
     max_grad_norm: Number | None = None
     seed: int | None = None
-    save_steps: int | None = Field(None, ge=1)
+    save_steps: int | None = Field(None, ge=0)  # 0: no periodic checkpoints
     save_total_limit: int | None = Field(None, ge=1)
     max_length: int | None = Field(None, ge=1)
     kl_coef: Number | None = None
