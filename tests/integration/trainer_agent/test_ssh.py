@@ -219,7 +219,7 @@ stage = RunStage(command_id="p:train:1", agent_id="a", pipeline_id="p", stage="t
                  attempt=1, job_id=sys.argv[1], task="python", params={})
 writer = create_metrics_file_writer(stage.job_id, os.environ["POSTTRAIN_METRICS_DIR"])
 ctx = StageContext(run=stage, attempt_dir=run_dir, work_dir=run_dir / "work", reporter=writer,
-                   inbox=ControlInbox(run_dir, 0), outbox=EventOutbox(run_dir))
+                   inbox=ControlInbox(run_dir, 0), outbox=EventOutbox(run_dir, stage))
 outputs = run(ctx, steps=2000, step_s=0.01, lr=0.05)
 writer.close()
 (run_dir / "result.json").write_text(json.dumps({"status": "paused", "outputs": outputs,

@@ -122,7 +122,7 @@ def serve(
         work_dir=work_dir,
         reporter=reporter,
         inbox=ControlInbox(attempt_dir, int(spec.get("control_offset", 0))),
-        outbox=EventOutbox(attempt_dir, enabled=ranks.is_main),
+        outbox=EventOutbox(attempt_dir, run_stage, enabled=ranks.is_main),
         resume_from=spec.get("resume_from"),
         config=stage_config(run_stage.params),
         ranks=ranks,

@@ -1,9 +1,15 @@
-"""The reports a stage process asks the agent to relay (its events file), as messages."""
+"""The reports a stage process asks the agent to relay (its events file), as messages.
+
+A line is a message as the codec writes it (``stage_files.append_message``); a bare
+``{"type": ..., fields}`` line, as stage processes wrote before, is still read."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
+from posttrain.events.codec import DecodeError, decode
 from posttrain.events.messages import ActionApplied, ActionRefused, CheckpointSaved, Message
 from posttrain.trainer_agent.core.outcomes import entry_fields
 from posttrain.trainer_agent.core.state import Entry
@@ -12,6 +18,15 @@ from posttrain.trainer_agent.core.state import Entry
 def event_message(entry: Entry, event: dict[str, Any], agent_id: str) -> Message | None:
     """The report for one line of the stage's events file; None for a line of another type."""
     fields = entry_fields(entry, agent_id)
+    if isinstance(event.get("data"), dict) and "version" in event:
+        try:
+            message = decode(orjson.dumps(event)).data
+        except DecodeError:
+            return None  # a report no reader can make sense of is not relayed
+        if not isinstance(message, CheckpointSaved | ActionApplied | ActionRefused):
+            return None
+        # The agent's journal is the authority on where its stage runs.
+        return message.model_copy(update=fields)
     if event.get("type") == "CheckpointSaved":
         return CheckpointSaved(
             **fields,
