@@ -19,7 +19,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Read by the platform for every task, not by the task itself.
 COMMON_PARAMS: frozenset[str] = frozenset(
@@ -286,11 +294,12 @@ class TrainParams(TaskParams):
     verl_command: list[str] | None = None
     verl_overrides: list[str] | None = None
 
-    @field_validator("algorithm", mode="before")
+    @field_validator("algorithm", "run_mode", mode="before")
     @classmethod
-    def _algorithm(cls, value: Any) -> Any:
-        if value not in ALGORITHMS:
-            raise ValueError(_one_of(ALGORITHMS, value))
+    def _choice(cls, value: Any, info: ValidationInfo) -> Any:
+        choices = ALGORITHMS if info.field_name == "algorithm" else RUN_MODES
+        if value not in choices:
+            raise ValueError(_one_of(choices, value))
         return value
 
     @field_validator("model_path", mode="before")
@@ -314,13 +323,6 @@ class TrainParams(TaskParams):
             not isinstance(value, int) or isinstance(value, bool) or value < 1
         ):
             raise ValueError(f"must be a positive integer, got {value!r}")
-        return value
-
-    @field_validator("run_mode", mode="before")
-    @classmethod
-    def _run_mode(cls, value: Any) -> Any:
-        if value not in RUN_MODES:
-            raise ValueError(_one_of(RUN_MODES, value))
         return value
 
     @field_validator("backend", mode="before")
