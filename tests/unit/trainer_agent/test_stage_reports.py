@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from posttrain.events.messages import ActionApplied, ActionRefused, CheckpointSaved, RunStage
-from posttrain.trainer_agent.core.reports import event_message
+from posttrain.trainer_agent.core.reports import checkpoint_path, event_message
 from posttrain.trainer_agent.core.state import Entry, Status
 from posttrain.trainer_agent.stage_files import EVENTS, EventOutbox
 
@@ -70,3 +70,12 @@ def test_a_line_of_no_report_type_is_not_relayed(tmp_path):
     outbox.checkpoint_saved(1, "/c", "scheduled")
     (tmp_path / EVENTS).open("ab").write(b'{"type":"Nope","version":1,"data":{}}\n')
     assert [type(m) for m in _relayed(tmp_path)] == [CheckpointSaved, type(None)]
+
+
+def test_the_checkpoint_a_line_reports_is_read_in_either_form(tmp_path):
+    EventOutbox(tmp_path, RUN).checkpoint_saved(2, "/c/checkpoint-2", "scheduled")
+    EventOutbox(tmp_path, RUN).action_applied("a1", "pause", 2, {})
+    lines = [orjson.loads(x) for x in (tmp_path / EVENTS).read_bytes().splitlines()]
+    assert [checkpoint_path(x) for x in lines] == ["/c/checkpoint-2", None]
+    bare = {"type": "CheckpointSaved", "step": 3, "path": "/c/checkpoint-3"}
+    assert checkpoint_path(bare) == "/c/checkpoint-3"

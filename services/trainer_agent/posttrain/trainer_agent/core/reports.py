@@ -15,10 +15,23 @@ from posttrain.trainer_agent.core.outcomes import entry_fields
 from posttrain.trainer_agent.core.state import Entry
 
 
+def checkpoint_path(event: dict[str, Any]) -> str | None:
+    """The path a line of the events file reports saved (a CheckpointSaved, in either form)."""
+    data = event.get("data") if _is_message(event) else event
+    if event.get("type") != "CheckpointSaved" or not isinstance(data, dict):
+        return None
+    return str(data["path"]) if data.get("path") else None
+
+
+def _is_message(event: dict[str, Any]) -> bool:
+    """A line as the codec writes a message (type, version, data), not a bare older line."""
+    return isinstance(event.get("data"), dict) and "version" in event
+
+
 def event_message(entry: Entry, event: dict[str, Any], agent_id: str) -> Message | None:
     """The report for one line of the stage's events file; None for a line of another type."""
     fields = entry_fields(entry, agent_id)
-    if isinstance(event.get("data"), dict) and "version" in event:
+    if _is_message(event):
         try:
             message = decode(orjson.dumps(event)).data
         except DecodeError:
