@@ -46,6 +46,19 @@ class CommandFailed(Exception):
         self.kind = kind
         self.details = details
 
+    @classmethod
+    def from_log(
+        cls, program: str, code: int, log: Path, since: int, outputs: dict[str, Any]
+    ) -> CommandFailed:
+        """``program`` exited with ``code``: the failure, classified (OOM or error) by what the
+        log gained since ``since``, which its details quote."""
+        log_tail = read_tail(log, since)
+        return cls(
+            f"{program} exited with status {code}",
+            kind_from_text(log_tail),
+            {"log_tail": log_tail, **outputs},
+        )
+
 
 def run_command(ctx: StageContext) -> dict[str, Any]:
     params = ctx.read_params(CommandParams)
@@ -86,11 +99,8 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
     if ctx.stop_reason in ("cancel", "pause"):
         return {"stopped": ctx.stop_reason, "step": 0, **outputs}
     if code != 0:
-        log_tail = read_tail(ctx.attempt_dir / LOG, log_size_before)
-        raise CommandFailed(
-            f"command exited with status {code}",
-            kind_from_text(log_tail),
-            {"log_tail": log_tail, **outputs},
+        raise CommandFailed.from_log(
+            "command", code, ctx.attempt_dir / LOG, log_size_before, outputs
         )
     if params.checkpoint:
         outputs["checkpoint"] = params.checkpoint
