@@ -1,14 +1,27 @@
-"""The events file between a stage process and its agent holds codec-encoded messages; a bare
-line, as stage processes wrote before, is still relayed as the same report."""
+"""The files between an agent and its stage process (events.jsonl, control.jsonl) hold
+codec-encoded messages; a bare line, as they were written before, is still read the same."""
 
 from __future__ import annotations
 
 import orjson
 
-from posttrain.events.messages import ActionApplied, ActionRefused, CheckpointSaved, RunStage
+from posttrain.events.messages import (
+    ActionApplied,
+    ActionRefused,
+    AdjustLearningRate,
+    CheckpointSaved,
+    RunStage,
+)
 from posttrain.trainer_agent.core.reports import checkpoint_path, event_message
 from posttrain.trainer_agent.core.state import Entry, Status
-from posttrain.trainer_agent.stage_files import EVENTS, EventOutbox
+from posttrain.trainer_agent.stage_files import (
+    CONTROL,
+    EVENTS,
+    ControlInbox,
+    EventOutbox,
+    append_line,
+    append_message,
+)
 
 RUN = RunStage(
     command_id="p:train:1",
@@ -79,3 +92,26 @@ def test_the_checkpoint_a_line_reports_is_read_in_either_form(tmp_path):
     assert [checkpoint_path(x) for x in lines] == ["/c/checkpoint-2", None]
     bare = {"type": "CheckpointSaved", "step": 3, "path": "/c/checkpoint-3"}
     assert checkpoint_path(bare) == "/c/checkpoint-3"
+
+
+def test_a_control_command_is_written_as_a_message_and_read_like_a_bare_line(tmp_path):
+    lr = AdjustLearningRate(
+        action_id="lr-1",
+        agent_id="agent-1",
+        run_command_id=RUN.command_id,
+        pipeline_id="p",
+        stage="train",
+        attempt=1,
+        reason="grad explosion",
+        factor=0.5,
+    )
+    append_message(tmp_path / CONTROL, lr, key="p")
+    append_line(tmp_path / CONTROL, {"type": "ForceCheckpoint", "action_id": "ck-1"})
+    first = orjson.loads((tmp_path / CONTROL).read_bytes().splitlines()[0])
+    assert (first["type"], first["data"]["factor"]) == ("AdjustLearningRate", 0.5)
+    directive = ControlInbox(tmp_path, 0).poll()
+    assert (directive.lr_factor, directive.save) == (0.5, True)
+    assert [(a.action_id, a.action) for a in directive.applied] == [
+        ("lr-1", "adjust_learning_rate"),
+        ("ck-1", "force_checkpoint"),
+    ]

@@ -59,7 +59,7 @@ from posttrain.trainer_agent.relay import EventRelay
 from posttrain.trainer_agent.stage_files import (
     CONTROL,
     LOG,
-    append_line,
+    append_message,
     read_json,
     read_tail,
     result_path,
@@ -384,7 +384,8 @@ class Agent:
             elif isinstance(action, WriteControl):
                 entry = self.journal.get(action.command_id)
                 assert entry is not None
-                append_line(Path(entry.attempt_dir) / CONTROL, action.line)
+                control = action.command
+                append_message(Path(entry.attempt_dir) / CONTROL, control, control.pipeline_id)
                 if entry.status is Status.RUNNING and entry.launch is not None:
                     await self._supervisor(entry.launch).push(
                         handle_of(entry.launch), Path(entry.attempt_dir)

@@ -4,7 +4,8 @@ Each RunStage command has a directory on the agent's disk::
 
     spec-<n>.json     what launch n runs (the RunStage, where to resume, control offset)
     stage.log         stdout and stderr of every launch of this attempt, appended
-    control.jsonl     control commands, appended by the agent, read at each step boundary
+    control.jsonl     control commands, appended by the agent as codec-encoded messages, read
+                      at each step boundary
     events.jsonl      CheckpointSaved / ActionApplied / ActionRefused, appended by the stage
                       as codec-encoded messages (``append_message``), published by the agent
     result-<n>.json   how launch n ended, written once, atomically
@@ -35,7 +36,7 @@ from posttrain.events.messages import (
 )
 from posttrain.trainer_agent.core.control import StepDirective, at_step_boundary
 from posttrain.trainer_agent.core.failure import tail
-from posttrain.trainer_agent.core.lines import complete_lines
+from posttrain.trainer_agent.core.lines import complete_lines, line_fields
 
 CONTROL = "control.jsonl"
 EVENTS = "events.jsonl"
@@ -152,7 +153,9 @@ class ControlInbox:
     def poll(self) -> StepDirective:
         if not self._follower.changed():  # the common case: one stat() per step
             return StepDirective()
-        directive = at_step_boundary(self._follower.read(), frozenset(self._applied))
+        # A bare line (written by an older agent, or by hand) is read as it is.
+        commands = [f for f in map(line_fields, self._follower.read()) if f is not None]
+        directive = at_step_boundary(commands, frozenset(self._applied))
         self._applied.update(a.action_id for a in directive.applied)
         return directive
 

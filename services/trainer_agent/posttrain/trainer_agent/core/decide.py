@@ -51,9 +51,6 @@ from posttrain.trainer_agent.core.outcomes import (
 )
 from posttrain.trainer_agent.core.state import Entry, Status, usage
 
-# What a control line in the stage's control file carries besides its type.
-ROUTING_FIELDS = frozenset({"agent_id", "run_command_id", "pipeline_id", "stage", "attempt"})
-
 
 @dataclass(frozen=True, slots=True)
 class Setup:
@@ -168,10 +165,11 @@ class SignalStage:
 
 @dataclass(frozen=True, slots=True)
 class WriteControl:
-    """Append this line to the stage's control file and hand it on to the process."""
+    """Append this command to the stage's control file (as the codec writes it) and hand it on
+    to the process."""
 
     command_id: str
-    line: JsonDict
+    command: StageControl
 
 
 Action = Record | Send | Start | SignalStage | WriteControl
@@ -319,8 +317,7 @@ def _control(entries: Mapping[str, Entry], obs: ControlReceived, setup: Setup) -
         return _refuse(command, kind, entry, reason, setup)
     assert entry is not None
     if verdict in ("forward", "queue"):
-        line = command.model_dump(mode="json", exclude=set(ROUTING_FIELDS))
-        actions: list[Action] = [WriteControl(entry.command_id, {"type": command.TYPE, **line})]
+        actions: list[Action] = [WriteControl(entry.command_id, command)]
         if kind == "cancel" and entry.launch is not None and entry.stop is None:
             term_at = obs.now + setup.cancel_grace_s
             actions.append(

@@ -7,35 +7,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from posttrain.events.codec import DecodeError, decode
 from posttrain.events.messages import ActionApplied, ActionRefused, CheckpointSaved, Message
+from posttrain.trainer_agent.core.lines import is_message, line_fields, line_message
 from posttrain.trainer_agent.core.outcomes import entry_fields
 from posttrain.trainer_agent.core.state import Entry
 
 
 def checkpoint_path(event: dict[str, Any]) -> str | None:
     """The path a line of the events file reports saved (a CheckpointSaved, in either form)."""
-    data = event.get("data") if _is_message(event) else event
-    if event.get("type") != "CheckpointSaved" or not isinstance(data, dict):
+    fields = line_fields(event)
+    if fields is None or fields.get("type") != "CheckpointSaved" or not fields.get("path"):
         return None
-    return str(data["path"]) if data.get("path") else None
-
-
-def _is_message(event: dict[str, Any]) -> bool:
-    """A line as the codec writes a message (type, version, data), not a bare older line."""
-    return isinstance(event.get("data"), dict) and "version" in event
+    return str(fields["path"])
 
 
 def event_message(entry: Entry, event: dict[str, Any], agent_id: str) -> Message | None:
     """The report for one line of the stage's events file; None for a line of another type."""
     fields = entry_fields(entry, agent_id)
-    if _is_message(event):
-        try:
-            message = decode(orjson.dumps(event)).data
-        except DecodeError:
-            return None  # a report no reader can make sense of is not relayed
+    if is_message(event):
+        message = line_message(event)  # None: a report no reader can make sense of
         if not isinstance(message, CheckpointSaved | ActionApplied | ActionRefused):
             return None
         # The agent's journal is the authority on where its stage runs.
