@@ -84,18 +84,6 @@ class StageContext:
             )
         return value
 
-    def require(self, key: str, kind: type | tuple[type, ...] = str) -> Any:
-        value = self.config.get(key)
-        if value is None or not isinstance(value, kind):
-            expected = (
-                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            )
-            raise StageError(
-                f"stage {self.run.stage!r} ({self.run.task}): params.config.{key} is required "
-                f"({expected}), got {value!r}"
-            )
-        return value
-
     # --- the StageControls protocol of hf_callback -------------------------------------------
 
     def poll_control(self, step: int | None = None) -> StepDirective:
