@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from posttrain.events.codec import decode
 from posttrain.events.messages import MetricsReported
 from posttrain.events.tasks import SshConfig
 from posttrain.events.topics import Topic
@@ -203,6 +205,13 @@ async def test_control_events_outputs_and_files_travel_both_ways(
     assert '"action_id":"a1"' in text and '"type":"ForceCheckpoint"' in text
 
 
+def _report(line: dict[str, Any]) -> dict[str, Any]:
+    """A line of the remote events file as fields: a stage process writes each report as the
+    codec writes a message (type, version, data)."""
+    message = decode(orjson.dumps(line)).data
+    return {"type": message.TYPE, **message.model_dump()}
+
+
 # A real (tiny) torch training on the remote host, wired like a stage process: the platform's
 # StageContext reads control.jsonl at each step boundary and writes events.jsonl; the metrics go
 # through posttrain's file writer (the remote host has no broker to reach).
@@ -219,7 +228,7 @@ stage = RunStage(command_id="p:train:1", agent_id="a", pipeline_id="p", stage="t
                  attempt=1, job_id=sys.argv[1], task="python", params={})
 writer = create_metrics_file_writer(stage.job_id, os.environ["POSTTRAIN_METRICS_DIR"])
 ctx = StageContext(run=stage, attempt_dir=run_dir, work_dir=run_dir / "work", reporter=writer,
-                   inbox=ControlInbox(run_dir, 0), outbox=EventOutbox(run_dir))
+                   inbox=ControlInbox(run_dir, 0), outbox=EventOutbox(run_dir, stage))
 outputs = run(ctx, steps=2000, step_s=0.01, lr=0.05)
 writer.close()
 (run_dir / "result.json").write_text(json.dumps({"status": "paused", "outputs": outputs,
@@ -233,7 +242,9 @@ async def test_a_real_training_runs_remotely_and_obeys_forwarded_controls(
     job = "job-ssh-train"
     reporter = _reporter(job, kafka_settings, tmp_path)
     events: list[dict[str, Any]] = []
-    sup = SshRunner(ssh_config, tmp_path / "state", reporter, on_event=events.append)
+    sup = SshRunner(
+        ssh_config, tmp_path / "state", reporter, on_event=lambda e: events.append(_report(e))
+    )
     await sup.start(
         RemoteLaunch(
             name="train-1",

@@ -280,7 +280,7 @@ SSH = {"host": "gpu-1", "user": "ml", "key_secret": "gpu-key", "remote_dir": "/s
         (
             {"run_mode": "ssh", "ssh_config": {**SSH, "agent": True}},
             "params.config.ssh_config",
-            "Value error, name exactly one of key_secret or agent: true",
+            "name exactly one of key_secret or agent: true",
         ),
         (
             {"run_mode": "local", "ssh_config": SSH},

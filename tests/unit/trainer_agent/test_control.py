@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from posttrain.trainer_agent.core.control import Rollback, at_step_boundary
-from posttrain.trainer_agent.core.failure import is_oom_exception, kind_from_log
 
 
 def _cmd(type_: str, action_id: str, **fields):
@@ -64,11 +63,3 @@ def test_one_rollback_per_boundary_the_one_that_goes_back_furthest():
     assert [(r.action_id, r.reason) for r in directive.refused] == [
         ("late", "rollback early covers it")
     ]
-
-
-def test_oom_is_recognised_by_exception_class_or_by_log():
-    assert is_oom_exception(["builtins.RuntimeError", "torch.OutOfMemoryError"])
-    assert is_oom_exception(["torch.cuda.OutOfMemoryError"])
-    assert not is_oom_exception(["builtins.MemoryErrorX"])
-    assert kind_from_log("torch.OutOfMemoryError: CUDA out of memory. Tried") == "oom"
-    assert kind_from_log("ValueError: bad") == "error"

@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from posttrain.events.codec import decode  # noqa: E402
 from posttrain.events.messages import RunStage  # noqa: E402
 from posttrain.trainer_agent.hf_callback import PosttrainCallback  # noqa: E402
 from posttrain.trainer_agent.stage_files import (  # noqa: E402
@@ -92,7 +93,7 @@ def _train(tmp_path: Path, controls: dict[int, Any], poison_at: int | None = Non
         work_dir=tmp_path,
         reporter=report,  # type: ignore[arg-type]
         inbox=ControlInbox(tmp_path, 0),
-        outbox=EventOutbox(tmp_path),
+        outbox=EventOutbox(tmp_path, run),
     )
     callback = PosttrainCallback(report, stage=ctx)
     args = transformers.TrainingArguments(
@@ -117,7 +118,8 @@ def _train(tmp_path: Path, controls: dict[int, Any], poison_at: int | None = Non
     callback.attach(trainer)
     trainer.train()
     ctx.refuse_unanswered(None, "the stage ended")
-    events = [json.loads(line) for line in (tmp_path / EVENTS).read_text().splitlines()]
+    lines = (tmp_path / EVENTS).read_bytes().splitlines()
+    events = [{"type": m.TYPE, **m.model_dump()} for m in (decode(x).data for x in lines)]
     return trainer, points, events
 
 

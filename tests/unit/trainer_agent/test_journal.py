@@ -171,7 +171,8 @@ def test_a_cancel_is_forwarded_and_the_stop_scheduled_from_the_observed_time():
     entries = fold_records(_records())
     decision = decide(entries, ControlReceived(_control(CancelStage), 100.0), ROOMY)
     write, stop = decision.actions
-    assert write.line == {"type": "CancelStage", "action_id": "x1", "reason": ""}
+    assert type(write.command) is CancelStage
+    assert (write.command.action_id, write.command.reason) == ("x1", "")
     assert (stop.event.term_at, stop.event.kill_at) == (130.0, 145.0)
     lr = decide(entries, ControlReceived(_control(AdjustLearningRate, factor=0.5), 1.0), ROOMY)
     assert lr.name == "forward" and len(lr.actions) == 1

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from posttrain.events.codec import decode
 from posttrain.events.messages import RunStage
 from posttrain.trainer_agent.stage_files import (
     CONTROL,
@@ -34,13 +34,15 @@ def _context(tmp_path: Path, task: str = "python") -> StageContext:
         work_dir=tmp_path,
         reporter=None,  # type: ignore[arg-type]
         inbox=ControlInbox(tmp_path, 0),
-        outbox=EventOutbox(tmp_path),
+        outbox=EventOutbox(tmp_path, run),
     )
 
 
 def _events(tmp_path: Path) -> list[dict]:
+    """The stage's reports, each read back by the codec (a message, as the agent relays it)."""
     path = tmp_path / EVENTS
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    lines = path.read_bytes().splitlines() if path.exists() else []
+    return [{"type": m.TYPE, **m.model_dump()} for m in (decode(x).data for x in lines)]
 
 
 def test_a_control_the_task_ignores_is_refused_at_the_next_boundary(tmp_path):

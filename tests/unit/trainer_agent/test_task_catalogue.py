@@ -20,8 +20,11 @@ TASK_MODULES = {
     "command": "command.py",
     "python": "python_entry.py",
 }
-# cfg.get("x"), cfg["x"], ctx.config.get("x"), ctx.config["x"], ctx.require("x")
-READ = re.compile(r"""(?:cfg|config)(?:\.get\(\s*|\[)"(\w+)"|require\("(\w+)\"""")
+# cfg.get("x"), cfg["x"], ctx.config.get("x"), ctx.config["x"], ctx.require("x"), and the typed
+# read through the task's params model: params.x (``params.config.x`` in a message is not one).
+READ = re.compile(
+    r"""(?:cfg|config)(?:\.get\(\s*|\[)"(\w+)"|require\("(\w+)\"|\bparams\.(?!config\b)(\w+)"""
+)
 # Read by the platform, not by a task: ``run_mode`` and ``ssh_config`` choose the supervisor
 # that runs the stage (``supervisors.choice``, ``supervisors.ssh``); ``nproc_per_node`` too, and
 # the stage process, which starts the task's ranks (``ranks.stage_ranks``).
@@ -39,7 +42,7 @@ def test_the_agent_runs_every_task_of_the_catalogue_and_no_other() -> None:
 @pytest.mark.parametrize("task", sorted(TASK_MODULES))
 def test_every_parameter_a_task_reads_is_in_the_catalogue(task: str) -> None:
     source = (Path(agent_tasks.__file__).parent / TASK_MODULES[task]).read_text()
-    read = {a or b for a, b in READ.findall(source)}
+    read = {a or b or c for a, b, c in READ.findall(source)}
     assert read, f"no parameter reads found in {TASK_MODULES[task]}: the pattern is stale"
     if task == "train_model":
         # A stage on verl (tasks/verl.py) reads its params through the catalogue's model.

@@ -10,7 +10,7 @@ dropped; ``tests/unit/test_actions.py`` fails if the policy can ask for one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import get_args
+from typing import cast, get_args
 
 from posttrain.events.messages.agent import (
     AdjustLearningRate,
@@ -22,7 +22,7 @@ from posttrain.events.messages.agent import (
     StageControl,
 )
 from posttrain.events.messages.pipeline import ActionKind
-from posttrain.events.tasks import merged_params, uses_verl
+from posttrain.events.tasks import CommandAccept, merged_params, uses_verl
 
 ALL_ACTIONS: frozenset[ActionKind] = frozenset(get_args(ActionKind))
 
@@ -58,7 +58,7 @@ TASK_ACTIONS: Mapping[str, frozenset[ActionKind]] = {
 # What a ``command`` stage may declare in ``params.accepts`` beyond cancel: ``pause`` stops the
 # program (SIGTERM to its group) and ``resume`` starts the same argv again, for a program that
 # goes on from its own checkpoints when restarted. Nothing else can reach an arbitrary program.
-COMMAND_ACCEPTS: frozenset[ActionKind] = frozenset({"pause"})
+COMMAND_ACCEPTS: frozenset[ActionKind] = frozenset(get_args(CommandAccept))
 
 # A train_model stage run by verl (PPO, or GRPO with ``backend: verl``): verl has no callback, so
 # the agent stops it and relaunches it from its last checkpoint (pause/resume, a new learning
@@ -107,11 +107,14 @@ def refusal_reason(task: str, params: Mapping[str, object], action: str) -> str:
     return f"a {task} stage cannot take {action!r}{takes}"
 
 
-_COMMANDS_BY_NAME: Mapping[str, type[StageControl]] = {
-    action: cls for action, cls in ACTION_COMMANDS.items()
-}
-
-
 def command_for(action: str) -> type[StageControl] | None:
     """The agent command for ``action``, or None when no command carries it."""
-    return _COMMANDS_BY_NAME.get(action)
+    # An unknown name is simply absent: the cast only widens the key type for the lookup.
+    return ACTION_COMMANDS.get(cast(ActionKind, action))
+
+
+def action_of(command: StageControl | str) -> ActionKind | None:
+    """The action a control command carries, from the command or its wire name (a control
+    line's ``type``); None for a command that carries no action."""
+    name = command if isinstance(command, str) else command.TYPE
+    return COMMAND_ACTIONS.get(name)

@@ -6,7 +6,9 @@ refuses, with the reason, an option that is here but that no agent can carry out
 tasks read exactly these names (each task module's docstring describes them).
 
 Params may be flat or under ``params.config`` (the seed's shape); ``config`` wins where both name
-a key.
+a key. Each task has a params model (pydantic, unknown keys refused): the validator reports its
+errors field by field, and the agent's task reads its settings through the same model
+(``task_params``), so a stage that validates is one the agent can read.
 """
 
 from __future__ import annotations
@@ -15,9 +17,17 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Read by the platform for every task, not by the task itself.
 COMMON_PARAMS: frozenset[str] = frozenset(
@@ -26,81 +36,6 @@ COMMON_PARAMS: frozenset[str] = frozenset(
         "config",  # the seed's nesting of a task's settings
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    name: str
-    params: frozenset[str]
-
-
-_TRAIN_PARAMS = frozenset(
-    {
-        "algorithm",
-        "model_path",
-        "train_data_path",
-        "eval_data_path",
-        "num_epochs",
-        "max_steps",
-        "learning_rate",
-        "batch_size",
-        "gradient_accumulation_steps",
-        "lr_scheduler_type",
-        "warmup_steps",
-        "max_grad_norm",
-        "seed",
-        "save_steps",
-        "save_total_limit",
-        "max_length",
-        "kl_coef",
-        "beta",
-        "num_generations",
-        "max_completion_length",
-        "temperature",
-        "reward_funcs",
-        "num_threads",
-        # Processes (ranks) of a CPU stage, torchrun's name; a GPU stage runs one per GPU.
-        "nproc_per_node",
-        "trainer_args",
-        "callbacks",
-        "resume",
-        "run_mode",
-        "ssh_config",
-        "backend",
-        "verl_command",
-        "verl_overrides",
-    }
-)
-
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec(
-            "preprocess_dataset",
-            frozenset({"input_path", "model_path", "output_dir", "max_rows"}),
-        ),
-        TaskSpec("train_model", _TRAIN_PARAMS),
-        TaskSpec(
-            "run_evaluation",
-            frozenset(
-                {
-                    "model_path",
-                    "models",
-                    "eval_data_path",
-                    "max_rows",
-                    "batch_size",
-                    "max_new_tokens",
-                    "reward_funcs",
-                }
-            ),
-        ),
-        TaskSpec(
-            "command",
-            frozenset({"argv", "env", "cwd", "metrics_file", "checkpoint", "accepts"}),
-        ),
-        TaskSpec("python", frozenset({"entrypoint", "kwargs"})),
-    )
-}
 
 
 # --- train_model on verl ------------------------------------------------------------------
@@ -276,3 +211,251 @@ class SshConfig(BaseModel):
         if (self.key_secret is None) == (not self.agent):
             raise ValueError("name exactly one of key_secret or agent: true")
         return self
+
+
+# --- the params model of each task ------------------------------------------------------------
+
+
+class TaskParams(BaseModel):
+    """The settings of a stage of one task (``merged_params``: flat or under ``config``, the
+    platform's own keys left out). Unknown keys are refused; values keep their JSON types
+    (strict: ``"3"`` is not a number). A ``ValueError`` raised here is the message the validator
+    shows, under the field's name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _one_of(choices: Iterable[str], value: Any, note: str = "") -> str:
+    return f"must be one of {sorted(choices)}{note}, got {value!r}"
+
+
+def _names(value: Any) -> Any:
+    """One name may stand for a list of one (``reward_funcs: exact_match``)."""
+    return [value] if isinstance(value, str) else value
+
+
+def _strings(value: Any, message: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+        raise ValueError(message)
+    return value
+
+
+ALGORITHMS: frozenset[str] = frozenset({"sft", "dpo", "grpo", "ppo"})
+RUN_MODES: frozenset[str] = frozenset({"local", "ssh"})
+BACKENDS: frozenset[str] = frozenset({"trl", "verl"})
+# A number a user writes as an integer or a decimal (never a string, never a boolean).
+Number = Annotated[float, Field(strict=False)]
+
+
+class PreprocessParams(TaskParams):
+    """``preprocess_dataset``: tokenise a JSONL file for the stages after it."""
+
+    input_path: str | None = None
+    model_path: str = "tiny-llama"
+    output_dir: str | None = None
+    max_rows: int | None = Field(None, ge=0)
+
+
+class TrainParams(TaskParams):
+    """``train_model`` on TRL (sft, dpo, grpo), and what every train_model stage may say; a
+    stage on verl (``uses_verl``) is read by ``VerlParams`` as well."""
+
+    algorithm: str = Field("", validate_default=True)
+    model_path: str = Field("", validate_default=True)
+    train_data_path: str | None = None
+    eval_data_path: str | None = None
+    num_epochs: Number | None = None
+    max_steps: Number | None = None
+    learning_rate: Number | None = None
+    batch_size: int | None = Field(None, ge=1)
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+    lr_scheduler_type: str | None = None
+    warmup_steps: int | None = Field(None, ge=0)
+    max_grad_norm: Number | None = None
+    seed: int | None = None
+    save_steps: int | None = Field(None, ge=0)  # 0: no periodic checkpoints
+    save_total_limit: int | None = Field(None, ge=1)
+    max_length: int | None = Field(None, ge=1)
+    kl_coef: Number | None = None
+    beta: Number | None = None
+    num_generations: int | None = Field(None, ge=1)
+    max_completion_length: int | None = Field(None, ge=1)
+    temperature: Number | None = None
+    reward_funcs: list[str] | None = None
+    num_threads: int | None = Field(None, ge=1)
+    # Processes (ranks) of a CPU stage, torchrun's name; a GPU stage runs one per GPU.
+    nproc_per_node: int | None = None
+    trainer_args: dict[str, Any] | None = None
+    callbacks: list[str | dict[str, Any]] | None = None
+    resume: bool | None = None
+    run_mode: str = "local"
+    ssh_config: SshConfig | None = None
+    backend: str | None = None
+    verl_command: list[str] | None = None
+    verl_overrides: list[str] | None = None
+
+    @field_validator("algorithm", "run_mode", mode="before")
+    @classmethod
+    def _choice(cls, value: Any, info: ValidationInfo) -> Any:
+        choices = ALGORITHMS if info.field_name == "algorithm" else RUN_MODES
+        if value not in choices:
+            raise ValueError(_one_of(choices, value))
+        return value
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _model_path(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            raise ValueError("a model directory or reference")
+        return value
+
+    @field_validator("num_epochs", "kl_coef", "learning_rate", "max_steps", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise ValueError("must be a number")
+        return value
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _ranks(cls, value: Any) -> Any:
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ValueError(f"must be a positive integer, got {value!r}")
+        return value
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, value: Any) -> Any:
+        if value is not None and value not in BACKENDS:
+            raise ValueError(f"must be 'trl' or 'verl' (ppo runs on verl only), got {value!r}")
+        return value
+
+    _reward_funcs = field_validator("reward_funcs", mode="before")(_names)
+
+    @property
+    def on_verl(self) -> bool:
+        """Whether verl runs this stage (``uses_verl``)."""
+        return self.algorithm == "ppo" or self.backend == "verl"
+
+
+class EvaluationParams(TaskParams):
+    """``run_evaluation``: score one or more models on an eval set."""
+
+    model_path: str | None = None
+    models: list[str] | None = None
+    eval_data_path: str | None = None
+    max_rows: int | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    reward_funcs: list[str] | None = None
+
+    _reward_funcs = field_validator("reward_funcs", mode="before")(_names)
+
+
+# What a ``command`` stage may declare in ``accepts`` beyond cancel (actions.COMMAND_ACCEPTS).
+CommandAccept = Literal["pause"]
+
+
+class CommandParams(TaskParams):
+    """``command``: any program (an external trainer such as verl), run in its own process
+    group; it reports through its metrics file."""
+
+    argv: list[str] = Field(default_factory=list, validate_default=True)
+    env: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    cwd: str | None = None
+    metrics_file: str | None = None
+    checkpoint: str | None = None
+    accepts: list[str] = Field(default_factory=list)
+
+    @field_validator("argv", mode="before")
+    @classmethod
+    def _argv(cls, value: Any) -> Any:
+        return _strings(value, "command needs a non-empty list of strings")
+
+    @field_validator("accepts", mode="before")
+    @classmethod
+    def _accepts(cls, value: Any) -> Any:
+        known = get_args(CommandAccept)
+        if not isinstance(value, list) or not all(a in known for a in value):
+            raise ValueError(
+                "a list of the actions the program takes beyond cancel, among "
+                f"{', '.join(sorted(known))}, got {value!r}"
+            )
+        return value
+
+
+class PythonParams(TaskParams):
+    """``python``: call ``module:function`` in the stage process with the stage's context."""
+
+    entrypoint: str = Field("", validate_default=True)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("entrypoint", mode="before")
+    @classmethod
+    def _entrypoint(cls, value: Any) -> Any:
+        if not isinstance(value, str) or value.count(":") != 1:
+            raise ValueError("python needs 'module:function'")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task of the catalogue: its name and the model of its params."""
+
+    name: str
+    model: type[TaskParams]
+
+    @property
+    def params(self) -> frozenset[str]:
+        """Every parameter the task reads."""
+        return frozenset(self.model.model_fields)
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("preprocess_dataset", PreprocessParams),
+        TaskSpec("train_model", TrainParams),
+        TaskSpec("run_evaluation", EvaluationParams),
+        TaskSpec("command", CommandParams),
+        TaskSpec("python", PythonParams),
+    )
+}
+
+
+def task_params(task: str, params: Mapping[str, Any]) -> TaskParams:
+    """A stage's params read by its task's model (flat or under ``config``); raises
+    ``ValidationError`` naming each bad or unknown key, ``KeyError`` for an unknown task."""
+    return TASKS[task].model.model_validate(merged_params(params))
+
+
+def param_errors(task: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(param, message) for each bad value of a stage's params, as its task's model (and, for a
+    stage on verl, ``VerlParams``) sees them; unknown keys are left to the caller, which knows
+    where each one was written. Empty when they are fine."""
+    config = merged_params(params)
+    out: dict[str, str] = {}
+    try:
+        TASKS[task].model.model_validate(config)
+    except ValidationError as exc:
+        out.update(_messages(exc))
+    if task == "train_model" and uses_verl(config):
+        # A verl stage reads fewer params than TRL's; each one it would ignore is refused.
+        # ``backend`` is left to the caller: ppo with backend trl is a rule of two fields.
+        for name, why in verl_param_errors(config):
+            if name != "backend":
+                out.setdefault(name, why)
+    return list(out.items())
+
+
+def _messages(exc: ValidationError) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for err in exc.errors():
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            continue  # an unknown param: the caller names it where it was written
+        name = ".".join(str(p) for p in err["loc"]) or "(params)"
+        custom = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
+        out.setdefault(name, str(custom) if custom is not None else err["msg"])
+    return out

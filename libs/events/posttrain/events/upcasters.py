@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from posttrain.events.failures import kind_from_text
+
 Data = dict[str, Any]
 Upcaster = Callable[[Data], Data]
 UpcasterTable = Mapping[tuple[str, int], Upcaster]
@@ -38,9 +40,7 @@ def upcast(
 
 def _stage_failed_v1_to_v2(data: Data) -> Data:
     # v1 carried only the error text; v2 classifies the failure so that OOMs can be acted on.
-    error = str(data.get("error", ""))
-    lowered = error.lower()
-    kind = "oom" if ("out of memory" in lowered or "outofmemoryerror" in lowered) else "error"
+    kind = kind_from_text(str(data.get("error", "")))
     return {**data, "kind": kind, "details": data.get("details", {})}
 
 

@@ -34,6 +34,7 @@ import asyncpg
 import orjson
 
 from posttrain.events import Envelope, Message
+from posttrain.events.failures import mentions_oom
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.events.messages import (
     CancelPipeline,
@@ -462,7 +463,7 @@ def _oom_attempts(row: asyncpg.Record) -> list[FailedAttempt]:
     ooms = [
         a for a in items if isinstance(a, dict) and "oom" in (a.get("failure_kind"), a.get("kind"))
     ]
-    if not ooms and "out of memory" in str(row["error"] or "").lower():
+    if not ooms and mentions_oom(str(row["error"] or "")):
         ooms = [{}]
     return [
         FailedAttempt(

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.events import Envelope
+from posttrain.events.actions import action_of
 from posttrain.events.kafka import EventConsumer, EventProducer, KafkaSettings
 from posttrain.events.messages import Message, RunStage, StageControl
 from posttrain.events.topics import Topic
 from posttrain.service.http import EndpointServer
 from posttrain.trainer_agent.core.decide import (
-    CONTROL_KINDS,
     ControlReceived,
     Decision,
     LaunchFailed,
@@ -59,7 +59,7 @@ from posttrain.trainer_agent.relay import EventRelay
 from posttrain.trainer_agent.stage_files import (
     CONTROL,
     LOG,
-    append_line,
+    append_message,
     read_json,
     read_tail,
     result_path,
@@ -269,7 +269,7 @@ class Agent:
         self.stats.commands[message.TYPE] += 1
         if isinstance(message, RunStage):
             await self._observe(RunReceived(message, time.time()), message.command_id)
-        elif isinstance(message, StageControl) and type(message) in CONTROL_KINDS:
+        elif isinstance(message, StageControl) and action_of(message) is not None:
             await self._observe(ControlReceived(message, time.time()), message.run_command_id)
 
     # --- monitoring stage processes ------------------------------------------------------------
@@ -393,7 +393,8 @@ class Agent:
             elif isinstance(action, WriteControl):
                 entry = self.journal.get(action.command_id)
                 assert entry is not None
-                append_line(Path(entry.attempt_dir) / CONTROL, action.line)
+                control = action.command
+                append_message(Path(entry.attempt_dir) / CONTROL, control, control.pipeline_id)
                 if entry.status is Status.RUNNING and entry.launch is not None:
                     await self._supervisor(entry.launch).push(
                         handle_of(entry.launch), Path(entry.attempt_dir)

@@ -4,9 +4,10 @@ Each RunStage command has a directory on the agent's disk::
 
     spec-<n>.json     what launch n runs (the RunStage, where to resume, control offset)
     stage.log         stdout and stderr of every launch of this attempt, appended
-    control.jsonl     control commands, appended by the agent, read at each step boundary
-    events.jsonl      CheckpointSaved / ActionApplied / ActionRefused, appended by the stage,
-                      published by the agent
+    control.jsonl     control commands, appended by the agent as codec-encoded messages, read
+                      at each step boundary
+    events.jsonl      CheckpointSaved / ActionApplied / ActionRefused, appended by the stage
+                      as codec-encoded messages (``append_message``), published by the agent
     result-<n>.json   how launch n ended, written once, atomically
     result-<n>.rank<r>.json   how rank r of a multi-rank launch failed (``rank_launch``)
 
@@ -24,9 +25,19 @@ from typing import Any
 
 import orjson
 
+from posttrain.events import Envelope
+from posttrain.events.codec import encode
+from posttrain.events.messages import (
+    ActionApplied,
+    ActionRefused,
+    CheckpointSaved,
+    Message,
+    RunStage,
+)
 from posttrain.events.metricfile import complete_lines
 from posttrain.trainer_agent.core.control import StepDirective, at_step_boundary
 from posttrain.trainer_agent.core.failure import tail
+from posttrain.trainer_agent.core.lines import line_fields
 
 CONTROL = "control.jsonl"
 EVENTS = "events.jsonl"
@@ -64,6 +75,18 @@ def append_line(path: Path, doc: Any) -> int:
     line = orjson.dumps(doc) + b"\n"
     with open(path, "ab") as fh:
         fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return fh.tell()
+
+
+def append_message(path: Path, message: Message, key: str) -> int:
+    """Append one message as the codec writes it to Kafka (type, version and data in one JSON
+    line), so that its reader upcasts and validates it like any other; returns the file's
+    size after it."""
+    _, value, _ = encode(Envelope.create(message, key=key))
+    with open(path, "ab") as fh:
+        fh.write(value + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
         return fh.tell()
@@ -131,56 +154,57 @@ class ControlInbox:
     def poll(self) -> StepDirective:
         if not self._follower.changed():  # the common case: one stat() per step
             return StepDirective()
-        directive = at_step_boundary(self._follower.read(), frozenset(self._applied))
+        # A bare line (written by an older agent, or by hand) is read as it is.
+        commands = [f for f in map(line_fields, self._follower.read()) if f is not None]
+        directive = at_step_boundary(commands, frozenset(self._applied))
         self._applied.update(a.action_id for a in directive.applied)
         return directive
 
 
 class EventOutbox:
-    """The stage's side of the events file. A multi-rank stage's ranks other than 0 have a
-    silent one (``enabled=False``): rank 0 reports what every rank did."""
+    """The stage's side of the events file: the reports of the stage ``run`` runs, as messages.
+    A multi-rank stage's ranks other than 0 have a silent one (``enabled=False``): rank 0
+    reports what every rank did."""
 
-    def __init__(self, attempt_dir: Path, *, enabled: bool = True) -> None:
+    def __init__(self, attempt_dir: Path, run: RunStage, *, enabled: bool = True) -> None:
         self.path = attempt_dir / EVENTS
         self.enabled = enabled
+        self._key = run.pipeline_id
+        self._routing: dict[str, Any] = {
+            "pipeline_id": run.pipeline_id,
+            "stage": run.stage,
+            "attempt": run.attempt,
+            "command_id": run.command_id,
+            "agent_id": run.agent_id,
+            "job_id": run.job_id,
+        }
 
-    def _append(self, doc: dict[str, Any]) -> None:
+    def _append(self, message: Message) -> None:
         if self.enabled:
-            append_line(self.path, doc)
+            append_message(self.path, message, self._key)
 
     def checkpoint_saved(
         self, step: int, path: str, reason: str, non_finite: tuple[str, ...] = ()
     ) -> None:
         self._append(
-            {
-                "type": "CheckpointSaved",
-                "step": step,
-                "path": path,
-                "reason": reason,
-                "non_finite": list(non_finite),
-            },
+            CheckpointSaved.model_validate(
+                {
+                    **self._routing,
+                    "step": step,
+                    "path": path,
+                    "reason": reason,
+                    "non_finite": list(non_finite),
+                }
+            )
         )
 
+    # ``action`` is a name read from the control file: the message checks it is an ActionKind.
     def action_refused(self, action_id: str, action: str, step: int | None, reason: str) -> None:
-        self._append(
-            {
-                "type": "ActionRefused",
-                "action_id": action_id,
-                "action": action,
-                "step": step,
-                "reason": reason,
-            },
-        )
+        fields = {"action_id": action_id, "action": action, "step": step, "reason": reason}
+        self._append(ActionRefused.model_validate({**self._routing, **fields}))
 
     def action_applied(
         self, action_id: str, action: str, step: int, details: dict[str, Any]
     ) -> None:
-        self._append(
-            {
-                "type": "ActionApplied",
-                "action_id": action_id,
-                "action": action,
-                "step": step,
-                "details": details,
-            },
-        )
+        fields = {"action_id": action_id, "action": action, "step": step, "details": details}
+        self._append(ActionApplied.model_validate({**self._routing, **fields}))

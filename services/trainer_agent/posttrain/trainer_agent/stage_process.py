@@ -28,11 +28,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from posttrain.events.failures import is_oom_exception
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.settings import DEFAULT_BOOTSTRAP
 from posttrain.events.messages import RunStage
 from posttrain.events.tasks import stage_config
-from posttrain.trainer_agent.core.failure import is_oom_exception, tail
+from posttrain.trainer_agent.core.failure import tail
 from posttrain.trainer_agent.metrics_file import FileReporter
 from posttrain.trainer_agent.ranks import Ranks, SilentReporter, stage_ranks
 from posttrain.trainer_agent.reporting import TrainingCallback
@@ -121,7 +122,7 @@ def serve(
         work_dir=work_dir,
         reporter=reporter,
         inbox=ControlInbox(attempt_dir, int(spec.get("control_offset", 0))),
-        outbox=EventOutbox(attempt_dir, enabled=ranks.is_main),
+        outbox=EventOutbox(attempt_dir, run_stage, enabled=ranks.is_main),
         resume_from=spec.get("resume_from"),
         config=stage_config(run_stage.params),
         ranks=ranks,

@@ -67,7 +67,14 @@ def action_json(action: Action) -> dict[str, Any]:
     if isinstance(action, SignalStage):
         return {"signal": action.signal, "command_id": action.command_id}
     assert isinstance(action, WriteControl)
-    return {"control": action.line, "command_id": action.command_id}
+    # The command's own fields, as the histories were recorded (its routing fields are those
+    # of the observed command, which the history already holds).
+    control = action.command
+    line = control.model_dump(mode="json", exclude=_ROUTING)
+    return {"control": {"type": control.TYPE, **line}, "command_id": action.command_id}
+
+
+_ROUTING = frozenset({"agent_id", "run_command_id", "pipeline_id", "stage", "attempt"})
 
 
 def entry_json(entry: Entry) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from posttrain.diagnostics.core.config import Severity
+from posttrain.events.messages.diagnostics import Severity
 
 
 class AnomalyType(StrEnum):

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from posttrain.events.messages.diagnostics import Severity as Severity  # libs/events owns it
 from posttrain.events.messages.metrics import CORE_FIELDS
 from posttrain.events.messages.pipeline import ActionKind as ActionKind  # libs/events owns it
 
@@ -253,9 +254,6 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-Severity = Literal["info", "warning", "critical"]
 
 
 class ActionRule(_Config):

@@ -11,20 +11,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from posttrain.events.actions import COMMAND_ACCEPTS
 from posttrain.events.messages import Resources, RetryPolicy, StageSpec
 from posttrain.events.tasks import (
     COMMON_PARAMS,
     TASKS,
-    SshConfig,
+    param_errors,
     stage_config,
     suggestion,
     uses_verl,
-    verl_param_errors,
 )
-
-ALGORITHMS: frozenset[str] = frozenset({"sft", "dpo", "grpo", "ppo"})
-RUN_MODES: frozenset[str] = frozenset({"local", "ssh"})
 
 # ${stage.checkpoint} or ${stage.outputs.<name>}
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.(checkpoint|outputs\.([A-Za-z0-9_\-]+))\}")
@@ -159,22 +154,43 @@ def _param_errors(spec: StageSpec) -> list[DagError]:
 def _ssh_errors(
     spec: StageSpec, config: Mapping[str, Any], prefix: str, run_mode: Any
 ) -> list[DagError]:
+    """ssh_config goes with run_mode ssh (its fields are checked by the task's model)."""
     where = f"{prefix}.ssh_config"
-    if run_mode != "ssh":
-        if "ssh_config" in config:
-            return [DagError(spec.name, where, "read only by a stage with run_mode: ssh")]
-        return []
-    ssh = config.get("ssh_config")
-    if not isinstance(ssh, Mapping):
+    if run_mode != "ssh" and "ssh_config" in config:
+        return [DagError(spec.name, where, "read only by a stage with run_mode: ssh")]
+    if run_mode == "ssh" and not isinstance(config.get("ssh_config"), Mapping):
         return [DagError(spec.name, where, "run_mode ssh needs ssh_config")]
-    try:
-        SshConfig.model_validate(ssh)
-    except ValidationError as exc:
-        return [
-            DagError(spec.name, ".".join([where, *map(str, err["loc"])]), err["msg"])
-            for err in exc.errors()
-        ]
     return []
+
+
+def _train_errors(spec: StageSpec, config: Mapping[str, Any], prefix: str) -> list[DagError]:
+    """What a train_model stage's params say together (each field alone is its model's)."""
+    errors = _rank_errors(spec, config, prefix)
+    errors.extend(_ssh_errors(spec, config, prefix, config.get("run_mode", "local")))
+    backend = config.get("backend")
+    if config.get("algorithm") == "ppo" and backend == "trl":
+        errors.append(
+            DagError(
+                spec.name,
+                f"{prefix}.backend",
+                f"must be 'trl' or 'verl' (ppo runs on verl only), got {backend!r}",
+            )
+        )
+    elif not uses_verl(config):
+        errors.extend(
+            DagError(spec.name, f"{prefix}.{name}", "read only by a stage on verl (backend: verl)")
+            for name in ("verl_command", "verl_overrides")
+            if name in config
+        )
+    elif spec.resources.gpus < 1:
+        errors.append(
+            DagError(
+                spec.name,
+                "resources.gpus",
+                "a stage on verl needs at least 1 GPU (verl's trainer.n_gpus_per_node)",
+            )
+        )
+    return errors
 
 
 def _task_errors(spec: StageSpec) -> list[DagError]:
@@ -192,88 +208,13 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
     errors.extend(_param_errors(spec))
     config = stage_config(spec.params)
     prefix = "params.config" if isinstance(spec.params.get("config"), Mapping) else "params"
+    errors.extend(
+        DagError(spec.name, f"{prefix}.{name}", message)
+        for name, message in param_errors(spec.task, spec.params)
+    )
     if spec.task == "train_model":
-        algorithm = config.get("algorithm")
-        if algorithm not in ALGORITHMS:
-            errors.append(
-                DagError(
-                    spec.name,
-                    f"{prefix}.algorithm",
-                    f"must be one of {sorted(ALGORITHMS)}, got {algorithm!r}",
-                )
-            )
-        if not isinstance(config.get("model_path"), str) or not config["model_path"]:
-            errors.append(
-                DagError(spec.name, f"{prefix}.model_path", "a model directory or reference")
-            )
-        for number in ("num_epochs", "kl_coef", "learning_rate", "max_steps"):
-            if number in config and not isinstance(config[number], int | float):
-                errors.append(DagError(spec.name, f"{prefix}.{number}", "must be a number"))
-        errors.extend(_rank_errors(spec, config, prefix))
-        run_mode = config.get("run_mode", "local")
-        if run_mode not in RUN_MODES:
-            errors.append(
-                DagError(
-                    spec.name,
-                    f"{prefix}.run_mode",
-                    f"must be one of {sorted(RUN_MODES)}, got {run_mode!r}",
-                )
-            )
-        errors.extend(_ssh_errors(spec, config, prefix, run_mode))
-        backend = config.get("backend")
-        if backend not in (None, "trl", "verl") or (algorithm == "ppo" and backend == "trl"):
-            errors.append(
-                DagError(
-                    spec.name,
-                    f"{prefix}.backend",
-                    f"must be 'trl' or 'verl' (ppo runs on verl only), got {backend!r}",
-                )
-            )
-        elif not uses_verl(config):
-            errors.extend(
-                DagError(
-                    spec.name, f"{prefix}.{name}", "read only by a stage on verl (backend: verl)"
-                )
-                for name in ("verl_command", "verl_overrides")
-                if name in config
-            )
-        else:
-            # A verl stage reads fewer params than TRL's; each one it would ignore is refused.
-            errors.extend(
-                DagError(spec.name, f"{prefix}.{name}", why)
-                for name, why in verl_param_errors(config)
-                if name not in ("algorithm", "backend", "model_path")  # said above
-            )
-            if spec.resources.gpus < 1:
-                errors.append(
-                    DagError(
-                        spec.name,
-                        "resources.gpus",
-                        "a stage on verl needs at least 1 GPU (verl's trainer.n_gpus_per_node)",
-                    )
-                )
-    elif spec.task == "python":
-        entrypoint = config.get("entrypoint")
-        if not isinstance(entrypoint, str) or entrypoint.count(":") != 1:
-            errors.append(
-                DagError(spec.name, f"{prefix}.entrypoint", "python needs 'module:function'")
-            )
-    elif spec.task == "command":
-        argv = config.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            errors.append(
-                DagError(spec.name, f"{prefix}.argv", "command needs a non-empty list of strings")
-            )
-        accepts = config.get("accepts", [])
-        if not isinstance(accepts, list) or not all(a in COMMAND_ACCEPTS for a in accepts):
-            errors.append(
-                DagError(
-                    spec.name,
-                    f"{prefix}.accepts",
-                    "a list of the actions the program takes beyond cancel, among "
-                    f"{', '.join(sorted(COMMAND_ACCEPTS))}, got {accepts!r}",
-                )
-            )
+        reported = {e.field for e in errors}
+        errors.extend(e for e in _train_errors(spec, config, prefix) if e.field not in reported)
     if spec.retries.max_attempts < 1:
         errors.append(DagError(spec.name, "retries.max_attempts", "must be at least 1"))
     if spec.retries.backoff_s < 0:
@@ -286,14 +227,13 @@ def _task_errors(spec: StageSpec) -> list[DagError]:
 
 
 def _rank_errors(spec: StageSpec, config: Mapping[str, Any], prefix: str) -> list[DagError]:
-    """``nproc_per_node`` (the ranks of a training stage; one per GPU where it has GPUs) is a
-    positive integer, and names one rank per GPU where the stage asks for several."""
+    """``nproc_per_node`` (the ranks of a training stage; one per GPU where it has GPUs; its
+    model checks it is a positive integer) names one rank per GPU where the stage asks for
+    several."""
     if "nproc_per_node" not in config:
         return []
     value = config["nproc_per_node"]
     field = f"{prefix}.nproc_per_node"
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        return [DagError(spec.name, field, f"must be a positive integer, got {value!r}")]
     gpus = spec.resources.gpus
     if gpus > 1 and value != gpus:
         return [

@@ -12,10 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from posttrain.events.actions import COMMAND_ACTIONS
-
-# The control command types (libs/events messages/agent.py) and the action each one applies.
-ACTIONS: Mapping[str, str] = COMMAND_ACTIONS
+from posttrain.events.actions import action_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +76,7 @@ def at_step_boundary(
     refused: list[Refused] = []
     seen = set(already_applied)
     for command in commands:
-        action = ACTIONS.get(str(command.get("type")))
+        action = action_of(str(command.get("type")))
         action_id = str(command.get("action_id", ""))
         if action is None or action == "resume" or action_id in seen:
             continue  # resume relaunches the stage: the agent does it, not the step boundary

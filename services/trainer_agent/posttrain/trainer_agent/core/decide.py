@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from posttrain.events.actions import ACTION_COMMANDS
+from posttrain.events.actions import action_of
 from posttrain.events.messages import (
     ActionApplied,
     ActionKind,
@@ -50,13 +50,6 @@ from posttrain.trainer_agent.core.outcomes import (
     outcome_message,
 )
 from posttrain.trainer_agent.core.state import Entry, Status, usage
-
-# Every control command and the action it carries (one table, in libs/events).
-CONTROL_KINDS: dict[type[Message], ActionKind] = {
-    cls: action for action, cls in ACTION_COMMANDS.items()
-}
-# What a control line in the stage's control file carries besides its type.
-ROUTING_FIELDS = frozenset({"agent_id", "run_command_id", "pipeline_id", "stage", "attempt"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +165,11 @@ class SignalStage:
 
 @dataclass(frozen=True, slots=True)
 class WriteControl:
-    """Append this line to the stage's control file and hand it on to the process."""
+    """Append this command to the stage's control file (as the codec writes it) and hand it on
+    to the process."""
 
     command_id: str
-    line: JsonDict
+    command: StageControl
 
 
 Action = Record | Send | Start | SignalStage | WriteControl
@@ -315,15 +309,15 @@ def control_verdict(entry: Entry | None, kind: ActionKind) -> tuple[str, str]:
 
 def _control(entries: Mapping[str, Entry], obs: ControlReceived, setup: Setup) -> Decision:
     command = obs.command
-    kind = CONTROL_KINDS[type(command)]
+    kind = action_of(command)
+    assert kind is not None  # the shell observes only commands that carry an action
     entry = entries.get(command.run_command_id)
     verdict, reason = control_verdict(entry, kind)
     if verdict == "refuse":
         return _refuse(command, kind, entry, reason, setup)
     assert entry is not None
     if verdict in ("forward", "queue"):
-        line = command.model_dump(mode="json", exclude=set(ROUTING_FIELDS))
-        actions: list[Action] = [WriteControl(entry.command_id, {"type": command.TYPE, **line})]
+        actions: list[Action] = [WriteControl(entry.command_id, command)]
         if kind == "cancel" and entry.launch is not None and entry.stop is None:
             term_at = obs.now + setup.cancel_grace_s
             actions.append(

@@ -1,28 +1,14 @@
-"""Which kind of failure a stage had, from what its process left behind."""
+"""What a stage's process left behind, for a failure's report: its exit status and its log's end.
+
+Which kind of failure it was (OOM or not) is libs/events' ``posttrain.events.failures``."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterable
 from typing import Any
 
-from posttrain.events.messages.stage import FailureKind
-
-__all__ = ["FailureKind", "exit_details", "is_oom_exception", "kind_from_log", "tail"]
-
-# torch raises torch.OutOfMemoryError (torch.cuda.OutOfMemoryError is the same class); a
-# process that died of it (the ``command`` task) leaves one of these in its log.
-_OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "CUDA error: out of memory")
-
-
-def is_oom_exception(type_names: Iterable[str]) -> bool:
-    """True if the exception (or one in its chain, by class name) is torch's OOM."""
-    return any(name.rsplit(".", 1)[-1] == "OutOfMemoryError" for name in type_names)
-
-
-def kind_from_log(log_tail: str) -> FailureKind:
-    return "oom" if any(marker in log_tail for marker in _OOM_MARKERS) else "error"
+__all__ = ["exit_details", "tail"]
 
 
 def exit_details(exit_code: int | None) -> dict[str, Any]:

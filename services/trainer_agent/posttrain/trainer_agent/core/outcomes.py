@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any, get_args
 
+from posttrain.events.failures import FailureKind, kind_from_text
 from posttrain.events.messages import (
     MESSAGE_TYPES,
     Message,
@@ -18,9 +19,8 @@ from posttrain.events.messages import (
     StageFailed,
     StageSucceeded,
 )
-from posttrain.events.messages.stage import FailureKind
 from posttrain.trainer_agent.core.events import JsonDict
-from posttrain.trainer_agent.core.failure import exit_details, kind_from_log
+from posttrain.trainer_agent.core.failure import exit_details
 from posttrain.trainer_agent.core.state import Entry
 
 LOG_NAME = "stage.log"  # stage_files.LOG: the log every launch of an attempt appends to
@@ -59,7 +59,7 @@ def died(entry: Entry, now: float, log_tail: str, exit_code: int | None) -> Json
         return failed(entry, reason, f"stage process stopped by the agent ({reason})", now)
     return failed(
         entry,
-        kind_from_log(log_tail),
+        kind_from_text(log_tail),
         "stage process died without reporting an outcome (killed, or crashed)",
         now,
         {"log_tail": log_tail, **exit_details(exit_code)},

@@ -48,6 +48,7 @@ import asyncssh
 import orjson
 
 from posttrain.events.tasks import SshConfig
+from posttrain.trainer_agent.core.reports import checkpoint_path
 from posttrain.trainer_agent.metrics_file import metrics_file_path
 from posttrain.trainer_agent.reporting import MetricsReporter
 from posttrain.trainer_agent.stage_files import CONTROL, EVENTS
@@ -339,8 +340,8 @@ class SshRunner:
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
                 if isinstance(event, dict):
-                    if event.get("type") == "CheckpointSaved" and event.get("path"):
-                        self._checkpoints.append(str(event["path"]))
+                    if (path := checkpoint_path(event)) is not None:
+                        self._checkpoints.append(path)
                     if self.on_event is not None:
                         self.on_event(event)
         self._events_offset += end

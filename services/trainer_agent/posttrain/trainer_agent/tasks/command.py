@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from posttrain.trainer_agent.core.failure import kind_from_log
+from posttrain.events.failures import kind_from_text
+from posttrain.events.tasks import CommandParams
 from posttrain.trainer_agent.metrics_file import metrics_file_path
 from posttrain.trainer_agent.stage_files import LOG, file_size, read_tail
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
@@ -45,16 +46,26 @@ class CommandFailed(Exception):
         self.kind = kind
         self.details = details
 
+    @classmethod
+    def from_log(
+        cls, program: str, code: int, log: Path, since: int, outputs: dict[str, Any]
+    ) -> CommandFailed:
+        """``program`` exited with ``code``: the failure, classified (OOM or error) by what the
+        log gained since ``since``, which its details quote."""
+        log_tail = read_tail(log, since)
+        return cls(
+            f"{program} exited with status {code}",
+            kind_from_text(log_tail),
+            {"log_tail": log_tail, **outputs},
+        )
+
 
 def run_command(ctx: StageContext) -> dict[str, Any]:
-    argv = ctx.config.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise StageError("command needs params.config.argv: a non-empty list of strings")
-    metrics_file = Path(
-        ctx.config.get("metrics_file") or metrics_file_path(ctx.attempt_dir, ctx.run.job_id)
-    )
+    params = ctx.read_params(CommandParams)
+    argv = params.argv  # a non-empty list of strings, as its model checked
+    metrics_file = Path(params.metrics_file or metrics_file_path(ctx.attempt_dir, ctx.run.job_id))
     env = dict(os.environ)
-    env.update({str(k): str(v) for k, v in (ctx.config.get("env") or {}).items()})
+    env.update({k: str(v) for k, v in params.env.items()})
     env.setdefault("POSTTRAIN_METRICS_FILE", str(metrics_file))
     env.setdefault("VERL_FILE_LOGGER_PATH", str(metrics_file))
     env.setdefault("POSTTRAIN_METRICS_DIR", str(metrics_file.parent))
@@ -72,11 +83,11 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
     follower.start()
     started = time.monotonic()
     try:
-        process = subprocess.Popen(argv, env=env, cwd=ctx.config.get("cwd"))
+        process = subprocess.Popen(argv, env=env, cwd=params.cwd)
     except OSError as exc:
         stop_tailing.set()
         raise StageError(f"command {argv[0]!r} cannot start: {exc}") from exc
-    code = _wait(ctx, process)
+    code = _wait(ctx, process, params.accepts)
     stop_tailing.set()
     follower.join(60)
     outputs: dict[str, Any] = {
@@ -88,19 +99,15 @@ def run_command(ctx: StageContext) -> dict[str, Any]:
     if ctx.stop_reason in ("cancel", "pause"):
         return {"stopped": ctx.stop_reason, "step": 0, **outputs}
     if code != 0:
-        log_tail = read_tail(ctx.attempt_dir / LOG, log_size_before)
-        raise CommandFailed(
-            f"command exited with status {code}",
-            kind_from_log(log_tail),
-            {"log_tail": log_tail, **outputs},
+        raise CommandFailed.from_log(
+            "command", code, ctx.attempt_dir / LOG, log_size_before, outputs
         )
-    if ctx.config.get("checkpoint"):
-        outputs["checkpoint"] = str(ctx.config["checkpoint"])
+    if params.checkpoint:
+        outputs["checkpoint"] = params.checkpoint
     return outputs
 
 
-def _wait(ctx: StageContext, process: subprocess.Popen[bytes]) -> int:
-    accepts = ctx.config.get("accepts") or []
+def _wait(ctx: StageContext, process: subprocess.Popen[bytes], accepts: list[str]) -> int:
     while True:
         try:
             return process.wait(timeout=0.5)
@@ -117,13 +124,13 @@ def _wait(ctx: StageContext, process: subprocess.Popen[bytes]) -> int:
                 ctx.action_applied(applied, 0)
                 _terminate(process)
             else:
-                _refuse(ctx, applied.action_id, applied.action)
+                _refuse(ctx, applied.action_id, applied.action, accepts)
         if directive.rollback is not None:
-            _refuse(ctx, directive.rollback.action_id, "rollback")
+            _refuse(ctx, directive.rollback.action_id, "rollback", accepts)
 
 
-def _refuse(ctx: StageContext, action_id: str, action: str) -> None:
-    takes = ", ".join(["cancel", *(ctx.config.get("accepts") or [])])
+def _refuse(ctx: StageContext, action_id: str, action: str, accepts: list[str]) -> None:
+    takes = ", ".join(["cancel", *accepts])
     reason = (
         f"a command stage runs an external program with no step boundary: {action} cannot be "
         f"applied (it takes {takes}; params.accepts declares what its program handles)"

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from posttrain.events.messages import RunStage
+from posttrain.events.tasks import TaskParams, merged_params, param_errors
 from posttrain.trainer_agent.core.checkpoints import Checkpoint, resume_checkpoint, rollback_target
 from posttrain.trainer_agent.core.control import Applied, Rollback, StepDirective
 from posttrain.trainer_agent.core.paths import safe_name
 from posttrain.trainer_agent.ranks import Ranks
 from posttrain.trainer_agent.reporting import TrainingCallback
 from posttrain.trainer_agent.stage_files import ControlInbox, EventOutbox
+
+P = TypeVar("P", bound=TaskParams)
+T = TypeVar("T")
 
 
 class StageError(Exception):
@@ -54,15 +60,27 @@ class StageContext:
     def models_dir(self) -> Path:
         return self.work_dir / "models"
 
-    def require(self, key: str, kind: type | tuple[type, ...] = str) -> Any:
-        value = self.config.get(key)
-        if value is None or not isinstance(value, kind):
-            expected = (
-                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+    def read_params(self, model: type[P]) -> P:
+        """The stage's settings read by its task's params model (libs/events ``tasks``), the
+        one the validator checked; a stage that does not fit it (one recorded before a rule
+        was added) fails with each field named."""
+        try:
+            return model.model_validate(merged_params(self.config))
+        except ValidationError:
+            problems = "; ".join(
+                f"params.config.{name}: {message}"
+                for name, message in param_errors(self.run.task, self.config)
             )
             raise StageError(
-                f"stage {self.run.stage!r} ({self.run.task}): params.config.{key} is required "
-                f"({expected}), got {value!r}"
+                f"stage {self.run.stage!r} ({self.run.task}): {problems or 'unreadable params'}"
+            ) from None
+
+    def required(self, key: str, value: T | None) -> T:
+        """``value`` (the param ``key`` read from the stage's params model), which this task
+        cannot run without."""
+        if value is None:
+            raise StageError(
+                f"stage {self.run.stage!r} ({self.run.task}): params.config.{key} is required"
             )
         return value
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from posttrain.events.tasks import EvaluationParams
 from posttrain.trainer_agent.core.control import StepDirective
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
 from posttrain.trainer_agent.tasks.data import load_rows, text_columns
@@ -23,15 +24,15 @@ from posttrain.trainer_agent.tiny import resolve_model_path
 
 
 def run_evaluation(ctx: StageContext) -> dict[str, Any]:
-    cfg = ctx.config
-    models = cfg.get("models") or ([cfg["model_path"]] if cfg.get("model_path") else [])
-    if not isinstance(models, list) or not models:
+    params = ctx.read_params(EvaluationParams)
+    models = params.models or ([params.model_path] if params.model_path else [])
+    if not models:
         raise StageError("run_evaluation needs params.config.model_path or a list in models")
-    rows = text_columns(load_rows(ctx.require("eval_data_path"), what="eval_data_path"))
-    if isinstance(cfg.get("max_rows"), int):
-        rows = rows.select(range(min(cfg["max_rows"], len(rows))))
-    names = cfg.get("reward_funcs") or []
-    rewards = [resolve_reward(str(n)) for n in ([names] if isinstance(names, str) else names)]
+    eval_data_path = ctx.required("eval_data_path", params.eval_data_path)
+    rows = text_columns(load_rows(eval_data_path, what="eval_data_path"))
+    if params.max_rows is not None:
+        rows = rows.select(range(min(params.max_rows, len(rows))))
+    rewards = [resolve_reward(name) for name in params.reward_funcs or []]
     results = []
     for index, model in enumerate(models):
         directive: StepDirective = ctx.poll_control(index)
@@ -42,7 +43,7 @@ def run_evaluation(ctx: StageContext) -> dict[str, Any]:
                     ctx.action_applied(applied, index)
             return {"stopped": "cancel", "step": index}
         path = resolve_model_path(str(model), ctx.models_dir)
-        figures = evaluate_model(path, rows, rewards, cfg)
+        figures = evaluate_model(path, rows, rewards, params)
         ctx.reporter(step=index, **figures, model=path)
         results.append({"model": path, **figures})
     best = max(results, key=_rank)
@@ -59,7 +60,7 @@ def _rank(result: dict[str, Any]) -> tuple[float, float]:
 
 
 def evaluate_model(
-    path: str, rows: Any, rewards: list[Any], cfg: dict[str, Any]
+    path: str, rows: Any, rewards: list[Any], params: EvaluationParams
 ) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,7 +70,7 @@ def evaluate_model(
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path)
     model.eval()  # type: ignore[no-untyped-call]
-    batch_size = int(cfg.get("batch_size", 32))
+    batch_size = params.batch_size or 32
     columns = set(rows.column_names)
     reference = next((c for c in ("answer", "completion") if c in columns), None)
     figures: dict[str, float] = {}
@@ -81,7 +82,7 @@ def evaluate_model(
             total_nll += nll
             total_tokens += tokens
             if "prompt" in batch and reference is not None:
-                texts = _generate(model, tokenizer, batch["prompt"], cfg)
+                texts = _generate(model, tokenizer, batch["prompt"], params)
                 answers = [str(a).strip() for a in batch[reference]]
                 correct += sum(t.strip() == a for t, a in zip(texts, answers, strict=True))
                 generated += len(texts)
@@ -119,12 +120,14 @@ def _nll(model: Any, tokenizer: Any, batch: dict[str, list[Any]]) -> tuple[float
     return total, count
 
 
-def _generate(model: Any, tokenizer: Any, prompts: list[str], cfg: dict[str, Any]) -> list[str]:
+def _generate(
+    model: Any, tokenizer: Any, prompts: list[str], params: EvaluationParams
+) -> list[str]:
     tokenizer.padding_side = "left"
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     out = model.generate(
         **encoded,
-        max_new_tokens=int(cfg.get("max_new_tokens", 8)),
+        max_new_tokens=params.max_new_tokens or 8,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

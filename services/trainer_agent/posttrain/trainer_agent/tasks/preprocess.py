@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from posttrain.events.tasks import PreprocessParams
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
 from posttrain.trainer_agent.tasks.data import TOKEN_COLUMNS, load_rows
 from posttrain.trainer_agent.tiny import resolve_model_path
@@ -35,13 +36,13 @@ def _row_text(row: dict[str, Any]) -> str:
 def preprocess_dataset(ctx: StageContext) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    source = ctx.require("input_path")
+    params = ctx.read_params(PreprocessParams)
+    source = ctx.required("input_path", params.input_path)
     dataset = load_rows(source, what="params.input_path")
     dataset = dataset.remove_columns([c for c in TOKEN_COLUMNS if c in dataset.column_names])
-    max_rows = ctx.config.get("max_rows")
-    if isinstance(max_rows, int) and max_rows < len(dataset):
-        dataset = dataset.select(range(max_rows))
-    model_path = resolve_model_path(str(ctx.config.get("model_path", "tiny-llama")), ctx.models_dir)
+    if params.max_rows is not None and params.max_rows < len(dataset):
+        dataset = dataset.select(range(params.max_rows))
+    model_path = resolve_model_path(params.model_path, ctx.models_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
 
     def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def preprocess_dataset(ctx: StageContext) -> dict[str, Any]:
         }
 
     tokenized = dataset.map(tokenize, batched=True)
-    output = Path(ctx.config.get("output_dir") or ctx.job_dir / "dataset")
+    output = Path(params.output_dir or ctx.job_dir / "dataset")
     tokenized.save_to_disk(str(output))
     counts = tokenized["num_tokens"]
     outputs = {

@@ -9,17 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from posttrain.events.tasks import PythonParams
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
 
 
 def run_python(ctx: StageContext) -> dict[str, Any]:
-    entrypoint = ctx.require("entrypoint")
-    module, sep, attr = entrypoint.partition(":")
-    if not sep:
-        raise StageError(f"params.config.entrypoint {entrypoint!r}: expected 'module:function'")
+    params = ctx.read_params(PythonParams)
+    entrypoint = params.entrypoint  # 'module:function', as its model checked
+    module, _, attr = entrypoint.partition(":")
     fn = getattr(importlib.import_module(module), attr, None)
     if not callable(fn):
         raise StageError(f"params.config.entrypoint {entrypoint!r}: no such function")
-    kwargs = ctx.config.get("kwargs") or {}
-    outputs = fn(ctx, **kwargs)
+    outputs = fn(ctx, **params.kwargs)
     return dict(outputs) if isinstance(outputs, dict) else {"result": outputs}

@@ -24,8 +24,9 @@ back to and a resume continues exactly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from posttrain.events.tasks import TrainParams
 from posttrain.trainer_agent.checkpoint_files import hf_checkpoints
 from posttrain.trainer_agent.core.checkpoints import Checkpoint
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
@@ -33,11 +34,11 @@ from posttrain.trainer_agent.tasks.data import load_rows, text_columns
 from posttrain.trainer_agent.tasks.rewards import resolve_reward
 from posttrain.trainer_agent.tiny import resolve_model_path
 
-ALGORITHMS = ("sft", "dpo", "grpo")
 # Periodic checkpoints by default, so that a rollback (the default remedy for a loss spike) has
 # one before the spike to go back to; the last few are kept.
 DEFAULT_SAVE_STEPS = 100
 DEFAULT_SAVE_TOTAL_LIMIT = 3
+V = TypeVar("V")
 PPO_MESSAGE = (
     "algorithm 'ppo': TRL 1.16 ships no PPO trainer; run PPO through the `command` task with "
     "verl (template in services/trainer_agent/README.md): the agent tails verl's file logger"
@@ -50,34 +51,33 @@ def train_model(ctx: StageContext) -> dict[str, Any]:
 
     from posttrain.trainer_agent.hf_callback import PosttrainCallback
 
-    cfg = ctx.config
-    algorithm = str(cfg.get("algorithm", "sft")).lower()
+    params = ctx.read_params(TrainParams)
+    algorithm = params.algorithm  # one of the catalogue's, as its model checked
     if algorithm == "ppo":
         raise StageError(PPO_MESSAGE)
-    if algorithm not in ALGORITHMS:
-        raise StageError(f"params.config.algorithm {algorithm!r}: expected one of {ALGORITHMS}")
-    if isinstance(cfg.get("num_threads"), int):
-        torch.set_num_threads(cfg["num_threads"])
-    model_path = resolve_model_path(ctx.require("model_path"), ctx.models_dir)
-    seed = int(cfg.get("seed", 0))
+    if params.num_threads is not None:
+        torch.set_num_threads(params.num_threads)
+    model_path = resolve_model_path(params.model_path, ctx.models_dir)
+    seed = params.seed or 0
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train = text_columns(load_rows(ctx.require("train_data_path"), what="train_data_path"))
+    train_data_path = ctx.required("train_data_path", params.train_data_path)
+    train = text_columns(load_rows(train_data_path, what="train_data_path"))
     evaluation = (
-        text_columns(load_rows(cfg["eval_data_path"], what="eval_data_path"))
-        if cfg.get("eval_data_path")
+        text_columns(load_rows(params.eval_data_path, what="eval_data_path"))
+        if params.eval_data_path
         else None
     )
     output_dir = ctx.job_dir / "checkpoints"
     callback = PosttrainCallback(ctx.reporter, stage=ctx)
-    args = _common_args(cfg, output_dir, seed, has_eval=evaluation is not None)
-    callbacks = [callback, *_extra_callbacks(cfg.get("callbacks"))]
-    trainer = _trainer(algorithm, cfg, model_path, tokenizer, train, evaluation, args, callbacks)
+    args = _common_args(params, output_dir, seed, has_eval=evaluation is not None)
+    callbacks = [callback, *_extra_callbacks(params.callbacks)]
+    trainer = _trainer(params, model_path, tokenizer, train, evaluation, args, callbacks)
     callback.attach(trainer)
 
-    resume = ctx.resume_from or _retry_checkpoint(ctx, output_dir)
+    resume = ctx.resume_from or _retry_checkpoint(ctx, output_dir, params)
     ctx.checkpoints = _line_so_far(output_dir, resume)
     trainer.train(resume_from_checkpoint=resume)
     steps = int(trainer.state.global_step)
@@ -103,31 +103,31 @@ def train_model(ctx: StageContext) -> dict[str, Any]:
 
 
 def _common_args(
-    cfg: dict[str, Any], output_dir: Path, seed: int, *, has_eval: bool
+    params: TrainParams, output_dir: Path, seed: int, *, has_eval: bool
 ) -> dict[str, Any]:
     import torch
 
-    save_steps = cfg.get("save_steps", DEFAULT_SAVE_STEPS)
-    save_total_limit = cfg.get(
-        "save_total_limit", DEFAULT_SAVE_TOTAL_LIMIT if "save_steps" not in cfg else None
+    save_steps = DEFAULT_SAVE_STEPS if params.save_steps is None else params.save_steps
+    save_total_limit = params.save_total_limit or (
+        DEFAULT_SAVE_TOTAL_LIMIT if params.save_steps is None else None
     )
     args: dict[str, Any] = {
         "output_dir": str(output_dir),
         "seed": seed,
-        "num_train_epochs": float(cfg.get("num_epochs", 1)),
-        "max_steps": int(cfg.get("max_steps", -1)),
-        "learning_rate": float(cfg.get("learning_rate", 5e-5)),
-        "per_device_train_batch_size": int(cfg.get("batch_size", 8)),
-        "gradient_accumulation_steps": int(cfg.get("gradient_accumulation_steps", 1)),
-        "lr_scheduler_type": str(cfg.get("lr_scheduler_type", "linear")),
-        "warmup_steps": int(cfg.get("warmup_steps", 0)),
+        "num_train_epochs": _or(params.num_epochs, 1.0),
+        "max_steps": int(_or(params.max_steps, -1)),
+        "learning_rate": _or(params.learning_rate, 5e-5),
+        "per_device_train_batch_size": _or(params.batch_size, 8),
+        "gradient_accumulation_steps": _or(params.gradient_accumulation_steps, 1),
+        "lr_scheduler_type": params.lr_scheduler_type or "linear",
+        "warmup_steps": _or(params.warmup_steps, 0),
         # Every step reaches the platform, and a NaN loss is never averaged away.
         "logging_steps": 1,
         "logging_nan_inf_filter": False,
         # Checkpoints keep the optimizer, scheduler and RNG state so that a resume or a rollback
         # continues exactly; the agent forces the ones that control commands ask for.
         "save_strategy": "steps" if save_steps else "no",
-        "save_steps": int(save_steps) if save_steps else 500,
+        "save_steps": save_steps or 500,
         "save_total_limit": save_total_limit,
         "report_to": [],
         "disable_tqdm": True,
@@ -135,18 +135,19 @@ def _common_args(
         "use_cpu": not torch.cuda.is_available(),
         "eval_strategy": "epoch" if has_eval else "no",
     }
-    if "max_grad_norm" in cfg:
-        args["max_grad_norm"] = float(cfg["max_grad_norm"])
-    passthrough = cfg.get("trainer_args") or {}
-    if not isinstance(passthrough, dict):
-        raise StageError("params.config.trainer_args must be a mapping of TRL config fields")
-    args.update(passthrough)
+    if params.max_grad_norm is not None:
+        args["max_grad_norm"] = params.max_grad_norm
+    args.update(params.trainer_args or {})
     return args
 
 
+def _or(value: V | None, default: V) -> V:
+    """A param's value, or the task's default where the stage leaves it out (0 is a value)."""
+    return default if value is None else value
+
+
 def _trainer(
-    algorithm: str,
-    cfg: dict[str, Any],
+    params: TrainParams,
     model_path: str,
     tokenizer: Any,
     train: Any,
@@ -154,13 +155,15 @@ def _trainer(
     args: dict[str, Any],
     callbacks: list[Any],
 ) -> Any:
+    algorithm = params.algorithm
+    max_length = _or(params.max_length, 1024)
     if algorithm == "sft":
         from trl.trainer.sft_config import SFTConfig
         from trl.trainer.sft_trainer import SFTTrainer
 
         return SFTTrainer(
             model=model_path,
-            args=SFTConfig(max_length=int(cfg.get("max_length", 1024)), **args),
+            args=SFTConfig(max_length=max_length, **args),
             train_dataset=train,
             eval_dataset=evaluation,
             processing_class=tokenizer,
@@ -170,10 +173,10 @@ def _trainer(
         from trl.trainer.dpo_config import DPOConfig
         from trl.trainer.dpo_trainer import DPOTrainer
 
-        beta = float(cfg.get("kl_coef", cfg.get("beta", 0.1)))
+        beta = _or(params.kl_coef, _or(params.beta, 0.1))
         return DPOTrainer(
             model=model_path,
-            args=DPOConfig(beta=beta, max_length=int(cfg.get("max_length", 1024)), **args),
+            args=DPOConfig(beta=beta, max_length=max_length, **args),
             train_dataset=preference_pairs(train, seed=int(args["seed"])),
             eval_dataset=preference_pairs(evaluation, seed=int(args["seed"]))
             if evaluation is not None
@@ -184,18 +187,15 @@ def _trainer(
     from trl.trainer.grpo_config import GRPOConfig
     from trl.trainer.grpo_trainer import GRPOTrainer
 
-    names = cfg.get("reward_funcs") or ["exact_match"]
-    if isinstance(names, str):
-        names = [names]
-    generations = int(cfg.get("num_generations", 8))
+    names = params.reward_funcs or ["exact_match"]
     return GRPOTrainer(
         model=model_path,
-        reward_funcs=[resolve_reward(str(n)) for n in names],  # type: ignore[misc]
+        reward_funcs=[resolve_reward(n) for n in names],  # type: ignore[misc]
         args=GRPOConfig(
-            beta=float(cfg.get("kl_coef", 0.0)),
-            num_generations=generations,
-            max_completion_length=int(cfg.get("max_completion_length", 64)),
-            temperature=float(cfg.get("temperature", 1.0)),
+            beta=_or(params.kl_coef, 0.0),
+            num_generations=_or(params.num_generations, 8),
+            max_completion_length=_or(params.max_completion_length, 64),
+            temperature=_or(params.temperature, 1.0),
             **args,
         ),
         train_dataset=prompts_with_answers(train),
@@ -241,10 +241,10 @@ def prompts_with_answers(dataset: Any) -> Any:
     return dataset
 
 
-def _retry_checkpoint(ctx: StageContext, output_dir: Path) -> str | None:
+def _retry_checkpoint(ctx: StageContext, output_dir: Path, params: TrainParams) -> str | None:
     """A retry (attempt > 1) resumes from the job's latest checkpoint whose weights are finite
     unless told otherwise."""
-    if ctx.run.attempt <= 1 or ctx.config.get("resume") is False:
+    if ctx.run.attempt <= 1 or params.resume is False:
         return None
     good = [c for c in hf_checkpoints(output_dir) if not c.poisoned]
     return good[-1].path if good else None

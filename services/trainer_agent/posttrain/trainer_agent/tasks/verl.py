@@ -38,10 +38,9 @@ from posttrain.events.actions import VERL_REFUSALS
 from posttrain.events.tasks import VerlParams, verl_params
 from posttrain.trainer_agent.core.checkpoints import Checkpoint
 from posttrain.trainer_agent.core.control import Applied
-from posttrain.trainer_agent.core.failure import kind_from_log
 from posttrain.trainer_agent.core.paths import safe_name
 from posttrain.trainer_agent.core.verl_command import Launch, command_line, environment
-from posttrain.trainer_agent.stage_files import LOG, file_size, read_tail
+from posttrain.trainer_agent.stage_files import LOG, file_size
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
 from posttrain.trainer_agent.tasks.command import CommandFailed
 from posttrain.trainer_agent.tasks.context import StageContext, StageError
@@ -202,12 +201,7 @@ def run_verl(ctx: StageContext) -> dict[str, Any]:
     if ctx.stop_reason is not None:
         return {"stopped": ctx.stop_reason, "step": ctx.stop_step, **outputs}
     if code != 0:
-        log_tail = read_tail(ctx.attempt_dir / LOG, log_size_before)
-        raise CommandFailed(
-            f"verl exited with status {code}",
-            kind_from_log(log_tail),
-            {"log_tail": log_tail, **outputs},
-        )
+        raise CommandFailed.from_log("verl", code, ctx.attempt_dir / LOG, log_size_before, outputs)
     return {"algorithm": params.algorithm, "backend": "verl", "resumed_from": resume, **outputs}
 
 
