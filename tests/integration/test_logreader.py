@@ -86,9 +86,7 @@ async def _read(
     out = []
     async for batch in read_partitions(settings, topic, starts, ends):
         for i, value in enumerate(batch.values):
-            out.append(
-                (batch.partition, batch.first_offset + i, value, batch.extra_headers.get(i, []))
-            )
+            out.append((batch.partition, batch.offset(i), value, batch.extra_headers.get(i, [])))
     # The reader hands out the headers decode() needs: all of them when a record has extra ones.
     return out
 

@@ -5,7 +5,10 @@ state from a log (the orchestrator's replay).
 ``ConsumerRecord`` with eleven fields) before the reader sees it: at a million events that is
 most of a replay. This reader sends aiokafka's Fetch requests itself and walks each response's
 record batches with aiokafka's C record parser, handing out one ``Batch`` of raw values per
-record batch (under 2 us a record, round trips included). It asks for the next response before
+partition and response, however many record batches it spans: the orchestrator commits a
+transaction per decision, so its log is a record batch of one or two records, then a commit
+marker, over and over, and any work per record batch (a ``Batch``, a fold, reading a marker)
+would cost more than the records. It asks for the next response before
 the caller folds the current one, so the broker works while we fold.
 
 Only committed records come out (``read_committed``): records of aborted transactions and the
@@ -15,6 +18,7 @@ transaction markers are skipped, as a consumer would.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -41,14 +45,24 @@ _MAX_STALLED_ROUNDS = 100  # rounds (of up to _MAX_WAIT_MS each) without a step 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Committed records of one partition, consecutive in one Kafka record batch: record ``i``
-    has offset ``first_offset + i``. ``extra_headers`` holds the headers of the records that
-    carry more than the codec's own three (the only ones ``decode`` reads), by index."""
+    """Committed records of one partition, in offset order, from one fetch response.
+
+    Their offsets have gaps (a transaction marker follows every transaction, aborted records
+    are left out), so they are kept as runs of consecutive offsets: run ``j`` starts at record
+    ``run_indexes[j]``, whose offset is ``run_offsets[j]``; ``offset(i)`` gives record ``i``'s.
+    ``extra_headers`` holds the headers of the records that carry more than the codec's own
+    three (the only ones ``decode`` reads), by index."""
 
     partition: int
-    first_offset: int
     values: list[bytes | None]
     extra_headers: dict[int, list[tuple[str, bytes]]]
+    run_indexes: list[int]
+    run_offsets: list[int]
+
+    def offset(self, index: int) -> int:
+        """The offset of record ``index``."""
+        run = bisect_right(self.run_indexes, index) - 1
+        return self.run_offsets[run] + index - self.run_indexes[run]
 
 
 async def read_partitions(
@@ -154,11 +168,19 @@ async def _fetch(
 def _unpack(
     version: int, fields: list[Any], partition: int, position: int, end: int, out: list[Batch]
 ) -> int:
-    """Append the committed records of one partition's response to ``out``; returns the
-    position after them."""
+    """Append the committed records of one partition's response to ``out``, as one ``Batch``;
+    returns the position after them.
+
+    A log written a transaction per decision holds a commit marker after every record batch of
+    one or two records, so this loop runs once per record batch, and does the least it can
+    there: records are gathered across record batches and handed out, decoded and folded in
+    one piece."""
     aborted = deque(sorted(_aborted_transactions(version, fields), key=lambda a: a[1]))
     aborting: set[int] = set()  # producers whose records are now those of an aborted transaction
     records = MemoryRecords(fields[-1])
+    kept: list[Any] = []
+    run_indexes: list[int] = []
+    run_offsets: list[int] = []
     while position < end and (batch := records.next_batch()) is not None:
         next_offset = batch.next_offset
         if next_offset <= position:
@@ -167,31 +189,44 @@ def _unpack(
         if producer is not None and producer >= 0:
             while aborted and aborted[0][1] <= batch.base_offset:
                 aborting.add(aborted.popleft()[0])
-            if batch.is_control_batch:
-                if _is_abort_marker(batch):
+            if batch.is_control_batch:  # a transaction marker (an attribute bit: not decoded)
+                # Only an abort marker of a producer we are skipping changes anything: any
+                # other marker (nearly all are commits) is passed without reading its record.
+                if producer in aborting and _is_abort_marker(batch):
                     aborting.discard(producer)
                 position = next_offset
                 continue
-            if batch.is_transactional and producer in aborting:
+            if producer in aborting and batch.is_transactional:
                 position = next_offset
                 continue
         elif batch.is_control_batch:
             position = next_offset
             continue
-        if batch.base_offset >= position and next_offset <= end:
-            kept = list(batch)  # the whole batch: no per-record check
+        base = batch.base_offset
+        if base >= position and next_offset <= end:
+            taken = list(batch)  # the whole batch: no per-record check
         else:
-            kept = [r for r in batch if position <= r.offset < end]
-        if kept:
-            out.append(
-                Batch(
-                    partition=partition,
-                    first_offset=kept[0].offset,
-                    values=[r.value for r in kept],
-                    extra_headers=_extra_headers(kept),
-                )
-            )
+            taken = [r for r in batch if position <= r.offset < end]
+        if taken:
+            first = taken[0].offset
+            if taken[-1].offset - first == len(taken) - 1:  # consecutive: one run
+                run_indexes.append(len(kept))
+                run_offsets.append(first)
+            else:  # gaps (records removed by compaction): a run per record
+                run_indexes.extend(range(len(kept), len(kept) + len(taken)))
+                run_offsets.extend(r.offset for r in taken)
+            kept.extend(taken)
         position = next_offset
+    if kept:
+        out.append(
+            Batch(
+                partition=partition,
+                values=[r.value for r in kept],
+                extra_headers=_extra_headers(kept),
+                run_indexes=run_indexes,
+                run_offsets=run_offsets,
+            )
+        )
     return position
 
 

@@ -276,7 +276,7 @@ def _fold_batch(
     def skip(index: int, error: DecodeError) -> None:
         nonlocal skipped
         skipped += 1
-        offset = batch.first_offset + index
+        offset = batch.offset(index)
         log.error(
             "unreadable event skipped in replay: %s[%s]@%s: %s",
             topic,
