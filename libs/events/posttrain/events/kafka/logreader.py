@@ -22,6 +22,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import errors as kafka_errors
@@ -36,6 +37,9 @@ from posttrain.events.kafka.settings import KafkaSettings
 
 READ_COMMITTED = 1
 _PARTITION_FETCH_BYTES = 4 * 1024 * 1024
+# The first round asks for little, so that folding starts while the broker reads the rest;
+# each round asks for twice as much, up to _PARTITION_FETCH_BYTES.
+_FIRST_PARTITION_FETCH_BYTES = 128 * 1024
 _FETCH_BYTES = 16 * 1024 * 1024
 _MAX_WAIT_MS = 100
 _RETRIES = 20  # leader moves and such: refresh metadata and ask again, this many times
@@ -84,9 +88,10 @@ async def read_partitions(
     try:
         await client.set_topics([topic])
         stalled = 0
+        size = _FIRST_PARTITION_FETCH_BYTES
         while positions:
             if fetching is None:
-                fetching = asyncio.ensure_future(_fetch(client, topic, dict(positions)))
+                fetching = asyncio.ensure_future(_fetch(client, topic, dict(positions), size))
             responses = await fetching
             fetching = None
             batches: list[Batch] = []
@@ -102,8 +107,9 @@ async def read_partitions(
             stalled = 0 if moved else stalled + 1
             if stalled > _MAX_STALLED_ROUNDS:
                 raise TimeoutError(f"{topic}: no records at {positions} below {dict(ends)}")
+            size = min(2 * size, _PARTITION_FETCH_BYTES)
             if positions:  # the broker prepares the next round while the caller folds this one
-                fetching = asyncio.ensure_future(_fetch(client, topic, dict(positions)))
+                fetching = asyncio.ensure_future(_fetch(client, topic, dict(positions), size))
             since_yield = 0
             for batch in batches:
                 yield batch
@@ -124,16 +130,16 @@ _PartitionData = tuple[int, int, list[Any]]
 
 
 async def _fetch(
-    client: AIOKafkaClient, topic: str, positions: Mapping[int, int]
+    client: AIOKafkaClient, topic: str, positions: Mapping[int, int], partition_bytes: int
 ) -> list[_PartitionData]:
-    """One Fetch round over the partitions' leaders."""
+    """One Fetch round over the partitions' leaders, up to ``partition_bytes`` of each."""
     for attempt in range(_RETRIES):
         by_leader: dict[int, list[tuple[int, int, int]]] = {}
         for partition, offset in positions.items():
             leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
             if leader is None or leader == -1:
                 break
-            by_leader.setdefault(leader, []).append((partition, offset, _PARTITION_FETCH_BYTES))
+            by_leader.setdefault(leader, []).append((partition, offset, partition_bytes))
         else:
             out: list[_PartitionData] = []
             retry = False
@@ -181,14 +187,16 @@ def _unpack(
     kept: list[Any] = []
     run_indexes: list[int] = []
     run_offsets: list[int] = []
-    while position < end and (batch := records.next_batch()) is not None:
+    next_batch = records.next_batch
+    while position < end and (batch := next_batch()) is not None:
         next_offset = batch.next_offset
         if next_offset <= position:
             continue  # sent again from before our position
         producer = batch.producer_id
         if producer is not None and producer >= 0:
-            while aborted and aborted[0][1] <= batch.base_offset:
-                aborting.add(aborted.popleft()[0])
+            if aborted:
+                while aborted and aborted[0][1] <= batch.base_offset:
+                    aborting.add(aborted.popleft()[0])
             if batch.is_control_batch:  # a transaction marker (an attribute bit: not decoded)
                 # Only an abort marker of a producer we are skipping changes anything: any
                 # other marker (nearly all are commits) is passed without reading its record.
@@ -196,38 +204,41 @@ def _unpack(
                     aborting.discard(producer)
                 position = next_offset
                 continue
-            if producer in aborting and batch.is_transactional:
+            if aborting and producer in aborting and batch.is_transactional:
                 position = next_offset
                 continue
         elif batch.is_control_batch:
             position = next_offset
             continue
         base = batch.base_offset
+        before = len(kept)
         if base >= position and next_offset <= end:
-            taken = list(batch)  # the whole batch: no per-record check
+            kept.extend(batch)  # the whole batch: no per-record check
         else:
-            taken = [r for r in batch if position <= r.offset < end]
-        if taken:
-            first = taken[0].offset
-            if taken[-1].offset - first == len(taken) - 1:  # consecutive: one run
-                run_indexes.append(len(kept))
-                run_offsets.append(first)
-            else:  # gaps (records removed by compaction): a run per record
-                run_indexes.extend(range(len(kept), len(kept) + len(taken)))
-                run_offsets.extend(r.offset for r in taken)
-            kept.extend(taken)
+            kept.extend([r for r in batch if position <= r.offset < end])
+        taken = len(kept) - before
+        if taken == next_offset - base:  # every offset of the batch: one run
+            run_indexes.append(before)
+            run_offsets.append(base)
+        elif taken:  # cut, or gaps (records removed by compaction): a run per record
+            run_indexes.extend(range(before, before + taken))
+            run_offsets.extend([r.offset for r in kept[before:]])
         position = next_offset
     if kept:
         out.append(
             Batch(
                 partition=partition,
-                values=[r.value for r in kept],
+                values=list(map(_value, kept)),
                 extra_headers=_extra_headers(kept),
                 run_indexes=run_indexes,
                 run_offsets=run_offsets,
             )
         )
     return position
+
+
+_value = attrgetter("value")
+_headers = attrgetter("headers")
 
 
 def _aborted_transactions(version: int, fields: list[Any]) -> list[tuple[int, int]]:
@@ -242,7 +253,7 @@ def _aborted_transactions(version: int, fields: list[Any]) -> list[tuple[int, in
 
 def _extra_headers(records: list[Any]) -> dict[int, list[tuple[str, bytes]]]:
     # Almost always none: one cheap pass to find out, a second only when there are.
-    if max(map(len, [r.headers for r in records])) <= OWN_HEADER_COUNT:
+    if max(map(len, map(_headers, records))) <= OWN_HEADER_COUNT:
         return {}
     return {i: list(r.headers) for i, r in enumerate(records) if has_extra_headers(r.headers)}
 
