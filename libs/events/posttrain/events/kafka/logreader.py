@@ -8,8 +8,8 @@ record batches with aiokafka's C record parser, handing out one ``Batch`` of raw
 partition and response, however many record batches it spans: the orchestrator commits a
 transaction per decision, so its log is a record batch of one or two records, then a commit
 marker, over and over, and any work per record batch (a ``Batch``, a fold, reading a marker)
-would cost more than the records. It asks for the next response before
-the caller folds the current one, so the broker works while we fold.
+would cost more than the records. It asks for the next response before the caller folds the
+current one, so the broker works while we fold.
 
 Only committed records come out (``read_committed``): records of aborted transactions and the
 transaction markers are skipped, as a consumer would.
