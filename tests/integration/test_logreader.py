@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from posttrain.events.kafka import KafkaSettings
+from posttrain.events.kafka import KafkaSettings, logreader
 from posttrain.events.kafka.logreader import read_partitions
 from posttrain.events.topics import Topic
 
@@ -17,8 +17,8 @@ OWN = [("posttrain-type", b"T"), ("posttrain-version", b"1"), ("content-type", b
 
 
 async def _write_mixed_log(settings: KafkaSettings, topic: str) -> None:
-    """Plain records, committed and aborted transactions interleaved, records with extra
-    headers, on partitions 0 and 1."""
+    """Plain records, committed and aborted transactions interleaved, a committed transaction of
+    the producer that aborted, records with extra headers, on partitions 0 and 1."""
     plain = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True)
     txn_a, txn_b = (
         AIOKafkaProducer(
@@ -48,6 +48,12 @@ async def _write_mixed_log(settings: KafkaSettings, topic: str) -> None:
                 )
         await txn_a.abort_transaction()
         await txn_b.commit_transaction()
+        # The producer that aborted commits next: its abort marker must end the skipping.
+        await txn_a.begin_transaction()
+        for i in range(20):
+            for partition in (0, 1):
+                await txn_a.send(topic, f"again-{partition}-{i}".encode(), partition=partition)
+        await txn_a.commit_transaction()
         for partition in (0, 1):
             await plain.send_and_wait(topic, f"after-{partition}".encode(), partition=partition)
     finally:
@@ -86,9 +92,7 @@ async def _read(
     out = []
     async for batch in read_partitions(settings, topic, starts, ends):
         for i, value in enumerate(batch.values):
-            out.append(
-                (batch.partition, batch.first_offset + i, value, batch.extra_headers.get(i, []))
-            )
+            out.append((batch.partition, batch.offset(i), value, batch.extra_headers.get(i, [])))
     # The reader hands out the headers decode() needs: all of them when a record has extra ones.
     return out
 
@@ -126,6 +130,7 @@ async def test_reads_exactly_the_committed_records_in_order(kafka_settings: Kafk
         assert mine == (
             [f"plain-{partition}-{i}".encode() for i in range(300)]
             + [f"committed-{partition}-{i}".encode() for i in range(200)]
+            + [f"again-{partition}-{i}".encode() for i in range(20)]
             + [f"after-{partition}".encode()]
         )
     with_trace = [h for _, _, _, h in got if h]
@@ -148,3 +153,18 @@ async def test_starts_and_ends_cut_inside_batches(kafka_settings: KafkaSettings)
 async def test_an_empty_range_reads_nothing(kafka_settings: KafkaSettings):
     topic = kafka_settings.topic(Topic.PIPELINE_EVENTS)
     assert await _read(kafka_settings, topic, {0: 0, 1: 0}, {0: 0, 1: 0}) == []
+
+
+async def test_many_small_rounds_read_what_one_large_one_does(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+):
+    # Rounds of a few hundred bytes end inside transactions, aborted ones included: each round
+    # must still leave out exactly the aborted records and keep offsets and order.
+    monkeypatch.setattr(logreader, "_FIRST_PARTITION_FETCH_BYTES", 256)
+    monkeypatch.setattr(logreader, "_PARTITION_FETCH_BYTES", 2048)
+    topic = kafka_settings.topic(Topic.PIPELINE_EVENTS)
+    await _write_mixed_log(kafka_settings, topic)
+    starts, ends = await _bounds(kafka_settings, topic)
+    got = await _read(kafka_settings, topic, starts, ends)
+    assert len(got) == 2 * (300 + 200 + 20 + 1)
+    assert got == _comparable(await _reference(kafka_settings, topic, starts, ends))

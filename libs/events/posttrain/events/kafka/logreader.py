@@ -5,8 +5,11 @@ state from a log (the orchestrator's replay).
 ``ConsumerRecord`` with eleven fields) before the reader sees it: at a million events that is
 most of a replay. This reader sends aiokafka's Fetch requests itself and walks each response's
 record batches with aiokafka's C record parser, handing out one ``Batch`` of raw values per
-record batch (under 2 us a record, round trips included). It asks for the next response before
-the caller folds the current one, so the broker works while we fold.
+partition and response, however many record batches it spans: the orchestrator commits a
+transaction per decision, so its log is a record batch of one or two records, then a commit
+marker, over and over, and any work per record batch (a ``Batch``, a fold, reading a marker)
+would cost more than the records. It asks for the next response before the caller folds the
+current one, so the broker works while we fold.
 
 Only committed records come out (``read_committed``): records of aborted transactions and the
 transaction markers are skipped, as a consumer would.
@@ -15,9 +18,11 @@ transaction markers are skipped, as a consumer would.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import errors as kafka_errors
@@ -32,6 +37,9 @@ from posttrain.events.kafka.settings import KafkaSettings
 
 READ_COMMITTED = 1
 _PARTITION_FETCH_BYTES = 4 * 1024 * 1024
+# The first round asks for little, so that folding starts while the broker reads the rest;
+# each round asks for twice as much, up to _PARTITION_FETCH_BYTES.
+_FIRST_PARTITION_FETCH_BYTES = 128 * 1024
 _FETCH_BYTES = 16 * 1024 * 1024
 _MAX_WAIT_MS = 100
 _RETRIES = 20  # leader moves and such: refresh metadata and ask again, this many times
@@ -41,14 +49,24 @@ _MAX_STALLED_ROUNDS = 100  # rounds (of up to _MAX_WAIT_MS each) without a step 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Committed records of one partition, consecutive in one Kafka record batch: record ``i``
-    has offset ``first_offset + i``. ``extra_headers`` holds the headers of the records that
-    carry more than the codec's own three (the only ones ``decode`` reads), by index."""
+    """Committed records of one partition, in offset order, from one fetch response.
+
+    Their offsets have gaps (a transaction marker follows every transaction, aborted records
+    are left out), so they are kept as runs of consecutive offsets: run ``j`` starts at record
+    ``run_indexes[j]``, whose offset is ``run_offsets[j]``; ``offset(i)`` gives record ``i``'s.
+    ``extra_headers`` holds the headers of the records that carry more than the codec's own
+    three (the only ones ``decode`` reads), by index."""
 
     partition: int
-    first_offset: int
     values: list[bytes | None]
     extra_headers: dict[int, list[tuple[str, bytes]]]
+    run_indexes: list[int]
+    run_offsets: list[int]
+
+    def offset(self, index: int) -> int:
+        """The offset of record ``index``."""
+        run = bisect_right(self.run_indexes, index) - 1
+        return self.run_offsets[run] + index - self.run_indexes[run]
 
 
 async def read_partitions(
@@ -70,9 +88,10 @@ async def read_partitions(
     try:
         await client.set_topics([topic])
         stalled = 0
+        size = _FIRST_PARTITION_FETCH_BYTES
         while positions:
             if fetching is None:
-                fetching = asyncio.ensure_future(_fetch(client, topic, dict(positions)))
+                fetching = asyncio.ensure_future(_fetch(client, topic, dict(positions), size))
             responses = await fetching
             fetching = None
             batches: list[Batch] = []
@@ -88,8 +107,9 @@ async def read_partitions(
             stalled = 0 if moved else stalled + 1
             if stalled > _MAX_STALLED_ROUNDS:
                 raise TimeoutError(f"{topic}: no records at {positions} below {dict(ends)}")
+            size = min(2 * size, _PARTITION_FETCH_BYTES)
             if positions:  # the broker prepares the next round while the caller folds this one
-                fetching = asyncio.ensure_future(_fetch(client, topic, dict(positions)))
+                fetching = asyncio.ensure_future(_fetch(client, topic, dict(positions), size))
             since_yield = 0
             for batch in batches:
                 yield batch
@@ -110,16 +130,16 @@ _PartitionData = tuple[int, int, list[Any]]
 
 
 async def _fetch(
-    client: AIOKafkaClient, topic: str, positions: Mapping[int, int]
+    client: AIOKafkaClient, topic: str, positions: Mapping[int, int], partition_bytes: int
 ) -> list[_PartitionData]:
-    """One Fetch round over the partitions' leaders."""
+    """One Fetch round over the partitions' leaders, up to ``partition_bytes`` of each."""
     for attempt in range(_RETRIES):
         by_leader: dict[int, list[tuple[int, int, int]]] = {}
         for partition, offset in positions.items():
             leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
             if leader is None or leader == -1:
                 break
-            by_leader.setdefault(leader, []).append((partition, offset, _PARTITION_FETCH_BYTES))
+            by_leader.setdefault(leader, []).append((partition, offset, partition_bytes))
         else:
             out: list[_PartitionData] = []
             retry = False
@@ -154,45 +174,71 @@ async def _fetch(
 def _unpack(
     version: int, fields: list[Any], partition: int, position: int, end: int, out: list[Batch]
 ) -> int:
-    """Append the committed records of one partition's response to ``out``; returns the
-    position after them."""
+    """Append the committed records of one partition's response to ``out``, as one ``Batch``;
+    returns the position after them.
+
+    A log written a transaction per decision holds a commit marker after every record batch of
+    one or two records, so this loop runs once per record batch, and does the least it can
+    there: records are gathered across record batches and handed out, decoded and folded in
+    one piece."""
     aborted = deque(sorted(_aborted_transactions(version, fields), key=lambda a: a[1]))
     aborting: set[int] = set()  # producers whose records are now those of an aborted transaction
     records = MemoryRecords(fields[-1])
-    while position < end and (batch := records.next_batch()) is not None:
+    kept: list[Any] = []
+    run_indexes: list[int] = []
+    run_offsets: list[int] = []
+    next_batch = records.next_batch
+    while position < end and (batch := next_batch()) is not None:
         next_offset = batch.next_offset
         if next_offset <= position:
             continue  # sent again from before our position
         producer = batch.producer_id
         if producer is not None and producer >= 0:
-            while aborted and aborted[0][1] <= batch.base_offset:
-                aborting.add(aborted.popleft()[0])
-            if batch.is_control_batch:
-                if _is_abort_marker(batch):
+            if aborted:
+                while aborted and aborted[0][1] <= batch.base_offset:
+                    aborting.add(aborted.popleft()[0])
+            if batch.is_control_batch:  # a transaction marker (an attribute bit: not decoded)
+                # Only an abort marker of a producer we are skipping changes anything: any
+                # other marker (nearly all are commits) is passed without reading its record.
+                if producer in aborting and _is_abort_marker(batch):
                     aborting.discard(producer)
                 position = next_offset
                 continue
-            if batch.is_transactional and producer in aborting:
+            if aborting and producer in aborting and batch.is_transactional:
                 position = next_offset
                 continue
         elif batch.is_control_batch:
             position = next_offset
             continue
-        if batch.base_offset >= position and next_offset <= end:
-            kept = list(batch)  # the whole batch: no per-record check
+        base = batch.base_offset
+        before = len(kept)
+        if base >= position and next_offset <= end:
+            kept.extend(batch)  # the whole batch: no per-record check
         else:
-            kept = [r for r in batch if position <= r.offset < end]
-        if kept:
-            out.append(
-                Batch(
-                    partition=partition,
-                    first_offset=kept[0].offset,
-                    values=[r.value for r in kept],
-                    extra_headers=_extra_headers(kept),
-                )
-            )
+            kept.extend([r for r in batch if position <= r.offset < end])
+        taken = len(kept) - before
+        if taken == next_offset - base:  # every offset of the batch: one run
+            run_indexes.append(before)
+            run_offsets.append(base)
+        elif taken:  # cut, or gaps (records removed by compaction): a run per record
+            run_indexes.extend(range(before, before + taken))
+            run_offsets.extend([r.offset for r in kept[before:]])
         position = next_offset
+    if kept:
+        out.append(
+            Batch(
+                partition=partition,
+                values=list(map(_value, kept)),
+                extra_headers=_extra_headers(kept),
+                run_indexes=run_indexes,
+                run_offsets=run_offsets,
+            )
+        )
     return position
+
+
+_value = attrgetter("value")
+_headers = attrgetter("headers")
 
 
 def _aborted_transactions(version: int, fields: list[Any]) -> list[tuple[int, int]]:
@@ -207,7 +253,7 @@ def _aborted_transactions(version: int, fields: list[Any]) -> list[tuple[int, in
 
 def _extra_headers(records: list[Any]) -> dict[int, list[tuple[str, bytes]]]:
     # Almost always none: one cheap pass to find out, a second only when there are.
-    if max(map(len, [r.headers for r in records])) <= OWN_HEADER_COUNT:
+    if max(map(len, map(_headers, records))) <= OWN_HEADER_COUNT:
         return {}
     return {i: list(r.headers) for i, r in enumerate(records) if has_extra_headers(r.headers)}
 
