@@ -3,18 +3,15 @@ and the few ways figures are summed up and printed."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
 
 from posttrain.events.kafka import KafkaSettings, ensure_topics
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.service.settings import database_url
+from posttrain.testing import databases
 
 
 async def fresh_namespace(prefix: str, topics: list[Topic] | None = None) -> KafkaSettings:
@@ -40,49 +37,14 @@ async def drop_namespace(settings: KafkaSettings) -> None:
         await admin.close()
 
 
-def _base_database_url() -> str:
-    return database_url()
-
-
 async def fresh_database(prefix: str) -> str:
     """The URL of a new, empty database on the stack's server (never the default one)."""
-    base = _base_database_url()
-    name = f"bench_{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(base)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    return await databases.create_database(database_url(), f"bench_{prefix}")
 
 
-async def drop_database(url: str, timeout_s: float = 60.0) -> None:
-    """Drop a database made by ``fresh_database``, as the role that created it.
-
-    Not ``WITH (FORCE)``: that terminates every other session in the database and refuses
-    (``InsufficientPrivilegeError``) when one belongs to a superuser, which an autovacuum
-    worker does after a benchmark has written a million rows. Instead: end our own role's
-    sessions (services a benchmark stopped may leave some closing), then a plain DROP, which
-    stops autovacuum workers itself; retried while a session is still going away."""
-    name = urlsplit(url).path.lstrip("/")
-    admin = await asyncpg.connect(_base_database_url())
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1 AND usename = current_user AND pid <> pg_backend_pid()",
-                name,
-            )
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-                return
-            except asyncpg.ObjectInUseError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
+async def drop_database(url: str) -> None:
+    """Drop a database made by ``fresh_database`` (``posttrain.testing.databases``)."""
+    await databases.drop_database(database_url(), url)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

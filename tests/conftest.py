@@ -17,15 +17,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient
 
 from posttrain.events.kafka import EventProducer, KafkaSettings, ensure_topics
 from posttrain.service.settings import database_url as service_database_url
+from posttrain.testing.databases import scratch_database
 from posttrain.testing.stack_choice import StackChoiceError, StackKind, require_stack
 
 RUN_ID = f"t{uuid.uuid4().hex[:8]}"
@@ -126,11 +126,6 @@ async def producer(kafka_settings: KafkaSettings) -> AsyncIterator[EventProducer
         yield p
 
 
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
 @pytest.fixture(scope="session")
 def base_database_url() -> str:
     url = service_database_url()
@@ -142,22 +137,8 @@ def base_database_url() -> str:
 @pytest_asyncio.fixture(scope="session")
 async def database_url(base_database_url: str) -> AsyncIterator[str]:
     """A database of this run's own, migrated to the latest schema, dropped at the end."""
-    from posttrain.service.migrate import apply_migrations
-
-    name = f"posttrain_{RUN_ID}"
-    admin = await asyncpg.connect(base_database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _with_database(base_database_url, name)
-    await apply_migrations(url)
-    yield url
-    admin = await asyncpg.connect(base_database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(base_database_url, f"posttrain_{RUN_ID}", migrate=True) as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import time
 import uuid
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -35,6 +34,7 @@ from posttrain.stack.component import State
 from posttrain.stack.config import database_target, kafka_address
 from posttrain.stack.paths import stack_paths
 from posttrain.stack.process import pid_alive, port_open, wait_until
+from posttrain.testing.databases import scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -191,16 +191,8 @@ def test_doctor_reports_a_stopped_broker_with_the_fix() -> None:
     assert healthy.returncode == 0, healthy.stdout
 
 
-def _with_database(url: str, database: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
-
-
 async def _migrations_in_fresh_database() -> tuple[list[list[str]], list[str], list[str], int]:
-    name = f"posttrain_migrate_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(DSN, name)
-    try:
+    async with scratch_database(DSN, "posttrain_migrate") as url:
         pending_before = await pending_migrations(url)
         # Two callers at once: the advisory lock lets exactly one apply each file.
         concurrent = await asyncio.gather(apply_migrations(url), apply_migrations(url))
@@ -223,9 +215,6 @@ async def _migrations_in_fresh_database() -> tuple[list[list[str]], list[str], l
             await conn.close()
         assert await pending_migrations(url) == []
         return list(concurrent), pending_before, again, int(rows)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def test_migrations_are_idempotent_and_safe_when_concurrent() -> None:

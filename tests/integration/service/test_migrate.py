@@ -6,9 +6,7 @@ them again. Each test works in a fresh database of its own, dropped at the end."
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -25,20 +23,15 @@ from posttrain.service.migrate import (
     migration_sets,
     pending_migrations,
 )
+from posttrain.testing.databases import scratch_database
 
 pytestmark = pytest.mark.integration
 
 
 @pytest_asyncio.fixture
 async def fresh_database(base_database_url: str) -> AsyncIterator[str]:
-    name = f"posttrain_migrate_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(base_database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(base_database_url)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(base_database_url, "posttrain_migrate") as url:
+        yield url
 
 
 async def _tables(url: str) -> set[str]:
