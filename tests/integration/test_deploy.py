@@ -12,7 +12,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -22,6 +21,7 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.admin import check_topics
 from posttrain.events.topics import TOPICS
 from posttrain.service.migrate import migration_sets
+from posttrain.testing.databases import scratch_database
 from tests.conftest import RUN_ID
 from tests.unit.deploy.manifests import ROOT
 
@@ -33,18 +33,8 @@ SCRIPT = ROOT / "deploy" / "prepare.py"
 @pytest_asyncio.fixture
 async def empty_database(base_database_url: str) -> AsyncIterator[str]:
     """A database of this test's own with no table at all, dropped at the end."""
-    name = f"posttrain_{RUN_ID}_prepare_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(base_database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield urlunsplit(urlsplit(base_database_url)._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(base_database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(base_database_url, f"posttrain_{RUN_ID}_prepare") as url:
+        yield url
 
 
 async def _prepare(settings: KafkaSettings, database_url: str) -> list[str]:

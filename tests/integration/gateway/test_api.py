@@ -20,6 +20,7 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.gateway.app import GatewayConfig, create_app
 from posttrain.orchestrator.shell.service import expected_partitions
+from posttrain.testing.databases import scratch_database
 from posttrain.testing.scripted_agent import ScriptedAgent
 from tests.integration.orchestrator.test_orchestrator import running
 from tests.prometheus import samples
@@ -203,11 +204,8 @@ async def test_the_gateway_will_not_serve_without_tokens_unless_told(
     assert old_style.returncode == 2 and "posttrain token create" in old_style.stderr
     assert "abc" not in old_style.stderr
 
-    name = f"posttrain_{run_id.replace('-', '_')}_notokens"
-    admin = await asyncpg.connect(base_database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = base_database_url.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    prefix = f"posttrain_{run_id.replace('-', '_')}_notokens"
+    async with scratch_database(base_database_url, prefix) as url:
         # A database without the gateway's tables gets them, then has no token.
         no_tokens = start({"DATABASE_URL": url})
         assert no_tokens.returncode == 2 and "posttrain token create" in no_tokens.stderr
@@ -219,6 +217,3 @@ async def test_the_gateway_will_not_serve_without_tokens_unless_told(
             await conn.close()
         unreachable = start({"DATABASE_URL": "postgresql://a:b@127.0.0.1:1/none"})
         assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
