@@ -5,7 +5,7 @@ from __future__ import annotations
 from posttrain.diagnostics.batch import diagnose
 from posttrain.diagnostics.core.backtest import JobRoute, backtest_job
 from posttrain.diagnostics.core.config import ConfigBook
-from posttrain.diagnostics.core.policy import action_id
+from posttrain.diagnostics.core.ids import action_id
 from posttrain.events.messages.pipeline import RequestAction
 from tests.unit.diagnostics.backtest_runs import (
     FIRST_EXPLOSION,

@@ -21,7 +21,8 @@ from posttrain.diagnostics.core.config import (
     AlertChannel,
     AlertConfig,
 )
-from posttrain.diagnostics.core.policy import PolicyState, action_id, decide, to_message
+from posttrain.diagnostics.core.ids import action_id
+from posttrain.diagnostics.core.policy import PolicyState, decide, to_message
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
 from posttrain.events.messages.pipeline import RequestAction
 

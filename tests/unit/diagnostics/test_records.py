@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from posttrain.diagnostics.core.policy import action_id
+from posttrain.diagnostics.core.ids import action_id
 from posttrain.diagnostics.core.records import (
     InvalidRecord,
     action_record,

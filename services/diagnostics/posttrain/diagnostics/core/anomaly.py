@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from posttrain.diagnostics.core.ids import anomaly_id
 from posttrain.events.messages.diagnostics import Severity
 
 
@@ -101,19 +101,6 @@ SUGGESTIONS: dict[AnomalyType, tuple[str, ...]] = {
     ),
     AnomalyType.NEW_BEST_REWARD: ("Checkpoint this step: it is the best reward so far.",),
 }
-
-# Where anomaly ids live: uuid5 over (job, generation, type, step), so that the stream, the
-# batch and a restarted stream give the same anomaly the same id.
-_NAMESPACE = uuid.UUID("6c1f0f5e-4e0b-4b7e-9a53-2c1d7f3f8e11")
-
-
-def anomaly_id(job_id: str, generation: int, anomaly_type: str, step: int) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{job_id}/{generation}/{anomaly_type}/{step}"))
-
-
-def oom_anomaly_id(job_id: str, command_id: str) -> str:
-    """A failed attempt's OOM: one id whether the stream or the periodic scan finds it."""
-    return str(uuid.uuid5(_NAMESPACE, f"{job_id}/oom/{command_id}"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from posttrain.diagnostics.core.windows import (
     RollingWindow,
     linear_slope,
 )
+from posttrain.diagnostics.core.zscore import ZScoreDepartures
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.events.nonfinite import float_of
 
@@ -492,16 +493,19 @@ class RewardRule:
         self.get = getter(cfg.field)
         self._std = finite_getter(cfg.std_field)
         self._zero_std_frac = first_finite_getter(cfg.zero_std_frac_keys)
-        self._min_points = cfg.min_points
-        self._min_abs_std = cfg.min_abs_std
-        self._min_rel_std = cfg.min_rel_std
-        self._z = cfg.z
-        self._detect_spike = cfg.detect_spike
-        self._detect_drop = cfg.detect_drop
         self._collapse_std_eps = cfg.collapse_std_eps
         self._zero_std_frac_max = cfg.zero_std_frac_max
-        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
-        self.direction = int(state.get("direction", 0))  # +1 spiking, -1 dropping, 0 neither
+        # direction: +1 spiking, -1 dropping, 0 neither
+        self.level = ZScoreDepartures(
+            state,
+            cfg.window,
+            min_points=cfg.min_points,
+            min_abs_std=cfg.min_abs_std,
+            min_rel_std=cfg.min_rel_std,
+            z=cfg.z,
+            up=cfg.detect_spike,
+            down=cfg.detect_drop,
+        )
         self.collapse_run = int(state.get("collapse_run", 0))
 
     def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
@@ -513,43 +517,24 @@ class RewardRule:
         self._collapse(point, out)
 
     def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
-        w = self.window
-        direction = 0
-        if len(w.values) >= self._min_points:
-            # z against the window, its spread floored so that a flat series has a finite z:
-            # max(std, min_abs_std, min_rel_std * abs(mean)) compared as max compares.
-            mean, std = w.mean_std()
-            spread = std
-            if self._min_abs_std > spread:
-                spread = self._min_abs_std
-            rel = self._min_rel_std * abs(mean)
-            if rel > spread:
-                spread = rel
-            z = 0.0 if spread == 0.0 else (value - mean) / spread
-            limit = self._z
-            if z > limit and self._detect_spike:
-                direction = 1
-            elif z < -limit and self._detect_drop:
-                direction = -1
-            if direction and direction != self.direction:
-                cfg = self.cfg
-                kind = AnomalyType.REWARD_SPIKE if direction > 0 else AnomalyType.REWARD_DROP
-                word = "spike" if direction > 0 else "drop"
-                out.append(
-                    make(
-                        kind,
-                        "warning",
-                        point.step,
-                        value,
-                        cfg.field,
-                        f"{cfg.field} {word} at step {point.step}: {fmt(value)} is "
-                        f"{fmt(abs(z))} std from the mean {fmt(mean)} of the last {len(w)} "
-                        f"points (limit {fmt(cfg.z)})",
-                        {"mean": mean, "std": std, "z": z, "spread": spread, "points": len(w)},
-                    )
-                )
-        self.direction = direction
-        w.push(value)
+        departure = self.level.push(value)
+        if departure is None:
+            return
+        cfg = self.cfg
+        spike = departure.direction > 0
+        out.append(
+            make(
+                AnomalyType.REWARD_SPIKE if spike else AnomalyType.REWARD_DROP,
+                "warning",
+                point.step,
+                value,
+                cfg.field,
+                f"{cfg.field} {'spike' if spike else 'drop'} at step {point.step}: {fmt(value)} "
+                f"is {fmt(abs(departure.z))} std from the mean {fmt(departure.mean)} of the last "
+                f"{departure.points} points (limit {fmt(cfg.z)})",
+                departure.window(),
+            )
+        )
 
     def _collapse(self, point: MetricPoint, out: list[Anomaly]) -> None:
         std = self._std(point)
@@ -588,13 +573,13 @@ class RewardRule:
         )
 
     def on_rewind(self) -> None:
-        self.direction = 0
+        self.level.direction = 0
         self.collapse_run = 0
 
     def to_dict(self) -> JsonDict:
         return {
-            "window": self.window.to_dict(),
-            "direction": self.direction,
+            "window": self.level.window.to_dict(),
+            "direction": self.level.direction,
             "collapse_run": self.collapse_run,
         }
 
@@ -905,12 +890,15 @@ class LengthRule:
         self.cfg = cfg
         self.get = getter(cfg.field)
         self._clip_ratio = first_finite_getter(cfg.clip_ratio_keys)
-        self._min_points = cfg.min_points
-        self._min_abs_std = cfg.min_abs_std
-        self._min_rel_change = cfg.min_rel_change
-        self._z = cfg.z
-        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
-        self.direction = int(state.get("direction", 0))
+        self.level = ZScoreDepartures(
+            state,
+            cfg.window,
+            min_points=cfg.min_points,
+            min_abs_std=cfg.min_abs_std,
+            min_rel_std=0.0,
+            z=cfg.z,
+            min_rel_change=cfg.min_rel_change,
+        )
         self.clip_ref_sum = float(state.get("clip_ref_sum", 0.0))
         self.clip_ref_n = int(state.get("clip_ref_n", 0))
         self.clip_active = bool(state.get("clip_active", False))
@@ -929,47 +917,24 @@ class LengthRule:
             self._clip(point, clip, out)
 
     def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
-        w = self.window
-        direction = 0
-        if len(w.values) >= self._min_points:
-            # z against the window, its spread floored so that a flat series has a finite z:
-            # max(std, min_abs_std, 0.0 * abs(mean)) compared as max compares.
-            mean, std = w.mean_std()
-            spread = std
-            if self._min_abs_std > spread:
-                spread = self._min_abs_std
-            abs_mean = abs(mean)
-            rel = 0.0 * abs_mean
-            if rel > spread:
-                spread = rel
-            z = 0.0 if spread == 0.0 else (value - mean) / spread
-            far = abs(value - mean) > self._min_rel_change * abs_mean
-            limit = self._z
-            if far and z > limit:
-                direction = 1
-            elif far and z < -limit:
-                direction = -1
-            if direction and direction != self.direction:
-                cfg = self.cfg
-                kind = (
-                    AnomalyType.LENGTH_EXPLOSION if direction > 0 else AnomalyType.LENGTH_COLLAPSE
-                )
-                word = "explosion" if direction > 0 else "collapse"
-                out.append(
-                    make(
-                        kind,
-                        "warning",
-                        point.step,
-                        value,
-                        cfg.field,
-                        f"response length {word} at step {point.step}: mean length "
-                        f"{fmt(value)} vs {fmt(mean)} over the last {len(w)} points "
-                        f"(z {fmt(z)}, limit {fmt(cfg.z)})",
-                        {"mean": mean, "std": std, "z": z, "spread": spread, "points": len(w)},
-                    )
-                )
-        self.direction = direction
-        w.push(value)
+        departure = self.level.push(value)
+        if departure is None:
+            return
+        cfg = self.cfg
+        explosion = departure.direction > 0
+        out.append(
+            make(
+                AnomalyType.LENGTH_EXPLOSION if explosion else AnomalyType.LENGTH_COLLAPSE,
+                "warning",
+                point.step,
+                value,
+                cfg.field,
+                f"response length {'explosion' if explosion else 'collapse'} at step "
+                f"{point.step}: mean length {fmt(value)} vs {fmt(departure.mean)} over the last "
+                f"{departure.points} points (z {fmt(departure.z)}, limit {fmt(cfg.z)})",
+                departure.window(),
+            )
+        )
 
     def _clip(self, point: MetricPoint, clip: float, out: list[Anomaly]) -> None:
         cfg = self.cfg
@@ -1000,14 +965,14 @@ class LengthRule:
         self.clip_active = rising
 
     def on_rewind(self) -> None:
-        self.direction = 0
+        self.level.direction = 0
         self.clip_active = False
         self.clip_recent.clear()
 
     def to_dict(self) -> JsonDict:
         return {
-            "window": self.window.to_dict(),
-            "direction": self.direction,
+            "window": self.level.window.to_dict(),
+            "direction": self.level.direction,
             "clip_ref_sum": self.clip_ref_sum,
             "clip_ref_n": self.clip_ref_n,
             "clip_active": self.clip_active,

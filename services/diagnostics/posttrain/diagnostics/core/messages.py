@@ -6,7 +6,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from posttrain.diagnostics.core.alerting import Alert
-from posttrain.diagnostics.core.anomaly import Anomaly, oom_anomaly_id
+from posttrain.diagnostics.core.anomaly import Anomaly
+from posttrain.diagnostics.core.ids import oom_anomaly_id
 from posttrain.diagnostics.core.state import JobState
 from posttrain.events.messages.diagnostics import AnomalyDetected
 

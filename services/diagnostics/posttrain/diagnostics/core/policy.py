@@ -8,21 +8,15 @@ decides the same way. Dry-run mode recommends instead of requesting.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from posttrain.diagnostics.core.config import ActionKind, ActionPolicyConfig
+from posttrain.diagnostics.core.ids import action_id
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
 from posttrain.events.messages.pipeline import RequestAction
 
 JsonDict = dict[str, Any]
-_NAMESPACE = uuid.UUID("0b7c8a3e-58a4-4e59-8f0e-6f9f3d1e2a77")
-
-
-def action_id(anomaly_id: str, action: str) -> str:
-    """Deterministic: the same anomaly never asks for the same action under two ids."""
-    return str(uuid.uuid5(_NAMESPACE, f"{anomaly_id}/{action}"))
 
 
 @dataclass(frozen=True, slots=True)

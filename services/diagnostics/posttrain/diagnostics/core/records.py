@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from posttrain.diagnostics.core.policy import action_id
+from posttrain.diagnostics.core.ids import action_id
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
 
 JsonDict = dict[str, Any]
