@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
+from posttrain.events.codec import decode
+from posttrain.events.messages.launch import LAUNCH_TYPES, LaunchEnded
 from posttrain.events.topics import Topic
 from posttrain.trainer_agent.launcher import ProcessId, is_alive, signal_group
 from tests.integration.trainer_agent.topics import TopicReader, finished
@@ -62,6 +65,13 @@ async def test_oom_error_and_timeout_are_reported_by_kind_and_the_agent_survives
     assert "Tried to allocate 20.00 GiB" in oom_failed.error
     assert oom_failed.details["exception"] == "torch.OutOfMemoryError"
     assert oom_failed.details["memory"]["rss_bytes"] > 0
+    # The stage said so in its result file, a codec-encoded LaunchEnded.
+    oom_entry = agent.agent.journal.get(oom.command_id)
+    written = decode(
+        (Path(oom_entry.attempt_dir) / "result-1.json").read_bytes(), types=LAUNCH_TYPES
+    )
+    assert isinstance(written.data, LaunchEnded)
+    assert (written.data.status, written.data.kind) == ("failed", "oom")
     assert oom_command_failed.kind == "oom"
     assert "CUDA out of memory" in oom_command_failed.details["log_tail"]
     assert error_failed.kind == "error" and "ValueError" in error_failed.error

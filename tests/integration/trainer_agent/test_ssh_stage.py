@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 
+from posttrain.events.codec import decode
 from posttrain.events.messages import AdjustLearningRate, CancelStage
+from posttrain.events.messages.launch import LAUNCH_TYPES, LaunchEnded
 from posttrain.events.tasks import SshConfig
 from posttrain.events.topics import Topic
 from posttrain.testing.sshd import TestSshd
+from posttrain.trainer_agent.stage_files import result_path
 from tests.integration.trainer_agent.conftest import control_for, tiny_sft
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
 from tests.waiting import wait_for
@@ -116,6 +119,12 @@ async def test_a_training_stage_runs_remotely_through_a_dropped_connection_and_o
     assert entry.launch.host == "127.0.0.1"
     local_log = (Path(entry.attempt_dir) / "stage.log").read_text()
     assert f"posttrain: train_model {run.command_id} launch 1" in local_log
+    # The remote stage's result came back as it wrote it: a codec-encoded LaunchEnded.
+    result_file = result_path(Path(entry.attempt_dir), entry.launch.number)
+    ended = decode(result_file.read_bytes(), types=LAUNCH_TYPES).data
+    assert isinstance(ended, LaunchEnded)
+    assert ended.status == "succeeded" and ended.outputs is not None
+    assert ended.outputs["checkpoint"] == done.outputs["checkpoint"]
     # The key is a secret of the agent's host: not in the journal, the local files, the reports.
     key_body = sshd.client_key.read_text().splitlines()[1]
     assert key_body not in _text_under(agent.agent.work_dir)

@@ -60,7 +60,7 @@ from posttrain.trainer_agent.stage_files import (
     CONTROL,
     LOG,
     append_message,
-    read_json,
+    read_result,
     read_tail,
     result_path,
     spec_path,
@@ -301,14 +301,14 @@ class Agent:
         attempt_dir = Path(entry.attempt_dir)
         await supervisor.pull(handle, attempt_dir)
         await self._relay_events(entry.command_id)
-        result = read_json(result_path(attempt_dir, launch.number))
+        result = read_result(result_path(attempt_dir, launch.number))
         alive = True
         if result is None:
             alive = await supervisor.alive(handle)
             if not alive:
                 # It may have written its result just before exiting: look once more.
                 await supervisor.pull(handle, attempt_dir)
-                result = read_json(result_path(attempt_dir, launch.number))
+                result = read_result(result_path(attempt_dir, launch.number))
         if result is not None or not alive:
             await self._relay_events(entry.command_id)  # what it wrote before it ended
         log_tail = "" if alive or result is not None else read_tail(attempt_dir / LOG)

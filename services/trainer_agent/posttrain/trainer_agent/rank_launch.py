@@ -26,7 +26,7 @@ from typing import Any
 
 from posttrain.trainer_agent.core.failure import tail
 from posttrain.trainer_agent.ranks import Ranks, load_indexed_cpu_locations
-from posttrain.trainer_agent.stage_files import read_json, spec_path, write_json_atomic
+from posttrain.trainer_agent.stage_files import read_json, read_result, spec_path, write_result
 
 SHUTDOWN_TIMEOUT_S = 10
 
@@ -80,7 +80,7 @@ def run_ranks(attempt_dir: Path, launch: int, nproc: int) -> dict[str, Any]:
         saved = [
             doc
             for rank in range(nproc)
-            if isinstance(doc := read_json(rank_result_path(attempt_dir, launch, rank)), dict)
+            if (doc := read_result(rank_result_path(attempt_dir, launch, rank))) is not None
         ]
         if saved:
             return min(saved, key=lambda doc: float(doc.get("finished_at") or 0.0))
@@ -91,8 +91,8 @@ def run_ranks(attempt_dir: Path, launch: int, nproc: int) -> dict[str, Any]:
     except SignalException as exc:
         # The agent stopped the stage (cancel without a step boundary, timeout): rank 0 says how
         # far it got when it could.
-        main = read_json(rank_result_path(attempt_dir, launch, 0))
-        if isinstance(main, dict):
+        main = read_result(rank_result_path(attempt_dir, launch, 0))
+        if main is not None:
             return main
         return _failed("cancelled", f"terminated by the agent ({signal.Signals(exc.sigval).name})")
     result = returned.get(0)
@@ -125,7 +125,8 @@ def _rank_main(attempt_dir: str, launch: int) -> dict[str, Any] | None:
     assert isinstance(spec, dict), f"no readable spec for launch {launch} in {folder}"
     result = stage_process.serve(folder, launch, spec, ranks)
     if result["status"] == "failed":
-        write_json_atomic(rank_result_path(folder, launch, ranks.rank), result)
+        key = str(spec["run"]["pipeline_id"])
+        write_result(rank_result_path(folder, launch, ranks.rank), result, key=key)
         # Non-zero: torchrun stops the other ranks rather than leave them in a collective.
         raise SystemExit(1)
     return result if ranks.is_main else None

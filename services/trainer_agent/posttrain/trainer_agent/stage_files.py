@@ -8,8 +8,9 @@ Each RunStage command has a directory on the agent's disk::
                       at each step boundary
     events.jsonl      CheckpointSaved / ActionApplied / ActionRefused, appended by the stage
                       as codec-encoded messages (``append_message``), published by the agent
-    result-<n>.json   how launch n ended, written once, atomically
-    result-<n>.rank<r>.json   how rank r of a multi-rank launch failed (``rank_launch``)
+    result-<n>.json   how launch n ended (a codec-encoded LaunchEnded), written once,
+                      atomically; an older stage's plain dict is still read
+    result-<n>.rank<r>.json   how rank r of a multi-rank launch failed (``rank_launch``), the same
 
 Files rather than pipes, because the stage process outlives an agent that is killed: the next
 agent finds the same files, re-attaches and carries on, and nothing held only in memory is lost.
@@ -20,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from posttrain.events import Envelope
-from posttrain.events.codec import encode
+from posttrain.events.codec import DecodeError, decode, encode, encode_written
 from posttrain.events.messages import (
     ActionApplied,
     ActionRefused,
@@ -34,10 +36,11 @@ from posttrain.events.messages import (
     Message,
     RunStage,
 )
+from posttrain.events.messages.launch import LAUNCH_TYPES, LaunchEnded
 from posttrain.events.metricfile import complete_lines
 from posttrain.trainer_agent.core.control import StepDirective, at_step_boundary
 from posttrain.trainer_agent.core.failure import tail
-from posttrain.trainer_agent.core.lines import line_fields
+from posttrain.trainer_agent.core.lines import is_message, line_fields
 
 CONTROL = "control.jsonl"
 EVENTS = "events.jsonl"
@@ -55,12 +58,61 @@ def result_path(attempt_dir: Path, launch: int) -> Path:
 
 def write_json_atomic(path: Path, doc: Any) -> None:
     """Write, flush to disk, then rename: a reader sees the old file or the whole new one."""
+    _write_atomic(path, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
-        fh.write(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def launch_ended(result: Mapping[str, Any]) -> LaunchEnded:
+    """A launch's result (one of the shapes ``stage_process`` builds) as its message. Through
+    orjson first: a task's outputs may hold numpy numbers, which a result has always written as
+    plain numbers (and NaN as null)."""
+    plain = orjson.loads(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
+    return LaunchEnded.model_validate(plain)
+
+
+def write_result(path: Path, result: Mapping[str, Any], key: str) -> None:
+    """Write a launch's result as a codec-encoded LaunchEnded, atomically. Only the fields the
+    result has are written (see ``LaunchEnded``), so that ``read_result`` gives back the same
+    dict."""
+    message = launch_ended(result)
+    data = message.model_dump_json(exclude_unset=True).encode()
+    _, value, _ = encode_written(LaunchEnded, data, key=key)
+    _write_atomic(path, value)
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A launch's result as the dict the agent's core decides on (``Looked.result``): a
+    LaunchEnded decoded (upcast and validated), or the plain dict an older stage process wrote,
+    as it is. None while there is none; one that cannot be read is a failure saying why, not a
+    result that never comes."""
+    try:
+        raw = path.read_bytes()
+        doc = orjson.loads(raw)
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if not is_message(doc):
+        return doc
+    try:
+        message = decode(raw, types=LAUNCH_TYPES).data
+    except DecodeError as exc:
+        return {
+            "status": "failed",
+            "kind": "error",
+            "error": f"{path.name} cannot be read: {exc}",
+            "details": {},
+        }
+    fields: dict[str, Any] = message.model_dump(mode="json", exclude_unset=True)
+    return fields
 
 
 def read_json(path: Path) -> Any | None:

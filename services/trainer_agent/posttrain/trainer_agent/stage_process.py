@@ -4,7 +4,8 @@
 launcher's zygote). It reads ``spec-<n>.json``, reports metrics itself (straight to Kafka, with
 its own spill file; on a remote host, to the metrics file its spec names, which the agent
 follows: ``supervisors.ssh``), writes CheckpointSaved/ActionApplied/ActionRefused lines for
-the agent to publish, and ends with ``result-<n>.json``:
+the agent to publish, and ends with ``result-<n>.json``, a codec-encoded ``LaunchEnded``
+(``stage_files.write_result``) with the fields of one of three shapes:
 
     {"status": "succeeded", "outputs": {...}}
     {"status": "paused", "step": 40, "checkpoint": ".../checkpoint-40", "non_finite": [],
@@ -43,7 +44,7 @@ from posttrain.trainer_agent.stage_files import (
     read_json,
     result_path,
     spec_path,
-    write_json_atomic,
+    write_result,
 )
 from posttrain.trainer_agent.tasks import StageContext, task_for
 
@@ -96,7 +97,7 @@ def run(attempt_dir: Path, launch: int) -> int:
                 }
         else:
             result = serve(attempt_dir, launch, spec)
-    write_json_atomic(result_path(attempt_dir, launch), result)
+    write_result(result_path(attempt_dir, launch), result, key=run_stage.pipeline_id)
     print(f"posttrain: launch {launch} ended: {result['status']}", flush=True)
     return 0
 
