@@ -147,7 +147,7 @@ class SshSupervisor:
         except (SshError, ValueError) as exc:
             await self._forget(state)
             raise SupervisorError(str(exc)) from None
-        _write_int(state.runner.state_dir / _PUSHED, len(control))
+        write_json_atomic(state.runner.state_dir / _PUSHED, len(control))
         return StageHandle(
             self.name,
             remote.pid,
@@ -214,7 +214,7 @@ class SshSupervisor:
     async def _push(self, state: _Run, attempt_dir: Path) -> None:
         async with state.push_lock:
             pushed_file = state.runner.state_dir / _PUSHED
-            pushed = _read_int(pushed_file)
+            pushed = read_json(pushed_file) or 0
             data = _read_bytes(attempt_dir / CONTROL)
             new = data[pushed : data.rfind(b"\n") + 1] if len(data) > pushed else b""
             if not new or state.runner.ended:
@@ -226,7 +226,7 @@ class SshSupervisor:
                     "ssh: control lines not pushed", extra={"host": state.host, "error": str(exc)}
                 )
                 return
-            _write_int(pushed_file, pushed + len(new))
+            write_json_atomic(pushed_file, pushed + len(new))
 
     def _new_run(
         self, attempt_dir: Path, launch: int, config: SshConfig, run: Mapping[str, Any]
@@ -328,16 +328,3 @@ def _read_bytes(path: Path) -> bytes:
 def _append_bytes(path: Path, data: bytes) -> None:
     with open(path, "ab") as fh:
         fh.write(data)
-
-
-def _read_int(path: Path) -> int:
-    try:
-        return int(path.read_text().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
-
-
-def _write_int(path: Path, value: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(value))
-    tmp.replace(path)

@@ -51,7 +51,7 @@ from posttrain.events.tasks import SshConfig
 from posttrain.trainer_agent.core.reports import checkpoint_path
 from posttrain.trainer_agent.metrics_file import metrics_file_path
 from posttrain.trainer_agent.reporting import MetricsReporter
-from posttrain.trainer_agent.stage_files import CONTROL, EVENTS
+from posttrain.trainer_agent.stage_files import CONTROL, EVENTS, read_json, write_json_atomic
 from posttrain.trainer_agent.supervisors import ssh_remote
 from posttrain.trainer_agent.supervisors.ssh_connect import HostKeyRefused, SshError, connect
 from posttrain.trainer_agent.tailer import (
@@ -184,7 +184,7 @@ class SshRunner:
         self._lock = asyncio.Lock()
         self._follower: asyncio.Task[RemoteOutcome] | None = None
         self._metrics = load_tail_state(self.state_dir / _METRICS_STATE)
-        follow = _read_json(self.state_dir / _FOLLOW_STATE) or {}
+        follow = _json_object(self.state_dir / _FOLLOW_STATE) or {}
         self._output_offset = int(follow.get("output", 0))
         self._events_offset = int(follow.get("events", 0))
         self._checkpoints: list[str] = list(follow.get("checkpoints", []))
@@ -213,7 +213,7 @@ class SshRunner:
             raise SshError(f"could not start the run on {self._where()}: {exc}") from None
         result_file = f"{run_dir}/{launch.result_file}" if launch.result_file else None
         self.run = RemoteRun(run_dir, pid, start, metrics, result_file)
-        _write_json(self.state_dir / _RUN_RECORD, self.run.to_record())
+        write_json_atomic(self.state_dir / _RUN_RECORD, self.run.to_record())
         log.info("ssh: started", extra={"host": self.config.host, "run_dir": run_dir, "pid": pid})
         self._follower = asyncio.create_task(self._follow(), name=f"ssh-follow-{launch.name}")
         return self.run
@@ -241,7 +241,7 @@ class SshRunner:
         """Adopt a run started earlier (by this agent before a restart): from ``record`` or
         the state folder's; follows it from the saved positions, or reports how it ended."""
         if record is None:
-            record = _read_json(self.state_dir / _RUN_RECORD)
+            record = _json_object(self.state_dir / _RUN_RECORD)
             if record is None:
                 raise SshError(f"no remote run recorded in {self.state_dir}")
         self.run = RemoteRun.from_record(record)
@@ -346,7 +346,7 @@ class SshRunner:
                         self.on_event(event)
         self._events_offset += end
         if chunk or end:
-            _write_json(
+            write_json_atomic(
                 self.state_dir / _FOLLOW_STATE,
                 {
                     "output": self._output_offset,
@@ -501,18 +501,9 @@ def _q(text: str) -> str:
     return shlex.quote(text)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+def _json_object(path: Path) -> dict[str, Any] | None:
+    doc = read_json(path)
     return doc if isinstance(doc, dict) else None
-
-
-def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
 
 
 __all__ = [
