@@ -79,11 +79,6 @@ def finite(value: Any) -> float | None:
     return number if number is not None and _isfinite(number) else None
 
 
-# Rules read their main field with ``getter`` and take its finite value inline, as
-# ``raw if raw.__class__ is float and _isfinite(raw) else finite(raw)``: ``finite`` without a call
-# for the common float.
-
-
 def finite_getter(name: str) -> Callable[[MetricPoint], float | None]:
     """A reader of the field ``name`` (canonical, else a key of ``custom``) as a finite float,
     or None (missing, not a number, NaN or infinite)."""
@@ -141,9 +136,15 @@ def read_first(point: MetricPoint, names: tuple[str, ...]) -> float | None:
 
 
 class Rule(Protocol):
-    name: str
+    """A rule of the fold. ``value_field`` names its main field: ``Rules.observe`` reads it once
+    per point and passes its finite value (None when missing, not a number, NaN or infinite) to
+    ``observe``; a rule whose ``value_field`` is None is passed None and reads the point itself.
+    """
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None: ...
+    name: str
+    value_field: str | None
+
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None: ...
 
     def on_rewind(self) -> None:
         """The job's steps went backwards (a rollback or a resume from a checkpoint)."""
@@ -163,6 +164,7 @@ class NonFiniteRule:
     """
 
     name = "non_finite"
+    value_field: str | None = None  # reads every watched field itself
 
     def __init__(self, cfg: NonFiniteConfig, state: JsonDict) -> None:
         self.cfg = cfg
@@ -175,7 +177,7 @@ class NonFiniteRule:
             named = ["*"] if state.get("active") else []
         self.named: list[str] = [str(n) for n in named]
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         named = self.named
         values_of = self._values
         if not named and values_of is not None and not (self.custom and point.custom):
@@ -247,7 +249,7 @@ class LossSpikeRule:
 
     def __init__(self, cfg: LossSpikeConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.value_field: str | None = cfg.field
         self._sampled_rl_getters = tuple(getter(k) for k in cfg.sampled_rl_keys)
         # The thresholds read at every point, as plain attributes (a config's are slower).
         self._skip_sampled_rl = cfg.skip_sampled_rl
@@ -260,7 +262,7 @@ class LossSpikeRule:
         self.episode = int(state.get("episode", 0))
         self.sampled_rl = bool(state.get("sampled_rl", False))
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if self._skip_sampled_rl:
             if not self.sampled_rl:
                 for get in self._sampled_rl_getters:
@@ -270,10 +272,6 @@ class LossSpikeRule:
                         return
             else:
                 return
-        raw = self.get(point)
-        if raw is None:
-            return
-        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
         if value is None:
             return
         w = self.window
@@ -333,6 +331,7 @@ class KlRule:
 
     def __init__(self, cfg: KlConfig, state: JsonDict) -> None:
         self.cfg = cfg
+        self.value_field: str | None = cfg.field
         self.get = getter(cfg.field)
         self.median = RollingMedian.from_dict(state.get("median", {}), cfg.median_window)
         self.recent: deque[float] = deque(
@@ -351,13 +350,11 @@ class KlRule:
         self._median_floor = cfg.median_floor
         self._median_factor = cfg.median_factor
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        raw = self.get(point)
-        if raw is None:
-            return
-        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if value is None:
-            self._infinite(point, _as_float(raw), out)
+            raw = self.get(point)  # missing, or non-finite: an infinite KL is a blow-up
+            if raw is not None:
+                self._infinite(point, _as_float(raw), out)
             return
         recent = self.recent
         recent.append(value)
@@ -490,7 +487,7 @@ class RewardRule:
 
     def __init__(self, cfg: RewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.value_field: str | None = cfg.field
         self._std = finite_getter(cfg.std_field)
         self._zero_std_frac = first_finite_getter(cfg.zero_std_frac_keys)
         self._collapse_std_eps = cfg.collapse_std_eps
@@ -508,12 +505,9 @@ class RewardRule:
         )
         self.collapse_run = int(state.get("collapse_run", 0))
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        raw = self.get(point)
-        if raw is not None:
-            value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
-            if value is not None:
-                self._zscore(point, value, out)
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
+        if value is not None:
+            self._zscore(point, value, out)
         self._collapse(point, out)
 
     def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
@@ -602,7 +596,7 @@ class GradRule:
 
     def __init__(self, cfg: GradConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.value_field: str | None = cfg.field
         # A state saved by the EMA version of this rule ("ema", "warmup") starts a new window.
         self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
         # The window's values sorted (oldest first among equal ones, as ``sorted`` leaves them),
@@ -633,11 +627,7 @@ class GradRule:
         w.push(value)
         bisect.insort(ordered, value)
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        raw = self.get(point)
-        if raw is None:
-            return
-        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if value is None:
             return
         if value >= self._vanish_eps:
@@ -745,7 +735,7 @@ class PlateauRule:
 
     def __init__(self, cfg: PlateauConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.value_field: str | None = cfg.field
         self.block_sum = float(state.get("block_sum", 0.0))
         self.block_n = int(state.get("block_n", 0))
         best = state.get("best")
@@ -765,11 +755,7 @@ class PlateauRule:
             return a > best * (1.0 + cfg.threshold)
         return a > best + cfg.threshold
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        raw = self.get(point)
-        if raw is None:
-            return
-        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if value is None:
             return
         self.block_sum += value
@@ -827,7 +813,7 @@ class EntropyRule:
 
     def __init__(self, cfg: EntropyConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.value_field: str | None = cfg.field
         self.early = EmaStats.from_dict(state.get("early", {}), cfg.early_alpha)
         self.recent = EmaStats.from_dict(state.get("recent", {}), cfg.recent_alpha)
         self.seen_reward = bool(state.get("seen_reward", False))
@@ -836,13 +822,9 @@ class EntropyRule:
         self._rl_only = cfg.rl_only
         self._ratio = cfg.ratio
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if not self.seen_reward and point.reward_mean is not None:
             self.seen_reward = True
-        raw = self.get(point)
-        if raw is None:
-            return
-        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
         if value is None:
             return
         self.recent.push(value)
@@ -888,7 +870,7 @@ class LengthRule:
 
     def __init__(self, cfg: LengthConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.value_field: str | None = cfg.field
         self._clip_ratio = first_finite_getter(cfg.clip_ratio_keys)
         self.level = ZScoreDepartures(
             state,
@@ -906,12 +888,9 @@ class LengthRule:
             (float(v) for v in state.get("clip_recent", [])), maxlen=cfg.clip_ratio_smoothing
         )
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        raw = self.get(point)
-        if raw is not None:
-            value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
-            if value is not None:
-                self._zscore(point, value, out)
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
+        if value is not None:
+            self._zscore(point, value, out)
         clip = self._clip_ratio(point)
         if clip is not None:
             self._clip(point, clip, out)
@@ -982,6 +961,7 @@ class LengthRule:
 
 class MemoryRule:
     name = "memory"
+    value_field: str | None = None  # a missing usage still reads the counters
 
     def __init__(self, cfg: MemoryConfig, state: JsonDict) -> None:
         self.cfg = cfg
@@ -1001,7 +981,7 @@ class MemoryRule:
         # some of them are canonical fields: no shortcut then).
         self._custom_keys = None if any(key in _POINT_FIELDS for key in keys) else frozenset(keys)
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         field_value = self._field(point)
         custom = point.custom
         if field_value is None or not self._field_is_core:
@@ -1102,7 +1082,7 @@ class NewBestRewardRule:
 
     def __init__(self, cfg: NewBestRewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.get = getter(cfg.field)
+        self.value_field: str | None = cfg.field
         self.recent: deque[float] = deque(
             (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
         )
@@ -1114,11 +1094,7 @@ class NewBestRewardRule:
         last = state.get("last_raised_step")
         self.last_raised_step: int | None = None if last is None else int(last)
 
-    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
-        raw = self.get(point)
-        if raw is None:
-            return
-        value = raw if raw.__class__ is float and _isfinite(raw) else finite(raw)
+    def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if value is None:
             return
         recent = self.recent
@@ -1164,6 +1140,31 @@ class NewBestRewardRule:
             "best": self.best,
             "last_raised_step": self.last_raised_step,
         }
+
+
+class Rules:
+    """The enabled rules, fed point by point. The one place that reads a rule's main field as a
+    finite float: inline, so that the common float costs no call beyond the rule's ``observe``.
+    """
+
+    __slots__ = ("_observers", "rules")
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        # Each rule's reader and bound ``observe``, looked up once (they run for every point).
+        self._observers = tuple(
+            (None if rule.value_field is None else getter(rule.value_field), rule.observe)
+            for rule in rules
+        )
+
+    def observe(self, point: MetricPoint, out: list[Anomaly]) -> None:
+        """Fold one point into every rule, appending the anomalies it raises to ``out``."""
+        isfinite = _isfinite
+        for get, observe in self._observers:
+            value = None if get is None else get(point)
+            if value is not None and (value.__class__ is not float or not isfinite(value)):
+                value = finite(value)  # not a float, or a non-finite one (then None)
+            observe(point, value, out)
 
 
 def build_rules(config: DetectorConfig, state: dict[str, JsonDict]) -> list[Rule]:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from posttrain.diagnostics.core.anomaly import Anomaly, AnomalyType, make
 from posttrain.diagnostics.core.config import DetectorConfig
-from posttrain.diagnostics.core.detectors import Rule, build_rules
+from posttrain.diagnostics.core.detectors import Rule, Rules, build_rules
 from posttrain.diagnostics.core.windows import JsonDict
 from posttrain.events.messages.metrics import MetricPoint
 
@@ -41,8 +41,8 @@ class JobState:
         self.raised = int(data.get("raised", 0))
         self.failures: list[str] = list(data.get("failures", []))
         self.rules: list[Rule] = build_rules(config, data.get("rules", {}))
-        # Each rule's bound ``observe``, looked up once (observe runs for every point).
-        self._observers = tuple(rule.observe for rule in self.rules)
+        # Bound once: it runs for every point.
+        self._observe_rules = Rules(self.rules).observe
 
     def to_dict(self) -> JsonDict:
         return {
@@ -84,8 +84,7 @@ class JobState:
         self.last_step = step
         self.points += 1
         out: list[Anomaly] = []
-        for rule_observe in self._observers:
-            rule_observe(point, out)
+        self._observe_rules(point, out)
         if out:
             self.raised += len(out)
             generation = self.generation
