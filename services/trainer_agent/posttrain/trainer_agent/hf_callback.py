@@ -27,14 +27,19 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from transformers import TrainerCallback
 
 from posttrain.trainer_agent.checkpoint_files import non_finite_parts, write_marker
 from posttrain.trainer_agent.core.checkpoints import Checkpoint
-from posttrain.trainer_agent.core.control import Applied, Rollback, StepDirective
+from posttrain.trainer_agent.core.control import Rollback
 from posttrain.trainer_agent.reporting import create_training_callback
+
+if TYPE_CHECKING:
+    # The stage the callback runs in under the agent (a plain script has none): its methods are
+    # the callback's interface to it, declared there once.
+    from posttrain.trainer_agent.tasks.context import StageContext
 
 # Logged once at the end of training by HF, not a step's measurement.
 _SUMMARY_KEYS = frozenset(
@@ -52,29 +57,6 @@ class Report(Protocol):
     def __call__(self, step: int, epoch: float | None = None, **fields: Any) -> None: ...
 
 
-class StageControls(Protocol):
-    """What the callback needs from the stage it runs in (``tasks.context.StageContext``)."""
-
-    def poll_control(self, step: int | None = None) -> StepDirective: ...
-    def action_applied(self, applied: Applied, step: int) -> None: ...
-    def action_refused(
-        self, action_id: str, action: str, step: int | None, reason: str
-    ) -> None: ...
-    def checkpoint_saved(
-        self, step: int, path: str, reason: str, non_finite: tuple[str, ...] = ()
-    ) -> None: ...
-    def stopping(self, reason: str, step: int) -> None: ...
-    def rollback_target(self, rollback: Rollback, step: int) -> Checkpoint | None: ...
-    def rolled_back(
-        self,
-        rollback: Rollback,
-        from_step: int,
-        to: Checkpoint,
-        skipped_batches: int,
-        restored: tuple[str, ...] = (),
-    ) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class _PendingRollback:
     rollback: Rollback
@@ -88,7 +70,7 @@ class PosttrainCallback(TrainerCallback):
         report: Report | None = None,
         *,
         job_id: str | None = None,
-        stage: StageControls | None = None,
+        stage: StageContext | None = None,
         every_step: bool = True,
     ) -> None:
         if report is None:

@@ -84,7 +84,7 @@ class StageContext:
             )
         return value
 
-    # --- the StageControls protocol of hf_callback -------------------------------------------
+    # --- what hf_callback.PosttrainCallback calls on the stage ---------------------------------
 
     def poll_control(self, step: int | None = None) -> StepDirective:
         """The controls that arrived since the last boundary (``step``: the step the stage is
