@@ -8,7 +8,6 @@ Every network check uses short timeouts so that a stopped server is reported in 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 from dataclasses import dataclass
 
@@ -62,7 +61,7 @@ def check_kafka_jars() -> Finding:
 
 
 def check_broker() -> Finding:
-    address = kafka_address(os.environ)
+    address = kafka_address()
     if process.port_open(address.host, address.port, timeout=CONNECT_TIMEOUT_S):
         return _ok(f"Kafka broker reachable at {address}")
     return _problem(f"Kafka broker at {address} is not reachable", FIX_STACK)

@@ -8,7 +8,6 @@ rest of the suite needs it running.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -64,8 +63,8 @@ def pids() -> dict[str, int | None]:
 
 
 def our_ports() -> list[tuple[str, int]]:
-    address = kafka_address(os.environ)
-    target = database_target(os.environ)
+    address = kafka_address()
+    target = database_target()
     return [
         (address.host, address.port),
         (address.host, address.controller_port),
@@ -168,7 +167,7 @@ def test_down_stops_everything_and_up_brings_back_topics_and_data(database_url: 
 
 
 def test_doctor_reports_a_stopped_broker_with_the_fix() -> None:
-    address = kafka_address(os.environ)
+    address = kafka_address()
     try:
         stack_up()
         assert commands.down(components=["kafka"]) == 0

@@ -8,7 +8,6 @@ started and keeps the data. Each returns a process exit code.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -102,7 +101,7 @@ def _topics_step() -> str:
 def _database_step(paths: StackPaths) -> str:
     from posttrain.service.migrate import apply_migrations
 
-    target = database_target(os.environ)
+    target = database_target()
     created = postgres.ensure_role_and_database(paths, target)
     dsn = database_url()
     try:
@@ -121,7 +120,7 @@ def up(components: Sequence[str] | None = None) -> int:
     ok = True
     with process.file_lock(paths.lock):
         if kafka.NAME in wanted:
-            address = kafka_address(os.environ)
+            address = kafka_address()
             started = _attempt(lambda: kafka.start(paths, address))
             if started is None:
                 ok = False
@@ -132,7 +131,7 @@ def up(components: Sequence[str] | None = None) -> int:
                 if line is not None:
                     print(line)
         if postgres.NAME in wanted:
-            target = database_target(os.environ)
+            target = database_target()
             pg_started = _attempt(lambda: postgres.start(paths, target))
             if pg_started is None:
                 ok = False
@@ -164,8 +163,8 @@ def down(components: Sequence[str] | None = None) -> int:
 def statuses(paths: StackPaths | None = None) -> list[ComponentStatus]:
     paths = paths or stack_paths()
     return [
-        kafka.status(paths, kafka_address(os.environ)),
-        postgres.status(paths, database_target(os.environ)),
+        kafka.status(paths, kafka_address()),
+        postgres.status(paths, database_target()),
     ]
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from posttrain.service.settings import DEFAULT_DATABASE_URL
-
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+from posttrain.events.kafka.settings import KafkaSettings
+from posttrain.service.settings import database_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +40,9 @@ class DatabaseTarget:
         return f"{self.host}:{self.port}"
 
 
-def parse_bootstrap(value: str | None) -> KafkaAddress:
+def parse_bootstrap(value: str) -> KafkaAddress:
     """The first ``host:port`` of a KAFKA_BOOTSTRAP_SERVERS value: the node the stack runs."""
-    first = (value or DEFAULT_BOOTSTRAP).split(",")[0].strip()
+    first = value.split(",")[0].strip()
     if "://" in first:  # tolerate PLAINTEXT://host:port
         first = first.split("://", 1)[1]
     host, sep, port = first.rpartition(":")
@@ -53,8 +51,8 @@ def parse_bootstrap(value: str | None) -> KafkaAddress:
     return KafkaAddress(host.strip("[]"), int(port))
 
 
-def parse_database_url(value: str | None) -> DatabaseTarget:
-    url = urlsplit(value or DEFAULT_DATABASE_URL)
+def parse_database_url(value: str) -> DatabaseTarget:
+    url = urlsplit(value)
     if url.scheme not in ("postgresql", "postgres"):
         raise ValueError(f"DATABASE_URL: expected postgresql://..., got {value!r}")
     database = unquote(url.path.lstrip("/"))
@@ -69,12 +67,14 @@ def parse_database_url(value: str | None) -> DatabaseTarget:
     )
 
 
-def kafka_address(env: Mapping[str, str]) -> KafkaAddress:
-    return parse_bootstrap(env.get("KAFKA_BOOTSTRAP_SERVERS"))
+def kafka_address() -> KafkaAddress:
+    """The node of the configured broker (``KafkaSettings.from_env``)."""
+    return parse_bootstrap(KafkaSettings.from_env().bootstrap_servers)
 
 
-def database_target(env: Mapping[str, str]) -> DatabaseTarget:
-    return parse_database_url(env.get("DATABASE_URL"))
+def database_target() -> DatabaseTarget:
+    """The configured database (``posttrain.service.settings.database_url``)."""
+    return parse_database_url(database_url())
 
 
 def new_cluster_id() -> str:

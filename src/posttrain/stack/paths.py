@@ -53,7 +53,7 @@ def stack_paths(env: Mapping[str, str] | None = None, *, is_root: bool | None = 
     broker and a database initialised afresh while reusing the fetched software."""
     env = os.environ if env is None else env
     root = os.geteuid() == 0 if is_root is None else is_root
-    home = posttrain_home(env)
+    home = posttrain_home()
     dist = home / "kafka" / KAFKA_VERSION
     configured = env.get("POSTTRAIN_STACK_DIR")
     state = Path(configured).expanduser() if configured else None

@@ -14,7 +14,6 @@ keeps its name everywhere and a bad value is refused with the setting named.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
@@ -23,10 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DATABASE_URL = "postgresql://posttrain:posttrain@127.0.0.1:5432/posttrain"
 
 
-def default_home(env: Mapping[str, str] | None = None) -> Path:
+def default_home() -> Path:
     """``$HOME/.cache/posttrain``: outside any checkout, so a second run reuses it."""
-    environ = os.environ if env is None else env
-    return Path(environ.get("HOME") or str(Path.home())) / ".cache" / "posttrain"
+    return Path(os.environ.get("HOME") or str(Path.home())) / ".cache" / "posttrain"
 
 
 class ServiceSettings(BaseSettings):
@@ -58,8 +56,7 @@ def database_url(url: str | None = None) -> str:
     return url or ServiceSettings().database_url or DEFAULT_DATABASE_URL
 
 
-def posttrain_home(env: Mapping[str, str] | None = None) -> Path:
-    """``POSTTRAIN_HOME`` (``~`` expanded), else ``$HOME/.cache/posttrain``."""
-    environ = os.environ if env is None else env
-    configured = environ.get("POSTTRAIN_HOME")
-    return Path(configured).expanduser() if configured else default_home(environ)
+def posttrain_home() -> Path:
+    """``POSTTRAIN_HOME`` (``~`` expanded), else ``$HOME/.cache/posttrain``: the settings'
+    field, for a caller that needs nothing else of them."""
+    return ServiceSettings().posttrain_home
