@@ -65,13 +65,10 @@ def log_end_offsets(settings: KafkaSettings) -> dict[int, int]:
 
 
 async def projected_offsets(db: Any, settings: KafkaSettings) -> dict[int, int]:
-    rows = await db.fetch(
-        "SELECT partition, next_offset FROM projection_offsets "
-        "WHERE projection = $1 AND topic = $2",
-        PROJECTION,
-        settings.topic(Topic.PIPELINE_EVENTS),
-    )
-    return {r["partition"]: r["next_offset"] for r in rows}
+    """The read model's offsets in the log, asked of the orchestrator's client (its table)."""
+    from posttrain.orchestrator.client import aget_projected_offsets
+
+    return await aget_projected_offsets(settings, db=db, projection=PROJECTION)
 
 
 def unprojected(ends: dict[int, int], projected: dict[int, int]) -> int:

@@ -1,7 +1,7 @@
 """Each service owns its tables and is reached through its client, read from the source itself:
-no service's SQL names a table whose migration another owner holds, and the gateway and
-diagnostics import from the orchestrator's distribution its client alone (never its shell or
-core)."""
+no service's SQL, nor the root package's (the CLI, ``follow``, ``liveness``), names a table whose
+migration another owner holds, and the gateway and diagnostics import from the orchestrator's
+distribution its client alone (never its shell or core)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 
 from posttrain.service.migrate import ENTRY_POINT_GROUP, migration_sets
 
-SERVICES = Path(__file__).parents[2] / "services"
+ROOT = Path(__file__).parents[2]
+SERVICES = ROOT / "services"
 _CREATED = re.compile(r"\bCREATE\s+(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
 _NAMED = r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE|regclass\(')\s*{table}\b"
 
@@ -44,6 +45,11 @@ def _service_packages() -> list[Path]:
     return sorted(p for p in SERVICES.glob("*/posttrain/*") if p.is_dir())
 
 
+def _packages_with_sql() -> list[Path]:
+    """Every service's package, and the root package (which owns no tables)."""
+    return [*_service_packages(), ROOT / "src" / "posttrain"]
+
+
 def test_every_owner_of_tables_is_found() -> None:
     owned = _tables_by_owner()
     assert {"metrics", "metric_jobs"} <= owned["metrics_ingest"]
@@ -51,8 +57,8 @@ def test_every_owner_of_tables_is_found() -> None:
     assert "anomalies" in owned["diagnostics"]
 
 
-@pytest.mark.parametrize("package", _service_packages(), ids=lambda p: p.name)
-def test_a_service_names_no_other_owners_table_in_sql(package: Path) -> None:
+@pytest.mark.parametrize("package", _packages_with_sql(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_package_names_no_other_owners_table_in_sql(package: Path) -> None:
     others = {
         table: owner
         for owner, tables in _tables_by_owner().items()
@@ -64,7 +70,7 @@ def test_a_service_names_no_other_owners_table_in_sql(package: Path) -> None:
         for text in _strings(path):
             for table, owner in others.items():
                 if re.search(_NAMED.format(table=re.escape(table)), text, re.I):
-                    found.append(f"{path.relative_to(SERVICES)}: {owner}'s {table}")
+                    found.append(f"{path.relative_to(ROOT)}: {owner}'s {table}")
     assert found == []
 
 

@@ -342,6 +342,22 @@ def get_pipeline_history(
     )
 
 
+async def aget_projected_offsets(
+    settings: KafkaSettings, *, db: Db, projection: str = "pipelines"
+) -> dict[int, int]:
+    """How far the read model has read the event log: the next offset of ``pipeline.events``
+    (in ``settings``' namespace) that the projection ``projection`` (the orchestrator's is
+    ``pipelines``) will read, by partition; a partition it has not read yet is absent."""
+    async with _connection(db) as conn:
+        rows = await conn.fetch(
+            "SELECT partition, next_offset FROM projection_offsets "
+            "WHERE projection = $1 AND topic = $2",
+            projection,
+            settings.topic(Topic.PIPELINE_EVENTS),
+        )
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
 async def alast_history_seq(pipeline_uuid: str, *, db: Db) -> int:
     """The number of a pipeline's latest history entry (0 if none yet)."""
     seq = await db.fetchval(
