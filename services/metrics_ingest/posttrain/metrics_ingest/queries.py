@@ -246,24 +246,15 @@ async def get_latest_metrics(
     job_uuid: str, limit: int = 10, *, run: Run = None, db: Db | None = None
 ) -> list[StoredMetric]:
     """The ``limit`` most recently emitted points of a job's run (by timestamp), newest first."""
-    db = db or await default_pool()
-    job_no = await _job_no(db, job_uuid)
-    if job_no is None or limit <= 0:
+    if limit <= 0:
         return []
-    params = Params(job_no, limit)
-    in_run = await _run_filter(db, job_no, run, params)
-    columns = ", ".join(f"m.{f}" for f in CORE_FIELDS)
-    rows = await db.fetch(
-        f"""
-        SELECT s.source, m.seq, m.step, m.epoch, m.ts, {columns}, m.custom
-        FROM metrics m JOIN metric_sources s ON s.source_no = m.source_no
-        WHERE m.job_no = $1{in_run}
-        ORDER BY m.ts DESC, m.step DESC, m.seq DESC
-        LIMIT $2
-        """,
-        *params.values,
+    return await _stored_points(
+        db or await default_pool(),
+        job_uuid,
+        run,
+        limit,
+        tail="ORDER BY m.ts DESC, m.step DESC, m.seq DESC LIMIT $2",
     )
-    return [_stored_point(job_uuid, row) for row in rows]
 
 
 def _stored_point(job_uuid: str, row: asyncpg.Record) -> StoredMetric:
@@ -283,19 +274,33 @@ async def get_job_points(
 ) -> list[StoredMetric]:
     """Every stored point of a job's run (with step at most ``step_to`` when given), whole,
     ordered by source and then seq: each source's points in the order they were emitted."""
-    db = db or await default_pool()
+    return await _stored_points(
+        db or await default_pool(),
+        job_uuid,
+        run,
+        step_to,
+        condition=" AND ($2::bigint IS NULL OR m.step <= $2)",
+        tail="ORDER BY s.source, m.seq",
+    )
+
+
+async def _stored_points(
+    db: Db, job_uuid: str, run: Run, arg: Any, *, condition: str = "", tail: str
+) -> list[StoredMetric]:
+    """The whole stored points of a job's run that meet ``condition``, as ``tail`` orders (and
+    limits) them; ``arg`` is ``$2`` in both."""
     job_no = await _job_no(db, job_uuid)
     if job_no is None:
         return []
-    params = Params(job_no, step_to)
+    params = Params(job_no, arg)
     in_run = await _run_filter(db, job_no, run, params)
     columns = ", ".join(f"m.{f}" for f in CORE_FIELDS)
     rows = await db.fetch(
         f"""
         SELECT s.source, m.seq, m.step, m.epoch, m.ts, {columns}, m.custom
         FROM metrics m JOIN metric_sources s ON s.source_no = m.source_no
-        WHERE m.job_no = $1 AND ($2::bigint IS NULL OR m.step <= $2){in_run}
-        ORDER BY s.source, m.seq
+        WHERE m.job_no = $1{condition}{in_run}
+        {tail}
         """,
         *params.values,
     )
