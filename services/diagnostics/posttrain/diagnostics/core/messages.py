@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from posttrain.diagnostics.core.alerting import Alert
 from posttrain.diagnostics.core.anomaly import Anomaly
 from posttrain.diagnostics.core.ids import oom_anomaly_id
@@ -88,16 +90,10 @@ def oom_detected(
     return event.model_copy(update={"anomaly_id": oom_anomaly_id(job_id, command_id)})
 
 
+# An alert says what the event says, field by field (by name; the others are not its business).
+_ALERT = TypeAdapter(Alert)
+
+
 def alert_for(event: AnomalyDetected) -> Alert:
-    return Alert(
-        job_id=event.job_id,
-        anomaly_type=event.anomaly_type,
-        message=event.message,
-        severity=event.severity,
-        anomaly_id=event.anomaly_id,
-        step=event.step,
-        value=event.value,
-        pipeline_id=event.pipeline_id,
-        stage=event.stage,
-        suggestions=tuple(event.suggestions),
-    )
+    """The alert of an AnomalyDetected."""
+    return _ALERT.validate_python(event.model_dump())

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from posttrain.diagnostics.core.ids import action_id
 from posttrain.events.messages.diagnostics import ActionRecommended, AnomalyDetected
 
@@ -85,30 +87,27 @@ class ActionRecord:
     refusal: str | None = None
 
 
+# Records made from the event's fields by name (pydantic copies the list and the dict).
+_ANOMALY_RECORD = TypeAdapter(AnomalyRecord)
+
+
 def anomaly_record(
     event: AnomalyDetected, *, event_id: str, occurred_at: datetime
 ) -> AnomalyRecord:
+    """The record of an AnomalyDetected: its fields, the envelope's id and time, and the time the
+    point was measured as a datetime (None when unknown)."""
     emitted = event.emitted_at
-    return AnomalyRecord(
-        anomaly_id=event.anomaly_id,
-        job_id=event.job_id,
-        anomaly_type=event.anomaly_type,
-        severity=event.severity,
-        step=event.step,
-        value=event.value,
-        message=event.message,
-        detected_at=occurred_at,
-        event_id=event_id,
-        pipeline_id=event.pipeline_id,
-        stage=event.stage,
-        attempt=event.attempt,
-        suggestions=tuple(event.suggestions),
-        window=dict(event.window),
-        emitted_at=(
-            datetime.fromtimestamp(emitted, UTC)
-            if emitted is not None and math.isfinite(emitted)
-            else None
-        ),
+    return _ANOMALY_RECORD.validate_python(
+        {
+            **event.model_dump(),
+            "detected_at": occurred_at,
+            "event_id": event_id,
+            "emitted_at": (
+                datetime.fromtimestamp(emitted, UTC)
+                if emitted is not None and math.isfinite(emitted)
+                else None
+            ),
+        }
     )
 
 
