@@ -46,3 +46,20 @@ class StackError(Exception):
         self.component = component
         self.message = message
         self.log = log
+
+
+def check_not_taken(current: ComponentStatus, *, server: str, variable: str) -> None:
+    """Refuse to start when ``current`` (not running) says the address is another process's, or
+    ours (``server``: what it is, "broker") serves an address other than ``variable`` asks for."""
+    if current.state is State.FOREIGN:
+        raise StackError(
+            current.name,
+            f"port {current.address} is in use by a process that `posttrain stack up` did not "
+            f"start; stop it or point {variable} at a free port",
+        )
+    if current.state is State.ELSEWHERE:
+        raise StackError(
+            current.name,
+            f"our {server} (pid {current.pid}) serves {current.serving_at}, but {variable} asks "
+            f"for {current.address}; run `posttrain stack down` first",
+        )

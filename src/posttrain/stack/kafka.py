@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from posttrain.stack import process
-from posttrain.stack.component import ComponentStatus, StackError, State
+from posttrain.stack.component import ComponentStatus, StackError, State, check_not_taken
 from posttrain.stack.config import (
     KafkaAddress,
     new_cluster_id,
@@ -183,18 +183,7 @@ def start(paths: StackPaths, address: KafkaAddress) -> tuple[str, ComponentStatu
     current = status(paths, address)
     if current.state is State.RUNNING:
         return "already running", current
-    if current.state is State.FOREIGN:
-        raise StackError(
-            NAME,
-            f"port {address} is in use by a process that `posttrain stack up` did not start; "
-            "stop it or point KAFKA_BOOTSTRAP_SERVERS at a free port",
-        )
-    if current.state is State.ELSEWHERE:
-        raise StackError(
-            NAME,
-            f"our broker (pid {current.pid}) serves {current.serving_at}, but "
-            f"KAFKA_BOOTSTRAP_SERVERS asks for {address}; run `posttrain stack down` first",
-        )
+    check_not_taken(current, server="broker", variable="KAFKA_BOOTSTRAP_SERVERS")
     if current.state is State.STARTING and current.pid is not None:
         # Another `stack up` started it a moment ago, or it is slow: wait for it, do not fork a
         # second broker on the same data dir.

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from posttrain.stack import process
-from posttrain.stack.component import ComponentStatus, StackError, State
+from posttrain.stack.component import ComponentStatus, StackError, State, check_not_taken
 from posttrain.stack.config import DatabaseTarget, render_pg_hba, render_postgresql_conf
 from posttrain.stack.paths import StackPaths
 
@@ -157,18 +157,7 @@ def start(paths: StackPaths, target: DatabaseTarget) -> tuple[str, ComponentStat
     current = status(paths, target)
     if current.state is State.RUNNING:
         return "already running", current
-    if current.state is State.FOREIGN:
-        raise StackError(
-            NAME,
-            f"port {target.address} is in use by a server that `posttrain stack up` did not "
-            "start; stop it or point DATABASE_URL at a free port",
-        )
-    if current.state is State.ELSEWHERE:
-        raise StackError(
-            NAME,
-            f"our server (pid {current.pid}) serves {current.serving_at}, but DATABASE_URL asks "
-            f"for {target.address}; run `posttrain stack down` first",
-        )
+    check_not_taken(current, server="server", variable="DATABASE_URL")
     created = init_cluster(paths)
     configure(paths, target)
     if current.state is State.STOPPED:
