@@ -28,8 +28,7 @@ import asyncpg
 from posttrain.diagnostics.core.anomaly import (
     SEVERITY_RANK,
     Anomaly,
-    AnomalyType,
-    make,
+    oom_anomaly,
 )
 from posttrain.diagnostics.core.config import ConfigBook, DetectorConfig
 from posttrain.diagnostics.core.messages import anomaly_detected, oom_detected
@@ -195,16 +194,7 @@ class DiagnosticService:
         for failure in await aget_oom_failures(db=await self._db()):
             if not failure.job_id or not failure.command_id:
                 continue
-            error = str(failure.error or "out of memory")
-            anomaly = make(
-                AnomalyType.GPU_OOM,
-                "critical",
-                0,
-                None,
-                "failure",
-                f"stage {failure.stage} attempt {failure.attempt} ran out of GPU memory: "
-                f"{error.strip().splitlines()[0][:300] if error else ''}",
-            )
+            anomaly = oom_anomaly(failure.error, step=None)
             found.append(
                 oom_detected(
                     failure.job_id,

@@ -165,3 +165,19 @@ def fmt(value: float) -> str:
     if value == 0 or 1e-3 <= abs(value) < 1e5:
         return f"{value:.4g}"
     return f"{value:.3e}"
+
+
+def oom_anomaly(error: str | None, *, step: int | None) -> Anomaly:
+    """The gpu_oom anomaly of an attempt that ran out of GPU memory, with its error's first
+    line; ``step``: the step it failed near, None where unknown (it is raised at step 0)."""
+    text = (error or "").strip()
+    first_line = text.splitlines()[0][:300] if text else "out of memory"
+    near = f" near step {step}" if step is not None else ""
+    return make(
+        AnomalyType.GPU_OOM,
+        "critical",
+        step or 0,
+        None,
+        "failure",
+        f"the stage ran out of GPU memory{near}: {first_line}",
+    )

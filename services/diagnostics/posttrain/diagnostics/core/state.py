@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from posttrain.diagnostics.core.anomaly import Anomaly, AnomalyType, make
+from posttrain.diagnostics.core.anomaly import Anomaly, oom_anomaly
 from posttrain.diagnostics.core.config import DetectorConfig
 from posttrain.diagnostics.core.detectors import Rule, Rules, build_rules
 from posttrain.diagnostics.core.windows import JsonDict
@@ -112,16 +112,7 @@ class JobState:
             return []
         self.failures = [*self.failures[-15:], attempt_key]
         at = step if step is not None else (self.last_step if self.last_step is not None else 0)
-        first_line = error.strip().splitlines()[0] if error.strip() else "out of memory"
-        anomaly = make(
-            AnomalyType.GPU_OOM,
-            "critical",
-            at,
-            None,
-            "failure",
-            f"the stage ran out of GPU memory near step {at}: {first_line[:300]}",
-        )
-        anomaly = dataclasses.replace(anomaly, generation=self.generation)
+        anomaly = dataclasses.replace(oom_anomaly(error, step=at), generation=self.generation)
         self.raised += 1
         return [anomaly]
 
