@@ -70,7 +70,7 @@ async def _produce_helpers(settings: KafkaSettings, total: int) -> float:
 
 async def _produce_baseline(settings: KafkaSettings, total: int) -> float:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.client_options(),
         enable_idempotence=True,
         acks="all",
         linger_ms=LINGER_MS,
@@ -179,7 +179,7 @@ async def _consume_baseline(
 ) -> Check:
     consumer = AIOKafkaConsumer(
         settings.topic(TOPIC),
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.client_options(),
         group_id=settings.group("bench-bus-baseline"),
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -27,7 +27,7 @@ async def drop_namespace(settings: KafkaSettings) -> None:
     """Delete the namespace's topics so benchmarks leave nothing behind."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**settings.client_options())
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(settings.namespace + ".")]

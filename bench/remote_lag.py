@@ -76,7 +76,7 @@ async def run(points: int, rate: float) -> float:
     settings = await fresh_namespace("remote-lag", [Topic.METRICS])
     consumer = AIOKafkaConsumer(
         settings.topic(Topic.METRICS),
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.client_options(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

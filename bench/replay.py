@@ -212,7 +212,7 @@ async def write_log(
 async def naive_replay(settings: KafkaSettings, limit: int) -> tuple[int, float]:
     topic = settings.topic(Topic.PIPELINE_EVENTS)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.client_options(),
         isolation_level="read_committed",
         enable_auto_commit=False,
     )

@@ -506,30 +506,53 @@ def token_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 # --- the local stack, checks, contracts --------------------------------------------------------
 
 
+SecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--secure",
+        help="the secured broker: SASL (SCRAM) over TLS with a principal and ACLs per service, "
+        "on 127.0.0.1:9192 (or KAFKA_BOOTSTRAP_SERVERS) with its own data",
+    ),
+]
+ComponentsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="[kafka|postgres]...", help="only these (default: both)"),
+]
+
+
+def _stack_exit(run: Callable[[], int]) -> None:
+    try:
+        code = run()
+    except ValueError as exc:  # an unknown component
+        raise typer.BadParameter(str(exc), param_hint="'COMPONENTS'") from None
+    raise typer.Exit(code)
+
+
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(components: ComponentsArgument = None, secure: SecureOption = False) -> None:
     """Fetch, start and prepare Kafka and PostgreSQL (idempotent)."""
     from posttrain.stack import commands
 
-    raise typer.Exit(commands.up())
+    _stack_exit(lambda: commands.up(components or None, secure_kafka=secure))
 
 
 @stack_app.command("down")
-def stack_down() -> None:
+def stack_down(components: ComponentsArgument = None, secure: SecureOption = False) -> None:
     """Stop what `stack up` started; data is kept."""
     from posttrain.stack import commands
 
-    raise typer.Exit(commands.down())
+    _stack_exit(lambda: commands.down(components or None, secure_kafka=secure))
 
 
 @stack_app.command("status")
 def stack_status(
     quiet: Annotated[bool, typer.Option("--quiet", help="print nothing, exit code only")] = False,
+    secure: SecureOption = False,
 ) -> None:
     """What is running; exit 1 if not everything."""
     from posttrain.stack import commands
 
-    raise typer.Exit(commands.status(quiet=quiet))
+    raise typer.Exit(commands.status(quiet=quiet, secure_kafka=secure))
 
 
 @app.command()

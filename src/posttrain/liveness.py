@@ -21,16 +21,16 @@ TIMEOUT_S = 3.0
 
 
 @functools.cache
-def _admin_for(bootstrap_servers: str) -> Any:
-    """One admin client per process, kept: librdkafka writes a line to stderr ("Purging 1
-    unserved events") when a short-lived client is closed."""
+def _admin_for(settings: KafkaSettings) -> Any:
+    """One admin client per process and connection, kept: librdkafka writes a line to stderr
+    ("Purging 1 unserved events") when a short-lived client is closed."""
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 3000})
+    return AdminClient({**settings.librdkafka_config(), "socket.timeout.ms": 3000})
 
 
 def _admin(settings: KafkaSettings) -> Any:
-    return _admin_for(settings.bootstrap_servers)
+    return _admin_for(settings)
 
 
 def orchestrator_members(settings: KafkaSettings) -> int:

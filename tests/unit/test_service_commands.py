@@ -50,3 +50,13 @@ def test_a_service_command_gets_the_rest_of_the_line(capsys):
     # listens on port 1, and the ingest's CLI says so.
     assert delegate("metrics", ["flush", "--url", "http://127.0.0.1:1/flush"]) == 1
     assert "no ingest service answered at http://127.0.0.1:1/flush" in capsys.readouterr().err
+
+
+def test_a_password_on_the_command_line_is_refused_naming_the_option(capsys):
+    # Anyone on the machine reads a process's command line; the service stops before it starts.
+    from posttrain.diagnostics.recorder import main
+
+    code = main(["--database-url", "postgresql://u:secret@127.0.0.1:1/db", "--http", "off"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--database-url" in err and "password" in err and "PGPASSWORD" in err

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.service.settings import database_url
-from posttrain.stack import kafka, postgres, process
+from posttrain.stack import kafka, postgres, process, secure
 from posttrain.stack.component import ComponentStatus, StackError, State
 from posttrain.stack.config import database_target, kafka_address
 from posttrain.stack.paths import StackPaths, stack_paths
@@ -60,19 +61,18 @@ def _started_line(action: str, current: ComponentStatus) -> str:
     return f"{current.name}: {action} at {current.address} (pid {current.pid})"
 
 
-def _ensure_topics() -> list[str]:
+def _ensure_topics(settings: KafkaSettings | None = None) -> list[str]:
     """Create the declared topics, then wait until the broker is ready for every client: each
     topic has its leaders, and groups and transactions have their coordinators (on a fresh
     broker the first service to start would otherwise meet NotLeaderForPartition and
     COORDINATOR_NOT_AVAILABLE, and a group could be assigned without a topic's partitions)."""
     try:
         from posttrain.events.kafka.admin import await_coordinators, ensure_topics
-        from posttrain.events.kafka.settings import KafkaSettings
     except ImportError as exc:
         raise StackError("topics", f"cannot import posttrain.events.kafka: {exc}") from exc
     from aiokafka.errors import KafkaError
 
-    settings = KafkaSettings.from_env()
+    settings = settings or KafkaSettings.from_env()
     deadline = time.monotonic() + TOPICS_TIMEOUT_S
 
     async def prepare() -> list[str]:
@@ -89,10 +89,10 @@ def _ensure_topics() -> list[str]:
             time.sleep(1.0)
 
 
-def _topics_step() -> str:
+def _topics_step(settings: KafkaSettings | None = None) -> str:
     from posttrain.events.topics import TOPICS
 
-    created = _ensure_topics()
+    created = _ensure_topics(settings)
     if created:
         return f"topics: created {len(created)} of {len(TOPICS)} ({', '.join(sorted(created))})"
     return f"topics: all {len(TOPICS)} declared topics present"
@@ -113,11 +113,61 @@ def _database_step(paths: StackPaths) -> str:
     return f"database: {target.database} as {target.user}: {'; '.join(parts)}"
 
 
-def up(components: Sequence[str] | None = None) -> int:
-    """Start the components that are not running and prepare them; 0 if all are ready."""
+def _retrying(action: Callable[[], T], timeout_s: float = TOPICS_TIMEOUT_S) -> T:
+    """``action`` again until it stops raising StackError (a broker that has just opened its
+    port may still refuse requests for a moment), up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return action()
+        except StackError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _secure_kafka_up() -> bool:
+    """The secured broker: certificates and passwords, the broker, its users and ACLs, the
+    declared topics (created by the admin), the principals' environment files."""
+    layout = secure.secure_layout()
+    address = secure.secure_address()
+    namespace = KafkaSettings.from_env().namespace
+    with process.file_lock(layout.paths.lock):
+        security = _attempt(lambda: secure.prepare(layout, address))
+        if security is None:
+            return False
+        started = _attempt(lambda: kafka.start(layout.paths, address, security))
+        if started is None:
+            return False
+        print(_started_line(*started).replace(kafka.NAME, secure.NAME, 1))
+        line = _attempt(
+            lambda: _retrying(lambda: secure.apply_users_and_acls(layout, address, namespace))
+        )
+        if line is None:
+            return False
+        print(f"{secure.NAME}: {line}")
+        admin = secure.principal_settings(layout, address, "admin", namespace)
+        line = _attempt(lambda: _topics_step(admin))
+        if line is None:
+            return False
+        print(line)
+        secure.write_env_files(layout, address, namespace)
+        print(
+            f"{secure.NAME}: credentials in {layout.secrets} (CA: ca.pem); before a service: "
+            f"set -a; . {layout.secrets}/<principal>.env; set +a"
+        )
+    return True
+
+
+def up(components: Sequence[str] | None = None, *, secure_kafka: bool = False) -> int:
+    """Start the components that are not running and prepare them; 0 if all are ready.
+    ``secure_kafka``: the broker is the secured one (``posttrain.stack.secure``)."""
     wanted = _selected(components)
     paths = stack_paths()
     ok = True
+    if secure_kafka and kafka.NAME in wanted:
+        wanted.remove(kafka.NAME)
+        ok = _secure_kafka_up()
     with process.file_lock(paths.lock):
         if kafka.NAME in wanted:
             address = kafka_address()
@@ -144,11 +194,20 @@ def up(components: Sequence[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def down(components: Sequence[str] | None = None) -> int:
-    """Stop what ``up`` started (all components, or the named ones); data is kept."""
+def down(components: Sequence[str] | None = None, *, secure_kafka: bool = False) -> int:
+    """Stop what ``up`` started (all components, or the named ones); data is kept.
+    ``secure_kafka``: the broker to stop is the secured one."""
     wanted = _selected(components)
     paths = stack_paths()
     ok = True
+    if secure_kafka and kafka.NAME in wanted:
+        wanted.remove(kafka.NAME)
+        layout = secure.secure_layout()
+        with process.file_lock(layout.paths.lock):
+            result = _attempt(lambda: kafka.stop(layout.paths))
+        ok = result is not None
+        if result is not None:
+            print(f"{secure.NAME}: {result}")
     with process.file_lock(paths.lock):
         for name in wanted:
             stop: Callable[[StackPaths], str] = _STOPS[name]
@@ -160,17 +219,21 @@ def down(components: Sequence[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def statuses(paths: StackPaths | None = None) -> list[ComponentStatus]:
+def statuses(
+    paths: StackPaths | None = None, *, secure_kafka: bool = False
+) -> list[ComponentStatus]:
     paths = paths or stack_paths()
-    return [
-        kafka.status(paths, kafka_address()),
-        postgres.status(paths, database_target()),
-    ]
+    broker = (
+        kafka.status(secure.secure_layout().paths, secure.secure_address())
+        if secure_kafka
+        else kafka.status(paths, kafka_address())
+    )
+    return [broker, postgres.status(paths, database_target())]
 
 
-def status(quiet: bool = False) -> int:
+def status(quiet: bool = False, *, secure_kafka: bool = False) -> int:
     """One line per component; 0 only if every component is running."""
-    current = statuses()
+    current = statuses(secure_kafka=secure_kafka)
     if not quiet:
         for component in current:
             print(component.line())

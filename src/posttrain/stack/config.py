@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -88,19 +88,86 @@ def new_cluster_id() -> str:
             return text
 
 
-def render_server_properties(address: KafkaAddress, data_dir: Path) -> str:
+@dataclass(frozen=True, slots=True)
+class BrokerSecurity:
+    """What a broker that requires SASL over TLS is configured with (``posttrain stack up
+    --secure``). Its passwords end up in server.properties, which only its owner reads.
+
+    Clients authenticate with SCRAM (``mechanism``): those users live in the metadata log and
+    are made by the admin through the broker. The admin itself, which the broker also is to
+    itself (transaction markers), is a PLAIN user declared here, so that a fresh broker has a
+    first user without a password on any command line; the controller listener (loopback
+    only) takes PLAIN too, since SCRAM users cannot guard the log that holds them."""
+
+    keystore_pem: Path  # the broker's private key and certificate chain
+    truststore_pem: Path  # the CA, to verify itself on the inter-broker listener
+    mechanism: str
+    admin_user: str
+    admin_password: str = field(repr=False)
+    controller_user: str
+    controller_password: str = field(repr=False)
+
+
+def _jaas(module: str, **options: str) -> str:
+    fields = " ".join(f'{key}="{value}"' for key, value in options.items())
+    return f"{module} required {fields};".replace(" ;", ";")
+
+
+def _security_lines(security: BrokerSecurity) -> list[str]:
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    admin, controller = security.admin_user, security.controller_user
+    return [
+        "# SASL over TLS for clients (SCRAM) and the admin (PLAIN, also the broker to itself);",
+        "# PLAIN on the loopback-only controller listener; every request authorized by ACLs.",
+        f"listener.name.sasl_ssl.sasl.enabled.mechanisms={security.mechanism},PLAIN",
+        f"listener.name.sasl_ssl.{security.mechanism.lower()}.sasl.jaas.config={_jaas(scram)}",
+        "listener.name.sasl_ssl.plain.sasl.jaas.config="
+        + _jaas(
+            plain,
+            username=admin,
+            password=security.admin_password,
+            **{f"user_{admin}": security.admin_password},
+        ),
+        "sasl.mechanism.inter.broker.protocol=PLAIN",
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config="
+        + _jaas(
+            plain,
+            username=controller,
+            password=security.controller_password,
+            **{f"user_{controller}": security.controller_password},
+        ),
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={security.keystore_pem}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={security.truststore_pem}",
+        "ssl.endpoint.identification.algorithm=https",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        f"super.users=User:{admin};User:{controller}",
+    ]
+
+
+def render_server_properties(
+    address: KafkaAddress, data_dir: Path, security: BrokerSecurity | None = None
+) -> str:
     host = address.host
+    client = "SASL_SSL" if security is not None else "PLAINTEXT"
+    controller = "SASL_PLAINTEXT" if security is not None else "PLAINTEXT"
     lines = [
         "# Written by `posttrain stack up`; rewritten on every start.",
         "# One combined KRaft node: broker and controller in one process.",
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@{host}:{address.controller_port}",
-        f"listeners=PLAINTEXT://{host}:{address.port},CONTROLLER://{host}:{address.controller_port}",
-        f"advertised.listeners=PLAINTEXT://{host}:{address.port}",
+        f"listeners={client}://{host}:{address.port},CONTROLLER://{host}:{address.controller_port}",
+        f"advertised.listeners={client}://{host}:{address.port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"inter.broker.listener.name={client}",
+        f"listener.security.protocol.map=CONTROLLER:{controller},{client}:{client}",
+        *(_security_lines(security) if security is not None else []),
         f"log.dirs={data_dir}",
         "num.partitions=1",
         # A single node can hold only one replica of the internal topics.
@@ -128,7 +195,7 @@ def served_address(server_properties: str) -> KafkaAddress | None:
         key, sep, value = line.partition("=")
         if sep and key.strip() == "advertised.listeners":
             for listener in value.split(","):
-                if listener.strip().startswith("PLAINTEXT://"):
+                if listener.strip().startswith(("PLAINTEXT://", "SASL_SSL://")):
                     return parse_bootstrap(listener.strip())
     return None
 

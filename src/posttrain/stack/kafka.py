@@ -10,6 +10,7 @@ from pathlib import Path
 from posttrain.stack import process
 from posttrain.stack.component import ComponentStatus, StackError, State, check_not_taken
 from posttrain.stack.config import (
+    BrokerSecurity,
     KafkaAddress,
     new_cluster_id,
     render_log4j2,
@@ -86,9 +87,16 @@ def cluster_id(paths: StackPaths) -> str:
     return value
 
 
-def write_config(paths: StackPaths, address: KafkaAddress) -> None:
+def write_config(
+    paths: StackPaths, address: KafkaAddress, security: BrokerSecurity | None = None
+) -> None:
     paths.kafka_config_dir.mkdir(parents=True, exist_ok=True)
-    paths.kafka_server_properties.write_text(render_server_properties(address, paths.kafka_data))
+    text = render_server_properties(address, paths.kafka_data, security)
+    # A secured broker's configuration holds passwords: readable by its owner alone.
+    fd = os.open(paths.kafka_server_properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    paths.kafka_server_properties.chmod(0o600)
     paths.kafka_log4j2.write_text(render_log4j2(paths.kafka_log))
 
 
@@ -178,8 +186,11 @@ def _rotate_log(log: Path) -> None:
         log.replace(log.with_name(log.name + ".1"))
 
 
-def start(paths: StackPaths, address: KafkaAddress) -> tuple[str, ComponentStatus]:
-    """Bring the broker up unless it already is; (what was done, status)."""
+def start(
+    paths: StackPaths, address: KafkaAddress, security: BrokerSecurity | None = None
+) -> tuple[str, ComponentStatus]:
+    """Bring the broker up unless it already is; (what was done, status). ``security``: a
+    broker that requires SASL over TLS (``posttrain.stack.secure``)."""
     current = status(paths, address)
     if current.state is State.RUNNING:
         return "already running", current
@@ -202,7 +213,7 @@ def start(paths: StackPaths, address: KafkaAddress) -> tuple[str, ComponentStatu
         )
     paths.kafka_pid.unlink(missing_ok=True)
     fetch(paths)
-    write_config(paths, address)
+    write_config(paths, address, security)
     format_storage(paths, java)
     _rotate_log(paths.kafka_log)
     pid = process.spawn_detached(

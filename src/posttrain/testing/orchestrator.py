@@ -35,7 +35,7 @@ def start_orchestrator(
 async def read_log(settings: KafkaSettings) -> list[Any]:
     """Every committed event on the pipeline event log, in partition order."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.client_options(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         isolation_level="read_committed",

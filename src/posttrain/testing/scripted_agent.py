@@ -96,7 +96,7 @@ class ScriptedAgent:
         topic = self.settings.topic(Topic.AGENT_COMMANDS)
         partition = partition_for(self.agent_id.encode(), TOPICS[Topic.AGENT_COMMANDS].partitions)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **self.settings.client_options(),
             group_id=self.settings.group(f"agent-{self.agent_id}"),
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -39,13 +39,10 @@ def free_port() -> int:
 
 
 def kafka_env(settings: KafkaSettings, database_url: str | None = None) -> dict[str, str]:
-    """This process's environment, pointed at ``settings``' broker and namespace (and
-    database)."""
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
-    }
+    """This process's environment, pointed at ``settings``' broker, namespace and credentials
+    (and database: in the environment, never on the command line, where its password would
+    show)."""
+    env = {**os.environ, **settings.environment()}
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     return env
@@ -197,7 +194,8 @@ def orchestrator(
         "--replay-processes",
         "0",
     ]
-    argv += ["--database-url", database_url] if database_url else ["--no-projection"]
+    if not database_url:
+        argv.append("--no-projection")
     return ServiceProcess(
         "orchestrator", [*argv, *extra], log, kafka_env(settings, database_url), port
     )
@@ -277,8 +275,6 @@ def recorder(
         str(BIN / "posttrain-diagnostics-recorder"),
         "--http",
         f"127.0.0.1:{port}",
-        "--database-url",
-        database_url,
     ]
     return ServiceProcess("recorder", argv, log, kafka_env(settings, database_url), port)
 
@@ -304,8 +300,6 @@ def gateway(
         *([] if auth else ["--no-auth"]),
         "--port",
         str(port),
-        "--database-url",
-        database_url,
     ]
     environ = {**kafka_env(settings, database_url), **(env or {})}
     return ServiceProcess("gateway", argv, log, environ, port)

@@ -10,13 +10,33 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
+
+
+def _no_password(value: str | None) -> str | None:
+    """A command line is readable by every user of the machine (``ps``, ``/proc``): refuse a
+    URL that carries its password there; the environment or a password file carry it."""
+    if value and urlsplit(value).password:
+        raise typer.BadParameter(
+            "a password on the command line is visible to every user of the machine; "
+            "leave it out and set DATABASE_URL (the whole URL), PGPASSWORD, or a password "
+            "file (~/.pgpass or PGPASSFILE)",
+            param_hint="'--database-url'",
+        )
+    return value
+
 
 # ``--database-url`` as every service spells it; None: ``settings.database_url()`` decides.
 DatabaseUrlOption = Annotated[
     str | None,
-    typer.Option("--database-url", help="default: DATABASE_URL, else the local stack's"),
+    typer.Option(
+        "--database-url",
+        help="default: DATABASE_URL, else the local stack's; without a password (from "
+        "DATABASE_URL, PGPASSWORD or a password file)",
+        callback=_no_password,
+    ),
 ]
 
 

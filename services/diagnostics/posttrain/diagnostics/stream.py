@@ -163,6 +163,9 @@ class DiagnosticsStream:
             "broker_session_timeout": environment.session_timeout_s,
             "broker_heartbeat_interval": 1.0,
         }
+        credentials = settings.faust_credentials()
+        if credentials is not None:
+            options["broker_credentials"] = credentials
         if web_port is not None:
             options["web_port"] = web_port
             options["web_host"] = "127.0.0.1"

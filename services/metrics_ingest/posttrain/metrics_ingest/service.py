@@ -106,7 +106,7 @@ class IngestService:
         self.group = kafka.group(group_id)
         self.client_id = advertised_client_id(f"{kafka.client_id}-{name}", http_address)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
+            **kafka.client_options(),
             client_id=self.client_id,
             group_id=self.group,
             group_instance_id=options.group_instance_id,

@@ -20,6 +20,7 @@ torchrun's launcher (``rank_launch``); rank 0 reports, and its result is the lau
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -110,10 +111,12 @@ def serve(
     ranks = ranks or Ranks()
     run_stage = RunStage.model_validate(spec["run"])
     kafka = spec.get("kafka", {})
-    settings = KafkaSettings(
+    # The security settings come from the environment the agent gave this process
+    # (``stage_spec.stage_env``), never from the spec file, which holds no secret.
+    settings = dataclasses.replace(
+        KafkaSettings.from_env(client_id=f"posttrain-stage-{run_stage.stage}"),
         bootstrap_servers=kafka.get("bootstrap_servers", DEFAULT_BOOTSTRAP),
         namespace=kafka.get("namespace", ""),
-        client_id=f"posttrain-stage-{run_stage.stage}",
     )
     work_dir = Path(spec["work_dir"])
     reporter = _reporter(run_stage, spec, settings, work_dir, launch, ranks)

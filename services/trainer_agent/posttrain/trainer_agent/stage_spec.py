@@ -72,8 +72,9 @@ def stage_env(
             ENV_COMMAND_ID: entry.command_id,
             ENV_AGENT_ID: agent_id,
             "TOKENIZERS_PARALLELISM": "false",
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "POSTTRAIN_TOPIC_NAMESPACE": settings.namespace,
+            # The broker, namespace and credentials (a password file rather than the password
+            # where there is one): the stage's metrics sender connects as the agent's principal.
+            **settings.environment(),
             "POSTTRAIN_SPILL_DIR": str(work_dir / "spill"),
             # A stage sees only the GPUs it was given (none, if it asked for none).
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids),

@@ -27,7 +27,7 @@ class TopicProblem:
 
 def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.client_options(),
         client_id=f"{settings.client_id}-admin",
         request_timeout_ms=15000,
     )

@@ -51,7 +51,7 @@ class EventConsumer:
         self.name = name
         self._topics = [settings.topic(t) for t in topics]
         self._client = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.client_options(),
             client_id=f"{settings.client_id}-{name}",
             group_id=settings.group(group_id) if group_id else None,
             enable_auto_commit=False,

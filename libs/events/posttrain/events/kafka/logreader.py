@@ -81,7 +81,7 @@ async def read_partitions(
     if not positions:
         return
     client = AIOKafkaClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-logreader"
+        **settings.client_options(), client_id=f"{settings.client_id}-logreader"
     )
     await client.bootstrap()
     fetching: asyncio.Future[list[_PartitionData]] | None = None

@@ -44,7 +44,7 @@ class EventProducer:
     ) -> None:
         self.settings = settings
         self._client = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.client_options(),
             client_id=settings.client_id,
             enable_idempotence=True,
             acks="all",

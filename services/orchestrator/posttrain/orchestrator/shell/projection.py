@@ -205,7 +205,7 @@ class Projection:
         self._topic = settings.topic(Topic.PIPELINE_EVENTS)
         self._agents_topic = settings.topic(Topic.AGENTS)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.client_options(),
             client_id=f"{settings.client_id}-projection",
             enable_auto_commit=False,
             isolation_level="read_committed",

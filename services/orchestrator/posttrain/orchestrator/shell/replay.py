@@ -45,7 +45,7 @@ async def log_bounds(
     # because the first request of each only learns the topic's metadata.
     raw, committed = (
         AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.client_options(),
             isolation_level=isolation,
             enable_auto_commit=False,
             retry_backoff_ms=10,

@@ -78,7 +78,7 @@ class Orchestrator:
         self._group = settings.group(GROUP)
         self._agents = AgentTable(settings, silence_intervals=silence_intervals)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **settings.client_options(),
             client_id=f"{settings.client_id}-orchestrator",
             group_id=self._group,
             enable_auto_commit=False,

@@ -1,0 +1,70 @@
+"""The secured broker of these tests: ``posttrain stack up --secure kafka`` with a state
+directory of its own on free ports, never the shared plaintext stack."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from posttrain.events.kafka import KafkaSettings
+from posttrain.stack import secure
+
+POSTTRAIN = str(Path(sys.executable).parent / "posttrain")
+UP_TIMEOUT_S = 240.0
+
+
+def free_port_pair() -> int:
+    """A loopback port whose next port is free too (the controller listens on port + 1)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class SecureBroker:
+    state_dir: Path
+    port: int
+    namespace: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "POSTTRAIN_STACK_DIR": str(self.state_dir),
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.port}",
+            "POSTTRAIN_TOPIC_NAMESPACE": self.namespace,
+        }
+
+    def _stack(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [POSTTRAIN, "stack", *args, "--secure", "kafka"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=UP_TIMEOUT_S,
+        )
+
+    def up(self) -> str:
+        done = self._stack("up")
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def down(self) -> None:
+        self._stack("down")
+
+    def settings(self, principal: str) -> KafkaSettings:
+        """How ``principal`` connects (its password from its file, the local CA)."""
+        layout = secure.secure_layout(self.env)
+        address = secure.secure_address(self.env)
+        return secure.principal_settings(layout, address, principal, self.namespace)

@@ -1,0 +1,159 @@
+"""A pipeline on a broker that requires SASL (SCRAM-SHA-512) over TLS, each service as its own
+principal under the ACLs of ``posttrain.events.access``; clients without the right are refused.
+
+The broker is started by ``posttrain stack up --secure kafka`` in a state directory of this
+module's own on free ports (tests/integration/secure/broker.py); the shared plaintext stack is
+only used for PostgreSQL (this run's own database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+
+from posttrain.events.access import Principal
+from posttrain.events.topics import Topic
+from posttrain.orchestrator.client import PipelineExecutor, aget_pipeline_status
+from posttrain.sdk import aget_latest_metrics
+from posttrain.testing import services
+from tests.integration.secure.broker import SecureBroker, free_port_pair
+from tests.waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    state = tmp_path_factory.mktemp("secure-stack")
+    made = SecureBroker(state, free_port_pair(), f"secure-{uuid.uuid4().hex[:8]}")
+    try:
+        made.up()
+        yield made
+    finally:
+        made.down()
+
+
+@pytest.fixture
+async def platform(
+    broker: SecureBroker, database_url: str, tmp_path: Path
+) -> AsyncIterator[list[services.ServiceProcess]]:
+    """The orchestrator, the ingest and one agent, each with its own principal's settings."""
+    started = [
+        services.orchestrator(
+            broker.settings(Principal.ORCHESTRATOR),
+            tmp_path / "orchestrator.log",
+            database_url=database_url,
+        ),
+        services.ingest(broker.settings(Principal.INGEST), database_url, tmp_path / "ingest.log"),
+        services.agent(
+            broker.settings(Principal.AGENT),
+            tmp_path / "agent.log",
+            name="secure-1",
+            work_dir=tmp_path / "agent",
+            cwd=REPO,
+            extra=["--heartbeat", "1", "--stage-threads", "1", "--no-zygote"],
+        ),
+    ]
+    try:
+        for service in started:
+            service.start()
+        await asyncio.gather(*(s.wait_ready() for s in started))
+        yield started
+    finally:
+        services.stop_all(started)
+
+
+async def test_a_pipeline_runs_with_a_principal_per_service(
+    broker: SecureBroker, platform: list[services.ServiceProcess], database_url: str
+) -> None:
+    pipeline = f"secure-{uuid.uuid4().hex[:8]}"
+    # Submitted as the gateway would: its principal may write pipeline commands and no more.
+    executor = PipelineExecutor(
+        pipeline, settings=broker.settings(Principal.GATEWAY), database_url=database_url
+    )
+    await executor.aexecute(
+        [
+            {
+                "name": "report",
+                "task": "python",
+                "params": {
+                    "entrypoint": "tests.integration.secure.stages:report_points",
+                    "kwargs": {"points": 5},
+                },
+            },
+            {
+                "name": "after",
+                "task": "command",
+                "params": {"argv": ["true"]},
+                "depends_on": ["report"],
+            },
+        ]
+    )
+
+    async def ended() -> dict | None:
+        status = await aget_pipeline_status(pipeline, database_url)
+        return status if status and status["status"] in ("succeeded", "failed") else None
+
+    status = await wait_for(ended, timeout=60, interval=0.2, what="the pipeline to end")
+    logs = "\n".join(f"--- {s.name}\n{s.tail()}" for s in platform)
+    assert status["status"] == "succeeded", f"{status}\n{logs}"
+    report = next(s for s in status["stages"] if s["name"] == "report")
+    assert report["agent_id"] == "secure-1" and report["outputs"]["points"] == 5
+
+    # The stage's points went from the stage process (the agent's principal) through the
+    # broker to the ingest (its own) and into PostgreSQL.
+    async def stored() -> list:
+        points = await aget_latest_metrics(report["job_uuid"], 10, database_url)
+        return points if len(points) == 5 else []
+
+    points = await wait_for(stored, timeout=30, interval=0.2, what="the 5 points stored")
+    assert sorted(p.step for p in points) == [1, 2, 3, 4, 5]
+
+
+async def test_a_client_without_the_right_is_refused(broker: SecureBroker) -> None:
+    agent = broker.settings(Principal.AGENT)
+    events = agent.topic(Topic.PIPELINE_EVENTS)
+
+    # The agent's principal writes its reports, never the pipelines' event log.
+    producer = AIOKafkaProducer(**agent.client_options(), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(agent.topic(Topic.STAGE_REPORTS), b"{}", key=b"p")
+        with pytest.raises(TopicAuthorizationFailedError):
+            await producer.send_and_wait(events, b"{}", key=b"p")
+    finally:
+        await producer.stop()
+
+    # Nor does it read the event log.
+    consumer = AIOKafkaConsumer(events, **agent.client_options(), auto_offset_reset="earliest")
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await consumer.start()
+            await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()
+
+    # A wrong password does not connect at all.
+    wrong = dataclasses.replace(agent, sasl_password="not-the-password")
+    refused = AIOKafkaProducer(**wrong.client_options())
+    try:
+        with pytest.raises(KafkaConnectionError):
+            await refused.start()
+    finally:
+        await refused.stop()
+
+    # Nor does a client that does not speak TLS and SASL.
+    plaintext = dataclasses.replace(agent, security_protocol="PLAINTEXT")
+    unsecured = AIOKafkaProducer(**plaintext.client_options(), request_timeout_ms=5000)
+    try:
+        with pytest.raises((KafkaConnectionError, asyncio.TimeoutError)):
+            await asyncio.wait_for(unsecured.start(), 15)
+    finally:
+        await unsecured.stop()
