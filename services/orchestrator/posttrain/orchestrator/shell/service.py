@@ -24,7 +24,7 @@ from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.events.kafka.dlq import DeadLetters
 from posttrain.events.messages import TickClock
-from posttrain.events.topics import TOPICS, Topic
+from posttrain.events.topics import SNAPSHOT_MAX_BYTES, TOPICS, Topic
 from posttrain.orchestrator.core.decide import (
     CacheEntry,
     Context,
@@ -33,12 +33,30 @@ from posttrain.orchestrator.core.decide import (
     decide,
     tick_due,
 )
+from posttrain.orchestrator.core.snapshot import (
+    PartitionSnapshot,
+    SnapshotUnusable,
+    archivable,
+    cache_of,
+    encode_archived,
+    encode_partition,
+)
 from posttrain.orchestrator.core.state import ACTIVE, PipelineState
 from posttrain.orchestrator.shell.agents import AgentTable
 from posttrain.orchestrator.shell.replay import (
     DEFAULT_PARALLEL_FROM,
     ReplayHelpers,
+    log_bounds,
     replay_partitions,
+)
+from posttrain.orchestrator.shell.snapshots import (
+    PartitionBook,
+    SnapshotPolicy,
+    fold_after,
+    latest_snapshot,
+    restore,
+    snapshot_partitions,
+    snapshots_topic,
 )
 from posttrain.orchestrator.shell.stats import OrchestratorStats
 
@@ -69,8 +87,12 @@ class Orchestrator:
         session_timeout_ms: int = 6000,
         replay_processes: int = 0,
         replay_parallel_from: int = DEFAULT_PARALLEL_FROM,
+        snapshots: SnapshotPolicy | None = SnapshotPolicy(),  # noqa: B008 (frozen)
     ) -> None:
         self.settings = settings
+        # None: no snapshots, every assignment folds the partitions' whole log, as before.
+        self.snapshots = snapshots
+        self._books: dict[int, PartitionBook] = {}
         self._replay_processes = replay_processes
         self._replay_parallel_from = replay_parallel_from
         self._helpers: ReplayHelpers | None = None
@@ -104,6 +126,13 @@ class Orchestrator:
             )
         await self._agents.start()
         await self._consumer.start()
+        if self.snapshots is not None:
+            topic = snapshots_topic(self.settings)
+            if topic not in await self._consumer.topics():
+                # Created by `posttrain stack up` and the deploy manifests; an older broker
+                # setup without it runs on, folding the whole log at each assignment.
+                log.warning("no topic %s: running without snapshots", topic)
+                self.snapshots = None
         self._consumer.subscribe(
             [self.settings.topic(t) for t in INPUTS], listener=_Rebalance(self)
         )
@@ -162,9 +191,7 @@ class Orchestrator:
             self._drop(p)
         new = sorted(partitions - set(self._producers))
         for p in new:
-            producer = EventProducer(
-                self.settings, transactional_id=f"orchestrator-p{p}", linger_ms=0
-            )
+            producer = self._producer(p)
             await producer.start()
             # Fence the previous owner: initialising our transactional id aborts its open
             # transaction before we read the log's end.
@@ -179,7 +206,16 @@ class Orchestrator:
             extra={"partitions": self.partitions},
         )
 
+    def _producer(self, p: int) -> EventProducer:
+        return EventProducer(
+            self.settings,
+            transactional_id=f"orchestrator-p{p}",
+            linger_ms=0,
+            max_request_size=SNAPSHOT_MAX_BYTES + 1024 * 1024,
+        )
+
     def _drop(self, p: int) -> None:
+        self._books.pop(p, None)
         for state in self.states.pop(p, {}).values():
             for stage in state.stages.values():
                 if stage.current is not None:
@@ -193,7 +229,7 @@ class Orchestrator:
         started = time.monotonic()
         self.stats.replaying = True
         try:
-            states, count = await replay_partitions(self.settings, partitions, self._helpers)
+            states, count = await self._replay(partitions)
         finally:
             self.stats.replaying = False
         seconds = time.monotonic() - started
@@ -208,6 +244,65 @@ class Orchestrator:
             self.states[p] = by_pipeline
             for state in by_pipeline.values():
                 self._index(state)
+
+    async def _replay(
+        self, partitions: Sequence[int]
+    ) -> tuple[dict[int, dict[str, PipelineState]], int]:
+        """The partitions' states: from their latest snapshots and the events after them, or
+        from their whole log where a snapshot is missing or unusable."""
+        if self.snapshots is None:
+            for p in partitions:
+                self._books[p] = PartitionBook()
+            return await replay_partitions(self.settings, partitions, self._helpers)
+        events = [TopicPartition(self.settings.topic(Topic.PIPELINE_EVENTS), p) for p in partitions]
+        snaps = snapshot_partitions(self.settings, partitions)
+        starts, ends = await log_bounds(self.settings, events + snaps)
+        states: dict[int, dict[str, PipelineState]] = {}
+        count = 0
+        from_log: list[int] = []
+        for p, etp, stp in zip(partitions, events, snaps, strict=True):
+            self._books[p] = PartitionBook(events_end=ends[etp])
+            try:
+                snapshot = await latest_snapshot(self.settings, p, starts[stp], ends[stp])
+                if snapshot is None:
+                    from_log.append(p)
+                    continue
+                if (
+                    not starts[etp] <= snapshot.events_offset <= ends[etp]
+                    or snapshot.partition != p
+                ):
+                    raise SnapshotUnusable(
+                        f"it stands for offset {snapshot.events_offset} of partition "
+                        f"{snapshot.partition}, the log holds {starts[etp]}-{ends[etp]} of {p}"
+                    )
+                states[p], n = await fold_after(self.settings, p, snapshot, ends[etp])
+            except SnapshotUnusable as exc:
+                log.warning(
+                    "the snapshot of partition %s is unusable (%s): folding its log instead",
+                    p,
+                    exc,
+                    extra={"partition": p, "reason": str(exc)},
+                )
+                self.stats.snapshots_unusable += 1
+                from_log.append(p)
+                continue
+            count += n
+            self.stats.snapshots_loaded += 1
+            log.info(
+                "partition %s starts from its snapshot at offset %s (%d events after it)",
+                p,
+                snapshot.events_offset,
+                n,
+                extra={"partition": p, "offset": snapshot.events_offset, "events": n},
+            )
+            self._books[p].archived = snapshot.archived
+            self._books[p].cache = dict(snapshot.cache)
+            self._cache.update(snapshot.cache)
+        if from_log:
+            folded, n = await replay_partitions(self.settings, from_log, self._helpers)
+            states.update(folded)
+            count += n
+        return states, count
 
     def _index(self, state: PipelineState) -> None:
         """Keep the reservations and the cache in step with a pipeline's state."""
@@ -235,6 +330,8 @@ class Orchestrator:
         states = self.states.setdefault(p, {})
         decisions: list[Decision] = []
         dead = 0
+        book = self._books.get(p)
+        last: Any = None  # the last event's send: its offset is where the log now ends
         try:
             async with producer.client.transaction():
                 offsets: dict[TopicPartition, int] = {}
@@ -249,6 +346,12 @@ class Orchestrator:
                         await dlq.park(record, reason, str(exc))
                         dead += 1
                         continue
+                    if book is not None and pid in book.archived and pid not in states:
+                        for restored in await restore(
+                            self.settings, p, [pid], states, book.archived
+                        ):
+                            self._index(restored)
+                            self.stats.pipelines_restored += 1
                     state = states.get(pid) or PipelineState(pid)
                     if not state.stages and envelope.type != "SubmitPipeline":
                         log.info("%s for unknown pipeline %s ignored", envelope.type, pid)
@@ -258,14 +361,16 @@ class Orchestrator:
                         # Reservations follow each decision at once: the next one in this
                         # batch places stages with them (an abort rebuilds them from the log).
                         self._index(state)
-                        await self._emit(producer, p, decision)
+                        last = await self._emit(producer, p, decision) or last
                         decisions.append(decision)
+                await self._snapshot(p, producer, last, sum(len(d.events) for d in decisions))
                 await producer.client.send_offsets_to_transaction(offsets, self._group)
         except Exception:
             self.stats.transactions_aborted += 1
             log.exception("transaction on partition %s failed: rebuilding it from the log", p)
             await self._recover(p)
         else:
+            self._appended(p, last)
             self.stats.committed(decisions, records=len(records), dead=dead)
 
     async def _tick(self, now: float) -> None:
@@ -273,7 +378,10 @@ class Orchestrator:
         for p, states in list(self.states.items()):
             producer = self._producers.get(p)
             due = [s for s in states.values() if tick_due(s, now, silent)]
-            if producer is None or not due:
+            if producer is None:
+                continue
+            if not due:
+                await self._idle_snapshot(p, producer)
                 continue
             try:
                 decisions: list[tuple[PipelineState, Decision]] = []
@@ -291,27 +399,118 @@ class Orchestrator:
                         decisions.append((state, decision))
                         self._index(state)
                 if not decisions:
+                    await self._idle_snapshot(p, producer)
                     continue
+                last: Any = None
                 async with producer.client.transaction():
                     for _, decision in decisions:
-                        await self._emit(producer, p, decision)
+                        last = await self._emit(producer, p, decision) or last
+                    await self._snapshot(
+                        p, producer, last, sum(len(d.events) for _, d in decisions)
+                    )
             except Exception:
                 self.stats.transactions_aborted += 1
                 log.exception("tick on partition %s failed: rebuilding it from the log", p)
                 await self._recover(p)
             else:
+                self._appended(p, last)
                 self.stats.committed(decision for _, decision in decisions)
 
-    async def _emit(self, producer: EventProducer, p: int, decision: Decision) -> None:
+    async def _emit(self, producer: EventProducer, p: int, decision: Decision) -> Any:
+        """Send a decision's events and commands; returns the last event's send (a future of
+        its offset), or None if it had none."""
         client = producer.client
         events_topic = self.settings.topic(Topic.PIPELINE_EVENTS)
+        last = None
         for envelope in decision.events:
             key, value, headers = encode(envelope)
             # Co-partitioned: the pipeline's events go to the partition its commands came from.
-            await client.send(events_topic, key=key, value=value, headers=headers, partition=p)
+            last = await client.send(
+                events_topic, key=key, value=value, headers=headers, partition=p
+            )
         for topic, envelope in decision.commands:
             key, value, headers = encode(envelope)
             await client.send(self.settings.topic(topic), key=key, value=value, headers=headers)
+        return last
+
+    # --- snapshots ----------------------------------------------------------------------------
+
+    def _appended(self, p: int, last: Any) -> None:
+        """A transaction that appended events up to ``last`` (a done send) committed."""
+        book = self._books.get(p)
+        if book is not None and last is not None:
+            book.events_end = last.result().offset + 1
+
+    async def _snapshot(self, p: int, producer: EventProducer, last: Any, events: int) -> None:
+        """In the open transaction that appended ``events`` events (the last one's send is
+        ``last``): write the partition's snapshot if one is due, so that it and the offset it
+        stands for commit or abort together with those events."""
+        book = self._books.get(p)
+        if self.snapshots is None or book is None or last is None:
+            return
+        book.events_since += events
+        if book.due(self.snapshots, time.monotonic()):
+            await self._write_snapshot(p, producer, (await last).offset + 1)
+
+    async def _idle_snapshot(self, p: int, producer: EventProducer) -> None:
+        """Between decisions: a snapshot of its own transaction when one is due by time, or
+        ended pipelines wait to leave memory (a quiet partition, or more than one snapshot
+        archives)."""
+        book = self._books.get(p)
+        if self.snapshots is None or book is None:
+            return
+        now = time.monotonic()
+        backlog = book.backlog or (
+            now - book.last_at >= self.snapshots.every_s
+            and any(archivable(s) for s in self.states.get(p, {}).values())
+        )
+        if not (backlog or book.due(self.snapshots, now)):
+            return
+        try:
+            async with producer.client.transaction():
+                await self._write_snapshot(p, producer, book.events_end)
+        except Exception:
+            self.stats.transactions_aborted += 1
+            log.exception("snapshot of partition %s failed: rebuilding it from the log", p)
+            await self._recover(p)
+
+    async def _write_snapshot(self, p: int, producer: EventProducer, events_offset: int) -> None:
+        assert self.snapshots is not None
+        book = self._books[p]
+        client = producer.client
+        topic = snapshots_topic(self.settings)
+        states = self.states.setdefault(p, {})
+        ending = [s for s in states.values() if archivable(s)]
+        ended = ending[: self.snapshots.archive_batch]
+        sends = [
+            await client.send(
+                topic,
+                key=f"pipeline/{s.pipeline_id}".encode(),
+                value=encode_archived(s),
+                partition=p,
+            )
+            for s in ended
+        ]
+        for state, sent in zip(ended, sends, strict=True):
+            book.archived[state.pipeline_id] = (await sent).offset
+            del states[state.pipeline_id]
+        book.cache.update(cache_of(ended))
+        snapshot = PartitionSnapshot(
+            partition=p,
+            events_offset=events_offset,
+            states=states,
+            archived=book.archived,
+            cache=book.cache,
+        )
+        await client.send(
+            topic, key=f"p{p}".encode(), value=encode_partition(snapshot), partition=p
+        )
+        book.events_end = events_offset
+        book.events_since = 0
+        book.last_at = time.monotonic()
+        book.backlog = len(ending) > len(ended)
+        self.stats.snapshots_written += 1
+        self.stats.pipelines_archived += len(ended)
 
     async def _recover(self, p: int) -> None:
         """After an aborted transaction: the in-memory state ran ahead of the log; rebuild it
@@ -319,9 +518,7 @@ class Orchestrator:
         producer = self._producers.get(p)
         if producer is not None:
             await producer.stop()
-            producer = EventProducer(
-                self.settings, transactional_id=f"orchestrator-p{p}", linger_ms=0
-            )
+            producer = self._producer(p)
             await producer.start()
             self._producers[p] = producer
         await self._rebuild([p])
