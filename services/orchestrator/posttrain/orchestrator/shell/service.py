@@ -186,6 +186,11 @@ class Orchestrator:
             await self._assign_locked(partitions)
 
     async def _assign_locked(self, partitions: set[int]) -> None:
+        log.info(
+            "orchestrator given partitions %s",
+            sorted(partitions),
+            extra={"partitions": sorted(partitions)},
+        )
         for p in set(self._producers) - partitions:
             await self._producers.pop(p).stop()
             self._drop(p)
@@ -453,18 +458,17 @@ class Orchestrator:
             await self._write_snapshot(p, producer, (await last).offset + 1)
 
     async def _idle_snapshot(self, p: int, producer: EventProducer) -> None:
-        """Between decisions: a snapshot of its own transaction when one is due by time, or
-        ended pipelines wait to leave memory (a quiet partition, or more than one snapshot
-        archives)."""
+        """Between decisions: a snapshot in a transaction of its own when one is due by time,
+        or when ended pipelines wait to leave memory (a quiet partition, or a replay of a log
+        without snapshots)."""
         book = self._books.get(p)
         if self.snapshots is None or book is None:
             return
         now = time.monotonic()
-        backlog = book.backlog or (
-            now - book.last_at >= self.snapshots.every_s
-            and any(archivable(s) for s in self.states.get(p, {}).values())
+        ended = now - book.last_at >= self.snapshots.every_s and any(
+            archivable(s) for s in self.states.get(p, {}).values()
         )
-        if not (backlog or book.due(self.snapshots, now)):
+        if not (ended or book.due(self.snapshots, now)):
             return
         try:
             async with producer.client.transaction():
@@ -480,8 +484,7 @@ class Orchestrator:
         client = producer.client
         topic = snapshots_topic(self.settings)
         states = self.states.setdefault(p, {})
-        ending = [s for s in states.values() if archivable(s)]
-        ended = ending[: self.snapshots.archive_batch]
+        ended = [s for s in states.values() if archivable(s)]
         sends = [
             await client.send(
                 topic,
@@ -508,7 +511,6 @@ class Orchestrator:
         book.events_end = events_offset
         book.events_since = 0
         book.last_at = time.monotonic()
-        book.backlog = len(ending) > len(ended)
         self.stats.snapshots_written += 1
         self.stats.pipelines_archived += len(ended)
 

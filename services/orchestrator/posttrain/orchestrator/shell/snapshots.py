@@ -48,12 +48,12 @@ DEFAULT_EVERY_S = 10.0
 class SnapshotPolicy:
     """When the orchestrator writes a partition's snapshot: in a transaction that appends events,
     once ``every_events`` events were appended since the last one, or ``every_s`` seconds went
-    by with any. Ended pipelines leave memory at each snapshot, at most ``archive_batch`` per
-    transaction (the rest at the next)."""
+    by with any. Ended pipelines leave memory at each snapshot, all of them: the snapshot then
+    holds the running ones only (after a fold of a long log without snapshots, that first
+    transaction archives thousands of pipelines, once)."""
 
     every_events: int = DEFAULT_EVERY_EVENTS
     every_s: float = DEFAULT_EVERY_S
-    archive_batch: int = 500
 
 
 @dataclass(slots=True)
@@ -64,7 +64,6 @@ class PartitionBook:
     cache: dict[str, CacheEntry] = field(default_factory=dict)  # of the archived pipelines
     events_end: int = 0  # the events partition's end: all before it is in memory
     events_since: int = 0  # appended since the last snapshot
-    backlog: bool = False  # ended pipelines were left in memory by the last snapshot
     last_at: float = field(default_factory=time.monotonic)
 
     def due(self, policy: SnapshotPolicy, now: float) -> bool:
