@@ -57,11 +57,12 @@ async def orchestrating(kafka_settings, policy=EVERY_TRANSACTION):
 
 
 def in_memory(orchestrator, pid):
-    return orchestrator.states[partition_for(pid.encode(), PIPELINE_PARTITIONS)].get(pid)
+    return orchestrator.states.get(partition_for(pid.encode(), PIPELINE_PARTITIONS), {}).get(pid)
 
 
 def archived(orchestrator, pid):
-    return pid in orchestrator._books[partition_for(pid.encode(), PIPELINE_PARTITIONS)].archived
+    book = orchestrator._books.get(partition_for(pid.encode(), PIPELINE_PARTITIONS))
+    return book is not None and pid in book.archived
 
 
 async def status_on_log(kafka_settings, pid, wanted):
@@ -242,3 +243,87 @@ async def test_kill_9_with_a_snapshot_in_every_transaction_runs_every_attempt_on
     # Restarts started from snapshots (the first one and those killed early had none).
     assert "starts from its snapshot" in log.read_text()
     assert "unusable" not in log.read_text()
+
+
+@contextlib.asynccontextmanager
+async def instances(kafka_settings, n):
+    stop = asyncio.Event()
+    started = [
+        Orchestrator(kafka_settings, tick_interval_s=0.2, session_timeout_ms=2000) for _ in range(n)
+    ]
+    for orchestrator in started:
+        await orchestrator.start()
+    tasks = [asyncio.create_task(o.run(stop)) for o in started]
+
+    def settled():
+        owned = [set(o.partitions) for o in started]
+        return (
+            all(o.stats.assigned for o in started)
+            and all(owned)
+            and sum(len(s) for s in owned) == PIPELINE_PARTITIONS == len(set().union(*owned))
+        )
+
+    try:
+        await wait_for(settled, timeout=40, what=f"{n} instances to share the partitions")
+        yield started
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for orchestrator in started:
+            await orchestrator.stop()
+
+
+def key_on(partitions, prefix):
+    return next(
+        key
+        for key in (f"{prefix}-{i}" for i in range(1000))
+        if partition_for(key.encode(), PIPELINE_PARTITIONS) in partitions
+    )
+
+
+async def test_a_cached_stage_is_reused_across_instances_and_after_a_restart(
+    kafka_settings, tmp_path, run_id
+):
+    same = {"name": "prep", "task": "command", "params": {"argv": ["same"]}, "cache": True}
+    record = tmp_path / "record.jsonl"
+    agent = ScriptedAgent(kafka_settings, "gpu-1", record)
+    await agent.start()
+
+    async def cached_from(pid):
+        async def check():
+            return next(
+                (
+                    e.data.from_command_id
+                    for e in await read_log(kafka_settings)
+                    if e.type == "StageCached" and e.key == pid
+                ),
+                None,
+            )
+
+        return await wait_for(check, timeout=30, interval=0.3, what=f"{pid} served from cache")
+
+    try:
+        async with instances(kafka_settings, 2) as (a, b):
+            first = key_on(set(a.partitions), f"{run_id}-x")
+            other = key_on(set(b.partitions), f"{run_id}-y")
+            await PipelineExecutor(first, settings=kafka_settings).aexecute([same])
+            await status_on_log(kafka_settings, first, PipelineStatus.SUCCEEDED)
+            await wait_for(
+                lambda: any(
+                    e.command_id == f"{first}:prep:1" for e in b._stage_cache.entries.values()
+                ),
+                timeout=20,
+                what="the entry in the other instance's table",
+            )
+            # The other instance owns this pipeline's partition, never had the first in memory.
+            assert in_memory(b, first) is None and not archived(b, first)
+            await PipelineExecutor(other, settings=kafka_settings).aexecute([same])
+            assert await cached_from(other) == f"{first}:prep:1"
+        async with orchestrating(kafka_settings) as restarted:
+            later = f"{run_id}-z"
+            await wait_for(lambda: restarted._stage_cache.entries, timeout=20, what="the table")
+            await PipelineExecutor(later, settings=kafka_settings).aexecute([same])
+            assert await cached_from(later) == f"{first}:prep:1"
+    finally:
+        await agent.stop()
+    assert [r["stage"] for r in read_record(record)] == ["prep"]  # ran once, for the first

@@ -30,6 +30,7 @@ class Topic(StrEnum):
     ALERTS = "posttrain.alerts"
     DLQ = "posttrain.dlq"
     ORCHESTRATOR_SNAPSHOTS = "posttrain.orchestrator.snapshots"
+    STAGE_CACHE = "posttrain.stage.cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,18 @@ _SPECS: tuple[TopicSpec, ...] = (
         cleanup_policy="delete",
         message_types=("AlertSent", "AlertFailed"),
         description="The outcome of every alert delivery.",
+    ),
+    TopicSpec(
+        Topic.STAGE_CACHE,
+        key="cache_key",
+        partitions=3,
+        retention_ms=-1,
+        cleanup_policy="compact",
+        message_types=("StageOutputsCached",),
+        description=(
+            "The outputs of every succeeded cache: true stage by the key of its inputs; "
+            "compacted, read in full by every orchestrator instance as a global table."
+        ),
     ),
     TopicSpec(
         Topic.ORCHESTRATOR_SNAPSHOTS,

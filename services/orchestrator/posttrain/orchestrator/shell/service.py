@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import ChainMap
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.events.kafka.dlq import DeadLetters
-from posttrain.events.messages import TickClock
+from posttrain.events.messages import StageOutputsCached, TickClock
 from posttrain.events.topics import SNAPSHOT_MAX_BYTES, TOPICS, Topic
 from posttrain.orchestrator.core.decide import (
     CacheEntry,
@@ -58,6 +59,7 @@ from posttrain.orchestrator.shell.snapshots import (
     snapshot_partitions,
     snapshots_topic,
 )
+from posttrain.orchestrator.shell.stage_cache import StageCacheTable
 from posttrain.orchestrator.shell.stats import OrchestratorStats
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,10 @@ class Orchestrator:
         self._producers: dict[int, EventProducer] = {}
         self.states: dict[int, dict[str, PipelineState]] = {}
         self._inflight: dict[str, tuple[str, int]] = {}  # command id -> (agent, gpus)
-        self._cache: dict[str, CacheEntry] = {}
+        self._cache: dict[str, CacheEntry] = {}  # what the owned partitions' pipelines made
+        self._stage_cache = StageCacheTable(settings)  # what every instance's made
+        self._cache_out: list[tuple[str, str, CacheEntry]] = []  # (pipeline, key, entry) to send
+        self._publish_cache = True
         self._last_tick = 0.0
         self._lock = asyncio.Lock()
         self.stats = OrchestratorStats()
@@ -125,10 +130,18 @@ class Orchestrator:
                 self._replay_processes, min_events=self._replay_parallel_from
             )
         await self._agents.start()
+        await self._stage_cache.start()
         await self._consumer.start()
+        topics = await self._consumer.topics()
+        if self.settings.topic(Topic.STAGE_CACHE) not in topics:
+            log.warning(
+                "no topic %s: stage cache entries stay with their partitions",
+                self.settings.topic(Topic.STAGE_CACHE),
+            )
+            self._publish_cache = False
         if self.snapshots is not None:
             topic = snapshots_topic(self.settings)
-            if topic not in await self._consumer.topics():
+            if topic not in topics:
                 # Created by `posttrain stack up` and the deploy manifests; an older broker
                 # setup without it runs on, folding the whole log at each assignment.
                 log.warning("no topic %s: running without snapshots", topic)
@@ -142,6 +155,7 @@ class Orchestrator:
         for producer in self._producers.values():
             await producer.stop()
         await self._agents.stop()
+        await self._stage_cache.stop()
         if self._helpers is not None:
             self._helpers.close()
 
@@ -249,6 +263,7 @@ class Orchestrator:
             self.states[p] = by_pipeline
             for state in by_pipeline.values():
                 self._index(state)
+        self._cache_out.clear()  # sent when they were made
 
     async def _replay(
         self, partitions: Sequence[int]
@@ -319,14 +334,18 @@ class Orchestrator:
                 else:
                     self._inflight.pop(run.command_id, None)
         for entry in cache_entries(state):
-            self._cache[entry.key] = entry.entry
+            if self._cache.get(entry.key) != entry.entry:
+                self._cache[entry.key] = entry.entry
+                self._cache_out.append((state.pipeline_id, entry.key, entry.entry))
 
     def _context(self, now: float) -> Context:
         reserved: dict[str, int] = {}
         for command, (agent, gpus) in self._inflight.items():
             if command not in self._agents.running(agent):
                 reserved[agent] = reserved.get(agent, 0) + gpus
-        return Context(agents=self._agents.views(now, reserved), cache=self._cache)
+        # This instance's entries first: they are current before the topic brings them back.
+        cache = ChainMap(self._cache, self._stage_cache.entries)
+        return Context(agents=self._agents.views(now, reserved), cache=cache)
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -368,6 +387,7 @@ class Orchestrator:
                         self._index(state)
                         last = await self._emit(producer, p, decision) or last
                         decisions.append(decision)
+                await self._send_cache_entries(producer)
                 await self._snapshot(p, producer, last, sum(len(d.events) for d in decisions))
                 await producer.client.send_offsets_to_transaction(offsets, self._group)
         except Exception:
@@ -410,6 +430,7 @@ class Orchestrator:
                 async with producer.client.transaction():
                     for _, decision in decisions:
                         last = await self._emit(producer, p, decision) or last
+                    await self._send_cache_entries(producer)
                     await self._snapshot(
                         p, producer, last, sum(len(d.events) for _, d in decisions)
                     )
@@ -437,6 +458,22 @@ class Orchestrator:
             key, value, headers = encode(envelope)
             await client.send(self.settings.topic(topic), key=key, value=value, headers=headers)
         return last
+
+    async def _send_cache_entries(self, producer: EventProducer) -> None:
+        """The cache entries the transaction's decisions made, for every instance."""
+        out, self._cache_out = self._cache_out, []
+        if not self._publish_cache:
+            return
+        topic = self.settings.topic(Topic.STAGE_CACHE)
+        for pid, key, entry in out:
+            made = StageOutputsCached(
+                cache_key=key,
+                pipeline_id=pid,
+                command_id=entry.command_id,
+                outputs=dict(entry.outputs),
+            )
+            key_bytes, value, headers = encode(Envelope.create(made, key=key))
+            await producer.client.send(topic, key=key_bytes, value=value, headers=headers)
 
     # --- snapshots ----------------------------------------------------------------------------
 
