@@ -327,3 +327,65 @@ async def test_a_cached_stage_is_reused_across_instances_and_after_a_restart(
     finally:
         await agent.stop()
     assert [r["stage"] for r in read_record(record)] == ["prep"]  # ran once, for the first
+
+
+async def test_a_rebalance_hands_partitions_over_through_their_snapshots(
+    kafka_settings, tmp_path, run_id
+):
+    release = asyncio.Event()
+    record = tmp_path / "record.jsonl"
+    agent = ScriptedAgent(kafka_settings, "gpu-1", record, holds={"r_b": release})
+    await agent.start()
+    pids = [key_on({p}, f"{run_id}-r{p}") for p in range(PIPELINE_PARTITIONS)]
+    try:
+        async with orchestrating(kafka_settings) as first:
+            for pid in pids:
+                await PipelineExecutor(pid, settings=kafka_settings).aexecute(
+                    [cmd("r_a"), cmd("r_b", ["r_a"])]
+                )
+            await wait_for(
+                lambda: all(
+                    (s := in_memory(first, pid)) and s.stages["r_b"].status == "running"
+                    for pid in pids
+                ),
+                timeout=30,
+                what="every pipeline's r_b to run",
+            )
+            second = Orchestrator(
+                kafka_settings,
+                tick_interval_s=0.2,
+                session_timeout_ms=2000,
+                snapshots=EVERY_TRANSACTION,
+            )
+            stop = asyncio.Event()
+            await second.start()
+            task = asyncio.create_task(second.run(stop))
+            try:
+                await wait_for(
+                    lambda: (
+                        second.stats.assigned
+                        and not second.stats.replaying
+                        and second.partitions
+                        and first.partitions
+                        and not set(first.partitions) & set(second.partitions)
+                    ),
+                    timeout=40,
+                    what="the partitions to be shared",
+                )
+                # Every partition it was given started from its snapshot.
+                assert second.stats.snapshots_loaded >= len(second.partitions)
+                assert second.stats.snapshots_unusable == 0
+                whole = fold(await read_log(kafka_settings))
+                moved = [pid for pid in pids if in_memory(second, pid) is not None]
+                assert moved and all(in_memory(second, pid) == whole[pid] for pid in moved)
+                release.set()
+                for pid in pids:
+                    await status_on_log(kafka_settings, pid, PipelineStatus.SUCCEEDED)
+            finally:
+                stop.set()
+                await asyncio.gather(task, return_exceptions=True)
+                await second.stop()
+    finally:
+        await agent.stop()
+    executed = Counter(r["command_id"] for r in read_record(record))
+    assert len(executed) == 2 * len(pids) and set(executed.values()) == {1}
