@@ -53,8 +53,16 @@ WRITERS = 4  # transactional producers per partition writing at once
 
 
 def _write_share(
-    settings: KafkaSettings, p: int, writer: int, batches: list[list[Envelope[Any]]]
+    settings: KafkaSettings,
+    p: int,
+    writer: int,
+    pipelines: list[int],
+    running_from: int,
+    per_transaction: int,
 ) -> int:
+    """One transactional producer's share of partition ``p``: its pipelines ``_CHUNK`` at a
+    time (built as they are written: the whole history as models would not fit in memory),
+    interleaved as pipelines that run at once, ``per_transaction`` decisions a transaction."""
     from confluent_kafka import Producer
 
     producer = Producer(
@@ -69,42 +77,42 @@ def _write_share(
     producer.init_transactions(60)
     topic = settings.topic(Topic.PIPELINE_EVENTS)
     events = 0
-    for batch in batches:
-        producer.begin_transaction()
-        for envelope in batch:
-            key, value, headers = encode(envelope)
-            producer.produce(topic, value=value, key=key, headers=cast(Any, headers), partition=p)
-        producer.commit_transaction(60)
-        events += len(batch)
+    for c in range(0, len(pipelines), _CHUNK):
+        logs = []
+        for i in pipelines[c : c + _CHUNK]:
+            log = pipeline_log(i, 0)
+            if i >= running_from:
+                log = log[:3]  # submitted, first stage dispatched and started: it runs
+            logs.append([[encode(e) for e in decision] for decision in decisions(log)])
+        ordered = [d for round_ in _rounds(logs) for d in round_]
+        for t in range(0, len(ordered), per_transaction):
+            producer.begin_transaction()
+            for decision in ordered[t : t + per_transaction]:
+                for key, value, headers in decision:
+                    producer.produce(
+                        topic, value=value, key=key, headers=cast(Any, headers), partition=p
+                    )
+                    events += 1
+            producer.commit_transaction(60)
     return events
+
+
+_CHUNK = 500  # pipelines of a writer's share that run at once
 
 
 async def write_history(
     settings: KafkaSettings, pipelines: int, running: int, per_transaction: int
 ) -> tuple[int, float]:
-    """The ended and the running pipelines' events, each partition's interleaved as pipelines
-    run at once; returns (events, seconds)."""
-    per_partition: dict[int, list[list[list[Envelope[Any]]]]] = {
-        p: [] for p in range(PIPELINE_PARTITIONS)
-    }
+    """The ended and the running pipelines' events; returns (events, seconds)."""
+    per_partition: dict[int, list[int]] = {p: [] for p in range(PIPELINE_PARTITIONS)}
     for i in range(pipelines + running):
-        log = pipeline_log(i, 0)
-        if i >= pipelines:
-            log = log[:3]  # submitted, first stage dispatched and started: it runs
-        per_partition[partition_for(log[0].key.encode(), PIPELINE_PARTITIONS)].append(
-            decisions(log)
-        )
-    shares = []
-    for p, logs in per_partition.items():
-        for w in range(WRITERS):
-            mine = logs[w::WRITERS]
-            ordered = [d for round_ in _rounds(mine) for d in round_]
-            batches = [
-                [e for d in ordered[i : i + per_transaction] for e in d]
-                for i in range(0, len(ordered), per_transaction)
-            ]
-            if batches:
-                shares.append((p, w, batches))
+        per_partition[partition_for(f"pipe-{i:06d}".encode(), PIPELINE_PARTITIONS)].append(i)
+    shares = [
+        (p, w, indices[w::WRITERS], pipelines, per_transaction)
+        for p, indices in per_partition.items()
+        for w in range(WRITERS)
+        if indices[w::WRITERS]
+    ]
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(shares)) as pool:
@@ -114,7 +122,7 @@ async def write_history(
     return sum(written), time.perf_counter() - started
 
 
-def _rounds(logs: list[list[list[Envelope[Any]]]]) -> list[list[list[Envelope[Any]]]]:
+def _rounds(logs: list[list[Any]]) -> list[list[Any]]:
     """Decisions interleaved: the first of every pipeline, then the second, ..."""
     longest = max((len(log) for log in logs), default=0)
     return [[log[i] for log in logs if i < len(log)] for i in range(longest)]
