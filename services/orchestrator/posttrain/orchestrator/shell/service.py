@@ -53,8 +53,7 @@ from posttrain.orchestrator.shell.replay import (
 from posttrain.orchestrator.shell.snapshots import (
     PartitionBook,
     SnapshotPolicy,
-    fold_after,
-    latest_snapshot,
+    from_snapshot,
     restore,
     snapshot_partitions,
     snapshots_topic,
@@ -280,32 +279,33 @@ class Orchestrator:
         states: dict[int, dict[str, PipelineState]] = {}
         count = 0
         from_log: list[int] = []
-        for p, etp, stp in zip(partitions, events, snaps, strict=True):
+        # Each partition's snapshot and tail are read at the same time: each read waits on
+        # the broker more than it works.
+        loaded = await asyncio.gather(
+            *(
+                from_snapshot(self.settings, p, (starts[e], ends[e]), (starts[s], ends[s]))
+                for p, e, s in zip(partitions, events, snaps, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        for p, etp, outcome in zip(partitions, events, loaded, strict=True):
             self._books[p] = PartitionBook(events_end=ends[etp])
-            try:
-                snapshot = await latest_snapshot(self.settings, p, starts[stp], ends[stp])
-                if snapshot is None:
-                    from_log.append(p)
-                    continue
-                if (
-                    not starts[etp] <= snapshot.events_offset <= ends[etp]
-                    or snapshot.partition != p
-                ):
-                    raise SnapshotUnusable(
-                        f"it stands for offset {snapshot.events_offset} of partition "
-                        f"{snapshot.partition}, the log holds {starts[etp]}-{ends[etp]} of {p}"
-                    )
-                states[p], n = await fold_after(self.settings, p, snapshot, ends[etp])
-            except SnapshotUnusable as exc:
+            if isinstance(outcome, SnapshotUnusable):
                 log.warning(
                     "the snapshot of partition %s is unusable (%s): folding its log instead",
                     p,
-                    exc,
-                    extra={"partition": p, "reason": str(exc)},
+                    outcome,
+                    extra={"partition": p, "reason": str(outcome)},
                 )
                 self.stats.snapshots_unusable += 1
                 from_log.append(p)
                 continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome is None:
+                from_log.append(p)
+                continue
+            snapshot, states[p], n = outcome
             count += n
             self.stats.snapshots_loaded += 1
             log.info(

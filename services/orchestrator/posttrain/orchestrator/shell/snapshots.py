@@ -98,6 +98,29 @@ async def latest_snapshot(
     return None
 
 
+async def from_snapshot(
+    settings: KafkaSettings,
+    partition: int,
+    events: tuple[int, int],
+    snapshots: tuple[int, int],
+) -> tuple[PartitionSnapshot, dict[str, PipelineState], int] | None:
+    """The partition's latest snapshot, and its states with the events after it folded in
+    (and how many), given the (start, end) offsets of the partition in the events topic and in
+    the snapshots topic; None without a snapshot; ``SnapshotUnusable`` if the snapshot, or an
+    archived pipeline the tail needs, cannot stand for the log."""
+    snapshot = await latest_snapshot(settings, partition, *snapshots)
+    if snapshot is None:
+        return None
+    start, end = events
+    if not start <= snapshot.events_offset <= end or snapshot.partition != partition:
+        raise SnapshotUnusable(
+            f"it stands for offset {snapshot.events_offset} of partition {snapshot.partition}, "
+            f"the log holds {start}-{end} of {partition}"
+        )
+    states, count = await fold_after(settings, partition, snapshot, end)
+    return snapshot, states, count
+
+
 async def read_archived(
     settings: KafkaSettings, partition: int, offsets: dict[str, int]
 ) -> dict[str, PipelineState]:
