@@ -389,3 +389,38 @@ async def test_a_rebalance_hands_partitions_over_through_their_snapshots(
         await agent.stop()
     executed = Counter(r["command_id"] for r in read_record(record))
     assert len(executed) == 2 * len(pids) and set(executed.values()) == {1}
+
+
+async def test_an_archived_state_that_cannot_be_read_falls_back_to_the_log(
+    kafka_settings, tmp_path, run_id, caplog
+):
+    failed = f"{run_id}-lost"
+    record = tmp_path / "record.jsonl"
+    agent = ScriptedAgent(kafka_settings, "gpu-1", record, fail={"l_b": [1]})
+    await agent.start()
+    try:
+        async with orchestrating(kafka_settings) as orchestrator:
+            await PipelineExecutor(failed, settings=kafka_settings).aexecute(
+                [cmd("l_a"), cmd("l_b", ["l_a"])]
+            )
+            await wait_for(
+                lambda: archived(orchestrator, failed), timeout=40, what="the pipeline archived"
+            )
+            # Its index entry now points past its record (at another record, or a marker).
+            p = partition_for(failed.encode(), PIPELINE_PARTITIONS)
+            orchestrator._books[p].archived[failed] += 1
+            caplog.set_level(logging.WARNING)
+            async with EventProducer(kafka_settings) as producer:
+                await producer.send(
+                    Topic.PIPELINE_COMMANDS,
+                    Envelope.create(ResumePipeline(pipeline_id=failed), key=failed),
+                )
+            await status_on_log(kafka_settings, failed, PipelineStatus.SUCCEEDED)
+            assert any(
+                f"archived state of {failed} is unusable" in r.getMessage() for r in caplog.records
+            )
+            assert orchestrator.stats.snapshots_unusable == 1
+    finally:
+        await agent.stop()
+    executed = Counter((r["stage"], r["attempt"]) for r in read_record(record))
+    assert executed == {("l_a", 1): 1, ("l_b", 1): 1, ("l_b", 2): 1}

@@ -94,6 +94,7 @@ class Orchestrator:
         # None: no snapshots, every assignment folds the partitions' whole log, as before.
         self.snapshots = snapshots
         self._books: dict[int, PartitionBook] = {}
+        self._distrusted: set[int] = set()  # partitions whose next replay folds the whole log
         self._replay_processes = replay_processes
         self._replay_parallel_from = replay_parallel_from
         self._helpers: ReplayHelpers | None = None
@@ -208,14 +209,9 @@ class Orchestrator:
             await self._producers.pop(p).stop()
             self._drop(p)
         new = sorted(partitions - set(self._producers))
-        for p in new:
-            producer = self._producer(p)
-            await producer.start()
-            # Fence the previous owner: initialising our transactional id aborts its open
-            # transaction before we read the log's end.
-            await producer.client.begin_transaction()
-            await producer.client.abort_transaction()
-            self._producers[p] = producer
+        # All at once: each fence is a few round trips to the transaction coordinator, and a
+        # restart waits for the last one before it decides anything.
+        await asyncio.gather(*(self._fence(p) for p in new))
         await self._rebuild(new)
         self.stats.assigned = True
         log.info(
@@ -223,6 +219,15 @@ class Orchestrator:
             self.partitions,
             extra={"partitions": self.partitions},
         )
+
+    async def _fence(self, p: int) -> None:
+        producer = self._producer(p)
+        await producer.start()
+        # Fence the previous owner: initialising our transactional id aborts its open
+        # transaction before we read the log's end.
+        await producer.client.begin_transaction()
+        await producer.client.abort_transaction()
+        self._producers[p] = producer
 
     def _producer(self, p: int) -> EventProducer:
         return EventProducer(
@@ -281,9 +286,12 @@ class Orchestrator:
         from_log: list[int] = []
         # Each partition's snapshot and tail are read at the same time: each read waits on
         # the broker more than it works.
+        distrusted, self._distrusted = self._distrusted, set()
         loaded = await asyncio.gather(
             *(
                 from_snapshot(self.settings, p, (starts[e], ends[e]), (starts[s], ends[s]))
+                if p not in distrusted
+                else _none()
                 for p, e, s in zip(partitions, events, snaps, strict=True)
             ),
             return_exceptions=True,
@@ -323,6 +331,29 @@ class Orchestrator:
             states.update(folded)
             count += n
         return states, count
+
+    async def _restore(
+        self, p: int, pid: str, states: dict[str, PipelineState], book: PartitionBook
+    ) -> None:
+        """Bring an archived pipeline back into memory; if its record cannot be read, the
+        partition's state is rebuilt from its whole log (the transaction aborts, and
+        ``_recover`` replays it without its snapshot)."""
+        try:
+            restored = await restore(self.settings, p, [pid], states, book.archived)
+        except SnapshotUnusable as exc:
+            log.warning(
+                "the archived state of %s is unusable (%s): partition %s folds its whole log",
+                pid,
+                exc,
+                p,
+                extra={"pipeline_id": pid, "partition": p, "reason": str(exc)},
+            )
+            self.stats.snapshots_unusable += 1
+            self._distrusted.add(p)
+            raise
+        for state in restored:
+            self._index(state)
+            self.stats.pipelines_restored += 1
 
     def _index(self, state: PipelineState) -> None:
         """Keep the reservations and the cache in step with a pipeline's state."""
@@ -371,11 +402,7 @@ class Orchestrator:
                         dead += 1
                         continue
                     if book is not None and pid in book.archived and pid not in states:
-                        for restored in await restore(
-                            self.settings, p, [pid], states, book.archived
-                        ):
-                            self._index(restored)
-                            self.stats.pipelines_restored += 1
+                        await self._restore(p, pid, states, book)
                     state = states.get(pid) or PipelineState(pid)
                     if not state.stages and envelope.type != "SubmitPipeline":
                         log.info("%s for unknown pipeline %s ignored", envelope.type, pid)
@@ -568,6 +595,10 @@ class Orchestrator:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, committed)
+
+
+async def _none() -> None:
+    return None
 
 
 def expected_partitions() -> int:
