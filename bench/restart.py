@@ -1,7 +1,7 @@
 """How soon a restarted orchestrator decides again, with and without snapshots, on the real broker.
 
 A history of ``--pipelines`` ended pipelines (8 stages each: submitted, per stage dispatched,
-started, succeeded, then the pipeline's success: 34 events) plus ``--running`` pipelines whose
+started, succeeded, then the pipeline's success: 26 events) plus ``--running`` pipelines whose
 first stage runs, written as the orchestrator writes its log (transactional producers with its
 settings: idempotent, ``acks=all``, no linger). One transaction per decision would take an hour
 here (tens of milliseconds each); the history's transactions carry ``--decisions-per-transaction``

@@ -3,10 +3,12 @@ the agent commands and the consumed offsets in one Kafka transaction per partiti
 
 Partitions are owned through a consumer group. On being assigned partition p, an instance
 first fences any previous owner (a transactional producer ``orchestrator-p<p>``: initialising it
-aborts the predecessor's open transaction) and then replays p of the event log up to its end:
-from then on its state for p is exactly what the log says. Crashing at any point loses nothing
-and repeats nothing visible: an uncommitted decision is aborted with its offsets, and the input
-is decided again on the rebuilt state.
+aborts the predecessor's open transaction) and then replays p of the event log up to its end,
+from p's latest snapshot on when there is one (``shell.snapshots``): from then on its state for p
+is exactly what the log says. Snapshots are written in the transactions of the events they cover,
+and ended pipelines leave memory with them, to come back when a message is about them. Crashing
+at any point loses nothing and repeats nothing visible: an uncommitted decision is aborted with
+its offsets, and the input is decided again on the rebuilt state.
 """
 
 from __future__ import annotations
