@@ -76,6 +76,7 @@ def topics_markdown() -> str:
     for spec in TOPICS.values():
         types = (
             ", ".join(f"`{t}` v{MESSAGE_TYPES[t].VERSION}" for t in spec.message_types)
+            or spec.value_format
             or "raw bytes of any message"
         )
         lines.append(

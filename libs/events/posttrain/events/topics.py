@@ -15,6 +15,8 @@ DAY_MS = 24 * 60 * 60 * 1000
 # pipeline.commands, pipeline.events and stage.reports are co-partitioned by pipeline_id: the
 # orchestrator instance that owns a partition sees every message about its pipelines.
 PIPELINE_PARTITIONS = 6
+# A partition's snapshot is one record: room for thousands of running pipelines (compressed).
+SNAPSHOT_MAX_BYTES = 32 * 1024 * 1024
 
 
 class Topic(StrEnum):
@@ -27,6 +29,8 @@ class Topic(StrEnum):
     ANOMALIES = "posttrain.anomalies"
     ALERTS = "posttrain.alerts"
     DLQ = "posttrain.dlq"
+    ORCHESTRATOR_SNAPSHOTS = "posttrain.orchestrator.snapshots"
+    STAGE_CACHE = "posttrain.stage.cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,10 @@ class TopicSpec:
     cleanup_policy: str  # "delete" or "compact"
     message_types: tuple[str, ...]
     description: str
+    # The largest record the broker takes on this topic (None: the broker's default, 1 MiB).
+    max_message_bytes: int | None = None
+    # What the values are, on a topic whose values are not envelopes (no message types).
+    value_format: str | None = None
 
     @property
     def name(self) -> str:
@@ -45,10 +53,13 @@ class TopicSpec:
 
     def configs(self) -> dict[str, str]:
         """The topic-level broker configuration this spec asks for."""
-        return {
+        configs = {
             "cleanup.policy": self.cleanup_policy,
             "retention.ms": str(self.retention_ms),
         }
+        if self.max_message_bytes is not None:
+            configs["max.message.bytes"] = str(self.max_message_bytes)
+        return configs
 
 
 _REPORT_TYPES = (
@@ -166,6 +177,34 @@ _SPECS: tuple[TopicSpec, ...] = (
         cleanup_policy="delete",
         message_types=("AlertSent", "AlertFailed"),
         description="The outcome of every alert delivery.",
+    ),
+    TopicSpec(
+        Topic.STAGE_CACHE,
+        key="cache_key",
+        partitions=3,
+        retention_ms=-1,
+        cleanup_policy="compact",
+        message_types=("StageOutputsCached",),
+        description=(
+            "The outputs of every succeeded cache: true stage by the key of its inputs; "
+            "compacted, read in full by every orchestrator instance as a global table."
+        ),
+    ),
+    TopicSpec(
+        Topic.ORCHESTRATOR_SNAPSHOTS,
+        key="p<partition> (a partition's state) or pipeline/<pipeline_id> (an ended pipeline's)",
+        # Partition p holds the snapshots of the events topic's partition p.
+        partitions=PIPELINE_PARTITIONS,
+        retention_ms=-1,
+        cleanup_policy="compact",
+        message_types=(),
+        description=(
+            "The orchestrator's state per events partition (running pipelines, the events "
+            "offset it stands for) and each ended pipeline's final state, written in the "
+            "transactions of the events they cover; an optimisation: the event log wins."
+        ),
+        max_message_bytes=SNAPSHOT_MAX_BYTES,
+        value_format="zlib-compressed msgpack of the orchestrator's state, with a schema version",
     ),
     TopicSpec(
         Topic.DLQ,

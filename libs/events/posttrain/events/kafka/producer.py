@@ -40,6 +40,7 @@ class EventProducer:
         *,
         linger_ms: int = 5,
         transactional_id: str | None = None,
+        max_request_size: int = 4 * MAX_BATCH_BYTES,
         **client_options: Any,
     ) -> None:
         self.settings = settings
@@ -50,7 +51,8 @@ class EventProducer:
             acks="all",
             linger_ms=linger_ms,
             max_batch_size=MAX_BATCH_BYTES,
-            max_request_size=4 * MAX_BATCH_BYTES,
+            # Larger only where a topic takes larger records (the orchestrator's snapshots).
+            max_request_size=max_request_size,
             # Namespaced like consumer groups: environments sharing a broker never fence each
             # other's producers.
             transactional_id=settings.group(transactional_id) if transactional_id else None,

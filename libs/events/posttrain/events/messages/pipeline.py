@@ -240,6 +240,19 @@ class StageCached(Message):
     from_command_id: str
 
 
+class StageOutputsCached(Message):
+    """A ``cache: true`` stage succeeded: its outputs under the key of its inputs, for any later
+    stage with the same inputs, whichever orchestrator instance owns that stage's pipeline
+    (the compacted ``posttrain.stage.cache`` topic, which every instance reads in full)."""
+
+    TYPE = "StageOutputsCached"
+
+    cache_key: str
+    pipeline_id: str
+    command_id: str  # the run that produced the outputs
+    outputs: JsonDict
+
+
 class CommandRefused(Message):
     """A pipeline command that changed nothing, and why: a resume, retry or cancel of a
     pipeline never submitted, a pipeline already finished, a stage that did not fail. The

@@ -11,6 +11,7 @@ too, with the same values.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -40,9 +41,15 @@ def pack(states: States) -> bytes:
 
 def unpack(blob: bytes | memoryview | mmap.mmap) -> States:
     states = _decoder.decode(blob)
-    convert = msgspec.convert
     for by_pipeline in states.values():
-        for state in by_pipeline.values():
-            for stage in state.stages.values():
-                stage.definition = convert(stage.definition, _SPEC_VIEW)
+        restore_definitions(by_pipeline.values())
     return states
+
+
+def restore_definitions(states: Iterable[PipelineState]) -> None:
+    """Turn the stage definitions of states read back from msgpack (plain maps) into the spec's
+    view, as replay reads them."""
+    convert = msgspec.convert
+    for state in states:
+        for stage in state.stages.values():
+            stage.definition = convert(stage.definition, _SPEC_VIEW)

@@ -16,6 +16,11 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.orchestrator.shell.endpoints import routes
 from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
 from posttrain.orchestrator.shell.service import GROUP, Orchestrator
+from posttrain.orchestrator.shell.snapshots import (
+    DEFAULT_EVERY_EVENTS,
+    DEFAULT_EVERY_S,
+    SnapshotPolicy,
+)
 from posttrain.service import settings as service_settings
 from posttrain.service.commands import DatabaseUrlOption, bad_option, command_app, run_app
 from posttrain.service.http import EndpointServer, parse_address
@@ -36,6 +41,7 @@ class Options:
     session_timeout_ms: int
     replay_processes: int
     replay_parallel_from: int
+    snapshots: SnapshotPolicy | None
     projection: bool
     database_url: str
     http: tuple[str, int] | None
@@ -72,6 +78,7 @@ async def serve(args: Options) -> None:
         session_timeout_ms=args.session_timeout_ms,
         replay_processes=args.replay_processes,
         replay_parallel_from=args.replay_parallel_from,
+        snapshots=args.snapshots,
     )
     await orchestrator.start()
     http = await start_http(orchestrator, args.http)
@@ -138,6 +145,24 @@ def run(
             f"(default {DEFAULT_PARALLEL_FROM:,})",
         ),
     ] = DEFAULT_PARALLEL_FROM,
+    snapshots: Annotated[
+        bool,
+        typer.Option(
+            "--snapshots/--no-snapshots",
+            help="snapshot each partition's state to the snapshots topic, so that a restart "
+            "folds only the events after the latest one, and ended pipelines leave memory",
+        ),
+    ] = True,
+    snapshot_every_events: Annotated[
+        int,
+        typer.Option(metavar="EVENTS", min=1, help="snapshot a partition after this many events"),
+    ] = DEFAULT_EVERY_EVENTS,
+    snapshot_every_s: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS", min=0.0, help="... or this long after its first unsnapshotted event"
+        ),
+    ] = DEFAULT_EVERY_S,
     projection: Annotated[
         bool,
         typer.Option("--projection/--no-projection", help="project pipelines into PostgreSQL"),
@@ -163,6 +188,11 @@ def run(
         session_timeout_ms=session_timeout_ms,
         replay_processes=replay_processes,
         replay_parallel_from=replay_parallel_from,
+        snapshots=(
+            SnapshotPolicy(every_events=snapshot_every_events, every_s=snapshot_every_s)
+            if snapshots
+            else None
+        ),
         projection=projection,
         database_url=service_settings.database_url(database_url),
         http=address,

@@ -3,10 +3,12 @@ the agent commands and the consumed offsets in one Kafka transaction per partiti
 
 Partitions are owned through a consumer group. On being assigned partition p, an instance
 first fences any previous owner (a transactional producer ``orchestrator-p<p>``: initialising it
-aborts the predecessor's open transaction) and then replays p of the event log up to its end:
-from then on its state for p is exactly what the log says. Crashing at any point loses nothing
-and repeats nothing visible: an uncommitted decision is aborted with its offsets, and the input
-is decided again on the rebuilt state.
+aborts the predecessor's open transaction) and then replays p of the event log up to its end,
+from p's latest snapshot on when there is one (``shell.snapshots``): from then on its state for p
+is exactly what the log says. Snapshots are written in the transactions of the events they cover,
+and ended pipelines leave memory with them, to come back when a message is about them. Crashing
+at any point loses nothing and repeats nothing visible: an uncommitted decision is aborted with
+its offsets, and the input is decided again on the rebuilt state.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import ChainMap
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +26,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.events.kafka.dlq import DeadLetters
-from posttrain.events.messages import TickClock
-from posttrain.events.topics import TOPICS, Topic
+from posttrain.events.messages import StageOutputsCached, TickClock
+from posttrain.events.topics import SNAPSHOT_MAX_BYTES, TOPICS, Topic
 from posttrain.orchestrator.core.decide import (
     CacheEntry,
     Context,
@@ -33,13 +36,31 @@ from posttrain.orchestrator.core.decide import (
     decide,
     tick_due,
 )
+from posttrain.orchestrator.core.snapshot import (
+    PartitionSnapshot,
+    SnapshotUnusable,
+    archivable,
+    cache_of,
+    encode_archived,
+    encode_partition,
+)
 from posttrain.orchestrator.core.state import ACTIVE, PipelineState
 from posttrain.orchestrator.shell.agents import AgentTable
 from posttrain.orchestrator.shell.replay import (
     DEFAULT_PARALLEL_FROM,
     ReplayHelpers,
+    log_bounds,
     replay_partitions,
 )
+from posttrain.orchestrator.shell.snapshots import (
+    PartitionBook,
+    SnapshotPolicy,
+    from_snapshot,
+    restore,
+    snapshot_partitions,
+    snapshots_topic,
+)
+from posttrain.orchestrator.shell.stage_cache import StageCacheTable
 from posttrain.orchestrator.shell.stats import OrchestratorStats
 
 log = logging.getLogger(__name__)
@@ -69,8 +90,13 @@ class Orchestrator:
         session_timeout_ms: int = 6000,
         replay_processes: int = 0,
         replay_parallel_from: int = DEFAULT_PARALLEL_FROM,
+        snapshots: SnapshotPolicy | None = SnapshotPolicy(),  # noqa: B008 (frozen)
     ) -> None:
         self.settings = settings
+        # None: no snapshots, every assignment folds the partitions' whole log, as before.
+        self.snapshots = snapshots
+        self._books: dict[int, PartitionBook] = {}
+        self._distrusted: set[int] = set()  # partitions whose next replay folds the whole log
         self._replay_processes = replay_processes
         self._replay_parallel_from = replay_parallel_from
         self._helpers: ReplayHelpers | None = None
@@ -90,7 +116,10 @@ class Orchestrator:
         self._producers: dict[int, EventProducer] = {}
         self.states: dict[int, dict[str, PipelineState]] = {}
         self._inflight: dict[str, tuple[str, int]] = {}  # command id -> (agent, gpus)
-        self._cache: dict[str, CacheEntry] = {}
+        self._cache: dict[str, CacheEntry] = {}  # what the owned partitions' pipelines made
+        self._stage_cache = StageCacheTable(settings)  # what every instance's made
+        self._cache_out: list[tuple[str, str, CacheEntry]] = []  # (pipeline, key, entry) to send
+        self._publish_cache = True
         self._last_tick = 0.0
         self._lock = asyncio.Lock()
         self.stats = OrchestratorStats()
@@ -103,7 +132,22 @@ class Orchestrator:
                 self._replay_processes, min_events=self._replay_parallel_from
             )
         await self._agents.start()
+        await self._stage_cache.start()
         await self._consumer.start()
+        topics = await self._consumer.topics()
+        if self.settings.topic(Topic.STAGE_CACHE) not in topics:
+            log.warning(
+                "no topic %s: stage cache entries stay with their partitions",
+                self.settings.topic(Topic.STAGE_CACHE),
+            )
+            self._publish_cache = False
+        if self.snapshots is not None:
+            topic = snapshots_topic(self.settings)
+            if topic not in topics:
+                # Created by `posttrain stack up` and the deploy manifests; an older broker
+                # setup without it runs on, folding the whole log at each assignment.
+                log.warning("no topic %s: running without snapshots", topic)
+                self.snapshots = None
         self._consumer.subscribe(
             [self.settings.topic(t) for t in INPUTS], listener=_Rebalance(self)
         )
@@ -113,6 +157,7 @@ class Orchestrator:
         for producer in self._producers.values():
             await producer.stop()
         await self._agents.stop()
+        await self._stage_cache.stop()
         if self._helpers is not None:
             self._helpers.close()
 
@@ -157,20 +202,18 @@ class Orchestrator:
             await self._assign_locked(partitions)
 
     async def _assign_locked(self, partitions: set[int]) -> None:
+        log.info(
+            "orchestrator given partitions %s",
+            sorted(partitions),
+            extra={"partitions": sorted(partitions)},
+        )
         for p in set(self._producers) - partitions:
             await self._producers.pop(p).stop()
             self._drop(p)
         new = sorted(partitions - set(self._producers))
-        for p in new:
-            producer = EventProducer(
-                self.settings, transactional_id=f"orchestrator-p{p}", linger_ms=0
-            )
-            await producer.start()
-            # Fence the previous owner: initialising our transactional id aborts its open
-            # transaction before we read the log's end.
-            await producer.client.begin_transaction()
-            await producer.client.abort_transaction()
-            self._producers[p] = producer
+        # All at once: each fence is a few round trips to the transaction coordinator, and a
+        # restart waits for the last one before it decides anything.
+        await asyncio.gather(*(self._fence(p) for p in new))
         await self._rebuild(new)
         self.stats.assigned = True
         log.info(
@@ -179,7 +222,25 @@ class Orchestrator:
             extra={"partitions": self.partitions},
         )
 
+    async def _fence(self, p: int) -> None:
+        producer = self._producer(p)
+        await producer.start()
+        # Fence the previous owner: initialising our transactional id aborts its open
+        # transaction before we read the log's end.
+        await producer.client.begin_transaction()
+        await producer.client.abort_transaction()
+        self._producers[p] = producer
+
+    def _producer(self, p: int) -> EventProducer:
+        return EventProducer(
+            self.settings,
+            transactional_id=f"orchestrator-p{p}",
+            linger_ms=0,
+            max_request_size=SNAPSHOT_MAX_BYTES + 1024 * 1024,
+        )
+
     def _drop(self, p: int) -> None:
+        self._books.pop(p, None)
         for state in self.states.pop(p, {}).values():
             for stage in state.stages.values():
                 if stage.current is not None:
@@ -193,7 +254,7 @@ class Orchestrator:
         started = time.monotonic()
         self.stats.replaying = True
         try:
-            states, count = await replay_partitions(self.settings, partitions, self._helpers)
+            states, count = await self._replay(partitions)
         finally:
             self.stats.replaying = False
         seconds = time.monotonic() - started
@@ -208,6 +269,93 @@ class Orchestrator:
             self.states[p] = by_pipeline
             for state in by_pipeline.values():
                 self._index(state)
+        self._cache_out.clear()  # sent when they were made
+
+    async def _replay(
+        self, partitions: Sequence[int]
+    ) -> tuple[dict[int, dict[str, PipelineState]], int]:
+        """The partitions' states: from their latest snapshots and the events after them, or
+        from their whole log where a snapshot is missing or unusable."""
+        if self.snapshots is None:
+            for p in partitions:
+                self._books[p] = PartitionBook()
+            return await replay_partitions(self.settings, partitions, self._helpers)
+        events = [TopicPartition(self.settings.topic(Topic.PIPELINE_EVENTS), p) for p in partitions]
+        snaps = snapshot_partitions(self.settings, partitions)
+        starts, ends = await log_bounds(self.settings, events + snaps)
+        states: dict[int, dict[str, PipelineState]] = {}
+        count = 0
+        from_log: list[int] = []
+        # Each partition's snapshot and tail are read at the same time: each read waits on
+        # the broker more than it works.
+        distrusted, self._distrusted = self._distrusted, set()
+        loaded = await asyncio.gather(
+            *(
+                from_snapshot(self.settings, p, (starts[e], ends[e]), (starts[s], ends[s]))
+                if p not in distrusted
+                else _none()
+                for p, e, s in zip(partitions, events, snaps, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        for p, etp, outcome in zip(partitions, events, loaded, strict=True):
+            self._books[p] = PartitionBook(events_end=ends[etp])
+            if isinstance(outcome, SnapshotUnusable):
+                log.warning(
+                    "the snapshot of partition %s is unusable (%s): folding its log instead",
+                    p,
+                    outcome,
+                    extra={"partition": p, "reason": str(outcome)},
+                )
+                self.stats.snapshots_unusable += 1
+                from_log.append(p)
+                continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome is None:
+                from_log.append(p)
+                continue
+            snapshot, states[p], n = outcome
+            count += n
+            self.stats.snapshots_loaded += 1
+            log.info(
+                "partition %s starts from its snapshot at offset %s (%d events after it)",
+                p,
+                snapshot.events_offset,
+                n,
+                extra={"partition": p, "offset": snapshot.events_offset, "events": n},
+            )
+            self._books[p].archived = snapshot.archived
+            self._books[p].cache = dict(snapshot.cache)
+            self._cache.update(snapshot.cache)
+        if from_log:
+            folded, n = await replay_partitions(self.settings, from_log, self._helpers)
+            states.update(folded)
+            count += n
+        return states, count
+
+    async def _restore(
+        self, p: int, pid: str, states: dict[str, PipelineState], book: PartitionBook
+    ) -> None:
+        """Bring an archived pipeline back into memory; if its record cannot be read, the
+        partition's state is rebuilt from its whole log (the transaction aborts, and
+        ``_recover`` replays it without its snapshot)."""
+        try:
+            restored = await restore(self.settings, p, [pid], states, book.archived)
+        except SnapshotUnusable as exc:
+            log.warning(
+                "the archived state of %s is unusable (%s): partition %s folds its whole log",
+                pid,
+                exc,
+                p,
+                extra={"pipeline_id": pid, "partition": p, "reason": str(exc)},
+            )
+            self.stats.snapshots_unusable += 1
+            self._distrusted.add(p)
+            raise
+        for state in restored:
+            self._index(state)
+            self.stats.pipelines_restored += 1
 
     def _index(self, state: PipelineState) -> None:
         """Keep the reservations and the cache in step with a pipeline's state."""
@@ -219,14 +367,18 @@ class Orchestrator:
                 else:
                     self._inflight.pop(run.command_id, None)
         for entry in cache_entries(state):
-            self._cache[entry.key] = entry.entry
+            if self._cache.get(entry.key) != entry.entry:
+                self._cache[entry.key] = entry.entry
+                self._cache_out.append((state.pipeline_id, entry.key, entry.entry))
 
     def _context(self, now: float) -> Context:
         reserved: dict[str, int] = {}
         for command, (agent, gpus) in self._inflight.items():
             if command not in self._agents.running(agent):
                 reserved[agent] = reserved.get(agent, 0) + gpus
-        return Context(agents=self._agents.views(now, reserved), cache=self._cache)
+        # This instance's entries first: they are current before the topic brings them back.
+        cache = ChainMap(self._cache, self._stage_cache.entries)
+        return Context(agents=self._agents.views(now, reserved), cache=cache)
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -235,6 +387,8 @@ class Orchestrator:
         states = self.states.setdefault(p, {})
         decisions: list[Decision] = []
         dead = 0
+        book = self._books.get(p)
+        last: Any = None  # the last event's send: its offset is where the log now ends
         try:
             async with producer.client.transaction():
                 offsets: dict[TopicPartition, int] = {}
@@ -249,6 +403,8 @@ class Orchestrator:
                         await dlq.park(record, reason, str(exc))
                         dead += 1
                         continue
+                    if book is not None and pid in book.archived and pid not in states:
+                        await self._restore(p, pid, states, book)
                     state = states.get(pid) or PipelineState(pid)
                     if not state.stages and envelope.type != "SubmitPipeline":
                         log.info("%s for unknown pipeline %s ignored", envelope.type, pid)
@@ -258,14 +414,17 @@ class Orchestrator:
                         # Reservations follow each decision at once: the next one in this
                         # batch places stages with them (an abort rebuilds them from the log).
                         self._index(state)
-                        await self._emit(producer, p, decision)
+                        last = await self._emit(producer, p, decision) or last
                         decisions.append(decision)
+                await self._send_cache_entries(producer)
+                await self._snapshot(p, producer, last, sum(len(d.events) for d in decisions))
                 await producer.client.send_offsets_to_transaction(offsets, self._group)
         except Exception:
             self.stats.transactions_aborted += 1
             log.exception("transaction on partition %s failed: rebuilding it from the log", p)
             await self._recover(p)
         else:
+            self._appended(p, last)
             self.stats.committed(decisions, records=len(records), dead=dead)
 
     async def _tick(self, now: float) -> None:
@@ -273,7 +432,10 @@ class Orchestrator:
         for p, states in list(self.states.items()):
             producer = self._producers.get(p)
             due = [s for s in states.values() if tick_due(s, now, silent)]
-            if producer is None or not due:
+            if producer is None:
+                continue
+            if not due:
+                await self._idle_snapshot(p, producer)
                 continue
             try:
                 decisions: list[tuple[PipelineState, Decision]] = []
@@ -291,27 +453,132 @@ class Orchestrator:
                         decisions.append((state, decision))
                         self._index(state)
                 if not decisions:
+                    await self._idle_snapshot(p, producer)
                     continue
+                last: Any = None
                 async with producer.client.transaction():
                     for _, decision in decisions:
-                        await self._emit(producer, p, decision)
+                        last = await self._emit(producer, p, decision) or last
+                    await self._send_cache_entries(producer)
+                    await self._snapshot(
+                        p, producer, last, sum(len(d.events) for _, d in decisions)
+                    )
             except Exception:
                 self.stats.transactions_aborted += 1
                 log.exception("tick on partition %s failed: rebuilding it from the log", p)
                 await self._recover(p)
             else:
+                self._appended(p, last)
                 self.stats.committed(decision for _, decision in decisions)
 
-    async def _emit(self, producer: EventProducer, p: int, decision: Decision) -> None:
+    async def _emit(self, producer: EventProducer, p: int, decision: Decision) -> Any:
+        """Send a decision's events and commands; returns the last event's send (a future of
+        its offset), or None if it had none."""
         client = producer.client
         events_topic = self.settings.topic(Topic.PIPELINE_EVENTS)
+        last = None
         for envelope in decision.events:
             key, value, headers = encode(envelope)
             # Co-partitioned: the pipeline's events go to the partition its commands came from.
-            await client.send(events_topic, key=key, value=value, headers=headers, partition=p)
+            last = await client.send(
+                events_topic, key=key, value=value, headers=headers, partition=p
+            )
         for topic, envelope in decision.commands:
             key, value, headers = encode(envelope)
             await client.send(self.settings.topic(topic), key=key, value=value, headers=headers)
+        return last
+
+    async def _send_cache_entries(self, producer: EventProducer) -> None:
+        """The cache entries the transaction's decisions made, for every instance."""
+        out, self._cache_out = self._cache_out, []
+        if not self._publish_cache:
+            return
+        topic = self.settings.topic(Topic.STAGE_CACHE)
+        for pid, key, entry in out:
+            made = StageOutputsCached(
+                cache_key=key,
+                pipeline_id=pid,
+                command_id=entry.command_id,
+                outputs=dict(entry.outputs),
+            )
+            key_bytes, value, headers = encode(Envelope.create(made, key=key))
+            await producer.client.send(topic, key=key_bytes, value=value, headers=headers)
+
+    # --- snapshots ----------------------------------------------------------------------------
+
+    def _appended(self, p: int, last: Any) -> None:
+        """A transaction that appended events up to ``last`` (a done send) committed."""
+        book = self._books.get(p)
+        if book is not None and last is not None:
+            book.events_end = last.result().offset + 1
+
+    async def _snapshot(self, p: int, producer: EventProducer, last: Any, events: int) -> None:
+        """In the open transaction that appended ``events`` events (the last one's send is
+        ``last``): write the partition's snapshot if one is due, so that it and the offset it
+        stands for commit or abort together with those events."""
+        book = self._books.get(p)
+        if self.snapshots is None or book is None or last is None:
+            return
+        book.events_since += events
+        if book.due(self.snapshots, time.monotonic()):
+            await self._write_snapshot(p, producer, (await last).offset + 1)
+
+    async def _idle_snapshot(self, p: int, producer: EventProducer) -> None:
+        """Between decisions: a snapshot in a transaction of its own when one is due by time,
+        or when ended pipelines wait to leave memory (a quiet partition, or a replay of a log
+        without snapshots)."""
+        book = self._books.get(p)
+        if self.snapshots is None or book is None:
+            return
+        now = time.monotonic()
+        ended = now - book.last_at >= self.snapshots.every_s and any(
+            archivable(s) for s in self.states.get(p, {}).values()
+        )
+        if not (ended or book.due(self.snapshots, now)):
+            return
+        try:
+            async with producer.client.transaction():
+                await self._write_snapshot(p, producer, book.events_end)
+        except Exception:
+            self.stats.transactions_aborted += 1
+            log.exception("snapshot of partition %s failed: rebuilding it from the log", p)
+            await self._recover(p)
+
+    async def _write_snapshot(self, p: int, producer: EventProducer, events_offset: int) -> None:
+        assert self.snapshots is not None
+        book = self._books[p]
+        client = producer.client
+        topic = snapshots_topic(self.settings)
+        states = self.states.setdefault(p, {})
+        ended = [s for s in states.values() if archivable(s)]
+        sends = [
+            await client.send(
+                topic,
+                key=f"pipeline/{s.pipeline_id}".encode(),
+                value=encode_archived(s),
+                partition=p,
+            )
+            for s in ended
+        ]
+        for state, sent in zip(ended, sends, strict=True):
+            book.archived[state.pipeline_id] = (await sent).offset
+            del states[state.pipeline_id]
+        book.cache.update(cache_of(ended))
+        snapshot = PartitionSnapshot(
+            partition=p,
+            events_offset=events_offset,
+            states=states,
+            archived=book.archived,
+            cache=book.cache,
+        )
+        await client.send(
+            topic, key=f"p{p}".encode(), value=encode_partition(snapshot), partition=p
+        )
+        book.events_end = events_offset
+        book.events_since = 0
+        book.last_at = time.monotonic()
+        self.stats.snapshots_written += 1
+        self.stats.pipelines_archived += len(ended)
 
     async def _recover(self, p: int) -> None:
         """After an aborted transaction: the in-memory state ran ahead of the log; rebuild it
@@ -319,9 +586,7 @@ class Orchestrator:
         producer = self._producers.get(p)
         if producer is not None:
             await producer.stop()
-            producer = EventProducer(
-                self.settings, transactional_id=f"orchestrator-p{p}", linger_ms=0
-            )
+            producer = self._producer(p)
             await producer.start()
             self._producers[p] = producer
         await self._rebuild([p])
@@ -332,6 +597,10 @@ class Orchestrator:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, committed)
+
+
+async def _none() -> None:
+    return None
 
 
 def expected_partitions() -> int:

@@ -36,6 +36,11 @@ class OrchestratorStats:
     replay_seconds: float = 0.0
     last_replay_seconds: float = 0.0
     replaying: bool = False
+    snapshots_written: int = 0
+    snapshots_loaded: int = 0  # replays that started from a partition's snapshot
+    snapshots_unusable: int = 0  # ... that found one unusable and folded the whole log
+    pipelines_archived: int = 0  # ended pipelines that left memory with a snapshot
+    pipelines_restored: int = 0  # archived pipelines brought back by a message about them
     running: bool = False  # the consumer loop is in ``run``
     last_poll_at: float = 0.0
     # The group has given this instance its partitions (perhaps none) at least once, and their
@@ -139,6 +144,28 @@ def render_prometheus(
         "last_replay_seconds", "gauge", "How long the last replay took.", stats.last_replay_seconds
     )
     text.add("replaying", "gauge", "1 while a replay runs.", stats.replaying)
+    text.add(
+        "snapshots_total",
+        "counter",
+        "Partition snapshots: written, loaded by a replay, or found unusable (the log folded).",
+        [
+            ({"outcome": "written"}, stats.snapshots_written),
+            ({"outcome": "loaded"}, stats.snapshots_loaded),
+            ({"outcome": "unusable"}, stats.snapshots_unusable),
+        ],
+    )
+    text.add(
+        "pipelines_archived_total",
+        "counter",
+        "Ended pipelines that left memory with a snapshot.",
+        stats.pipelines_archived,
+    )
+    text.add(
+        "pipelines_restored_total",
+        "counter",
+        "Archived pipelines brought back into memory by a message about them.",
+        stats.pipelines_restored,
+    )
     text.add(
         "seconds_since_poll",
         "gauge",

@@ -1,0 +1,333 @@
+"""How soon a restarted orchestrator decides again, with and without snapshots, on the real broker.
+
+A history of ``--pipelines`` ended pipelines (8 stages each: submitted, per stage dispatched,
+started, succeeded, then the pipeline's success: 26 events) plus ``--running`` pipelines whose
+first stage runs, written as the orchestrator writes its log (transactional producers with its
+settings: idempotent, ``acks=all``, no linger). One transaction per decision would take an hour
+here (tens of milliseconds each); the history's transactions carry ``--decisions-per-transaction``
+decisions each, so it has fewer commit markers than a real log (which cost little to pass).
+
+Then, for each history length (``--pipelines`` and a tenth of it), an orchestrator process
+(``python -m posttrain.orchestrator``, its default replay helpers, no read model) is started
+three times, a new pipeline submitted to each partition just before each start:
+
+1. ``--no-snapshots``: it folds the whole log. Measured.
+2. with snapshots: it folds the whole log (none yet), then writes each partition's snapshot,
+   archiving the ended pipelines; stopped once none is left in memory. Not measured.
+3. with snapshots again: it loads them and folds only what came after. Measured.
+
+Measured: seconds from the process's start, and from the moment the group gave it its
+partitions (its log line), to its first decision (the first new event committed on the log);
+its RSS once it decided. The last line is the restart with snapshots at the full length:
+``restart_to_first_decision_s`` (goal: at most 5).
+
+    python -m bench.restart [--pipelines 100000] [--running 1000] [--decisions-per-transaction 100]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Annotated, Any, cast
+
+import typer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.common import drop_namespace, fresh_namespace, load
+from bench.replay import decisions, pipeline_log
+from posttrain.events import Envelope, encode
+from posttrain.events.kafka import EventProducer, KafkaSettings
+from posttrain.events.kafka.producer import partition_for
+from posttrain.events.messages import StageSpec, SubmitPipeline
+from posttrain.events.topics import PIPELINE_PARTITIONS, Topic
+from posttrain.orchestrator.shell.replay import DEFAULT_PROCESSES
+from posttrain.testing import services
+from posttrain.testing.services import ServiceProcess
+
+WRITERS = 4  # transactional producers per partition writing at once
+
+
+def _write_share(
+    settings: KafkaSettings,
+    p: int,
+    writer: int,
+    pipelines: list[int],
+    running_from: int,
+    per_transaction: int,
+) -> int:
+    """One transactional producer's share of partition ``p``: its pipelines ``_CHUNK`` at a
+    time (built as they are written: the whole history as models would not fit in memory),
+    interleaved as pipelines that run at once, ``per_transaction`` decisions a transaction."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            **settings.librdkafka_config(),
+            "transactional.id": settings.group(f"bench-restart-p{p}-{writer}"),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 0,  # as the orchestrator's
+        }
+    )
+    producer.init_transactions(60)
+    topic = settings.topic(Topic.PIPELINE_EVENTS)
+    events = 0
+    for c in range(0, len(pipelines), _CHUNK):
+        logs = []
+        for i in pipelines[c : c + _CHUNK]:
+            log = pipeline_log(i, 0)
+            if i >= running_from:
+                log = log[:3]  # submitted, first stage dispatched and started: it runs
+            logs.append([[encode(e) for e in decision] for decision in decisions(log)])
+        ordered = [d for round_ in _rounds(logs) for d in round_]
+        for t in range(0, len(ordered), per_transaction):
+            producer.begin_transaction()
+            for decision in ordered[t : t + per_transaction]:
+                for key, value, headers in decision:
+                    producer.produce(
+                        topic, value=value, key=key, headers=cast(Any, headers), partition=p
+                    )
+                    events += 1
+            producer.commit_transaction(60)
+    return events
+
+
+_CHUNK = 500  # pipelines of a writer's share that run at once
+
+
+async def write_history(
+    settings: KafkaSettings, pipelines: int, running: int, per_transaction: int
+) -> tuple[int, float]:
+    """The ended and the running pipelines' events; returns (events, seconds)."""
+    per_partition: dict[int, list[int]] = {p: [] for p in range(PIPELINE_PARTITIONS)}
+    for i in range(pipelines + running):
+        per_partition[partition_for(f"pipe-{i:06d}".encode(), PIPELINE_PARTITIONS)].append(i)
+    shares = [
+        (p, w, indices[w::WRITERS], pipelines, per_transaction)
+        for p, indices in per_partition.items()
+        for w in range(WRITERS)
+        if indices[w::WRITERS]
+    ]
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+        written = await asyncio.gather(
+            *(loop.run_in_executor(pool, _write_share, settings, *share) for share in shares)
+        )
+    return sum(written), time.perf_counter() - started
+
+
+def _rounds(logs: list[list[Any]]) -> list[list[Any]]:
+    """Decisions interleaved: the first of every pipeline, then the second, ..."""
+    longest = max((len(log) for log in logs), default=0)
+    return [[log[i] for log in logs if i < len(log)] for i in range(longest)]
+
+
+def _one_key_per_partition(tag: str) -> list[str]:
+    keys: dict[int, str] = {}
+    n = 0
+    while len(keys) < PIPELINE_PARTITIONS:
+        key = f"trigger-{tag}-{n}"
+        keys.setdefault(partition_for(key.encode(), PIPELINE_PARTITIONS), key)
+        n += 1
+    return list(keys.values())
+
+
+async def submit_triggers(settings: KafkaSettings, tag: str) -> None:
+    """A new pipeline on every partition: what the restarted orchestrator decides first."""
+    stage = StageSpec(name="only", task="command", params={"argv": ["true"]})
+    async with EventProducer(settings) as producer:
+        for key in _one_key_per_partition(tag):
+            await producer.send(
+                Topic.PIPELINE_COMMANDS,
+                Envelope.create(
+                    SubmitPipeline(pipeline_id=key, name="trigger", stages=[stage]), key=key
+                ),
+            )
+
+
+async def _tail_start(settings: KafkaSettings) -> tuple[AIOKafkaConsumer, int]:
+    topic = settings.topic(Topic.PIPELINE_EVENTS)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(PIPELINE_PARTITIONS)]
+    consumer.assign(tps)
+    ends = await consumer.end_offsets(tps)
+    for tp, end in ends.items():
+        consumer.seek(tp, end)
+    return consumer, sum(ends.values())
+
+
+def _tail(log: Path) -> str:
+    return log.read_text()[-3000:]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _given_at(log: Path, after: float) -> float | None:
+    """When the group gave the process its partitions (the last such log line after
+    ``after``), as epoch seconds."""
+    found = None
+    for line in log.read_text().splitlines():
+        if "orchestrator given partitions" not in line:
+            continue
+        try:
+            at = datetime.fromisoformat(json.loads(line)["time"].replace("Z", "+00:00"))
+        except (ValueError, KeyError):
+            continue
+        if at.timestamp() >= after - 1 and at.timestamp() >= (found or 0):
+            found = at.timestamp()
+    return found
+
+
+def _orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> ServiceProcess:
+    return services.orchestrator(
+        settings,
+        log,
+        tick_interval_s=1.0,
+        extra=["--replay-processes", str(DEFAULT_PROCESSES), *extra],
+    )
+
+
+async def restart(settings: KafkaSettings, log: Path, tag: str, *extra: str) -> dict[str, Any]:
+    """Start an orchestrator on the history and time it to its first decision."""
+    await submit_triggers(settings, tag)
+    consumer, _ = await _tail_start(settings)
+    try:
+        started = time.time()
+        process = _orchestrator(settings, log, *extra).start()
+        assert process.process is not None
+        try:
+            while True:
+                got = await consumer.getmany(timeout_ms=200)
+                if any(got.values()):
+                    decided = time.time()
+                    break
+                if not process.running:
+                    raise RuntimeError(f"orchestrator died:\n{_tail(log)}")
+                if time.time() - started > 600:
+                    raise TimeoutError("no decision in 600 s")
+            rss = _rss_mb(process.process.pid)
+        finally:
+            process.stop()
+    finally:
+        await consumer.stop()
+    given = _given_at(log, started)
+    return {
+        "from_start_s": decided - started,
+        "from_assigned_s": decided - given if given is not None else float("nan"),
+        "rss_mb": rss,
+    }
+
+
+async def make_snapshots(settings: KafkaSettings, log: Path, tag: str, expected: int) -> float:
+    """Run an orchestrator with snapshots until every ended pipeline left memory (its metrics
+    say so); returns the seconds it took."""
+    await submit_triggers(settings, tag)
+    port = services.free_port()
+    started = time.time()
+    process = services.orchestrator(
+        settings,
+        log,
+        port=port,
+        tick_interval_s=1.0,
+        extra=["--replay-processes", str(DEFAULT_PROCESSES), "--snapshot-every-s", "1"],
+    ).start()
+    try:
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            while True:
+                if not process.running:
+                    raise RuntimeError(f"orchestrator died:\n{_tail(log)}")
+                if time.time() - started > 900:
+                    raise TimeoutError("the ended pipelines did not leave memory in 900 s")
+                try:
+                    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                except httpx.HTTPError:
+                    text = ""
+                archived = _metric(text, "posttrain_orchestrator_pipelines_archived_total")
+                if archived >= expected:
+                    return time.time() - started
+                await asyncio.sleep(1.0)
+    finally:
+        process.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def one_length(pipelines: int, running: int, per_transaction: int) -> dict[str, Any]:
+    settings = await fresh_namespace("restart")
+    try:
+        events, seconds = await write_history(settings, pipelines, running, per_transaction)
+        print(
+            f"history: {pipelines:,} ended + {running:,} running pipelines, {events:,} events, "
+            f"written in {seconds:.1f} s ({load()})",
+            flush=True,
+        )
+        with TemporaryDirectory(prefix="bench-restart-") as tmp:
+            log = Path(tmp) / "orchestrator.log"
+            without = await restart(settings, log, "a", "--no-snapshots")
+            _say(pipelines, "without snapshots", without)
+            took = await make_snapshots(settings, log, "b", pipelines)
+            print(f"  snapshots written, {pipelines:,} pipelines archived, in {took:.1f} s")
+            with_ = await restart(settings, log, "c")
+            _say(pipelines, "with snapshots", with_)
+        return {"without": without, "with": with_}
+    finally:
+        await drop_namespace(settings)
+
+
+def _say(pipelines: int, label: str, r: dict[str, Any]) -> None:
+    print(
+        f"  {pipelines:,} ended pipelines, {label}: first decision {r['from_start_s']:.2f} s "
+        f"after the process started, {r['from_assigned_s']:.2f} s after its partitions were "
+        f"assigned; RSS {r['rss_mb']:.0f} MB ({load()})",
+        flush=True,
+    )
+
+
+async def run(pipelines: int, running: int, per_transaction: int) -> None:
+    results = {}
+    for n in (pipelines // 10, pipelines):
+        results[n] = await one_length(n, running, per_transaction)
+    for n, r in results.items():
+        ratio = r["without"]["from_start_s"] / r["with"]["from_start_s"]
+        print(f"restart_speedup_{n}: {ratio:.1f}x (without / with snapshots, from process start)")
+    print(f"restart_to_first_decision_s: {results[pipelines]['with']['from_start_s']:.2f}")
+
+
+def main(
+    pipelines: Annotated[int, typer.Option(help="ended pipelines in the history")] = 100_000,
+    running: Annotated[int, typer.Option(help="running pipelines in the history")] = 1_000,
+    decisions_per_transaction: Annotated[
+        int, typer.Option(help="decisions per transaction when writing the history")
+    ] = 100,
+) -> None:
+    """Restart time to the first decision, with and without snapshots, at two history lengths."""
+    asyncio.run(run(pipelines, running, decisions_per_transaction))
+
+
+if __name__ == "__main__":
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(main)
+    app()
