@@ -70,13 +70,20 @@ MAX_LOSSES = 3
 
 @dataclass(frozen=True, slots=True)
 class AgentView:
-    """An agent as the shell sees it now (from the compacted heartbeat topic)."""
+    """An agent as the shell sees it now (from the compacted heartbeat topic), less what has
+    been sent to it that its last heartbeat does not show yet.
+
+    ``free_slots`` None: the agent announces no limit on the stages it runs at once.
+    ``beat_at``: when the agent sent that heartbeat, on the agent's own clock (the clock its
+    rejections are stamped with too)."""
 
     agent_id: str
     gpus: int
     free_gpus: int
     labels: frozenset[str] = frozenset()
     alive: bool = True
+    free_slots: int | None = None
+    beat_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +124,8 @@ class _Builder:
         )
         self.decision = Decision()
         self._n = 0
-        self.free: dict[str, int] = {}  # GPUs taken by this decision, per agent
-        self.retry_excluded = False
+        self.free: dict[str, int] = {}  # GPUs left after this decision's dispatches, per agent
+        self.taken_slots: dict[str, int] = {}  # stages this decision sent, per agent
 
     def _envelope(self, data: Message, key: str) -> Envelope[Any]:
         self._n += 1
@@ -387,8 +394,6 @@ def _tick(b: _Builder, t: TickClock, ctx: Context) -> None:
                         )
                     )
                     _after_failure(b, stage)
-    # Agents that rejected a stage may have room now: a tick lets them be tried again.
-    b.retry_excluded = True
     _progress(b, ctx)
     if len(b.decision.events) > before:
         # Record the tick itself first so that the log shows what time the decisions saw.
@@ -552,6 +557,7 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
     if agent is None:
         return
     b.free[agent.agent_id] = b.free.get(agent.agent_id, agent.free_gpus) - stage.spec.resources.gpus
+    b.taken_slots[agent.agent_id] = b.taken_slots.get(agent.agent_id, 0) + 1
     placed = {**attempt_ids, "agent_id": agent.agent_id}
     b.event(StageDispatched(**placed, task=stage.spec.task, params=params))
     b.command(
@@ -568,21 +574,24 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
 
 
 def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
+    """The live agent with the labels, the free GPUs and a free slot the stage needs (the most
+    free GPUs first), or None after recording why the stage waits."""
     need = stage.spec.resources
     labels = set(need.labels)
-    fitting = [
-        a
-        for a in ctx.agents.values()
-        if a.alive and labels <= a.labels and b.free.get(a.agent_id, a.free_gpus) >= need.gpus
-    ]
-    excluded = set() if b.retry_excluded else stage.excluded_agents
-    candidates = [a for a in fitting if a.agent_id not in excluded]
+    alive = [a for a in ctx.agents.values() if a.alive and labels <= a.labels]
+    with_gpus = [a for a in alive if b.free.get(a.agent_id, a.free_gpus) >= need.gpus]
+    fitting = [a for a in with_gpus if _has_slot(b, a)]
+    candidates = [a for a in fitting if not _still_excluded(stage, a)]
     if candidates:
         return max(candidates, key=lambda a: (b.free.get(a.agent_id, a.free_gpus), a.agent_id))
     if fitting:
+        # Each agent that rejected this attempt is tried again once a heartbeat it sent after
+        # the rejection shows room: never re-sent on every tick while it stays full.
         reason = "rejected by every agent that fits: " + ", ".join(sorted(stage.excluded_agents))
     elif not any(a.alive for a in ctx.agents.values()):
         reason = "no agent is alive"
+    elif with_gpus:
+        reason = "every live agent that fits runs as many stages as it has slots"
     else:
         reason = f"no live agent has {need.gpus} free GPU(s)" + (
             f" and labels {sorted(labels)}" if labels else ""
@@ -590,6 +599,22 @@ def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     if stage.status != StageStatus.WAITING or stage.waiting_reason != reason:
         b.event(StageWaiting(pipeline_id=b.state.pipeline_id, stage=stage.name, reason=reason))
     return None
+
+
+def _has_slot(b: _Builder, agent: AgentView) -> bool:
+    """Whether the agent has a stage slot left once this decision's dispatches are counted."""
+    if agent.free_slots is None:
+        return True
+    return agent.free_slots - b.taken_slots.get(agent.agent_id, 0) > 0
+
+
+def _still_excluded(stage: StageState, agent: AgentView) -> bool:
+    """Whether the agent rejected (or lost) this attempt and has not heartbeated since."""
+    if agent.agent_id not in stage.excluded_agents:
+        return False
+    run = stage.current
+    rejected_at = run.rejected_at if run is not None else None
+    return rejected_at is None or agent.beat_at <= rejected_at
 
 
 def _local_cache(state: PipelineState) -> dict[str, CacheEntry]:

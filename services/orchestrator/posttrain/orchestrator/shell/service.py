@@ -89,7 +89,6 @@ class Orchestrator:
         )
         self._producers: dict[int, EventProducer] = {}
         self.states: dict[int, dict[str, PipelineState]] = {}
-        self._inflight: dict[str, tuple[str, int]] = {}  # command id -> (agent, gpus)
         self._cache: dict[str, CacheEntry] = {}
         self._last_tick = 0.0
         self._lock = asyncio.Lock()
@@ -183,7 +182,7 @@ class Orchestrator:
         for state in self.states.pop(p, {}).values():
             for stage in state.stages.values():
                 if stage.current is not None:
-                    self._inflight.pop(stage.current.command_id, None)
+                    self._agents.release(stage.current.command_id)
 
     async def _rebuild(self, partitions: Sequence[int]) -> None:
         for p in partitions:
@@ -215,18 +214,14 @@ class Orchestrator:
             current = stage.current
             for run in stage.attempts.values():
                 if run is current and stage.status in ACTIVE:
-                    self._inflight[run.command_id] = (run.agent_id, stage.spec.resources.gpus)
+                    self._agents.reserve(run.agent_id, run.command_id, stage.spec.resources.gpus)
                 else:
-                    self._inflight.pop(run.command_id, None)
+                    self._agents.release(run.command_id)
         for entry in cache_entries(state):
             self._cache[entry.key] = entry.entry
 
     def _context(self, now: float) -> Context:
-        reserved: dict[str, int] = {}
-        for command, (agent, gpus) in self._inflight.items():
-            if command not in self._agents.running(agent):
-                reserved[agent] = reserved.get(agent, 0) + gpus
-        return Context(agents=self._agents.views(now, reserved), cache=self._cache)
+        return Context(agents=self._agents.views(now), cache=self._cache)
 
     # --- deciding -----------------------------------------------------------------------------
 
