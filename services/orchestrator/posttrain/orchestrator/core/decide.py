@@ -8,6 +8,7 @@ the consumed offsets in one Kafka transaction.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,6 +85,10 @@ class AgentView:
     alive: bool = True
     free_slots: int | None = None
     beat_at: float = 0.0
+    # A stable number of the agent's (the shell gives crc32 of its id): among agents equally
+    # free, each stage prefers its own order of them, so that stages (and instances placing
+    # at once) spread over the fleet instead of all choosing the same agent.
+    ring: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,20 +580,45 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
 
 def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     """The live agent with the labels, the free GPUs and a free slot the stage needs (the most
-    free GPUs first), or None after recording why the stage waits."""
+    free GPUs first, then the most free slots; among equals, the stage's own order of them), or
+    None after recording why the stage waits. One pass over the agents: it runs for every
+    dispatch of a large fleet.
+
+    Most free slots first keeps two instances (each seeing only its own reservations until a
+    heartbeat shows the other's) from filling the same agent past its slots: an agent is given
+    its last slot only when no emptier one fits."""
     need = stage.spec.resources
-    labels = set(need.labels)
-    alive = [a for a in ctx.agents.values() if a.alive and labels <= a.labels]
-    with_gpus = [a for a in alive if b.free.get(a.agent_id, a.free_gpus) >= need.gpus]
-    fitting = [a for a in with_gpus if _has_slot(b, a)]
-    candidates = [a for a in fitting if not _still_excluded(stage, a)]
-    if candidates:
-        return max(candidates, key=lambda a: (b.free.get(a.agent_id, a.free_gpus), a.agent_id))
+    labels = frozenset(need.labels)
+    spread = zlib.crc32(f"{b.state.pipeline_id}/{stage.name}".encode())
+    best: AgentView | None = None
+    best_key: tuple[int, int, int, str] | None = None
+    alive = with_gpus = fitting = False
+    for a in ctx.agents.values():
+        if not a.alive:
+            continue
+        alive = True
+        if labels and not labels <= a.labels:
+            continue
+        free = b.free.get(a.agent_id, a.free_gpus)
+        if free < need.gpus:
+            continue
+        with_gpus = True
+        slots = _free_slots(b, a)
+        if slots <= 0:
+            continue
+        fitting = True
+        if _still_excluded(stage, a):
+            continue
+        key = (free, slots, a.ring ^ spread, a.agent_id)
+        if best_key is None or key > best_key:
+            best, best_key = a, key
+    if best is not None:
+        return best
     if fitting:
         # Each agent that rejected this attempt is tried again once a heartbeat it sent after
         # the rejection shows room: never re-sent on every tick while it stays full.
         reason = "rejected by every agent that fits: " + ", ".join(sorted(stage.excluded_agents))
-    elif not any(a.alive for a in ctx.agents.values()):
+    elif not alive:
         reason = "no agent is alive"
     elif with_gpus:
         reason = "every live agent that fits runs as many stages as it has slots"
@@ -601,11 +631,15 @@ def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     return None
 
 
-def _has_slot(b: _Builder, agent: AgentView) -> bool:
-    """Whether the agent has a stage slot left once this decision's dispatches are counted."""
+# What an agent that announces no slot limit counts as (more than any that does).
+_UNLIMITED_SLOTS = 1 << 30
+
+
+def _free_slots(b: _Builder, agent: AgentView) -> int:
+    """The agent's free stage slots once this decision's dispatches are counted."""
     if agent.free_slots is None:
-        return True
-    return agent.free_slots - b.taken_slots.get(agent.agent_id, 0) > 0
+        return _UNLIMITED_SLOTS
+    return agent.free_slots - b.taken_slots.get(agent.agent_id, 0)
 
 
 def _still_excluded(stage: StageState, agent: AgentView) -> bool:

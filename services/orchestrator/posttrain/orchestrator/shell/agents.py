@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 
 from posttrain.events.kafka import EventConsumer, KafkaSettings
@@ -52,6 +53,9 @@ class AgentTable:
         # agent -> {command id: GPUs} of the stages this instance sent it and saw no end of
         self._reserved: dict[str, dict[str, int]] = {}
         self._agent_of: dict[str, str] = {}  # command id -> agent, for the same stages
+        # agent -> stages its last heartbeat lists as running that we know have ended since
+        # (their outcome reached us): their slots are free already
+        self._ended: dict[str, set[str]] = {}
         self._views: dict[str, AgentView] = {}
         self._dirty: set[str] = set()
         self._silent: frozenset[str] = frozenset()
@@ -88,6 +92,9 @@ class AgentTable:
     def heard(self, beat: AgentHeartbeat, now: float) -> None:
         """Take an agent's heartbeat, received at ``now`` on our clock."""
         self._seen[beat.agent_id] = _Seen(beat, now)
+        ended = self._ended.get(beat.agent_id)
+        if ended:
+            ended.intersection_update(beat.running)
         self._dirty.add(beat.agent_id)
 
     # --- reservations -------------------------------------------------------------------------
@@ -101,11 +108,15 @@ class AgentTable:
         self._agent_of[command_id] = agent
         self._dirty.add(agent)
 
-    def release(self, command_id: str) -> None:
-        """The stage ended (or is no longer ours to track): its agent has the room back."""
+    def release(self, command_id: str, *, ended: bool = False) -> None:
+        """The stage is no longer ours to count. ``ended``: its agent reported its outcome, so
+        its slot is free even while the agent's last heartbeat still lists it."""
         agent = self._agent_of.pop(command_id, None)
         if agent is None:
             return
+        seen = self._seen.get(agent)
+        if ended and seen is not None and command_id in seen.beat.running:
+            self._ended.setdefault(agent, set()).add(command_id)
         held = self._reserved.get(agent)
         if held is not None:
             held.pop(command_id, None)
@@ -146,8 +157,10 @@ class AgentTable:
         running = set(beat.running)
         held = self._reserved.get(beat.agent_id, {})
         unseen = [gpus for command, gpus in held.items() if command not in running]
-        # A stage the heartbeat shows and one sent since both hold a slot; one that ended since
-        # the heartbeat still counts until the next one (a little late, never over).
+        running -= self._ended.get(beat.agent_id, set())
+        # A stage the heartbeat shows and one sent since both hold a slot, less those whose
+        # outcome reached us since. Another instance's stage that ended since the heartbeat
+        # still counts until the next one (a little late, never over).
         return AgentView(
             agent_id=beat.agent_id,
             gpus=beat.gpus,
@@ -156,6 +169,7 @@ class AgentTable:
             alive=not (beat.stopping or now - seen.at > self._silence * beat.interval_s),
             free_slots=None if beat.slots is None else beat.slots - len(running) - len(unseen),
             beat_at=beat.sent_at,
+            ring=zlib.crc32(beat.agent_id.encode()),
         )
 
     def running(self, agent: str) -> frozenset[str]:

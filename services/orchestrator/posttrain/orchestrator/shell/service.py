@@ -33,7 +33,7 @@ from posttrain.orchestrator.core.decide import (
     decide,
     tick_due,
 )
-from posttrain.orchestrator.core.state import ACTIVE, PipelineState
+from posttrain.orchestrator.core.state import ACTIVE, Attempt, PipelineState, StageStatus
 from posttrain.orchestrator.shell.agents import AgentTable
 from posttrain.orchestrator.shell.replay import (
     DEFAULT_PARALLEL_FROM,
@@ -225,7 +225,7 @@ class Orchestrator:
                 if run is current and stage.status in ACTIVE:
                     self._agents.reserve(run.agent_id, run.command_id, stage.spec.resources.gpus)
                 else:
-                    self._agents.release(run.command_id)
+                    self._agents.release(run.command_id, ended=_reported_ended(run))
         for entry in cache_entries(state):
             self._cache[entry.key] = entry.entry
 
@@ -336,6 +336,14 @@ class Orchestrator:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, committed)
+
+
+def _reported_ended(run: Attempt) -> bool:
+    """Whether the agent reported the attempt's end (so it no longer holds a slot there): a
+    timeout or a cancel is decided here, while the agent may still be stopping the stage."""
+    if run.status == StageStatus.SUCCEEDED:
+        return True
+    return run.status == StageStatus.FAILED and run.failure_kind != "timeout"
 
 
 def expected_partitions() -> int:
