@@ -1,5 +1,7 @@
 """A scripted trainer agent (a test double for a GPU node): it heartbeats, records every
-RunStage it receives, and answers with StageStarted then StageSucceeded or StageFailed."""
+RunStage it receives, and answers with StageStarted then StageSucceeded or StageFailed; with
+``slots``, it runs at most that many stages at once and rejects the rest (StageRejected), as a
+real agent started with ``--slots`` does."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from posttrain.events.messages import (
     CancelStage,
     RunStage,
     StageFailed,
+    StageRejected,
     StageStarted,
     StageSucceeded,
 )
@@ -41,6 +44,7 @@ class ScriptedAgent:
         fail: Mapping[str, Sequence[int]] | None = None,
         heartbeat_s: float = 0.5,
         holds: Mapping[str, asyncio.Event] | None = None,
+        slots: int | None = None,
     ) -> None:
         self.settings = settings
         self.agent_id = agent_id
@@ -51,6 +55,8 @@ class ScriptedAgent:
         self.fail = {k: set(v) for k, v in (fail or {}).items()}
         self.heartbeat_s = heartbeat_s
         self.holds = dict(holds or {})  # a stage does not finish before its event is set
+        self.slots = slots
+        self.rejected: list[RunStage] = []  # refused for lack of a free slot
         self.running: dict[str, asyncio.Task[None]] = {}
         self.received: list[RunStage] = []
         # command id -> what happened when, on our clock: received, started, finished
@@ -81,6 +87,7 @@ class ScriptedAgent:
             gpus=self.gpus,
             free_gpus=self.gpus,
             running=sorted(self.running),
+            slots=self.slots,
             interval_s=self.heartbeat_s,
             sent_at=time.time(),
             stopping=stopping,
@@ -119,6 +126,14 @@ class ScriptedAgent:
         if getattr(command, "agent_id", None) != self.agent_id:
             return
         if isinstance(command, RunStage):
+            if command.command_id in self.running:
+                return  # already running: a redelivery
+            if self.slots is not None and len(self.running) >= self.slots:
+                self.rejected.append(command)
+                await self._report(
+                    command, StageRejected, reason="agent runs as many stages as it has slots"
+                )
+                return
             self.timeline[command.command_id] = {"received": time.time()}
             self.received.append(command)
             with self.record.open("ab") as fh:
@@ -181,6 +196,9 @@ class ScriptedAgent:
                 )
         finally:
             self.running.pop(run.command_id, None)
+            if self.slots is not None:
+                with contextlib.suppress(Exception):  # said at once: a slot is free again
+                    await self._beat()
 
 
 def read_record(path: Path) -> list[dict[str, Any]]:

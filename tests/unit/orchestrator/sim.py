@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,11 +60,22 @@ class World:
             )
         )
 
-    def tick(self, advance: float = 0.0, silent: list[str] | None = None) -> Decision:
+    def tick(self, advance: float = 0.0, silent: list[str] | None = None, **beat: Any) -> Decision:
+        """Let time pass; agents that are alive heartbeat as it does (when ``advance`` > 0),
+        with ``beat``'s changes to their views (e.g. ``free_slots``)."""
         self.now += advance
+        if advance > 0:
+            self.heartbeat(**beat)
         return self.send(
             TickClock(pipeline_id=self.pipeline_id, now=self.now, silent_agents=silent or [])
         )
+
+    def heartbeat(self, **changes: Any) -> None:
+        """Every live agent heartbeats now (with ``changes`` to its view, e.g. free_slots)."""
+        self.agents = {
+            name: replace(a, beat_at=self.now, **changes) if a.alive else a
+            for name, a in self.agents.items()
+        }
 
     def runs(self) -> list[RunStage]:
         return [c.data for c in self.commands if isinstance(c.data, RunStage)]

@@ -24,6 +24,7 @@ def test_there_are_golden_histories():
         "lost_agent",
         "actions",
         "stage_accepts",
+        "slots",
     }
 
 
@@ -78,3 +79,19 @@ def test_the_actions_history_says_why_each_refused_action_was_refused():
     assert refused["ckpt"].agent_id is not None  # refused by the agent
     state = fold([decode(line.encode()) for line in lines])["golden-actions"]
     assert state.stages["train"].last_checkpoint == "/c/100"  # not the poisoned /c/200, /c/201
+
+
+def test_the_slots_history_never_runs_more_than_two_stages_at_once():
+    events = [decode(line.encode()) for line in (GOLDEN / "slots.jsonl").read_text().splitlines()]
+    running: set[str] = set()
+    most = 0
+    for e in events:
+        if e.type == "StageDispatched":
+            running.add(e.data.stage)
+        elif e.type in ("StageSucceeded", "StageRejected"):
+            running.discard(e.data.stage)
+        most = max(most, len(running))
+    assert most == 2
+    dispatched = [e.data.stage for e in events if e.type == "StageDispatched"]
+    assert dispatched.count("f1") == 2  # rejected once in a race, then placed again
+    assert len(dispatched) == 10  # root, seven, f1 again, join: no reject loop

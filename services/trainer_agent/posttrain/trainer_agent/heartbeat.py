@@ -26,6 +26,7 @@ def heartbeat(
         free_gpus=setup.gpus - len(used.gpu_ids),
         labels=sorted(setup.labels),
         running=list(used.running),
+        slots=setup.slots,
         interval_s=interval_s,
         sent_at=now,
         stopping=stopping,

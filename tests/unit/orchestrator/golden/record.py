@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from posttrain.events.messages import (
     StagePaused,
 )
 from posttrain.orchestrator.core.decide import AgentView
+from posttrain.orchestrator.core.state import ACTIVE
 from tests.unit.orchestrator.sim import World
 
 HERE = Path(__file__).parent
@@ -263,12 +265,53 @@ def stage_accepts() -> World:
     return w
 
 
+def slots() -> World:
+    """A fan-out of seven on one agent with two stage slots: stages go as heartbeats show room,
+    never more at once than the agent runs; one is rejected in a race (another instance filled
+    the agent) and is sent again, under the same attempt, only after a heartbeat the agent sent
+    later shows room."""
+    w = World(
+        pipeline_id="golden-slots",
+        agents={"a1": AgentView("a1", 0, 0, free_slots=2, beat_at=1000.0)},
+    )
+
+    def active() -> int:
+        return sum(1 for s in w.state.stages.values() if s.status in ACTIVE)
+
+    def reserved() -> None:  # what the shell's reservations show between heartbeats
+        w.heartbeat(free_slots=2 - active())
+
+    fan = [f"f{i}" for i in range(1, 8)]
+    w.submit([cmd("root"), *(cmd(f, ["root"]) for f in fan), cmd("join", fan)])
+    reserved()
+    w.succeed("root")  # the last heartbeat still shows root: one of the fan-out goes
+    reserved()
+    w.tick(0.5, free_slots=1)
+    reserved()
+    # A race: another instance's stage took the slot. Our view (its heartbeat from before,
+    # less our reservations) shows one free: f1 is not sent there again, f3 is.
+    w.agents["a1"] = replace(w.agents["a1"], free_slots=1)
+    w.reject("f1")
+    w.tick(0.5, free_slots=0)  # the next heartbeat shows the agent full: nothing is sent
+    w.succeed("f2")
+    w.tick(0.5, free_slots=1)  # room again: f1 goes back
+    reserved()
+    while w.status() == "running":
+        running = [s.name for s in w.state.stages.values() if s.status in ACTIVE]
+        if running:
+            w.succeed(running[0])
+        w.tick(0.5, free_slots=2 - active())
+        reserved()
+    return w
+
+
 SCENARIOS = {
     "seed_pipeline": seed_pipeline,
     "failure_and_resume": failure_and_resume,
     "lost_agent": lost_agent,
     "actions": actions,
     "stage_accepts": stage_accepts,
+    "slots": slots,
 }
 
 

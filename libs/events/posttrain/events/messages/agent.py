@@ -95,6 +95,9 @@ class AgentHeartbeat(Message):
     """Liveness and capacity of one agent; the compacted topic keeps the latest per agent.
 
     v2 replaced v1's comma-separated ``labels`` string by a list and added ``free_gpus``.
+    ``slots`` (added within v2, optional: older agents leave it out) is how many stages the agent
+    runs at once; ``running`` lists the ones that hold a slot now, so its free slots are
+    ``slots - len(running)``. None: the agent announces no slot limit.
     """
 
     TYPE = "AgentHeartbeat"
@@ -106,6 +109,7 @@ class AgentHeartbeat(Message):
     free_gpus: int
     labels: list[str] = Field(default_factory=list)
     running: list[str] = Field(default_factory=list)
+    slots: int | None = None
     interval_s: float = 5.0
     sent_at: float
     stopping: bool = False

@@ -8,6 +8,7 @@ the consumed offsets in one Kafka transaction.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,13 +71,24 @@ MAX_LOSSES = 3
 
 @dataclass(frozen=True, slots=True)
 class AgentView:
-    """An agent as the shell sees it now (from the compacted heartbeat topic)."""
+    """An agent as the shell sees it now (from the compacted heartbeat topic), less what has
+    been sent to it that its last heartbeat does not show yet.
+
+    ``free_slots`` None: the agent announces no limit on the stages it runs at once.
+    ``beat_at``: when the agent sent that heartbeat, on the agent's own clock (the clock its
+    rejections are stamped with too)."""
 
     agent_id: str
     gpus: int
     free_gpus: int
     labels: frozenset[str] = frozenset()
     alive: bool = True
+    free_slots: int | None = None
+    beat_at: float = 0.0
+    # A stable number of the agent's (the shell gives crc32 of its id): among agents equally
+    # free, each stage prefers its own order of them, so that stages (and instances placing
+    # at once) spread over the fleet instead of all choosing the same agent.
+    ring: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +129,8 @@ class _Builder:
         )
         self.decision = Decision()
         self._n = 0
-        self.free: dict[str, int] = {}  # GPUs taken by this decision, per agent
-        self.retry_excluded = False
+        self.free: dict[str, int] = {}  # GPUs left after this decision's dispatches, per agent
+        self.taken_slots: dict[str, int] = {}  # stages this decision sent, per agent
 
     def _envelope(self, data: Message, key: str) -> Envelope[Any]:
         self._n += 1
@@ -387,8 +399,6 @@ def _tick(b: _Builder, t: TickClock, ctx: Context) -> None:
                         )
                     )
                     _after_failure(b, stage)
-    # Agents that rejected a stage may have room now: a tick lets them be tried again.
-    b.retry_excluded = True
     _progress(b, ctx)
     if len(b.decision.events) > before:
         # Record the tick itself first so that the log shows what time the decisions saw.
@@ -552,6 +562,7 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
     if agent is None:
         return
     b.free[agent.agent_id] = b.free.get(agent.agent_id, agent.free_gpus) - stage.spec.resources.gpus
+    b.taken_slots[agent.agent_id] = b.taken_slots.get(agent.agent_id, 0) + 1
     placed = {**attempt_ids, "agent_id": agent.agent_id}
     b.event(StageDispatched(**placed, task=stage.spec.task, params=params))
     b.command(
@@ -568,21 +579,49 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
 
 
 def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
+    """The live agent with the labels, the free GPUs and a free slot the stage needs (the most
+    free GPUs first, then the most free slots; among equals, the stage's own order of them), or
+    None after recording why the stage waits. One pass over the agents: it runs for every
+    dispatch of a large fleet.
+
+    Most free slots first keeps two instances (each seeing only its own reservations until a
+    heartbeat shows the other's) from filling the same agent past its slots: an agent is given
+    its last slot only when no emptier one fits."""
     need = stage.spec.resources
-    labels = set(need.labels)
-    fitting = [
-        a
-        for a in ctx.agents.values()
-        if a.alive and labels <= a.labels and b.free.get(a.agent_id, a.free_gpus) >= need.gpus
-    ]
-    excluded = set() if b.retry_excluded else stage.excluded_agents
-    candidates = [a for a in fitting if a.agent_id not in excluded]
-    if candidates:
-        return max(candidates, key=lambda a: (b.free.get(a.agent_id, a.free_gpus), a.agent_id))
+    labels = frozenset(need.labels)
+    spread = zlib.crc32(f"{b.state.pipeline_id}/{stage.name}".encode())
+    best: AgentView | None = None
+    best_key: tuple[int, int, int, str] | None = None
+    alive = with_gpus = fitting = False
+    for a in ctx.agents.values():
+        if not a.alive:
+            continue
+        alive = True
+        if labels and not labels <= a.labels:
+            continue
+        free = b.free.get(a.agent_id, a.free_gpus)
+        if free < need.gpus:
+            continue
+        with_gpus = True
+        slots = _free_slots(b, a)
+        if slots <= 0:
+            continue
+        fitting = True
+        if _still_excluded(stage, a):
+            continue
+        key = (free, slots, a.ring ^ spread, a.agent_id)
+        if best_key is None or key > best_key:
+            best, best_key = a, key
+    if best is not None:
+        return best
     if fitting:
+        # Each agent that rejected this attempt is tried again once a heartbeat it sent after
+        # the rejection shows room: never re-sent on every tick while it stays full.
         reason = "rejected by every agent that fits: " + ", ".join(sorted(stage.excluded_agents))
-    elif not any(a.alive for a in ctx.agents.values()):
+    elif not alive:
         reason = "no agent is alive"
+    elif with_gpus:
+        reason = "every live agent that fits runs as many stages as it has slots"
     else:
         reason = f"no live agent has {need.gpus} free GPU(s)" + (
             f" and labels {sorted(labels)}" if labels else ""
@@ -590,6 +629,26 @@ def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     if stage.status != StageStatus.WAITING or stage.waiting_reason != reason:
         b.event(StageWaiting(pipeline_id=b.state.pipeline_id, stage=stage.name, reason=reason))
     return None
+
+
+# What an agent that announces no slot limit counts as (more than any that does).
+_UNLIMITED_SLOTS = 1 << 30
+
+
+def _free_slots(b: _Builder, agent: AgentView) -> int:
+    """The agent's free stage slots once this decision's dispatches are counted."""
+    if agent.free_slots is None:
+        return _UNLIMITED_SLOTS
+    return agent.free_slots - b.taken_slots.get(agent.agent_id, 0)
+
+
+def _still_excluded(stage: StageState, agent: AgentView) -> bool:
+    """Whether the agent rejected (or lost) this attempt and has not heartbeated since."""
+    if agent.agent_id not in stage.excluded_agents:
+        return False
+    run = stage.current
+    rejected_at = run.rejected_at if run is not None else None
+    return rejected_at is None or agent.beat_at <= rejected_at
 
 
 def _local_cache(state: PipelineState) -> dict[str, CacheEntry]:

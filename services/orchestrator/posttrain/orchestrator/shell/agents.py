@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 
 from posttrain.events.kafka import EventConsumer, KafkaSettings
@@ -23,10 +24,21 @@ class _Seen:
 
 
 class AgentTable:
-    """Every agent's latest heartbeat. An agent is silent once ``silence_intervals`` of its own
-    heartbeat intervals pass without one; a heartbeat with ``stopping`` retires it at once."""
+    """Every agent's latest heartbeat, and what this instance has sent each agent that is not
+    over yet (its reservations). An agent is silent once ``silence_intervals`` of its own
+    heartbeat intervals pass without one; a heartbeat with ``stopping`` retires it at once.
 
-    def __init__(self, settings: KafkaSettings, *, silence_intervals: float = 3.0) -> None:
+    ``views`` is asked for on every message, so the views are kept, not rebuilt: an agent's
+    view is made again when its heartbeat or its reservations change, and every view when
+    liveness is looked at again (at most every ``liveness_every_s``)."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        silence_intervals: float = 3.0,
+        liveness_every_s: float = 0.1,
+    ) -> None:
         self._consumer = EventConsumer(
             settings,
             [Topic.AGENTS],
@@ -38,6 +50,17 @@ class AgentTable:
         self._silence = silence_intervals
         self._task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
+        # agent -> {command id: GPUs} of the stages this instance sent it and saw no end of
+        self._reserved: dict[str, dict[str, int]] = {}
+        self._agent_of: dict[str, str] = {}  # command id -> agent, for the same stages
+        # agent -> stages its last heartbeat lists as running that we know have ended since
+        # (their outcome reached us): their slots are free already
+        self._ended: dict[str, set[str]] = {}
+        self._views: dict[str, AgentView] = {}
+        self._dirty: set[str] = set()
+        self._silent: frozenset[str] = frozenset()
+        self._liveness_at = float("-inf")
+        self._liveness_every = liveness_every_s
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -62,9 +85,46 @@ class AgentTable:
             for received in batch:
                 beat = received.envelope.data
                 if isinstance(beat, AgentHeartbeat):
-                    self._seen[beat.agent_id] = _Seen(beat, now)
+                    self.heard(beat, now)
             if batch:
                 self.changed.set()
+
+    def heard(self, beat: AgentHeartbeat, now: float) -> None:
+        """Take an agent's heartbeat, received at ``now`` on our clock."""
+        self._seen[beat.agent_id] = _Seen(beat, now)
+        ended = self._ended.get(beat.agent_id)
+        if ended:
+            ended.intersection_update(beat.running)
+        self._dirty.add(beat.agent_id)
+
+    # --- reservations -------------------------------------------------------------------------
+
+    def reserve(self, agent: str, command_id: str, gpus: int) -> None:
+        """A stage was sent to ``agent``: count its GPUs and its slot until it ends."""
+        if self._agent_of.get(command_id) == agent:
+            return
+        self.release(command_id)
+        self._reserved.setdefault(agent, {})[command_id] = gpus
+        self._agent_of[command_id] = agent
+        self._dirty.add(agent)
+
+    def release(self, command_id: str, *, ended: bool = False) -> None:
+        """The stage is no longer ours to count. ``ended``: its agent reported its outcome, so
+        its slot is free even while the agent's last heartbeat still lists it."""
+        agent = self._agent_of.pop(command_id, None)
+        if agent is None:
+            return
+        seen = self._seen.get(agent)
+        if ended and seen is not None and command_id in seen.beat.running:
+            self._ended.setdefault(agent, set()).add(command_id)
+        held = self._reserved.get(agent)
+        if held is not None:
+            held.pop(command_id, None)
+            if not held:
+                del self._reserved[agent]
+        self._dirty.add(agent)
+
+    # --- reading ------------------------------------------------------------------------------
 
     def silent(self, now: float) -> list[str]:
         return sorted(
@@ -73,20 +133,44 @@ class AgentTable:
             if seen.beat.stopping or now - seen.at > self._silence * seen.beat.interval_s
         )
 
-    def views(self, now: float, reserved: dict[str, int]) -> dict[str, AgentView]:
-        """Agents with their free GPUs less what this instance has sent them that their last
-        heartbeat does not show yet."""
-        silent = set(self.silent(now))
-        return {
-            agent: AgentView(
-                agent_id=agent,
-                gpus=seen.beat.gpus,
-                free_gpus=seen.beat.free_gpus - reserved.get(agent, 0),
-                labels=frozenset(seen.beat.labels),
-                alive=agent not in silent,
-            )
-            for agent, seen in self._seen.items()
-        }
+    def views(self, now: float) -> dict[str, AgentView]:
+        """Every agent with its free GPUs and slots less what this instance has sent it that
+        its last heartbeat does not show yet. The mapping is kept and updated in place by the
+        next call: read it before then."""
+        if now - self._liveness_at >= self._liveness_every:
+            self._liveness_at = now
+            silent = frozenset(self.silent(now))
+            if silent != self._silent:
+                self._dirty |= silent ^ self._silent
+                self._silent = silent
+        for agent in self._dirty:
+            seen = self._seen.get(agent)
+            if seen is None:
+                self._views.pop(agent, None)
+            else:
+                self._views[agent] = self._view(seen, now)
+        self._dirty.clear()
+        return self._views
+
+    def _view(self, seen: _Seen, now: float) -> AgentView:
+        beat = seen.beat
+        running = set(beat.running)
+        held = self._reserved.get(beat.agent_id, {})
+        unseen = [gpus for command, gpus in held.items() if command not in running]
+        running -= self._ended.get(beat.agent_id, set())
+        # A stage the heartbeat shows and one sent since both hold a slot, less those whose
+        # outcome reached us since. Another instance's stage that ended since the heartbeat
+        # still counts until the next one (a little late, never over).
+        return AgentView(
+            agent_id=beat.agent_id,
+            gpus=beat.gpus,
+            free_gpus=beat.free_gpus - sum(unseen),
+            labels=frozenset(beat.labels),
+            alive=not (beat.stopping or now - seen.at > self._silence * beat.interval_s),
+            free_slots=None if beat.slots is None else beat.slots - len(running) - len(unseen),
+            beat_at=beat.sent_at,
+            ring=zlib.crc32(beat.agent_id.encode()),
+        )
 
     def running(self, agent: str) -> frozenset[str]:
         seen = self._seen.get(agent)

@@ -45,6 +45,7 @@ class Options:
     projection: bool
     database_url: str
     http: tuple[str, int] | None
+    instance_id: str | None = None
 
 
 async def start_http(
@@ -79,6 +80,7 @@ async def serve(args: Options) -> None:
         replay_processes=args.replay_processes,
         replay_parallel_from=args.replay_parallel_from,
         snapshots=args.snapshots,
+        instance_id=args.instance_id,
     )
     await orchestrator.start()
     http = await start_http(orchestrator, args.http)
@@ -93,6 +95,7 @@ async def serve(args: Options) -> None:
         tasks.append(asyncio.create_task(projection.run(stop), name="projection"))
     identity = {
         "group": settings.group(GROUP),
+        "instance_id": args.instance_id,
         "namespace": settings.namespace,
         "kafka": settings.bootstrap_servers,
         "http": f"{http.host}:{http.port}" if http is not None else None,
@@ -176,6 +179,16 @@ def run(
             "port 0: any free port, logged; 'off': none)",
         ),
     ] = DEFAULT_HTTP,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POSTTRAIN_ORCHESTRATOR_INSTANCE_ID",
+            help="a stable identity in the consumer group (e.g. the pod name of a StatefulSet): "
+            "restarted under it, the instance takes its partitions back at once, not after "
+            "--session-timeout-ms; without it, a crashed instance's partitions wait for that "
+            "timeout",
+        ),
+    ] = None,
 ) -> None:
     """Run the orchestrator until SIGTERM/SIGINT."""
     try:
@@ -196,6 +209,7 @@ def run(
         projection=projection,
         database_url=service_settings.database_url(database_url),
         http=address,
+        instance_id=instance_id or None,
     )
     configure_json_logging(service_settings.ServiceSettings().log_level)
     asyncio.run(serve(options))

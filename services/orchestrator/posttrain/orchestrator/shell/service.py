@@ -44,7 +44,7 @@ from posttrain.orchestrator.core.snapshot import (
     encode_archived,
     encode_partition,
 )
-from posttrain.orchestrator.core.state import ACTIVE, PipelineState
+from posttrain.orchestrator.core.state import ACTIVE, Attempt, PipelineState, StageStatus
 from posttrain.orchestrator.shell.agents import AgentTable
 from posttrain.orchestrator.shell.replay import (
     DEFAULT_PARALLEL_FROM,
@@ -91,12 +91,20 @@ class Orchestrator:
         replay_processes: int = 0,
         replay_parallel_from: int = DEFAULT_PARALLEL_FROM,
         snapshots: SnapshotPolicy | None = SnapshotPolicy(),  # noqa: B008 (frozen)
+        instance_id: str | None = None,
     ) -> None:
+        """``instance_id``: this instance's stable identity in its consumer group (static
+        membership, KIP-345). Restarted under the same identity, it takes its partitions back
+        at once instead of after the session timeout: fencing by transactional id keeps that
+        safe. An instance with an identity does not leave the group when it stops: its
+        partitions wait for it to come back, or move after the session timeout. None: a
+        dynamic member, which leaves the group on a clean stop."""
         self.settings = settings
         # None: no snapshots, every assignment folds the partitions' whole log, as before.
         self.snapshots = snapshots
         self._books: dict[int, PartitionBook] = {}
         self._distrusted: set[int] = set()  # partitions whose next replay folds the whole log
+        self.instance_id = instance_id
         self._replay_processes = replay_processes
         self._replay_parallel_from = replay_parallel_from
         self._helpers: ReplayHelpers | None = None
@@ -107,6 +115,7 @@ class Orchestrator:
             **settings.client_options(),
             client_id=f"{settings.client_id}-orchestrator",
             group_id=self._group,
+            group_instance_id=instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
@@ -115,7 +124,6 @@ class Orchestrator:
         )
         self._producers: dict[int, EventProducer] = {}
         self.states: dict[int, dict[str, PipelineState]] = {}
-        self._inflight: dict[str, tuple[str, int]] = {}  # command id -> (agent, gpus)
         self._cache: dict[str, CacheEntry] = {}  # what the owned partitions' pipelines made
         self._stage_cache = StageCacheTable(settings)  # what every instance's made
         self._cache_out: list[tuple[str, str, CacheEntry]] = []  # (pipeline, key, entry) to send
@@ -244,7 +252,7 @@ class Orchestrator:
         for state in self.states.pop(p, {}).values():
             for stage in state.stages.values():
                 if stage.current is not None:
-                    self._inflight.pop(stage.current.command_id, None)
+                    self._agents.release(stage.current.command_id)
 
     async def _rebuild(self, partitions: Sequence[int]) -> None:
         for p in partitions:
@@ -363,22 +371,18 @@ class Orchestrator:
             current = stage.current
             for run in stage.attempts.values():
                 if run is current and stage.status in ACTIVE:
-                    self._inflight[run.command_id] = (run.agent_id, stage.spec.resources.gpus)
+                    self._agents.reserve(run.agent_id, run.command_id, stage.spec.resources.gpus)
                 else:
-                    self._inflight.pop(run.command_id, None)
+                    self._agents.release(run.command_id, ended=_reported_ended(run))
         for entry in cache_entries(state):
             if self._cache.get(entry.key) != entry.entry:
                 self._cache[entry.key] = entry.entry
                 self._cache_out.append((state.pipeline_id, entry.key, entry.entry))
 
     def _context(self, now: float) -> Context:
-        reserved: dict[str, int] = {}
-        for command, (agent, gpus) in self._inflight.items():
-            if command not in self._agents.running(agent):
-                reserved[agent] = reserved.get(agent, 0) + gpus
         # This instance's entries first: they are current before the topic brings them back.
         cache = ChainMap(self._cache, self._stage_cache.entries)
-        return Context(agents=self._agents.views(now, reserved), cache=cache)
+        return Context(agents=self._agents.views(now), cache=cache)
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -601,6 +605,14 @@ class Orchestrator:
 
 async def _none() -> None:
     return None
+
+
+def _reported_ended(run: Attempt) -> bool:
+    """Whether the agent reported the attempt's end (so it no longer holds a slot there): a
+    timeout or a cancel is decided here, while the agent may still be stopping the stage."""
+    if run.status == StageStatus.SUCCEEDED:
+        return True
+    return run.status == StageStatus.FAILED and run.failure_kind != "timeout"
 
 
 def expected_partitions() -> int:

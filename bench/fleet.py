@@ -1,0 +1,111 @@
+"""The orchestrator at fleet scale (``posttrain.testing.fleet``): scripted agents in a few
+processes, pipelines of eight stages submitted at a steady rate, against one orchestrator and
+then two, each on a scratch topic namespace of its own.
+
+Figures per run: decisions per second (events the orchestrators wrote, over the time from the
+first submission to the last pipeline's end), dispatch latency (a stage ready -> its RunStage
+received by an agent: p50, p99), stages dispatched per second; then the two instances'
+throughput over one's. The invariants (every pipeline ended as scripted, each (stage, attempt)
+dispatched once, no RunStage refused for lack of a slot) are checked and printed too.
+
+    python -m bench.fleet [--agents 1000] [--pipelines 10000] [--submit-over 180] [--small]
+
+The last line is ``fleet_dispatch_p99_ms: X`` (one instance's; goal: at most 200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from bench.common import drop_namespace, fresh_namespace, load, percentile
+from posttrain.testing.fleet import FleetReport, FleetScript, run_fleet
+
+SMALL = FleetScript(
+    agents=50,
+    processes=2,
+    slots=2,
+    heartbeat_s=0.5,
+    pipelines=200,
+    submit_over_s=8.0,
+    stage_s=(0.05, 0.2),
+    outages=2,
+    outage_s=4.0,
+    deadline_s=60.0,
+)
+
+
+def summary(label: str, report: FleetReport) -> dict[str, float]:
+    ms = report.dispatch_ms or [float("nan")]
+    seconds = max(report.seconds, 1e-9)
+    figures = {
+        "decisions_per_s": report.events / seconds,
+        "stages_per_s": sum(report.dispatched.values()) / seconds,
+        "pipelines_per_s": report.ended / seconds,
+        "dispatch_p50_ms": statistics.median(ms),
+        "dispatch_p99_ms": percentile(ms, 0.99),
+        "dispatch_max_ms": max(ms),
+    }
+    print(
+        f"{label}: {report.script.agents} agents in {report.script.processes} processes, "
+        f"{report.submitted} pipelines submitted over {report.script.submit_over_s:g} s, "
+        f"{report.ended} ended ({len(report.failed)} failed, {len(report.expected_failed)} "
+        f"scripted to fail) in {report.seconds:.1f} s; {report.lost} stages lost with their "
+        f"agent; {len(report.refused)} RunStage refused; {load()}"
+    )
+    for name, value in figures.items():
+        print(f"  {label}_{name}: {value:.1f}")
+    problems = report.problems()
+    print(f"  {label}_invariants: {'hold' if not problems else '; '.join(problems)}")
+    return figures
+
+
+async def one(script: FleetScript, orchestrators: int) -> FleetReport:
+    settings = await fresh_namespace(f"fleet{orchestrators}")
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-fleet-{orchestrators}-"))
+    try:
+        return await run_fleet(settings, script, workdir, orchestrators=orchestrators)
+    finally:
+        await drop_namespace(settings)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--pipelines", type=int, default=10_000)
+    parser.add_argument("--submit-over", type=float, default=180.0, metavar="SECONDS")
+    parser.add_argument("--deadline", type=float, default=420.0, metavar="SECONDS")
+    parser.add_argument("--small", action="store_true", help="the integration test's size")
+    parser.add_argument("--instances", default="1,2", help="orchestrator counts to run")
+    args = parser.parse_args()
+    script = (
+        SMALL
+        if args.small
+        else FleetScript(
+            agents=args.agents,
+            processes=args.processes,
+            pipelines=args.pipelines,
+            submit_over_s=args.submit_over,
+            deadline_s=args.deadline,
+        )
+    )
+    script = replace(script, deadline_s=args.deadline if not args.small else script.deadline_s)
+    results = {}
+    for n in [int(x) for x in args.instances.split(",")]:
+        results[n] = summary(f"instances_{n}", await one(script, n))
+    if 1 in results and 2 in results:
+        print(
+            "two_over_one_decisions_per_s: "
+            f"{results[2]['decisions_per_s'] / results[1]['decisions_per_s']:.2f}"
+        )
+    first = results[min(results)]
+    print(f"fleet_dispatch_p99_ms: {first['dispatch_p99_ms']:.1f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
