@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +42,7 @@ import asyncpg
 import faust
 import orjson
 import typer
+from aiokafka.errors import KafkaConnectionError
 from faust.sensors import Monitor, Sensor
 from faust.serializers import codecs
 
@@ -70,6 +71,8 @@ from posttrain.service.settings import posttrain_home
 
 log = logging.getLogger(__name__)
 APP_NAME = "posttrain-diagnostics"
+# How long a stream started while the broker is away waits for it before it gives up.
+BROKER_WAIT_S = 120.0
 # The detect agent takes up to this many messages at a time, waiting at most this long for more:
 # per batch, each job's state is written to the changelog once.
 DETECT_BATCH = 500
@@ -256,9 +259,32 @@ class DiagnosticsStream:
         at once; on a fresh broker the last one created is not yet in its metadata, the group's
         assignment leaves it out, and every write to that table then fails with
         PartitionsMismatch until a rebalance that nothing triggers."""
-        await ensure_named_topics(self.settings, self.changelog_topics(), wait_s=None)
         names = self.source_topics() + [t.name for t in self.changelog_topics()]
-        await await_leaders(self.settings, names, timeout_s)
+
+        async def prepare() -> None:
+            await ensure_named_topics(self.settings, self.changelog_topics(), wait_s=None)
+            await await_leaders(self.settings, names, timeout_s)
+
+        await self._until_the_broker_answers(prepare)
+
+    @staticmethod
+    async def _until_the_broker_answers(
+        step: Callable[[], Awaitable[object]], wait_s: float = BROKER_WAIT_S
+    ) -> None:
+        """``step``, again while the broker cannot be reached, for up to ``wait_s``: a stream
+        started while the broker restarts waits for it instead of exiting (the resilience
+        suite restarted it just before a broker restart, and it ended with "Unable to
+        bootstrap")."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                await step()
+                return
+            except KafkaConnectionError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("the broker does not answer yet (%s): waiting for it", exc)
+                await asyncio.sleep(1.0)
 
     def ready(self) -> bool:
         """The worker owns partitions of the topics it reads, has restored its tables from their

@@ -48,6 +48,7 @@ from posttrain.trainer_agent.stage_files import (
     write_result,
 )
 from posttrain.trainer_agent.tasks import StageContext, task_for
+from posttrain.trainer_agent.witness import witness_start
 
 # How long the end of a stage may wait for its last metric points to reach Kafka; whatever is
 # not delivered by then stays in the spill file and is sent by the next reporter of the job.
@@ -137,6 +138,8 @@ def serve(
         f"(resume from {ctx.resume_from})",
         flush=True,
     )
+    if ranks.is_main:
+        witness_start(run_stage, launch, ctx.resume_from)
     resume_action = spec.get("resume_action")
     if isinstance(resume_action, dict):
         ctx.outbox.action_applied(

@@ -16,6 +16,12 @@ from posttrain.orchestrator.core.decide import AgentView
 
 log = logging.getLogger(__name__)
 
+# While the broker is up, a fetch of the agents topic is answered at least every
+# fetch_max_wait_ms (0.5 s by default) even when no heartbeat arrives. A longer gap between
+# answers is time in which this instance could hear no agent at all (the broker restarting,
+# the network cut): it does not count as any agent's silence.
+BLIND_AFTER_S = 2.0
+
 
 @dataclass(slots=True)
 class _Seen:
@@ -27,6 +33,9 @@ class AgentTable:
     """Every agent's latest heartbeat, and what this instance has sent each agent that is not
     over yet (its reservations). An agent is silent once ``silence_intervals`` of its own
     heartbeat intervals pass without one; a heartbeat with ``stopping`` retires it at once.
+    Only time in which the topic could be read counts: an agent whose heartbeats cannot reach
+    this instance because the broker is away is not lost (a broker restart used to mark every
+    agent lost and retry each running stage elsewhere while the first attempt ran on).
 
     ``views`` is asked for on every message, so the views are kept, not rebuilt: an agent's
     view is made again when its heartbeat or its reservations change, and every view when
@@ -61,6 +70,8 @@ class AgentTable:
         self._silent: frozenset[str] = frozenset()
         self._liveness_at = float("-inf")
         self._liveness_every = liveness_every_s
+        # Our clock when the broker last answered a fetch of every partition of the topic.
+        self._heard_at: float | None = None
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -81,6 +92,7 @@ class AgentTable:
                 log.exception("reading agent heartbeats failed")
                 await asyncio.sleep(1)
                 continue
+            self.answered(self._last_answer())
             now = time.time()
             for received in batch:
                 beat = received.envelope.data
@@ -126,12 +138,37 @@ class AgentTable:
 
     # --- reading ------------------------------------------------------------------------------
 
+    def _last_answer(self) -> float | None:
+        """When the broker last answered a fetch of every assigned partition (our clock)."""
+        client = self._consumer.client
+        stamps = [client.last_poll_timestamp(tp) for tp in client.assignment()]
+        if not stamps or any(s is None for s in stamps):
+            return None
+        return float(min(s for s in stamps if s is not None)) / 1000
+
+    def answered(self, at: float | None) -> None:
+        """The broker answered at ``at``: a gap since the previous answer longer than
+        ``BLIND_AFTER_S`` is taken off every agent's silence."""
+        if at is None:
+            return
+        if self._heard_at is not None and at - self._heard_at > BLIND_AFTER_S:
+            blind = at - self._heard_at
+            log.warning("no answer from the broker for %.1f s: not counted as silence", blind)
+            for seen in self._seen.values():
+                seen.at += blind
+            self._dirty.update(self._seen)
+        self._heard_at = at if self._heard_at is None else max(self._heard_at, at)
+
+    def _lost(self, seen: _Seen, now: float) -> bool:
+        """Stopping, or not heard from for too long at ``now``, counting only the time in which
+        the broker answered (up to ``BLIND_AFTER_S`` past its last answer)."""
+        if self._heard_at is not None:
+            now = min(now, self._heard_at + BLIND_AFTER_S)
+        return seen.beat.stopping or now - seen.at > self._silence * seen.beat.interval_s
+
     def silent(self, now: float) -> list[str]:
-        return sorted(
-            agent
-            for agent, seen in self._seen.items()
-            if seen.beat.stopping or now - seen.at > self._silence * seen.beat.interval_s
-        )
+        """The agents that are stopping or not heard from for too long at ``now``."""
+        return sorted(agent for agent, seen in self._seen.items() if self._lost(seen, now))
 
     def views(self, now: float) -> dict[str, AgentView]:
         """Every agent with its free GPUs and slots less what this instance has sent it that
@@ -166,7 +203,7 @@ class AgentTable:
             gpus=beat.gpus,
             free_gpus=beat.free_gpus - sum(unseen),
             labels=frozenset(beat.labels),
-            alive=not (beat.stopping or now - seen.at > self._silence * beat.interval_s),
+            alive=not self._lost(seen, now),
             free_slots=None if beat.slots is None else beat.slots - len(running) - len(unseen),
             beat_at=beat.sent_at,
             ring=zlib.crc32(beat.agent_id.encode()),

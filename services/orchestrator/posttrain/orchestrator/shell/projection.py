@@ -42,6 +42,17 @@ from posttrain.service import notify
 from posttrain.service.migrate import apply_migrations
 
 log = logging.getLogger(__name__)
+
+# What a database restart looks like to a client: the connection refused or cut, the server
+# shutting down or starting up. Any other error is a bug and still ends the process.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+)
+WRITE_RETRY_FIRST_S = 0.2
+WRITE_RETRY_MAX_S = 2.0
 MIGRATIONS_OWNER = "orchestrator"  # its entry point in posttrain.migrations
 
 _UPSERT_PIPELINE = """
@@ -273,8 +284,32 @@ class Projection:
                 if row is not None:
                     history.append(row)
         if offsets or agents:
-            await self._write(touched.values(), history, list(agents.values()), offsets)
+            await self._write_until_done(touched.values(), history, list(agents.values()), offsets)
         return sum(len(r) for r in batches.values())
+
+    async def _write_until_done(
+        self,
+        states: Iterable[PipelineState],
+        history: list[tuple[Any, ...]],
+        agents: list[tuple[Any, ...]],
+        offsets: dict[int, int],
+    ) -> None:
+        """Write the batch, again after each connection failure until the database is back.
+
+        The read model is not the orchestrator's source of truth: a database that restarts must
+        not end the process that runs the pipelines (it did: the write's ConnectionRefusedError
+        ended ``serve``). The batch's records are already consumed, so it is kept and written
+        whole, in one transaction, once the server answers; the read model lags meanwhile."""
+        states = list(states)
+        delay = WRITE_RETRY_FIRST_S
+        while True:
+            try:
+                await self._write(states, history, agents, offsets)
+                return
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("projection: the database is unavailable (%r); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
     async def _write(
         self,
