@@ -149,3 +149,31 @@ async def test_v1_payload_is_read_as_the_current_version(kafka_settings, produce
     message = got[0].envelope.data
     assert isinstance(message, StageFailed) and message.VERSION == 2
     assert (message.kind, message.attempt) == ("oom", 2)
+
+
+async def test_a_client_that_cannot_start_is_closed_again(kafka_settings):
+    """A producer or a consumer whose broker does not answer raises from ``async with`` and
+    leaves no half-open client behind (aiokafka warns "Unclosed ..." when one is collected)."""
+    import dataclasses
+    import gc
+    import warnings
+
+    from aiokafka.errors import KafkaConnectionError
+
+    from posttrain.events.kafka import EventProducer
+
+    nowhere = dataclasses.replace(kafka_settings, bootstrap_servers="127.0.0.1:1")
+    clients = [
+        EventProducer(nowhere, request_timeout_ms=2000),
+        EventConsumer(nowhere, [Topic.METRICS], group_id=None, name="t", request_timeout_ms=2000),
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for client in clients:
+            with pytest.raises(KafkaConnectionError):
+                async with client:
+                    raise AssertionError("started against no broker")
+        del client
+        clients.clear()
+        gc.collect()
+    assert [str(w.message) for w in caught if "Unclosed" in str(w.message)] == []

@@ -164,33 +164,33 @@ def up(components: Sequence[str] | None = None, *, secure_kafka: bool = False) -
     ``secure_kafka``: the broker is the secured one (``posttrain.stack.secure``)."""
     wanted = _selected(components)
     paths = stack_paths()
+    # Each component: how it is started, then what makes it ready for clients.
+    steps: list[tuple[str, Callable[[], tuple[str, ComponentStatus]], Callable[[], str]]] = [
+        (kafka.NAME, lambda: kafka.start(paths, kafka_address()), _topics_step),
+        (
+            postgres.NAME,
+            lambda: postgres.start(paths, database_target()),
+            lambda: _database_step(paths),
+        ),
+    ]
     ok = True
     if secure_kafka and kafka.NAME in wanted:
         wanted.remove(kafka.NAME)
         ok = _secure_kafka_up()
     with process.file_lock(paths.lock):
-        if kafka.NAME in wanted:
-            address = kafka_address()
-            started = _attempt(lambda: kafka.start(paths, address))
+        for name, start, prepare in steps:
+            if name not in wanted:
+                continue
+            started = _attempt(start)
             if started is None:
                 ok = False
-            else:
-                print(_started_line(*started))
-                line = _attempt(_topics_step)
-                ok = ok and line is not None
-                if line is not None:
-                    print(line)
-        if postgres.NAME in wanted:
-            target = database_target()
-            pg_started = _attempt(lambda: postgres.start(paths, target))
-            if pg_started is None:
+                continue
+            print(_started_line(*started))
+            line = _attempt(prepare)
+            if line is None:
                 ok = False
             else:
-                print(_started_line(*pg_started))
-                line = _attempt(lambda: _database_step(paths))
-                ok = ok and line is not None
-                if line is not None:
-                    print(line)
+                print(line)
     return 0 if ok else 1
 
 

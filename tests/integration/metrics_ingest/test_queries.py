@@ -14,6 +14,7 @@ from posttrain.metrics_ingest import (
     UnknownField,
     get_downsampled_metrics,
     get_latest_metrics,
+    get_metric_series,
     get_metrics_range,
 )
 from posttrain.metrics_ingest.core.downsample import lttb
@@ -106,6 +107,29 @@ async def test_latest_metrics_are_the_most_recent_points(job, db, dataset):
         assert got.point.custom == want.custom
         assert got.point.timestamp == pytest.approx(want.timestamp, abs=1e-6)
     assert await get_latest_metrics("no-such-job", db=db) == []
+
+
+async def test_a_chart_series_of_one_bucket_per_step_averages_the_finite_values(job, db, dataset):
+    # 100 steps in at most 500 buckets: one bucket a step, both sources' values in it.
+    series = await get_metric_series(
+        job, ["loss", "grad_norm"], points=500, step_from=100, step_to=199, db=db
+    )
+    steps = list(range(100, 200))
+    assert series["step"] == steps
+    for name in ("loss", "grad_norm"):
+        by_step = {s: [getattr(p, name) for _, _, p in dataset if p.step == s] for s in steps}
+        finite = {
+            s: [v for v in vs if v is not None and math.isfinite(v)] for s, vs in by_step.items()
+        }
+        want = [sum(finite[s]) / len(finite[s]) if finite[s] else None for s in steps]
+        got = series["values"][name]
+        assert [g is None for g in got] == [w is None for w in want], name
+        assert [g for g in got if g is not None] == pytest.approx(
+            [w for w in want if w is not None]
+        )
+        bad = [s for s in steps if any(v is not None and not math.isfinite(v) for v in by_step[s])]
+        assert series["non_finite"][name] == bad
+    assert (await get_metric_series("no-such-job", ["loss"], db=db))["step"] == []
 
 
 async def test_a_step_range_returns_the_chosen_fields_in_order(job, db, dataset):

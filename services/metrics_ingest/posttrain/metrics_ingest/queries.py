@@ -206,8 +206,24 @@ def _in_run(sources: list[int] | None, params: Params) -> str:
     return "" if sources is None else f" AND m.source_no = ANY({params.add(sources)}::int[])"
 
 
-async def _run_filter(db: Db, job_no: int, run: Run, params: Params) -> str:
-    return _in_run(await _run_sources(db, job_no, run), params)
+@dataclass(frozen=True, slots=True)
+class _JobRun:
+    """A job's number and the chosen run of it, as a query over ``metrics m`` needs them."""
+
+    job_no: int
+    sources: list[int] | None  # the run's source numbers (None: every run)
+    in_run: str  # the SQL condition on ``m`` that keeps the run's points
+
+
+async def _job_run(db: Db, job_uuid: str, run: Run, params: Params) -> _JobRun | None:
+    """The job (None when it has no stored points) and its run; the job's number becomes
+    ``$1`` of ``params``, whose first value holds its place."""
+    job_no = await _job_no(db, job_uuid)
+    if job_no is None:
+        return None
+    params.values[0] = job_no
+    sources = await _run_sources(db, job_no, run)
+    return _JobRun(job_no, sources, _in_run(sources, params))
 
 
 async def get_metric_runs(job_uuid: str, *, db: Db | None = None) -> list[MetricRun]:
@@ -289,17 +305,16 @@ async def _stored_points(
 ) -> list[StoredMetric]:
     """The whole stored points of a job's run that meet ``condition``, as ``tail`` orders (and
     limits) them; ``arg`` is ``$2`` in both."""
-    job_no = await _job_no(db, job_uuid)
-    if job_no is None:
+    params = Params(None, arg)
+    job = await _job_run(db, job_uuid, run, params)
+    if job is None:
         return []
-    params = Params(job_no, arg)
-    in_run = await _run_filter(db, job_no, run, params)
     columns = ", ".join(f"m.{f}" for f in CORE_FIELDS)
     rows = await db.fetch(
         f"""
         SELECT s.source, m.seq, m.step, m.epoch, m.ts, {columns}, m.custom
         FROM metrics m JOIN metric_sources s ON s.source_no = m.source_no
-        WHERE m.job_no = $1{condition}{in_run}
+        WHERE m.job_no = $1{condition}{job.in_run}
         {tail}
         """,
         *params.values,
@@ -348,11 +363,10 @@ async def get_metrics_range(
     exprs = [value_sql(name, params) for name in chosen]
     series = MetricSeries(job_uuid, chosen, values={name: [] for name in chosen})
     db = db or await default_pool()
-    job_no = await _job_no(db, job_uuid)
-    if job_no is None:
+    job = await _job_run(db, job_uuid, run, params)
+    if job is None:
         return series
-    params.values[0] = job_no
-    where = ["m.job_no = $1" + await _run_filter(db, job_no, run, params)]
+    where = ["m.job_no = $1" + job.in_run]
     if step_from is not None:
         where.append(f"m.step >= {params.add(step_from)}")
     if step_to is not None:
@@ -407,12 +421,10 @@ async def get_downsampled_metrics(
     value = numeric_sql(field, params)
     result = DownsampledSeries(job_uuid, field, method, axis, 0)
     db = db or await default_pool()
-    job_no = await _job_no(db, job_uuid)
-    if job_no is None:
+    job = await _job_run(db, job_uuid, run, params)
+    if job is None:
         return result
-    params.values[0] = job_no
-    sources = await _run_sources(db, job_no, run)
-    in_run = _in_run(sources, params)
+    job_no, sources, in_run = job.job_no, job.sources, job.in_run
     if start is None or end is None:
         lo, hi = await _x_range(db, job_no, axis, sources)
         if lo is None or hi is None:
@@ -558,12 +570,10 @@ async def get_metric_series(
         "non_finite": {name: [] for name in chosen},
     }
     db = db or await default_pool()
-    job_no = await _job_no(db, job_uuid)
-    if job_no is None:
+    job = await _job_run(db, job_uuid, run, params)
+    if job is None:
         return result
-    params.values[0] = job_no
-    sources = await _run_sources(db, job_no, run)
-    in_run = _in_run(sources, params)
+    job_no, sources, in_run = job.job_no, job.sources, job.in_run
     lo, hi = step_from, step_to
     if lo is None or hi is None:
         first, last = await _x_range(db, job_no, "step", sources)

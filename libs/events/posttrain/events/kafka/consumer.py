@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from types import TracebackType
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -11,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from posttrain.events.codec import DecodeError, decode
 from posttrain.events.envelope import Envelope
 from posttrain.events.kafka.dlq import DeadLetters
+from posttrain.events.kafka.lifecycle import ClientLifecycle
 from posttrain.events.kafka.producer import EventProducer
 from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.events.topics import Topic
@@ -26,7 +26,7 @@ class Received(NamedTuple):
     timestamp_ms: int
 
 
-class EventConsumer:
+class EventConsumer(ClientLifecycle):
     """Reads envelopes from topics; offsets are committed only when the caller says so.
 
     Reads committed data only by default (``read_committed``), so aborted transactions are never
@@ -71,24 +71,9 @@ class EventConsumer:
         return self._dlq.count if self._dlq else 0
 
     async def start(self, *, subscribe: bool = True) -> None:
-        await self._client.start()
+        await super().start()
         if subscribe:
             self._client.subscribe(self._topics)
-
-    async def stop(self) -> None:
-        await self._client.stop()
-
-    async def __aenter__(self) -> EventConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def getmany(
         self, timeout_ms: int = 1000, max_records: int | None = None

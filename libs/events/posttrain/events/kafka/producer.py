@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -12,6 +11,7 @@ from aiokafka.partitioner import murmur2
 
 from posttrain.events.codec import encode
 from posttrain.events.envelope import Envelope
+from posttrain.events.kafka.lifecycle import ClientLifecycle
 from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.events.topics import Topic
 
@@ -26,7 +26,7 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-class EventProducer:
+class EventProducer(ClientLifecycle):
     """An idempotent producer (acks=all, no duplicates on retry) of envelopes.
 
     ``send`` waits for one message's acknowledgement. ``send_many`` encodes a batch, groups it
@@ -65,30 +65,6 @@ class EventProducer:
     def client(self) -> AIOKafkaProducer:
         """The underlying aiokafka producer (for transactions)."""
         return self._client
-
-    async def start(self) -> None:
-        try:
-            await self._client.start()
-        except BaseException:
-            # A broker that cannot be reached: close what start opened, or the client is left
-            # half-open ("Unclosed AIOKafkaProducer" when it is collected).
-            await self._client.stop()
-            raise
-
-    async def stop(self) -> None:
-        await self._client.stop()
-
-    async def __aenter__(self) -> EventProducer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def send(self, topic: Topic | str, envelope: Envelope[Any]) -> tuple[int, int]:
         """Send one envelope and wait until the broker has it; returns (partition, offset)."""
