@@ -25,7 +25,7 @@ from posttrain.events.topics import Topic
 from posttrain.orchestrator.client import aget_pipeline_status
 from posttrain.sdk import aget_latest_metrics
 from posttrain.testing import services
-from tests.integration.secure.broker import SecureBroker, free_port_pair
+from tests.integration.secure.broker import POSTTRAIN, SecureBroker, free_port_pair
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -103,7 +103,7 @@ async def platform(
 
 
 async def test_a_pipeline_runs_with_a_principal_per_service(
-    platform: dict[str, services.ServiceProcess], database_url: str
+    broker: SecureBroker, platform: dict[str, services.ServiceProcess], database_url: str
 ) -> None:
     pipeline = f"secure-{uuid.uuid4().hex[:8]}"
     stages = [
@@ -148,6 +148,22 @@ async def test_a_pipeline_runs_with_a_principal_per_service(
 
     points = await wait_for(stored, timeout=30, interval=0.2, what="the 5 points stored")
     assert sorted(p.step for p in points) == [1, 2, 3, 4, 5]
+    # The command line as the gateway's principal: `status` also asks the broker whether an
+    # orchestrator holds the partitions and how far the log goes (describe rights only).
+    env = services.kafka_env(broker.settings(Principal.GATEWAY), database_url)
+    process = await asyncio.create_subprocess_exec(
+        POSTTRAIN,
+        "status",
+        pipeline,
+        env={**env, "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().splitlines()[0] == f"pipeline {pipeline} ({pipeline}): succeeded"
+    assert "stale" not in out.decode() and "not authorized" not in err.decode()
+
     # Every service is still serving: none was refused anything it does on the way.
     _all_healthy(platform)
 
