@@ -8,6 +8,7 @@ started and keeps the data. Each returns a process exit code.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -223,11 +224,11 @@ def statuses(
     paths: StackPaths | None = None, *, secure_kafka: bool = False
 ) -> list[ComponentStatus]:
     paths = paths or stack_paths()
-    broker = (
-        kafka.status(secure.secure_layout().paths, secure.secure_address())
-        if secure_kafka
-        else kafka.status(paths, kafka_address())
-    )
+    if secure_kafka:
+        found = kafka.status(secure.secure_layout().paths, secure.secure_address())
+        broker = dataclasses.replace(found, name=secure.NAME)
+    else:
+        broker = kafka.status(paths, kafka_address())
     return [broker, postgres.status(paths, database_target())]
 
 

@@ -109,8 +109,8 @@ class BrokerSecurity:
 
 
 def _jaas(module: str, **options: str) -> str:
-    fields = " ".join(f'{key}="{value}"' for key, value in options.items())
-    return f"{module} required {fields};".replace(" ;", ";")
+    fields = [f'{key}="{value}"' for key, value in options.items()]
+    return " ".join([module, "required", *fields]) + ";"
 
 
 def _security_lines(security: BrokerSecurity) -> list[str]:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from posttrain.events.access import Principal, acl_entries
 from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.stack.component import StackError
 from posttrain.stack.config import BrokerSecurity, KafkaAddress, parse_bootstrap
@@ -166,8 +167,6 @@ def _certificates(layout: SecureLayout, host: str) -> None:
 
 def prepare(layout: SecureLayout, address: KafkaAddress) -> BrokerSecurity:
     """Certificates and the broker's own passwords, made once; the broker's configuration."""
-    from posttrain.events.access import Principal
-
     try:
         _certificates(layout, address.host)
     except ImportError as exc:
@@ -191,9 +190,6 @@ def principal_settings(
 ) -> KafkaSettings:
     """How ``user`` connects: SCRAM for the services, PLAIN for the admin (see
     ``BrokerSecurity``), TLS verified against the local CA."""
-    from posttrain.events.access import Principal
-
-    password(layout, user)  # made if missing
     return KafkaSettings(
         bootstrap_servers=str(address),
         namespace=namespace,
@@ -210,8 +206,6 @@ def principal_settings(
 def write_env_files(layout: SecureLayout, address: KafkaAddress, namespace: str) -> list[Path]:
     """``secrets/<principal>.env`` per principal: ``set -a; . FILE; set +a`` before starting
     the service. They name the password file; the password itself stays in it."""
-    from posttrain.events.access import Principal
-
     written = []
     for principal in Principal:
         settings = principal_settings(layout, address, principal.value, namespace)
@@ -238,8 +232,6 @@ def apply_users_and_acls(layout: SecureLayout, address: KafkaAddress, namespace:
         UserScramCredentialAlteration,
         UserScramCredentialUpsertion,
     )
-
-    from posttrain.events.access import Principal, acl_entries
 
     admin_settings = principal_settings(layout, address, Principal.ADMIN.value, namespace)
     admin = AdminClient({**admin_settings.librdkafka_config(), "socket.timeout.ms": 10000})

@@ -4,6 +4,7 @@ directory of its own on free ports, never the shared plaintext stack."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -17,17 +18,27 @@ POSTTRAIN = str(Path(sys.executable).parent / "posttrain")
 UP_TIMEOUT_S = 240.0
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port_pair() -> int:
-    """A loopback port whose next port is free too (the controller listens on port + 1)."""
+    """A loopback port whose next port is free too (the controller listens on port + 1), both
+    below the ephemeral range: there, any client's outgoing connection may take the second one
+    before the broker binds it."""
+    low, _ = _ephemeral_range()
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        port = random.randrange(10000, low - 2)
+        try:
+            for candidate in (port, port + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
         return port
 
 
@@ -55,7 +66,18 @@ class SecureBroker:
             timeout=UP_TIMEOUT_S,
         )
 
-    def up(self) -> str:
+    def up(self, attempts: int = 3) -> str:
+        """Start it; on free ports taken by someone else in the meantime (the machine is
+        shared), again on others."""
+        for _ in range(attempts - 1):
+            done = self._stack("up")
+            if done.returncode == 0:
+                return done.stdout
+            log = secure.secure_layout(self.env).paths.kafka_log
+            if "Address already in use" not in log.read_text(errors="replace"):
+                break
+            self.down()
+            self.port = free_port_pair()
         done = self._stack("up")
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
