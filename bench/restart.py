@@ -178,10 +178,10 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _given_at(log: Path, after: float) -> float | None:
-    """When the group gave the process its partitions (the last such log line after
-    ``after``), as epoch seconds."""
-    found = None
+def _given_at(log: Path, after: float) -> tuple[float | None, int]:
+    """When the group first gave the process its partitions (a log line after ``after``, epoch
+    seconds), and how many times it did (more than once: a rebalance during the restart)."""
+    times = []
     for line in log.read_text().splitlines():
         if "orchestrator given partitions" not in line:
             continue
@@ -189,9 +189,9 @@ def _given_at(log: Path, after: float) -> float | None:
             at = datetime.fromisoformat(json.loads(line)["time"].replace("Z", "+00:00"))
         except (ValueError, KeyError):
             continue
-        if at.timestamp() >= after - 1 and at.timestamp() >= (found or 0):
-            found = at.timestamp()
-    return found
+        if at.timestamp() >= after - 0.01:
+            times.append(at.timestamp())
+    return (min(times) if times else None), len(times)
 
 
 def _orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> ServiceProcess:
@@ -226,10 +226,11 @@ async def restart(settings: KafkaSettings, log: Path, tag: str, *extra: str) -> 
             process.stop()
     finally:
         await consumer.stop()
-    given = _given_at(log, started)
+    given, assignments = _given_at(log, started)
     return {
         "from_start_s": decided - started,
         "from_assigned_s": decided - given if given is not None else float("nan"),
+        "assignments": assignments,
         "rss_mb": rss,
     }
 
@@ -301,7 +302,8 @@ def _say(pipelines: int, label: str, r: dict[str, Any]) -> None:
     print(
         f"  {pipelines:,} ended pipelines, {label}: first decision {r['from_start_s']:.2f} s "
         f"after the process started, {r['from_assigned_s']:.2f} s after its partitions were "
-        f"assigned; RSS {r['rss_mb']:.0f} MB ({load()})",
+        f"assigned (given partitions {r['assignments']} time(s) until stopped); "
+        f"RSS {r['rss_mb']:.0f} MB ({load()})",
         flush=True,
     )
 

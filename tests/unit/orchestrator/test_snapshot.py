@@ -228,3 +228,21 @@ def test_an_older_snapshot_is_upcast_through_the_chain(monkeypatch):
     upcast = decode_partition(old)
     assert upcast.events_offset == expected.events_offset
     assert upcast.states == expected.states
+
+
+def test_the_snapshots_topic_is_compacted_and_partitioned_as_the_events_topic():
+    from posttrain.events.topics import TOPICS, Topic
+
+    snapshots, events = TOPICS[Topic.ORCHESTRATOR_SNAPSHOTS], TOPICS[Topic.PIPELINE_EVENTS]
+    assert snapshots.partitions == events.partitions  # partition p holds p's snapshots
+    assert snapshots.configs()["cleanup.policy"] == "compact"
+    assert int(snapshots.configs()["max.message.bytes"]) >= 16 * 1024 * 1024
+    assert TOPICS[Topic.STAGE_CACHE].cleanup_policy == "compact"
+
+
+def test_only_ended_pipelines_with_nothing_in_flight_leave_memory():
+    world = World()
+    world.submit([{"name": "a", "task": "command", "params": {"argv": ["x"]}}])
+    assert not archivable(world.state)  # running
+    world.succeed("a")
+    assert world.state.status == "succeeded" and archivable(world.state)

@@ -36,29 +36,21 @@ from posttrain.orchestrator.core.decide import (
     decide,
     tick_due,
 )
-from posttrain.orchestrator.core.snapshot import (
-    PartitionSnapshot,
-    SnapshotUnusable,
-    archivable,
-    cache_of,
-    encode_archived,
-    encode_partition,
-)
+from posttrain.orchestrator.core.snapshot import SnapshotUnusable
 from posttrain.orchestrator.core.state import ACTIVE, Attempt, PipelineState, StageStatus
 from posttrain.orchestrator.shell.agents import AgentTable
 from posttrain.orchestrator.shell.replay import (
     DEFAULT_PARALLEL_FROM,
     ReplayHelpers,
-    log_bounds,
     replay_partitions,
 )
 from posttrain.orchestrator.shell.snapshots import (
     PartitionBook,
     SnapshotPolicy,
-    from_snapshot,
+    replay_from_snapshots,
     restore,
-    snapshot_partitions,
     snapshots_topic,
+    write_snapshot,
 )
 from posttrain.orchestrator.shell.stage_cache import StageCacheTable
 from posttrain.orchestrator.shell.stats import OrchestratorStats
@@ -288,59 +280,16 @@ class Orchestrator:
             for p in partitions:
                 self._books[p] = PartitionBook()
             return await replay_partitions(self.settings, partitions, self._helpers)
-        events = [TopicPartition(self.settings.topic(Topic.PIPELINE_EVENTS), p) for p in partitions]
-        snaps = snapshot_partitions(self.settings, partitions)
-        starts, ends = await log_bounds(self.settings, events + snaps)
-        states: dict[int, dict[str, PipelineState]] = {}
-        count = 0
-        from_log: list[int] = []
-        # Each partition's snapshot and tail are read at the same time: each read waits on
-        # the broker more than it works.
         distrusted, self._distrusted = self._distrusted, set()
-        loaded = await asyncio.gather(
-            *(
-                from_snapshot(self.settings, p, (starts[e], ends[e]), (starts[s], ends[s]))
-                if p not in distrusted
-                else _none()
-                for p, e, s in zip(partitions, events, snaps, strict=True)
-            ),
-            return_exceptions=True,
+        replayed = await replay_from_snapshots(
+            self.settings, partitions, distrusted=distrusted, helpers=self._helpers
         )
-        for p, etp, outcome in zip(partitions, events, loaded, strict=True):
-            self._books[p] = PartitionBook(events_end=ends[etp])
-            if isinstance(outcome, SnapshotUnusable):
-                log.warning(
-                    "the snapshot of partition %s is unusable (%s): folding its log instead",
-                    p,
-                    outcome,
-                    extra={"partition": p, "reason": str(outcome)},
-                )
-                self.stats.snapshots_unusable += 1
-                from_log.append(p)
-                continue
-            if isinstance(outcome, BaseException):
-                raise outcome
-            if outcome is None:
-                from_log.append(p)
-                continue
-            snapshot, states[p], n = outcome
-            count += n
-            self.stats.snapshots_loaded += 1
-            log.info(
-                "partition %s starts from its snapshot at offset %s (%d events after it)",
-                p,
-                snapshot.events_offset,
-                n,
-                extra={"partition": p, "offset": snapshot.events_offset, "events": n},
-            )
-            self._books[p].archived = snapshot.archived
-            self._books[p].cache = dict(snapshot.cache)
-            self._cache.update(snapshot.cache)
-        if from_log:
-            folded, n = await replay_partitions(self.settings, from_log, self._helpers)
-            states.update(folded)
-            count += n
-        return states, count
+        self._books.update(replayed.books)
+        for book in replayed.books.values():
+            self._cache.update(book.cache)
+        self.stats.snapshots_loaded += replayed.loaded
+        self.stats.snapshots_unusable += replayed.unusable
+        return replayed.states, replayed.events
 
     async def _restore(
         self, p: int, pid: str, states: dict[str, PipelineState], book: PartitionBook
@@ -534,11 +483,7 @@ class Orchestrator:
         book = self._books.get(p)
         if self.snapshots is None or book is None:
             return
-        now = time.monotonic()
-        ended = now - book.last_at >= self.snapshots.every_s and any(
-            archivable(s) for s in self.states.get(p, {}).values()
-        )
-        if not (ended or book.due(self.snapshots, now)):
+        if not book.idle_due(self.snapshots, time.monotonic(), self.states.get(p, {}).values()):
             return
         try:
             async with producer.client.transaction():
@@ -549,40 +494,16 @@ class Orchestrator:
             await self._recover(p)
 
     async def _write_snapshot(self, p: int, producer: EventProducer, events_offset: int) -> None:
-        assert self.snapshots is not None
-        book = self._books[p]
-        client = producer.client
-        topic = snapshots_topic(self.settings)
-        states = self.states.setdefault(p, {})
-        ended = [s for s in states.values() if archivable(s)]
-        sends = [
-            await client.send(
-                topic,
-                key=f"pipeline/{s.pipeline_id}".encode(),
-                value=encode_archived(s),
-                partition=p,
-            )
-            for s in ended
-        ]
-        for state, sent in zip(ended, sends, strict=True):
-            book.archived[state.pipeline_id] = (await sent).offset
-            del states[state.pipeline_id]
-        book.cache.update(cache_of(ended))
-        snapshot = PartitionSnapshot(
-            partition=p,
-            events_offset=events_offset,
-            states=states,
-            archived=book.archived,
-            cache=book.cache,
+        archived = await write_snapshot(
+            self.settings,
+            producer.client,
+            p,
+            self.states.setdefault(p, {}),
+            self._books[p],
+            events_offset,
         )
-        await client.send(
-            topic, key=f"p{p}".encode(), value=encode_partition(snapshot), partition=p
-        )
-        book.events_end = events_offset
-        book.events_since = 0
-        book.last_at = time.monotonic()
         self.stats.snapshots_written += 1
-        self.stats.pipelines_archived += len(ended)
+        self.stats.pipelines_archived += archived
 
     async def _recover(self, p: int) -> None:
         """After an aborted transaction: the in-memory state ran ahead of the log; rebuild it
@@ -601,10 +522,6 @@ class Orchestrator:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, committed)
-
-
-async def _none() -> None:
-    return None
 
 
 def _reported_ended(run: Attempt) -> bool:

@@ -11,12 +11,13 @@ record per archived pipeline).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from posttrain.events import DecodeError
 from posttrain.events.kafka import KafkaSettings
@@ -28,12 +29,17 @@ from posttrain.orchestrator.core.snapshot import (
     PARTITION,
     PartitionSnapshot,
     SnapshotUnusable,
+    archivable,
+    cache_of,
     decode_archived,
     decode_partition,
+    encode_archived,
+    encode_partition,
     kind,
     pipelines_to_restore,
 )
 from posttrain.orchestrator.core.state import PipelineState, fold
+from posttrain.orchestrator.shell.replay import ReplayHelpers, log_bounds, replay_partitions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,54 @@ class PartitionBook:
         return self.events_since >= policy.every_events or (
             self.events_since > 0 and now - self.last_at >= policy.every_s
         )
+
+    def idle_due(self, policy: SnapshotPolicy, now: float, states: Iterable[PipelineState]) -> bool:
+        """Between decisions: due by time, or ended pipelines wait to leave memory (a quiet
+        partition, or a replay of a log without snapshots)."""
+        return self.due(policy, now) or (
+            now - self.last_at >= policy.every_s and any(archivable(s) for s in states)
+        )
+
+
+async def write_snapshot(
+    settings: KafkaSettings,
+    client: AIOKafkaProducer,
+    partition: int,
+    states: dict[str, PipelineState],
+    book: PartitionBook,
+    events_offset: int,
+) -> int:
+    """In the producer's open transaction: archive the partition's ended pipelines (each a
+    record; out of ``states`` now), then write its snapshot standing for ``events_offset``, the
+    last record of the transaction on that partition. Returns the pipelines archived."""
+    topic = snapshots_topic(settings)
+    ended = [s for s in states.values() if archivable(s)]
+    sends = [
+        await client.send(
+            topic,
+            key=f"pipeline/{s.pipeline_id}".encode(),
+            value=encode_archived(s),
+            partition=partition,
+        )
+        for s in ended
+    ]
+    for state, sent in zip(ended, sends, strict=True):
+        book.archived[state.pipeline_id] = (await sent).offset
+        del states[state.pipeline_id]
+    book.cache.update(cache_of(ended))
+    snapshot = PartitionSnapshot(
+        partition=partition,
+        events_offset=events_offset,
+        states=states,
+        archived=book.archived,
+        cache=book.cache,
+    )
+    value = encode_partition(snapshot)  # now: the states change once the transaction is over
+    await client.send(topic, key=f"p{partition}".encode(), value=value, partition=partition)
+    book.events_end = events_offset
+    book.events_since = 0
+    book.last_at = time.monotonic()
+    return len(ended)
 
 
 def snapshots_topic(settings: KafkaSettings) -> str:
@@ -119,6 +173,78 @@ async def from_snapshot(
         )
     states, count = await fold_after(settings, partition, snapshot, end)
     return snapshot, states, count
+
+
+@dataclass(slots=True)
+class Replayed:
+    """What a replay of partitions rebuilt."""
+
+    states: dict[int, dict[str, PipelineState]]
+    events: int  # events folded
+    books: dict[int, PartitionBook]
+    loaded: int = 0  # partitions that started from their snapshot
+    unusable: int = 0  # partitions whose snapshot could not stand for the log
+
+
+async def replay_from_snapshots(
+    settings: KafkaSettings,
+    partitions: Sequence[int],
+    *,
+    distrusted: Set[int] = frozenset(),
+    helpers: ReplayHelpers | None = None,
+) -> Replayed:
+    """The partitions' states: from their latest snapshots and the events after them, or from
+    their whole log (with ``helpers``) where a snapshot is missing, unusable (a warning), or
+    ``distrusted``."""
+    events = [TopicPartition(settings.topic(Topic.PIPELINE_EVENTS), p) for p in partitions]
+    snaps = snapshot_partitions(settings, partitions)
+    starts, ends = await log_bounds(settings, events + snaps)
+    # Each partition's snapshot and tail are read at the same time: each read waits on the
+    # broker more than it works.
+    loaded = await asyncio.gather(
+        *(
+            from_snapshot(settings, p, (starts[e], ends[e]), (starts[s], ends[s]))
+            for p, e, s in zip(partitions, events, snaps, strict=True)
+            if p not in distrusted
+        ),
+        return_exceptions=True,
+    )
+    outcomes = dict(zip([p for p in partitions if p not in distrusted], loaded, strict=True))
+    out = Replayed(states={}, events=0, books={})
+    from_log: list[int] = []
+    for p, etp in zip(partitions, events, strict=True):
+        book = out.books[p] = PartitionBook(events_end=ends[etp])
+        outcome = outcomes.get(p)
+        if isinstance(outcome, SnapshotUnusable):
+            log.warning(
+                "the snapshot of partition %s is unusable (%s): folding its log instead",
+                p,
+                outcome,
+                extra={"partition": p, "reason": str(outcome)},
+            )
+            out.unusable += 1
+            from_log.append(p)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        elif outcome is None:
+            from_log.append(p)
+        else:
+            snapshot, out.states[p], n = outcome
+            out.events += n
+            out.loaded += 1
+            book.archived, book.cache = snapshot.archived, dict(snapshot.cache)
+            log.info(
+                "partition %s starts from its snapshot at offset %s (%d events after it)",
+                p,
+                snapshot.events_offset,
+                n,
+                extra={"partition": p, "offset": snapshot.events_offset, "events": n},
+            )
+    if from_log:
+        folded, n = await replay_partitions(settings, from_log, helpers)
+        out.states.update(folded)
+        out.events += n
+    return out
 
 
 async def read_archived(
