@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posttrain.events import Envelope, decode, encode
+from posttrain.events.aliases import ALIASES, canonical_fields
 from posttrain.events.messages import CORE_FIELDS, MetricPoint, MetricsReported
 from posttrain.events.views import ViewDecoder, as_model
-from posttrain.events.writers import metrics_reported, point_document
+from posttrain.events.writers import metrics_reported, point_document, step_document
 
 floats = st.floats(allow_nan=True, allow_infinity=True)
 json_leaf = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | floats | st.text()
@@ -108,3 +110,67 @@ def test_an_integer_beyond_64_bits_is_left_to_the_model() -> None:
     document = point_document(1, None, 1.0, {}, {"big": 2**70})
     assert document is not None
     assert metrics_reported("j", "s", 0, [document]) is None
+
+
+# Names a training loop logs: every alias (so losing aliases and coordinates are met), a few of
+# its own, and the nested ``custom`` the general way reads.
+logged_names = st.sampled_from(
+    [
+        *sorted({name for names in ALIASES.values() for name in names}),
+        *("timestamp", "my_metric", "tokens", "custom"),
+    ]
+)
+logged_values = floats | st.integers(-5, 5) | st.booleans() | st.none() | st.text(max_size=2)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(0, 2**40) | st.floats(0, 10),
+    st.none() | floats | st.integers(0, 9),
+    floats,
+    st.dictionaries(logged_names, logged_values, max_size=8)
+    | st.dictionaries(logged_names, st.floats(-1e6, 1e6), max_size=8),
+)
+def test_a_step_is_written_as_its_names_are_mapped_or_left_to_the_general_way(
+    step: Any, epoch: Any, timestamp: float, fields: dict[str, Any]
+) -> None:
+    """``step_document`` writes what ``canonical_fields`` then ``point_document`` write, and
+    takes every step of an int, float times and finite floats under names of their own."""
+    fast = step_document(step, epoch, timestamp, fields)
+    canonical, custom = canonical_fields(fields)
+    general = point_document(step, epoch, timestamp, canonical, custom)
+    plain = (
+        type(step) is int
+        and (epoch is None or (type(epoch) is float and math.isfinite(epoch)))
+        and math.isfinite(timestamp)
+        and "custom" not in fields
+        and all(type(v) is float and math.isfinite(v) for v in fields.values())
+    )
+    if plain:
+        assert fast is not None
+    if fast is not None:
+        assert general is not None
+        assert orjson.loads(orjson.dumps(fast)) == orjson.loads(orjson.dumps(general))
+
+
+def test_a_step_of_the_usual_kind_is_mapped_by_the_fast_writer() -> None:
+    fields = {"loss": 0.5, "lr": 1e-5, "reward": 0.9, "kl": 0.01, "tokens": 100.0}
+    document = step_document(3, 0.25, 1000.0, fields)
+    assert document == {
+        "step": 3,
+        "epoch": 0.25,
+        "timestamp": 1000.0,
+        "loss": 0.5,
+        "learning_rate": 1e-5,
+        "reward_mean": 0.9,
+        "kl_divergence": 0.01,
+        "custom": {"tokens": 100.0},
+    }
+    assert step_document(3, None, 1000.0, {"loss": math.nan}) is None  # the general way
+    assert step_document(3, None, 1000.0, {"loss": 1}) is None  # an int: the general way
+    assert step_document(3, None, 1000.0, {}) == {
+        "step": 3,
+        "epoch": None,
+        "timestamp": 1000.0,
+        "custom": {},
+    }

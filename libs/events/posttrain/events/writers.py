@@ -16,11 +16,13 @@ judges the value (and refuses it, or reads it as pydantic does).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
+from posttrain.events.aliases import name_plan
 from posttrain.events.codec import KafkaHeaders, encode_written
 from posttrain.events.messages import CORE_FIELDS, MetricsReported
 from posttrain.events.nonfinite import as_text, non_finite_text
@@ -69,6 +71,88 @@ def point_document(
             if value - value != 0.0:
                 document[name] = non_finite_text(value)
     document["custom"] = custom if _plain_finite(custom.values()) else as_text(dict(custom))
+    return document
+
+
+class _Layout(NamedTuple):
+    """Where the values of a step that logs a given tuple of names go."""
+
+    canonical: tuple[str, ...]  # the fields fed, in the order ``canonical_values`` gives them
+    canonical_values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    custom: tuple[str, ...]  # the names kept under custom, in ``custom_values``'s order
+    custom_values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The values of ``names`` in a mapping, as a tuple, in one C call where there are two or
+    more (``itemgetter`` of one name returns the value itself, of none is no getter)."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    if names:
+        name = names[0]
+        return lambda fields: (fields[name],)
+    return lambda fields: ()
+
+
+# Layouts by the tuple of names logged; None for names the fast path leaves to the general one
+# (a nested ``custom``). Bounded: a loop that logs new names at every step only refills it.
+_LAYOUTS: dict[tuple[str, ...], _Layout | None] = {}
+_MAX_LAYOUTS = 1024
+_UNSEEN = object()
+
+
+def _layout(names: tuple[str, ...]) -> _Layout | None:
+    found = _LAYOUTS.get(names, _UNSEEN)
+    if found is not _UNSEEN:
+        return found  # type: ignore[return-value]
+    layout: _Layout | None = None
+    if "custom" not in names:
+        plan = name_plan(names)
+        canonical = tuple(name for _, name in plan.canonical)
+        layout = _Layout(
+            tuple(field for field, _ in plan.canonical),
+            _picker(canonical),
+            plan.custom,
+            _picker(plan.custom),
+        )
+    if len(_LAYOUTS) >= _MAX_LAYOUTS:
+        _LAYOUTS.clear()
+    _LAYOUTS[names] = layout
+    return layout
+
+
+def step_document(
+    step: Any, epoch: Any, timestamp: Any, fields: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """``point_document`` of a step's logged names, mapped as ``aliases.canonical_fields`` maps
+    them, for the step a training loop logs almost always: an int step, float times (or no
+    epoch) and every value a finite float. None for any other step: the caller goes the
+    general way (``canonical_fields`` then ``point_document``), which judges every value.
+
+    The names are resolved once per tuple of names, and each step's values are picked, checked
+    and placed by a few calls that loop in C: a fifth of the general way's cost."""
+    layout = _layout(tuple(fields))
+    if layout is None or type(step) is not int or type(timestamp) is not float:
+        return None
+    canonical = layout.canonical_values(fields)
+    custom = layout.custom_values(fields)
+    if not (
+        _FLOAT_ONLY.issuperset(map(type, canonical)) and _FLOAT_ONLY.issuperset(map(type, custom))
+    ):
+        return None
+    # A float sum is finite only if every term is (or it overflowed: the general way then).
+    total = sum(custom, sum(canonical, timestamp))
+    if epoch is not None:
+        if type(epoch) is not float:
+            return None
+        total += epoch
+    if total - total != 0.0:
+        return None
+    document = dict(zip(layout.canonical, canonical, strict=True))
+    document["step"] = step
+    document["epoch"] = epoch
+    document["timestamp"] = timestamp
+    document["custom"] = dict(zip(layout.custom, custom, strict=True))
     return document
 
 

@@ -42,7 +42,7 @@ from posttrain.events.kafka.blocking import BlockingProducer, Record
 from posttrain.events.messages import MetricPoint, MetricsReported
 from posttrain.events.messages.metrics import reporter_source
 from posttrain.events.topics import Topic
-from posttrain.events.writers import metrics_reported, point_document
+from posttrain.events.writers import metrics_reported, point_document, step_document
 from posttrain.trainer_agent.core.batching import Routing, contiguous_batches
 from posttrain.trainer_agent.spill import (
     OrphanFiles,
@@ -510,6 +510,9 @@ def _document(payload: MetricPoint | _Raw) -> Any:
     if isinstance(payload, MetricPoint):  # a ready point (the tailer's): as its model writes it
         return orjson.Fragment(payload.model_dump_json())
     step, epoch, timestamp, fields = payload
+    document = step_document(step, epoch, timestamp, fields)
+    if document is not None:  # the usual step: plain, finite floats
+        return document
     canonical, custom = canonical_fields(fields)
     document = point_document(step, epoch, timestamp, canonical, custom)
     if document is None:  # an unusual value: the model judges it (and may refuse it)
