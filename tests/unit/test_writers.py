@@ -13,7 +13,12 @@ from posttrain.events import Envelope, decode, encode
 from posttrain.events.aliases import ALIASES, canonical_fields
 from posttrain.events.messages import CORE_FIELDS, MetricPoint, MetricsReported
 from posttrain.events.views import ViewDecoder, as_model
-from posttrain.events.writers import metrics_reported, point_document, step_document
+from posttrain.events.writers import (
+    metrics_reported,
+    point_document,
+    step_document,
+    step_points,
+)
 
 floats = st.floats(allow_nan=True, allow_infinity=True)
 json_leaf = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | floats | st.text()
@@ -174,3 +179,47 @@ def test_a_step_of_the_usual_kind_is_mapped_by_the_fast_writer() -> None:
         "timestamp": 1000.0,
         "custom": {},
     }
+
+
+steps_logged = st.tuples(
+    st.integers(-(2**63), 2**64) | st.floats(0, 10) | st.booleans(),
+    st.none() | floats | st.integers(0, 9),
+    floats,
+    st.dictionaries(logged_names | st.text(max_size=3), logged_values, max_size=6)
+    | st.dictionaries(logged_names | st.just("100%"), st.floats(-1e300, 1e300), max_size=6),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(steps_logged, min_size=1, max_size=6))
+def test_a_run_of_steps_is_written_as_each_step_is_or_left_to_be_written_one_by_one(
+    steps: list[tuple[Any, Any, float, dict[str, Any]]],
+) -> None:
+    """``step_points`` writes the array of what ``step_document`` writes for each step, and
+    takes every run whose steps ``step_document`` takes (an int step within 64 bits)."""
+    fast = step_points(steps)
+    each = [step_document(*step) for step in steps]
+    if all(d is not None for d in each) and all(-(2**63) <= s[0] < 2**63 for s in steps):
+        assert fast is not None
+    if fast is not None:
+        assert all(d is not None for d in each)
+        assert orjson.loads(orjson.dumps(fast)) == orjson.loads(orjson.dumps(each))
+
+
+def test_a_run_written_whole_is_read_back_as_the_models_write_it() -> None:
+    steps = [
+        (0, None, 1000.0, {"loss": 0.5, "lr": 1e-5, "my metric %d": 3.0}),
+        (1, 0.5, 1001.0, {"loss": 0.25, "lr": 1e-5, "my metric %d": 2.0}),
+        (2, 1.0, 1002.0, {"eval/loss": 0.75}),  # other names: another template
+    ]
+    points = step_points(steps)
+    assert points is not None
+    record = metrics_reported("job-1", "src", 5, points)
+    assert record is not None
+    read = decode(record[1], record[2]).data
+    assert [p.step for p in read.points] == [0, 1, 2]
+    assert read.points[1].loss == 0.25 and read.points[1].epoch == 0.5
+    assert read.points[0].learning_rate == 1e-5 and read.points[0].custom == {"my metric %d": 3.0}
+    assert read.points[2].eval_loss == 0.75 and read.points[2].custom == {}
+    assert step_points([(0, None, 1.0, {"loss": math.nan})]) is None
+    assert step_points([(0, None, 1.0, {"custom": {"a": 1.0}})]) is None
