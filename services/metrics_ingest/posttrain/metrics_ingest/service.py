@@ -64,6 +64,13 @@ class ConsumerOptions:
     max_poll_records: int = 64
     fetch_max_bytes: int = 16 * 1024 * 1024
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
+    # The broker holds a fetch until this much is there or ``fetch_max_wait_ms`` passed. With
+    # aiokafka's default (a byte), a trickle of small messages (many jobs stepping once a
+    # second, a message each) is fetched a few messages at a time, and parsing each fetch's
+    # request and response in Python cost more than the rows themselves. The wait is well
+    # inside a batch's age (``BatchPolicy.max_age_s``); a busy topic fills it at once.
+    fetch_min_bytes: int = 64 * 1024
+    fetch_max_wait_ms: int = 50
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 2_000
     # Static membership: a restarted instance with the same id takes its partitions back at
@@ -115,6 +122,8 @@ class IngestService:
             isolation_level="read_committed",
             fetch_max_bytes=options.fetch_max_bytes,
             max_partition_fetch_bytes=options.max_partition_fetch_bytes,
+            fetch_min_bytes=options.fetch_min_bytes,
+            fetch_max_wait_ms=options.fetch_max_wait_ms,
             session_timeout_ms=options.session_timeout_ms,
             heartbeat_interval_ms=options.heartbeat_interval_ms,
             **options.extra,
