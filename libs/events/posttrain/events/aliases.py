@@ -120,13 +120,15 @@ for _field, _names in ALIASES.items():
         _FEEDS[_name] = (*_FEEDS.get(_name, ()), (_field, _priority))
 
 
-class _Plan(NamedTuple):
+class NamePlan(NamedTuple):
+    """Which logged name feeds which canonical field, and which names are kept under custom."""
+
     canonical: tuple[tuple[str, str], ...]  # (field, name) of each winning alias
     custom: tuple[str, ...]  # names kept under custom
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(names: tuple[str, ...], skip: frozenset[str]) -> _Plan:
+def _plan(names: tuple[str, ...], skip: frozenset[str]) -> NamePlan:
     """Which name feeds which field, for a set of names whose values are all numbers.
 
     A training loop logs the same names at every step: resolved once, reused each step."""
@@ -137,10 +139,16 @@ def _plan(names: tuple[str, ...], skip: frozenset[str]) -> _Plan:
             if current is None or priority < current[0]:
                 best[field] = (priority, name)
     used = {name for _, name in best.values()}
-    return _Plan(
+    return NamePlan(
         tuple((field, name) for field, (_, name) in best.items()),
         tuple(n for n in names if n not in used and n not in skip and n != "custom"),
     )
+
+
+def name_plan(names: tuple[str, ...]) -> NamePlan:
+    """How ``canonical_fields`` maps a step that logs ``names``, every value a number (the
+    coordinates and a nested ``custom`` are in neither part). Cached per tuple of names."""
+    return _plan(names, COORDINATES)
 
 
 def canonical_fields(

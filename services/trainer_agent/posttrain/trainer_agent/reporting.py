@@ -23,6 +23,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import operator
 import os
 import threading
 import time
@@ -42,7 +43,12 @@ from posttrain.events.kafka.blocking import BlockingProducer, Record
 from posttrain.events.messages import MetricPoint, MetricsReported
 from posttrain.events.messages.metrics import reporter_source
 from posttrain.events.topics import Topic
-from posttrain.events.writers import metrics_reported, point_document
+from posttrain.events.writers import (
+    metrics_reported,
+    point_document,
+    step_document,
+    step_points,
+)
 from posttrain.trainer_agent.core.batching import Routing, contiguous_batches
 from posttrain.trainer_agent.spill import (
     OrphanFiles,
@@ -262,14 +268,27 @@ class MetricsReporter:
         """The Kafka records of queued items: one ``MetricsReported`` per run of consecutive
         sequence numbers of a source, at most ``max_points_per_message`` points each.
 
-        Each step's names are mapped onto the canonical fields and written by the events
-        library's fast writer; a value of an unusual kind goes through ``MetricPoint``, which
-        judges it. An item that cannot be a point (a step that is not a number) does not take
-        the others with it: it is counted as dropped and logged, loudly."""
+        A run of the steps a training loop logs (plain finite floats) is written whole by the
+        events library's fast writer (``step_points``). Any other run goes point by point: each
+        step's names are mapped onto the canonical fields and written by ``point_document``; a
+        value of an unusual kind goes through ``MetricPoint``, which judges it. An item that
+        cannot be a point (a step that is not a number) does not take the others with it: it
+        is counted as dropped and logged, loudly."""
         batch = _Batch([], [])
+        for run in _runs(items, self.options.max_points_per_message):
+            payloads = list(map(_PAYLOAD, run))
+            points = step_points(payloads) if _TUPLE_ONLY.issuperset(map(type, payloads)) else None
+            if points is None:
+                self._encode_each(batch, run)
+                continue
+            batch.items.extend(run)
+            self._write_run(batch, run, points)
+        return batch
+
+    def _encode_each(self, batch: _Batch, items: Sequence[_Item]) -> None:
+        """``_encode`` of a run point by point (an item dropped splits it)."""
         run: list[_Item] = []
         documents: list[Any] = []
-        limit = self.options.max_points_per_message
         for item in items:
             try:
                 document = _document(item[2])
@@ -277,16 +296,17 @@ class MetricsReporter:
                 self._drop(item, exc)
                 continue
             batch.items.append(item)
-            if run and (item[0] != run[0][0] or item[1] != run[-1][1] + 1 or len(run) >= limit):
+            if run and item[1] != run[-1][1] + 1:
                 self._write_run(batch, run, documents)
                 run, documents = [], []
             run.append(item)
             documents.append(document)
         if run:
             self._write_run(batch, run, documents)
-        return batch
 
-    def _write_run(self, batch: _Batch, run: list[_Item], documents: list[Any]) -> None:
+    def _write_run(
+        self, batch: _Batch, run: list[_Item], documents: list[Any] | orjson.Fragment
+    ) -> None:
         routing = self.routing
         record = metrics_reported(
             routing.job_id,
@@ -505,11 +525,43 @@ def _records(points: Iterable[SpilledPoint], max_points: int) -> list[Record]:
     ]
 
 
+_SOURCE, _SEQ, _PAYLOAD = (operator.itemgetter(i) for i in range(3))
+_TUPLE_ONLY = frozenset({tuple})
+
+
+def _runs(items: Sequence[_Item], limit: int) -> Iterable[list[_Item]]:
+    """Runs of consecutive sequence numbers of one source, at most ``limit`` items each."""
+    for start in range(0, len(items), limit):
+        chunk = list(items[start : start + limit])
+        # The usual chunk, one callback's steps in order, is told by calls that loop in C.
+        first = chunk[0][1]
+        if len(set(map(_SOURCE, chunk))) == 1 and list(map(_SEQ, chunk)) == list(
+            range(first, first + len(chunk))
+        ):
+            yield chunk
+        else:
+            yield from _split_runs(chunk)
+
+
+def _split_runs(items: Sequence[_Item]) -> Iterable[list[_Item]]:
+    run: list[_Item] = []
+    for item in items:
+        if run and (item[0] != run[0][0] or item[1] != run[-1][1] + 1):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
+
+
 def _document(payload: MetricPoint | _Raw) -> Any:
     """What the fast writer puts in a message for one queued payload."""
     if isinstance(payload, MetricPoint):  # a ready point (the tailer's): as its model writes it
         return orjson.Fragment(payload.model_dump_json())
     step, epoch, timestamp, fields = payload
+    document = step_document(step, epoch, timestamp, fields)
+    if document is not None:  # the usual step: plain, finite floats
+        return document
     canonical, custom = canonical_fields(fields)
     document = point_document(step, epoch, timestamp, canonical, custom)
     if document is None:  # an unusual value: the model judges it (and may refuse it)
