@@ -69,8 +69,21 @@ class Grant:
 # under these grants, so a drift shows there as a refused request.
 GRANTS: dict[Principal, Grant] = {
     Principal.ORCHESTRATOR: Grant(
-        reads=(Topic.PIPELINE_COMMANDS, Topic.STAGE_REPORTS, Topic.PIPELINE_EVENTS, Topic.AGENTS),
-        writes=(Topic.PIPELINE_EVENTS, Topic.AGENT_COMMANDS, Topic.DLQ),
+        reads=(
+            Topic.PIPELINE_COMMANDS,
+            Topic.STAGE_REPORTS,
+            Topic.PIPELINE_EVENTS,
+            Topic.AGENTS,
+            Topic.ORCHESTRATOR_SNAPSHOTS,
+            Topic.STAGE_CACHE,
+        ),
+        writes=(
+            Topic.PIPELINE_EVENTS,
+            Topic.AGENT_COMMANDS,
+            Topic.ORCHESTRATOR_SNAPSHOTS,
+            Topic.STAGE_CACHE,
+            Topic.DLQ,
+        ),
         groups=("orchestrator",),
         transactional_id_prefixes=("orchestrator-",),
     ),
