@@ -108,3 +108,26 @@ def test_stages_spread_over_equally_free_agents_instead_of_piling_on_one():
     )
     w.submit([cmd(f"f{i}") for i in range(20)])
     assert len({r.agent_id for r in w.runs()}) >= 8
+
+
+def test_an_instance_places_on_its_own_share_of_the_agents_only():
+    w = World(
+        agents={
+            "theirs": AgentView("theirs", 0, 0, free_slots=4, home=False),
+            "ours": AgentView("ours", 0, 0, free_slots=2),
+        }
+    )
+    w.submit([cmd(f"f{i}") for i in range(1, 5)])
+    # Theirs may be filled by the instance whose share it is at any moment: not raced for.
+    assert [r.agent_id for r in w.runs()] == ["ours", "ours"]
+
+
+def test_a_stage_only_another_share_can_take_goes_there():
+    w = World(
+        agents={
+            "theirs": AgentView("theirs", 8, 8, labels=frozenset({"a100"}), home=False),
+            "ours": AgentView("ours", 0, 0, free_slots=2),
+        }
+    )
+    w.submit([cmd("train", resources={"gpus": 1, "labels": ["a100"]}), cmd("eval")])
+    assert {r.stage: r.agent_id for r in w.runs()} == {"train": "theirs", "eval": "ours"}

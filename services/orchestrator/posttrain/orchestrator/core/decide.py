@@ -89,6 +89,11 @@ class AgentView:
     # free, each stage prefers its own order of them, so that stages (and instances placing
     # at once) spread over the fleet instead of all choosing the same agent.
     ring: int = 0
+    # Whether the agent is in this instance's share of the fleet. Instances do not see each
+    # other's dispatches until heartbeats show them, so each places only on its own share
+    # where that has an agent that could take the stage, and races for the others only
+    # where it has none (a label only they have).
+    home: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,7 +585,8 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
 
 def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     """The live agent with the labels, the free GPUs and a free slot the stage needs (the most
-    free GPUs first, then the most free slots; among equals, the stage's own order of them), or
+    free GPUs first, then the most free slots; among equals, the stage's own order of them),
+    in this instance's share of the agents where any there could take it, or
     None after recording why the stage waits. One pass over the agents: it runs for every
     dispatch of a large fleet.
 
@@ -593,7 +599,12 @@ def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     best: AgentView | None = None
     best_key: tuple[int, int, int, str] | None = None
     alive = with_gpus = fitting = False
-    for a in ctx.agents.values():
+    share = [
+        a
+        for a in ctx.agents.values()
+        if a.home and a.alive and a.gpus >= need.gpus and (not labels or labels <= a.labels)
+    ]
+    for a in share or ctx.agents.values():
         if not a.alive:
             continue
         alive = True

@@ -180,6 +180,7 @@ class Orchestrator:
             await producer.client.abort_transaction()
             self._producers[p] = producer
         await self._rebuild(new)
+        self._agents.own(frozenset(self._producers))
         self.stats.assigned = True
         log.info(
             "orchestrator owns partitions %s",
