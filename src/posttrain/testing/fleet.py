@@ -536,7 +536,7 @@ def _make_dir(path: Path) -> None:
 
 def _shard_records(workdir: Path, processes: int) -> list[dict[str, Any]]:
     """What every shard recorded (each writes its file as it stops)."""
-    records = []
+    records: list[dict[str, Any]] = []
     for n in range(processes):
         path = workdir / f"shard-{n}.jsonl"
         if path.exists():
