@@ -654,12 +654,13 @@ def _free_slots(b: _Builder, agent: AgentView) -> int:
 
 
 def _still_excluded(stage: StageState, agent: AgentView) -> bool:
-    """Whether the agent rejected (or lost) this attempt and has not heartbeated since."""
+    """Whether the agent rejected this attempt, or was lost with it, and has not sent a
+    heartbeat since."""
     if agent.agent_id not in stage.excluded_agents:
         return False
     run = stage.current
-    rejected_at = run.rejected_at if run is not None else None
-    return rejected_at is None or agent.beat_at <= rejected_at
+    excluded_at = run.excluded_at if run is not None else None
+    return excluded_at is None or agent.beat_at <= excluded_at
 
 
 def _local_cache(state: PipelineState) -> dict[str, CacheEntry]:
