@@ -28,10 +28,10 @@ from posttrain.testing.fleet import FleetReport, FleetScript, run_fleet
 SMALL = FleetScript(
     agents=50,
     processes=2,
-    slots=2,
+    slots=3,
     heartbeat_s=0.5,
-    pipelines=200,
-    submit_over_s=8.0,
+    pipelines=120,
+    submit_over_s=6.0,
     stage_s=(0.05, 0.2),
     outages=2,
     outage_s=4.0,

@@ -405,8 +405,8 @@ async def _submit(
 ) -> dict[str, float]:
     """Submit the script's pipelines at a steady rate; returns when each was sent."""
     sent: dict[str, float] = {}
-    step = 0.1
-    per_step = max(1, round(script.pipelines * step / max(script.submit_over_s, step)))
+    per_step = max(1, round(script.pipelines * 0.1 / max(script.submit_over_s, 0.1)))
+    step = script.submit_over_s * per_step / max(1, script.pipelines)  # seconds between batches
     began = time.time()
     async with EventProducer(settings, linger_ms=2) as producer:
         for first in range(0, script.pipelines, per_step):
@@ -536,7 +536,7 @@ def _make_dir(path: Path) -> None:
 
 def _shard_records(workdir: Path, processes: int) -> list[dict[str, Any]]:
     """What every shard recorded (each writes its file as it stops)."""
-    records = []
+    records: list[dict[str, Any]] = []
     for n in range(processes):
         path = workdir / f"shard-{n}.jsonl"
         if path.exists():
@@ -595,6 +595,11 @@ async def run_fleet(
                     f"fleet-{i}",
                     "--replay-processes",
                     "0",
+                    # A loaded machine starves the event loop for seconds at times: a short
+                    # session would expire and rebalance over and over (a restarted static
+                    # member takes its partitions back at once anyway).
+                    "--session-timeout-ms",
+                    "10000",
                     *orchestrator_args,
                 )
             )

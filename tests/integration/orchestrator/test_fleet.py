@@ -1,5 +1,5 @@
 """A small simulated fleet on the real broker (``posttrain.testing.fleet``): 50 scripted agents
-in two processes, some going down and coming back, 200 pipelines of eight stages, against one
+in two processes, some going down and coming back, 120 pipelines of eight stages, against one
 orchestrator and then two. Every pipeline ends as scripted, each (stage, attempt) is dispatched
 once, and no agent refuses a RunStage for lack of a slot."""
 
@@ -14,10 +14,10 @@ pytestmark = pytest.mark.integration
 SMALL = FleetScript(
     agents=50,
     processes=2,
-    slots=2,
+    slots=3,
     heartbeat_s=0.5,
-    pipelines=200,
-    submit_over_s=8.0,
+    pipelines=120,
+    submit_over_s=6.0,
     stage_s=(0.05, 0.2),
     retry_every=10,
     fail_every=50,

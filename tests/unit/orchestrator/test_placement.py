@@ -108,3 +108,40 @@ def test_stages_spread_over_equally_free_agents_instead_of_piling_on_one():
     )
     w.submit([cmd(f"f{i}") for i in range(20)])
     assert len({r.agent_id for r in w.runs()}) >= 8
+
+
+def test_an_instance_places_on_its_own_share_of_the_agents_only():
+    w = World(
+        agents={
+            "theirs": AgentView("theirs", 0, 0, free_slots=4, home=False),
+            "ours": AgentView("ours", 0, 0, free_slots=2),
+        }
+    )
+    w.submit([cmd(f"f{i}") for i in range(1, 5)])
+    # Theirs may be filled by the instance whose share it is at any moment: not raced for.
+    assert [r.agent_id for r in w.runs()] == ["ours", "ours"]
+
+
+def test_a_stage_only_another_share_can_take_goes_there():
+    w = World(
+        agents={
+            "theirs": AgentView("theirs", 8, 8, labels=frozenset({"a100"}), home=False),
+            "ours": AgentView("ours", 0, 0, free_slots=2),
+        }
+    )
+    w.submit([cmd("train", resources={"gpus": 1, "labels": ["a100"]}), cmd("eval")])
+    assert {r.stage: r.agent_id for r in w.runs()} == {"train": "theirs", "eval": "ours"}
+
+
+def test_a_stage_lost_with_the_only_agent_runs_there_again_once_it_is_back():
+    w = World(agents={"a1": AgentView("a1", 0, 0, free_slots=1, beat_at=1000.0)})
+    w.submit([cmd("a")])
+    w.start("a")
+    w.agents["a1"] = replace(w.agents["a1"], alive=False)
+    w.now += 30
+    w.send(TickClock(pipeline_id="p1", now=w.now, silent_agents=["a1"]))
+    assert w.status("a") == "waiting" and len(w.runs()) == 1
+    w.agents["a1"] = replace(w.agents["a1"], alive=True)
+    w.tick(1, free_slots=1)  # it restarted and heartbeats again
+    again = w.run_for("a")
+    assert (again.agent_id, again.attempt) == ("a1", 2)

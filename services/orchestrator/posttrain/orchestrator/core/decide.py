@@ -89,6 +89,11 @@ class AgentView:
     # free, each stage prefers its own order of them, so that stages (and instances placing
     # at once) spread over the fleet instead of all choosing the same agent.
     ring: int = 0
+    # Whether the agent is in this instance's share of the fleet. Instances do not see each
+    # other's dispatches until heartbeats show them, so each places only on its own share
+    # where that has an agent that could take the stage, and races for the others only
+    # where it has none (a label only they have).
+    home: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,49 +583,66 @@ def _dispatch(b: _Builder, stage: StageState, ctx: Context) -> None:
     )
 
 
-def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
-    """The live agent with the labels, the free GPUs and a free slot the stage needs (the most
-    free GPUs first, then the most free slots; among equals, the stage's own order of them), or
-    None after recording why the stage waits. One pass over the agents: it runs for every
-    dispatch of a large fleet.
+# How many fitting agents placement compares before it stops looking: the best of a few in
+# the stage's own order spreads stages as well as the best of all, without a pass over a
+# thousand agents for every dispatch.
+PLACEMENT_SAMPLE = 16
 
-    Most free slots first keeps two instances (each seeing only its own reservations until a
-    heartbeat shows the other's) from filling the same agent past its slots: an agent is given
-    its last slot only when no emptier one fits."""
+# How far an agent got towards taking a stage (for the reason a stage waits).
+_ALIVE, _LABELLED, _GPUS, _SLOT, _FITS = 1, 2, 3, 4, 5
+
+
+def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
+    """A live agent with the labels, the free GPUs and a free slot the stage needs (the most
+    free GPUs first, then the most free slots), in this instance's share of the agents where
+    any there could take it; or None after recording why the stage waits.
+
+    Agents are looked at in the stage's own order (from a place in the list that its name
+    picks) and the best of the first ``PLACEMENT_SAMPLE`` that fit is chosen: stages spread
+    over equal agents, two instances rarely pick the same one, and most free slots first keeps
+    them (each seeing only its own reservations until a heartbeat shows the other's) from
+    filling one agent past its slots."""
     need = stage.spec.resources
     labels = frozenset(need.labels)
     spread = zlib.crc32(f"{b.state.pipeline_id}/{stage.name}".encode())
-    best: AgentView | None = None
-    best_key: tuple[int, int, int, str] | None = None
-    alive = with_gpus = fitting = False
-    for a in ctx.agents.values():
-        if not a.alive:
-            continue
-        alive = True
-        if labels and not labels <= a.labels:
-            continue
-        free = b.free.get(a.agent_id, a.free_gpus)
-        if free < need.gpus:
-            continue
-        with_gpus = True
-        slots = _free_slots(b, a)
-        if slots <= 0:
-            continue
-        fitting = True
-        if _still_excluded(stage, a):
-            continue
-        key = (free, slots, a.ring ^ spread, a.agent_id)
-        if best_key is None or key > best_key:
-            best, best_key = a, key
-    if best is not None:
-        return best
-    if fitting:
+    agents = list(ctx.agents.values())
+    first = spread % len(agents) if agents else 0
+    found: dict[bool, list[tuple[tuple[int, int, int, str], AgentView]]] = {True: [], False: []}
+    reached = {True: 0, False: 0}  # by share: how far the best agent got
+    home_could = False  # an agent of our share could take the stage once it has room
+    for a in agents[first:] + agents[:first]:
+        got = 0
+        if a.alive:
+            got = _ALIVE
+            if not labels or labels <= a.labels:
+                got = _LABELLED
+                home_could = home_could or (a.home and a.gpus >= need.gpus)
+                free = b.free.get(a.agent_id, a.free_gpus)
+                if free >= need.gpus:
+                    got = _GPUS
+                    slots = _free_slots(b, a)
+                    if slots > 0:
+                        got = _SLOT
+                        if not _still_excluded(stage, a):
+                            got = _FITS
+                            found[a.home].append(((free, slots, a.ring ^ spread, a.agent_id), a))
+        if got > reached[a.home]:
+            reached[a.home] = got
+        if len(found[True]) >= PLACEMENT_SAMPLE:
+            break
+    if home_could:
+        candidates, got = found[True], reached[True]
+    else:
+        candidates, got = found[True] + found[False], max(reached.values())
+    if candidates:
+        return max(candidates, key=lambda c: c[0])[1]
+    if got == _SLOT:
         # Each agent that rejected this attempt is tried again once a heartbeat it sent after
         # the rejection shows room: never re-sent on every tick while it stays full.
         reason = "rejected by every agent that fits: " + ", ".join(sorted(stage.excluded_agents))
-    elif not alive:
+    elif got == 0:
         reason = "no agent is alive"
-    elif with_gpus:
+    elif got == _GPUS:
         reason = "every live agent that fits runs as many stages as it has slots"
     else:
         reason = f"no live agent has {need.gpus} free GPU(s)" + (
@@ -643,12 +665,13 @@ def _free_slots(b: _Builder, agent: AgentView) -> int:
 
 
 def _still_excluded(stage: StageState, agent: AgentView) -> bool:
-    """Whether the agent rejected (or lost) this attempt and has not heartbeated since."""
+    """Whether the agent rejected this attempt, or was lost with it, and has not sent a
+    heartbeat since."""
     if agent.agent_id not in stage.excluded_agents:
         return False
     run = stage.current
-    rejected_at = run.rejected_at if run is not None else None
-    return rejected_at is None or agent.beat_at <= rejected_at
+    excluded_at = run.excluded_at if run is not None else None
+    return excluded_at is None or agent.beat_at <= excluded_at
 
 
 def _local_cache(state: PipelineState) -> dict[str, CacheEntry]:

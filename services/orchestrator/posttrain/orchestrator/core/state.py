@@ -102,9 +102,9 @@ class Attempt:
     error: str | None = None
     failure_kind: str | None = None
     rejected_by: list[str] = field(default_factory=list)
-    # When the last agent rejected this attempt (its clock): an agent that rejected it is tried
-    # again only after a heartbeat it sent later.
-    rejected_at: float | None = None
+    # When an agent was last excluded from this stage by this attempt (it rejected it, or was
+    # lost with it): an excluded agent is tried again only after a heartbeat it sent later.
+    excluded_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -260,7 +260,7 @@ def _dispatched(s: PipelineState, e: StageDispatched, t: float) -> None:
         params=dict(e.params),
         dispatched_at=t,
         rejected_by=list(previous.rejected_by) if previous else [],
-        rejected_at=previous.rejected_at if previous else None,
+        excluded_at=previous.excluded_at if previous else None,
     )
     stage.status = StageStatus.ASSIGNED
     stage.waiting_reason = None
@@ -321,7 +321,7 @@ def _stage_rejected(s: PipelineState, e: StageRejected, t: float) -> None:
     stage = s.stages[e.stage]
     run = stage.attempts[e.attempt]
     run.rejected_by.append(e.agent_id)
-    run.rejected_at = t
+    run.excluded_at = t
     run.status = StageStatus.PENDING  # never ran: placed again under the same attempt number
     stage.excluded_agents.add(e.agent_id)
     stage.status = StageStatus.PENDING
@@ -334,6 +334,7 @@ def _lost(s: PipelineState, e: StageLost, t: float) -> None:
     run.status = StageStatus.LOST
     run.error = e.reason
     run.finished_at = t
+    run.excluded_at = t
     stage.status = StageStatus.LOST
     stage.losses += 1
     stage.excluded_agents.add(e.agent_id)

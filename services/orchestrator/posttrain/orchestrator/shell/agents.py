@@ -10,8 +10,9 @@ import zlib
 from dataclasses import dataclass
 
 from posttrain.events.kafka import EventConsumer, KafkaSettings
+from posttrain.events.kafka.producer import partition_for
 from posttrain.events.messages import AgentHeartbeat
-from posttrain.events.topics import Topic
+from posttrain.events.topics import TOPICS, Topic
 from posttrain.orchestrator.core.decide import AgentView
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class AgentTable:
         self._liveness_every = liveness_every_s
         # Our clock when the broker last answered a fetch of every partition of the topic.
         self._heard_at: float | None = None
+        # The agents whose home partition this instance owns are its share to fill first.
+        self._owned: frozenset[int] = frozenset()
+        self._partitions = TOPICS[Topic.PIPELINE_EVENTS].partitions
+        self._home: dict[str, int] = {}
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -108,6 +113,18 @@ class AgentTable:
         if ended:
             ended.intersection_update(beat.running)
         self._dirty.add(beat.agent_id)
+
+    def own(self, partitions: frozenset[int]) -> None:
+        """The pipeline partitions this instance owns now: its share of the agents follows."""
+        if partitions != self._owned:
+            self._owned = partitions
+            self._dirty.update(self._seen)
+
+    def _is_home(self, agent: str) -> bool:
+        p = self._home.get(agent)
+        if p is None:
+            p = self._home[agent] = partition_for(agent.encode(), self._partitions)
+        return p in self._owned
 
     # --- reservations -------------------------------------------------------------------------
 
@@ -207,6 +224,7 @@ class AgentTable:
             free_slots=None if beat.slots is None else beat.slots - len(running) - len(unseen),
             beat_at=beat.sent_at,
             ring=zlib.crc32(beat.agent_id.encode()),
+            home=self._is_home(beat.agent_id),
         )
 
     def running(self, agent: str) -> frozenset[str]:

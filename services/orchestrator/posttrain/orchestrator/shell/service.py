@@ -215,6 +215,7 @@ class Orchestrator:
         # restart waits for the last one before it decides anything.
         await asyncio.gather(*(self._fence(p) for p in new))
         await self._rebuild(new)
+        self._agents.own(frozenset(self._producers))
         self.stats.assigned = True
         log.info(
             "orchestrator owns partitions %s",
