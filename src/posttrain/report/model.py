@@ -15,6 +15,9 @@ CHART_FIELDS: tuple[tuple[str, str], ...] = (
     ("grad_norm", "gradient norm"),
 )
 
+# Tasks whose metric points are not training steps.
+CHARTLESS_TASKS = frozenset({"run_evaluation"})
+
 
 @dataclass(frozen=True, slots=True)
 class Marker:
@@ -42,8 +45,12 @@ class StageRun:
 
     @property
     def charted(self) -> bool:
-        """Whether the stage has any charted point (training stages do)."""
-        return any(self.series.get(name) for name, _ in CHART_FIELDS)
+        """Whether the stage gets a chart: a stage with charted points other than an
+        evaluation (whose points are one per model evaluated, not steps; its table shows
+        them)."""
+        return self.task not in CHARTLESS_TASKS and any(
+            self.series.get(name) for name, _ in CHART_FIELDS
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.report import EvaluationRow, RunReport, StageRun, improvements, write_report
 from posttrain.report.charts import chart_name
@@ -83,7 +85,13 @@ def _report(tmp: Path) -> RunReport:
             "succeeded",
             series=chart_series(_points(15, loss=0.7, reward_mean=0.2, grad_norm=1.5)),
         ),
-        StageRun("evaluate", "run_evaluation", "succeeded"),
+        # One point per evaluated model: a table, not a chart.
+        StageRun(
+            "evaluate",
+            "run_evaluation",
+            "succeeded",
+            series=chart_series(_points(3, loss=0.9, reward_mean=0.7)),
+        ),
     ]
     return RunReport(
         pipeline_id="demo-1234",
@@ -96,10 +104,19 @@ def _report(tmp: Path) -> RunReport:
     )
 
 
-def test_report_writes_the_page_and_a_chart_per_training_stage(tmp_path: Path) -> None:
-    report = _report(tmp_path)
-    page = write_report(report, tmp_path / "report")
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunReport, Path]:
+    """The report and its page, drawn once for the module (matplotlib is slow to draw)."""
+    tmp = tmp_path_factory.mktemp("report")
+    report = _report(tmp)
+    return report, write_report(report, tmp / "report")
 
+
+def test_report_writes_the_page_and_a_chart_per_training_stage(
+    written: tuple[RunReport, Path],
+) -> None:
+    _, page = written
+    tmp_path = page.parent.parent
     assert page == tmp_path / "report" / "index.html"
     text = page.read_text()
     for stage in ("preprocess", "train_sft", "train_grpo", "train_dpo", "evaluate"):
@@ -108,7 +125,7 @@ def test_report_writes_the_page_and_a_chart_per_training_stage(tmp_path: Path) -
         png = tmp_path / "report" / chart_name(stage)
         assert png.read_bytes().startswith(PNG_MAGIC), stage
         assert f'src="{stage}.png"' in text
-    # Stages without a charted point have no chart.
+    # Stages without a charted point, and the evaluation, have no chart.
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
         "train_dpo.png",
         "train_grpo.png",
@@ -117,21 +134,25 @@ def test_report_writes_the_page_and_a_chart_per_training_stage(tmp_path: Path) -
     assert "http://127.0.0.1:8080/#/pipelines/demo-1234" in text
 
 
-def test_report_lists_anomalies_and_actions_at_their_steps(tmp_path: Path) -> None:
-    report = _report(tmp_path)
+def test_report_lists_anomalies_and_actions_at_their_steps(
+    written: tuple[RunReport, Path],
+) -> None:
+    report, page = written
     grpo = next(s for s in report.stages if s.name == "train_grpo")
     assert [(m.step, m.kind) for m in grpo.markers] == [(10, "anomaly"), (12, "action")]
     # The NaN loss is not charted as a value; the finite grad norm of the same step is.
     assert grpo.series["loss"][-1][0] == 20
     assert grpo.series["grad_norm"][-1] == (21, 50.0)
 
-    text = write_report(report, tmp_path / "report").read_text()
+    text = page.read_text()
     assert "step 10: anomaly grad_spike (warning)" in text
     assert "step 12: action adjust_learning_rate applied" in text
 
 
-def test_evaluation_rows_are_named_by_stage_and_compared_with_sft(tmp_path: Path) -> None:
-    report = _report(tmp_path)
+def test_evaluation_rows_are_named_by_stage_and_compared_with_sft(
+    written: tuple[RunReport, Path],
+) -> None:
+    report, page = written
     assert [(r.stage, r.accuracy, r.reward) for r in report.evaluation] == [
         ("train_sft", 0.5, 0.7),
         ("train_grpo", 0.7, 0.8),
@@ -141,7 +162,7 @@ def test_evaluation_rows_are_named_by_stage_and_compared_with_sft(tmp_path: Path
     # DPO's reward is higher but its accuracy only equal: not an improvement.
     assert verdict == {"train_grpo": True, "train_dpo": False}
 
-    text = write_report(report, tmp_path / "report").read_text()
+    text = page.read_text()
     assert '<li class="ok">train_grpo: accuracy 0.70 vs 0.50' in text
     assert '<li class="bad">train_dpo: accuracy 0.50 vs 0.50' in text
     assert "<td>0.70</td><td>0.800</td><td>1.000</td>" in text
