@@ -283,7 +283,8 @@ def print_summary(run: DemoRun, baseline: str) -> None:
     print(f"\nreport: {run.report_page}")
     print(
         f"web page: {run.report.web_url} while the demo ran; afterwards `posttrain gateway` "
-        f"serves it at http://127.0.0.1:9460/#/pipelines/{run.pipeline_id}"
+        f"(with a token made, or --no-auth) serves it at "
+        f"http://127.0.0.1:9460/#/pipelines/{run.pipeline_id}"
     )
 
 
