@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--pipeline", default=str(HERE / "pipelines" / "arithmetic.yaml"))
     parser.add_argument("--baseline", default="train_sft")
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--work", help="keep logs, agents' work and reports here")
     asyncio.run(main_async(parser.parse_args()))
 

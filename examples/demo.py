@@ -10,7 +10,7 @@ evaluation table, whether each RL stage beat the SFT model in both reward and ac
 diagnostics raised and did, the web page's address and a report (an HTML page with charts,
 ``$POSTTRAIN_HOME/reports/<pipeline>/index.html``). Then it stops what it started.
 
-    python -m examples.demo [--pipeline FILE] [--baseline STAGE] [--timeout 600]
+    python -m examples.demo [--pipeline FILE] [--baseline STAGE] [--timeout 1800]
 
 Exit status 0 only when the pipeline succeeded and every evaluated stage beat the baseline.
 Service logs go to ``$POSTTRAIN_HOME/logs/demo/``. Afterwards, ``posttrain pipeline status
@@ -292,7 +292,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pipeline", default=str(HERE / "pipelines" / "arithmetic.yaml"))
     parser.add_argument("--baseline", default="train_sft", help="the stage RL must beat")
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     from posttrain.doctor import run_doctor
 
