@@ -7,7 +7,7 @@ that a test asserts an empty list and a benchmark counts them.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -85,7 +85,7 @@ def events_unique_and_ordered(log: list[tuple[int, Any]], pipeline_id: str) -> l
     return problems
 
 
-def no_attempt_ran_twice(witness: list[Mapping[str, Any]], events: list[Any]) -> list[str]:
+def no_attempt_ran_twice(witness: Sequence[Mapping[str, Any]], events: list[Any]) -> list[str]:
     """From the stage processes' own witness lines: each (stage, attempt) started once, apart
     from relaunches that resume from a checkpoint (a pause and its resume); and every attempt
     the log says succeeded was started by a stage process."""
