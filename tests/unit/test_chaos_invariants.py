@@ -45,6 +45,19 @@ def test_a_duplicate_event_and_an_out_of_order_attempt_are_named():
     assert any("sft attempt 1: events in the order" in p for p in problems), problems
 
 
+def test_a_dispatch_the_agent_rejected_and_the_next_one_are_in_order():
+    log = clean_log()
+    log[2:2] = [
+        (0, event("StageRejected", "r1", stage="sft", attempt=1)),
+        (0, event("StageDispatched", "e2b", stage="sft", attempt=1)),
+    ]
+    again = clean_log()
+    again.insert(2, (0, event("StageDispatched", "e2c", stage="sft", attempt=1)))
+
+    assert invariants.events_unique_and_ordered(log, P) == []
+    assert invariants.events_unique_and_ordered(again, P) != []
+
+
 def test_an_attempt_started_twice_is_named_but_a_resume_is_not():
     events = [e for _, e in clean_log()]
     resumed = [

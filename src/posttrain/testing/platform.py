@@ -160,6 +160,9 @@ class Platform:
             work_dir=self.root / "agents" / f"agent-{i}",
             slots=1,
             cwd=ROOT,
+            # No zygote: each agent's would import the training libraries at once, at start
+            # and again after each kill, which on a loaded 2-core machine holds the first
+            # stage back for minutes; a stage process imports only what its task needs.
             extra=("--heartbeat", str(AGENT_HEARTBEAT_S), "--stage-threads", "1", "--no-zygote"),
         )
         process.env = {**(process.env or os.environ), WITNESS_ENV: str(self.witness_dir)}

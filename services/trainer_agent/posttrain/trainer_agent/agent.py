@@ -64,6 +64,7 @@ from posttrain.trainer_agent.stage_files import (
     read_tail,
     result_path,
     spec_path,
+    unread_controls,
     write_json_atomic,
 )
 from posttrain.trainer_agent.stage_spec import stage_env, stage_spec
@@ -312,7 +313,10 @@ class Agent:
         if result is not None or not alive:
             await self._relay_events(entry.command_id)  # what it wrote before it ended
         log_tail = "" if alive or result is not None else read_tail(attempt_dir / LOG)
-        return Looked(entry.command_id, time.time(), alive, result, log_tail)
+        unread: tuple[dict[str, Any], ...] = ()
+        if result is not None and result.get("status") != "paused":
+            unread = unread_controls(attempt_dir, int(result.get("control_offset", 0)))
+        return Looked(entry.command_id, time.time(), alive, result, log_tail, None, unread)
 
     async def _relay_events(self, command_id: str) -> None:
         entry = self.journal.get(command_id)

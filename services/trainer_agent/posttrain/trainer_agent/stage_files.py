@@ -192,6 +192,13 @@ class LineFollower:
         return out
 
 
+def unread_controls(attempt_dir: Path, offset: int) -> tuple[dict[str, Any], ...]:
+    """The control lines of ``attempt_dir`` past ``offset`` (where a stage's result says its
+    inbox stopped reading), as ``{"type": ..., fields}``."""
+    lines = LineFollower(attempt_dir / CONTROL, offset).read()
+    return tuple(f for f in map(line_fields, lines) if f is not None)
+
+
 class ControlInbox:
     """The stage's side of the control file: what arrived since the last step boundary."""
 

@@ -94,6 +94,9 @@ class Looked:
     result: JsonDict | None = None
     log_tail: str = ""
     exit_code: int | None = None
+    # The control lines written to the stage's control file past the offset its result says
+    # it read (``type`` and fields): they arrived after its last step boundary.
+    unread_controls: tuple[JsonDict, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,14 +397,22 @@ def _look(entry: Entry, obs: Looked, setup: Setup) -> Decision:
     if entry.status is not Status.RUNNING or entry.launch is None:
         return NOTHING
     if obs.result is not None:
-        return _collect(entry, obs.result, obs.now, setup)
+        return _collect(entry, obs.result, obs.now, setup, obs.unread_controls)
     if not obs.alive:
         return _finish("died", died(entry, obs.now, obs.log_tail, obs.exit_code))
     return _deadlines(entry, obs.now, setup)
 
 
-def _collect(entry: Entry, result: JsonDict, now: float, setup: Setup) -> Decision:
-    """The result a launch wrote: paused (a resume goes on from it), or its outcome."""
+def _collect(
+    entry: Entry,
+    result: JsonDict,
+    now: float,
+    setup: Setup,
+    unread: tuple[JsonDict, ...] = (),
+) -> Decision:
+    """The result a launch wrote: paused (a resume goes on from it), or its outcome. A
+    control the ended stage never read is refused before the outcome: no request is dropped
+    (a paused stage keeps them: its resume reads on from the same offset)."""
     status = result.get("status")
     if status == "paused":
         # A result written before checkpoints were marked resumes from its own checkpoint.
@@ -422,10 +433,43 @@ def _collect(entry: Entry, result: JsonDict, now: float, setup: Setup) -> Decisi
             resume_checkpoint=resume,
         )
         return Decision("paused", (Record(paused), Send(report)))
-    return _finish(
+    finished = _finish(
         "succeeded" if status == "succeeded" else "failed",
         from_result(entry, result, now, setup.agent_id),
     )
+    refusals = _unread_refusals(entry, unread, setup, f"the stage ended ({status}) first")
+    if not refusals:
+        return finished
+    return Decision(finished.name, (*refusals, *finished.actions), fields=finished.fields)
+
+
+def _unread_refusals(
+    entry: Entry, unread: tuple[JsonDict, ...], setup: Setup, reason: str
+) -> tuple[Action, ...]:
+    """ActionRefused for each control line the stage never read (resume lines excepted: the
+    agent, not the stage, carries a resume out)."""
+    refusals: list[Action] = []
+    for line in unread:
+        kind = action_of(str(line.get("type")))
+        if kind is None or kind == "resume":
+            continue
+        refusals.append(
+            Send(
+                ActionRefused(
+                    action_id=str(line.get("action_id", "")),
+                    pipeline_id=str(entry.run["pipeline_id"]),
+                    stage=str(entry.run["stage"]),
+                    attempt=int(entry.run["attempt"]),
+                    action=kind,
+                    reason=reason,
+                    step=None,
+                    agent_id=setup.agent_id,
+                    command_id=entry.command_id,
+                    job_id=entry.run.get("job_id"),
+                )
+            )
+        )
+    return tuple(refusals)
 
 
 def _deadlines(entry: Entry, now: float, setup: Setup) -> Decision:
