@@ -195,13 +195,37 @@ def test_agents_run_on_gpu_nodes_with_as_many_gpus_as_they_offer():
 
 
 def test_services_scale_by_replicas():
-    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in k8s_resources("Deployment")}
+    replicas = {
+        d["metadata"]["name"]: d["spec"]["replicas"]
+        for d in k8s_resources("Deployment") + k8s_resources("StatefulSet")
+    }
     assert all(n >= 2 for n in replicas.values()), replicas
+    assert "posttrain-orchestrator" in replicas
+
+
+def test_orchestrator_instances_are_static_members_named_by_their_pods():
+    (orchestrator,) = [
+        d for d in k8s_resources("StatefulSet") if d["metadata"]["name"] == "posttrain-orchestrator"
+    ]
+    (container,) = orchestrator["spec"]["template"]["spec"]["containers"]
+    (identity,) = [e for e in container["env"] if e["name"] == "POSTTRAIN_ORCHESTRATOR_INSTANCE_ID"]
+    assert identity["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # The name the code reads it by (its option's environment variable).
+    source = (ROOT / "services/orchestrator/posttrain/orchestrator/shell/main.py").read_text()
+    assert '"POSTTRAIN_ORCHESTRATOR_INSTANCE_ID"' in source
+    (service,) = [
+        d
+        for d in k8s_resources("Service")
+        if d["metadata"]["name"] == orchestrator["spec"]["serviceName"]
+    ]
+    assert service["spec"]["clusterIP"] == "None"
 
 
 def test_the_database_url_comes_from_the_operators_secret():
     (cluster,) = k8s_resources("Cluster")
-    for c in k8s_resources("Deployment") + k8s_resources("Job"):
+    for c in k8s_resources("Deployment") + k8s_resources("Job") + k8s_resources("StatefulSet"):
+        if c["metadata"]["name"] == "posttrain-agent":
+            continue  # agents hold no database credentials
         for spec in c["spec"]["template"]["spec"]["containers"]:
             (url,) = [e for e in spec["env"] if e["name"] == "DATABASE_URL"]
             ref = url["valueFrom"]["secretKeyRef"]
