@@ -113,3 +113,12 @@ def test_an_alert_sent_twice_and_an_action_without_outcome_are_named():
     assert invariants.pipeline_succeeded([requested], P) == [
         "pipeline pipe ended never, not once PipelineSucceeded"
     ]
+
+
+def test_a_stage_waiting_for_room_has_no_attempt_and_breaks_no_order():
+    # The orchestrator records why a ready stage is not placed (every agent's slots taken)
+    # before any attempt exists; found when placement began to respect slots.
+    log = clean_log()
+    log.insert(1, (0, event("StageWaiting", "w1", stage="sft", reason="no free slot")))
+
+    assert invariants.events_unique_and_ordered(log, P) == []

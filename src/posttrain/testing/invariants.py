@@ -79,7 +79,9 @@ def events_unique_and_ordered(log: list[tuple[int, Any]], pipeline_id: str) -> l
         problems.append(f"pipeline {pipeline_id}'s last lifecycle event is {lifecycle[-1]}")
     seen: dict[tuple[str, int], list[str]] = defaultdict(list)
     for _, e in mine:
-        order = seen[(e.data.stage, e.data.attempt)] if e.type.startswith("Stage") else None
+        # Stage events of an attempt (a StageWaiting, about a stage not yet placed, has none).
+        attempt = getattr(e.data, "attempt", None)
+        order = seen[(e.data.stage, attempt)] if attempt is not None else None
         if e.type == "StageRejected" and order and order[-1] == "StageDispatched":
             # The agent refused the placement (a race on its capacity): the attempt is placed
             # again, so its next dispatch follows this one rightly.
