@@ -224,3 +224,27 @@ async def test_an_unreadable_state_refolds_its_partition_and_never_writes_a_wron
             await third.stop()
     finally:
         await conn.close()
+
+
+async def test_running_pipelines_beyond_the_bound_leave_memory_and_come_back_from_their_rows(
+    kafka_settings, database_url, run_id
+):
+    histories = _histories(run_id)
+    head, tail = _cut(histories, seed=17)
+    await _write(kafka_settings, head)
+    projection = Projection(kafka_settings, database_url, name=run_id, max_pipelines=2)
+    await projection.start()
+    try:
+        await _caught_up(projection)
+        assert len(projection.states) <= 2 and projection.stats.live_evicted > 0
+        await _write(kafka_settings, tail)
+        await _caught_up(projection)
+        assert len(projection.states) <= 2
+        assert projection.stats.states_loaded > 0
+    finally:
+        await projection.stop()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await _assert_rows_equal_the_whole_fold(conn, histories)
+    finally:
+        await conn.close()

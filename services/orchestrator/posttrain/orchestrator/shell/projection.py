@@ -232,6 +232,7 @@ class ProjectionStats:
     resumed_from: dict[int, int] = field(default_factory=dict)
     states_loaded: int = 0  # pipelines' states read back from their rows
     states_evicted: int = 0  # ended pipelines that left memory once written
+    live_evicted: int = 0  # running pipelines that left memory, least recently used, once written
     events_skipped: int = 0  # events a loaded state already reflected
     refolds: int = 0  # partitions folded again from the start: a row's state was unreadable
 
@@ -240,7 +241,9 @@ class Projection:
     """Folds the events log and the agents topic into the read model (see the module's doc).
 
     ``states`` holds the pipelines of active work only: running ones, and any of a partition
-    being folded again; an ended pipeline leaves it once its rows are written."""
+    being folded again; an ended pipeline leaves it once its rows are written. With
+    ``max_pipelines``, running ones beyond it leave too, least recently touched first (they
+    come back from their rows as an ended one would)."""
 
     def __init__(
         self,
@@ -249,11 +252,13 @@ class Projection:
         name: str = "pipelines",
         *,
         silence_intervals: float = 3.0,
+        max_pipelines: int | None = None,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
         self.name = name
         self.silence_intervals = silence_intervals
+        self.max_pipelines = max_pipelines
         self.states: dict[str, PipelineState] = {}
         self.stats = ProjectionStats()
         # Each held pipeline's partition and the offset of the last event applied to its state.
@@ -350,9 +355,9 @@ class Projection:
             if applied is not None and offset <= applied[1]:
                 self.stats.events_skipped += 1  # its state (loaded from its row) has it
                 continue
-            state = self.states.get(pid)
-            if state is None:
-                state = self.states[pid] = PipelineState(pid)
+            # Popped and put back: the dict's order is the order of use (the LRU bound's).
+            state = self.states.pop(pid, None) or PipelineState(pid)
+            self.states[pid] = state
             apply(state, envelope)
             self._applied[pid] = (p, offset)
             touched[pid] = state
@@ -366,7 +371,7 @@ class Projection:
                 del self._refolding[p]
             else:
                 offsets.pop(p, None)  # never save a position before the rows' own
-        if offsets or agents:
+        if touched or offsets or agents:
             await self._until_available(
                 lambda: self._write(touched.values(), history, list(agents.values()), offsets)
             )
@@ -445,6 +450,18 @@ class Projection:
                 del self.states[pid]
                 del self._applied[pid]
                 self.stats.states_evicted += 1
+        if self.max_pipelines is None or len(self.states) <= self.max_pipelines:
+            return
+        for pid in list(self.states):  # least recently touched first
+            if len(self.states) <= self.max_pipelines:
+                break
+            state = self.states[pid]
+            # A state with no rows yet (nothing to load it back from) stays, as does any of a
+            # partition being folded again.
+            if (state.stages or state.errors) and self._applied[pid][0] not in self._refolding:
+                del self.states[pid]
+                del self._applied[pid]
+                self.stats.live_evicted += 1
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         assert self._pool is not None
