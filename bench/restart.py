@@ -8,18 +8,21 @@ here (tens of milliseconds each); the history's transactions carry ``--decisions
 decisions each, so it has fewer commit markers than a real log (which cost little to pass).
 
 Then, for each history length (``--pipelines`` and a tenth of it), an orchestrator process
-(``python -m posttrain.orchestrator``, its default replay helpers, no read model) is started
-three times, a new pipeline submitted to each partition just before each start:
+(``python -m posttrain.orchestrator``, its default replay helpers) is started three times, a new
+pipeline submitted to each partition just before each start:
 
-1. ``--no-snapshots``: it folds the whole log. Measured.
-2. with snapshots: it folds the whole log (none yet), then writes each partition's snapshot,
-   archiving the ended pipelines; stopped once none is left in memory. Not measured.
-3. with snapshots again: it loads them and folds only what came after. Measured.
+1. ``--no-snapshots``, no read model: it folds the whole log. Measured.
+2. with snapshots and the read-model projection (the user's default, into a scratch database):
+   it folds the whole log (no snapshot yet), then writes each partition's snapshot, archiving
+   the ended pipelines, while the projection writes the history's rows; stopped once no ended
+   pipeline is left in memory and every one is projected. Not measured (the time is printed).
+3. with snapshots and the projection again: the orchestrator loads its snapshots and folds only
+   what came after; the projection resumes from its saved offsets. Measured.
 
 Measured: seconds from the process's start, and from the moment the group gave it its
 partitions (its log line), to its first decision (the first new event committed on the log);
-its RSS once it decided. The last line is the restart with snapshots at the full length:
-``restart_to_first_decision_s`` (goal: at most 5).
+its RSS once it decided (with the projection in the process for 3). The last line is the
+restart with snapshots at the full length: ``restart_to_first_decision_s`` (goal: at most 5).
 
     python -m bench.restart [--pipelines 100000] [--running 1000] [--decisions-per-transaction 100]
 """
@@ -38,7 +41,7 @@ from typing import Annotated, Any, cast
 import typer
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import drop_namespace, fresh_namespace, load
+from bench.common import drop_database, drop_namespace, fresh_database, fresh_namespace, load
 from bench.replay import decisions, pipeline_log
 from posttrain.events import Envelope, encode
 from posttrain.events.kafka import EventProducer, KafkaSettings
@@ -46,6 +49,7 @@ from posttrain.events.kafka.producer import partition_for
 from posttrain.events.messages import StageSpec, SubmitPipeline
 from posttrain.events.topics import PIPELINE_PARTITIONS, Topic
 from posttrain.orchestrator.shell.replay import DEFAULT_PROCESSES
+from posttrain.service.migrate import apply_migrations
 from posttrain.testing import services
 from posttrain.testing.services import ServiceProcess
 
@@ -194,22 +198,27 @@ def _given_at(log: Path, after: float) -> tuple[float | None, int]:
     return (min(times) if times else None), len(times)
 
 
-def _orchestrator(settings: KafkaSettings, log: Path, *extra: str) -> ServiceProcess:
+def _orchestrator(
+    settings: KafkaSettings, log: Path, *extra: str, database_url: str | None = None
+) -> ServiceProcess:
     return services.orchestrator(
         settings,
         log,
+        database_url=database_url,  # None: no read model (--no-projection)
         tick_interval_s=1.0,
         extra=["--replay-processes", str(DEFAULT_PROCESSES), *extra],
     )
 
 
-async def restart(settings: KafkaSettings, log: Path, tag: str, *extra: str) -> dict[str, Any]:
+async def restart(
+    settings: KafkaSettings, log: Path, tag: str, *extra: str, database_url: str | None = None
+) -> dict[str, Any]:
     """Start an orchestrator on the history and time it to its first decision."""
     await submit_triggers(settings, tag)
     consumer, _ = await _tail_start(settings)
     try:
         started = time.time()
-        process = _orchestrator(settings, log, *extra).start()
+        process = _orchestrator(settings, log, *extra, database_url=database_url).start()
         assert process.process is not None
         try:
             while True:
@@ -235,9 +244,11 @@ async def restart(settings: KafkaSettings, log: Path, tag: str, *extra: str) -> 
     }
 
 
-async def make_snapshots(settings: KafkaSettings, log: Path, tag: str, expected: int) -> float:
-    """Run an orchestrator with snapshots until every ended pipeline left memory (its metrics
-    say so); returns the seconds it took."""
+async def make_snapshots(
+    settings: KafkaSettings, log: Path, tag: str, expected: int, database_url: str
+) -> float:
+    """Run an orchestrator with snapshots and the projection until every ended pipeline left
+    memory (its metrics say so) and is projected; returns the seconds it took."""
     await submit_triggers(settings, tag)
     port = services.free_port()
     started = time.time()
@@ -245,12 +256,15 @@ async def make_snapshots(settings: KafkaSettings, log: Path, tag: str, expected:
         settings,
         log,
         port=port,
+        database_url=database_url,
         tick_interval_s=1.0,
         extra=["--replay-processes", str(DEFAULT_PROCESSES), "--snapshot-every-s", "1"],
     ).start()
     try:
+        import asyncpg
         import httpx
 
+        conn = await asyncpg.connect(database_url)
         async with httpx.AsyncClient() as client:
             while True:
                 if not process.running:
@@ -262,7 +276,11 @@ async def make_snapshots(settings: KafkaSettings, log: Path, tag: str, expected:
                 except httpx.HTTPError:
                     text = ""
                 archived = _metric(text, "posttrain_orchestrator_pipelines_archived_total")
-                if archived >= expected:
+                projected = await conn.fetchval(
+                    "SELECT count(*) FROM pipelines WHERE status <> 'running'"
+                )
+                if archived >= expected and projected >= expected:
+                    await conn.close()
                     return time.time() - started
                 await asyncio.sleep(1.0)
     finally:
@@ -278,7 +296,10 @@ def _metric(text: str, name: str) -> float:
 
 async def one_length(pipelines: int, running: int, per_transaction: int) -> dict[str, Any]:
     settings = await fresh_namespace("restart")
+    database_url = await fresh_database("restart")
     try:
+        # The read model's tables, so that progress can be read before the projection starts.
+        await apply_migrations(database_url, owner="orchestrator")
         events, seconds = await write_history(settings, pipelines, running, per_transaction)
         print(
             f"history: {pipelines:,} ended + {running:,} running pipelines, {events:,} events, "
@@ -288,14 +309,18 @@ async def one_length(pipelines: int, running: int, per_transaction: int) -> dict
         with TemporaryDirectory(prefix="bench-restart-") as tmp:
             log = Path(tmp) / "orchestrator.log"
             without = await restart(settings, log, "a", "--no-snapshots")
-            _say(pipelines, "without snapshots", without)
-            took = await make_snapshots(settings, log, "b", pipelines)
-            print(f"  snapshots written, {pipelines:,} pipelines archived, in {took:.1f} s")
-            with_ = await restart(settings, log, "c")
-            _say(pipelines, "with snapshots", with_)
+            _say(pipelines, "without snapshots, no read model", without)
+            took = await make_snapshots(settings, log, "b", pipelines, database_url)
+            print(
+                f"  snapshots written and the history projected, {pipelines:,} pipelines "
+                f"archived, in {took:.1f} s"
+            )
+            with_ = await restart(settings, log, "c", database_url=database_url)
+            _say(pipelines, "with snapshots and the read model", with_)
         return {"without": without, "with": with_}
     finally:
         await drop_namespace(settings)
+        await drop_database(database_url)
 
 
 def _say(pipelines: int, label: str, r: dict[str, Any]) -> None:

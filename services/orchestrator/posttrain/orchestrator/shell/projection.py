@@ -6,8 +6,17 @@ snapshots of the pipelines each batch touched, one history row per event (number
 pipeline by the fold), and the log offsets, in one PostgreSQL transaction that also NOTIFYs
 each touched pipeline's id (``posttrain.service.notify.PIPELINES``) for live views. A snapshot
 carries the number of events it reflects, and a row never moves back to an older one; history
-rows are keyed by (pipeline, number): projecting is idempotent, so a restart simply reads the
-log again.
+rows are keyed by (pipeline, number): projecting is idempotent.
+
+Memory and restart time follow active work, not history. A started projection resumes from the
+offsets it saved (committed with the rows they stand for), not from the log's beginning. Each
+pipelines row also holds the pipeline's folded state (``core.snapshot.encode_archived``, the
+snapshots' one codec) and the offset of the last event it reflects: a pipeline the projection
+does not hold (after a restart, or because it ended and left memory once written) is loaded from
+its row when an event about it arrives, and an event at or before that offset is skipped. A row
+whose state cannot be read (written before rows held states, or corrupt) is never guessed at:
+its partition is folded again from the start, with a warning, without loading any state from
+rows and without saving an older position, until it is back where it was.
 
 Agents: every heartbeat on the compacted ``posttrain.agents`` topic is read (in full, as the
 orchestrator reads it) and each agent's latest one kept in ``agents``; a row only moves to a
@@ -19,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -31,6 +41,12 @@ from posttrain.events import DecodeError, Envelope, decode
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.messages import AgentHeartbeat
 from posttrain.events.topics import TOPICS, Topic
+from posttrain.orchestrator.core.snapshot import (
+    SnapshotUnusable,
+    archivable,
+    decode_archived,
+    encode_archived,
+)
 from posttrain.orchestrator.core.state import PipelineState, apply
 from posttrain.orchestrator.core.view import (
     HIDDEN_FROM_HISTORY,
@@ -42,6 +58,7 @@ from posttrain.service import notify
 from posttrain.service.migrate import apply_migrations
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What a database restart looks like to a client: the connection refused or cut, the server
 # shutting down or starting up. Any other error is a bug and still ends the process.
@@ -57,13 +74,13 @@ MIGRATIONS_OWNER = "orchestrator"  # its entry point in posttrain.migrations
 
 _UPSERT_PIPELINE = """
 INSERT INTO pipelines (pipeline_id, name, status, submitted_by, submitted_at, finished_at,
-                       layers, errors, version, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, now())
+                       layers, errors, version, state, state_offset, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, now())
 ON CONFLICT (pipeline_id) DO UPDATE SET
     name = EXCLUDED.name, status = EXCLUDED.status, submitted_by = EXCLUDED.submitted_by,
     submitted_at = EXCLUDED.submitted_at, finished_at = EXCLUDED.finished_at,
     layers = EXCLUDED.layers, errors = EXCLUDED.errors, version = EXCLUDED.version,
-    updated_at = now()
+    state = EXCLUDED.state, state_offset = EXCLUDED.state_offset, updated_at = now()
 WHERE pipelines.version <= EXCLUDED.version
 """
 
@@ -100,6 +117,14 @@ ON CONFLICT (agent_id) DO UPDATE SET
     last_heartbeat_at = EXCLUDED.last_heartbeat_at, silent_after = EXCLUDED.silent_after,
     topic_partition = EXCLUDED.topic_partition, topic_offset = EXCLUDED.topic_offset
 WHERE a.topic_partition <> EXCLUDED.topic_partition OR a.topic_offset < EXCLUDED.topic_offset
+"""
+
+_LOAD_STATES = """
+SELECT pipeline_id, version, state, state_offset FROM pipelines WHERE pipeline_id = ANY($1::text[])
+"""
+
+_SAVED_OFFSETS = """
+SELECT partition, next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2
 """
 
 _SAVE_OFFSET = """
@@ -198,7 +223,28 @@ def agent_row(
     )
 
 
+@dataclass(slots=True)
+class ProjectionStats:
+    """What a projection did since it was made (its own loop writes it)."""
+
+    events: int = 0  # records of the events topic read
+    # Partition -> the saved offset it resumed from at start (absent: read from the beginning).
+    resumed_from: dict[int, int] = field(default_factory=dict)
+    states_loaded: int = 0  # pipelines' states read back from their rows
+    states_evicted: int = 0  # ended pipelines that left memory once written
+    live_evicted: int = 0  # running pipelines that left memory, least recently used, once written
+    events_skipped: int = 0  # events a loaded state already reflected
+    refolds: int = 0  # partitions folded again from the start: a row's state was unreadable
+
+
 class Projection:
+    """Folds the events log and the agents topic into the read model (see the module's doc).
+
+    ``states`` holds the pipelines of active work only: running ones, and any of a partition
+    being folded again; an ended pipeline leaves it once its rows are written. With
+    ``max_pipelines``, running ones beyond it leave too, least recently touched first (they
+    come back from their rows as an ended one would)."""
+
     def __init__(
         self,
         settings: KafkaSettings,
@@ -206,12 +252,20 @@ class Projection:
         name: str = "pipelines",
         *,
         silence_intervals: float = 3.0,
+        max_pipelines: int | None = None,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
         self.name = name
         self.silence_intervals = silence_intervals
+        self.max_pipelines = max_pipelines
         self.states: dict[str, PipelineState] = {}
+        self.stats = ProjectionStats()
+        # Each held pipeline's partition and the offset of the last event applied to its state.
+        self._applied: dict[str, tuple[int, int]] = {}
+        # Partitions folded again from the start -> the offset their rows already reflect: until
+        # there, no state is loaded from rows, none leaves memory and no position is saved.
+        self._refolding: dict[int, int] = {}
         self._pool: asyncpg.Pool | None = None
         self._topic = settings.topic(Topic.PIPELINE_EVENTS)
         self._agents_topic = settings.topic(Topic.AGENTS)
@@ -224,9 +278,16 @@ class Projection:
         )
 
     async def start(self) -> None:
+        """Apply the read model's migrations, then read the events topic from the saved offsets
+        (the beginning where none is saved) and the agents topic in full."""
         # The read model's tables are the orchestrator's: it applies its own migrations.
         await asyncio.wait_for(apply_migrations(self.database_url, owner=MIGRATIONS_OWNER), 30)
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
+        async with self._pool.acquire() as conn:
+            saved = {
+                r["partition"]: r["next_offset"]
+                for r in await conn.fetch(_SAVED_OFFSETS, self.name, self._topic)
+            }
         await self._consumer.start()
         tps = [
             TopicPartition(self.settings.topic(topic), p)
@@ -234,7 +295,13 @@ class Projection:
             for p in range(TOPICS[topic].partitions)
         ]
         self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
+        resumed = [tp for tp in tps if tp.topic == self._topic and tp.partition in saved]
+        for tp in resumed:
+            self._consumer.seek(tp, saved[tp.partition])
+            self.stats.resumed_from[tp.partition] = saved[tp.partition]
+        from_start = [tp for tp in tps if tp not in resumed]
+        if from_start:
+            await self._consumer.seek_to_beginning(*from_start)
 
     async def stop(self) -> None:
         await self._consumer.stop()
@@ -249,9 +316,9 @@ class Projection:
             await self.stop()
 
     async def step(self, timeout_ms: int = 200) -> int:
+        """Read one batch, fold it and write it in one transaction; the records read."""
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
-        touched: dict[str, PipelineState] = {}
-        history: list[tuple[Any, ...]] = []
+        events: list[tuple[int, int, Envelope[Any]]] = []  # (partition, offset, envelope)
         agents: dict[str, tuple[Any, ...]] = {}  # the latest heartbeat of each agent
         offsets: dict[int, int] = {}
         for tp, records in batches.items():
@@ -259,53 +326,159 @@ class Projection:
             for record in records:
                 if not is_agents:
                     offsets[tp.partition] = record.offset + 1
+                    self.stats.events += 1
                 try:
                     envelope = decode(record.value, record.headers)
                 except DecodeError as exc:
                     log.error("unreadable message skipped by the projection: %s", exc)
                     continue
-                if is_agents:
-                    if isinstance(envelope.data, AgentHeartbeat):
-                        agents[envelope.data.agent_id] = agent_row(
-                            envelope.data,
-                            at=datetime.fromtimestamp(record.timestamp / 1000, UTC),
-                            partition=tp.partition,
-                            offset=record.offset,
-                            silence_intervals=self.silence_intervals,
-                        )
-                    continue
-                pid = envelope.data.pipeline_id
-                state = self.states.get(pid)
-                if state is None:
-                    state = self.states[pid] = PipelineState(pid)
-                apply(state, envelope)
-                touched[pid] = state
-                row = history_row(state, envelope)
-                if row is not None:
-                    history.append(row)
-        if offsets or agents:
-            await self._write_until_done(touched.values(), history, list(agents.values()), offsets)
+                if not is_agents:
+                    events.append((tp.partition, record.offset, envelope))
+                elif isinstance(envelope.data, AgentHeartbeat):
+                    agents[envelope.data.agent_id] = agent_row(
+                        envelope.data,
+                        at=datetime.fromtimestamp(record.timestamp / 1000, UTC),
+                        partition=tp.partition,
+                        offset=record.offset,
+                        silence_intervals=self.silence_intervals,
+                    )
+        for p in await self._load(events):
+            # Nothing of this partition's batch is applied: the refold reads it again.
+            await self._refold(p, min(o for q, o, _ in events if q == p))
+            events = [e for e in events if e[0] != p]
+            offsets.pop(p, None)
+        touched: dict[str, PipelineState] = {}
+        history: list[tuple[Any, ...]] = []
+        for p, offset, envelope in events:
+            pid = envelope.data.pipeline_id
+            applied = self._applied.get(pid)
+            if applied is not None and offset <= applied[1]:
+                self.stats.events_skipped += 1  # its state (loaded from its row) has it
+                continue
+            # Popped and put back: the dict's order is the order of use (the LRU bound's).
+            state = self.states.pop(pid, None) or PipelineState(pid)
+            self.states[pid] = state
+            apply(state, envelope)
+            self._applied[pid] = (p, offset)
+            touched[pid] = state
+            row = history_row(state, envelope)
+            if row is not None:
+                history.append(row)
+        refolded = []
+        for p, until in list(self._refolding.items()):
+            if p in offsets and offsets[p] >= until:
+                refolded.append(p)
+                del self._refolding[p]
+            else:
+                offsets.pop(p, None)  # never save a position before the rows' own
+        if touched or offsets or agents:
+            await self._until_available(
+                lambda: self._write(touched.values(), history, list(agents.values()), offsets)
+            )
+        # Every pipeline of the batch, also one loaded whose events it already reflected.
+        self._evict({e.data.pipeline_id for _, _, e in events}, refolded)
         return sum(len(r) for r in batches.values())
 
-    async def _write_until_done(
-        self,
-        states: Iterable[PipelineState],
-        history: list[tuple[Any, ...]],
-        agents: list[tuple[Any, ...]],
-        offsets: dict[int, int],
-    ) -> None:
-        """Write the batch, again after each connection failure until the database is back.
+    async def behind(self) -> int:
+        """How many records of the events topic are still to read (0: caught up)."""
+        tps = [
+            TopicPartition(self._topic, p) for p in range(TOPICS[Topic.PIPELINE_EVENTS].partitions)
+        ]
+        ends = await self._consumer.end_offsets(tps)
+        left = 0
+        for tp in tps:
+            left += max(0, ends[tp] - await self._consumer.position(tp))
+        return left
+
+    async def _load(self, events: list[tuple[int, int, Envelope[Any]]]) -> set[int]:
+        """Load from their rows the states of the pipelines these events are about that are
+        not in memory; the partitions where a row's state cannot be read."""
+        wanted = {
+            e.data.pipeline_id: p
+            for p, _, e in events
+            if p not in self._refolding and e.data.pipeline_id not in self.states
+        }
+        if not wanted:
+            return set()
+        rows = await self._until_available(lambda: self._fetch(_LOAD_STATES, list(wanted)))
+        unusable: set[int] = set()
+        for row in rows:
+            pid, p = row["pipeline_id"], wanted[row["pipeline_id"]]
+            try:
+                if row["state"] is None or row["state_offset"] is None:
+                    raise SnapshotUnusable("its row was written before rows held states")
+                state = decode_archived(row["state"])
+                if state.pipeline_id != pid or state.version != row["version"]:
+                    raise SnapshotUnusable(f"it is not version {row['version']} of {pid}")
+            except SnapshotUnusable as exc:
+                log.warning(
+                    "projection: the state of %s cannot be read (%s): folding partition %s "
+                    "again from the start",
+                    pid,
+                    exc,
+                    p,
+                )
+                unusable.add(p)
+                continue
+            self.states[pid] = state
+            self._applied[pid] = (p, row["state_offset"])
+            self.stats.states_loaded += 1
+        return unusable
+
+    async def _refold(self, p: int, until: int) -> None:
+        """Fold partition ``p`` again from the log's start, its rows reflecting every event
+        before ``until``: its states are forgotten and rebuilt from the events alone."""
+        for pid in [pid for pid, (q, _) in self._applied.items() if q == p]:
+            del self._applied[pid]
+            self.states.pop(pid, None)
+        self._refolding[p] = max(until, self._refolding.get(p, 0))
+        self.stats.refolds += 1
+        await self._consumer.seek_to_beginning(TopicPartition(self._topic, p))
+
+    def _evict(self, seen: set[str], refolded: list[int]) -> None:
+        """Ended pipelines (their rows now written) leave memory, except in a partition being
+        folded again; a partition whose refold is done lets all of its ended ones go."""
+        candidates = [pid for pid, (p, _) in self._applied.items() if p in refolded]
+        candidates += [
+            pid
+            for pid in seen
+            if pid in self._applied and self._applied[pid][0] not in self._refolding
+        ]
+        for pid in candidates:
+            state = self.states.get(pid)
+            if state is not None and archivable(state):
+                del self.states[pid]
+                del self._applied[pid]
+                self.stats.states_evicted += 1
+        if self.max_pipelines is None or len(self.states) <= self.max_pipelines:
+            return
+        for pid in list(self.states):  # least recently touched first
+            if len(self.states) <= self.max_pipelines:
+                break
+            state = self.states[pid]
+            # A state with no rows yet (nothing to load it back from) stays, as does any of a
+            # partition being folded again.
+            if (state.stages or state.errors) and self._applied[pid][0] not in self._refolding:
+                del self.states[pid]
+                del self._applied[pid]
+                self.stats.live_evicted += 1
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
+    async def _until_available(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()``, again after each connection failure until the database is back.
 
         The read model is not the orchestrator's source of truth: a database that restarts must
         not end the process that runs the pipelines (it did: the write's ConnectionRefusedError
         ended ``serve``). The batch's records are already consumed, so it is kept and written
         whole, in one transaction, once the server answers; the read model lags meanwhile."""
-        states = list(states)
         delay = WRITE_RETRY_FIRST_S
         while True:
             try:
-                await self._write(states, history, agents, offsets)
-                return
+                return await attempt()
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("projection: the database is unavailable (%r); retrying", exc)
                 await asyncio.sleep(delay)
@@ -324,7 +497,8 @@ class Projection:
             if not state.stages and not state.errors:
                 continue
             row, stage_rows = pipeline_rows(state)
-            pipelines.append(row)
+            offset = self._applied[state.pipeline_id][1]
+            pipelines.append((*row, encode_archived(state), offset))
             stages.extend(stage_rows)
         async with self._pool.acquire() as conn, conn.transaction():
             if pipelines:
