@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from posttrain.events.access import GRANTS, AclEntry, Operation, Resource, acl_entries
+from posttrain.events import access
+from posttrain.events.access import AclEntry, Operation, Resource
 
 K8S = Path(__file__).resolve().parent / "k8s"
 USERS = K8S / "users.yaml"
@@ -77,7 +78,8 @@ def strimzi_acls(entries: list[AclEntry]) -> list[dict[str, Any]]:
 
 def kafka_users(namespace: str) -> list[dict[str, Any]]:
     """The KafkaUser resources of every principal that ``GRANTS`` lists."""
-    entries = acl_entries(namespace)
+    # Through the module, not names imported from it: the table as it is when called.
+    entries = access.acl_entries(namespace)
     return [
         {
             "apiVersion": "kafka.strimzi.io/v1",
@@ -95,7 +97,7 @@ def kafka_users(namespace: str) -> list[dict[str, Any]]:
                 },
             },
         }
-        for principal in GRANTS
+        for principal in access.GRANTS
     ]
 
 

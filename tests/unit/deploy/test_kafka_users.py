@@ -76,6 +76,7 @@ def test_users_yaml_is_what_the_generator_writes_from_grants():
 
 
 def test_the_drift_check_fails_when_grants_change(monkeypatch: pytest.MonkeyPatch):
+    # A principal given one more right is a stale file ...
     grants = dict(GRANTS)
     gateway = grants[Principal.GATEWAY]
     grants[Principal.GATEWAY] = Grant(
@@ -85,6 +86,11 @@ def test_the_drift_check_fails_when_grants_change(monkeypatch: pytest.MonkeyPatc
         reads=(Topic.PIPELINE_EVENTS,),
     )
     monkeypatch.setattr(access, "GRANTS", grants)
+    assert GENERATOR.main(["--check"]) == 1
+    # ... and so is a principal left out.
+    monkeypatch.setattr(
+        access, "GRANTS", {p: g for p, g in GRANTS.items() if p is not Principal.RECORDER}
+    )
     assert GENERATOR.main(["--check"]) == 1
 
 
