@@ -177,6 +177,9 @@ def test_each_service_reaches_kafka_as_its_own_kafka_user(where, pod, container)
     assert env["KAFKA_SASL_MECHANISM"].lower() == listener["authentication"]["type"]
     users = {u["metadata"]["name"] for u in k8s_resources("KafkaUser")}
     assert env["KAFKA_SASL_USERNAME"] in users, where
+    # Each workload is named for its principal (posttrain-<principal>): two services swapping
+    # users would each still find a KafkaUser, but not under their own name.
+    assert where.endswith(f"/posttrain-{env['KAFKA_SASL_USERNAME']}"), where
     # The password from the user's Secret, as a file (never in the pod spec or command line).
     assert "KAFKA_SASL_PASSWORD" not in env
     password = _secret_file(pod, container, env["KAFKA_SASL_PASSWORD_FILE"])
