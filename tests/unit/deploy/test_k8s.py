@@ -25,6 +25,7 @@ CUSTOM = {
     ("kafka.strimzi.io/v1", "Kafka"): "kafka.strimzi.io-v1-kafka.json",
     ("kafka.strimzi.io/v1", "KafkaNodePool"): "kafka.strimzi.io-v1-kafkanodepool.json",
     ("kafka.strimzi.io/v1", "KafkaTopic"): "kafka.strimzi.io-v1-kafkatopic.json",
+    ("kafka.strimzi.io/v1", "KafkaUser"): "kafka.strimzi.io-v1-kafkauser.json",
     ("postgresql.cnpg.io/v1", "Cluster"): "postgresql.cnpg.io-v1-cluster.json",
 }
 
@@ -90,6 +91,10 @@ def test_the_validators_refuse_a_misspelt_field():
     topic = copy.deepcopy(topic)
     topic["spec"]["partition"] = 3
     assert list(_custom_validator("kafka.strimzi.io/v1", "KafkaTopic").iter_errors(topic))
+    (user, *_) = k8s_resources("KafkaUser")
+    user = copy.deepcopy(user)
+    user["spec"]["authorization"]["acls"][0]["operation"] = ["Read"]
+    assert list(_custom_validator("kafka.strimzi.io/v1", "KafkaUser").iter_errors(user))
 
 
 def test_kafka_runs_in_kraft_mode_with_a_node_pool():
@@ -129,7 +134,8 @@ def test_every_declared_topic_has_a_kafka_topic_as_the_code_declares_it():
 
 def test_the_services_reach_the_kafka_cluster_and_database_deployed():
     (kafka,) = k8s_resources("Kafka")
-    (listener,) = [x for x in kafka["spec"]["kafka"]["listeners"] if x["name"] == "plain"]
+    # The one listener, authenticated (test_kafka_users.py checks how).
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
     (env,) = [c for c in k8s_resources("ConfigMap") if c["metadata"]["name"] == "posttrain-env"]
     bootstrap = f"{kafka['metadata']['name']}-kafka-bootstrap:{listener['port']}"
     assert env["data"]["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap
