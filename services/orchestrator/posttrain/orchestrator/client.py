@@ -206,7 +206,15 @@ async def aget_pipeline_status(
     """Status and, per stage, name, status, command id, agent, attempts, times; None if the
     pipeline is unknown (or not projected yet). Reads through ``db`` when given."""
     async with _connection(db, database_url) as conn:
-        row = await conn.fetchrow("SELECT * FROM pipelines WHERE pipeline_id = $1", pipeline_uuid)
+        # Not the projection's own columns (its encoded state): only what the status shows.
+        row = await conn.fetchrow(
+            """
+            SELECT pipeline_id, name, status, submitted_by, submitted_at, finished_at, layers,
+                   errors
+            FROM pipelines WHERE pipeline_id = $1
+            """,
+            pipeline_uuid,
+        )
         if row is None:
             return None
         stages = await conn.fetch(
