@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import zlib
 from dataclasses import dataclass
 
-from posttrain.events.kafka import EventConsumer, KafkaSettings
+from posttrain.events.kafka import KafkaSettings, Received
 from posttrain.events.kafka.producer import partition_for
 from posttrain.events.messages import AgentHeartbeat
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.orchestrator.core.decide import AgentView
+from posttrain.orchestrator.shell.following import TopicFollower
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class _Seen:
     at: float  # our clock when it arrived: immune to the agent's clock being off
 
 
-class AgentTable:
+class AgentTable(TopicFollower):
     """Every agent's latest heartbeat, and what this instance has sent each agent that is not
     over yet (its reservations). An agent is silent once ``silence_intervals`` of its own
     heartbeat intervals pass without one; a heartbeat with ``stopping`` retires it at once.
@@ -49,16 +49,9 @@ class AgentTable:
         silence_intervals: float = 3.0,
         liveness_every_s: float = 0.1,
     ) -> None:
-        self._consumer = EventConsumer(
-            settings,
-            [Topic.AGENTS],
-            group_id=None,
-            name="orchestrator-agents",
-            isolation_level="read_committed",
-        )
+        super().__init__(settings, Topic.AGENTS, "orchestrator-agents")
         self._seen: dict[str, _Seen] = {}
         self._silence = silence_intervals
-        self._task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
         # agent -> {command id: GPUs} of the stages this instance sent it and saw no end of
         self._reserved: dict[str, dict[str, int]] = {}
@@ -78,33 +71,15 @@ class AgentTable:
         self._partitions = TOPICS[Topic.PIPELINE_EVENTS].partitions
         self._home: dict[str, int] = {}
 
-    async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="agent-table")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=500)
-            except Exception:  # a poison message is already parked; log anything else and go on
-                log.exception("reading agent heartbeats failed")
-                await asyncio.sleep(1)
-                continue
-            self.answered(self._last_answer())
-            now = time.time()
-            for received in batch:
-                beat = received.envelope.data
-                if isinstance(beat, AgentHeartbeat):
-                    self.heard(beat, now)
-            if batch:
-                self.changed.set()
+    def take(self, batch: list[Received]) -> None:
+        self.answered(self._last_answer())
+        now = time.time()
+        for received in batch:
+            beat = received.envelope.data
+            if isinstance(beat, AgentHeartbeat):
+                self.heard(beat, now)
+        if batch:
+            self.changed.set()
 
     def heard(self, beat: AgentHeartbeat, now: float) -> None:
         """Take an agent's heartbeat, received at ``now`` on our clock."""

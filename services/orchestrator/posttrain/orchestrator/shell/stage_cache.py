@@ -9,54 +9,22 @@ a wrong state: the decision is recorded on the log as ``StageCached``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
-from posttrain.events.kafka import EventConsumer, KafkaSettings
+from posttrain.events.kafka import KafkaSettings, Received
 from posttrain.events.messages import StageOutputsCached
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.core.decide import CacheEntry
+from posttrain.orchestrator.shell.following import TopicFollower
 
-log = logging.getLogger(__name__)
 
-
-class StageCacheTable:
+class StageCacheTable(TopicFollower):
     """Every cache entry on the topic, by cache key (the latest one wins, as compaction keeps)."""
 
     def __init__(self, settings: KafkaSettings) -> None:
-        self._consumer = EventConsumer(
-            settings,
-            [Topic.STAGE_CACHE],
-            group_id=None,
-            name="orchestrator-stage-cache",
-            isolation_level="read_committed",
-        )
+        super().__init__(settings, Topic.STAGE_CACHE, "orchestrator-stage-cache")
         self.entries: dict[str, CacheEntry] = {}
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="stage-cache-table")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=500)
-            except Exception:  # a poison message is already parked; log anything else and go on
-                log.exception("reading the stage cache failed")
-                await asyncio.sleep(1)
-                continue
-            for received in batch:
-                entry = received.envelope.data
-                if isinstance(entry, StageOutputsCached):
-                    self.entries[entry.cache_key] = CacheEntry(
-                        dict(entry.outputs), entry.command_id
-                    )
+    def take(self, batch: list[Received]) -> None:
+        for received in batch:
+            entry = received.envelope.data
+            if isinstance(entry, StageOutputsCached):
+                self.entries[entry.cache_key] = CacheEntry(dict(entry.outputs), entry.command_id)
