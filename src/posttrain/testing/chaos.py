@@ -11,6 +11,10 @@ instances of each service and three agents, one instance of each service killed 
 The seed comes from POSTTRAIN_CHAOS_SEED (a failure is replayed with the seed it printed), else
 it is drawn; the plan is a function of the seed alone. The moments are offsets in seconds from
 the previous action, so a replay makes the same kills in the same order at the same pace.
+
+The plan is carried out whole, however fast the machine trains: the workload is a pipeline at a
+time, and while actions remain, the next pipeline is submitted as soon as one ends (a fast
+machine runs more of them). Every pipeline of the run is checked against every invariant.
 """
 
 from __future__ import annotations
@@ -164,9 +168,10 @@ class Action:
 @dataclass
 class Outcome:
     seed: int
-    pipeline_id: str
+    # The workload: the pipelines submitted one after another while the plan was carried out.
+    pipeline_ids: list[str] = field(default_factory=list)
     performed: list[Action] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     alerts: int = 0
     actions: int = 0
@@ -184,9 +189,12 @@ class Outcome:
         return counts
 
     def summary(self) -> str:
+        pipelines = ", ".join(
+            f"{p} {self.statuses.get(p, 'unfinished')}" for p in self.pipeline_ids
+        )
         return (
-            f"chaos seed {self.seed} (replay: POSTTRAIN_CHAOS_SEED={self.seed}); pipeline "
-            f"{self.pipeline_id} {self.status.get('status')} in {self.seconds:.0f} s; kills "
+            f"chaos seed {self.seed} (replay: POSTTRAIN_CHAOS_SEED={self.seed}); pipelines "
+            f"[{pipelines}] in {self.seconds:.0f} s; kills "
             f"{self.kill_counts()}; alerts delivered {self.alerts}, actions requested "
             f"{self.actions}; start failures {self.start_failures}; failed attempts "
             f"{self.failures}; violations {len(self.violations)}"
@@ -242,45 +250,59 @@ async def run_chaos(
     perform: Perform,
     *,
     seed: int,
-    pipeline_id: str,
+    workload: str,
     timeout: float = 900,
 ) -> Outcome:
-    """Submit, carry out ``plan`` while the pipeline runs (``perform`` does each action), wait
-    for its end and for the platform to settle, stop it, and check every invariant."""
-    outcome = Outcome(seed, pipeline_id)
+    """Carry out ``plan`` (``perform`` does each action) while pipelines run, one after another
+    (``{workload}-1``, ``-2``...): the first is submitted before the first action, the next as
+    soon as one ends while actions remain. Then wait for the last one's end and for the
+    platform to settle, stop it, and check every invariant on every pipeline."""
+    outcome = Outcome(seed)
     started = time.monotonic()
-    await submit(platform, pipeline(pipeline_id))
-    done = asyncio.Event()
+    deadline = started + timeout
+    plan_done = asyncio.Event()
 
-    async def follow() -> None:
-        deadline = time.monotonic() + timeout
+    async def next_pipeline() -> str:
+        pipeline_id = f"{workload}-{len(outcome.pipeline_ids) + 1}"
+        outcome.pipeline_ids.append(pipeline_id)
+        await submit(platform, pipeline(pipeline_id))
+        return pipeline_id
+
+    async def workload_runs() -> None:
+        pipeline_id = await next_pipeline()
         while time.monotonic() < deadline:
             died = await asyncio.to_thread(platform.supervise)
             if died:
                 raise AssertionError("a service died by itself:\n" + "\n".join(died))
             status = await pipeline_status(platform, pipeline_id)
             if status is not None and status["status"] in TERMINAL:
-                outcome.status = status
-                done.set()
-                return
+                outcome.statuses[pipeline_id] = status["status"]
+                if plan_done.is_set() or status["status"] != "succeeded":
+                    return  # a failed pipeline ends the run: its invariants will say why
+                pipeline_id = await next_pipeline()
+                continue
             await asyncio.sleep(1.0)
         raise AssertionError(f"pipeline {pipeline_id} did not end within {timeout:.0f} s")
 
     async def chaos() -> None:
-        for action in plan:
-            try:
-                await asyncio.wait_for(done.wait(), action.after_s)
-                return  # the pipeline ended: the rest of the plan is not carried out
-            except TimeoutError:
-                pass
-            await perform(action)
-            outcome.performed.append(action)
+        try:
+            for action in plan:
+                await asyncio.sleep(action.after_s)
+                await perform(action)
+                outcome.performed.append(action)
+        finally:
+            plan_done.set()
 
-    following = asyncio.create_task(follow())
+    acting = asyncio.create_task(chaos())
+    following = asyncio.create_task(workload_runs())
     try:
-        await chaos()
+        # The workload ends once the plan is carried out (or a pipeline fails); an action that
+        # could not be carried out is raised here.
         await following
+        if acting.done():
+            acting.result()
     finally:
+        acting.cancel()
         following.cancel()
     outcome.seconds = time.monotonic() - started
     outcome.start_failures = platform.start_failures()
@@ -290,8 +312,8 @@ async def run_chaos(
 
 async def settle(platform: Platform, receiver: AlertReceiver, outcome: Outcome) -> None:
     """Wait until the platform has caught up with the run (the metrics stored, every action
-    answered, every anomaly alerted), stop it, then check the invariants."""
-    settings, pipeline_id = platform.settings, outcome.pipeline_id
+    answered, every anomaly alerted), stop it, then check the invariants on each pipeline."""
+    settings, pipeline_ids = platform.settings, outcome.pipeline_ids
     pool = await asyncpg.create_pool(platform.database_url, min_size=1, max_size=2)
     try:
         events: list[Any] = []
@@ -302,11 +324,17 @@ async def settle(platform: Platform, receiver: AlertReceiver, outcome: Outcome) 
             log = await invariants.read_topic(settings, Topic.PIPELINE_EVENTS)
             events = [e for _, e in log]
 
+        def ours(data: Any) -> bool:
+            return getattr(data, "pipeline_id", None) in pipeline_ids
+
+        def unanswered() -> list[str]:
+            return [p for pid in pipeline_ids for p in invariants.actions_answered(events, pid)]
+
         async def metrics_problems() -> list[str]:
             emitted = [
                 e.data
                 for _, e in await invariants.read_topic(settings, Topic.METRICS)
-                if getattr(e.data, "job_id", "").startswith(pipeline_id)
+                if getattr(e.data, "job_id", "").startswith(tuple(f"{p}." for p in pipeline_ids))
             ]
             jobs = {m.job_id for m in emitted}
             stored = {job: await get_job_points(job, run="all", db=pool) for job in jobs}
@@ -317,7 +345,7 @@ async def settle(platform: Platform, receiver: AlertReceiver, outcome: Outcome) 
         async def caught_up() -> bool:
             died.extend(await asyncio.to_thread(platform.supervise))
             await read_events()
-            if invariants.actions_answered(events, pipeline_id):
+            if unanswered():
                 return False
             if await metrics_problems():
                 return False
@@ -327,7 +355,7 @@ async def settle(platform: Platform, receiver: AlertReceiver, outcome: Outcome) 
             anomalies = {
                 e.data.anomaly_id
                 for _, e in await invariants.read_topic(settings, Topic.ANOMALIES)
-                if getattr(e.data, "pipeline_id", None) == pipeline_id
+                if ours(e.data)
             }
             sent = {
                 e.data.anomaly_id
@@ -344,27 +372,29 @@ async def settle(platform: Platform, receiver: AlertReceiver, outcome: Outcome) 
             platform.stop()
         await read_events()
         witness = read_witness(platform.witness_dir)
-        outcome.violations = [
-            *(f"died by itself: {d}" for d in died),
-            *invariants.pipeline_succeeded(events, pipeline_id),
-            *invariants.events_unique_and_ordered(log, pipeline_id),
-            *invariants.no_attempt_ran_twice(
-                witness, [e for e in events if getattr(e.data, "pipeline_id", "") == pipeline_id]
-            ),
+        outcome.violations = [f"died by itself: {d}" for d in died]
+        for pid in pipeline_ids:
+            outcome.violations += [
+                *invariants.pipeline_succeeded(events, pid),
+                *invariants.events_unique_and_ordered(log, pid),
+                *invariants.no_attempt_ran_twice(
+                    [w for w in witness if w["pipeline_id"] == pid],
+                    [e for e in events if getattr(e.data, "pipeline_id", "") == pid],
+                ),
+            ]
+        outcome.violations += [
             *await metrics_problems(),
             *invariants.alerts_once(receiver.deliveries),
-            *invariants.actions_answered(events, pipeline_id),
+            *unanswered(),
         ]
         outcome.failures = [
-            f"{e.data.stage}#{e.data.attempt} {getattr(e.data, 'kind', '')}: "
-            f"{str(getattr(e.data, 'error', ''))[:160]}"
+            f"{e.data.pipeline_id} {e.data.stage}#{e.data.attempt} "
+            f"{getattr(e.data, 'kind', '')}: {str(getattr(e.data, 'error', ''))[:160]}"
             for e in events
-            if e.type == "StageFailed" and e.data.pipeline_id == pipeline_id
+            if e.type == "StageFailed" and ours(e.data)
         ]
         outcome.alerts = sum(receiver.deliveries.values())
-        outcome.actions = sum(
-            1 for e in events if e.type == "ActionRequested" and e.data.pipeline_id == pipeline_id
-        )
+        outcome.actions = sum(1 for e in events if e.type == "ActionRequested" and ours(e.data))
     finally:
         await pool.close()
 
@@ -485,8 +515,8 @@ async def scale_out(
         platform.restart(action.target)
 
     plan = scale_out_plan(seed)
-    pipeline_id = f"{settings.namespace}-scale-{seed}"
-    return await _run(platform, receiver, plan, perform, seed, pipeline_id), plan
+    workload = f"{settings.namespace}-scale-{seed}"
+    return await _run(platform, receiver, plan, perform, seed, workload), plan
 
 
 async def _run(
@@ -495,14 +525,12 @@ async def _run(
     plan: list[Action],
     perform: Perform,
     seed: int,
-    pipeline_id: str,
+    workload: str,
 ) -> Outcome:
     platform.start()
     try:
         await platform.wait_ready()
-        return await run_chaos(
-            platform, receiver, plan, perform, seed=seed, pipeline_id=pipeline_id
-        )
+        return await run_chaos(platform, receiver, plan, perform, seed=seed, workload=workload)
     finally:
         platform.stop()
         await receiver.stop()
