@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from posttrain.diagnostics.core.anomaly import AnomalyType
 from posttrain.diagnostics.core.zscore import ZScoreDepartures
 
 
@@ -11,9 +12,10 @@ def _tracker(
     up: bool = True,
     min_rel_change: float | None = None,
 ) -> ZScoreDepartures:
-    return ZScoreDepartures(
-        state or {},
+    tracker = ZScoreDepartures(
         8,
+        field="reward_mean",
+        kinds=(AnomalyType.REWARD_SPIKE, AnomalyType.REWARD_DROP),
         min_points=4,
         min_abs_std=0.1,
         min_rel_std=0.0,
@@ -21,6 +23,8 @@ def _tracker(
         up=up,
         min_rel_change=min_rel_change,
     )
+    tracker.restore(state or {})
+    return tracker
 
 
 def _fill(tracker: ZScoreDepartures, values: list[float]) -> None:
@@ -68,6 +72,8 @@ def test_state_round_trips_through_the_rules_keys() -> None:
     t = _tracker()
     _fill(t, [1.0, 1.0, 1.0, 1.0])
     assert t.push(5.0) is not None
-    restored = _tracker({"window": t.window.to_dict(), "direction": t.direction})
+    saved = t.to_dict()
+    assert saved == {"window": t.window.to_dict(), "direction": t.direction}
+    restored = _tracker(saved)
     assert restored.direction == 1 and list(restored.window.values) == list(t.window.values)
     assert restored.push(6.0) is None  # the departure it was in is not raised again

@@ -1,5 +1,6 @@
 """The rules. Each rule folds one job's points, in order, into a small state and appends the
-anomalies that a point raises; each serializes its state to a JSON-able dict.
+anomalies that a point raises; each declares the state it saves (``saved``: one codec for
+every rule, in ``saved_state``).
 
 A rule raises once per episode: a condition that holds for many steps in a row (a NaN loss that
 stays NaN, a KL that stays high) is one anomaly, raised at the step where it is established
@@ -32,6 +33,22 @@ from posttrain.diagnostics.core.config import (
     PlateauConfig,
     RewardConfig,
 )
+from posttrain.diagnostics.core.saved_state import (
+    SavedState,
+    count,
+    ema,
+    flag,
+    floats,
+    median,
+    names,
+    number,
+    numbers_by_name,
+    optional_count,
+    optional_number,
+    part,
+    steps,
+    window,
+)
 from posttrain.diagnostics.core.windows import (
     EmaStats,
     JsonDict,
@@ -39,7 +56,7 @@ from posttrain.diagnostics.core.windows import (
     RollingWindow,
     linear_slope,
 )
-from posttrain.diagnostics.core.zscore import ZScoreDepartures
+from posttrain.diagnostics.core.zscore import Departure, ZScoreDepartures
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.events.nonfinite import float_of
 
@@ -152,7 +169,7 @@ class Rule(Protocol):
     def to_dict(self) -> JsonDict: ...
 
 
-class NonFiniteRule:
+class NonFiniteRule(SavedState):
     """Every watched field that turns NaN or infinite is named in an anomaly.
 
     A run of bad steps (consecutive points with at least one non-finite field) names each field
@@ -165,6 +182,7 @@ class NonFiniteRule:
 
     name = "non_finite"
     value_field: str | None = None  # reads every watched field itself
+    saved = (names("named"),)
 
     def __init__(self, cfg: NonFiniteConfig, state: JsonDict) -> None:
         self.cfg = cfg
@@ -172,10 +190,15 @@ class NonFiniteRule:
         self.custom = tuple(f for f in cfg.fields if f not in _POINT_FIELDS)
         # One call returns every core value (a tuple even for a single field).
         self._values = operator.attrgetter(*self.core, "step") if self.core else None
-        named = state.get("named")
-        if named is None:  # a state saved before fields were named one by one
-            named = ["*"] if state.get("active") else []
-        self.named: list[str] = [str(n) for n in named]
+        self.named: list[str] = []
+        self.restore(state)
+
+    @classmethod
+    def upcast(cls, state: JsonDict) -> JsonDict:
+        if "named" in state:
+            return state
+        # A state saved before fields were named one by one: only "a run is on".
+        return {"named": ["*"] if state.get("active") else []}
 
     def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         named = self.named
@@ -240,12 +263,14 @@ class NonFiniteRule:
     def on_rewind(self) -> None:
         self.named = []
 
-    def to_dict(self) -> JsonDict:
-        return {"named": list(self.named)}
 
-
-class LossSpikeRule:
+class LossSpikeRule(SavedState):
     name = "loss_spike"
+    saved = (window("window", "cfg.window"), flag("active"), count("episode"), flag("sampled_rl"))
+    window: RollingWindow
+    active: bool
+    episode: int
+    sampled_rl: bool
 
     def __init__(self, cfg: LossSpikeConfig, state: JsonDict) -> None:
         self.cfg = cfg
@@ -257,10 +282,7 @@ class LossSpikeRule:
         self._min_rel_std = cfg.min_rel_std
         self._min_abs_std = cfg.min_abs_std
         self._k = cfg.k
-        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
-        self.active = bool(state.get("active", False))
-        self.episode = int(state.get("episode", 0))
-        self.sampled_rl = bool(state.get("sampled_rl", False))
+        self.restore(state)
 
     def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if self._skip_sampled_rl:
@@ -317,31 +339,29 @@ class LossSpikeRule:
         self.active = False
         self.episode = 0
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "window": self.window.to_dict(),
-            "active": self.active,
-            "episode": self.episode,
-            "sampled_rl": self.sampled_rl,
-        }
 
-
-class KlRule:
+class KlRule(SavedState):
     name = "kl"
+    saved = (
+        median("median", "cfg.median_window"),
+        floats("recent", "cfg.smoothing"),
+        flag("active"),
+        count("saturated_run"),
+        # Finite points still to come before an infinite KL's episode can end: until the level
+        # is made of points after it, a high level is the same blow-up.
+        count("hold"),
+    )
+    median: RollingMedian
+    recent: deque[float]
+    active: bool
+    saturated_run: int
+    hold: int
 
     def __init__(self, cfg: KlConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.value_field: str | None = cfg.field
         self.get = getter(cfg.field)
-        self.median = RollingMedian.from_dict(state.get("median", {}), cfg.median_window)
-        self.recent: deque[float] = deque(
-            (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
-        )
-        self.active = bool(state.get("active", False))
-        self.saturated_run = int(state.get("saturated_run", 0))
-        # Finite points still to come before an infinite KL's episode can end: until the level
-        # is made of points after it, a high level is the same blow-up.
-        self.hold = int(state.get("hold", 0))
+        self.restore(state)
         self._limit = None if cfg.target is None else cfg.abs_factor * cfg.target
         self._saturated_at = (
             None if cfg.saturation_value is None else cfg.saturation_value * (1.0 - 1e-6)
@@ -472,18 +492,11 @@ class KlRule:
         self.hold = 0
         self.recent.clear()
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "median": self.median.to_dict(),
-            "recent": list(self.recent),
-            "active": self.active,
-            "saturated_run": self.saturated_run,
-            "hold": self.hold,
-        }
 
-
-class RewardRule:
+class RewardRule(SavedState):
     name = "reward"
+    saved = (part("level"), count("collapse_run"))
+    collapse_run: int
 
     def __init__(self, cfg: RewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
@@ -494,8 +507,9 @@ class RewardRule:
         self._zero_std_frac_max = cfg.zero_std_frac_max
         # direction: +1 spiking, -1 dropping, 0 neither
         self.level = ZScoreDepartures(
-            state,
             cfg.window,
+            field=cfg.field,
+            kinds=(AnomalyType.REWARD_SPIKE, AnomalyType.REWARD_DROP),
             min_points=cfg.min_points,
             min_abs_std=cfg.min_abs_std,
             min_rel_std=cfg.min_rel_std,
@@ -503,31 +517,20 @@ class RewardRule:
             up=cfg.detect_spike,
             down=cfg.detect_drop,
         )
-        self.collapse_run = int(state.get("collapse_run", 0))
+        self.restore(state)
 
     def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if value is not None:
-            self._zscore(point, value, out)
+            self.level.observe(point, value, out, self._describe)
         self._collapse(point, out)
 
-    def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
-        departure = self.level.push(value)
-        if departure is None:
-            return
+    def _describe(self, point: MetricPoint, value: float, departure: Departure) -> str:
         cfg = self.cfg
         spike = departure.direction > 0
-        out.append(
-            make(
-                AnomalyType.REWARD_SPIKE if spike else AnomalyType.REWARD_DROP,
-                "warning",
-                point.step,
-                value,
-                cfg.field,
-                f"{cfg.field} {'spike' if spike else 'drop'} at step {point.step}: {fmt(value)} "
-                f"is {fmt(abs(departure.z))} std from the mean {fmt(departure.mean)} of the last "
-                f"{departure.points} points (limit {fmt(cfg.z)})",
-                departure.window(),
-            )
+        return (
+            f"{cfg.field} {'spike' if spike else 'drop'} at step {point.step}: {fmt(value)} "
+            f"is {fmt(abs(departure.z))} std from the mean {fmt(departure.mean)} of the last "
+            f"{departure.points} points (limit {fmt(cfg.z)})"
         )
 
     def _collapse(self, point: MetricPoint, out: list[Anomaly]) -> None:
@@ -570,15 +573,8 @@ class RewardRule:
         self.level.direction = 0
         self.collapse_run = 0
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "window": self.level.window.to_dict(),
-            "direction": self.level.direction,
-            "collapse_run": self.collapse_run,
-        }
 
-
-class GradRule:
+class GradRule(SavedState):
     """Gradient explosion: a level of high norms, judged against the recent normal ones.
 
     A step is *high* when its norm is at least ``min_ratio`` times the median of the last
@@ -593,20 +589,28 @@ class GradRule:
     """
 
     name = "grad"
+    # A state saved by the EMA version of this rule ("ema", "warmup") starts a new window.
+    saved = (
+        window("window", "cfg.window"),
+        # The last ``persist_window`` steps: [step, norm] for a high one, [step, None] otherwise.
+        steps("recent", "cfg.persist_window"),
+        flag("active"),
+        count("episode"),
+        count("vanish_run"),
+    )
+    window: RollingWindow
+    recent: deque[tuple[int, float | None]]
+    active: bool
+    episode: int
+    vanish_run: int
 
     def __init__(self, cfg: GradConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.value_field: str | None = cfg.field
-        # A state saved by the EMA version of this rule ("ema", "warmup") starts a new window.
-        self.window = RollingWindow.from_dict(state.get("window", {}), cfg.window)
+        self.restore(state)
         # The window's values sorted (oldest first among equal ones, as ``sorted`` leaves them),
         # kept beside it for the median; derived, not saved.
         self._sorted = sorted(self.window.values)
-        # The last ``persist_window`` steps: [step, norm] for a high one, [step, None] otherwise.
-        self.recent: deque[tuple[int, float | None]] = deque(
-            ((int(s), None if v is None else float(v)) for s, v in state.get("recent", [])),
-            maxlen=cfg.persist_window,
-        )
         self._highs = sum(v is not None for _, v in self.recent)  # high steps in ``recent``
         self._vanish_eps = cfg.vanish_eps
         self._warmup_points = cfg.warmup_points
@@ -614,9 +618,6 @@ class GradRule:
         self._z = cfg.z
         self._min_ratio = cfg.min_ratio
         self._persist_steps = cfg.persist_steps
-        self.active = bool(state.get("active", False))
-        self.episode = int(state.get("episode", 0))
-        self.vanish_run = int(state.get("vanish_run", 0))
 
     def _push(self, value: float) -> None:
         """Push to the window, keeping its sorted copy."""
@@ -718,31 +719,30 @@ class GradRule:
         self.recent.clear()
         self._highs = 0
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "window": self.window.to_dict(),
-            "recent": [[s, v] for s, v in self.recent],
-            "active": self.active,
-            "episode": self.episode,
-            "vanish_run": self.vanish_run,
-        }
 
-
-class PlateauRule:
+class PlateauRule(SavedState):
     """torch.optim.lr_scheduler.ReduceLROnPlateau's bookkeeping, one evaluation per block."""
 
     name = "plateau"
+    saved = (
+        number("block_sum"),
+        count("block_n"),
+        optional_number("best"),
+        count("best_step"),
+        count("num_bad"),
+        count("cooldown_counter"),
+    )
+    block_sum: float
+    block_n: int
+    best: float | None
+    best_step: int
+    num_bad: int
+    cooldown_counter: int
 
     def __init__(self, cfg: PlateauConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.value_field: str | None = cfg.field
-        self.block_sum = float(state.get("block_sum", 0.0))
-        self.block_n = int(state.get("block_n", 0))
-        best = state.get("best")
-        self.best: float | None = None if best is None else float(best)
-        self.best_step = int(state.get("best_step", 0))
-        self.num_bad = int(state.get("num_bad", 0))
-        self.cooldown_counter = int(state.get("cooldown_counter", 0))
+        self.restore(state)
         self._eval_every = cfg.eval_every
 
     def is_better(self, a: float, best: float) -> bool:
@@ -797,27 +797,24 @@ class PlateauRule:
         self.block_sum = 0.0
         self.block_n = 0
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "block_sum": self.block_sum,
-            "block_n": self.block_n,
-            "best": self.best,
-            "best_step": self.best_step,
-            "num_bad": self.num_bad,
-            "cooldown_counter": self.cooldown_counter,
-        }
 
-
-class EntropyRule:
+class EntropyRule(SavedState):
     name = "entropy"
+    saved = (
+        ema("early", "cfg.early_alpha"),
+        ema("recent", "cfg.recent_alpha"),
+        flag("seen_reward"),
+        flag("active"),
+    )
+    early: EmaStats
+    recent: EmaStats
+    seen_reward: bool
+    active: bool
 
     def __init__(self, cfg: EntropyConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.value_field: str | None = cfg.field
-        self.early = EmaStats.from_dict(state.get("early", {}), cfg.early_alpha)
-        self.recent = EmaStats.from_dict(state.get("recent", {}), cfg.recent_alpha)
-        self.seen_reward = bool(state.get("seen_reward", False))
-        self.active = bool(state.get("active", False))
+        self.restore(state)
         self._early_points = cfg.early_points
         self._rl_only = cfg.rl_only
         self._ratio = cfg.ratio
@@ -856,63 +853,50 @@ class EntropyRule:
     def on_rewind(self) -> None:
         self.active = False
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "early": self.early.to_dict(),
-            "recent": self.recent.to_dict(),
-            "seen_reward": self.seen_reward,
-            "active": self.active,
-        }
 
-
-class LengthRule:
+class LengthRule(SavedState):
     name = "length"
+    saved = (
+        part("level"),
+        number("clip_ref_sum"),
+        count("clip_ref_n"),
+        flag("clip_active"),
+        floats("clip_recent", "cfg.clip_ratio_smoothing"),
+    )
+    clip_ref_sum: float
+    clip_ref_n: int
+    clip_active: bool
+    clip_recent: deque[float]
 
     def __init__(self, cfg: LengthConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.value_field: str | None = cfg.field
         self._clip_ratio = first_finite_getter(cfg.clip_ratio_keys)
         self.level = ZScoreDepartures(
-            state,
             cfg.window,
+            field=cfg.field,
+            kinds=(AnomalyType.LENGTH_EXPLOSION, AnomalyType.LENGTH_COLLAPSE),
             min_points=cfg.min_points,
             min_abs_std=cfg.min_abs_std,
             min_rel_std=0.0,
             z=cfg.z,
             min_rel_change=cfg.min_rel_change,
         )
-        self.clip_ref_sum = float(state.get("clip_ref_sum", 0.0))
-        self.clip_ref_n = int(state.get("clip_ref_n", 0))
-        self.clip_active = bool(state.get("clip_active", False))
-        self.clip_recent: deque[float] = deque(
-            (float(v) for v in state.get("clip_recent", [])), maxlen=cfg.clip_ratio_smoothing
-        )
+        self.restore(state)
 
     def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if value is not None:
-            self._zscore(point, value, out)
+            self.level.observe(point, value, out, self._describe)
         clip = self._clip_ratio(point)
         if clip is not None:
             self._clip(point, clip, out)
 
-    def _zscore(self, point: MetricPoint, value: float, out: list[Anomaly]) -> None:
-        departure = self.level.push(value)
-        if departure is None:
-            return
-        cfg = self.cfg
+    def _describe(self, point: MetricPoint, value: float, departure: Departure) -> str:
         explosion = departure.direction > 0
-        out.append(
-            make(
-                AnomalyType.LENGTH_EXPLOSION if explosion else AnomalyType.LENGTH_COLLAPSE,
-                "warning",
-                point.step,
-                value,
-                cfg.field,
-                f"response length {'explosion' if explosion else 'collapse'} at step "
-                f"{point.step}: mean length {fmt(value)} vs {fmt(departure.mean)} over the last "
-                f"{departure.points} points (z {fmt(departure.z)}, limit {fmt(cfg.z)})",
-                departure.window(),
-            )
+        return (
+            f"response length {'explosion' if explosion else 'collapse'} at step "
+            f"{point.step}: mean length {fmt(value)} vs {fmt(departure.mean)} over the last "
+            f"{departure.points} points (z {fmt(departure.z)}, limit {fmt(self.cfg.z)})"
         )
 
     def _clip(self, point: MetricPoint, clip: float, out: list[Anomaly]) -> None:
@@ -948,30 +932,18 @@ class LengthRule:
         self.clip_active = False
         self.clip_recent.clear()
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "window": self.level.window.to_dict(),
-            "direction": self.level.direction,
-            "clip_ref_sum": self.clip_ref_sum,
-            "clip_ref_n": self.clip_ref_n,
-            "clip_active": self.clip_active,
-            "clip_recent": list(self.clip_recent),
-        }
 
-
-class MemoryRule:
+class MemoryRule(SavedState):
     name = "memory"
     value_field: str | None = None  # a missing usage still reads the counters
+    saved = (steps("recent", "cfg.trend_points"), numbers_by_name("counters"), flag("active"))
+    recent: deque[tuple[int, float]]
+    counters: dict[str, float]
+    active: bool
 
     def __init__(self, cfg: MemoryConfig, state: JsonDict) -> None:
         self.cfg = cfg
-        self.recent: deque[tuple[int, float]] = deque(
-            ((int(s), float(v)) for s, v in state.get("recent", [])), maxlen=cfg.trend_points
-        )
-        self.counters: dict[str, float] = {
-            k: float(v) for k, v in state.get("counters", {}).items()
-        }
-        self.active = bool(state.get("active", False))
+        self.restore(state)
         self._field_is_core = cfg.field in _POINT_FIELDS
         self._field = getter(cfg.field)
         self._counters = tuple((key, finite_getter(key)) for key in cfg.counter_keys)
@@ -1069,30 +1041,26 @@ class MemoryRule:
         self.active = False
         self.recent.clear()
 
-    def to_dict(self) -> JsonDict:
-        return {
-            "recent": [[s, v] for s, v in self.recent],
-            "counters": self.counters,
-            "active": self.active,
-        }
 
-
-class NewBestRewardRule:
+class NewBestRewardRule(SavedState):
     name = "new_best_reward"
+    saved = (
+        floats("recent", "cfg.smoothing"),
+        count("seen"),
+        optional_number("best"),
+        optional_count("last_raised_step"),
+    )
+    recent: deque[float]
+    seen: int
+    best: float | None
+    last_raised_step: int | None
 
     def __init__(self, cfg: NewBestRewardConfig, state: JsonDict) -> None:
         self.cfg = cfg
         self.value_field: str | None = cfg.field
-        self.recent: deque[float] = deque(
-            (float(v) for v in state.get("recent", [])), maxlen=cfg.smoothing
-        )
         self._warmup = max(cfg.warmup_points, cfg.smoothing)
         self._min_delta = cfg.min_delta
-        self.seen = int(state.get("seen", 0))
-        best = state.get("best")
-        self.best: float | None = None if best is None else float(best)
-        last = state.get("last_raised_step")
-        self.last_raised_step: int | None = None if last is None else int(last)
+        self.restore(state)
 
     def observe(self, point: MetricPoint, value: float | None, out: list[Anomaly]) -> None:
         if value is None:
@@ -1132,14 +1100,6 @@ class NewBestRewardRule:
     def on_rewind(self) -> None:
         self.last_raised_step = None
         self.recent.clear()
-
-    def to_dict(self) -> JsonDict:
-        return {
-            "recent": list(self.recent),
-            "seen": self.seen,
-            "best": self.best,
-            "last_raised_step": self.last_raised_step,
-        }
 
 
 class Rules:

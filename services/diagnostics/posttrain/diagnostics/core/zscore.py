@@ -10,9 +10,13 @@ value joins the window after it is judged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from posttrain.diagnostics.core.windows import JsonDict, RollingWindow
+from posttrain.diagnostics.core.anomaly import Anomaly, AnomalyType, make
+from posttrain.diagnostics.core.saved_state import SavedState, count, window
+from posttrain.diagnostics.core.windows import RollingWindow
+from posttrain.events.messages.metrics import MetricPoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +41,21 @@ class Departure:
         }
 
 
-class ZScoreDepartures:
-    """The window and the current direction (+1, -1, 0) of one series, saved by its rule.
+class ZScoreDepartures(SavedState):
+    """The window and the current direction (+1, -1, 0) of one series, saved by its rule (a
+    ``part`` of the rule's state).
 
     ``up`` and ``down`` turn each direction on; ``min_rel_change``, when set, also asks that the
-    value be farther than ``min_rel_change * abs(mean)`` from the mean.
+    value be farther than ``min_rel_change * abs(mean)`` from the mean. ``field`` and ``kinds``
+    (the anomaly types of a departure up and down) are what ``observe`` raises.
     """
+
+    saved = (window("window", "size"), count("direction"))
 
     __slots__ = (
         "_down",
+        "_field",
+        "_kinds",
         "_min_abs_std",
         "_min_points",
         "_min_rel_change",
@@ -53,14 +63,16 @@ class ZScoreDepartures:
         "_up",
         "_z",
         "direction",
+        "size",
         "window",
     )
 
     def __init__(
         self,
-        state: JsonDict,
         size: int,
         *,
+        field: str,
+        kinds: tuple[AnomalyType, AnomalyType],
         min_points: int,
         min_abs_std: float,
         min_rel_std: float,
@@ -69,8 +81,11 @@ class ZScoreDepartures:
         down: bool = True,
         min_rel_change: float | None = None,
     ) -> None:
-        self.window = RollingWindow.from_dict(state.get("window", {}), size)
-        self.direction = int(state.get("direction", 0))
+        self.size = size
+        self.window = RollingWindow(size)
+        self.direction = 0
+        self._field = field
+        self._kinds = kinds
         # Read at every point, so plain attributes (a config's are slower).
         self._min_points = min_points
         self._min_abs_std = min_abs_std
@@ -109,3 +124,28 @@ class ZScoreDepartures:
         self.direction = direction
         w.push(value)
         return departure
+
+    def observe(
+        self,
+        point: MetricPoint,
+        value: float,
+        out: list[Anomaly],
+        describe: Callable[[MetricPoint, float, Departure], str],
+    ) -> None:
+        """Push ``value``; a departure it starts is appended to ``out`` as an anomaly of the
+        kind for its direction, with the message ``describe`` writes."""
+        departure = self.push(value)
+        if departure is None:
+            return
+        up, down = self._kinds
+        out.append(
+            make(
+                up if departure.direction > 0 else down,
+                "warning",
+                point.step,
+                value,
+                self._field,
+                describe(point, value, departure),
+                departure.window(),
+            )
+        )
