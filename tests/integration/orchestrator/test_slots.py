@@ -53,8 +53,8 @@ async def test_an_agent_with_two_slots_gets_each_of_seven_ready_stages_once(
     launcher = SpawnLauncher()
     agent = Agent(
         AgentConfig(
-            name="two-slots",
-            work_dir=tmp_path / "agent",
+            agent_id="two-slots",
+            work_dir=str(tmp_path / "agent"),
             slots=2,
             heartbeat_s=0.5,
             poll_s=0.1,

@@ -81,7 +81,7 @@ class AgentHarness:
         self.agent = agent
         self.producer = producer
         self.settings = settings
-        self.name = agent.config.name
+        self.name = agent.config.agent_id
 
     def run_stage(
         self,
@@ -119,8 +119,8 @@ async def start_agent(
 
     async def start(name: str = "agent-1", **config: Any) -> AgentHarness:
         settings = dict(
-            name=name,
-            work_dir=tmp_path / name,
+            agent_id=name,
+            work_dir=str(tmp_path / name),
             heartbeat_s=1.0,
             poll_s=0.1,
             cancel_grace_s=20.0,

@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,19 +78,12 @@ log = logging.getLogger("posttrain.trainer_agent")
 
 
 @dataclass(frozen=True)
-class AgentConfig:
-    name: str
-    work_dir: Path
-    gpus: int = 0
-    labels: frozenset[str] = frozenset()
-    # Stages that may run at once; a CPU-only agent still runs at most this many.
-    slots: int = 1
+class AgentConfig(Setup):
+    """``Setup`` (what decisions need, with its defaults: the agent id, work dir, GPUs, labels,
+    slots and cancel graces) and what only the shell uses."""
+
     heartbeat_s: float = 5.0
     poll_s: float = 0.2
-    # After CancelStage, how long a stage may take to reach a step boundary before it is
-    # terminated (SIGTERM), and then killed (SIGKILL).
-    cancel_grace_s: float = 30.0
-    kill_grace_s: float = 15.0
     cwd: str = field(default_factory=os.getcwd)
     host: str = field(default_factory=socket.gethostname)
     # Extra environment for every stage process (e.g. OMP_NUM_THREADS).
@@ -100,16 +93,8 @@ class AgentConfig:
     http_port: int | None = None
 
     def setup(self) -> Setup:
-        """What decisions need of this configuration."""
-        return Setup(
-            agent_id=self.name,
-            work_dir=str(self.work_dir),
-            gpus=self.gpus,
-            labels=self.labels,
-            slots=self.slots,
-            cancel_grace_s=self.cancel_grace_s,
-            kill_grace_s=self.kill_grace_s,
-        )
+        """What decisions need of this configuration, as a plain ``Setup``."""
+        return Setup(**{f.name: getattr(self, f.name) for f in fields(Setup)})
 
 
 def handle_of(launch: Launch) -> StageHandle:
@@ -131,7 +116,7 @@ class Agent:
         self.config = config
         self.setup = config.setup()
         self.settings = settings
-        self.work_dir = config.work_dir
+        self.work_dir = Path(config.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.work_dir / "journal.jsonl")
         local = LocalSupervisor(launcher)
@@ -143,12 +128,12 @@ class Agent:
         self.supervisors.update(supervisors or {})
         self._producer: EventProducer | None = None
         self._consumer: EventConsumer | None = None
-        self._relay = EventRelay(config.name)
+        self._relay = EventRelay(config.agent_id)
         self._stopping = asyncio.Event()
         self._deciding = asyncio.Lock()
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
-        self.stats = AgentStats(config.name, config.heartbeat_s)
+        self.stats = AgentStats(config.agent_id, config.heartbeat_s)
         self.http: EndpointServer | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -163,13 +148,13 @@ class Agent:
         consumer = EventConsumer(
             self.settings,
             [Topic.AGENT_COMMANDS],
-            group_id=f"trainer-agent-{self.config.name}",
-            name=f"agent-{self.config.name}",
+            group_id=f"trainer-agent-{self.config.agent_id}",
+            name=f"agent-{self.config.agent_id}",
             dead_letters=producer,
         )
         await consumer.start(subscribe=False)
         self._consumer = consumer
-        await assign_own_partition(consumer, producer, self.settings, self.config.name)
+        await assign_own_partition(consumer, producer, self.settings, self.config.agent_id)
         local = self.supervisors[LOCAL]
         if isinstance(local, LocalSupervisor):
             local.launcher  # noqa: B018 (the zygote imports torch now, while we recover)
@@ -181,7 +166,7 @@ class Agent:
             log.info(
                 "agent started",
                 extra={
-                    "agent_id": self.config.name,
+                    "agent_id": self.config.agent_id,
                     "work_dir": str(self.config.work_dir),
                     "gpus": self.config.gpus,
                     "slots": self.config.slots,
@@ -220,7 +205,7 @@ class Agent:
             self.stopped.set()
             log.info(
                 "agent stopped (its stages go on; starting it again re-attaches to them)",
-                extra={"agent_id": self.config.name},
+                extra={"agent_id": self.config.agent_id},
             )
 
     async def _start_http(self) -> None:
@@ -249,7 +234,7 @@ class Agent:
             now=time.time(),
             stopping=stopping,
         )
-        await self._send(beat, topic=Topic.AGENTS, key=self.config.name)
+        await self._send(beat, topic=Topic.AGENTS, key=self.config.agent_id)
         self.stats.last_heartbeat_at = beat.sent_at
         self.stats.running = len(beat.running)
         self.stats.paused = paused_count(entries)
@@ -265,7 +250,7 @@ class Agent:
     # --- intake: commands (read by ``intake``) --------------------------------------------------
 
     async def handle(self, message: Message) -> None:
-        if getattr(message, "agent_id", None) != self.config.name:
+        if getattr(message, "agent_id", None) != self.config.agent_id:
             return  # another agent's command on our partition
         self.stats.commands[message.TYPE] += 1
         if isinstance(message, RunStage):
@@ -420,7 +405,7 @@ class Agent:
         env = stage_env(
             entry,
             start.gpu_ids,
-            agent_id=self.config.name,
+            agent_id=self.config.agent_id,
             work_dir=self.work_dir,
             settings=self.settings,
             extra=self.config.stage_env,

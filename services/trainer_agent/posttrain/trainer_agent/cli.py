@@ -77,8 +77,8 @@ def run(
     if stage_threads:
         stage_env = (("OMP_NUM_THREADS", str(stage_threads)),)
     config = AgentConfig(
-        name=name,
-        work_dir=work,
+        agent_id=name,
+        work_dir=str(work),
         gpus=gpus,
         labels=frozenset(label for label in labels.split(",") if label),
         slots=slots or max(1, gpus),
