@@ -70,8 +70,7 @@ def explain(exc: BaseException) -> str | None:
     """The one sentence for an error a user meets (None: not one we know)."""
     import asyncpg
 
-    from posttrain.orchestrator.client import UnknownPipeline
-    from posttrain.orchestrator.core.dag import InvalidPipeline
+    from posttrain.orchestrator.client import InvalidPipeline, UnknownPipeline
 
     if isinstance(exc, Refusal | UnknownPipeline):
         return str(exc)

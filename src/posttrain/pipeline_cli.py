@@ -16,7 +16,7 @@ import typer
 from posttrain.service.commands import command_app, run_app
 
 if TYPE_CHECKING:
-    from posttrain.orchestrator.core.document import PipelineDocument
+    from posttrain.orchestrator.client import PipelineDocument
 
 
 def load_pipeline_file(path: str, *, say: Callable[[str], None] | None = None) -> PipelineDocument:
@@ -26,7 +26,7 @@ def load_pipeline_file(path: str, *, say: Callable[[str], None] | None = None) -
     A relative path in a stage's params that names an existing file or directory next to the
     pipeline file is made absolute, so that an agent started anywhere finds it; ``say`` is told
     each change."""
-    from posttrain.orchestrator.core.document import DocumentError, read_document
+    from posttrain.orchestrator.client import DocumentError, read_document
 
     try:
         doc = read_document(Path(path).read_bytes(), "application/yaml")  # JSON is YAML too
@@ -96,8 +96,7 @@ def submit_command(
     id: Annotated[str | None, typer.Option(help="pipeline id (default: a new uuid)")] = None,
 ) -> None:
     """Validate and submit a pipeline file (YAML/JSON)."""
-    from posttrain.orchestrator.client import PipelineExecutor
-    from posttrain.orchestrator.core.dag import InvalidPipeline
+    from posttrain.orchestrator.client import InvalidPipeline, PipelineExecutor
 
     doc = load_pipeline_file(
         file, say=lambda change: print(f"made absolute: {change}", file=sys.stderr)

@@ -31,10 +31,10 @@ from posttrain.metrics_ingest.flushing import FlushFailed as FlushFailed
 from posttrain.metrics_ingest.flushing import flush_metrics as _flush_metrics
 from posttrain.metrics_ingest.queries import Run, StoredMetric
 from posttrain.orchestrator import client as orchestrator
+from posttrain.orchestrator.client import DagResolver as DagResolver
+from posttrain.orchestrator.client import InvalidPipeline as InvalidPipeline
 from posttrain.orchestrator.client import PipelineExecutor as PipelineExecutor
 from posttrain.orchestrator.client import UnknownPipeline as UnknownPipeline
-from posttrain.orchestrator.core.dag import DagResolver as DagResolver
-from posttrain.orchestrator.core.dag import InvalidPipeline as InvalidPipeline
 from posttrain.service.settings import database_url
 from posttrain.trainer_agent.metrics_file import (
     create_metrics_file_writer as create_metrics_file_writer,

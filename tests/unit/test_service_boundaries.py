@@ -1,7 +1,7 @@
 """Each service owns its tables and is reached through its client, read from the source itself:
 no service's SQL, nor the root package's (the CLI, ``follow``, ``liveness``), names a table whose
-migration another owner holds, and the gateway and diagnostics import from the orchestrator's
-distribution its client alone (never its shell or core)."""
+migration another owner holds, and the gateway, diagnostics and the root package import from the
+orchestrator's distribution its client alone (never its shell or core)."""
 
 from __future__ import annotations
 
@@ -89,11 +89,19 @@ def _imported_modules(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("service", ["gateway", "diagnostics"])
-def test_other_services_reach_the_orchestrator_through_its_client(service: str) -> None:
+@pytest.mark.parametrize(
+    "package",
+    [
+        SERVICES / "gateway" / "posttrain" / "gateway",
+        SERVICES / "diagnostics" / "posttrain" / "diagnostics",
+        ROOT / "src" / "posttrain",
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_other_packages_reach_the_orchestrator_through_its_client(package: Path) -> None:
     reached = {
         ".".join(module.split(".")[:3])
-        for path in (SERVICES / service / "posttrain" / service).rglob("*.py")
+        for path in package.rglob("*.py")
         for module in _imported_modules(path)
         if module.startswith("posttrain.orchestrator.")
     }

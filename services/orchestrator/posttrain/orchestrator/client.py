@@ -2,8 +2,8 @@
 that the gateway, diagnostics and the SDK import from this distribution (never its shell).
 
 - the validator: ``read_document`` (a pipeline document's shape, ``DocumentError`` naming the
-  field) and ``InvalidPipeline`` (every problem the DAG validator found, which ``aexecute``
-  raises); the same code the orchestrator runs;
+  field), ``InvalidPipeline`` (every problem the DAG validator found, which ``aexecute``
+  raises) and ``DagResolver``; the same code the orchestrator runs;
 - the command sender: ``PipelineExecutor``;
 - the read-model queries: status, list, history, agents, failed attempts.
 
@@ -50,6 +50,7 @@ from posttrain.orchestrator.core.document import DocumentError, PipelineDocument
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "DagResolver",
     "DocumentError",
     "FailedAttempt",
     "InvalidPipeline",
