@@ -14,6 +14,7 @@ from posttrain.stack.config import (
     render_server_properties,
     served_address,
 )
+from posttrain.stack.paths import StackSettings
 
 
 def _security() -> BrokerSecurity:
@@ -51,9 +52,9 @@ def test_the_plaintext_broker_is_rendered_as_before():
 
 
 def test_secrets_are_private_and_env_files_name_the_password_file(tmp_path):
-    env = {"POSTTRAIN_HOME": str(tmp_path / "home"), "POSTTRAIN_STACK_DIR": str(tmp_path / "st")}
-    layout = secure.secure_layout(env)
-    address = secure.secure_address(env)
+    settings = StackSettings(posttrain_home=tmp_path / "home", stack_dir=tmp_path / "st")
+    layout = secure.secure_layout(settings)
+    address = secure.secure_address({})
     assert address == KafkaAddress("127.0.0.1", 9192)
     assert layout.root == tmp_path / "st" / "secure"
     assert layout.paths.kafka_data == layout.root / "kafka-data"

@@ -1,18 +1,26 @@
 """Where the local stack keeps its software, data, logs and pid files.
 
 Everything lives outside the checkout so that a fresh clone, a second run and CI on the same
-machine reuse the fetched jars and the data. Pure: computed from an environment mapping and
-the current user, no I/O.
+machine reuse the fetched jars and the data. Pure: computed from ``StackSettings`` and the
+current user, no I/O.
+
+| variable            | default                                                        |
+|---------------------|----------------------------------------------------------------|
+| POSTTRAIN_HOME      | ``$HOME/.cache/posttrain`` (the broker's jars; state when unset) |
+| POSTTRAIN_STACK_DIR | (none: state under POSTTRAIN_HOME, the database as below)      |
+| POSTTRAIN_PGDATA    | (none: ``postgres`` in the state directory)                    |
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from posttrain.service.settings import posttrain_home
+from pydantic import AliasChoices, Field, field_validator
+
+from posttrain.service.settings import ServiceSettings
 
 KAFKA_VERSION = "4.1.1"
 
@@ -20,6 +28,27 @@ KAFKA_VERSION = "4.1.1"
 # database lives in a directory that user owns.
 ROOT_STATE_DIR = Path("/var/lib/posttrain")
 POSTGRES_OS_USER = "postgres"
+
+
+class StackSettings(ServiceSettings):
+    """``POSTTRAIN_STACK_DIR`` and ``POSTTRAIN_PGDATA`` (and the shared ``POSTTRAIN_HOME``); a
+    keyword given to the constructor wins over its variable."""
+
+    stack_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("POSTTRAIN_STACK_DIR")
+    )
+    pgdata: Path | None = Field(default=None, validation_alias=AliasChoices("POSTTRAIN_PGDATA"))
+
+    @field_validator("stack_dir", "pgdata", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty keyword counts as unset, as an empty variable does.
+        return value or None
+
+    @field_validator("stack_dir")
+    @classmethod
+    def _expand_stack_dir(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +76,22 @@ class StackPaths:
         return self.pg_data
 
 
-def stack_paths(env: Mapping[str, str] | None = None, *, is_root: bool | None = None) -> StackPaths:
+def stack_paths(
+    settings: StackSettings | None = None, *, is_root: bool | None = None
+) -> StackPaths:
     """Software (the broker's jars) under POSTTRAIN_HOME; state (configuration, data, logs, pid
     files) under POSTTRAIN_STACK_DIR when it is set, so a CI run or a cold-start check gets a
-    broker and a database initialised afresh while reusing the fetched software."""
-    env = os.environ if env is None else env
+    broker and a database initialised afresh while reusing the fetched software. ``settings``:
+    read from the environment when None."""
+    settings = StackSettings() if settings is None else settings
     root = os.geteuid() == 0 if is_root is None else is_root
-    home = posttrain_home()
+    home = settings.posttrain_home
     dist = home / "kafka" / KAFKA_VERSION
-    configured = env.get("POSTTRAIN_STACK_DIR")
-    state = Path(configured).expanduser() if configured else None
+    state = settings.stack_dir
     base = state or home
     config_dir = base / "kafka-config"
     state_dir = state or (ROOT_STATE_DIR if root else home)
-    pg_data = Path(env["POSTTRAIN_PGDATA"]) if env.get("POSTTRAIN_PGDATA") else None
+    pg_data = settings.pgdata
     return StackPaths(
         home=home,
         kafka_dist=dist,

@@ -24,7 +24,7 @@ from posttrain.events.access import Principal, acl_entries
 from posttrain.events.kafka.settings import KafkaSettings
 from posttrain.stack.component import StackError
 from posttrain.stack.config import BrokerSecurity, KafkaAddress, parse_bootstrap
-from posttrain.stack.paths import StackPaths, stack_paths
+from posttrain.stack.paths import StackPaths, StackSettings, stack_paths
 
 NAME = "kafka-secure"
 DEFAULT_SECURE_BOOTSTRAP = "127.0.0.1:9192"
@@ -61,12 +61,12 @@ class SecureLayout:
         return self.secrets / f"{user}.env"
 
 
-def secure_layout(env: Mapping[str, str] | None = None) -> SecureLayout:
-    env = os.environ if env is None else env
-    plain = stack_paths(env)
-    root = Path(env["POSTTRAIN_STACK_DIR"]).expanduser() if env.get("POSTTRAIN_STACK_DIR") else None
-    root = (root or plain.home) / "secure"
-    paths = stack_paths({**env, "POSTTRAIN_STACK_DIR": str(root)})
+def secure_layout(settings: StackSettings | None = None) -> SecureLayout:
+    """The secure broker's state: ``secure`` under the plain stack's state directory
+    (``settings``: read from the environment when None)."""
+    settings = StackSettings() if settings is None else settings
+    root = (settings.stack_dir or settings.posttrain_home) / "secure"
+    paths = stack_paths(settings.model_copy(update={"stack_dir": root}))
     return SecureLayout(root=root, paths=paths, secrets=root / "secrets")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from posttrain.events.kafka import KafkaSettings
 from posttrain.stack import secure
+from posttrain.stack.paths import StackSettings
 
 POSTTRAIN = str(Path(sys.executable).parent / "posttrain")
 UP_TIMEOUT_S = 240.0
@@ -57,6 +58,11 @@ class SecureBroker:
             "POSTTRAIN_TOPIC_NAMESPACE": self.namespace,
         }
 
+    @property
+    def stack(self) -> StackSettings:
+        """Where the broker's state is, as ``env`` says to the commands."""
+        return StackSettings(stack_dir=self.state_dir)
+
     def _stack(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [POSTTRAIN, "stack", *args, "--secure", "kafka"],
@@ -73,7 +79,7 @@ class SecureBroker:
             done = self._stack("up")
             if done.returncode == 0:
                 return done.stdout
-            log = secure.secure_layout(self.env).paths.kafka_log
+            log = secure.secure_layout(self.stack).paths.kafka_log
             if "Address already in use" not in log.read_text(errors="replace"):
                 break
             self.down()
@@ -87,6 +93,6 @@ class SecureBroker:
 
     def settings(self, principal: str) -> KafkaSettings:
         """How ``principal`` connects (its password from its file, the local CA)."""
-        layout = secure.secure_layout(self.env)
+        layout = secure.secure_layout(self.stack)
         address = secure.secure_address(self.env)
         return secure.principal_settings(layout, address, principal, self.namespace)
