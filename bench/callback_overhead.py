@@ -28,19 +28,22 @@ flushed and counted at the end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from bench.common import drop_namespace, fresh_namespace
 from posttrain.events.topics import Topic
+from posttrain.service.commands import command_app, run_app
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "addition_train.jsonl"
 
@@ -81,14 +84,18 @@ def _fields(step: int, loss: Any, grad_norm: Any) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--blocks", type=int, default=60)
-    parser.add_argument("--steps-per-block", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--reported-steps", type=int, default=1200)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+app = command_app()
+
+
+@app.command()
+def _bench(
+    blocks: Annotated[int, typer.Option(help="timed blocks, the variants interleaved")] = 60,
+    steps_per_block: Annotated[int, typer.Option(help="training steps in a block")] = 20,
+    batch_size: Annotated[int, typer.Option(help="the training batch")] = 32,
+    reported_steps: Annotated[int, typer.Option(help="steps reported through Kafka")] = 1200,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+) -> None:
+    """What the training callback costs a training step, against no callback."""
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -97,13 +104,13 @@ def main() -> None:
     from posttrain.trainer_agent.tiny import build_tiny_model
 
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     scratch = Path(tempfile.mkdtemp(prefix="bench-callback-"))
     model_dir = build_tiny_model(scratch / "tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batches = _batches(tokenizer, args.batch_size)
+    batches = _batches(tokenizer, batch_size)
     settings = asyncio.run(fresh_namespace("callback", [Topic.METRICS]))
     # The shipped defaults: no benchmark tunes the reporter.
     report = create_training_callback("bench-job", settings=settings, spill_dir=scratch / "spill")
@@ -138,7 +145,7 @@ def main() -> None:
 
     # The other threads' work while every step reports, as in a user's run.
     others_before = time.process_time() - time.thread_time()
-    for _ in range(args.reported_steps):
+    for _ in range(reported_steps):
         train_step(True)
     report.flush(60)  # the sender's work for these steps, all of it
     others_cpu = time.process_time() - time.thread_time() - others_before
@@ -148,12 +155,12 @@ def main() -> None:
     wall = {False: [], True: []}  # type: dict[bool, list[float]]
     cpu = {False: [], True: []}  # type: dict[bool, list[float]]
     pairs: list[tuple[float, float]] = []  # wall time (without, with) per block pair
-    for block in range(args.blocks):
+    for block in range(blocks):
         # Alternate which variant goes first, so that drift hits both alike.
         order = (False, True) if block % 2 == 0 else (True, False)
         sums = {}
         for variant in order:
-            times = [train_step(variant) for _ in range(args.steps_per_block)]
+            times = [train_step(variant) for _ in range(steps_per_block)]
             wall[variant].extend(t[0] for t in times)
             cpu[variant].extend(t[1] for t in times)
             sums[variant] = sum(t[0] for t in times)
@@ -172,11 +179,11 @@ def main() -> None:
     asyncio.run(drop_namespace(settings))
 
     step_cpu = statistics.median(cpu[False])
-    others_per_step = others_cpu / args.reported_steps
+    others_per_step = others_cpu / reported_steps
     overhead = (call + others_per_step) / step_cpu * 100
     low, high = _interval(pairs, _overhead)
     print(
-        f"steps: {args.reported_steps} all reported, then blocks of {args.steps_per_block}: "
+        f"steps: {reported_steps} all reported, then blocks of {steps_per_block}: "
         f"{len(cpu[False])} without, {len(cpu[True])} with (20 fields/step)"
     )
     print(f"training thread CPU per step without the callback (median): {step_cpu * 1e3:.3f} ms")
@@ -224,4 +231,4 @@ def _interval(
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_app(app, None, "python -m bench.callback_overhead"))

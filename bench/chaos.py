@@ -15,12 +15,17 @@ Last line: ``violations: N`` (goal 0).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import sys
 import tempfile
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from bench.common import drop_database, drop_namespace, fresh_namespace, load
+from posttrain.service.commands import command_app, run_app
 from posttrain.service.settings import database_url
 from posttrain.testing import databases
 from posttrain.testing.chaos import Outcome, resilience, scale_out, seed_from_env
@@ -58,14 +63,26 @@ async def run(seed: int, only: str | None) -> int:
     return 0 if violations == 0 else 1
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--only", choices=("resilience", "scale-out"), default=None)
-    args = parser.parse_args()
-    seed = args.seed if args.seed is not None else seed_from_env()
-    return asyncio.run(run(seed, args.only))
+class Part(StrEnum):
+    RESILIENCE = "resilience"
+    SCALE_OUT = "scale-out"
+
+
+app = command_app()
+
+
+@app.command()
+def _bench(
+    seed: Annotated[int | None, typer.Option(help="the plan's seed (default: from the env)")] = (
+        None
+    ),
+    only: Annotated[Part | None, typer.Option(help="run one part alone")] = None,
+) -> None:
+    """The chaos plans (resilience, scale-out); exit 1 on any violated invariant."""
+    chosen = seed if seed is not None else seed_from_env()
+    if asyncio.run(run(chosen, None if only is None else only.value)):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_app(app, None, "python -m bench.chaos"))

@@ -16,16 +16,27 @@ Last line: ``stage_start_overhead_p50_ms: X`` (the median over every training st
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from bench.common import drop_database, drop_namespace, fresh_namespace, load
-from examples.demo import HERE, DemoRun, evaluation_table, run_demo
+from examples.demo import (
+    DEFAULT_PIPELINE,
+    BaselineOption,
+    DemoRun,
+    PipelineOption,
+    TimeoutOption,
+    evaluation_table,
+    run_demo,
+)
+from posttrain.service.commands import command_app, run_app
 from posttrain.service.settings import database_url
 from posttrain.testing import databases
 
@@ -89,7 +100,9 @@ def median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-async def one_run(index: int, args: argparse.Namespace, work: Path) -> tuple[DemoRun, list[Any]]:
+async def one_run(
+    index: int, pipeline: Path, baseline: str, timeout: float, work: Path
+) -> tuple[DemoRun, list[Any]]:
     settings = await fresh_namespace("demo")
     # Every service's tables, as `posttrain stack up` makes them in the default database.
     database = await databases.create_database(database_url(), "bench_demo", migrate=True)
@@ -98,9 +111,9 @@ async def one_run(index: int, args: argparse.Namespace, work: Path) -> tuple[Dem
         run = await run_demo(
             settings,
             database,
-            pipeline_file=Path(args.pipeline),
-            baseline=args.baseline,
-            timeout=args.timeout,
+            pipeline_file=pipeline,
+            baseline=baseline,
+            timeout=timeout,
             logs=work / f"run{index}" / "logs",
             work=work / f"run{index}" / "agents",
             reports=work / "reports",
@@ -129,28 +142,37 @@ async def one_run(index: int, args: argparse.Namespace, work: Path) -> tuple[Dem
     return run, overheads
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def main_async(
+    runs: int, pipeline: Path, baseline: str, timeout: float, work: Path | None
+) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
-        work = Path(args.work) if args.work else Path(tmp)
+        where = work or Path(tmp)
         overheads: list[float] = []
         above = 0
-        for index in range(1, args.runs + 1):
-            run, found = await one_run(index, args, work)
+        for index in range(1, runs + 1):
+            run, found = await one_run(index, pipeline, baseline, timeout, where)
             overheads += [scheduled + started for _, scheduled, started in found]
             above += run.rl_above_baseline
-        print(f"\nruns with every RL stage above {args.baseline}: {above}/{args.runs}")
+        print(f"\nruns with every RL stage above {baseline}: {above}/{runs}")
         print(f"stage_start_overhead_p50_ms: {1000 * median(overheads):.0f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--pipeline", default=str(HERE / "pipelines" / "arithmetic.yaml"))
-    parser.add_argument("--baseline", default="train_sft")
-    parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--work", help="keep logs, agents' work and reports here")
-    asyncio.run(main_async(parser.parse_args()))
+app = command_app()
+
+
+@app.command()
+def _bench(
+    runs: Annotated[int, typer.Option(help="demo runs, one after the other")] = 1,
+    pipeline: PipelineOption = DEFAULT_PIPELINE,
+    baseline: BaselineOption = "train_sft",
+    timeout: TimeoutOption = 1800.0,
+    work: Annotated[
+        Path | None, typer.Option(help="keep logs, agents' work and reports here")
+    ] = None,
+) -> None:
+    """The demo on a scratch namespace and database, timed; the stage start overhead."""
+    asyncio.run(main_async(runs, pipeline, baseline, timeout, work))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_app(app, None, "python -m bench.demo"))

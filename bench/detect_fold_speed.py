@@ -12,7 +12,6 @@ falls on both.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import random
@@ -25,13 +24,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from bench.detect_latency import _healthy
 from posttrain.events.codec import encode
 from posttrain.events.envelope import Envelope
 from posttrain.events.messages.metrics import MetricPoint, MetricsReported
 from posttrain.events.views import ViewDecoder
+from posttrain.service.commands import command_app, run_app
 
 CORE = "posttrain.diagnostics.core"
 CORE_DIR = "services/diagnostics/posttrain/diagnostics/core"
@@ -103,29 +105,39 @@ def fold_us(core: ModuleType, points: Sequence[Any]) -> float:
     return (time.process_time() - start) / len(points) * 1e6
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--against", default="main")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=9)
-    args = parser.parse_args(argv)
+app = command_app()
+
+
+@app.command()
+def _bench(
+    against: Annotated[str, typer.Option(help="the git revision whose core is the baseline")] = (
+        "main"
+    ),
+    steps: Annotated[int, typer.Option(help="points in each synthetic run")] = 2000,
+    repeat: Annotated[int, typer.Option(help="timed folds of each; the median counts")] = 9,
+) -> None:
+    """The detectors' fold, microseconds per point, this tree against a git revision."""
     import posttrain.diagnostics.core as this
 
-    cores = {args.against: load_core_at(args.against), "this tree": this}
+    cores = {against: load_core_at(against), "this tree": this}
     for rl in (True, False):
-        models = run(rl, args.steps)
+        models = run(rl, steps)
         for form, points in (("models", models), ("views", views(models))):
             times: dict[str, list[float]] = {name: [] for name in cores}
-            for _ in range(args.repeat):
+            for _ in range(repeat):
                 for name, core in cores.items():
                     times[name].append(fold_us(core, points))
             med = {name: statistics.median(t) for name, t in times.items()}
-            base, new = med[args.against], med["this tree"]
+            base, new = med[against], med["this tree"]
             print(
-                f"{'grpo' if rl else 'sft ':4s} {form:6s}  {args.against}: {base:6.2f} us/point  "
+                f"{'grpo' if rl else 'sft ':4s} {form:6s}  {against}: {base:6.2f} us/point  "
                 f"this tree: {new:6.2f} us/point  x{base / new:.2f}"
             )
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "python -m bench.detect_fold_speed")
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -37,17 +37,19 @@ from the same emission times, not run).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import multiprocessing as mp
 import random
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from bench.common import drop_namespace, fresh_namespace
 from posttrain.events.kafka import EventConsumer, KafkaSettings
@@ -56,6 +58,7 @@ from posttrain.events.messages.stage import ActionApplied
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.shell.service import Orchestrator
+from posttrain.service.commands import command_app, run_app
 from posttrain.testing import services
 
 ACTION_AT = 40  # the step at which the timed training runs turn NaN or spike
@@ -271,7 +274,24 @@ async def _actions_pipeline(settings: KafkaSettings, pipeline_id: str, stages: i
     )
 
 
-async def main(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class Shape:
+    """The load (``jobs`` jobs, ``rate`` points a second in all, for ``duration`` seconds from
+    ``load_processes`` processes, a fault every ``inject_every`` seconds, ``plateau_jobs`` of
+    them plateaus, ``drain`` seconds after it) and the ``action_stages`` timed runs of each
+    kind."""
+
+    jobs: int
+    rate: int
+    duration: float
+    inject_every: float
+    plateau_jobs: int
+    load_processes: int
+    drain: float
+    action_stages: int
+
+
+async def main(shape: Shape) -> None:
     settings = await fresh_namespace("detect")
     scratch = Path(tempfile.mkdtemp(prefix="detect-latency-"))
     stream = services.diagnostics(
@@ -282,7 +302,7 @@ async def main(args: argparse.Namespace) -> None:
         scratch / "agent.log",
         name="bench-agent",
         work_dir=scratch / "agent",
-        slots=2 * args.action_stages,
+        slots=2 * shape.action_stages,
     )
     stream.start()
     agent.start()
@@ -292,8 +312,8 @@ async def main(args: argparse.Namespace) -> None:
     orchestrating = asyncio.create_task(orchestrator.run(stop_orchestrator))
     actions_pipeline = f"bench-actions-{settings.namespace}"
     load_pipeline = f"bench-load-{settings.namespace}"
-    jobs = [f"{load_pipeline}.job{j:03d}" for j in range(args.jobs)]
-    planned = plan(jobs, args.duration, args.inject_every, args.plateau_jobs)
+    jobs = [f"{load_pipeline}.job{j:03d}" for j in range(shape.jobs)]
+    planned = plan(jobs, shape.duration, shape.inject_every, shape.plateau_jobs)
     results: list[Any] = []
     detected: dict[str, list[tuple[AnomalyDetected, float]]] = defaultdict(list)
     emitted_at: dict[str, float] = {}  # action runs: job -> when its anomalous point was logged
@@ -308,11 +328,11 @@ async def main(args: argparse.Namespace) -> None:
             name="bench-detect",
             auto_offset_reset="latest",
         ) as consumer:
-            await _actions_pipeline(settings, actions_pipeline, args.action_stages)
+            await _actions_pipeline(settings, actions_pipeline, shape.action_stages)
             queue: Any = mp.get_context("spawn").Queue()
             start_at = time.time() + 3.0  # every load process builds its callbacks first
-            shares = [jobs[i :: args.load_processes] for i in range(args.load_processes)]
-            steps_per_s = args.rate / args.jobs
+            shares = [jobs[i :: shape.load_processes] for i in range(shape.load_processes)]
+            steps_per_s = shape.rate / shape.jobs
             loads = [
                 mp.get_context("spawn").Process(
                     target=_load,
@@ -321,7 +341,7 @@ async def main(args: argparse.Namespace) -> None:
                         share,
                         load_pipeline,
                         steps_per_s,
-                        args.duration,
+                        shape.duration,
                         start_at,
                         [p for p in planned if p.job in set(share)],
                         str(scratch / "spill"),
@@ -350,11 +370,11 @@ async def main(args: argparse.Namespace) -> None:
                 while not queue.empty():
                     results.append(queue.get())
                 if len(results) == len(loads) and drain_until is None:
-                    drain_until = time.time() + args.drain
+                    drain_until = time.time() + shape.drain
                 if drain_until is not None:
                     injected = [i for res in results for i in res[0]]
                     caught = all(_match(detected, i) is not None for i in injected)
-                    actions_done = len(applied_at) >= 2 * args.action_stages
+                    actions_done = len(applied_at) >= 2 * shape.action_stages
                     if (caught and actions_done) or time.time() > drain_until:
                         break
             for load in loads:
@@ -388,9 +408,9 @@ async def main(args: argparse.Namespace) -> None:
         for a, _ in found
     )
     print(
-        f"load: {sent:,} points over {args.jobs} jobs in {elapsed:.1f} s "
+        f"load: {sent:,} points over {shape.jobs} jobs in {elapsed:.1f} s "
         f"({sent / elapsed:,.0f} points/s) through create_training_callback (default options), "
-        f"{args.load_processes} load processes"
+        f"{shape.load_processes} load processes"
     )
     for kind in [*ROTATION, "plateau"]:
         values = by_kind.get(kind, [])
@@ -409,11 +429,11 @@ async def main(args: argparse.Namespace) -> None:
     action_ms = [
         (applied_at[j] - t) * 1000 if j in applied_at else INF for j, t in emitted_at.items()
     ]
-    action_ms += [INF] * (2 * args.action_stages - len(action_ms))
+    action_ms += [INF] * (2 * shape.action_stages - len(action_ms))
     print(
         f"action_p99_ms: {_ms(p99(action_ms))}  (emitted -> applied by the agent at its next "
         f"step boundary, 0.5 s steps; {sum(map(math.isfinite, action_ms))} of "
-        f"{2 * args.action_stages} runs: NaN -> pause, exploding gradient -> LR x0.1)"
+        f"{2 * shape.action_stages} runs: NaN -> pause, exploding gradient -> LR x0.1)"
     )
     seed_ms = []
     for _job, _kind, _step, t in injected:
@@ -449,19 +469,31 @@ def _match(
     return None
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=100)
-    parser.add_argument("--rate", type=int, default=10_000, help="points per second in all")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
-    parser.add_argument("--inject-every", type=float, default=0.5, help="seconds")
-    parser.add_argument("--plateau-jobs", type=int, default=2)
-    parser.add_argument("--load-processes", type=int, default=2)
-    parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait after the load")
-    parser.add_argument(
-        "--action-stages",
-        type=int,
-        default=2,
-        help="training runs of each kind (NaN, exploding gradient) whose actions are timed",
+app = command_app()
+
+
+@app.command()
+def _bench(
+    jobs: Annotated[int, typer.Option(help="jobs the load spreads over")] = 100,
+    rate: Annotated[int, typer.Option(help="points per second in all")] = 10_000,
+    duration: Annotated[float, typer.Option(help="seconds of load")] = 30.0,
+    inject_every: Annotated[float, typer.Option(help="seconds between faults")] = 0.5,
+    plateau_jobs: Annotated[int, typer.Option(help="jobs whose loss plateaus")] = 2,
+    load_processes: Annotated[int, typer.Option(help="processes sending the load")] = 2,
+    drain: Annotated[float, typer.Option(help="seconds to wait after the load")] = 30.0,
+    action_stages: Annotated[
+        int,
+        typer.Option(
+            help="training runs of each kind (NaN, exploding gradient) whose actions are timed"
+        ),
+    ] = 2,
+) -> None:
+    """From a fault in a metric to its anomaly, and to the action applied to its stage."""
+    shape = Shape(
+        jobs, rate, duration, inject_every, plateau_jobs, load_processes, drain, action_stages
     )
-    asyncio.run(main(parser.parse_args()))
+    asyncio.run(main(shape))
+
+
+if __name__ == "__main__":
+    sys.exit(run_app(app, None, "python -m bench.detect_latency"))

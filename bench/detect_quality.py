@@ -31,11 +31,14 @@ so two runs print the same.
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from bench.detect_corpus import CORPUS_DIR, FAULT_RULES, Series, load
 from posttrain.diagnostics.core import AnomalyType, JobState
@@ -43,6 +46,7 @@ from posttrain.diagnostics.core.anomaly import Anomaly
 from posttrain.diagnostics.core.config import ActionPolicyConfig, DetectorConfig
 from posttrain.diagnostics.core.messages import anomaly_detected
 from posttrain.diagnostics.core.policy import PolicyState, decide
+from posttrain.service.commands import command_app, run_app
 
 NOT_A_FAULT = frozenset({AnomalyType.NEW_BEST_REWARD})
 
@@ -201,17 +205,24 @@ def score(
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--verbose", action="store_true", help="list every anomaly")
-    parser.add_argument("--corpus", type=Path, default=CORPUS_DIR, help="the corpus directory")
-    args = parser.parse_args(argv)
-    corpus = load(args.corpus)
-    if not corpus:
+app = command_app()
+
+
+@app.command()
+def _bench(
+    verbose: Annotated[bool, typer.Option("--verbose", help="list every anomaly")] = False,
+    corpus: Annotated[Path, typer.Option(help="the corpus directory")] = CORPUS_DIR,
+) -> None:
+    """The detectors' scores on the labelled corpus."""
+    series = load(corpus)
+    if not series:
         raise SystemExit("no corpus: python -m bench.record_detect_corpus")
-    print("\n".join(score(corpus, verbose=args.verbose).lines))
-    return 0
+    print("\n".join(score(series, verbose=verbose).lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_app(app, argv, "python -m bench.detect_quality")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -16,24 +16,28 @@ last ``status_p99_ms``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import random
+import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import aiohttp
 import asyncpg
+import typer
 
 from bench.common import drop_database, drop_namespace, fresh_database, fresh_namespace
 from posttrain.events.messages.metrics import MetricPoint
 from posttrain.metrics_ingest.core.wire import rows_from_points
 from posttrain.metrics_ingest.store import MetricsWriter, prepare_connection
 from posttrain.orchestrator.client import PipelineExecutor
+from posttrain.service.commands import command_app, run_app
 from posttrain.testing import services
 from posttrain.testing.scripted_agent import ScriptedAgent
 
@@ -127,7 +131,17 @@ async def feed_metrics(dsn: str, pipeline: str, stages: list[str], until: float)
     return step
 
 
-async def run(args: argparse.Namespace, dsn: str, work: Path) -> None:
+@dataclass(frozen=True)
+class Shape:
+    """The load: ``clients`` readers (and as many open streams), each phase ``seconds`` long,
+    a client waiting ``interval`` seconds between reads."""
+
+    clients: int
+    seconds: float
+    interval: float
+
+
+async def run(shape: Shape, dsn: str, work: Path) -> None:
     settings = await fresh_namespace("gateway")
     orchestrator = services.orchestrator(settings, work / "orchestrator.log", database_url=dsn)
     gateway = services.gateway(settings, dsn, work / "gateway.log")
@@ -138,7 +152,7 @@ async def run(args: argparse.Namespace, dsn: str, work: Path) -> None:
         await asyncio.gather(orchestrator.wait_ready(), gateway.wait_ready())
         await agent.start()
         pipeline = f"bench-{uuid.uuid4().hex[:8]}"
-        total = 2 * args.seconds + 30  # the chain outlasts both phases
+        total = 2 * shape.seconds + 30  # the chain outlasts both phases
         names = [f"s{i:02d}" for i in range(int(total / 2) + 1)]
         stages = [
             {"name": n, "task": "command", "params": {"argv": [n]}}
@@ -160,30 +174,30 @@ async def run(args: argparse.Namespace, dsn: str, work: Path) -> None:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the pipeline was not projected in 60 s")
                 await asyncio.sleep(0.1)
-            until = time.monotonic() + 2 * args.seconds + 5
+            until = time.monotonic() + 2 * shape.seconds + 5
             feeding = asyncio.create_task(feed_metrics(dsn, pipeline, names, until))
 
             # Baseline: one client, no streams.
             baseline = Reads()
             await reader(
-                client, base, pipeline, baseline, args.interval, time.monotonic() + args.seconds
+                client, base, pipeline, baseline, shape.interval, time.monotonic() + shape.seconds
             )
 
             # Load: every client reads and holds a stream open.
             counts: dict[str, int] = {}
             streams = [
                 asyncio.create_task(follower(client, base, pipeline, counts))
-                for _ in range(args.clients)
+                for _ in range(shape.clients)
             ]
             await asyncio.sleep(1.0)  # the streams are open (their first events arrive)
             loaded = Reads()
             assert gateway.process is not None
             cpu = (cpu_seconds(gateway.process.pid), time.process_time())
-            end = time.monotonic() + args.seconds
+            end = time.monotonic() + shape.seconds
             await asyncio.gather(
                 *(
-                    reader(client, base, pipeline, loaded, args.interval, end)
-                    for _ in range(args.clients)
+                    reader(client, base, pipeline, loaded, shape.interval, end)
+                    for _ in range(shape.clients)
                 )
             )
             gateway_cpu = cpu_seconds(gateway.process.pid) - cpu[0]
@@ -201,15 +215,15 @@ async def run(args: argparse.Namespace, dsn: str, work: Path) -> None:
 
         print(f"pipeline: {status} during both phases' reads ({len(names)} stages of 2 s)")
         print(baseline.line("baseline (1 client, no streams)"))
-        print(loaded.line(f"load ({args.clients} clients, {args.clients} streams open)"))
+        print(loaded.line(f"load ({shape.clients} clients, {shape.clients} streams open)"))
         print(
             "stream events: "
             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            + f" (over {args.clients} streams)"
+            + f" (over {shape.clients} streams)"
         )
         print(
-            f"cpu under load: gateway {gateway_cpu / args.seconds:.0%} of a core, "
-            f"the clients (this process) {bench_cpu / args.seconds:.0%}"
+            f"cpu under load: gateway {gateway_cpu / shape.seconds:.0%} of a core, "
+            f"the clients (this process) {bench_cpu / shape.seconds:.0%}"
         )
         ratio = percentile(loaded.status, 0.99) / percentile(baseline.status, 0.99)
         print(f"status p99 ratio load/baseline: {ratio:.1f}")
@@ -221,27 +235,34 @@ async def run(args: argparse.Namespace, dsn: str, work: Path) -> None:
         await drop_namespace(settings)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__)
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=15.0, help="each phase's length")
-    parser.add_argument("--interval", type=float, default=0.5, help="a client's wait between reads")
-    args = parser.parse_args()
-
+async def main(shape: Shape) -> None:
     from posttrain.service.migrate import apply_migrations
 
     dsn = await fresh_database("gateway")
     try:
         await apply_migrations(dsn)
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as work:
-            await run(args, dsn, Path(work))
+            await run(shape, dsn, Path(work))
     finally:
         await drop_database(dsn)
 
 
-if __name__ == "__main__":
+app = command_app()
+
+
+@app.command()
+def _bench(
+    clients: Annotated[int, typer.Option(help="readers, each with a stream open")] = 100,
+    seconds: Annotated[float, typer.Option(help="each phase's length")] = 15.0,
+    interval: Annotated[float, typer.Option(help="a client's wait between reads")] = 0.5,
+) -> None:
+    """The gateway's reads and live streams, idle and under load."""
     # The clients' own loop on uvloop too (installed with the gateway), so that what is timed
     # is the gateway more than the clients.
     import uvloop
 
-    uvloop.run(main())
+    uvloop.run(main(Shape(clients, seconds, interval)))
+
+
+if __name__ == "__main__":
+    sys.exit(run_app(app, None, "python -m bench.gateway"))

@@ -1,7 +1,7 @@
 """Record the labelled detection corpus (``bench.detect_corpus``) from real tiny training runs.
 
     python -m bench.record_detect_corpus              # every series: a few minutes on one core
-    python -m bench.record_detect_corpus --only grpo-kl-lr50x-s1 sft-nan-s0
+    python -m bench.record_detect_corpus --only grpo-kl-lr50x-s1 --only sft-nan-s0
     python -m bench.record_detect_corpus --list
 
 Every run is made by the trainer agent's own ``train_model`` code (``tasks.train``: the same
@@ -27,7 +27,6 @@ no label is a guess. Runs are deterministic on one CPU thread for a given torch 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import random
@@ -37,10 +36,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from bench.detect_corpus import CORPUS_DIR, Fault, Series, save
 from posttrain.events.messages.metrics import MetricPoint
+from posttrain.service.commands import bad_option, command_app, run_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data"
@@ -534,35 +536,44 @@ def _summary(series: Series) -> str:
     return f"{series.name} ({len(series.points)} pts): " + "; ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="*", help="names of the series to record")
-    parser.add_argument("--list", action="store_true", help="list the series and exit")
-    parser.add_argument("--out", type=Path, default=CORPUS_DIR)
-    parser.add_argument(
-        "--rejected",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "detect-corpus-rejected",
-        help="where a series whose label check fails is written, for a look",
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    if args.list:
+REJECTED_DIR = Path(tempfile.gettempdir()) / "detect-corpus-rejected"
+app = command_app()
+
+
+@app.command()
+def _record(
+    only: Annotated[
+        list[str] | None, typer.Option(help="a series to record (repeat it; default: every one)")
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list the series and exit")] = False,
+    out: Annotated[Path, typer.Option(help="the corpus directory")] = CORPUS_DIR,
+    rejected: Annotated[
+        Path, typer.Option(help="where a series whose label check fails is written, for a look")
+    ] = REJECTED_DIR,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+) -> None:
+    """Record the labelled corpus of training runs (exit 1 when a label check fails)."""
+    if list_:
         for spec in SPECS:
             what = spec.injection.describe() if spec.injection else "healthy"
             print(f"{spec.name:28} {spec.algorithm:5} lr {spec.learning_rate:g}  {what}")
-        return 0
-    unknown = set(args.only or ()) - {s.name for s in SPECS}
+        return
+    unknown = set(only or ()) - {s.name for s in SPECS}
     if unknown:
-        parser.error(f"unknown series {sorted(unknown)}")
+        raise bad_option("--only", f"unknown series {sorted(unknown)}")
+    if record(only or [], out, rejected, threads):
+        raise typer.Exit(1)
 
+
+def record(only: list[str], out: Path, rejected: Path, threads: int) -> int:
+    """Record the series named in ``only`` (every one when empty); 1 when a label check fails."""
     import torch
 
     from posttrain.trainer_agent.tiny import build_tiny_model
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     random.seed(0)
-    specs = [s for s in SPECS if not args.only or s.name in args.only]
+    specs = [s for s in SPECS if not only or s.name in only]
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="detect-corpus-") as tmp:
         work = Path(tmp)
@@ -580,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                 series, _ = run(spec, model, work)
             found = _check(series)
             problems += found
-            save(series, args.rejected if found else args.out)
+            save(series, rejected if found else out)
             took = time.perf_counter() - started
             print(f"[{took:5.1f}s] {_summary(series)}" + ("  LABEL FAILS" if found else ""))
             sys.stdout.flush()
@@ -589,5 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_app(app, argv, "python -m bench.record_detect_corpus")
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -16,7 +16,6 @@ Last line: ``remote_lag_p99_ms: X`` (goal: at most 1,000).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -26,7 +25,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from aiokafka import AIOKafkaConsumer
 
 from bench.common import drop_namespace, fresh_namespace
@@ -34,6 +35,7 @@ from posttrain.events import decode
 from posttrain.events.messages import MetricsReported
 from posttrain.events.tasks import SshConfig
 from posttrain.events.topics import Topic
+from posttrain.service.commands import command_app, run_app
 from posttrain.testing.sshd import SshdMissing, TestSshd
 from posttrain.trainer_agent.reporting import MetricsReporter
 from posttrain.trainer_agent.supervisors.ssh_runner import RemoteLaunch, SshRunner
@@ -155,14 +157,18 @@ async def run(points: int, rate: float) -> float:
     return remote_p99
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=20.0, help="points per second")
-    args = parser.parse_args()
-    p99 = asyncio.run(run(args.points, args.rate))
+app = command_app()
+
+
+@app.command()
+def _bench(
+    points: Annotated[int, typer.Option(help="metric points the remote stage writes")] = 300,
+    rate: Annotated[float, typer.Option(help="points per second")] = 20.0,
+) -> None:
+    """The lag from a remote stage's metric line to its point on the metrics topic."""
+    p99 = asyncio.run(run(points, rate))
     print(f"remote_lag_p99_ms: {p99:.1f}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_app(app, None, "python -m bench.remote_lag"))

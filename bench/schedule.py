@@ -11,18 +11,21 @@ the same run. The critical path is computed from the durations the agent actuall
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from bench.common import drop_namespace, fresh_namespace
 from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.core.dag import execution_layers, validate
+from posttrain.service.commands import command_app, run_app
 from posttrain.testing.orchestrator import read_log, start_orchestrator
 from posttrain.testing.scripted_agent import ScriptedAgent
 
@@ -108,12 +111,8 @@ async def run_once(
     return makespan, took, dispatch
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--long", type=float, default=3.0)
-    parser.add_argument("--short", type=float, default=0.3)
-    args = parser.parse_args()
-    stages, durations = dag(args.long, args.short)
+async def measure(long: float, short: float) -> None:
+    stages, durations = dag(long, short)
     settings = await fresh_namespace("schedule")
     workdir = Path(tempfile.mkdtemp(prefix="bench-schedule-"))
     agent = ScriptedAgent(
@@ -142,7 +141,7 @@ async def main() -> None:
         await agent.stop()
         await drop_namespace(settings)
     ms = sorted(d * 1000 for d in dispatch)
-    print(f"stages: {len(stages)}  long: {args.long} s  short: {args.short} s")
+    print(f"stages: {len(stages)}  long: {long} s  short: {short} s")
     print(f"dispatch_p50_ms: {statistics.median(ms):.1f}")
     print(f"dispatch_max_ms: {ms[-1]:.1f}")
     print(f"critical_path_s: {critical:.2f}")
@@ -152,5 +151,17 @@ async def main() -> None:
     print(f"makespan_over_critical_path: {ready_span / critical:.3f}")
 
 
+app = command_app()
+
+
+@app.command()
+def _bench(
+    long: Annotated[float, typer.Option(help="a long stage's seconds")] = 3.0,
+    short: Annotated[float, typer.Option(help="a short stage's seconds")] = 0.3,
+) -> None:
+    """Scheduling by readiness against layer-by-layer execution, on the real broker."""
+    asyncio.run(measure(long, short))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(run_app(app, None, "python -m bench.schedule"))

@@ -11,16 +11,18 @@ deploy/k8s/config.yaml). tests/unit/deploy/test_kafka_users.py fails on any drif
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
 
 from posttrain.events import access
 from posttrain.events.access import AclEntry, Operation, Resource
+from posttrain.service.commands import command_app, run_app
 
 K8S = Path(__file__).resolve().parent / "k8s"
 USERS = K8S / "users.yaml"
@@ -110,19 +112,26 @@ def render() -> str:
     return HEADER + "---\n" + "---\n".join(documents)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if users.yaml is stale")
-    args = parser.parse_args(argv)
+app = command_app(__doc__.splitlines()[0])
+
+
+@app.command()
+def _write(
+    check: Annotated[bool, typer.Option("--check", help="fail if users.yaml is stale")] = False,
+) -> None:
+    """(Re)write deploy/k8s/users.yaml from the grants, or check that it is current."""
     text = render()
-    if args.check:
+    if check:
         if USERS.read_text(encoding="utf-8") != text:
             print(f"{USERS} is stale: run python deploy/kafka_users.py", file=sys.stderr)
-            return 1
-        return 0
+            raise typer.Exit(1)
+        return
     USERS.write_text(text, encoding="utf-8")
     print(f"wrote {USERS}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "deploy/kafka_users.py")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,16 @@ Both steps are idempotent: running it again changes nothing.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
 
 from posttrain.events.kafka.admin import ensure_topics
 from posttrain.events.kafka.settings import KafkaSettings
+from posttrain.service.commands import command_app, run_app
 from posttrain.service.migrate import apply_migrations
 from posttrain.service.settings import database_url
 
@@ -35,14 +39,23 @@ async def prepare(*, topics: bool, migrations: bool) -> list[str]:
     return done
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-topics", action="store_true", help="do not create topics")
-    parser.add_argument("--no-migrations", action="store_true", help="do not apply migrations")
-    args = parser.parse_args(argv)
-    for line in asyncio.run(prepare(topics=not args.no_topics, migrations=not args.no_migrations)):
+app = command_app(__doc__.splitlines()[0])
+
+
+@app.command()
+def _prepare(
+    no_topics: Annotated[bool, typer.Option("--no-topics", help="do not create topics")] = False,
+    no_migrations: Annotated[
+        bool, typer.Option("--no-migrations", help="do not apply migrations")
+    ] = False,
+) -> None:
+    """Create every declared topic and apply every owner's migrations (idempotent)."""
+    for line in asyncio.run(prepare(topics=not no_topics, migrations=not no_migrations)):
         print(line, flush=True)
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "deploy/prepare.py")
 
 
 if __name__ == "__main__":

@@ -20,24 +20,33 @@ Service logs go to ``$POSTTRAIN_HOME/logs/demo/``. Afterwards, ``posttrain pipel
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from posttrain.events.kafka import KafkaSettings
 from posttrain.orchestrator.client import PipelineExecutor, aget_pipeline_status
 from posttrain.pipeline_cli import load_pipeline_file
 from posttrain.report import Improvement, RunReport, collect_report, improvements, write_report
+from posttrain.service.commands import command_app, run_app
 from posttrain.service.settings import database_url, posttrain_home
 from posttrain.testing import services
 
 HERE = Path(__file__).resolve().parent
 HOME = posttrain_home()
+
+# The demo's options, as this demo and bench.demo spell them.
+PipelineOption = Annotated[Path, typer.Option(help="the pipeline file (YAML or JSON)")]
+BaselineOption = Annotated[str, typer.Option(help="the stage RL must beat")]
+TimeoutOption = Annotated[float, typer.Option(help="seconds the pipeline may take")]
+DEFAULT_PIPELINE = HERE / "pipelines" / "arithmetic.yaml"
 AGENTS = ("demo-cpu-1", "demo-cpu-2")
 TERMINAL = ("succeeded", "failed", "cancelled", "rejected")
 
@@ -288,35 +297,42 @@ def print_summary(run: DemoRun, baseline: str) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pipeline", default=str(HERE / "pipelines" / "arithmetic.yaml"))
-    parser.add_argument("--baseline", default="train_sft", help="the stage RL must beat")
-    parser.add_argument("--timeout", type=float, default=1800)
-    args = parser.parse_args()
+app = command_app()
+
+
+@app.command()
+def _demo(
+    pipeline: PipelineOption = DEFAULT_PIPELINE,
+    baseline: BaselineOption = "train_sft",
+    timeout: TimeoutOption = 1800.0,
+) -> None:
+    """Run the demo pipeline on the local stack and say whether RL beat the baseline."""
     from posttrain.doctor import run_doctor
 
     if run_doctor() != 0:
-        return 1
+        raise typer.Exit(1)
     run = asyncio.run(
         run_demo(
             KafkaSettings.from_env(client_id="posttrain-demo"),
             database_url(),
-            pipeline_file=Path(args.pipeline),
-            baseline=args.baseline,
-            timeout=args.timeout,
+            pipeline_file=pipeline,
+            baseline=baseline,
+            timeout=timeout,
             logs=HOME / "logs" / "demo",
             work=HOME / "demo",
             reports=HOME / "reports",
         )
     )
-    print_summary(run, args.baseline)
+    print_summary(run, baseline)
     if run.status["status"] != "succeeded":
-        return 1
+        raise typer.Exit(1)
     if not run.rl_above_baseline:
-        print(f"post-training did NOT pay off on every RL stage against {args.baseline}")
-        return 1
-    return 0
+        print(f"post-training did NOT pay off on every RL stage against {baseline}")
+        raise typer.Exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "python -m examples.demo")
 
 
 if __name__ == "__main__":
