@@ -129,27 +129,22 @@ def steps(key: str, maxlen: str) -> Saved:
     return Saved(key, lambda v, owner: _steps(v, size(owner)), lambda d: [[s, x] for s, x in d])
 
 
+def _sized(key: str, size: str, load: Callable[[JsonDict, Any], Any], dump: Dump) -> Saved:
+    """A value restored by ``load(saved dict, the owner's size)`` and saved by ``dump``."""
+    get = operator.attrgetter(size)
+    return Saved(key, lambda v, owner: load(v or {}, get(owner)), dump)
+
+
 def window(key: str, size: str) -> Saved:
     """A ``RollingWindow`` of the owner's ``size``."""
-    get = operator.attrgetter(size)
-    return Saved(
-        key,
-        lambda v, owner: RollingWindow.from_dict(v or {}, get(owner)),
-        RollingWindow.to_dict,
-    )
+    return _sized(key, size, RollingWindow.from_dict, RollingWindow.to_dict)
 
 
 def median(key: str, size: str) -> Saved:
     """A ``RollingMedian`` of the owner's ``size``."""
-    get = operator.attrgetter(size)
-    return Saved(
-        key,
-        lambda v, owner: RollingMedian.from_dict(v or {}, get(owner)),
-        RollingMedian.to_dict,
-    )
+    return _sized(key, size, RollingMedian.from_dict, RollingMedian.to_dict)
 
 
 def ema(key: str, alpha: str) -> Saved:
     """An ``EmaStats`` of the owner's ``alpha``."""
-    get = operator.attrgetter(alpha)
-    return Saved(key, lambda v, owner: EmaStats.from_dict(v or {}, get(owner)), EmaStats.to_dict)
+    return _sized(key, alpha, EmaStats.from_dict, EmaStats.to_dict)
