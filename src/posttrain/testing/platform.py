@@ -20,8 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import Any
 from posttrain.events.kafka import KafkaSettings
 from posttrain.testing import services
 from posttrain.testing.services import ServiceProcess, free_port
+from posttrain.testing.services import http_json as http_json  # the gateway, as a caller sees it
 
 ROOT = Path(__file__).resolve().parents[3]
 WITNESS_ENV = "POSTTRAIN_STAGE_WITNESS_DIR"
@@ -251,25 +250,6 @@ class Platform:
 
 
 # --- the gateway, as a caller sees it --------------------------------------------------------
-
-
-def http_json(
-    url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, Any]:
-    """(status, decoded body) of a GET (or a POST of ``body``); OSError when nothing answers."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw or b"null")
-        except ValueError:
-            return exc.code, raw.decode(errors="replace")
 
 
 # --- a private broker and database server, through the stack's own commands -------------------

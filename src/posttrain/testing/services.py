@@ -52,6 +52,31 @@ class NotReady(AssertionError):
     """A service did not say it was ready in time, or exited first."""
 
 
+def http_json(
+    url: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    timeout: float = 10.0,
+) -> tuple[int, Any]:
+    """(status, decoded body) of a GET (or a POST of ``body``): an error status's body too, as
+    text when it is not JSON. OSError when nothing answers, ValueError for a success whose
+    body is not JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw or b"null")
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+
+
 @dataclass
 class ServiceProcess:
     """One service process, its output appended to ``log``, its /healthz on ``port``."""
@@ -92,18 +117,11 @@ class ServiceProcess:
         """(status, document) from /healthz, or None while nothing answers."""
         if self.port is None:
             raise ValueError(f"{self.name} has no /healthz port")
-        url = f"http://127.0.0.1:{self.port}/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                return answer.status, json.loads(answer.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            try:
-                return exc.code, json.loads(body or b"{}")
-            except ValueError:
-                return exc.code, {"body": body.decode(errors="replace")}
+            status, doc = http_json(f"http://127.0.0.1:{self.port}/healthz", timeout=2)
         except (OSError, ValueError):
             return None
+        return status, {} if doc is None else doc if isinstance(doc, dict) else {"body": doc}
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
         """Wait until /healthz answers 200; its document. Fails at once if the process exits."""
