@@ -43,6 +43,7 @@ from posttrain.events.messages import (
     StageSucceeded,
     SubmitPipeline,
 )
+from posttrain.events.messages.stage import report_fields
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.testing.orchestrator import start_orchestrator
 from posttrain.testing.services import ServiceProcess
@@ -239,15 +240,7 @@ class _Shard:
         agent.running[command.command_id] = asyncio.create_task(self._run(agent, command, run))
 
     def _report(self, run: RunStage, cls: type[Any], **fields: Any) -> Envelope[Any]:
-        message = cls(
-            pipeline_id=run.pipeline_id,
-            stage=run.stage,
-            attempt=run.attempt,
-            command_id=run.command_id,
-            agent_id=run.agent_id,
-            job_id=run.job_id,
-            **fields,
-        )
+        message = cls(**report_fields(run, run.agent_id), **fields)
         return Envelope.create(message, key=run.pipeline_id)
 
     async def _reject(self, run: RunStage) -> None:

@@ -28,6 +28,7 @@ from posttrain.events.messages import (
     StageStarted,
     StageSucceeded,
 )
+from posttrain.events.messages.stage import report_fields
 from posttrain.events.topics import TOPICS, Topic
 
 
@@ -157,15 +158,7 @@ class ScriptedAgent:
                 task.cancel()
 
     async def _report(self, run: RunStage, message_cls: type[Any], **fields: Any) -> None:
-        message = message_cls(
-            pipeline_id=run.pipeline_id,
-            stage=run.stage,
-            attempt=run.attempt,
-            command_id=run.command_id,
-            agent_id=self.agent_id,
-            job_id=run.job_id,
-            **fields,
-        )
+        message = message_cls(**report_fields(run, self.agent_id), **fields)
         await self._producer.send(
             Topic.STAGE_REPORTS, Envelope.create(message, key=run.pipeline_id)
         )

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from posttrain.events.messages.agent import RunStage
 from posttrain.events.messages.base import Message
 from posttrain.events.messages.pipeline import ActionKind
 
@@ -24,6 +25,18 @@ class _StageReport(Message):
     command_id: str
     agent_id: str
     job_id: str
+
+
+def report_fields(run: RunStage, agent_id: str) -> JsonDict:
+    """The routing fields of a report by ``agent_id`` about ``run`` (every stage report's)."""
+    return {
+        "pipeline_id": run.pipeline_id,
+        "stage": run.stage,
+        "attempt": run.attempt,
+        "command_id": run.command_id,
+        "agent_id": agent_id,
+        "job_id": run.job_id,
+    }
 
 
 class StageStarted(_StageReport):

@@ -28,6 +28,7 @@ from posttrain.events.messages import (
     StageRejected,
     StageStarted,
 )
+from posttrain.events.messages.stage import report_fields
 from posttrain.trainer_agent.core import paths
 from posttrain.trainer_agent.core.events import (
     Accepted,
@@ -42,7 +43,6 @@ from posttrain.trainer_agent.core.events import (
 )
 from posttrain.trainer_agent.core.outcomes import (
     LOG_NAME,
-    command_fields,
     died,
     entry_fields,
     failed,
@@ -246,13 +246,13 @@ def _run(entries: Mapping[str, Entry], obs: RunReceived, setup: Setup) -> Decisi
         return Decision("ignore", reason="already running")
     reason = _no_room(capacity(entries, setup), command.resources.gpus, command.resources.labels)
     if reason is not None:
-        rejected = StageRejected(**command_fields(command, setup.agent_id), reason=reason)
+        rejected = StageRejected(**report_fields(command, setup.agent_id), reason=reason)
         return Decision("reject", (Send(rejected),), reason)
     free = capacity(entries, setup).free_gpu_ids
     gpu_ids = tuple(sorted(free)[: command.resources.gpus])
     directory = attempt_dir(setup, command.command_id)
     started = StageStarted(
-        **command_fields(command, setup.agent_id),
+        **report_fields(command, setup.agent_id),
         started_at=obs.now,
         log_path=str(PurePath(directory) / LOG_NAME),
     )

@@ -15,7 +15,6 @@ from posttrain.events.failures import FailureKind, kind_from_text
 from posttrain.events.messages import (
     MESSAGE_TYPES,
     Message,
-    RunStage,
     StageFailed,
     StageSucceeded,
 )
@@ -91,18 +90,6 @@ def outcome_message(outcome: Mapping[str, Any], *, replayed: bool) -> Message:
     if replayed and cls is StageSucceeded:
         data["replayed"] = True
     return cls.model_validate(data)
-
-
-def command_fields(command: RunStage, agent_id: str) -> dict[str, Any]:
-    """The routing fields of a report about a RunStage not (yet) in the journal."""
-    return {
-        "pipeline_id": command.pipeline_id,
-        "stage": command.stage,
-        "attempt": command.attempt,
-        "command_id": command.command_id,
-        "agent_id": agent_id,
-        "job_id": command.job_id,
-    }
 
 
 def entry_fields(entry: Entry, agent_id: str) -> dict[str, Any]:
