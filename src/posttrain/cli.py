@@ -468,10 +468,8 @@ def token_revoke(name: Annotated[str, typer.Argument(help="the token's name")]) 
 @token_app.command("list")
 def token_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every token's name, role, when it was made and revoked (never the token itself)."""
-    from rich.table import Table
-
     from posttrain.gateway.auth import list_tokens
-    from posttrain.render import when
+    from posttrain.render import plain_table, when
 
     async def read() -> list[Any]:
         conn = await _connect()
@@ -494,9 +492,7 @@ def token_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
             ]
         )
         return
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("name", "role", "created", "revoked"):
-        table.add_column(column)
+    table = plain_table("name", "role", "created", "revoked")
     for t in found:
         table.add_row(t.name, t.role.name.lower(), when(t.created_at), when(t.revoked_at))
     out.print(table if found else "no tokens: `posttrain token create --name NAME --role ROLE`")

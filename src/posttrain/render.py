@@ -84,12 +84,21 @@ def status_header(status: Mapping[str, Any], stale: str | None = None) -> Text:
     return head
 
 
+def plain_table(*columns: str, **options: Any) -> Table:
+    """A table without borders whose ``columns`` each take ``options`` (``overflow``,
+    ``justify``...)."""
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in columns:
+        table.add_column(column, **options)
+    return table
+
+
 def status_table(status: Mapping[str, Any], *, verbose: bool = False) -> Table:
     """One row per stage, grouped by layer: status, attempt, task id, agent, and what it waits
     for or its error as one line (in full with ``verbose``)."""
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("layer", "stage", "status", "attempt", "task id", "agent", "note"):
-        table.add_column(column, overflow="fold")
+    table = plain_table(
+        "layer", "stage", "status", "attempt", "task id", "agent", "note", overflow="fold"
+    )
     layer_of = {name: i for i, layer in enumerate(status.get("layers") or []) for name in layer}
     stages = sorted(status["stages"], key=lambda s: layer_of.get(s["name"], 1 << 30))
     for stage in stages:
@@ -129,9 +138,9 @@ def status_view(
 
 
 def pipelines_table(pipelines: Iterable[Mapping[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("pipeline", "name", "status", "submitted by", "submitted", "finished"):
-        table.add_column(column, overflow="fold")
+    table = plain_table(
+        "pipeline", "name", "status", "submitted by", "submitted", "finished", overflow="fold"
+    )
     for p in pipelines:
         _row(
             table,
@@ -148,9 +157,7 @@ def pipelines_table(pipelines: Iterable[Mapping[str, Any]]) -> Table:
 def history_table(events: Iterable[Mapping[str, Any]]) -> Table:
     """A pipeline's history (``aget_pipeline_history``'s events): when, what, which stage, and
     its one-line summary."""
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("#", "at", "event", "stage", "attempt", "summary"):
-        table.add_column(column, overflow="fold")
+    table = plain_table("#", "at", "event", "stage", "attempt", "summary", overflow="fold")
     for e in events:
         _row(
             table,
@@ -165,9 +172,16 @@ def history_table(events: Iterable[Mapping[str, Any]]) -> Table:
 
 
 def agents_table(agents: Iterable[Mapping[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("agent", "alive", "gpus free", "slots", "running", "labels", "last heartbeat"):
-        table.add_column(column, overflow="fold")
+    table = plain_table(
+        "agent",
+        "alive",
+        "gpus free",
+        "slots",
+        "running",
+        "labels",
+        "last heartbeat",
+        overflow="fold",
+    )
     for a in agents:
         running = ", ".join(
             f"{r.get('pipeline_uuid')}:{r.get('stage')}#{r.get('attempt')}"
@@ -206,10 +220,7 @@ def metric_fields(points: Sequence[Mapping[str, Any]], wanted: Sequence[str] = (
 def metrics_table(points: Sequence[Mapping[str, Any]], fields: Sequence[str] = ()) -> Table:
     """Points (newest first, as ``get_latest_metrics`` gives them) in step order."""
     shown = metric_fields(points, fields)
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    table.add_column("step", justify="right")
-    for field in shown:
-        table.add_column(field, justify="right")
+    table = plain_table("step", *shown, justify="right")
     for p in sorted(points, key=lambda p: p.get("step", 0)):
         _row(table, str(p.get("step")), *(number(p.get(f)) for f in shown))
     return table
@@ -236,9 +247,7 @@ def sparkline(values: Sequence[float | None], width: int = 60) -> str:
 def metrics_chart(points: Sequence[Mapping[str, Any]], fields: Sequence[str] = ()) -> Table:
     """Per field: its range and a sparkline over the points in step order."""
     ordered = sorted(points, key=lambda p: p.get("step", 0))
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("field", "min", "max", "last", "chart"):
-        table.add_column(column)
+    table = plain_table("field", "min", "max", "last", "chart")
     for field in metric_fields(points, fields):
         values = [_float(p.get(field)) for p in ordered]
         finite = [v for v in values if v is not None and math.isfinite(v)]
