@@ -64,17 +64,11 @@ from posttrain.orchestrator.shell.replay import (
     ReplayHelpers,
     replay_partitions,
 )
+from posttrain.testing.fleet import TEMPLATE
 
-STAGES = ["preprocess", "sft", "grpo", "dpo", "ppo", "eval_grpo", "eval_dpo", "report"]
-DEPS = {
-    "sft": ["preprocess"],
-    "grpo": ["sft"],
-    "dpo": ["sft"],
-    "ppo": ["sft"],
-    "eval_grpo": ["grpo"],
-    "eval_dpo": ["dpo"],
-    "report": ["eval_grpo", "eval_dpo", "ppo"],
-}
+# The fleet's pipeline (preprocess -> SFT -> GRPO/DPO/PPO -> evaluations -> report), in order.
+STAGES = list(TEMPLATE)
+DEPS = TEMPLATE
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # Transactional producers writing each partition at once. The orchestrator has one per
 # partition; a transaction takes tens of milliseconds here, so one per partition would need
