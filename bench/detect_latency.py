@@ -60,6 +60,7 @@ from posttrain.orchestrator.client import PipelineExecutor
 from posttrain.orchestrator.shell.service import Orchestrator
 from posttrain.service.commands import command_app, run_app
 from posttrain.testing import services
+from posttrain.testing.waiting import wait_until
 
 ACTION_AT = 40  # the step at which the timed training runs turn NaN or spike
 SEED_BUFFER_S = 30.0
@@ -320,7 +321,12 @@ async def main(shape: Shape) -> None:
     applied_at: dict[str, float] = {}  # action runs: job -> when the agent applied the action
     try:
         await asyncio.gather(stream.wait_ready(), agent.wait_ready())
-        await _until(lambda: orchestrator.stats.assigned, 60, "the orchestrator's partitions")
+        await wait_until(
+            lambda: orchestrator.stats.assigned,
+            timeout=60,
+            interval=0.05,
+            what="the orchestrator's partitions",
+        )
         async with EventConsumer(
             settings,
             [Topic.ANOMALIES, Topic.STAGE_REPORTS],
@@ -447,14 +453,6 @@ async def main(shape: Shape) -> None:
         print(f"detect_p99_ms: {_ms(p99(everything))}")
     else:
         print("detect_p99_ms: inf (nothing was injected)")
-
-
-async def _until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def _match(

@@ -20,7 +20,6 @@ machine runs more of them). Every pipeline of the run is checked against every i
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import random
 import time
@@ -37,6 +36,7 @@ from posttrain.events.topics import Topic
 from posttrain.metrics_ingest.queries import get_job_points
 from posttrain.testing import invariants
 from posttrain.testing.platform import ROOT, AlertReceiver, Platform, PrivateStack, http_json
+from posttrain.testing.waiting import wait_until
 from posttrain.trainer_agent.witness import read_witness
 
 DATA = ROOT / "examples" / "data"
@@ -397,22 +397,6 @@ async def settle(platform: Platform, receiver: AlertReceiver, outcome: Outcome) 
         outcome.actions = sum(1 for e in events if e.type == "ActionRequested" and ours(e.data))
     finally:
         await pool.close()
-
-
-async def wait_until(
-    predicate: Callable[[], Any], *, timeout: float, interval: float, what: str
-) -> None:
-    """Poll ``predicate`` (sync or async) until it is truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 # --- the two plans ----------------------------------------------------------------------------

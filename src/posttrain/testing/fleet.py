@@ -47,6 +47,7 @@ from posttrain.events.messages.stage import report_fields
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.testing.orchestrator import start_orchestrator
 from posttrain.testing.services import ServiceProcess
+from posttrain.testing.waiting import wait_until
 
 TRAINING = "a100"  # the label training stages need; every other agent has it
 
@@ -486,14 +487,6 @@ def _owned(log: Path) -> list[int] | None:
     return last
 
 
-async def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fleet: timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 def dispatch_latencies(
     script: FleetScript, records: Sequence[dict[str, Any]], submitted: dict[str, float]
 ) -> list[float]:
@@ -577,7 +570,7 @@ async def run_fleet(
                 raise RuntimeError(f"fleet: shard processes {dead} died while starting")
             return all(r.is_set() for r in readies)
 
-        await _wait(shards_ready, 120, "the agent shards")
+        await wait_until(shards_ready, timeout=120, interval=0.1, what="the agent shards")
         logs = [workdir / f"orchestrator-{i}.log" for i in range(orchestrators)]
         for i, log in enumerate(logs):
             services.append(
@@ -605,7 +598,9 @@ async def run_fleet(
             together = [p for o in owned for p in o or []]
             return sorted(together) == list(range(partitions))
 
-        await _wait(split, 120, "the orchestrators to share every partition")
+        await wait_until(
+            split, timeout=120, interval=0.1, what="the orchestrators to share every partition"
+        )
         began = time.time()
         sent = await _submit(settings, script, run, report)
         remaining = script.deadline_s - (time.time() - began)
