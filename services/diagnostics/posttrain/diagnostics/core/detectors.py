@@ -195,7 +195,7 @@ class NonFiniteRule(SavedState):
 
     @classmethod
     def upcast(cls, state: JsonDict) -> JsonDict:
-        if "named" in state:
+        if state.get("named") is not None:
             return state
         # A state saved before fields were named one by one: only "a run is on".
         return {"named": ["*"] if state.get("active") else []}
