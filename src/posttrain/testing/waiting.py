@@ -12,15 +12,16 @@ from typing import Any
 
 async def wait_until(
     predicate: Callable[[], Any], *, timeout: float, interval: float, what: str
-) -> None:
-    """Poll ``predicate`` (sync or async) until it is truthy; AssertionError after ``timeout``."""
+) -> Any:
+    """Poll ``predicate`` (sync or async) until it is truthy; that value. AssertionError after
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return
+            return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await asyncio.sleep(interval)
