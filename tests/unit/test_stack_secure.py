@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 from posttrain.events.access import Principal
+from posttrain.events.kafka.settings import KafkaEnvironment
 from posttrain.stack import secure
 from posttrain.stack.config import (
     BrokerSecurity,
@@ -51,10 +52,11 @@ def test_the_plaintext_broker_is_rendered_as_before():
     assert "sasl" not in text and "authorizer" not in text
 
 
-def test_secrets_are_private_and_env_files_name_the_password_file(tmp_path):
+def test_secrets_are_private_and_env_files_name_the_password_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     settings = StackSettings(posttrain_home=tmp_path / "home", stack_dir=tmp_path / "st")
     layout = secure.secure_layout(settings)
-    address = secure.secure_address({})
+    address = secure.secure_address(KafkaEnvironment())
     assert address == KafkaAddress("127.0.0.1", 9192)
     assert layout.root == tmp_path / "st" / "secure"
     assert layout.paths.kafka_data == layout.root / "kafka-data"

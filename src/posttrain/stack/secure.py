@@ -16,12 +16,11 @@ import datetime
 import ipaddress
 import os
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.events.access import Principal, acl_entries
-from posttrain.events.kafka.settings import KafkaSettings
+from posttrain.events.kafka.settings import KafkaEnvironment, KafkaSettings
 from posttrain.stack.component import StackError
 from posttrain.stack.config import BrokerSecurity, KafkaAddress, parse_bootstrap
 from posttrain.stack.paths import StackPaths, StackSettings, stack_paths
@@ -70,10 +69,12 @@ def secure_layout(settings: StackSettings | None = None) -> SecureLayout:
     return SecureLayout(root=root, paths=paths, secrets=root / "secrets")
 
 
-def secure_address(env: Mapping[str, str] | None = None) -> KafkaAddress:
-    """KAFKA_BOOTSTRAP_SERVERS when set, else 127.0.0.1:9192 (beside the plaintext 9092)."""
-    env = os.environ if env is None else env
-    return parse_bootstrap(env.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_SECURE_BOOTSTRAP)
+def secure_address(kafka: KafkaEnvironment | None = None) -> KafkaAddress:
+    """KAFKA_BOOTSTRAP_SERVERS when set (``kafka``: read from the environment when None), else
+    127.0.0.1:9192 (beside the plaintext 9092)."""
+    kafka = KafkaEnvironment() if kafka is None else kafka
+    given = "bootstrap_servers" in kafka.model_fields_set
+    return parse_bootstrap(kafka.bootstrap_servers if given else DEFAULT_SECURE_BOOTSTRAP)
 
 
 # --- secrets --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.events.kafka import KafkaSettings
+from posttrain.events.kafka.settings import KafkaEnvironment
 from posttrain.stack import secure
 from posttrain.stack.paths import StackSettings
 
@@ -94,5 +95,7 @@ class SecureBroker:
     def settings(self, principal: str) -> KafkaSettings:
         """How ``principal`` connects (its password from its file, the local CA)."""
         layout = secure.secure_layout(self.stack)
-        address = secure.secure_address(self.env)
+        address = secure.secure_address(
+            KafkaEnvironment(bootstrap_servers=f"127.0.0.1:{self.port}")
+        )
         return secure.principal_settings(layout, address, principal, self.namespace)

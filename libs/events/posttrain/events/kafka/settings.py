@@ -37,7 +37,8 @@ DEFAULT_MECHANISM = "SCRAM-SHA-512"
 
 
 class KafkaEnvironment(BaseSettings):
-    """The variables, read by pydantic-settings; ``KafkaSettings.from_env`` is its one user."""
+    """The variables, read by pydantic-settings; ``KafkaSettings.from_env`` makes the client
+    settings of them (and the local stack reads the broker's address here)."""
 
     # An empty variable counts as unset, as in ``posttrain.service.settings``.
     model_config = SettingsConfigDict(
