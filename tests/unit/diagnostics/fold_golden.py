@@ -12,16 +12,17 @@ data/fold_golden.json. Any change to the detectors' outputs or their saved state
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+import typer
 
 from bench.detect_corpus import load as load_corpus
 from posttrain.diagnostics.core import DetectorConfig, JobState
@@ -29,6 +30,7 @@ from posttrain.events.codec import encode
 from posttrain.events.envelope import Envelope
 from posttrain.events.messages.metrics import MetricPoint, MetricsReported
 from posttrain.events.views import ViewDecoder
+from posttrain.service.commands import command_app, run_app
 from tests.unit.diagnostics.series import healthy_long_run, recorded, troubled_run
 
 GOLDEN = Path(__file__).parent / "data" / "fold_golden.json"
@@ -314,22 +316,33 @@ def check(dump_dir: Path | None = None) -> list[str]:
     return sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
 
 
-def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--write", action="store_true")
-    parser.add_argument("--dump", type=Path)
-    args = parser.parse_args(argv)
-    if args.dump:
-        args.dump.mkdir(parents=True, exist_ok=True)
-    if args.write:
-        digests = compute(args.dump)
+app = command_app()
+
+
+@app.command()
+def _golden(
+    write: Annotated[
+        bool, typer.Option("--write", help="record the digests (only for a new behaviour)")
+    ] = False,
+    dump: Annotated[Path | None, typer.Option(help="write the full dumps here, to diff")] = None,
+) -> None:
+    """Check the detectors' fold against the committed digests (exit 1 when any differs)."""
+    if dump:
+        dump.mkdir(parents=True, exist_ok=True)
+    if write:
+        digests = compute(dump)
         GOLDEN.write_text(json.dumps(digests, indent=0, sort_keys=True) + "\n")
-        log(f"wrote {len(digests)} digests")
-        return 0
-    bad = check(args.dump)
-    log(f"{len(bad)} differ" + (": " + ", ".join(bad[:20]) if bad else ""))
-    return 1 if bad else 0
+        print(f"wrote {len(digests)} digests")
+        return
+    bad = check(dump)
+    print(f"{len(bad)} differ" + (": " + ", ".join(bad[:20]) if bad else ""))
+    if bad:
+        raise typer.Exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, "python -m tests.unit.diagnostics.fold_golden")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
