@@ -149,11 +149,21 @@ async def test_a_training_stage_runs_remotely_through_a_dropped_connection_and_o
 
 
 async def test_a_restarted_agent_reattaches_to_the_remote_run_and_reports_once(
-    start_agent: Any, kafka_settings: Any, ssh_config: SshConfig
+    start_agent: Any, kafka_settings: Any, ssh_config: SshConfig, tmp_path: Path
 ) -> None:
     agent = await start_agent()
     steps = 80
-    config = tiny_sft(max_steps=steps, save_steps=0, run_mode="ssh", ssh_config=_remote(ssh_config))
+    # The remote run waits at step 10 until the new agent is up: it re-attaches to a run that
+    # still goes, however fast the machine trains the 80 steps.
+    release = tmp_path / "release"
+    hold = {"entrypoint": FAULTS, "kwargs": {"release_file": str(release), "hold_at": 10}}
+    config = tiny_sft(
+        max_steps=steps,
+        save_steps=0,
+        run_mode="ssh",
+        ssh_config=_remote(ssh_config),
+        callbacks=[hold],
+    )
     run = agent.run_stage("train_model", {"config": config})
     async with (
         TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
@@ -166,6 +176,9 @@ async def test_a_restarted_agent_reattaches_to_the_remote_run_and_reports_once(
         # The remote stage goes on without its agent; a new one on the same work directory
         # re-attaches from the journal and the saved offsets.
         again = await start_agent()
+        [entry] = again.agent.journal.entries.values()
+        assert entry.launch is not None and _group_members(entry.launch.pid)
+        release.touch()
         await reports.wait(
             lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=240
         )
