@@ -20,8 +20,10 @@ from posttrain.events.messages import (
     RollbackStage,
 )
 from posttrain.events.topics import Topic
+from posttrain.trainer_agent.stage_files import CONTROL
 from tests.integration.trainer_agent.conftest import control_for, tiny_sft
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -228,7 +230,12 @@ async def test_a_rollback_takes_both_ranks_back_to_the_same_checkpoint(
 ):
     agent = await start_agent()
     witness = tmp_path / "witness"
-    config = _two_ranks(witness, max_steps=5000)
+    # Three checkpoints kept: checkpoint-8 is gone once checkpoint-20 is saved. The ranks wait
+    # at step 11 until the rollback is in the stage's control file, so it is applied by step
+    # 12 however fast the machine trains.
+    release = tmp_path / "release"
+    faults = {"release_file": str(release), "hold_at": 11}
+    config = _two_ranks(witness, faults=faults, max_steps=5000)
     config.update(save_steps=4, save_total_limit=3)
     run = agent.run_stage("train_model", {"config": config}, stage="ranks-rb")
     async with (
@@ -241,8 +248,16 @@ async def test_a_rollback_takes_both_ranks_back_to_the_same_checkpoint(
             timeout=120,
         )
         await agent.send(control_for(RollbackStage, run, "rb-1", step=9))
+        control = Path(agent.agent.journal.get(run.command_id).attempt_dir) / CONTROL
+        await wait_for(
+            lambda: control.exists() and "rb-1" in control.read_text(),
+            timeout=60,
+            what="the rollback handed to the stage",
+        )
+        release.touch()
         [applied] = await reports.wait(lambda ms: _applied(ms, run, "rb-1"))
         assert applied.details["to_step"] == 8
+        assert applied.step <= 12
         f = applied.step
         # Training goes on from step 9 again, past where it was.
         await metrics.wait(
