@@ -28,7 +28,8 @@ class Inject(TrainerCallback):
       the run and the run waits at the end of step ``hold_at``; once the test creates it (it
       has done what had to happen while the run went on), the run goes at full speed. A test
       that must act mid-run thus holds the run however fast the machine trains, and does not
-      wait for a slow pace longer than it needs."""
+      wait for a slow pace longer than it needs. A hold ends after ``hold_s`` in any case: a
+      test that fails before its release leaves no stage process waiting for ever."""
 
     def __init__(
         self,
@@ -38,6 +39,7 @@ class Inject(TrainerCallback):
         step_s: float = 0.0,
         release_file: str | None = None,
         hold_at: int | None = None,
+        hold_s: float = 900.0,
     ) -> None:
         if hold_at is not None and release_file is None:
             raise ValueError("hold_at needs a release_file: nothing would end the hold")
@@ -47,6 +49,7 @@ class Inject(TrainerCallback):
         self.step_s = step_s
         self.release_file = Path(release_file) if release_file is not None else None
         self.hold_at = hold_at
+        self.hold_s = hold_s
 
     @staticmethod
     def _once(output_dir: str, what: str) -> bool:
@@ -80,5 +83,6 @@ class Inject(TrainerCallback):
         if self.step_s:
             time.sleep(self.step_s)
         if self.hold_at is not None and int(state.global_step) == self.hold_at:
-            while not self._released():
+            until = time.monotonic() + self.hold_s
+            while not self._released() and time.monotonic() < until:
                 time.sleep(0.05)
