@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from posttrain.testing import services
 from tests.e2e.browser import artifacts_dir, chromium, require_chromium
@@ -23,6 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "pipelines" / "arithmetic.yaml"
+FAULTS = "posttrain.testing.hf_faults:Inject"
 STAGES = {"preprocess", "train_sft", "train_grpo", "train_dpo", "evaluate"}
 EDGES = 5  # preprocess->sft, sft->grpo, sft->dpo, grpo->evaluate, dpo->evaluate
 
@@ -83,11 +85,13 @@ async def test_the_page_submits_the_example_and_shows_it_live(
     for service in platform:
         service.start()
     shot = tmp_path / "web-page.png"
+    release = tmp_path / "release-sft"
+    example = _paced_example(tmp_path / EXAMPLE.name, release)
     try:
         await asyncio.gather(*(s.wait_ready() for s in platform))
         url = f"http://127.0.0.1:{platform[-1].port}/"
         with chromium() as driver:
-            await _use_the_page(driver, url, token, shot)
+            await _use_the_page(driver, url, token, shot, example, release)
     finally:
         services.stop_all(platform)
         for taken in sorted(tmp_path.glob("web-page*.png")):
@@ -97,7 +101,22 @@ async def test_the_page_submits_the_example_and_shows_it_live(
             print(f"\nweb page screenshot: {taken} (kept as {kept})")
 
 
-async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
+def _paced_example(path: Path, release: Path) -> Path:
+    """The example pipeline with its SFT stage paced (0.25 s a step) until ``release`` exists:
+    the page is watched while SFT trains, and 120 steps may take 2 s on a fast machine, too
+    short for its chart to be seen growing. The test releases it once it has seen that.
+    Its relative data paths still resolve from the agent's directory, the example's."""
+    document = yaml.safe_load(EXAMPLE.read_text())
+    [sft] = [s for s in document["stages"] if s["name"] == "train_sft"]
+    pace = {"step_s": 0.25, "release_file": str(release)}
+    sft["params"]["config"]["callbacks"] = [{"entrypoint": FAULTS, "kwargs": pace}]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+async def _use_the_page(
+    driver, url: str, token: str, shot: Path, example: Path, release: Path
+) -> None:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
@@ -141,7 +160,7 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
     # The example pipeline, from its file.
     driver.get(url + "#/submit")
     await wait_for(lambda: driver.find_elements(By.ID, "file"), timeout=10)
-    find(By.ID, "file").send_keys(str(EXAMPLE))
+    find(By.ID, "file").send_keys(str(example))
     await wait_for(
         lambda: "train_grpo" in find(By.ID, "document").get_attribute("value"),
         timeout=10,
@@ -190,6 +209,8 @@ async def _use_the_page(driver, url: str, token: str, shot: Path) -> None:
             )
             if points and (not sft_points or sft_points[-1] != points):
                 sft_points.append(points)
+            if len(sft_points) >= 2:
+                release.touch()  # seen growing: SFT may go at full speed
         return set(states) == STAGES and set(states.values()) == {"succeeded"}
 
     await wait_for(all_green, timeout=600, interval=0.3, what="every stage green")

@@ -23,7 +23,13 @@ class Inject(TrainerCallback):
     - ``nan_at``: before that step, one weight becomes NaN, so the loss and, after that step's
       update, every weight are NaN;
     - ``step_s`` paces the run (a step of a real model takes time; the platform acts while the
-      run still goes)."""
+      run still goes);
+    - ``release_file``: the test's hand on the clock. Until that file exists, ``step_s`` paces
+      the run and the run waits at the end of step ``hold_at``; once the test creates it (it
+      has done what had to happen while the run went on), the run goes at full speed. A test
+      that must act mid-run thus holds the run however fast the machine trains, and does not
+      wait for a slow pace longer than it needs. A hold ends after ``hold_s`` in any case: a
+      test that fails before its release leaves no stage process waiting for ever."""
 
     def __init__(
         self,
@@ -31,11 +37,19 @@ class Inject(TrainerCallback):
         spike_std: float = 0.5,
         nan_at: int | None = None,
         step_s: float = 0.0,
+        release_file: str | None = None,
+        hold_at: int | None = None,
+        hold_s: float = 900.0,
     ) -> None:
+        if hold_at is not None and release_file is None:
+            raise ValueError("hold_at needs a release_file: nothing would end the hold")
         self.spike_at = spike_at
         self.spike_std = spike_std
         self.nan_at = nan_at
         self.step_s = step_s
+        self.release_file = Path(release_file) if release_file is not None else None
+        self.hold_at = hold_at
+        self.hold_s = hold_s
 
     @staticmethod
     def _once(output_dir: str, what: str) -> bool:
@@ -60,6 +74,15 @@ class Inject(TrainerCallback):
             with torch.no_grad():
                 next(iter(model.parameters())).view(-1)[0] = float("nan")
 
+    def _released(self) -> bool:
+        return self.release_file is not None and self.release_file.exists()
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._released():
+            return
         if self.step_s:
             time.sleep(self.step_s)
+        if self.hold_at is not None and int(state.global_step) == self.hold_at:
+            until = time.monotonic() + self.hold_s
+            while not self._released() and time.monotonic() < until:
+                time.sleep(0.05)

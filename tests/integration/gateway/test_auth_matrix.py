@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
 from fastapi.routing import APIRoute
 
-from posttrain.events import decode
 from posttrain.events.topics import Topic
 from posttrain.gateway.app import GatewayConfig, create_app
 from posttrain.gateway.auth import Role, create_token, revoke_token
 from posttrain.orchestrator.shell.service import expected_partitions
+from posttrain.testing.invariants import read_topic
 from posttrain.testing.scripted_agent import ScriptedAgent
 from tests.integration.gateway.test_api import gateway
 from tests.integration.orchestrator.test_orchestrator import running
@@ -175,21 +174,6 @@ async def test_each_role_on_each_endpoint(kafka_settings, database_url, tmp_path
 
 
 async def _commands(settings):
-    """Every command on the namespace's pipeline.commands topic."""
-    consumer = AIOKafkaConsumer(
-        settings.topic(Topic.PIPELINE_COMMANDS),
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        out = []
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            if not batch:
-                return out
-            for records in batch.values():
-                out += [decode(r.value, r.headers) for r in records]
-    finally:
-        await consumer.stop()
+    """Every command on the namespace's pipeline.commands topic, up to its end offsets (each
+    request was acknowledged by the broker before its answer)."""
+    return [envelope for _, envelope in await read_topic(settings, Topic.PIPELINE_COMMANDS)]

@@ -20,24 +20,31 @@ from posttrain.events.messages import (
     RollbackStage,
 )
 from posttrain.events.topics import Topic
+from posttrain.trainer_agent.stage_files import CONTROL
 from tests.integration.trainer_agent.conftest import control_for, tiny_sft
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key, reports_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 WITNESS = "tests.integration.trainer_agent.stage_functions:RankWitness"
+FAULTS = "posttrain.testing.hf_faults:Inject"
 LR = 3e-3
-# About 10 s of two-rank training here: an agent restart happens well within it.
 STEPS = 150
 
 
-def _two_ranks(witness: Path, **overrides: Any) -> dict[str, Any]:
+def _two_ranks(
+    witness: Path, *, faults: dict[str, Any] | None = None, **overrides: Any
+) -> dict[str, Any]:
     witness.mkdir(parents=True, exist_ok=True)
+    callbacks = [{"entrypoint": WITNESS, "kwargs": {"path": str(witness)}}]
+    if faults is not None:
+        callbacks.append({"entrypoint": FAULTS, "kwargs": faults})
     return tiny_sft(
         nproc_per_node=2,
         batch_size=16,
         save_steps=0,
-        callbacks=[{"entrypoint": WITNESS, "kwargs": {"path": str(witness)}}],
+        callbacks=callbacks,
         **overrides,
     )
 
@@ -223,7 +230,12 @@ async def test_a_rollback_takes_both_ranks_back_to_the_same_checkpoint(
 ):
     agent = await start_agent()
     witness = tmp_path / "witness"
-    config = _two_ranks(witness, max_steps=5000)
+    # Three checkpoints kept: checkpoint-8 is gone once checkpoint-20 is saved. The ranks wait
+    # at step 11 until the rollback is in the stage's control file, so it is applied by step
+    # 12 however fast the machine trains.
+    release = tmp_path / "release"
+    faults = {"release_file": str(release), "hold_at": 11}
+    config = _two_ranks(witness, faults=faults, max_steps=5000)
     config.update(save_steps=4, save_total_limit=3)
     run = agent.run_stage("train_model", {"config": config}, stage="ranks-rb")
     async with (
@@ -236,8 +248,16 @@ async def test_a_rollback_takes_both_ranks_back_to_the_same_checkpoint(
             timeout=120,
         )
         await agent.send(control_for(RollbackStage, run, "rb-1", step=9))
+        control = Path(agent.agent.journal.get(run.command_id).attempt_dir) / CONTROL
+        await wait_for(
+            lambda: control.exists() and "rb-1" in control.read_text(),
+            timeout=60,
+            what="the rollback handed to the stage",
+        )
+        release.touch()
         [applied] = await reports.wait(lambda ms: _applied(ms, run, "rb-1"))
         assert applied.details["to_step"] == 8
+        assert applied.step <= 12
         f = applied.step
         # Training goes on from step 9 again, past where it was.
         await metrics.wait(
@@ -288,7 +308,13 @@ async def test_a_restarted_agent_reattaches_to_the_ranks_and_reports_once(
     once, rank 0's one stream is complete, and the outcome is reported once."""
     first = await start_agent(name="ranks-restart")
     witness = tmp_path / "witness"
-    run = first.run_stage("train_model", {"config": _two_ranks(witness, max_steps=STEPS)})
+    # The ranks wait at step 5 until the new agent is up: the restart happens mid-stage
+    # however fast the machine trains the 150 steps.
+    release = tmp_path / "release"
+    faults = {"release_file": str(release), "hold_at": 5}
+    run = first.run_stage(
+        "train_model", {"config": _two_ranks(witness, faults=faults, max_steps=STEPS)}
+    )
     async with (
         TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
         TopicReader(kafka_settings, Topic.METRICS) as metrics,
@@ -303,6 +329,8 @@ async def test_a_restarted_agent_reattaches_to_the_ranks_and_reports_once(
         attempt_dir = Path(first.agent.journal.get(run.command_id).attempt_dir)
         assert not (attempt_dir / "result-1.json").exists()  # the ranks still train
         await start_agent(name="ranks-restart")
+        assert not (attempt_dir / "result-1.json").exists()  # re-attached to running ranks
+        release.touch()
         [done] = await reports.wait(
             lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=120
         )

@@ -20,6 +20,8 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
+FAULTS = "posttrain.testing.hf_faults:Inject"
+
 
 class AgentProcess:
     """The agent ``name`` on ``work_dir``, started again as often as asked (a log each)."""
@@ -53,8 +55,12 @@ def agent_process(kafka_settings, tmp_path) -> Iterator[AgentProcess]:
 
 
 async def test_killing_the_agent_mid_stage_does_not_train_the_command_twice(
-    agent_process, producer, kafka_settings
+    agent_process, producer, kafka_settings, tmp_path
 ):
+    # The stage waits at step 25 until the new agent is up: the agent dies and comes back
+    # mid-stage however fast the machine trains the 300 steps.
+    release = tmp_path / "release"
+    hold = {"entrypoint": FAULTS, "kwargs": {"release_file": str(release), "hold_at": 25}}
     run = RunStage(
         command_id="pipe-r:sft:1",
         agent_id="restarted",
@@ -63,7 +69,7 @@ async def test_killing_the_agent_mid_stage_does_not_train_the_command_twice(
         attempt=1,
         job_id="job-restart",
         task="train_model",
-        params={"config": tiny_sft(max_steps=300)},
+        params={"config": tiny_sft(max_steps=300, callbacks=[hold])},
     )
 
     async def send() -> None:
@@ -87,7 +93,11 @@ async def test_killing_the_agent_mid_stage_does_not_train_the_command_twice(
         os.kill(first.pid, signal.SIGKILL)
         await wait_for(lambda: not first.running, timeout=10, what="the agent gone")
 
-        agent_process.start()
+        second = agent_process.start()
+        await second.wait_ready()
+        await reports.poll()
+        assert not reports_for(reports.messages(), run.command_id, "StageSucceeded")
+        release.touch()
         await send()  # the command is delivered again, as after a crash before the commit
         [succeeded] = await reports.wait(
             lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=180

@@ -25,6 +25,8 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
+FAULTS = "posttrain.testing.hf_faults:Inject"
+
 
 def _remote(config: SshConfig, **changes: Any) -> dict[str, Any]:
     """The stage's ssh_config: the test's Python (posttrain installed) on the remote host."""
@@ -68,8 +70,16 @@ async def test_a_training_stage_runs_remotely_through_a_dropped_connection_and_o
 ) -> None:
     agent = await start_agent()
     steps = 150
+    # Paced (0.2 s a step, 30 s in all) until the control is applied: it reaches a running
+    # stage however fast the machine trains, and the rest runs at full speed.
+    release = tmp_path / "release"
+    pace = {"entrypoint": FAULTS, "kwargs": {"step_s": 0.2, "release_file": str(release)}}
     config = tiny_sft(
-        max_steps=steps, save_steps=50, run_mode="ssh", ssh_config=_remote(ssh_config)
+        max_steps=steps,
+        save_steps=50,
+        run_mode="ssh",
+        ssh_config=_remote(ssh_config),
+        callbacks=[pace],
     )
     run = agent.run_stage("train_model", {"config": config})
     async with (
@@ -81,6 +91,12 @@ async def test_a_training_stage_runs_remotely_through_a_dropped_connection_and_o
         # The network fails: every connection to the host is cut; the remote run goes on.
         assert sshd.drop_connections() >= 1
         await agent.send(control_for(AdjustLearningRate, run, "lr-1", factor=0.5))
+        await reports.wait(
+            lambda ms: reports_for(ms, run.command_id, "ActionApplied"),
+            timeout=60,
+            what="the learning-rate change applied",
+        )
+        release.touch()
         [done] = await reports.wait(
             lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=240
         )
@@ -133,11 +149,21 @@ async def test_a_training_stage_runs_remotely_through_a_dropped_connection_and_o
 
 
 async def test_a_restarted_agent_reattaches_to_the_remote_run_and_reports_once(
-    start_agent: Any, kafka_settings: Any, ssh_config: SshConfig
+    start_agent: Any, kafka_settings: Any, ssh_config: SshConfig, tmp_path: Path
 ) -> None:
     agent = await start_agent()
     steps = 80
-    config = tiny_sft(max_steps=steps, save_steps=0, run_mode="ssh", ssh_config=_remote(ssh_config))
+    # The remote run waits at step 10 until the new agent is up: it re-attaches to a run that
+    # still goes, however fast the machine trains the 80 steps.
+    release = tmp_path / "release"
+    hold = {"entrypoint": FAULTS, "kwargs": {"release_file": str(release), "hold_at": 10}}
+    config = tiny_sft(
+        max_steps=steps,
+        save_steps=0,
+        run_mode="ssh",
+        ssh_config=_remote(ssh_config),
+        callbacks=[hold],
+    )
     run = agent.run_stage("train_model", {"config": config})
     async with (
         TopicReader(kafka_settings, Topic.STAGE_REPORTS) as reports,
@@ -150,6 +176,9 @@ async def test_a_restarted_agent_reattaches_to_the_remote_run_and_reports_once(
         # The remote stage goes on without its agent; a new one on the same work directory
         # re-attaches from the journal and the saved offsets.
         again = await start_agent()
+        [entry] = again.agent.journal.entries.values()
+        assert entry.launch is not None and _group_members(entry.launch.pid)
+        release.touch()
         await reports.wait(
             lambda ms: reports_for(ms, run.command_id, "StageSucceeded"), timeout=240
         )
