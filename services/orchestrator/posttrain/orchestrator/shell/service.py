@@ -118,7 +118,8 @@ class Orchestrator:
         self.states: dict[int, dict[str, PipelineState]] = {}
         self._cache: dict[str, CacheEntry] = {}  # what the owned partitions' pipelines made
         self._stage_cache = StageCacheTable(settings)  # what every instance's made
-        self._cache_out: list[tuple[str, str, CacheEntry]] = []  # (pipeline, key, entry) to send
+        # By partition: (pipeline, key, entry) to send in that partition's next transaction.
+        self._cache_out: dict[int, list[tuple[str, str, CacheEntry]]] = {}
         self._publish_cache = True
         self._last_tick = 0.0
         self._lock = asyncio.Lock()
@@ -187,8 +188,10 @@ class Orchestrator:
                     self._consumer.seek(tp, records[0].offset)
                     continue
                 by_partition.setdefault(tp.partition, []).extend(records)
-            for p, records in by_partition.items():
-                await self._process(p, records)
+            # Each partition commits in a transaction of its own producer: the partitions'
+            # round trips to the transaction coordinator overlap instead of adding up (a stage
+            # made ready on the last partition waited for every other partition's commit).
+            await asyncio.gather(*(self._process(p, rs) for p, rs in by_partition.items()))
             now = time.time()
             if now - self._last_tick >= self.tick_interval_s:
                 self._last_tick = now
@@ -242,6 +245,7 @@ class Orchestrator:
 
     def _drop(self, p: int) -> None:
         self._books.pop(p, None)
+        self._cache_out.pop(p, None)
         for state in self.states.pop(p, {}).values():
             for stage in state.stages.values():
                 if stage.current is not None:
@@ -269,8 +273,9 @@ class Orchestrator:
         for p, by_pipeline in states.items():
             self.states[p] = by_pipeline
             for state in by_pipeline.values():
-                self._index(state)
-        self._cache_out.clear()  # sent when they were made
+                self._index(p, state)
+        for p in partitions:
+            self._cache_out.pop(p, None)  # sent when they were made
 
     async def _replay(
         self, partitions: Sequence[int]
@@ -312,11 +317,12 @@ class Orchestrator:
             self._distrusted.add(p)
             raise
         for state in restored:
-            self._index(state)
+            self._index(p, state)
             self.stats.pipelines_restored += 1
 
-    def _index(self, state: PipelineState) -> None:
-        """Keep the reservations and the cache in step with a pipeline's state."""
+    def _index(self, p: int, state: PipelineState) -> None:
+        """Keep the reservations and the cache in step with a pipeline's state (of partition
+        ``p``: its new cache entries go out in that partition's transaction)."""
         for stage in state.stages.values():
             current = stage.current
             for run in stage.attempts.values():
@@ -327,7 +333,8 @@ class Orchestrator:
         for entry in cache_entries(state):
             if self._cache.get(entry.key) != entry.entry:
                 self._cache[entry.key] = entry.entry
-                self._cache_out.append((state.pipeline_id, entry.key, entry.entry))
+                out = self._cache_out.setdefault(p, [])
+                out.append((state.pipeline_id, entry.key, entry.entry))
 
     def _context(self, now: float) -> Context:
         # This instance's entries first: they are current before the topic brings them back.
@@ -367,10 +374,10 @@ class Orchestrator:
                         states[pid] = state
                         # Reservations follow each decision at once: the next one in this
                         # batch places stages with them (an abort rebuilds them from the log).
-                        self._index(state)
+                        self._index(p, state)
                         last = await self._emit(producer, p, decision) or last
                         decisions.append(decision)
-                await self._send_cache_entries(producer)
+                await self._send_cache_entries(p, producer)
                 await self._snapshot(p, producer, last, sum(len(d.events) for d in decisions))
                 await producer.client.send_offsets_to_transaction(offsets, self._group)
         except Exception:
@@ -383,47 +390,49 @@ class Orchestrator:
 
     async def _tick(self, now: float) -> None:
         silent = frozenset(self._agents.silent(now))
-        for p, states in list(self.states.items()):
-            producer = self._producers.get(p)
-            due = [s for s in states.values() if tick_due(s, now, silent)]
-            if producer is None:
-                continue
-            if not due:
+        # As with batches: each partition's transaction on its own producer, all at once.
+        await asyncio.gather(*(self._tick_partition(p, now, silent) for p in list(self.states)))
+
+    async def _tick_partition(self, p: int, now: float, silent: frozenset[str]) -> None:
+        states = self.states.get(p)
+        producer = self._producers.get(p)
+        if states is None or producer is None:
+            return
+        due = [s for s in states.values() if tick_due(s, now, silent)]
+        if not due:
+            await self._idle_snapshot(p, producer)
+            return
+        try:
+            decisions: list[tuple[PipelineState, Decision]] = []
+            for state in due:
+                tick = Envelope(
+                    id=f"tick:{state.pipeline_id}:{now:.6f}",
+                    occurred_at=datetime.fromtimestamp(now, UTC),
+                    key=state.pipeline_id,
+                    data=TickClock(
+                        pipeline_id=state.pipeline_id, now=now, silent_agents=sorted(silent)
+                    ),
+                )
+                decision = decide(state, tick, self._context(now))
+                if decision:
+                    decisions.append((state, decision))
+                    self._index(p, state)
+            if not decisions:
                 await self._idle_snapshot(p, producer)
-                continue
-            try:
-                decisions: list[tuple[PipelineState, Decision]] = []
-                for state in due:
-                    tick = Envelope(
-                        id=f"tick:{state.pipeline_id}:{now:.6f}",
-                        occurred_at=datetime.fromtimestamp(now, UTC),
-                        key=state.pipeline_id,
-                        data=TickClock(
-                            pipeline_id=state.pipeline_id, now=now, silent_agents=sorted(silent)
-                        ),
-                    )
-                    decision = decide(state, tick, self._context(now))
-                    if decision:
-                        decisions.append((state, decision))
-                        self._index(state)
-                if not decisions:
-                    await self._idle_snapshot(p, producer)
-                    continue
-                last: Any = None
-                async with producer.client.transaction():
-                    for _, decision in decisions:
-                        last = await self._emit(producer, p, decision) or last
-                    await self._send_cache_entries(producer)
-                    await self._snapshot(
-                        p, producer, last, sum(len(d.events) for _, d in decisions)
-                    )
-            except Exception:
-                self.stats.transactions_aborted += 1
-                log.exception("tick on partition %s failed: rebuilding it from the log", p)
-                await self._recover(p)
-            else:
-                self._appended(p, last)
-                self.stats.committed(decision for _, decision in decisions)
+                return
+            last: Any = None
+            async with producer.client.transaction():
+                for _, decision in decisions:
+                    last = await self._emit(producer, p, decision) or last
+                await self._send_cache_entries(p, producer)
+                await self._snapshot(p, producer, last, sum(len(d.events) for _, d in decisions))
+        except Exception:
+            self.stats.transactions_aborted += 1
+            log.exception("tick on partition %s failed: rebuilding it from the log", p)
+            await self._recover(p)
+        else:
+            self._appended(p, last)
+            self.stats.committed(decision for _, decision in decisions)
 
     async def _emit(self, producer: EventProducer, p: int, decision: Decision) -> Any:
         """Send a decision's events and commands; returns the last event's send (a future of
@@ -442,9 +451,10 @@ class Orchestrator:
             await client.send(self.settings.topic(topic), key=key, value=value, headers=headers)
         return last
 
-    async def _send_cache_entries(self, producer: EventProducer) -> None:
-        """The cache entries the transaction's decisions made, for every instance."""
-        out, self._cache_out = self._cache_out, []
+    async def _send_cache_entries(self, p: int, producer: EventProducer) -> None:
+        """The cache entries the transaction's decisions (on partition ``p``) made, for every
+        instance."""
+        out = self._cache_out.pop(p, [])
         if not self._publish_cache:
             return
         topic = self.settings.topic(Topic.STAGE_CACHE)
