@@ -18,6 +18,7 @@ import logging
 import time
 from collections import ChainMap
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from posttrain.events import DecodeError, Envelope, decode, encode
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.events.kafka.dlq import DeadLetters
+from posttrain.events.kafka.producer import Encoded, SentBatch
 from posttrain.events.messages import StageOutputsCached, TickClock
 from posttrain.events.topics import SNAPSHOT_MAX_BYTES, TOPICS, Topic
 from posttrain.orchestrator.core.decide import (
@@ -70,6 +72,34 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.owner._assign({tp.partition for tp in assigned})
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What one transaction's decisions send, encoded as they are decided and handed to the
+    producer at the end as record batches (a client ``send`` per message cost more than the
+    decision that made it)."""
+
+    events: list[Encoded] = field(default_factory=list)
+    commands: dict[Topic, list[Encoded]] = field(default_factory=dict)
+
+    def add(self, decision: Decision) -> None:
+        self.events.extend(encode(envelope) for envelope in decision.events)
+        for topic, envelope in decision.commands:
+            self.commands.setdefault(topic, []).append(encode(envelope))
+
+    async def send(
+        self, settings: KafkaSettings, producer: EventProducer, p: int
+    ) -> SentBatch | None:
+        """Send everything in the producer's open transaction; returns the last batch of
+        events (its end is where the log now ends), or None if there were none."""
+        # Co-partitioned: the pipelines' events go to the partition their input came from;
+        # commands to their key's partition, in the order decided.
+        sent = await asyncio.gather(
+            producer.send_batches(Topic.PIPELINE_EVENTS, self.events, partition=p),
+            *(producer.send_batches(t, records) for t, records in self.commands.items()),
+        )
+        return sent[0][-1] if sent[0] else None
 
 
 class Orchestrator:
@@ -349,7 +379,7 @@ class Orchestrator:
         decisions: list[Decision] = []
         dead = 0
         book = self._books.get(p)
-        last: Any = None  # the last event's send: its offset is where the log now ends
+        outbox = Outbox()
         try:
             async with producer.client.transaction():
                 offsets: dict[TopicPartition, int] = {}
@@ -375,10 +405,11 @@ class Orchestrator:
                         # Reservations follow each decision at once: the next one in this
                         # batch places stages with them (an abort rebuilds them from the log).
                         self._index(p, state)
-                        last = await self._emit(producer, p, decision) or last
+                        outbox.add(decision)
                         decisions.append(decision)
+                last = await outbox.send(self.settings, producer, p)
                 await self._send_cache_entries(p, producer)
-                await self._snapshot(p, producer, last, sum(len(d.events) for d in decisions))
+                await self._snapshot(p, producer, last, len(outbox.events))
                 await producer.client.send_offsets_to_transaction(offsets, self._group)
         except Exception:
             self.stats.transactions_aborted += 1
@@ -420,12 +451,13 @@ class Orchestrator:
             if not decisions:
                 await self._idle_snapshot(p, producer)
                 return
-            last: Any = None
+            outbox = Outbox()
             async with producer.client.transaction():
                 for _, decision in decisions:
-                    last = await self._emit(producer, p, decision) or last
+                    outbox.add(decision)
+                last = await outbox.send(self.settings, producer, p)
                 await self._send_cache_entries(p, producer)
-                await self._snapshot(p, producer, last, sum(len(d.events) for _, d in decisions))
+                await self._snapshot(p, producer, last, len(outbox.events))
         except Exception:
             self.stats.transactions_aborted += 1
             log.exception("tick on partition %s failed: rebuilding it from the log", p)
@@ -433,23 +465,6 @@ class Orchestrator:
         else:
             self._appended(p, last)
             self.stats.committed(decision for _, decision in decisions)
-
-    async def _emit(self, producer: EventProducer, p: int, decision: Decision) -> Any:
-        """Send a decision's events and commands; returns the last event's send (a future of
-        its offset), or None if it had none."""
-        client = producer.client
-        events_topic = self.settings.topic(Topic.PIPELINE_EVENTS)
-        last = None
-        for envelope in decision.events:
-            key, value, headers = encode(envelope)
-            # Co-partitioned: the pipeline's events go to the partition its commands came from.
-            last = await client.send(
-                events_topic, key=key, value=value, headers=headers, partition=p
-            )
-        for topic, envelope in decision.commands:
-            key, value, headers = encode(envelope)
-            await client.send(self.settings.topic(topic), key=key, value=value, headers=headers)
-        return last
 
     async def _send_cache_entries(self, p: int, producer: EventProducer) -> None:
         """The cache entries the transaction's decisions (on partition ``p``) made, for every
@@ -470,14 +485,16 @@ class Orchestrator:
 
     # --- snapshots ----------------------------------------------------------------------------
 
-    def _appended(self, p: int, last: Any) -> None:
-        """A transaction that appended events up to ``last`` (a done send) committed."""
+    def _appended(self, p: int, last: SentBatch | None) -> None:
+        """A transaction that appended events up to ``last`` (a sent batch) committed."""
         book = self._books.get(p)
         if book is not None and last is not None:
-            book.events_end = last.result().offset + 1
+            book.events_end = last.end()
 
-    async def _snapshot(self, p: int, producer: EventProducer, last: Any, events: int) -> None:
-        """In the open transaction that appended ``events`` events (the last one's send is
+    async def _snapshot(
+        self, p: int, producer: EventProducer, last: SentBatch | None, events: int
+    ) -> None:
+        """In the open transaction that appended ``events`` events (the last batch of them is
         ``last``): write the partition's snapshot if one is due, so that it and the offset it
         stands for commit or abort together with those events."""
         book = self._books.get(p)
@@ -485,7 +502,8 @@ class Orchestrator:
             return
         book.events_since += events
         if book.due(self.snapshots, time.monotonic()):
-            await self._write_snapshot(p, producer, (await last).offset + 1)
+            await last.future
+            await self._write_snapshot(p, producer, last.end())
 
     async def _idle_snapshot(self, p: int, producer: EventProducer) -> None:
         """Between decisions: a snapshot in a transaction of its own when one is due by time,
