@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
@@ -18,6 +18,20 @@ from posttrain.events.topics import Topic
 # Large batches amortise per-request cost; the broker's default message.max.bytes is 1 MiB.
 MAX_BATCH_BYTES = 512 * 1024
 _PARTITION_CACHE_LIMIT = 100_000
+
+
+Encoded = tuple[bytes, bytes, list[tuple[str, bytes]]]  # key, value, headers: ``encode``'s
+
+
+class SentBatch(NamedTuple):
+    """A record batch handed to the client: ``future`` is done when the broker has it."""
+
+    future: asyncio.Future[Any]
+    records: int
+
+    def end(self) -> int:
+        """The offset after the batch's last record (once ``future`` is done)."""
+        return int(self.future.result().offset) + self.records
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -83,19 +97,27 @@ class EventProducer(ClientLifecycle):
         encoded = [encode(envelope) for envelope in envelopes]
         return await self.send_encoded(topic, encoded)
 
-    async def send_encoded(
-        self,
-        topic: Topic | str,
-        encoded: Iterable[tuple[bytes, bytes, list[tuple[str, bytes]]]],
-    ) -> int:
+    async def send_encoded(self, topic: Topic | str, encoded: Iterable[Encoded]) -> int:
         """``send_many`` for messages already encoded (key, value, headers)."""
+        sent = await self.send_batches(topic, encoded)
+        await asyncio.gather(*(batch.future for batch in sent))
+        return sum(batch.records for batch in sent)
+
+    async def send_batches(
+        self, topic: Topic | str, encoded: Iterable[Encoded], *, partition: int | None = None
+    ) -> list[SentBatch]:
+        """Hand encoded messages to the client as record batches, by the key's partition (or
+        all to ``partition``), without waiting for the broker; the batches, in order within
+        each partition. In a transaction they commit or abort with it: this is how a
+        transaction's many messages go out without a client ``send`` each."""
         name = self.settings.topic(topic)
+        if partition is not None:
+            return await self._send_partition(name, partition, list(encoded))
         partitions = await self._partition_count(name)
         cache = self._key_partition
         if len(cache) >= _PARTITION_CACHE_LIMIT:
             cache.clear()
-        by_partition: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
-        count = 0
+        by_partition: dict[int, list[Encoded]] = {}
         for record in encoded:
             cache_key = (name, record[0])
             partition = cache.get(cache_key)
@@ -105,27 +127,28 @@ class EventProducer(ClientLifecycle):
             if group is None:
                 group = by_partition[partition] = []
             group.append(record)
-            count += 1
-        futures = await asyncio.gather(
+        groups = await asyncio.gather(
             *(self._send_partition(name, p, records) for p, records in by_partition.items())
         )
-        await asyncio.gather(*(f for group in futures for f in group))
-        return count
+        return [batch for group in groups for batch in group]
 
     async def _send_partition(
-        self, name: str, partition: int, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]
-    ) -> list[asyncio.Future[Any]]:
-        futures: list[asyncio.Future[Any]] = []
+        self, name: str, partition: int, records: list[Encoded]
+    ) -> list[SentBatch]:
+        sent: list[SentBatch] = []
         batch = self._client.create_batch()
         for key, value, headers in records:
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                futures.append(await self._client.send_batch(batch, name, partition=partition))
+                count = batch.record_count()
+                future = await self._client.send_batch(batch, name, partition=partition)
+                sent.append(SentBatch(future, count))
                 batch = self._client.create_batch()
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"message of {len(value)} bytes exceeds the batch limit")
-        if batch.record_count():
-            futures.append(await self._client.send_batch(batch, name, partition=partition))
-        return futures
+        if count := batch.record_count():
+            future = await self._client.send_batch(batch, name, partition=partition)
+            sent.append(SentBatch(future, count))
+        return sent
 
     async def _partition_count(self, name: str) -> int:
         count = self._partitions.get(name)

@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain, islice
 from typing import Any
 
 from posttrain.events import Envelope, Message
@@ -605,12 +606,14 @@ def _place(b: _Builder, stage: StageState, ctx: Context) -> AgentView | None:
     need = stage.spec.resources
     labels = frozenset(need.labels)
     spread = zlib.crc32(f"{b.state.pipeline_id}/{stage.name}".encode())
-    agents = list(ctx.agents.values())
+    agents = ctx.agents.values()
     first = spread % len(agents) if agents else 0
     found: dict[bool, list[tuple[tuple[int, int, int, str], AgentView]]] = {True: [], False: []}
     reached = {True: 0, False: 0}  # by share: how far the best agent got
     home_could = False  # an agent of our share could take the stage once it has room
-    for a in agents[first:] + agents[:first]:
+    # From ``first`` round to it, without copying a thousand agents for each dispatch: the
+    # loop usually stops after a few dozen.
+    for a in chain(islice(agents, first, None), islice(agents, first)):
         got = 0
         if a.alive:
             got = _ALIVE

@@ -6,14 +6,16 @@ import asyncio
 import logging
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from posttrain.events.kafka import KafkaSettings, Received
+from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.producer import partition_for
 from posttrain.events.messages import AgentHeartbeat
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.orchestrator.core.decide import AgentView
-from posttrain.orchestrator.shell.following import TopicFollower
+from posttrain.orchestrator.shell.following import Followed, TopicFollower
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +26,33 @@ log = logging.getLogger(__name__)
 BLIND_AFTER_S = 2.0
 
 
+class Heartbeat(Protocol):
+    """What the table reads of an ``AgentHeartbeat``: the message, or its view as the topic is
+    read (``TopicFollower``)."""
+
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def free_gpus(self) -> int: ...
+    @property
+    def labels(self) -> Sequence[str]: ...
+    @property
+    def running(self) -> Sequence[str]: ...
+    @property
+    def slots(self) -> int | None: ...
+    @property
+    def interval_s(self) -> float: ...
+    @property
+    def sent_at(self) -> float: ...
+    @property
+    def stopping(self) -> bool: ...
+
+
 @dataclass(slots=True)
 class _Seen:
-    beat: AgentHeartbeat
+    beat: Heartbeat
     at: float  # our clock when it arrived: immune to the agent's clock being off
 
 
@@ -71,17 +97,16 @@ class AgentTable(TopicFollower):
         self._partitions = TOPICS[Topic.PIPELINE_EVENTS].partitions
         self._home: dict[str, int] = {}
 
-    def take(self, batch: list[Received]) -> None:
+    def take(self, batch: list[Followed]) -> None:
         self.answered(self._last_answer())
         now = time.time()
-        for received in batch:
-            beat = received.envelope.data
-            if isinstance(beat, AgentHeartbeat):
-                self.heard(beat, now)
+        for envelope in batch:
+            if envelope.type == AgentHeartbeat.TYPE:
+                self.heard(envelope.data, now)
         if batch:
             self.changed.set()
 
-    def heard(self, beat: AgentHeartbeat, now: float) -> None:
+    def heard(self, beat: Heartbeat, now: float) -> None:
         """Take an agent's heartbeat, received at ``now`` on our clock."""
         self._seen[beat.agent_id] = _Seen(beat, now)
         ended = self._ended.get(beat.agent_id)

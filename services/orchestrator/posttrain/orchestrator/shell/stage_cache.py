@@ -9,11 +9,11 @@ a wrong state: the decision is recorded on the log as ``StageCached``.
 
 from __future__ import annotations
 
-from posttrain.events.kafka import KafkaSettings, Received
+from posttrain.events.kafka import KafkaSettings
 from posttrain.events.messages import StageOutputsCached
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.core.decide import CacheEntry
-from posttrain.orchestrator.shell.following import TopicFollower
+from posttrain.orchestrator.shell.following import Followed, TopicFollower
 
 
 class StageCacheTable(TopicFollower):
@@ -23,8 +23,8 @@ class StageCacheTable(TopicFollower):
         super().__init__(settings, Topic.STAGE_CACHE, "orchestrator-stage-cache")
         self.entries: dict[str, CacheEntry] = {}
 
-    def take(self, batch: list[Received]) -> None:
-        for received in batch:
-            entry = received.envelope.data
-            if isinstance(entry, StageOutputsCached):
+    def take(self, batch: list[Followed]) -> None:
+        for envelope in batch:
+            if envelope.type == StageOutputsCached.TYPE:
+                entry = envelope.data  # the message's view: its fields
                 self.entries[entry.cache_key] = CacheEntry(dict(entry.outputs), entry.command_id)

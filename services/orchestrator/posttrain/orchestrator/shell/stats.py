@@ -50,13 +50,23 @@ class OrchestratorStats:
     def committed(self, decisions: Iterable[Decision], records: int = 0, dead: int = 0) -> None:
         """A transaction committed with these decisions (and consumed offsets, if any): only
         now did its events and commands happen."""
+        events = 0
+        commands: Counter[str] = Counter()
+        for decision in decisions:
+            events += len(decision.events)
+            commands.update(envelope.type for _, envelope in decision.commands)
+        self.sent(events, commands, records, dead)
+
+    def sent(
+        self, events: int, commands: Mapping[str, int], records: int = 0, dead: int = 0
+    ) -> None:
+        """``committed``, told what the decisions sent: ``events`` events and ``commands``
+        agent commands by type."""
         self.transactions_committed += 1
         self.records += records
         self.dead_letters += dead
-        for decision in decisions:
-            self.events_appended += len(decision.events)
-            for _, envelope in decision.commands:
-                self.commands_sent[envelope.type] += 1
+        self.events_appended += events
+        self.commands_sent.update(commands)
 
     def replayed(self, events: int, seconds: float) -> None:
         self.replays += 1
