@@ -211,6 +211,7 @@ def agent_row(
         silent_after,
         partition,
         offset,
+        beat.slots,
     )
 
 

@@ -114,14 +114,15 @@ ON CONFLICT (pipeline_id, seq) DO NOTHING
 
 _UPSERT_AGENT = """
 INSERT INTO agents AS a (agent_id, host, labels, gpus, free_gpus, running, interval_s, stopping,
-                         last_heartbeat_at, silent_after, topic_partition, topic_offset)
-VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12)
+                         last_heartbeat_at, silent_after, topic_partition, topic_offset, slots)
+VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (agent_id) DO UPDATE SET
     host = EXCLUDED.host, labels = EXCLUDED.labels, gpus = EXCLUDED.gpus,
     free_gpus = EXCLUDED.free_gpus, running = EXCLUDED.running,
     interval_s = EXCLUDED.interval_s, stopping = EXCLUDED.stopping,
     last_heartbeat_at = EXCLUDED.last_heartbeat_at, silent_after = EXCLUDED.silent_after,
-    topic_partition = EXCLUDED.topic_partition, topic_offset = EXCLUDED.topic_offset
+    topic_partition = EXCLUDED.topic_partition, topic_offset = EXCLUDED.topic_offset,
+    slots = EXCLUDED.slots
 WHERE a.topic_partition <> EXCLUDED.topic_partition OR a.topic_offset < EXCLUDED.topic_offset
 """
 
