@@ -9,7 +9,8 @@ statement per table, with the same rules as before:
 - a pipelines row only moves to a later version (``version`` counts the events it reflects);
 - a stage row is written only with its pipeline's row at the same version, so a stage never
   belongs to another version of its pipeline than the one the pipelines row shows;
-- history rows are keyed by (pipeline, number): written again, they change nothing;
+- history rows are keyed by (pipeline, number): written again, they change nothing (they are
+  copied straight into their table, and merged only when some are there already);
 - the projection's offsets are saved in the same transaction as the rows they stand for, and the
   touched pipelines are NOTIFYed on commit, with the rows.
 
@@ -153,6 +154,20 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(_CREATE_TEMPORARY)
 
 
+async def _write_history(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """History rows are new but where the log is projected again (a partition folded again, a
+    second projection into the same tables): copied straight into the table, and only if one
+    is there already, through the temporary table and a merge that keeps the existing rows."""
+    try:
+        async with conn.transaction():  # a savepoint: a refused copy leaves the batch's rows
+            await conn.copy_records_to_table(
+                "pipeline_history", records=rows, columns=HISTORY_COLUMNS
+            )
+    except asyncpg.UniqueViolationError:
+        await conn.copy_records_to_table(_HISTORY, records=rows, columns=HISTORY_COLUMNS)
+        await conn.execute(_MERGE_HISTORY)
+
+
 async def write_batch(conn: asyncpg.Connection, batch: RowBatch) -> None:
     """Write ``batch`` in one transaction (see the module's doc)."""
     async with conn.transaction():
@@ -165,10 +180,7 @@ async def write_batch(conn: asyncpg.Connection, batch: RowBatch) -> None:
             await conn.copy_records_to_table(_STAGES, records=batch.stages, columns=STAGE_COLUMNS)
             await conn.execute(_MERGE_STAGES)
         if batch.history:
-            await conn.copy_records_to_table(
-                _HISTORY, records=batch.history, columns=HISTORY_COLUMNS
-            )
-            await conn.execute(_MERGE_HISTORY)
+            await _write_history(conn, batch.history)
         if batch.agents:
             await conn.executemany(_UPSERT_AGENT, batch.agents)
         if batch.offsets:
