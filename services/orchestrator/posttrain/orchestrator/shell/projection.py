@@ -81,9 +81,9 @@ MIGRATIONS_OWNER = "orchestrator"  # its entry point in posttrain.migrations
 # A first catch-up of a long log: events folded in memory before their rows are written, so
 # that each pipeline they touch is written once per batch, not once per read (the default of
 # ``batch_events``; a batch of the log's end is what one read returns).
-BATCH_EVENTS = 50_000
+BATCH_EVENTS = 100_000
 READ_RECORDS = 5_000  # records one read of the consumer returns at most
-GATHER_S = 2.0  # a batch stops gathering after this long: rows appear as a catch-up goes
+GATHER_S = 5.0  # a batch stops gathering after this long: rows appear as a catch-up goes
 GATHER_WAIT_MS = 100  # how long a read waits for records the last fetch said are committed
 # Records handled between two yields to the event loop: the orchestrator, which shares it, goes
 # on deciding (and heartbeating to its group) while a batch of a catch-up is folded.
@@ -216,6 +216,28 @@ def agent_row(
 
 
 @dataclass(slots=True)
+class _Batch:
+    """What one step has folded and not yet written."""
+
+    records: int = 0  # records read, of both topics
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset
+    first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first read
+    agents: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # latest heartbeat each
+    # Each pipeline the batch changed -> the stages whose rows changed (None: every one).
+    touched: dict[str, set[str] | None] = field(default_factory=dict)
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # every pipeline an event was about
+
+    def forget(self, pipelines: set[str], partition: int) -> None:
+        """Leave out what the batch holds of a partition about to be folded again."""
+        self.offsets.pop(partition, None)
+        for pid in pipelines:
+            self.touched.pop(pid, None)
+        self.history = [row for row in self.history if row[0] not in pipelines]
+        self.seen -= pipelines
+
+
+@dataclass(slots=True)
 class ProjectionStats:
     """What a projection did since it was made (its own loop writes it)."""
 
@@ -321,29 +343,44 @@ class Projection:
     async def step(self, timeout_ms: int = 200) -> int:
         """Read one batch, fold it and write it in one transaction; the records read.
 
-        Behind the log's end (a first catch-up, a restart after a long stop), a batch gathers
-        up to ``batch_events`` records before anything is written, so that a pipeline touched
-        many times in it is written once; at the end, it is what one read returned."""
-        chunks = await self._read(timeout_ms)
-        read = sum(len(records) for _, records in chunks)
-        with _cyclic_gc_paused(read >= YIELD_EVERY):
-            await self._project(chunks)
-        return read
+        Behind the log's end (a first catch-up, a restart after a long stop), a batch goes on
+        reading and folding while committed records are waiting, up to ``batch_events`` records
+        or ``GATHER_S``, before anything is written, so that a pipeline touched many times in it
+        is written once; at the end, a batch is what one read returned. Records are folded as
+        they are read: a batch holds their rows, not their messages."""
+        got = await self._consumer.getmany(
+            timeout_ms=timeout_ms, max_records=min(READ_RECORDS, self.batch_events)
+        )
+        batch = _Batch()
+        with _cyclic_gc_paused(sum(len(r) for r in got.values()) >= YIELD_EVERY):
+            gathering_until = time.monotonic() + GATHER_S
+            while got:
+                await self._fold(got, batch)
+                if (
+                    batch.records >= self.batch_events
+                    or time.monotonic() > gathering_until
+                    or not await self._committed_waiting()
+                ):
+                    break
+                got = await self._consumer.getmany(
+                    timeout_ms=GATHER_WAIT_MS,
+                    max_records=min(READ_RECORDS, self.batch_events - batch.records),
+                )
+            await self._finish(batch)
+        return batch.records
 
-    async def _project(self, chunks: list[tuple[TopicPartition, list[Any]]]) -> None:
-        """Fold the records read and write their rows (``step``)."""
+    async def _fold(self, got: dict[TopicPartition, list[Any]], batch: _Batch) -> None:
+        """Fold the records of one read into ``batch``: states, history rows, offsets."""
         events: list[tuple[int, int, EnvelopeView | Envelope[Any]]] = []  # partition, offset
-        agents: dict[str, tuple[Any, ...]] = {}  # the latest heartbeat of each agent
-        offsets: dict[int, int] = {}
-        read = 0
-        for tp, records in chunks:
+        for tp, records in got.items():
             is_agents = tp.topic == self._agents_topic
             for record in records:
-                read += 1
-                if read % YIELD_EVERY == 0:
+                batch.records += 1
+                if batch.records % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # the orchestrator shares this event loop
                 if not is_agents:
-                    offsets[tp.partition] = record.offset + 1
+                    batch.offsets[tp.partition] = record.offset + 1
+                    batch.first_offsets.setdefault(tp.partition, record.offset)
                     self.stats.events += 1
                 try:
                     # Heartbeats as models (agent_row takes one; they are few); events as views.
@@ -358,7 +395,7 @@ class Projection:
                 if not is_agents:
                     events.append((tp.partition, record.offset, envelope))
                 elif isinstance(envelope.data, AgentHeartbeat):
-                    agents[envelope.data.agent_id] = agent_row(
+                    batch.agents[envelope.data.agent_id] = agent_row(
                         envelope.data,
                         at=datetime.fromtimestamp(record.timestamp / 1000, UTC),
                         partition=tp.partition,
@@ -366,17 +403,16 @@ class Projection:
                         silence_intervals=self.silence_intervals,
                     )
         for p in await self._load(events):
-            # Nothing of this partition's batch is applied: the refold reads it again.
-            await self._refold(p, min(o for q, o, _ in events if q == p))
+            # Nothing of this partition's batch is applied: the refold reads it again, and its
+            # rows reflect every event before the batch's first of it.
+            batch.forget({pid for pid, (q, _) in self._applied.items() if q == p}, p)
+            await self._refold(p, batch.first_offsets.pop(p))
             events = [e for e in events if e[0] != p]
-            offsets.pop(p, None)
-        # Each pipeline the batch changed -> the stages whose rows changed (None: every one).
-        touched: dict[str, set[str] | None] = {}
-        history: list[tuple[Any, ...]] = []
         for i, (p, offset, envelope) in enumerate(events):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             pid = envelope.data.pipeline_id
+            batch.seen.add(pid)
             applied = self._applied.get(pid)
             if applied is not None and offset <= applied[1]:
                 self.stats.events_skipped += 1  # its state (loaded from its row) has it
@@ -390,12 +426,16 @@ class Projection:
             # does): a pipeline's other stages keep the rows they have.
             stage = getattr(envelope.data, "stage", None)
             if not isinstance(stage, str):
-                touched[pid] = None
-            elif (changed := touched.setdefault(pid, set())) is not None:
+                batch.touched[pid] = None
+            elif (changed := batch.touched.setdefault(pid, set())) is not None:
                 changed.add(stage)
             row = history_row(state, envelope)
             if row is not None:
-                history.append(row)
+                batch.history.append(row)
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Write the batch's rows and offsets in one transaction; then ended pipelines leave."""
+        offsets = batch.offsets
         refolded = []
         for p, until in list(self._refolding.items()):
             if p in offsets and offsets[p] >= until:
@@ -403,34 +443,11 @@ class Projection:
                 del self._refolding[p]
             else:
                 offsets.pop(p, None)  # never save a position before the rows' own
-        batch = await self._rows(touched, history, agents, offsets)
-        if batch:
-            await self._until_available(lambda: self._write(batch))
+        rows = await self._rows(batch.touched, batch.history, batch.agents, offsets)
+        if rows:
+            await self._until_available(lambda: self._write(rows))
         # Every pipeline of the batch, also one loaded whose events it already reflected.
-        self._evict({e.data.pipeline_id for _, _, e in events}, refolded)
-
-    async def _read(self, timeout_ms: int) -> list[tuple[TopicPartition, list[Any]]]:
-        """The records of one batch, each partition's in order: what one read returns, and
-        more while committed records are waiting, up to ``batch_events`` or ``GATHER_S``."""
-        got = await self._consumer.getmany(
-            timeout_ms=timeout_ms, max_records=min(READ_RECORDS, self.batch_events)
-        )
-        chunks = list(got.items())
-        count = sum(len(records) for records in got.values())
-        gathering_until = time.monotonic() + GATHER_S
-        while (
-            0 < count < self.batch_events
-            and time.monotonic() < gathering_until
-            and await self._committed_waiting()
-        ):
-            got = await self._consumer.getmany(
-                timeout_ms=GATHER_WAIT_MS, max_records=min(READ_RECORDS, self.batch_events - count)
-            )
-            if not got:
-                break
-            chunks.extend(got.items())
-            count += sum(len(records) for records in got.values())
-        return chunks
+        self._evict(batch.seen, refolded)
 
     async def _committed_waiting(self) -> bool:
         """Whether the last fetches saw committed events beyond what was read (no broker
