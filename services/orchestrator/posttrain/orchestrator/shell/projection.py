@@ -2,11 +2,18 @@
 log and the agents topic into PostgreSQL.
 
 The projection folds the log with the same ``apply`` as the orchestrator and writes whole-row
-snapshots of the pipelines each batch touched, one history row per event (numbered within its
-pipeline by the fold), and the log offsets, in one PostgreSQL transaction that also NOTIFYs
-each touched pipeline's id (``posttrain.service.notify.PIPELINES``) for live views. A snapshot
-carries the number of events it reflects, and a row never moves back to an older one; history
-rows are keyed by (pipeline, number): projecting is idempotent.
+snapshots of the pipelines each batch touched, once per batch (with the rows of the stages its
+events changed), one history row per event (numbered within its pipeline by the fold), and the
+log offsets, in one PostgreSQL transaction that also NOTIFYs each touched pipeline's id
+(``posttrain.service.notify.PIPELINES``) for live views (``shell.read_model``: COPY, then one
+merge per table). A snapshot carries the number of events it reflects, and a row never moves
+back to an older one; history rows are keyed by (pipeline, number): projecting is idempotent.
+
+A first catch-up of a long log (a new read-model database, a first start) is the costly case:
+a batch then folds up to ``batch_events`` records as they are read, events read as views
+(``posttrain.events.views``, no model validation) with the cyclic GC paused, yielding to the
+event loop it shares with the orchestrator every ``YIELD_EVERY`` records, and writes each
+pipeline it touched once. At the log's end a batch is what one read returned.
 
 Memory and restart time follow active work, not history. A started projection resumes from the
 offsets it saved (committed with the rows they stand for), not from the log's beginning. Each
