@@ -140,6 +140,7 @@ async def test_a_database_migrated_before_the_move_adopts_the_moved_tables(
             (2, "history_and_agents"),
             (3, "stage_dependencies"),
             (4, "projection_state"),  # after the move: applied, not adopted
+            (5, "agent_slots"),
         }
     finally:
         await conn.close()

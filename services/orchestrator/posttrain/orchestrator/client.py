@@ -402,7 +402,7 @@ async def alist_agents(
     async with _connection(db, database_url) as conn:
         rows = await conn.fetch(
             """
-            SELECT agent_id, labels, gpus, free_gpus, running, last_heartbeat_at,
+            SELECT agent_id, labels, gpus, free_gpus, slots, running, last_heartbeat_at,
                    (NOT stopping AND silent_after > now()) AS alive
             FROM agents ORDER BY agent_id
             """
@@ -437,7 +437,7 @@ async def alist_agents(
             "labels": _labels(orjson.loads(r["labels"])),
             "gpus": r["gpus"],
             "gpus_free": r["free_gpus"],
-            "slots": None,
+            "slots": r["slots"],
             "running": [stage(c) for c in running[r["agent_id"]]],
             "last_heartbeat_at": r["last_heartbeat_at"],
             "alive": r["alive"],

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from posttrain.events import Message
-from posttrain.orchestrator.core.state import PipelineState
+from posttrain.orchestrator.core.state import PipelineState, StageState
 
 
 def pipeline_view(state: PipelineState) -> dict[str, Any]:
@@ -22,41 +22,46 @@ def pipeline_view(state: PipelineState) -> dict[str, Any]:
         "submitted_at": state.submitted_at,
         "finished_at": state.finished_at,
         "errors": state.errors,
-        "stages": [
+        "stages": [stage_view(stage) for stage in state.stages.values()],
+    }
+
+
+def stage_view(stage: StageState) -> dict[str, Any]:
+    """One stage of ``pipeline_view``: its status, current attempt and every attempt."""
+    current = stage.current
+    return {
+        "name": stage.name,
+        # The definition, not ``spec``: a view read by replay stays one (making its model for
+        # every stage of every pipeline was most of a projection's catch-up).
+        "task": stage.definition.task,
+        "depends_on": list(stage.definition.depends_on),
+        "status": stage.status.value,
+        "attempt": stage.attempt,
+        "command_id": current.command_id if current else None,
+        "agent_id": current.agent_id if current else None,
+        "job_id": current.job_id if current else None,
+        "started_at": current.started_at if current else None,
+        "finished_at": current.finished_at if current else None,
+        "outputs": stage.outputs,
+        "error": current.error if current else None,
+        "waiting_reason": stage.waiting_reason,
+        "not_before": stage.not_before,
+        "cached_from": stage.cached_from,
+        "last_checkpoint": stage.last_checkpoint,
+        "attempts": [
             {
-                "name": stage.name,
-                "task": stage.spec.task,
-                "depends_on": list(stage.spec.depends_on),
-                "status": stage.status.value,
-                "attempt": stage.attempt,
-                "command_id": stage.current.command_id if stage.current else None,
-                "agent_id": stage.current.agent_id if stage.current else None,
-                "job_id": stage.current.job_id if stage.current else None,
-                "started_at": stage.current.started_at if stage.current else None,
-                "finished_at": stage.current.finished_at if stage.current else None,
-                "outputs": stage.outputs,
-                "error": stage.current.error if stage.current else None,
-                "waiting_reason": stage.waiting_reason,
-                "not_before": stage.not_before,
-                "cached_from": stage.cached_from,
-                "last_checkpoint": stage.last_checkpoint,
-                "attempts": [
-                    {
-                        "attempt": run.attempt,
-                        "command_id": run.command_id,
-                        "agent_id": run.agent_id,
-                        "status": run.status.value,
-                        "dispatched_at": run.dispatched_at,
-                        "started_at": run.started_at,
-                        "finished_at": run.finished_at,
-                        "error": run.error,
-                        "failure_kind": run.failure_kind,
-                        "outputs": run.outputs,
-                    }
-                    for run in stage.attempts.values()
-                ],
+                "attempt": run.attempt,
+                "command_id": run.command_id,
+                "agent_id": run.agent_id,
+                "status": run.status.value,
+                "dispatched_at": run.dispatched_at,
+                "started_at": run.started_at,
+                "finished_at": run.finished_at,
+                "error": run.error,
+                "failure_kind": run.failure_kind,
+                "outputs": run.outputs,
             }
-            for stage in state.stages.values()
+            for run in stage.attempts.values()
         ],
     }
 
@@ -70,6 +75,9 @@ _MAX_LINE = 300
 
 def _one_line(text: str) -> str:
     """The last non-empty line of ``text`` (a traceback's last says what went wrong), cut."""
+    text = str(text)
+    if len(text) <= _MAX_LINE and text.isprintable():  # one line (every line break is not)
+        return text.strip()
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 1] + "…"

@@ -55,6 +55,7 @@ class Options:
     database_url: str
     http: tuple[str, int] | None
     instance_id: str | None = None
+    projection_max_pipelines: int | None = None
 
 
 async def start_http(
@@ -99,7 +100,10 @@ async def serve(args: Options) -> None:
         from posttrain.orchestrator.shell.projection import Projection
 
         projection = Projection(
-            settings, args.database_url, silence_intervals=args.silence_intervals
+            settings,
+            args.database_url,
+            silence_intervals=args.silence_intervals,
+            max_pipelines=args.projection_max_pipelines,
         )
         await projection.start()
         tasks.append(asyncio.create_task(projection.run(stop), name="projection"))
@@ -180,6 +184,16 @@ def run(
         bool,
         typer.Option("--projection/--no-projection", help="project pipelines into PostgreSQL"),
     ] = True,
+    projection_max_pipelines: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=1,
+            help="running pipelines the projection keeps in memory at most; beyond it the least "
+            "recently changed leave, and come back from their rows when an event about them "
+            "arrives (default: no bound; ended pipelines always leave once written)",
+        ),
+    ] = None,
     database_url: DatabaseUrlOption = None,
     http: Annotated[
         str,
@@ -217,6 +231,7 @@ def run(
             else None
         ),
         projection=projection,
+        projection_max_pipelines=projection_max_pipelines,
         database_url=service_settings.database_url(database_url),
         http=address,
         instance_id=instance_id or None,

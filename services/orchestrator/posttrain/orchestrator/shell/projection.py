@@ -2,11 +2,18 @@
 log and the agents topic into PostgreSQL.
 
 The projection folds the log with the same ``apply`` as the orchestrator and writes whole-row
-snapshots of the pipelines each batch touched, one history row per event (numbered within its
-pipeline by the fold), and the log offsets, in one PostgreSQL transaction that also NOTIFYs
-each touched pipeline's id (``posttrain.service.notify.PIPELINES``) for live views. A snapshot
-carries the number of events it reflects, and a row never moves back to an older one; history
-rows are keyed by (pipeline, number): projecting is idempotent.
+snapshots of the pipelines each batch touched, once per batch (with the rows of the stages its
+events changed), one history row per event (numbered within its pipeline by the fold), and the
+log offsets, in one PostgreSQL transaction that also NOTIFYs each touched pipeline's id
+(``posttrain.service.notify.PIPELINES``) for live views (``shell.read_model``: COPY, then one
+merge per table). A snapshot carries the number of events it reflects, and a row never moves
+back to an older one; history rows are keyed by (pipeline, number): projecting is idempotent.
+
+A first catch-up of a long log (a new read-model database, a first start) is the costly case:
+a batch then folds up to ``batch_events`` records as they are read, events read as views
+(``posttrain.events.views``, no model validation) with the cyclic GC paused, yielding to the
+event loop it shares with the orchestrator every ``YIELD_EVERY`` records, and writes each
+pipeline it touched once. At the log's end a batch is what one read returned.
 
 Memory and restart time follow active work, not history. A started projection resumes from the
 offsets it saved (committed with the rows they stand for), not from the log's beginning. Each
@@ -27,20 +34,26 @@ writer of the orchestrator's read model, with one database pool, in the process 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import BaseModel
 
 from posttrain.events import DecodeError, Envelope, decode
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.messages import AgentHeartbeat
 from posttrain.events.topics import TOPICS, Topic
+from posttrain.events.views import EnvelopeView, ViewDecoder
 from posttrain.orchestrator.core.snapshot import (
     SnapshotUnusable,
     archivable,
@@ -52,9 +65,9 @@ from posttrain.orchestrator.core.view import (
     HIDDEN_FROM_HISTORY,
     event_stage,
     event_summary,
-    pipeline_view,
+    stage_view,
 )
-from posttrain.service import notify
+from posttrain.orchestrator.shell.read_model import RowBatch, prepare_connection, write_batch
 from posttrain.service.migrate import apply_migrations
 
 log = logging.getLogger(__name__)
@@ -72,52 +85,16 @@ WRITE_RETRY_FIRST_S = 0.2
 WRITE_RETRY_MAX_S = 2.0
 MIGRATIONS_OWNER = "orchestrator"  # its entry point in posttrain.migrations
 
-_UPSERT_PIPELINE = """
-INSERT INTO pipelines (pipeline_id, name, status, submitted_by, submitted_at, finished_at,
-                       layers, errors, version, state, state_offset, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, now())
-ON CONFLICT (pipeline_id) DO UPDATE SET
-    name = EXCLUDED.name, status = EXCLUDED.status, submitted_by = EXCLUDED.submitted_by,
-    submitted_at = EXCLUDED.submitted_at, finished_at = EXCLUDED.finished_at,
-    layers = EXCLUDED.layers, errors = EXCLUDED.errors, version = EXCLUDED.version,
-    state = EXCLUDED.state, state_offset = EXCLUDED.state_offset, updated_at = now()
-WHERE pipelines.version <= EXCLUDED.version
-"""
-
-_UPSERT_STAGE = """
-INSERT INTO pipeline_stages (pipeline_id, name, position, task, status, attempt, command_id,
-                             agent_id, job_id, started_at, finished_at, outputs, error,
-                             waiting_reason, cached_from, attempts, depends_on)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16::jsonb,
-       $18::jsonb
-WHERE (SELECT version FROM pipelines WHERE pipeline_id = $1) = $17
-ON CONFLICT (pipeline_id, name) DO UPDATE SET
-    position = EXCLUDED.position, task = EXCLUDED.task, status = EXCLUDED.status,
-    attempt = EXCLUDED.attempt, command_id = EXCLUDED.command_id, agent_id = EXCLUDED.agent_id,
-    job_id = EXCLUDED.job_id, started_at = EXCLUDED.started_at,
-    finished_at = EXCLUDED.finished_at, outputs = EXCLUDED.outputs, error = EXCLUDED.error,
-    waiting_reason = EXCLUDED.waiting_reason, cached_from = EXCLUDED.cached_from,
-    attempts = EXCLUDED.attempts, depends_on = EXCLUDED.depends_on
-"""
-
-_INSERT_HISTORY = """
-INSERT INTO pipeline_history (pipeline_id, seq, at, type, stage, attempt, summary, data, event_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)
-ON CONFLICT (pipeline_id, seq) DO NOTHING
-"""
-
-_UPSERT_AGENT = """
-INSERT INTO agents AS a (agent_id, host, labels, gpus, free_gpus, running, interval_s, stopping,
-                         last_heartbeat_at, silent_after, topic_partition, topic_offset)
-VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (agent_id) DO UPDATE SET
-    host = EXCLUDED.host, labels = EXCLUDED.labels, gpus = EXCLUDED.gpus,
-    free_gpus = EXCLUDED.free_gpus, running = EXCLUDED.running,
-    interval_s = EXCLUDED.interval_s, stopping = EXCLUDED.stopping,
-    last_heartbeat_at = EXCLUDED.last_heartbeat_at, silent_after = EXCLUDED.silent_after,
-    topic_partition = EXCLUDED.topic_partition, topic_offset = EXCLUDED.topic_offset
-WHERE a.topic_partition <> EXCLUDED.topic_partition OR a.topic_offset < EXCLUDED.topic_offset
-"""
+# A first catch-up of a long log: events folded in memory before their rows are written, so
+# that each pipeline they touch is written once per batch, not once per read (the default of
+# ``batch_events``; a batch of the log's end is what one read returns).
+BATCH_EVENTS = 100_000
+READ_RECORDS = 5_000  # records one read of the consumer returns at most
+GATHER_S = 5.0  # a batch stops gathering after this long: rows appear as a catch-up goes
+GATHER_WAIT_MS = 100  # how long a read waits for records the last fetch said are committed
+# Records handled between two yields to the event loop: the orchestrator, which shares it, goes
+# on deciding (and heartbeating to its group) while a batch of a catch-up is folded.
+YIELD_EVERY = 2_000
 
 _LOAD_STATES = """
 SELECT pipeline_id, version, state, state_offset FROM pipelines WHERE pipeline_id = ANY($1::text[])
@@ -127,11 +104,20 @@ _SAVED_OFFSETS = """
 SELECT partition, next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2
 """
 
-_SAVE_OFFSET = """
-INSERT INTO projection_offsets (projection, topic, partition, next_offset)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset
-"""
+
+@contextlib.contextmanager
+def _cyclic_gc_paused(paused: bool) -> Iterator[None]:
+    """The cyclic GC paused while a batch of a catch-up is folded and written: it would walk
+    the many states and rows the batch builds again and again (a third of a catch-up's time,
+    measured), and they hold no cycles (reference counting frees them)."""
+    was_enabled = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused and was_enabled:
+            gc.enable()
 
 
 def _time(ts: float | None) -> datetime | None:
@@ -142,13 +128,15 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def pipeline_rows(state: PipelineState) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-    """The pipelines row and pipeline_stages rows of a state."""
-    view = pipeline_view(state)
+def pipeline_rows(
+    state: PipelineState, stages: Collection[str] | None = None
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """The pipelines row and pipeline_stages rows of a state: of every stage, or of the named
+    ``stages`` only."""
     pipeline = (
         state.pipeline_id,
         state.name,
-        view["status"],
+        state.status.value,  # as pipeline_view says it
         state.submitted_by,
         _time(state.submitted_at),
         _time(state.finished_at),
@@ -156,37 +144,44 @@ def pipeline_rows(state: PipelineState) -> tuple[tuple[Any, ...], list[tuple[Any
         _json(state.errors),
         state.version,
     )
-    stages = [
-        (
-            state.pipeline_id,
-            s["name"],
-            i,
-            s["task"],
-            s["status"],
-            s["attempt"],
-            s["command_id"],
-            s["agent_id"],
-            s["job_id"],
-            _time(s["started_at"]),
-            _time(s["finished_at"]),
-            _json(s["outputs"]),
-            s["error"],
-            s["waiting_reason"],
-            s["cached_from"],
-            _json(s["attempts"]),
-            state.version,
-            _json(s["depends_on"]),
+    rows = []
+    for i, stage in enumerate(state.stages.values()):
+        if stages is not None and stage.name not in stages:
+            continue
+        s = stage_view(stage)
+        rows.append(
+            (
+                state.pipeline_id,
+                s["name"],
+                i,
+                s["task"],
+                s["status"],
+                s["attempt"],
+                s["command_id"],
+                s["agent_id"],
+                s["job_id"],
+                _time(s["started_at"]),
+                _time(s["finished_at"]),
+                _json(s["outputs"]),
+                s["error"],
+                s["waiting_reason"],
+                s["cached_from"],
+                _json(s["attempts"]),
+                state.version,
+                _json(s["depends_on"]),
+            )
         )
-        for i, s in enumerate(view["stages"])
-    ]
-    return pipeline, stages
+    return pipeline, rows
 
 
-def history_row(state: PipelineState, envelope: Envelope[Any]) -> tuple[Any, ...] | None:
+def history_row(
+    state: PipelineState, envelope: Envelope[Any] | EnvelopeView
+) -> tuple[Any, ...] | None:
     """The pipeline_history row of an event just applied to ``state`` (None: not shown)."""
     if envelope.type in HIDDEN_FROM_HISTORY:
         return None
-    stage, attempt = event_stage(envelope.data)
+    data = envelope.data
+    stage, attempt = event_stage(data)
     return (
         state.pipeline_id,
         state.version,
@@ -194,8 +189,11 @@ def history_row(state: PipelineState, envelope: Envelope[Any]) -> tuple[Any, ...
         envelope.type,
         stage,
         attempt,
-        event_summary(envelope.data),
-        _json(envelope.data.model_dump(mode="json")),
+        event_summary(data),
+        # A view (most events, read without validation) has the model's fields and values.
+        _json(data.model_dump(mode="json"))
+        if isinstance(data, BaseModel)
+        else msgspec.json.encode(data).decode(),
         envelope.id,
     )
 
@@ -220,7 +218,30 @@ def agent_row(
         silent_after,
         partition,
         offset,
+        beat.slots,
     )
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one step has folded and not yet written."""
+
+    records: int = 0  # records read, of both topics
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset
+    first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first read
+    agents: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # latest heartbeat each
+    # Each pipeline the batch changed -> the stages whose rows changed (None: every one).
+    touched: dict[str, set[str] | None] = field(default_factory=dict)
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # every pipeline an event was about
+
+    def forget(self, pipelines: set[str], partition: int) -> None:
+        """Leave out what the batch holds of a partition about to be folded again."""
+        self.offsets.pop(partition, None)
+        for pid in pipelines:
+            self.touched.pop(pid, None)
+        self.history = [row for row in self.history if row[0] not in pipelines]
+        self.seen -= pipelines
 
 
 @dataclass(slots=True)
@@ -243,7 +264,10 @@ class Projection:
     ``states`` holds the pipelines of active work only: running ones, and any of a partition
     being folded again; an ended pipeline leaves it once its rows are written. With
     ``max_pipelines``, running ones beyond it leave too, least recently touched first (they
-    come back from their rows as an ended one would)."""
+    come back from their rows as an ended one would); the bound holds between batches, a
+    batch folding however many its events are about.
+
+    ``batch_events`` caps the records a batch of a catch-up gathers (``BATCH_EVENTS``)."""
 
     def __init__(
         self,
@@ -253,22 +277,28 @@ class Projection:
         *,
         silence_intervals: float = 3.0,
         max_pipelines: int | None = None,
+        batch_events: int = BATCH_EVENTS,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
         self.name = name
         self.silence_intervals = silence_intervals
         self.max_pipelines = max_pipelines
+        self.batch_events = batch_events
         self.states: dict[str, PipelineState] = {}
         self.stats = ProjectionStats()
         # Each held pipeline's partition and the offset of the last event applied to its state.
         self._applied: dict[str, tuple[int, int]] = {}
+        self._views = ViewDecoder()  # the fold only reads fields: views skip model validation
         # Partitions folded again from the start -> the offset their rows already reflect: until
         # there, no state is loaded from rows, none leaves memory and no position is saved.
         self._refolding: dict[int, int] = {}
         self._pool: asyncpg.Pool | None = None
         self._topic = settings.topic(Topic.PIPELINE_EVENTS)
         self._agents_topic = settings.topic(Topic.AGENTS)
+        self._event_partitions = [
+            TopicPartition(self._topic, p) for p in range(TOPICS[Topic.PIPELINE_EVENTS].partitions)
+        ]
         self._consumer = AIOKafkaConsumer(
             **settings.client_options(),
             client_id=f"{settings.client_id}-projection",
@@ -282,7 +312,9 @@ class Projection:
         (the beginning where none is saved) and the agents topic in full."""
         # The read model's tables are the orchestrator's: it applies its own migrations.
         await asyncio.wait_for(apply_migrations(self.database_url, owner=MIGRATIONS_OWNER), 30)
-        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
+        self._pool = await asyncpg.create_pool(
+            self.database_url, min_size=1, max_size=2, init=prepare_connection
+        )
         async with self._pool.acquire() as conn:
             saved = {
                 r["partition"]: r["next_offset"]
@@ -316,26 +348,61 @@ class Projection:
             await self.stop()
 
     async def step(self, timeout_ms: int = 200) -> int:
-        """Read one batch, fold it and write it in one transaction; the records read."""
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
-        events: list[tuple[int, int, Envelope[Any]]] = []  # (partition, offset, envelope)
-        agents: dict[str, tuple[Any, ...]] = {}  # the latest heartbeat of each agent
-        offsets: dict[int, int] = {}
-        for tp, records in batches.items():
+        """Read one batch, fold it and write it in one transaction; the records read.
+
+        Behind the log's end (a first catch-up, a restart after a long stop), a batch goes on
+        reading and folding while committed records are waiting, up to ``batch_events`` records
+        or ``GATHER_S``, before anything is written, so that a pipeline touched many times in it
+        is written once; at the end, a batch is what one read returned. Records are folded as
+        they are read: a batch holds their rows, not their messages."""
+        got = await self._consumer.getmany(
+            timeout_ms=timeout_ms, max_records=min(READ_RECORDS, self.batch_events)
+        )
+        batch = _Batch()
+        with _cyclic_gc_paused(sum(len(r) for r in got.values()) >= YIELD_EVERY):
+            gathering_until = time.monotonic() + GATHER_S
+            while got:
+                await self._fold(got, batch)
+                if (
+                    batch.records >= self.batch_events
+                    or time.monotonic() > gathering_until
+                    or not await self._committed_waiting()
+                ):
+                    break
+                got = await self._consumer.getmany(
+                    timeout_ms=GATHER_WAIT_MS,
+                    max_records=min(READ_RECORDS, self.batch_events - batch.records),
+                )
+            await self._finish(batch)
+        return batch.records
+
+    async def _fold(self, got: dict[TopicPartition, list[Any]], batch: _Batch) -> None:
+        """Fold the records of one read into ``batch``: states, history rows, offsets."""
+        events: list[tuple[int, int, EnvelopeView | Envelope[Any]]] = []  # partition, offset
+        for tp, records in got.items():
             is_agents = tp.topic == self._agents_topic
             for record in records:
+                batch.records += 1
+                if batch.records % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # the orchestrator shares this event loop
                 if not is_agents:
-                    offsets[tp.partition] = record.offset + 1
+                    batch.offsets[tp.partition] = record.offset + 1
+                    batch.first_offsets.setdefault(tp.partition, record.offset)
                     self.stats.events += 1
                 try:
-                    envelope = decode(record.value, record.headers)
+                    # Heartbeats as models (agent_row takes one; they are few); events as views.
+                    envelope = (
+                        decode(record.value, record.headers)
+                        if is_agents
+                        else self._views.decode(record.value, record.headers)
+                    )
                 except DecodeError as exc:
                     log.error("unreadable message skipped by the projection: %s", exc)
                     continue
                 if not is_agents:
                     events.append((tp.partition, record.offset, envelope))
                 elif isinstance(envelope.data, AgentHeartbeat):
-                    agents[envelope.data.agent_id] = agent_row(
+                    batch.agents[envelope.data.agent_id] = agent_row(
                         envelope.data,
                         at=datetime.fromtimestamp(record.timestamp / 1000, UTC),
                         partition=tp.partition,
@@ -343,14 +410,16 @@ class Projection:
                         silence_intervals=self.silence_intervals,
                     )
         for p in await self._load(events):
-            # Nothing of this partition's batch is applied: the refold reads it again.
-            await self._refold(p, min(o for q, o, _ in events if q == p))
+            # Nothing of this partition's batch is applied: the refold reads it again, and its
+            # rows reflect every event before the batch's first of it.
+            batch.forget({pid for pid, (q, _) in self._applied.items() if q == p}, p)
+            await self._refold(p, batch.first_offsets.pop(p))
             events = [e for e in events if e[0] != p]
-            offsets.pop(p, None)
-        touched: dict[str, PipelineState] = {}
-        history: list[tuple[Any, ...]] = []
-        for p, offset, envelope in events:
+        for i, (p, offset, envelope) in enumerate(events):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             pid = envelope.data.pipeline_id
+            batch.seen.add(pid)
             applied = self._applied.get(pid)
             if applied is not None and offset <= applied[1]:
                 self.stats.events_skipped += 1  # its state (loaded from its row) has it
@@ -360,10 +429,20 @@ class Projection:
             self.states[pid] = state
             apply(state, envelope)
             self._applied[pid] = (p, offset)
-            touched[pid] = state
+            # An event that names a stage changes that stage alone (every mutator of core.state
+            # does): a pipeline's other stages keep the rows they have.
+            stage = getattr(envelope.data, "stage", None)
+            if not isinstance(stage, str):
+                batch.touched[pid] = None
+            elif (changed := batch.touched.setdefault(pid, set())) is not None:
+                changed.add(stage)
             row = history_row(state, envelope)
             if row is not None:
-                history.append(row)
+                batch.history.append(row)
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Write the batch's rows and offsets in one transaction; then ended pipelines leave."""
+        offsets = batch.offsets
         refolded = []
         for p, until in list(self._refolding.items()):
             if p in offsets and offsets[p] >= until:
@@ -371,26 +450,31 @@ class Projection:
                 del self._refolding[p]
             else:
                 offsets.pop(p, None)  # never save a position before the rows' own
-        if touched or offsets or agents:
-            await self._until_available(
-                lambda: self._write(touched.values(), history, list(agents.values()), offsets)
-            )
+        rows = await self._rows(batch.touched, batch.history, batch.agents, offsets)
+        if rows:
+            await self._until_available(lambda: self._write(rows))
         # Every pipeline of the batch, also one loaded whose events it already reflected.
-        self._evict({e.data.pipeline_id for _, _, e in events}, refolded)
-        return sum(len(r) for r in batches.values())
+        self._evict(batch.seen, refolded)
+
+    async def _committed_waiting(self) -> bool:
+        """Whether the last fetches saw committed events beyond what was read (no broker
+        request: the offsets the fetch responses carried)."""
+        for tp in self._event_partitions:
+            stable = self._consumer.last_stable_offset(tp)
+            end = stable if stable is not None and stable >= 0 else self._consumer.highwater(tp)
+            if end is not None and end > await self._consumer.position(tp):
+                return True
+        return False
 
     async def behind(self) -> int:
         """How many records of the events topic are still to read (0: caught up)."""
-        tps = [
-            TopicPartition(self._topic, p) for p in range(TOPICS[Topic.PIPELINE_EVENTS].partitions)
-        ]
-        ends = await self._consumer.end_offsets(tps)
+        ends = await self._consumer.end_offsets(self._event_partitions)
         left = 0
-        for tp in tps:
+        for tp in self._event_partitions:
             left += max(0, ends[tp] - await self._consumer.position(tp))
         return left
 
-    async def _load(self, events: list[tuple[int, int, Envelope[Any]]]) -> set[int]:
+    async def _load(self, events: list[tuple[int, int, EnvelopeView | Envelope[Any]]]) -> set[int]:
         """Load from their rows the states of the pipelines these events are about that are
         not in memory; the partitions where a row's state cannot be read."""
         wanted = {
@@ -429,8 +513,7 @@ class Projection:
         """Fold partition ``p`` again from the log's start, its rows reflecting every event
         before ``until``: its states are forgotten and rebuilt from the events alone."""
         for pid in [pid for pid, (q, _) in self._applied.items() if q == p]:
-            del self._applied[pid]
-            self.states.pop(pid, None)
+            self._forget(pid)
         self._refolding[p] = max(until, self._refolding.get(p, 0))
         self.stats.refolds += 1
         await self._consumer.seek_to_beginning(TopicPartition(self._topic, p))
@@ -447,8 +530,7 @@ class Projection:
         for pid in candidates:
             state = self.states.get(pid)
             if state is not None and archivable(state):
-                del self.states[pid]
-                del self._applied[pid]
+                self._forget(pid)
                 self.stats.states_evicted += 1
         if self.max_pipelines is None or len(self.states) <= self.max_pipelines:
             return
@@ -459,9 +541,12 @@ class Projection:
             # A state with no rows yet (nothing to load it back from) stays, as does any of a
             # partition being folded again.
             if (state.stages or state.errors) and self._applied[pid][0] not in self._refolding:
-                del self.states[pid]
-                del self._applied[pid]
+                self._forget(pid)
                 self.stats.live_evicted += 1
+
+    def _forget(self, pid: str) -> None:
+        self.states.pop(pid, None)
+        del self._applied[pid]
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         assert self._pool is not None
@@ -484,36 +569,31 @@ class Projection:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
-    async def _write(
+    async def _rows(
         self,
-        states: Iterable[PipelineState],
+        touched: dict[str, set[str] | None],
         history: list[tuple[Any, ...]],
-        agents: list[tuple[Any, ...]],
+        agents: dict[str, tuple[Any, ...]],
         offsets: dict[int, int],
-    ) -> None:
-        assert self._pool is not None
-        pipelines, stages = [], []
-        for state in states:
+    ) -> RowBatch:
+        """The batch's rows: each touched pipeline's once, with the rows of its changed stages."""
+        batch = RowBatch(
+            history=history,
+            agents=list(agents.values()),
+            offsets=[(self.name, self._topic, p, o) for p, o in offsets.items()],
+        )
+        for i, (pid, stages) in enumerate(touched.items()):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            state = self.states[pid]
             if not state.stages and not state.errors:
                 continue
-            row, stage_rows = pipeline_rows(state)
-            offset = self._applied[state.pipeline_id][1]
-            pipelines.append((*row, encode_archived(state), offset))
-            stages.extend(stage_rows)
-        async with self._pool.acquire() as conn, conn.transaction():
-            if pipelines:
-                await conn.executemany(_UPSERT_PIPELINE, pipelines)
-                await conn.executemany(_UPSERT_STAGE, stages)
-            if history:
-                await conn.executemany(_INSERT_HISTORY, history)
-            if agents:
-                await conn.executemany(_UPSERT_AGENT, agents)
-            if offsets:
-                await conn.executemany(
-                    _SAVE_OFFSET, [(self.name, self._topic, p, o) for p, o in offsets.items()]
-                )
-            if pipelines:
-                # Delivered on commit, with the rows: a live view reads them when woken.
-                await conn.execute(
-                    notify.NOTIFY_EACH, notify.PIPELINES, [row[0] for row in pipelines]
-                )
+            row, stage_rows = pipeline_rows(state, stages)
+            batch.pipelines.append((*row, encode_archived(state), self._applied[pid][1]))
+            batch.stages.extend(stage_rows)
+        return batch
+
+    async def _write(self, batch: RowBatch) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            await write_batch(conn, batch)
