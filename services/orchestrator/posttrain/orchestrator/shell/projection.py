@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -67,6 +66,7 @@ from posttrain.orchestrator.core.view import (
     event_summary,
     stage_view,
 )
+from posttrain.orchestrator.shell.collector import cyclic_gc_paused
 from posttrain.orchestrator.shell.read_model import RowBatch, prepare_connection, write_batch
 from posttrain.service.migrate import apply_migrations
 
@@ -103,21 +103,6 @@ SELECT pipeline_id, version, state, state_offset FROM pipelines WHERE pipeline_i
 _SAVED_OFFSETS = """
 SELECT partition, next_offset FROM projection_offsets WHERE projection = $1 AND topic = $2
 """
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused(paused: bool) -> Iterator[None]:
-    """The cyclic GC paused while a batch of a catch-up is folded and written: it would walk
-    the many states and rows the batch builds again and again (a third of a catch-up's time,
-    measured), and they hold no cycles (reference counting frees them)."""
-    was_enabled = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if paused and was_enabled:
-            gc.enable()
 
 
 def _time(ts: float | None) -> datetime | None:
@@ -359,7 +344,8 @@ class Projection:
             timeout_ms=timeout_ms, max_records=min(READ_RECORDS, self.batch_events)
         )
         batch = _Batch()
-        with _cyclic_gc_paused(sum(len(r) for r in got.values()) >= YIELD_EVERY):
+        large = sum(len(r) for r in got.values()) >= YIELD_EVERY
+        with cyclic_gc_paused() if large else contextlib.nullcontext():
             gathering_until = time.monotonic() + GATHER_S
             while got:
                 await self._fold(got, batch)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import gc
 import logging
 import mmap
 import multiprocessing
@@ -13,7 +12,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -26,6 +25,7 @@ from posttrain.events.topics import Topic
 from posttrain.events.views import ViewDecoder
 from posttrain.orchestrator.core.packing import States, pack, unpack
 from posttrain.orchestrator.core.state import PipelineState, fold
+from posttrain.orchestrator.shell.collector import cyclic_gc_paused
 from posttrain.service.logs import configure_json_logging
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def _replay_in_helper(
     spool: str,
 ) -> tuple[str, int]:
     """Fold a share; returns the file its packed states are in, and the events read."""
-    with _no_cyclic_gc():
+    with cyclic_gc_paused():
         states, count = asyncio.run(_fold_partitions(settings, topic, starts, ends))
         blob = pack(states)
     _written.difference_update([p for p in _written if not os.path.exists(p)])  # claimed
@@ -203,7 +203,7 @@ async def replay_partitions(
     shares = [list(ends)]
     if helpers is not None and _events_at_least(sizes) >= helpers.min_events:
         shares = _shares(sizes, 1 + helpers.processes)
-    with _no_cyclic_gc(freeze=True):
+    with cyclic_gc_paused(freeze=True):
         elsewhere = [
             asyncio.ensure_future(
                 helpers.replay(
@@ -250,22 +250,6 @@ def _shares(sizes: dict[int, int], n: int) -> list[list[int]]:
         groups.remove((total, members))
         groups.append((total + sizes[p], [*members, p]))
     return [members for _, members in groups if members] or [[]]
-
-
-@contextlib.contextmanager
-def _no_cyclic_gc(*, freeze: bool = False) -> Iterator[None]:
-    """Replay builds a large, long-lived object graph: the cyclic GC would walk it again and
-    again (measured: folding 10x slower). Paused while folding; with ``freeze``, what was built
-    is frozen before collections resume, or the first one would walk all of it (0.4 s)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if freeze:
-            gc.freeze()
-        if was_enabled:
-            gc.enable()
 
 
 async def _fold_partitions(
