@@ -251,6 +251,8 @@ def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
     """A cycle as a path ``[a, b, ..., a]``, or None. Iterative DFS (pipelines can be deep)."""
     WHITE, GREY, BLACK = 0, 1, 2
     colour = dict.fromkeys(deps, WHITE)
+    # Each node's known dependencies, once (the walk looks at them once per child).
+    edges = {node: [d for d in ds if d in deps] for node, ds in deps.items()}
     for root in sorted(deps):
         if colour[root] != WHITE:
             continue
@@ -259,7 +261,7 @@ def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
         colour[root] = GREY
         while stack:
             node, i = stack[-1]
-            children = [d for d in deps[node] if d in deps]
+            children = edges[node]
             if i < len(children):
                 stack[-1] = (node, i + 1)
                 child = children[i]
