@@ -107,6 +107,10 @@ TEMPLATE: dict[str, list[str]] = {
 TRAINING_STAGES = frozenset({"sft", "grpo", "dpo", "ppo"})
 
 
+# FLEET_FAIL_ATTEMPTS: the attempts that fail, or this for every one.
+EVERY_ATTEMPT = "*"
+
+
 def pipeline_id(run: str, index: int) -> str:
     return f"{run}-p{index:06d}"
 
@@ -118,12 +122,12 @@ def pipeline_stages(script: FleetScript, pid: str, index: int) -> list[dict[str,
     stages = []
     for name, deps in TEMPLATE.items():
         share = zlib.crc32(f"{pid}/{name}".encode()) % 1000 / 1000
-        fails: list[int] = []
+        fails: list[int | str] = []
         retries = {"max_attempts": 1, "backoff_s": 0.2}
         if name == "ppo" and script.retry_every > 0 and index % script.retry_every == 0:
             fails, retries = [1], {"max_attempts": 2, "backoff_s": 0.2}
         if name == "report" and script.expected_to_fail(index):
-            fails = [1]
+            fails = [EVERY_ATTEMPT]  # a lost attempt is tried again: that one must fail too
         stages.append(
             {
                 "name": name,
@@ -143,8 +147,8 @@ def pipeline_stages(script: FleetScript, pid: str, index: int) -> list[dict[str,
 def _scripted(run: RunStage) -> tuple[float, bool]:
     """(seconds, fails) for one attempt, as its pipeline scripted it."""
     seconds = float(run.params["argv"][1])
-    fails = str(run.params.get("env", {}).get("FLEET_FAIL_ATTEMPTS", ""))
-    return seconds, str(run.attempt) in fails.split(",")
+    fails = str(run.params.get("env", {}).get("FLEET_FAIL_ATTEMPTS", "")).split(",")
+    return seconds, EVERY_ATTEMPT in fails or str(run.attempt) in fails
 
 
 # --- one shard: many agents in one process --------------------------------------------------
@@ -363,6 +367,7 @@ class FleetReport:
     dispatched: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     rejected_events: int = 0
     lost: int = 0
+    lost_in: set[str] = field(default_factory=set)  # pipelines with a stage lost with its agent
     events: int = 0
     seconds: float = 0.0  # from the first submission to the last pipeline's end
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -382,7 +387,10 @@ class FleetReport:
             found.append(f"{self.submitted - self.ended} of {self.submitted} pipelines never ended")
         if self.failed != self.expected_failed:
             wrong = sorted(self.failed ^ self.expected_failed)
-            found.append(f"{len(wrong)} pipelines ended otherwise than scripted: {wrong[:5]}")
+            found.append(
+                f"{len(wrong)} pipelines ended otherwise than scripted: {wrong[:5]} "
+                f"({len(self.lost_in.intersection(wrong))} of them lost a stage with its agent)"
+            )
         twice = [k for k, n in self.dispatched.items() if n > 1]
         if twice:
             found.append(f"{len(twice)} (stage, attempt) dispatched more than once: {twice[:5]}")
@@ -458,6 +466,7 @@ async def _follow(
                         report.rejected_events += 1
                     elif kind == "StageLost":
                         report.lost += 1
+                        report.lost_in.add(record.key.decode())
                     elif kind == "PipelineSucceeded":
                         report.succeeded.add(record.key.decode())
                     elif kind == "PipelineFailed":
