@@ -253,61 +253,68 @@ async def run_chaos(
     workload: str,
     timeout: float = 900,
 ) -> Outcome:
-    """Carry out ``plan`` (``perform`` does each action) while pipelines run, one after another
-    (``{workload}-1``, ``-2``...): the first is submitted before the first action, the next as
-    soon as one ends while actions remain. Then wait for the last one's end and for the
-    platform to settle, stop it, and check every invariant on every pipeline."""
-    outcome = Outcome(seed)
-    started = time.monotonic()
-    deadline = started + timeout
-    plan_done = asyncio.Event()
-
-    async def next_pipeline() -> str:
-        pipeline_id = f"{workload}-{len(outcome.pipeline_ids) + 1}"
-        outcome.pipeline_ids.append(pipeline_id)
-        await submit(platform, pipeline(pipeline_id))
-        return pipeline_id
-
-    async def workload_runs() -> None:
-        pipeline_id = await next_pipeline()
-        while time.monotonic() < deadline:
-            died = await asyncio.to_thread(platform.supervise)
-            if died:
-                raise AssertionError("a service died by itself:\n" + "\n".join(died))
-            status = await pipeline_status(platform, pipeline_id)
-            if status is not None and status["status"] in TERMINAL:
-                outcome.statuses[pipeline_id] = status["status"]
-                if plan_done.is_set() or status["status"] != "succeeded":
-                    return  # a failed pipeline ends the run: its invariants will say why
-                pipeline_id = await next_pipeline()
-                continue
-            await asyncio.sleep(1.0)
-        raise AssertionError(f"pipeline {pipeline_id} did not end within {timeout:.0f} s")
-
-    async def chaos() -> None:
-        try:
-            for action in plan:
-                await asyncio.sleep(action.after_s)
-                await perform(action)
-                outcome.performed.append(action)
-        finally:
-            plan_done.set()
-
-    acting = asyncio.create_task(chaos())
-    following = asyncio.create_task(workload_runs())
+    """Start the platform and carry out ``plan`` (``perform`` does each action) while pipelines
+    run, one after another (``{workload}-1``, ``-2``...): the first is submitted before the first
+    action, the next as soon as one ends while actions remain. Then wait for the last one's end
+    and for the platform to settle, stop it and ``receiver``, and check every invariant on every
+    pipeline."""
+    platform.start()
     try:
-        # The workload ends once the plan is carried out (or a pipeline fails); an action that
-        # could not be carried out is raised here.
-        await following
-        if acting.done():
-            acting.result()
+        await platform.wait_ready()
+        outcome = Outcome(seed)
+        started = time.monotonic()
+        deadline = started + timeout
+        plan_done = asyncio.Event()
+
+        async def next_pipeline() -> str:
+            pipeline_id = f"{workload}-{len(outcome.pipeline_ids) + 1}"
+            outcome.pipeline_ids.append(pipeline_id)
+            await submit(platform, pipeline(pipeline_id))
+            return pipeline_id
+
+        async def workload_runs() -> None:
+            pipeline_id = await next_pipeline()
+            while time.monotonic() < deadline:
+                died = await asyncio.to_thread(platform.supervise)
+                if died:
+                    raise AssertionError("a service died by itself:\n" + "\n".join(died))
+                status = await pipeline_status(platform, pipeline_id)
+                if status is not None and status["status"] in TERMINAL:
+                    outcome.statuses[pipeline_id] = status["status"]
+                    if plan_done.is_set() or status["status"] != "succeeded":
+                        return  # a failed pipeline ends the run: its invariants will say why
+                    pipeline_id = await next_pipeline()
+                    continue
+                await asyncio.sleep(1.0)
+            raise AssertionError(f"pipeline {pipeline_id} did not end within {timeout:.0f} s")
+
+        async def chaos() -> None:
+            try:
+                for action in plan:
+                    await asyncio.sleep(action.after_s)
+                    await perform(action)
+                    outcome.performed.append(action)
+            finally:
+                plan_done.set()
+
+        acting = asyncio.create_task(chaos())
+        following = asyncio.create_task(workload_runs())
+        try:
+            # The workload ends once the plan is carried out (or a pipeline fails); an action that
+            # could not be carried out is raised here.
+            await following
+            if acting.done():
+                acting.result()
+        finally:
+            acting.cancel()
+            following.cancel()
+        outcome.seconds = time.monotonic() - started
+        outcome.start_failures = platform.start_failures()
+        await settle(platform, receiver, outcome)
+        return outcome
     finally:
-        acting.cancel()
-        following.cancel()
-    outcome.seconds = time.monotonic() - started
-    outcome.start_failures = platform.start_failures()
-    await settle(platform, receiver, outcome)
-    return outcome
+        platform.stop()
+        await receiver.stop()
 
 
 async def settle(platform: Platform, receiver: AlertReceiver, outcome: Outcome) -> None:
@@ -469,7 +476,10 @@ async def resilience(stack: PrivateStack, root: Path, seed: int) -> tuple[Outcom
         platform.restart(action.target)
 
     plan = resilience_plan(seed)
-    return await _run(platform, receiver, plan, perform, seed, f"chaos-{seed}"), plan
+    outcome = await run_chaos(
+        platform, receiver, plan, perform, seed=seed, workload=f"chaos-{seed}"
+    )
+    return outcome, plan
 
 
 async def scale_out(
@@ -500,21 +510,4 @@ async def scale_out(
 
     plan = scale_out_plan(seed)
     workload = f"{settings.namespace}-scale-{seed}"
-    return await _run(platform, receiver, plan, perform, seed, workload), plan
-
-
-async def _run(
-    platform: Platform,
-    receiver: AlertReceiver,
-    plan: list[Action],
-    perform: Perform,
-    seed: int,
-    workload: str,
-) -> Outcome:
-    platform.start()
-    try:
-        await platform.wait_ready()
-        return await run_chaos(platform, receiver, plan, perform, seed=seed, workload=workload)
-    finally:
-        platform.stop()
-        await receiver.stop()
+    return await run_chaos(platform, receiver, plan, perform, seed=seed, workload=workload), plan
