@@ -26,25 +26,18 @@ from posttrain.events.kafka import (
 from posttrain.events.messages.diagnostics import AlertSent, AnomalyDetected
 from posttrain.events.messages.pipeline import RequestAction
 from posttrain.events.topics import TOPICS, Topic
+from posttrain.testing.platform import private_stack
 from tests.integration.diagnostics.helpers import Receiver, StreamProcess
 from tests.integration.diagnostics.test_stream import Collector, points, report
-from tests.integration.trainer_agent.private_broker import PrivateBroker
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def cold_broker(tmp_path):
-    broker = PrivateBroker(tmp_path / "broker")
-    why = broker.available()
-    if why is not None:
-        pytest.fail(why, pytrace=False)
-    broker.format()
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+def cold_broker():
+    """A broker formatted and started by the stack's own `up`, on a data directory of its own."""
+    with private_stack("kafka") as stack:
+        yield stack
 
 
 async def test_a_cold_broker_is_ready_for_every_client_once_prepared(cold_broker, tmp_path):

@@ -339,11 +339,12 @@ def _free_pair() -> int:
 
 
 @contextlib.contextmanager
-def private_stack() -> Iterator[PrivateStack]:
-    """A private stack, up for the block, destroyed (stopped, data removed) after it."""
+def private_stack(*components: str) -> Iterator[PrivateStack]:
+    """A private stack (all of it, or the named components), up for the block, destroyed
+    (stopped, data removed) after it."""
     stack = PrivateStack()
     try:
-        stack.up()
+        stack.up(*components)
         yield stack
     finally:
         stack.destroy()

@@ -13,23 +13,20 @@ import pytest
 
 from posttrain.events.kafka import KafkaSettings, await_coordinators, ensure_topics
 from posttrain.testing import services
-from tests.integration.trainer_agent.private_broker import PrivateBroker
+from posttrain.testing.platform import PrivateStack
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def broker(tmp_path):
-    broker = PrivateBroker(tmp_path / "broker")
-    why = broker.available()
-    if why is not None:
-        pytest.fail(why, pytrace=False)
-    broker.format()
+def broker():
+    """A private broker whose address is known before it is started (by the test)."""
+    stack = PrivateStack()
     try:
-        yield broker
+        yield stack
     finally:
-        broker.stop()
+        stack.destroy()
 
 
 async def test_a_stream_started_before_its_broker_waits_and_becomes_ready(broker, tmp_path):
@@ -44,7 +41,7 @@ async def test_a_stream_started_before_its_broker_waits_and_becomes_ready(broker
         )
         assert stream.running, stream.tail()
 
-        await asyncio.to_thread(broker.start)
+        await asyncio.to_thread(broker.up, "kafka")
         await ensure_topics(settings)
         await await_coordinators(settings)
 

@@ -13,10 +13,10 @@ import pytest
 from posttrain.events.kafka import KafkaSettings, ensure_topics
 from posttrain.events.messages import MetricsReported
 from posttrain.events.topics import Topic
+from posttrain.testing.platform import PrivateStack
 from posttrain.trainer_agent.metrics_file import create_metrics_file_writer
 from posttrain.trainer_agent.reporting import ReporterOptions, create_training_callback
 from posttrain.trainer_agent.tailer import MetricsFileTailer, follow
-from tests.integration.trainer_agent.private_broker import PrivateBroker
 from tests.integration.trainer_agent.topics import TopicReader, points_by_key
 from tests.waiting import wait_for
 
@@ -111,12 +111,9 @@ async def test_a_full_queue_spills_instead_of_blocking_and_everything_arrives(
 
 
 async def test_broker_stopped_for_part_of_a_run_every_point_arrives_afterwards(tmp_path: Path):
-    broker = PrivateBroker(tmp_path / "broker")
-    if why := broker.available():
-        pytest.fail(why)
-    broker.format()
-    broker.start()
+    broker = PrivateStack()
     try:
+        broker.up("kafka")
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap, client_id="ta-outage")
         await ensure_topics(settings, None)
         options = ReporterOptions(retry_min_s=0.2, retry_max_s=1.0, send_timeout_s=1.0)
@@ -126,13 +123,13 @@ async def test_broker_stopped_for_part_of_a_run_every_point_arrives_afterwards(t
         for step in range(100):
             report(step=step, loss=1.0)
         assert report.flush(20)
-        broker.stop()
+        broker.down("kafka")
         for step in range(100, 200):  # the broker is down: these go to disk
             report(step=step, loss=2.0)
         assert not report.flush(1)
         # The outage outlasts the send timeout: the points are on disk before the broker is back.
         await wait_for(lambda: report.stats()["spilled"] >= 100, timeout=30, what="spilled")
-        broker.start()
+        broker.up("kafka")
         for step in range(200, 300):
             report(step=step, loss=3.0)
         assert report.flush(60)
@@ -146,7 +143,7 @@ async def test_broker_stopped_for_part_of_a_run_every_point_arrives_afterwards(t
             )
         assert sorted(p.step for p in points.values()) == list(range(300))
     finally:
-        broker.stop()
+        broker.destroy()
 
 
 async def test_tailed_file_reaches_the_topic_once_even_when_the_tailer_restarts(
