@@ -16,7 +16,9 @@ alternated, the median reported:
 - alone (``--replay-processes 0``): ``in_process_events_per_s``;
 - with its replay helpers as the orchestrator starts them by default (one fewer than the CPUs,
   at most 3), timed from before they start: their start-up is part of what a restart pays.
-  Helpers fold shares only of logs of 100,000 events or more. ``replay_events_per_s``.
+  Helpers fold shares only of logs of 100,000 events or more (``--replay-parallel-from``), are
+  started only by such a log, and take a share only once started, so on this log they neither
+  start nor fold. ``replay_events_per_s``.
 
 Baseline in the same run: the same log read one record at a time (``getone``) and decoded into
 models, as a plain consumer would. Also printed: two orchestrator instances of one consumer
