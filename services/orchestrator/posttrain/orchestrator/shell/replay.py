@@ -111,7 +111,10 @@ class ReplayHelpers:
         concurrent.futures.wait(self._started, timeout=timeout_s)
 
     async def started(self, helper: int) -> None:
-        """Wait until helper number ``helper`` (of ``processes``) has started (or could not)."""
+        """Wait until helper number ``helper`` (of ``processes``) has started, or could not.
+
+        Near enough with several: the pool hands each process's first task to whichever process
+        is idle, so the ``helper``-th task done may mean fewer processes up."""
         self.start()
         # Shielded: a replay cancelled meanwhile must not cancel the start itself.
         with contextlib.suppress(Exception):
@@ -247,13 +250,13 @@ async def replay_partitions(
             left = [p for share in theirs for p in share]
             theirs.clear()
             if left:
-                folded, n = await _fold_partitions(
+                folded, folded_count = await _fold_partitions(
                     settings, topic, {p: starts[p] for p in left}, {p: ends[p] for p in left}
                 )
                 states.update(folded)
-                count += n
-            for n, share in enumerate(elsewhere):
-                if n in claimed and (result := await share) is not None:
+                count += folded_count
+            for helper, handed in enumerate(elsewhere):
+                if helper in claimed and (result := await handed) is not None:
                     states.update(result[0])
                     count += result[1]
         finally:
