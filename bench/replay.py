@@ -16,7 +16,9 @@ alternated, the median reported:
 - alone (``--replay-processes 0``): ``in_process_events_per_s``;
 - with its replay helpers as the orchestrator starts them by default (one fewer than the CPUs,
   at most 3), timed from before they start: their start-up is part of what a restart pays.
-  Helpers fold shares only of logs of 100,000 events or more. ``replay_events_per_s``.
+  Helpers fold shares only of logs of 100,000 events or more (``--replay-parallel-from``), are
+  started only by such a log, and take a share only once started, so on this log they neither
+  start nor fold. ``replay_events_per_s``.
 
 Baseline in the same run: the same log read one record at a time (``getone``) and decoded into
 models, as a plain consumer would. Also printed: two orchestrator instances of one consumer
@@ -30,33 +32,30 @@ a pipeline fails the run.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import drop_namespace, fresh_namespace, load
+from bench.orchestrator_log import (
+    Decision,
+    Share,
+    decisions,
+    interleaved,
+    pipeline_log,
+    write_shares,
+)
 from posttrain.events import Envelope, decode, encode
 from posttrain.events.kafka import KafkaSettings
 from posttrain.events.kafka.producer import partition_for
-from posttrain.events.messages import (
-    CheckpointSaved,
-    PipelineSubmitted,
-    PipelineSucceeded,
-    StageDispatched,
-    StageSpec,
-    StageStarted,
-    StageSucceeded,
-)
 from posttrain.events.topics import TOPICS, Topic
 from posttrain.orchestrator.core.state import PipelineState, apply
 from posttrain.orchestrator.shell.replay import (
@@ -64,115 +63,9 @@ from posttrain.orchestrator.shell.replay import (
     ReplayHelpers,
     replay_partitions,
 )
-from posttrain.testing.fleet import TEMPLATE
 
-# The fleet's pipeline (preprocess -> SFT -> GRPO/DPO/PPO -> evaluations -> report), in order.
-STAGES = list(TEMPLATE)
-DEPS = TEMPLATE
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-# Transactional producers writing each partition at once. The orchestrator has one per
-# partition; a transaction takes tens of milliseconds here, so one per partition would need
-# an hour for this log. The log's shape (a transaction, and so a commit marker, per decision)
-# is the same whoever writes it. librdkafka (as the metrics reporter uses), because aiokafka
-# spends about 2 ms of Python per transaction and the writing would be CPU-bound.
+# Transactional producers writing each partition at once (``bench.orchestrator_log``).
 WRITERS = 8
-
-
-def pipeline_log(i: int, checkpoints: int) -> list[Envelope[Any]]:
-    pid = f"pipe-{i:06d}"
-    specs = [
-        StageSpec(
-            name=s,
-            task="train_model",
-            depends_on=DEPS.get(s, []),
-            params={"config": {"algorithm": "sft", "model_path": "tiny"}},
-        )
-        for s in STAGES
-    ]
-    out: list[Envelope[Any]] = []
-    n = 0
-
-    def add(data: Any) -> None:
-        nonlocal n
-        n += 1
-        out.append(
-            Envelope(
-                id=f"{pid}/{n}",
-                occurred_at=T0 + timedelta(seconds=n),
-                key=pid,
-                data=data,
-                correlation_id=pid,
-            )
-        )
-
-    add(
-        PipelineSubmitted(pipeline_id=pid, name="bench", stages=specs, layers=[[s] for s in STAGES])
-    )
-    for stage in STAGES:
-        command = f"{pid}:{stage}:1"
-        ids = dict(
-            pipeline_id=pid,
-            stage=stage,
-            attempt=1,
-            command_id=command,
-            agent_id="gpu-1",
-            job_id=f"{pid}.{stage}",
-        )
-        add(StageDispatched(**ids, task="train_model", params={"config": {"algorithm": "sft"}}))
-        add(StageStarted(**ids, started_at=float(n)))
-        for step in range(checkpoints):
-            add(CheckpointSaved(**ids, step=step * 100, path=f"/ckpt/{command}/{step}"))
-        add(StageSucceeded(**ids, finished_at=float(n), outputs={"checkpoint": f"/c/{command}"}))
-    add(PipelineSucceeded(pipeline_id=pid))
-    return out
-
-
-def decisions(events: list[Envelope[Any]]) -> list[list[Envelope[Any]]]:
-    """A pipeline's events grouped as the orchestrator decides them: a stage's dispatch goes out
-    with the event that made it ready (the submission, or the previous stage's success), and the
-    pipeline's success with its last stage's."""
-    out: list[list[Envelope[Any]]] = []
-    for envelope in events:
-        if out and isinstance(envelope.data, StageDispatched | PipelineSucceeded):
-            out[-1].append(envelope)
-        else:
-            out.append([envelope])
-    return out
-
-
-def _write_share(
-    settings: KafkaSettings, p: int, writer: int, logs: list[list[list[Envelope[Any]]]]
-) -> tuple[int, int]:
-    """One transactional producer's share of partition ``p``: its pipelines interleaved, one
-    transaction per decision."""
-    from confluent_kafka import Producer
-
-    producer = Producer(
-        {
-            **settings.librdkafka_config(),
-            "transactional.id": settings.group(f"orchestrator-p{p}-{writer}"),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 0,  # as the orchestrator's: a decision's events leave at once
-        }
-    )
-    producer.init_transactions(60)
-    topic = settings.topic(Topic.PIPELINE_EVENTS)
-    events = transactions = 0
-    for round_ in itertools.zip_longest(*logs):
-        for decision in round_:
-            if decision is None:
-                continue
-            producer.begin_transaction()
-            for envelope in decision:
-                key, value, headers = encode(envelope)
-                producer.produce(
-                    topic, value=value, key=key, headers=cast(Any, headers), partition=p
-                )
-            producer.commit_transaction(60)
-            events += len(decision)
-            transactions += 1
-    return events, transactions
 
 
 async def write_log(
@@ -187,20 +80,19 @@ async def write_log(
     for i in range(pipelines):
         log = pipeline_log(i, checkpoints)
         per_partition[partition_for(log[0].key.encode(), partitions)].append(decisions(log))
-    shares = [
-        (p, w, logs[w::WRITERS])
+    shares: list[Share] = [
+        (p, w, _encoded(interleaved(logs[w::WRITERS])))
         for p, logs in per_partition.items()
         for w in range(WRITERS)
         if logs[w::WRITERS]
     ]
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
-        written = await asyncio.gather(
-            *(loop.run_in_executor(pool, _write_share, settings, *share) for share in shares)
-        )
-    seconds = time.perf_counter() - started
-    return sum(e for e, _ in written), sum(t for _, t in written), seconds
+    return await write_shares(settings, "orchestrator", shares)
+
+
+def _encoded(decisions_: Iterable[list[Envelope[Any]]]) -> Iterator[Decision]:
+    # Encoded as they are written, in the writer's thread.
+    for decision in decisions_:
+        yield [encode(envelope) for envelope in decision]
 
 
 async def naive_replay(settings: KafkaSettings, limit: int) -> tuple[int, float]:

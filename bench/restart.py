@@ -32,17 +32,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import drop_database, drop_namespace, fresh_database, fresh_namespace, load
-from bench.replay import decisions, pipeline_log
+from bench.orchestrator_log import (
+    Decision,
+    Share,
+    decisions,
+    interleaved,
+    pipeline_log,
+    write_shares,
+)
 from posttrain.events import Envelope, encode
 from posttrain.events.kafka import EventProducer, KafkaSettings
 from posttrain.events.kafka.producer import partition_for
@@ -53,37 +60,17 @@ from posttrain.service.migrate import apply_migrations
 from posttrain.testing import services
 from posttrain.testing.services import ServiceProcess
 
-WRITERS = 4  # transactional producers per partition writing at once
+WRITERS = 4  # transactional producers per partition writing at once (bench.orchestrator_log)
 # How long the run that writes the snapshots and projects the history may take: the read
 # model's first catch-up of 2.6 M events is minutes on a loaded two-core machine.
 SNAPSHOTS_TIMEOUT_S = 1800
+_CHUNK = 500  # pipelines of a writer's share that run at once
 
 
-def _write_share(
-    settings: KafkaSettings,
-    p: int,
-    writer: int,
-    pipelines: list[int],
-    running_from: int,
-    per_transaction: int,
-) -> int:
-    """One transactional producer's share of partition ``p``: its pipelines ``_CHUNK`` at a
-    time (built as they are written: the whole history as models would not fit in memory),
-    interleaved as pipelines that run at once, ``per_transaction`` decisions a transaction."""
-    from confluent_kafka import Producer
-
-    producer = Producer(
-        {
-            **settings.librdkafka_config(),
-            "transactional.id": settings.group(f"bench-restart-p{p}-{writer}"),
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 0,  # as the orchestrator's
-        }
-    )
-    producer.init_transactions(60)
-    topic = settings.topic(Topic.PIPELINE_EVENTS)
-    events = 0
+def _share_decisions(pipelines: list[int], running_from: int) -> Iterator[Decision]:
+    """A writer's pipelines' decisions, encoded, ``_CHUNK`` pipelines at a time (built as they
+    are written: the whole history as models would not fit in memory), interleaved as
+    pipelines that run at once; those from ``running_from`` on have their first stage running."""
     for c in range(0, len(pipelines), _CHUNK):
         logs = []
         for i in pipelines[c : c + _CHUNK]:
@@ -91,48 +78,25 @@ def _write_share(
             if i >= running_from:
                 log = log[:3]  # submitted, first stage dispatched and started: it runs
             logs.append([[encode(e) for e in decision] for decision in decisions(log)])
-        ordered = [d for round_ in _rounds(logs) for d in round_]
-        for t in range(0, len(ordered), per_transaction):
-            producer.begin_transaction()
-            for decision in ordered[t : t + per_transaction]:
-                for key, value, headers in decision:
-                    producer.produce(
-                        topic, value=value, key=key, headers=cast(Any, headers), partition=p
-                    )
-                    events += 1
-            producer.commit_transaction(60)
-    return events
-
-
-_CHUNK = 500  # pipelines of a writer's share that run at once
+        yield from interleaved(logs)
 
 
 async def write_history(
     settings: KafkaSettings, pipelines: int, running: int, per_transaction: int
 ) -> tuple[int, float]:
-    """The ended and the running pipelines' events; returns (events, seconds)."""
+    """The ended and the running pipelines' events, ``per_transaction`` decisions a
+    transaction; returns (events, seconds)."""
     per_partition: dict[int, list[int]] = {p: [] for p in range(PIPELINE_PARTITIONS)}
     for i in range(pipelines + running):
         per_partition[partition_for(f"pipe-{i:06d}".encode(), PIPELINE_PARTITIONS)].append(i)
-    shares = [
-        (p, w, indices[w::WRITERS], pipelines, per_transaction)
+    shares: list[Share] = [
+        (p, w, _share_decisions(indices[w::WRITERS], pipelines))
         for p, indices in per_partition.items()
         for w in range(WRITERS)
         if indices[w::WRITERS]
     ]
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
-        written = await asyncio.gather(
-            *(loop.run_in_executor(pool, _write_share, settings, *share) for share in shares)
-        )
-    return sum(written), time.perf_counter() - started
-
-
-def _rounds(logs: list[list[Any]]) -> list[list[Any]]:
-    """Decisions interleaved: the first of every pipeline, then the second, ..."""
-    longest = max((len(log) for log in logs), default=0)
-    return [[log[i] for log in logs if i < len(log)] for i in range(longest)]
+    events, _, seconds = await write_shares(settings, "bench-restart", shares, per_transaction)
+    return events, seconds
 
 
 def _one_key_per_partition(tag: str) -> list[str]:

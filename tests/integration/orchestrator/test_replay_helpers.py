@@ -3,6 +3,7 @@ broker; a helper that dies costs nothing but time; helpers go when their orchest
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import signal
@@ -151,3 +152,43 @@ def test_states_a_failed_replay_will_never_claim_are_discarded(tmp_path):
     failed: concurrent.futures.Future[tuple[str, int]] = concurrent.futures.Future()
     failed.set_exception(RuntimeError("the helper's share failed"))
     _discard(failed)
+
+
+async def test_helpers_start_with_the_first_replay_that_gives_them_a_share(kafka_settings):
+    written = await _write_copies(kafka_settings, copies=5)
+    alone, _ = await replay_partitions(kafka_settings, PARTITIONS)
+    helpers = ReplayHelpers(1, min_events=written + 1)
+    try:
+        # A log shorter than min_events: folded here, and no helper was started for it.
+        short, count = await replay_partitions(kafka_settings, PARTITIONS, helpers)
+        assert short == alone and count == written
+        assert _helper_pids(os.getpid()) == [] and helpers.shares_folded == 0
+        # Long enough: the helper starts now, and the states are the same however the shares
+        # went (to it if it started in time, else folded here).
+        helpers.min_events = 0
+        again, count = await replay_partitions(kafka_settings, PARTITIONS, helpers)
+        assert again == alone and count == written
+        assert len(_helper_pids(os.getpid())) == 1
+    finally:
+        helpers.close()
+
+
+class _NeverStarting(ReplayHelpers):
+    """Helpers whose start never ends (a machine too busy to run their imports)."""
+
+    async def started(self, helper: int) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_share_no_started_helper_took_is_folded_by_the_orchestrator(kafka_settings):
+    written = await _write_copies(kafka_settings, copies=5)
+    alone, _ = await replay_partitions(kafka_settings, PARTITIONS)
+    helpers = _NeverStarting(1, min_events=0)
+    try:
+        together, count = await asyncio.wait_for(
+            replay_partitions(kafka_settings, PARTITIONS, helpers), timeout=60
+        )
+        assert together == alone and count == written
+        assert helpers.shares_folded == 0  # the orchestrator folded the helper's share itself
+    finally:
+        helpers.close()

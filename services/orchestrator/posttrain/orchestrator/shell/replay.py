@@ -54,16 +54,19 @@ async def log_bounds(
     )
     await asyncio.gather(raw.start(), committed.start())
     try:
-        starts = await committed.beginning_offsets(tps)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while True:
-            high, stable = await asyncio.gather(raw.end_offsets(tps), committed.end_offsets(tps))
-            if all(stable[tp] >= high[tp] for tp in tps):
-                return dict(starts), dict(stable)
+        # The starts with the first ends, not before them: each consumer's first request waits
+        # for the topic's metadata, and both learn it at once (bounds in 20 ms instead of 31).
+        starts, high, stable = await asyncio.gather(
+            committed.beginning_offsets(tps), raw.end_offsets(tps), committed.end_offsets(tps)
+        )
+        while not all(stable[tp] >= high[tp] for tp in tps):
             if loop.time() > deadline:
                 raise TimeoutError(f"transactions still open on {tps} after {timeout_s} s")
             await asyncio.sleep(0.05)
+            high, stable = await asyncio.gather(raw.end_offsets(tps), committed.end_offsets(tps))
+        return dict(starts), dict(stable)
     finally:
         await asyncio.gather(raw.stop(), committed.stop())
 
@@ -78,7 +81,14 @@ class ReplayHelpers:
     """Processes that fold shares of the log while the orchestrator folds its own: a replay is
     CPU-bound Python (reading, decoding and folding about a million events take 4-5 s of one
     core), and a pipeline's events all sit in one partition, so partitions fold apart and their
-    states join. Started, and warmed up (imports), with the orchestrator, not by the replay.
+    states join.
+
+    They start with the first replay that gives them shares, not with the orchestrator: a
+    helper's start (a new interpreter and its imports) is about a second of CPU, taken from the
+    orchestrator's own process wherever CPU is short, and about 100 MB held for ever; with
+    snapshots a restart folds short tails and never needs them. A share goes to a helper only
+    once it has started; whatever no started helper has taken when the orchestrator is done with
+    its own share, it folds itself, so a helper still starting never holds a replay up.
 
     A helper replays exactly the offsets it is given, so the whole replay stops at the end
     offsets taken once, at its start; its states come back packed (``core.packing``). Logs
@@ -89,11 +99,29 @@ class ReplayHelpers:
         self.processes = processes
         self.min_events = min_events
         self.shares_folded = 0  # shares of a replay that helpers folded
-        self._pool, self._started = self._start_pool()
+        self._pool: ProcessPoolExecutor | None = None
+        self._started: list[concurrent.futures.Future[int]] = []
+
+    def start(self) -> None:
+        """Start the helpers, unless they run already; their imports take a second."""
+        if self._pool is None:
+            self._pool, self._started = self._start_pool()
 
     def wait_started(self, timeout_s: float = 60.0) -> None:
-        """Block until every helper has started (imported what it runs)."""
+        """Start the helpers if need be, and block until every one has started (imported what
+        it runs)."""
+        self.start()
         concurrent.futures.wait(self._started, timeout=timeout_s)
+
+    async def started(self, helper: int) -> None:
+        """Wait until helper number ``helper`` (of ``processes``) has started, or could not.
+
+        Near enough with several: the pool hands each process's first task to whichever process
+        is idle, so the ``helper``-th task done may mean fewer processes up."""
+        self.start()
+        # Shielded: a replay cancelled meanwhile must not cancel the start itself.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(asyncio.wrap_future(self._started[helper]))
 
     def _start_pool(self) -> tuple[ProcessPoolExecutor, list[concurrent.futures.Future[int]]]:
         pool = ProcessPoolExecutor(
@@ -102,12 +130,14 @@ class ReplayHelpers:
             initializer=_helper_started,
             initargs=(logging.getLevelName(logging.getLogger().getEffectiveLevel()), os.getpid()),
         )
-        # Start them now, not at the first replay: a helper's imports take a second.
+        # Each starts now (a process is spawned per task submitted while none is idle).
         return pool, [pool.submit(os.getpid) for _ in range(self.processes)]
 
     async def replay(
         self, settings: KafkaSettings, topic: str, starts: dict[int, int], ends: dict[int, int]
     ) -> tuple[States, int]:
+        self.start()
+        assert self._pool is not None
         try:
             share = self._pool.submit(_replay_in_helper, settings, topic, starts, ends, _SPOOL)
             path, count = await asyncio.wrap_future(share)
@@ -125,7 +155,8 @@ class ReplayHelpers:
         return _claim(path), count
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _helper_started(level: str, parent: int) -> None:
@@ -203,32 +234,60 @@ async def replay_partitions(
     shares = [list(ends)]
     if helpers is not None and _events_at_least(sizes) >= helpers.min_events:
         shares = _shares(sizes, 1 + helpers.processes)
+    mine, theirs = shares[0], shares[1:]
     with cyclic_gc_paused(freeze=True):
+        # A helper takes one of ``theirs`` once it has started; those still there when the
+        # orchestrator is done with its own share, it folds itself.
+        claimed: set[int] = set()
         elsewhere = [
             asyncio.ensure_future(
-                helpers.replay(
-                    settings,
-                    topic,
-                    {p: starts[p] for p in share},
-                    {p: ends[p] for p in share},
-                )
+                _share_in_helper(helpers, n, settings, topic, starts, ends, theirs, claimed)
             )
-            for share in shares[1:]
+            for n in range(len(theirs))
             if helpers is not None
         ]
         try:
-            mine = shares[0]
             states, count = await _fold_partitions(
                 settings, topic, {p: starts[p] for p in mine}, {p: ends[p] for p in mine}
             )
-            for done in elsewhere:
-                theirs, their_count = await done
-                states.update(theirs)
-                count += their_count
+            left = [p for share in theirs for p in share]
+            theirs.clear()
+            if left:
+                folded, folded_count = await _fold_partitions(
+                    settings, topic, {p: starts[p] for p in left}, {p: ends[p] for p in left}
+                )
+                states.update(folded)
+                count += folded_count
+            for helper, handed in enumerate(elsewhere):
+                if helper in claimed and (result := await handed) is not None:
+                    states.update(result[0])
+                    count += result[1]
         finally:
             for pending in elsewhere:
-                pending.cancel()
+                pending.cancel()  # helpers still starting: nothing is left for them
     return states, count
+
+
+async def _share_in_helper(
+    helpers: ReplayHelpers,
+    helper: int,
+    settings: KafkaSettings,
+    topic: str,
+    starts: dict[int, int],
+    ends: dict[int, int],
+    unclaimed: list[list[int]],
+    claimed: set[int],
+) -> tuple[States, int] | None:
+    """Once helper number ``helper`` has started, one of the ``unclaimed`` shares folded by the
+    helpers (``helper`` added to ``claimed``); None if the orchestrator took them all."""
+    await helpers.started(helper)
+    if not unclaimed:
+        return None
+    claimed.add(helper)
+    share = unclaimed.pop()
+    return await helpers.replay(
+        settings, topic, {p: starts[p] for p in share}, {p: ends[p] for p in share}
+    )
 
 
 def _events_at_least(sizes: dict[int, int]) -> int:
