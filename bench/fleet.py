@@ -49,6 +49,11 @@ def summary(label: str, report: FleetReport) -> dict[str, float]:
         "dispatch_p50_ms": statistics.median(ms),
         "dispatch_p99_ms": percentile(ms, 0.99),
         "dispatch_max_ms": max(ms),
+        # where the time goes: ready -> RunStage written, written -> received
+        "decide_p50_ms": statistics.median(report.decide_ms or [float("nan")]),
+        "decide_p99_ms": percentile(report.decide_ms or [float("nan")], 0.99),
+        "deliver_p50_ms": statistics.median(report.deliver_ms or [float("nan")]),
+        "deliver_p99_ms": percentile(report.deliver_ms or [float("nan")], 0.99),
     }
     print(
         f"{label}: {report.script.agents} agents in {report.script.processes} processes, "
@@ -76,7 +81,7 @@ async def one(script: FleetScript, orchestrators: int) -> FleetReport:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--pipelines", type=int, default=10_000)
     parser.add_argument("--submit-over", type=float, default=180.0, metavar="SECONDS")
     parser.add_argument("--deadline", type=float, default=420.0, metavar="SECONDS")
