@@ -9,12 +9,6 @@ is exactly what the log says. Snapshots are written in the transactions of the e
 and ended pipelines leave memory with them, to come back when a message is about them. Crashing
 at any point loses nothing and repeats nothing visible: an uncommitted decision is aborted with
 its offsets, and the input is decided again on the rebuilt state.
-
-Deciding and committing overlap: while one poll's transactions commit, the next poll's messages
-are decided on the state that already holds the first poll's decisions, and their transaction
-begins once the first committed (a partition's producer has one transaction at a time). If a
-transaction aborts, the partition is rebuilt from the log and the batch decided after it is
-dropped unsent: its messages are read again from the committed offsets.
 """
 
 from __future__ import annotations
@@ -78,26 +72,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.owner._assign({tp.partition for tp in assigned})
-
-
-@dataclass(slots=True)
-class Batch:
-    """One partition's decisions, made and waiting for their transaction: the messages sent
-    (the outbox), the parked records, the cache entries and the input offsets that commit
-    with them, and whether the partition's snapshot is written with them."""
-
-    p: int
-    outbox: Outbox
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    records: int = 0
-    dead: list[tuple[Any, str, str]] = field(default_factory=list)  # record, reason, detail
-    cache: list[tuple[str, str, CacheEntry]] = field(default_factory=list)
-    snapshot: bool = False
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.outbox.decisions or self.offsets or self.dead or self.cache or self.snapshot
-        )
 
 
 @dataclass(slots=True)
@@ -185,9 +159,6 @@ class Orchestrator:
         self._publish_cache = True
         self._last_tick = 0.0
         self._lock = asyncio.Lock()
-        # The transactions of the last poll's batches, committing while the next poll is
-        # decided: each with its batch (see ``_launch`` and ``_drain``).
-        self._committing: list[tuple[Batch, asyncio.Task[bool]]] = []
         self.stats = OrchestratorStats()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -239,13 +210,9 @@ class Orchestrator:
             while not stop.is_set():
                 await self.step(timeout_ms=int(self.tick_interval_s * 500))
         finally:
-            async with self._lock:
-                await self._drain()
             self.stats.running = False
 
     async def step(self, timeout_ms: int = 500) -> None:
-        """Poll once and decide what came; the decisions' transactions are begun, not awaited:
-        they commit while the next poll is decided (``_drain`` waits for them)."""
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
         self.stats.last_poll_at = time.monotonic()
         async with self._lock:
@@ -257,57 +224,14 @@ class Orchestrator:
                     self._consumer.seek(tp, records[0].offset)
                     continue
                 by_partition.setdefault(tp.partition, []).extend(records)
-            rebuilt: set[int] = set()
-            if any(batch.snapshot for batch, _ in self._committing):
-                # A snapshot is the partition's state as of its transaction: nothing decided
-                # after it may be in the state it encodes.
-                rebuilt = await self._drain()
-            prepared: list[Batch] = []
-            unusable: list[int] = []
-            for p, records in by_partition.items():
-                if p in rebuilt:
-                    continue  # polled past the aborted input: read again from the committed
-                try:
-                    prepared.append(await self._decide_batch(p, records))
-                except Exception as exc:
-                    if not isinstance(exc, SnapshotUnusable):  # that one is logged already
-                        log.exception("deciding on partition %s failed: rebuilding it", p)
-                    unusable.append(p)  # rebuilt from the log once its commits are done
-            now = time.time()
-            ticked = now - self._last_tick >= self.tick_interval_s
-            if ticked:
-                self._last_tick = now
-                prepared = self._tick(now, prepared, skip=frozenset(unusable))
-            prepared = [self._close(b, ticked=ticked) for b in prepared]
-            # Each partition's producer has one transaction at a time, and a batch decided on
-            # the state of one still committing goes out only once that one committed.
-            failed = await self._drain()
-            for p in unusable:
-                if p not in failed:
-                    await self._recover(p)
             # Each partition commits in a transaction of its own producer: the partitions'
-            # round trips to the transaction coordinator overlap instead of adding up.
-            self._launch([b for b in prepared if b.p not in failed and b.p not in unusable])
-
-    def _launch(self, batches: Sequence[Batch]) -> None:
-        self._committing = [
-            (batch, asyncio.create_task(self._commit(batch), name=f"commit-p{batch.p}"))
-            for batch in batches
-            if batch
-        ]
-
-    async def _drain(self) -> set[int]:
-        """Wait for the transactions in flight; rebuild from the log each partition whose
-        transaction aborted (the batches decided since on its state are dropped by the caller:
-        their input is read again from the committed offsets). Returns those partitions."""
-        committing, self._committing = self._committing, []
-        if not committing:
-            return set()
-        results = await asyncio.gather(*(task for _, task in committing))
-        failed = {batch.p for (batch, _), ok in zip(committing, results, strict=True) if not ok}
-        for p in sorted(failed):
-            await self._recover(p)
-        return failed
+            # round trips to the transaction coordinator overlap instead of adding up (a stage
+            # made ready on the last partition waited for every other partition's commit).
+            await asyncio.gather(*(self._process(p, rs) for p, rs in by_partition.items()))
+            now = time.time()
+            if now - self._last_tick >= self.tick_interval_s:
+                self._last_tick = now
+                await self._tick(now)
 
     # --- ownership ----------------------------------------------------------------------------
 
@@ -317,7 +241,6 @@ class Orchestrator:
             await self._assign_locked(partitions)
 
     async def _assign_locked(self, partitions: set[int]) -> None:
-        await self._drain()  # the transactions in flight end before any producer changes
         log.info(
             "orchestrator given partitions %s",
             sorted(partitions),
@@ -456,98 +379,69 @@ class Orchestrator:
 
     # --- deciding -----------------------------------------------------------------------------
 
-    async def _decide_batch(self, p: int, records: list[Any]) -> Batch:
-        """Decide partition ``p``'s polled records on its state (which the decisions change at
-        once: the next record, and the next poll, are decided with them)."""
+    async def _process(self, p: int, records: list[Any]) -> None:
+        producer = self._producers[p]
         states = self.states.setdefault(p, {})
+        dead = 0
         book = self._books.get(p)
-        batch = Batch(p, Outbox(), records=len(records))
-        for record in records:
-            batch.offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
-            try:
-                envelope = decode(record.value, record.headers)
-                pid = envelope.data.pipeline_id
-            except (DecodeError, AttributeError) as exc:
-                reason = exc.reason if isinstance(exc, DecodeError) else "invalid"
-                batch.dead.append((record, reason, str(exc)))  # parked in its transaction
-                continue
-            if book is not None and pid in book.archived and pid not in states:
-                await self._restore(p, pid, states, book)
-            state = states.get(pid) or PipelineState(pid)
-            if not state.stages and envelope.type != "SubmitPipeline":
-                log.info("%s for unknown pipeline %s ignored", envelope.type, pid)
-            decision = decide(state, envelope, self._context(time.time()))
-            if decision:
-                states[pid] = state
-                # Reservations follow each decision at once: the next one in this batch places
-                # stages with them (an abort rebuilds them from the log).
-                self._index(p, state)
-                batch.outbox.add(decision)
-        return batch
-
-    def _close(self, batch: Batch, *, ticked: bool) -> Batch:
-        """Take the cache entries the batch's decisions made, and say whether the partition's
-        snapshot goes with the batch: due by the events appended since the last one, or, in a
-        step that ticked and appends none, due by time or by ended pipelines waiting to leave
-        memory (a quiet partition, or a replay of a log without snapshots)."""
-        batch.cache.extend(self._cache_out.pop(batch.p, []))
-        book = self._books.get(batch.p)
-        if self.snapshots is None or book is None:
-            return batch
-        now = time.monotonic()
-        if batch.outbox.events:
-            book.events_since += len(batch.outbox.events)
-            batch.snapshot = book.due(self.snapshots, now)
-        elif ticked:
-            batch.snapshot = book.idle_due(
-                self.snapshots, now, self.states.get(batch.p, {}).values()
-            )
-        return batch
-
-    async def _commit(self, batch: Batch) -> bool:
-        """The batch's transaction: its events, commands, parked records, cache entries, the
-        snapshot if one is due, and its input offsets, all or none. False if it aborted (the
-        caller rebuilds the partition)."""
-        p = batch.p
-        producer = self._producers.get(p)
-        if producer is None:
-            return True  # the partition left us since (``_assign`` drains first: it cannot)
+        outbox = Outbox()
         try:
             async with producer.client.transaction():
-                if batch.dead:
-                    dlq = DeadLetters.in_transaction(producer, "orchestrator")
-                    for record, reason, detail in batch.dead:
-                        await dlq.park(record, reason, detail)
-                last = await batch.outbox.send(self.settings, producer, p)
-                await self._send_cache_entries(producer, batch.cache)
-                if batch.snapshot:
-                    await self._snapshot(p, producer, last)
-                if batch.offsets:
-                    await producer.client.send_offsets_to_transaction(batch.offsets, self._group)
+                offsets: dict[TopicPartition, int] = {}
+                for record in records:
+                    offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+                    try:
+                        envelope = decode(record.value, record.headers)
+                        pid = envelope.data.pipeline_id
+                    except (DecodeError, AttributeError) as exc:
+                        reason = exc.reason if isinstance(exc, DecodeError) else "invalid"
+                        dlq = DeadLetters.in_transaction(producer, "orchestrator")
+                        await dlq.park(record, reason, str(exc))
+                        dead += 1
+                        continue
+                    if book is not None and pid in book.archived and pid not in states:
+                        await self._restore(p, pid, states, book)
+                    state = states.get(pid) or PipelineState(pid)
+                    if not state.stages and envelope.type != "SubmitPipeline":
+                        log.info("%s for unknown pipeline %s ignored", envelope.type, pid)
+                    decision = decide(state, envelope, self._context(time.time()))
+                    if decision:
+                        states[pid] = state
+                        # Reservations follow each decision at once: the next one in this
+                        # batch places stages with them (an abort rebuilds them from the log).
+                        self._index(p, state)
+                        outbox.add(decision)
+                last = await outbox.send(self.settings, producer, p)
+                await self._send_cache_entries(p, producer)
+                await self._snapshot(p, producer, last, len(outbox.events))
+                await producer.client.send_offsets_to_transaction(offsets, self._group)
         except Exception:
             self.stats.transactions_aborted += 1
             log.exception("transaction on partition %s failed: rebuilding it from the log", p)
-            return False
-        self._appended(p, last)
-        outbox = batch.outbox
-        self.stats.sent(
-            len(outbox.events), outbox.command_types, records=batch.records, dead=len(batch.dead)
-        )
-        return True
+            await self._recover(p)
+        else:
+            self._appended(p, last)
+            self.stats.sent(
+                len(outbox.events), outbox.command_types, records=len(records), dead=dead
+            )
 
-    def _tick(self, now: float, prepared: list[Batch], *, skip: frozenset[int]) -> list[Batch]:
-        """The clock's decisions for every owned partition but ``skip`` (to be rebuilt), added
-        to the batch of that partition decided in this step (one transaction), or in a batch
-        of their own."""
+    async def _tick(self, now: float) -> None:
         silent = frozenset(self._agents.silent(now))
-        by_partition = {batch.p: batch for batch in prepared}
-        for p, states in self.states.items():
-            if p not in self._producers or p in skip:
-                continue
-            batch = by_partition.get(p)
-            if batch is None:
-                batch = by_partition[p] = Batch(p, Outbox())
-            for state in [s for s in states.values() if tick_due(s, now, silent)]:
+        # As with batches: each partition's transaction on its own producer, all at once.
+        await asyncio.gather(*(self._tick_partition(p, now, silent) for p in list(self.states)))
+
+    async def _tick_partition(self, p: int, now: float, silent: frozenset[str]) -> None:
+        states = self.states.get(p)
+        producer = self._producers.get(p)
+        if states is None or producer is None:
+            return
+        due = [s for s in states.values() if tick_due(s, now, silent)]
+        if not due:
+            await self._idle_snapshot(p, producer)
+            return
+        try:
+            outbox = Outbox()
+            for state in due:
                 tick = Envelope(
                     id=f"tick:{state.pipeline_id}:{now:.6f}",
                     occurred_at=datetime.fromtimestamp(now, UTC),
@@ -558,15 +452,28 @@ class Orchestrator:
                 )
                 decision = decide(state, tick, self._context(now))
                 if decision:
-                    batch.outbox.add(decision)
+                    outbox.add(decision)
                     self._index(p, state)
-        return list(by_partition.values())
+            if not outbox.decisions:
+                await self._idle_snapshot(p, producer)
+                return
+            async with producer.client.transaction():
+                last = await outbox.send(self.settings, producer, p)
+                await self._send_cache_entries(p, producer)
+                await self._snapshot(p, producer, last, len(outbox.events))
+        except Exception:
+            self.stats.transactions_aborted += 1
+            log.exception("tick on partition %s failed: rebuilding it from the log", p)
+            await self._recover(p)
+        else:
+            self._appended(p, last)
+            self.stats.sent(len(outbox.events), outbox.command_types)
 
-    async def _send_cache_entries(
-        self, producer: EventProducer, out: Sequence[tuple[str, str, CacheEntry]]
-    ) -> None:
-        """The cache entries the transaction's decisions made, for every instance."""
-        if not out or not self._publish_cache:
+    async def _send_cache_entries(self, p: int, producer: EventProducer) -> None:
+        """The cache entries the transaction's decisions (on partition ``p``) made, for every
+        instance."""
+        out = self._cache_out.pop(p, [])
+        if not self._publish_cache:
             return
         topic = self.settings.topic(Topic.STAGE_CACHE)
         for pid, key, entry in out:
@@ -587,17 +494,36 @@ class Orchestrator:
         if book is not None and last is not None:
             book.events_end = last.end()
 
-    async def _snapshot(self, p: int, producer: EventProducer, last: SentBatch | None) -> None:
-        """In the open transaction: write the partition's snapshot, standing for the end of
-        the events it appended (the last batch of them is ``last``), or for where the log
-        ended before it when it appended none, so that the snapshot and the offset it stands
-        for commit or abort together with them."""
+    async def _snapshot(
+        self, p: int, producer: EventProducer, last: SentBatch | None, events: int
+    ) -> None:
+        """In the open transaction that appended ``events`` events (the last batch of them is
+        ``last``): write the partition's snapshot if one is due, so that it and the offset it
+        stands for commit or abort together with those events."""
+        book = self._books.get(p)
+        if self.snapshots is None or book is None or last is None:
+            return
+        book.events_since += events
+        if book.due(self.snapshots, time.monotonic()):
+            await last.future
+            await self._write_snapshot(p, producer, last.end())
+
+    async def _idle_snapshot(self, p: int, producer: EventProducer) -> None:
+        """Between decisions: a snapshot in a transaction of its own when one is due by time,
+        or when ended pipelines wait to leave memory (a quiet partition, or a replay of a log
+        without snapshots)."""
         book = self._books.get(p)
         if self.snapshots is None or book is None:
             return
-        if last is not None:
-            await last.future
-        await self._write_snapshot(p, producer, book.events_end if last is None else last.end())
+        if not book.idle_due(self.snapshots, time.monotonic(), self.states.get(p, {}).values()):
+            return
+        try:
+            async with producer.client.transaction():
+                await self._write_snapshot(p, producer, book.events_end)
+        except Exception:
+            self.stats.transactions_aborted += 1
+            log.exception("snapshot of partition %s failed: rebuilding it from the log", p)
+            await self._recover(p)
 
     async def _write_snapshot(self, p: int, producer: EventProducer, events_offset: int) -> None:
         archived = await write_snapshot(
