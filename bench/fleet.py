@@ -4,9 +4,13 @@ then two, each on a scratch topic namespace of its own.
 
 Figures per run: decisions per second (events the orchestrators wrote, over the time from the
 first submission to the last pipeline's end), dispatch latency (a stage ready -> its RunStage
-received by an agent: p50, p99), stages dispatched per second; then the two instances'
-throughput over one's. The invariants (every pipeline ended as scripted, each (stage, attempt)
-dispatched once, no RunStage refused for lack of a slot) are checked and printed too.
+received by an agent: p50, p99) and its two legs (``decide``: ready -> RunStage written by the
+orchestrator's producer, its record's create time, which takes in the input's trip to the
+orchestrator, the wait for the batch before it and the decision; ``deliver``: written ->
+received, the transaction's commit and the agent's fetch), stages dispatched per second; then
+the two instances' throughput over one's. The invariants (every pipeline ended as scripted,
+each (stage, attempt) dispatched once, no RunStage refused for lack of a slot) are checked and
+printed too.
 
     python -m bench.fleet [--agents 1000] [--pipelines 10000] [--submit-over 180] [--small]
 
