@@ -4,9 +4,13 @@ then two, each on a scratch topic namespace of its own.
 
 Figures per run: decisions per second (events the orchestrators wrote, over the time from the
 first submission to the last pipeline's end), dispatch latency (a stage ready -> its RunStage
-received by an agent: p50, p99), stages dispatched per second; then the two instances'
-throughput over one's. The invariants (every pipeline ended as scripted, each (stage, attempt)
-dispatched once, no RunStage refused for lack of a slot) are checked and printed too.
+received by an agent: p50, p99) and its two legs (``decide``: ready -> RunStage written by the
+orchestrator's producer, its record's create time, which takes in the input's trip to the
+orchestrator, the wait for the batch before it and the decision; ``deliver``: written ->
+received, the transaction's commit and the agent's fetch), stages dispatched per second; then
+the two instances' throughput over one's. The invariants (every pipeline ended as scripted,
+each (stage, attempt) dispatched once, no RunStage refused for lack of a slot) are checked and
+printed too.
 
     python -m bench.fleet [--agents 1000] [--pipelines 10000] [--submit-over 180] [--small]
 
@@ -49,6 +53,11 @@ def summary(label: str, report: FleetReport) -> dict[str, float]:
         "dispatch_p50_ms": statistics.median(ms),
         "dispatch_p99_ms": percentile(ms, 0.99),
         "dispatch_max_ms": max(ms),
+        # where the time goes: ready -> RunStage written, written -> received
+        "decide_p50_ms": statistics.median(report.decide_ms or [float("nan")]),
+        "decide_p99_ms": percentile(report.decide_ms or [float("nan")], 0.99),
+        "deliver_p50_ms": statistics.median(report.deliver_ms or [float("nan")]),
+        "deliver_p99_ms": percentile(report.deliver_ms or [float("nan")], 0.99),
     }
     print(
         f"{label}: {report.script.agents} agents in {report.script.processes} processes, "
@@ -76,7 +85,7 @@ async def one(script: FleetScript, orchestrators: int) -> FleetReport:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--pipelines", type=int, default=10_000)
     parser.add_argument("--submit-over", type=float, default=180.0, metavar="SECONDS")
     parser.add_argument("--deadline", type=float, default=420.0, metavar="SECONDS")

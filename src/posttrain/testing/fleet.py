@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from posttrain.events import Envelope, decode
 from posttrain.events.codec import HEADER_TYPE
 from posttrain.events.kafka import EventProducer, KafkaSettings
+from posttrain.events.kafka.producer import partition_for
 from posttrain.events.messages import (
     AgentHeartbeat,
     RunStage,
@@ -58,7 +59,7 @@ class FleetScript:
     same script submit the same pipelines and script the same failures and outages."""
 
     agents: int = 1000
-    processes: int = 4
+    processes: int = 3  # two of the six agent command partitions each
     slots: int = 2
     heartbeat_s: float = 1.0
     pipelines: int = 10_000
@@ -73,9 +74,18 @@ class FleetScript:
     def agent_ids(self) -> list[str]:
         return [f"fleet-{i:05d}" for i in range(self.agents)]
 
+    def command_partitions(self, n: int) -> list[int]:
+        """The partitions of the agent commands topic shard ``n`` reads."""
+        return list(range(n, TOPICS[Topic.AGENT_COMMANDS].partitions, self.processes))
+
     def shard(self, n: int) -> list[str]:
-        """The agents shard ``n`` plays."""
-        return self.agent_ids()[n :: self.processes]
+        """The agents shard ``n`` plays: those whose commands land on its partitions. A real
+        agent reads its own partition only; a shard reading every partition for a quarter of
+        the agents fetched and parsed every RunStage of the fleet in each process, work that
+        a fleet of machines does not do and that slowed the agents it was simulating."""
+        mine = set(self.command_partitions(n))
+        partitions = TOPICS[Topic.AGENT_COMMANDS].partitions
+        return [a for a in self.agent_ids() if partition_for(a.encode(), partitions) in mine]
 
     def outage_of(self, index: int) -> tuple[float, float] | None:
         """(down at, back at), in seconds after its shard's first RunStage, for agent
@@ -169,6 +179,7 @@ class _Shard:
     ) -> None:
         self.settings = settings
         self.script = script
+        self.n = n
         mine = set(script.shard(n))
         self.agents = {
             a: _Agent(a, i, [TRAINING] if i % 2 == 0 else [])
@@ -186,15 +197,16 @@ class _Shard:
 
     async def run(self, ready: ProcessEvent) -> None:
         await self.producer.start()
+        # The consumer settings a trainer agent ships with (``trainer_agent.intake``): a
+        # shorter fetch wait here would measure a faster agent than the one users run.
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **self.settings.client_options(),
             enable_auto_commit=False,
             isolation_level="read_committed",
-            fetch_max_wait_ms=20,
         )
         await consumer.start()
         topic = self.settings.topic(Topic.AGENT_COMMANDS)
-        tps = [TopicPartition(topic, p) for p in range(TOPICS[Topic.AGENT_COMMANDS].partitions)]
+        tps = [TopicPartition(topic, p) for p in self.script.command_partitions(self.n)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         await self._beat()
@@ -202,7 +214,7 @@ class _Shard:
         tasks = [asyncio.create_task(self._heartbeats()), asyncio.create_task(self._outages())]
         try:
             while not self.stop.is_set():
-                batches = await consumer.getmany(timeout_ms=100)
+                batches = await consumer.getmany(timeout_ms=200)
                 now = time.time()
                 for records in batches.values():
                     for record in records:
@@ -228,7 +240,10 @@ class _Shard:
             self.started = now
             self.began.set()
         ids = {"pipeline": command.pipeline_id, "stage": command.stage, "attempt": command.attempt}
-        seen = {"agent": agent.agent_id, "received": now, **ids}
+        # ``written``: the record's create time, stamped by the orchestrator's producer as the
+        # decision was handed to it (before its transaction commits).
+        written = record.timestamp / 1000
+        seen = {"agent": agent.agent_id, "received": now, "written": written, **ids}
         if agent.down:
             self.records.append({"kind": "dropped", **seen})
             return
@@ -372,6 +387,11 @@ class FleetReport:
     seconds: float = 0.0  # from the first submission to the last pipeline's end
     records: list[dict[str, Any]] = field(default_factory=list)
     dispatch_ms: list[float] = field(default_factory=list)
+    # The same latencies in two legs: ready -> RunStage written by the orchestrator (the input
+    # reaching it, waiting for its batch, the decision), and written -> received (the
+    # transaction's commit, the agent's fetch).
+    decide_ms: list[float] = field(default_factory=list)
+    deliver_ms: list[float] = field(default_factory=list)
 
     @property
     def refused(self) -> list[dict[str, Any]]:
@@ -496,23 +516,25 @@ def _owned(log: Path) -> list[int] | None:
     return last
 
 
-def dispatch_latencies(
-    script: FleetScript, records: Sequence[dict[str, Any]], submitted: dict[str, float]
-) -> list[float]:
-    """Milliseconds from a stage being ready (its pipeline submitted, or its last dependency's
-    success sent by its agent) to an agent receiving its first RunStage, for every stage whose
-    first attempt ran on a live agent."""
+def dispatch_legs(
+    records: Sequence[dict[str, Any]], submitted: dict[str, float]
+) -> list[tuple[float, float, float]]:
+    """(ready, written, received), in milliseconds, for every stage whose first attempt ran on
+    a live agent: when it became ready (its pipeline submitted, or its last dependency's
+    success sent by its agent), when the orchestrator wrote its first RunStage, and when an
+    agent received that."""
     finished: dict[tuple[str, str], float] = {}
-    first: dict[tuple[str, str], float] = {}
+    first: dict[tuple[str, str], tuple[float, float]] = {}
     for r in records:
         if r["kind"] == "run" and r.get("outcome") == "succeeded":
             finished[(r["pipeline"], r["stage"])] = r["finished"]
     for r in records:
         if r["kind"] in ("run", "rejected", "dropped") and r["attempt"] == 1:
             key = (r["pipeline"], r["stage"])
-            first[key] = min(first.get(key, r["received"]), r["received"])
+            seen = (r["received"], r.get("written", r["received"]))
+            first[key] = min(first.get(key, seen), seen)
     out = []
-    for (pid, stage), received in first.items():
+    for (pid, stage), (received, written) in first.items():
         deps = TEMPLATE[stage]
         if not deps:
             ready = submitted.get(pid)
@@ -521,7 +543,7 @@ def dispatch_latencies(
         else:
             ready = None  # a dependency never succeeded on a live agent's record
         if ready is not None:
-            out.append((received - ready) * 1000)
+            out.append((ready * 1000, written * 1000, received * 1000))
     return out
 
 
@@ -549,6 +571,11 @@ async def run_fleet(
 ) -> FleetReport:
     """Run the script against ``orchestrators`` orchestrator processes (static members
     ``fleet-0``, ``fleet-1``, ...) on ``settings``' namespace; their logs go to ``workdir``."""
+    if not 0 < script.processes <= TOPICS[Topic.AGENT_COMMANDS].partitions:
+        raise ValueError(
+            f"processes: {script.processes} shards for "
+            f"{TOPICS[Topic.AGENT_COMMANDS].partitions} agent command partitions"
+        )
     _make_dir(workdir)
     run = f"r{zlib.crc32(str(workdir).encode()):08x}"
     report = FleetReport(script, orchestrators)
@@ -629,5 +656,8 @@ async def run_fleet(
         follow_stop.set()
         await asyncio.gather(follower, return_exceptions=True)
     report.records = _shard_records(workdir, script.processes)
-    report.dispatch_ms = dispatch_latencies(script, report.records, sent)
+    legs = dispatch_legs(report.records, sent)
+    report.dispatch_ms = [received - ready for ready, _, received in legs]
+    report.decide_ms = [written - ready for ready, written, _ in legs]
+    report.deliver_ms = [received - written for _, written, received in legs]
     return report
