@@ -81,6 +81,9 @@ DATABASE_UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
 )
+# A transaction PostgreSQL rolled back to break a conflict with another writer (a deadlock, a
+# serialization failure): nothing of it was written, and the same batch is written again.
+WRITE_CONFLICT = asyncpg.TransactionRollbackError
 WRITE_RETRY_FIRST_S = 0.2
 WRITE_RETRY_MAX_S = 2.0
 MIGRATIONS_OWNER = "orchestrator"  # its entry point in posttrain.migrations
@@ -540,7 +543,8 @@ class Projection:
             return list(await conn.fetch(query, *args))
 
     async def _until_available(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``attempt()``, again after each connection failure until the database is back.
+        """``attempt()``, again after each connection failure until the database is back, and
+        after each transaction the server rolled back to break a conflict.
 
         The read model is not the orchestrator's source of truth: a database that restarts must
         not end the process that runs the pipelines (it did: the write's ConnectionRefusedError
@@ -552,8 +556,10 @@ class Projection:
                 return await attempt()
             except DATABASE_UNAVAILABLE as exc:
                 log.warning("projection: the database is unavailable (%r); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, WRITE_RETRY_MAX_S)
+            except WRITE_CONFLICT as exc:
+                log.warning("projection: the write was rolled back (%r); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
     async def _rows(
         self,

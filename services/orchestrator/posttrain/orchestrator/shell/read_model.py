@@ -168,6 +168,10 @@ async def _write_history(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) 
         await conn.execute(_MERGE_HISTORY)
 
 
+def _agent_id(row: tuple[Any, ...]) -> str:
+    return str(row[0])
+
+
 async def write_batch(conn: asyncpg.Connection, batch: RowBatch) -> None:
     """Write ``batch`` in one transaction (see the module's doc)."""
     async with conn.transaction():
@@ -182,7 +186,9 @@ async def write_batch(conn: asyncpg.Connection, batch: RowBatch) -> None:
         if batch.history:
             await _write_history(conn, batch.history)
         if batch.agents:
-            await conn.executemany(_UPSERT_AGENT, batch.agents)
+            # Every instance projects every agent: rows locked in one order (by id) by all,
+            # or two instances' batches wait on each other ("deadlock detected").
+            await conn.executemany(_UPSERT_AGENT, sorted(batch.agents, key=_agent_id))
         if batch.offsets:
             await conn.executemany(_SAVE_OFFSET, batch.offsets)
         if batch.pipelines:
