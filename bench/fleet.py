@@ -1,6 +1,8 @@
 """The orchestrator at fleet scale (``posttrain.testing.fleet``): scripted agents in a few
 processes, pipelines of eight stages submitted at a steady rate, against one orchestrator and
-then two, each on a scratch topic namespace of its own.
+then two, each on a scratch topic namespace and database of its own. The orchestrators run as
+shipped: the command's own defaults (not the test helper's quick ticks and short session) and
+their read model projected into PostgreSQL.
 
 Figures per run: decisions per second (events the orchestrators wrote, over the time from the
 first submission to the last pipeline's end), dispatch latency (a stage ready -> its RunStage
@@ -19,14 +21,25 @@ The last line is ``fleet_dispatch_p99_ms: X`` (one instance's; goal: at most 200
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import inspect
+import shutil
 import statistics
 import tempfile
-from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
-from bench.common import drop_namespace, fresh_namespace, load, percentile
+import typer
+
+from bench.common import (
+    drop_database,
+    drop_namespace,
+    fresh_database,
+    fresh_namespace,
+    load,
+    percentile,
+)
+from posttrain.orchestrator.shell import main as orchestrator_command
 from posttrain.testing.fleet import FleetReport, FleetScript, run_fleet
 
 SMALL = FleetScript(
@@ -73,39 +86,40 @@ def summary(label: str, report: FleetReport) -> dict[str, float]:
     return figures
 
 
+def shipped_orchestrator_args() -> list[str]:
+    """The orchestrator command's own defaults for what the test helper sets otherwise (quick
+    ticks and silence, a short session, no replay helpers): the bench runs what users run."""
+    defaults = inspect.signature(orchestrator_command.run).parameters
+    names = ("tick_interval", "silence_intervals", "session_timeout_ms", "replay_processes")
+    return [
+        arg
+        for name in names
+        for arg in (f"--{name.replace('_', '-')}", str(defaults[name].default))
+    ]
+
+
 async def one(script: FleetScript, orchestrators: int) -> FleetReport:
     settings = await fresh_namespace(f"fleet{orchestrators}")
+    database = await fresh_database(f"fleet{orchestrators}")
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-fleet-{orchestrators}-"))
     try:
-        return await run_fleet(settings, script, workdir, orchestrators=orchestrators)
+        return await run_fleet(
+            settings,
+            script,
+            workdir,
+            orchestrators=orchestrators,
+            orchestrator_args=shipped_orchestrator_args(),
+            database_url=database,  # the read model projected, as a deployment's is
+        )
     finally:
         await drop_namespace(settings)
+        await drop_database(database)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--pipelines", type=int, default=10_000)
-    parser.add_argument("--submit-over", type=float, default=180.0, metavar="SECONDS")
-    parser.add_argument("--deadline", type=float, default=420.0, metavar="SECONDS")
-    parser.add_argument("--small", action="store_true", help="the integration test's size")
-    parser.add_argument("--instances", default="1,2", help="orchestrator counts to run")
-    args = parser.parse_args()
-    script = (
-        SMALL
-        if args.small
-        else FleetScript(
-            agents=args.agents,
-            processes=args.processes,
-            pipelines=args.pipelines,
-            submit_over_s=args.submit_over,
-            deadline_s=args.deadline,
-        )
-    )
-    script = replace(script, deadline_s=args.deadline if not args.small else script.deadline_s)
+async def run(script: FleetScript, instances: list[int]) -> None:
     results = {}
-    for n in [int(x) for x in args.instances.split(",")]:
+    for n in instances:
         results[n] = summary(f"instances_{n}", await one(script, n))
     if 1 in results and 2 in results:
         print(
@@ -116,5 +130,31 @@ async def main() -> None:
     print(f"fleet_dispatch_p99_ms: {first['dispatch_p99_ms']:.1f}")
 
 
+def main(
+    agents: Annotated[int, typer.Option(help="scripted agents")] = 1000,
+    processes: Annotated[int, typer.Option(help="simulator processes the agents run in")] = 3,
+    pipelines: Annotated[int, typer.Option(help="pipelines of eight stages")] = 10_000,
+    submit_over: Annotated[float, typer.Option(help="seconds the submissions span")] = 180.0,
+    deadline: Annotated[float, typer.Option(help="seconds a run may take in all")] = 420.0,
+    small: Annotated[bool, typer.Option(help="the integration test's size")] = False,
+    instances: Annotated[str, typer.Option(help="orchestrator counts to run")] = "1,2",
+) -> None:
+    """Dispatch latency and decisions per second at fleet scale, one and two orchestrators."""
+    script = (
+        SMALL
+        if small
+        else FleetScript(
+            agents=agents,
+            processes=processes,
+            pipelines=pipelines,
+            submit_over_s=submit_over,
+            deadline_s=deadline,
+        )
+    )
+    asyncio.run(run(script, [int(x) for x in instances.split(",")]))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(main)
+    app()

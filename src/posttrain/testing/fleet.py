@@ -568,9 +568,12 @@ async def run_fleet(
     *,
     orchestrators: int = 1,
     orchestrator_args: Sequence[str] = (),
+    database_url: str | None = None,
 ) -> FleetReport:
     """Run the script against ``orchestrators`` orchestrator processes (static members
-    ``fleet-0``, ``fleet-1``, ...) on ``settings``' namespace; their logs go to ``workdir``."""
+    ``fleet-0``, ``fleet-1``, ...) on ``settings``' namespace; their logs go to ``workdir``.
+    ``orchestrator_args`` come last (they win); with ``database_url`` the orchestrators project
+    their read model into that database, as a deployment's do."""
     if not 0 < script.processes <= TOPICS[Topic.AGENT_COMMANDS].partitions:
         raise ValueError(
             f"processes: {script.processes} shards for "
@@ -623,6 +626,7 @@ async def run_fleet(
                     "--session-timeout-ms",
                     "10000",
                     *orchestrator_args,
+                    database_url=database_url,
                 )
             )
         partitions = TOPICS[Topic.PIPELINE_EVENTS].partitions
