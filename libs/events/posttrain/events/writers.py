@@ -161,8 +161,9 @@ _NO_EPOCH = frozenset({float, type(None)})
 # A step as the reporter queues it: step, epoch, timestamp, the names logged and their values
 # (in the same order). Names and values as two tuples, not a dict: a tuple holding a dict stays
 # tracked by the cyclic garbage collector for as long as it lives, and the reporter's queue
-# holds a few thousand steps at any time in the training process; tuples of plain values are
-# untracked at the first collection, so the queue costs that process's collections nothing.
+# holds thousands of steps at any time in the training process; tuples of plain values are
+# untracked by the young collections, before they could fill the old generation (whose full
+# collections the training thread would pay for).
 LoggedStep = tuple[Any, Any, Any, tuple[str, ...], tuple[Any, ...]]
 
 
