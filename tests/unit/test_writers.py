@@ -14,6 +14,7 @@ from posttrain.events.aliases import ALIASES, canonical_fields
 from posttrain.events.messages import CORE_FIELDS, MetricPoint, MetricsReported
 from posttrain.events.views import ViewDecoder, as_model
 from posttrain.events.writers import (
+    logged_step,
     metrics_reported,
     point_document,
     step_document,
@@ -197,7 +198,7 @@ def test_a_run_of_steps_is_written_as_each_step_is_or_left_to_be_written_one_by_
 ) -> None:
     """``step_points`` writes the array of what ``step_document`` writes for each step, and
     takes every run whose steps ``step_document`` takes (an int step within 64 bits)."""
-    fast = step_points(steps)
+    fast = step_points([logged_step(*step) for step in steps])
     each = [step_document(*step) for step in steps]
     if all(d is not None for d in each) and all(-(2**63) <= s[0] < 2**63 for s in steps):
         assert fast is not None
@@ -212,7 +213,7 @@ def test_a_run_written_whole_is_read_back_as_the_models_write_it() -> None:
         (1, 0.5, 1001.0, {"loss": 0.25, "lr": 1e-5, "my metric %d": 2.0}),
         (2, 1.0, 1002.0, {"eval/loss": 0.75}),  # other names: another template
     ]
-    points = step_points(steps)
+    points = step_points([logged_step(*step) for step in steps])
     assert points is not None
     record = metrics_reported("job-1", "src", 5, points)
     assert record is not None
@@ -221,5 +222,5 @@ def test_a_run_written_whole_is_read_back_as_the_models_write_it() -> None:
     assert read.points[1].loss == 0.25 and read.points[1].epoch == 0.5
     assert read.points[0].learning_rate == 1e-5 and read.points[0].custom == {"my metric %d": 3.0}
     assert read.points[2].eval_loss == 0.75 and read.points[2].custom == {}
-    assert step_points([(0, None, 1.0, {"loss": math.nan})]) is None
-    assert step_points([(0, None, 1.0, {"custom": {"a": 1.0}})]) is None
+    assert step_points([logged_step(0, None, 1.0, {"loss": math.nan})]) is None
+    assert step_points([logged_step(0, None, 1.0, {"custom": {"a": 1.0}})]) is None

@@ -42,10 +42,12 @@ def encode(envelope: Envelope[Any]) -> tuple[bytes, bytes, KafkaHeaders]:
     """The Kafka key, value and headers of an envelope."""
     data = envelope.data
     # pydantic writes the payload itself: it keeps NaN/inf as "NaN"/"Infinity" strings, where
-    # orjson would silently write null (and a NaN loss must never become a missing loss).
+    # orjson would silently write null (and a NaN loss must never become a missing loss). Its
+    # serializer's bytes as they are: ``model_dump_json`` would decode them to a str that is
+    # encoded straight back.
     return encode_written(
         type(data),
-        data.model_dump_json().encode(),
+        data.__pydantic_serializer__.to_json(data),
         key=envelope.key,
         id=envelope.id,
         occurred_at=envelope.occurred_at,
@@ -138,7 +140,9 @@ def decode(
     try:
         if version < cls.VERSION:
             data = upcast(type_name, data, version, cls.VERSION, upcasters)
-        message = cls.model_validate(data)
+        # ``model_validate`` without its Python-level wrapper: a third of a small message's
+        # validation, on every message every consumer reads.
+        message = cls.__pydantic_validator__.validate_python(data)
     except MissingUpcaster as exc:
         raise DecodeError("invalid", str(exc)) from None
     except ValidationError as exc:
@@ -160,14 +164,17 @@ def decode(
         if has_extra_headers(headers)
         else None
     )
-    return Envelope(
-        id=envelope_id,
-        occurred_at=occurred_at,
-        key=key,
-        data=message,
-        correlation_id=doc.get("correlation_id"),
-        causation_id=doc.get("causation_id"),
-        headers=MappingProxyType(extra) if extra else NO_HEADERS,
+    # Positionally, in the fields' order, without the generated ``__new__`` (half the cost).
+    return Envelope._make(
+        (
+            envelope_id,
+            occurred_at,
+            key,
+            message,
+            doc.get("correlation_id"),
+            doc.get("causation_id"),
+            MappingProxyType(extra) if extra else NO_HEADERS,
+        )
     )
 
 

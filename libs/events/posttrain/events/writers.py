@@ -88,15 +88,18 @@ class _Layout(NamedTuple):
     canonical_values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
     custom: tuple[str, ...]  # the names kept under custom, in ``custom_values``'s order
     custom_values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
-    values: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # the canonical, then the custom
+    # The canonical, then the custom, from the values logged in the names' order (a logged
+    # step's ``values``, ``step_points``).
+    values: Callable[[Sequence[Any]], tuple[Any, ...]]
     # A point's JSON object with a ``%b`` for the text of each of step, epoch, timestamp and
     # ``values``, in that order (``step_points``).
     template: bytes
 
 
-def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    """The values of ``names`` in a mapping, as a tuple, in one C call where there are two or
-    more (``itemgetter`` of one name returns the value itself, of none is no getter)."""
+def _picker(names: tuple[Any, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of ``names`` (keys of a mapping, or positions in a sequence), as a tuple, in
+    one C call where there are two or more (``itemgetter`` of one key returns the value itself,
+    of none is no getter)."""
     if len(names) > 1:
         return operator.itemgetter(*names)
     if names:
@@ -143,7 +146,7 @@ def _layout(names: tuple[str, ...]) -> _Layout | None:
                 _picker(canonical),
                 plan.custom,
                 _picker(plan.custom),
-                _picker((*canonical, *plan.custom)),
+                _picker(tuple(map(names.index, (*canonical, *plan.custom)))),
                 template,
             )
     if len(_LAYOUTS) >= _MAX_LAYOUTS:
@@ -155,10 +158,24 @@ def _layout(names: tuple[str, ...]) -> _Layout | None:
 _NO_EPOCH = frozenset({float, type(None)})
 
 
-def step_points(steps: Sequence[tuple[Any, Any, Any, Mapping[str, Any]]]) -> orjson.Fragment | None:
-    """The JSON array of the points of ``steps`` (step, epoch, timestamp, logged names), each
-    written as ``step_document`` writes it, for steps all of that kind (an int step, float times
-    or no epoch, every value a finite float); None when one is not (write them one by one).
+# A step as the reporter queues it: step, epoch, timestamp, the names logged and their values
+# (in the same order). Names and values as two tuples, not a dict: a tuple holding a dict stays
+# tracked by the cyclic garbage collector for as long as it lives, and the reporter's queue
+# holds thousands of steps at any time in the training process; tuples of plain values are
+# untracked by the young collections, before they could fill the old generation (whose full
+# collections the training thread would pay for).
+LoggedStep = tuple[Any, Any, Any, tuple[str, ...], tuple[Any, ...]]
+
+
+def logged_step(step: Any, epoch: Any, timestamp: Any, fields: Mapping[str, Any]) -> LoggedStep:
+    """A step's values as ``step_points`` takes them."""
+    return (step, epoch, timestamp, tuple(fields), tuple(fields.values()))
+
+
+def step_points(steps: Sequence[LoggedStep]) -> orjson.Fragment | None:
+    """The JSON array of the points of ``steps`` (``logged_step``'s), each written as
+    ``step_document`` writes it, for steps all of that kind (an int step, float times or no
+    epoch, every value a finite float); None when one is not (write them one by one).
 
     The reporter writes every step a training loop logs, on a thread that shares the
     interpreter lock with that loop: here a step costs a tuple of its values and no dict. Per
@@ -170,15 +187,15 @@ def step_points(steps: Sequence[tuple[Any, Any, Any, Mapping[str, Any]]]) -> orj
     names: tuple[str, ...] | None = None
     pick = _picker(())
     rows: list[tuple[Any, ...]] = []
-    for step, epoch, timestamp, fields in steps:
-        if names is None or len(fields) != len(names) or tuple(fields) != names:
-            names = tuple(fields)
+    for step, epoch, timestamp, logged, values in steps:
+        if logged is not names and logged != names:
+            names = logged
             layout = _layout(names)
             if layout is None:
                 return None
             pick, rows = layout.values, []
             runs.append((layout, rows))
-        rows.append((step, epoch, timestamp, *pick(fields)))
+        rows.append((step, epoch, timestamp, *pick(values)))
     texts: list[bytes] = []
     for run_layout, run_rows in runs:
         text = _run_text(run_layout, run_rows)

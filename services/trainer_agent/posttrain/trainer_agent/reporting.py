@@ -44,6 +44,7 @@ from posttrain.events.messages import MetricPoint, MetricsReported
 from posttrain.events.messages.metrics import reporter_source
 from posttrain.events.topics import Topic
 from posttrain.events.writers import (
+    LoggedStep,
     metrics_reported,
     point_document,
     step_document,
@@ -95,10 +96,18 @@ def new_source() -> str:
     return reporter_source()
 
 
-# One item of the queue: (source, seq, payload); the payload is a ready point (tailer) or the raw
-# (step, epoch, timestamp, fields) that the sender thread maps, keeping the mapping off the step.
-_Raw = tuple[int, float | None, float, dict[str, Any]]
-_Item = tuple[str, int, "MetricPoint | _Raw"]
+# One item of the queue: (source, seq, point) for a ready point (the tailer's), or (source, seq,
+# *step) for a step as logged (``writers.LoggedStep``: step, epoch, timestamp, names, values),
+# which the sender thread maps, keeping the mapping off the training step.
+#
+# Flat, and no dict in it: the queue holds thousands of items in the training process, and the
+# cyclic garbage collector untracks a tuple only once everything in it is untracked, a nesting
+# level per collection (a tuple holding a dict, never). Nested as (source, seq, (step, ...,
+# fields)), every item reached the oldest generation still tracked, and collections took about
+# half of the training thread's CPU per call (2.7 of 5.4 us with the collector on vs off,
+# bench.ingest's reporters at 48,000 points/s); flat, they are untracked before they get there
+# (about 1.5 us left, the collections of the sender's own short-lived objects).
+_Item = tuple[Any, ...]
 
 
 class MetricsReporter:
@@ -276,8 +285,8 @@ class MetricsReporter:
         is counted as dropped and logged, loudly."""
         batch = _Batch([], [])
         for run in _runs(items, self.options.max_points_per_message):
-            payloads = list(map(_PAYLOAD, run))
-            points = step_points(payloads) if _TUPLE_ONLY.issuperset(map(type, payloads)) else None
+            logged = _READY_POINT not in map(len, run)
+            points = step_points([item[2:] for item in run]) if logged else None
             if points is None:
                 self._encode_each(batch, run)
                 continue
@@ -291,7 +300,7 @@ class MetricsReporter:
         documents: list[Any] = []
         for item in items:
             try:
-                document = _document(item[2])
+                document = _document(_payload(item))
             except Exception as exc:
                 self._drop(item, exc)
                 continue
@@ -342,12 +351,12 @@ class MetricsReporter:
         return items
 
     def _as_spilled(self, item: _Item) -> SpilledPoint:
-        source, seq, payload = item
+        source, seq, payload = item[0], item[1], _payload(item)
         if isinstance(payload, MetricPoint):
             point = payload
         else:
-            step, epoch, timestamp, fields = payload
-            point = to_point(step, epoch, timestamp, fields)
+            step, epoch, timestamp, names, values = payload
+            point = to_point(step, epoch, timestamp, dict(zip(names, values, strict=True)))
         routing = self.routing
         return SpilledPoint(
             routing.job_id, source, seq, point, routing.pipeline_id, routing.stage, routing.attempt
@@ -525,8 +534,15 @@ def _records(points: Iterable[SpilledPoint], max_points: int) -> list[Record]:
     ]
 
 
-_SOURCE, _SEQ, _PAYLOAD = (operator.itemgetter(i) for i in range(3))
-_TUPLE_ONLY = frozenset({tuple})
+_SOURCE, _SEQ = operator.itemgetter(0), operator.itemgetter(1)
+
+
+_READY_POINT = 3  # the length of an item holding a ready point
+
+
+def _payload(item: _Item) -> MetricPoint | LoggedStep:
+    """A queued item's point, or its step as logged."""
+    return item[2] if len(item) == _READY_POINT else item[2:]
 
 
 def _runs(items: Sequence[_Item], limit: int) -> Iterable[list[_Item]]:
@@ -554,11 +570,12 @@ def _split_runs(items: Sequence[_Item]) -> Iterable[list[_Item]]:
         yield run
 
 
-def _document(payload: MetricPoint | _Raw) -> Any:
+def _document(payload: MetricPoint | LoggedStep) -> Any:
     """What the fast writer puts in a message for one queued payload."""
     if isinstance(payload, MetricPoint):  # a ready point (the tailer's): as its model writes it
         return orjson.Fragment(payload.model_dump_json())
-    step, epoch, timestamp, fields = payload
+    step, epoch, timestamp, names, values = payload
+    fields = dict(zip(names, values, strict=True))
     document = step_document(step, epoch, timestamp, fields)
     if document is not None:  # the usual step: plain, finite floats
         return document
@@ -585,7 +602,18 @@ class TrainingCallback(MetricsReporter):
 
         Known names become canonical fields; the rest is kept under ``custom``. Never blocks
         the caller; NaN values are kept as NaN."""
-        self._enqueue((self.source, next(self._seq), (step, epoch, time.time(), fields)))
+        # ``writers.logged_step`` inline, flat in the item (``_Item``): a call less per step.
+        self._enqueue(
+            (
+                self.source,
+                next(self._seq),
+                step,
+                epoch,
+                time.time(),
+                tuple(fields),
+                tuple(fields.values()),
+            )
+        )
 
     def __init__(self, job_id: str, **kwargs: Any) -> None:
         self._seq = itertools.count(0)

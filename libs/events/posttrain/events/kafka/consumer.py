@@ -82,18 +82,18 @@ class EventConsumer(ClientLifecycle):
         batches = await self._client.getmany(timeout_ms=timeout_ms, max_records=max_records)
         out: list[Received] = []
         append = out.append
-        for records in batches.values():
+        # Per message, only what differs: the partition's names once per batch, and the tuple
+        # made without NamedTuple's generated ``__new__``.
+        make = Received._make
+        for tp, records in batches.items():
+            topic, partition = tp.topic, tp.partition
             for record in records:
                 try:
                     envelope = decode(record.value, record.headers)
                 except DecodeError as exc:
                     await self._dead_letter(record, exc)
                     continue
-                append(
-                    Received(
-                        envelope, record.topic, record.partition, record.offset, record.timestamp
-                    )
-                )
+                append(make((envelope, topic, partition, record.offset, record.timestamp)))
         return out
 
     async def _dead_letter(self, record: Any, exc: DecodeError) -> None:
