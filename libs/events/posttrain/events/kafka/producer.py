@@ -127,10 +127,13 @@ class EventProducer(ClientLifecycle):
             if group is None:
                 group = by_partition[partition] = []
             group.append(record)
-        groups = await asyncio.gather(
-            *(self._send_partition(name, p, records) for p, records in by_partition.items())
-        )
-        return [batch for group in groups for batch in group]
+        # One partition after another, not gathered as tasks: handing a batch over does not
+        # wait for the broker, and without a task switch between partitions a transaction adds
+        # all of them in one AddPartitionsToTxn before any of its records leave.
+        sent: list[SentBatch] = []
+        for p, records in by_partition.items():
+            sent.extend(await self._send_partition(name, p, records))
+        return sent
 
     async def _send_partition(
         self, name: str, partition: int, records: list[Encoded]

@@ -96,16 +96,17 @@ class Outbox:
 
     async def send(
         self, settings: KafkaSettings, producer: EventProducer, p: int
-    ) -> SentBatch | None:
-        """Send everything in the producer's open transaction; returns the last batch of
-        events (its end is where the log now ends), or None if there were none."""
+    ) -> tuple[SentBatch | None, list[SentBatch]]:
+        """Hand everything to the producer's open transaction: the last batch of events (its
+        end is where the log now ends; None if there were none) and every batch handed over."""
         # Co-partitioned: the pipelines' events go to the partition their input came from;
-        # commands to their key's partition, in the order decided.
-        sent = await asyncio.gather(
-            producer.send_batches(Topic.PIPELINE_EVENTS, self.events, partition=p),
-            *(producer.send_batches(t, records) for t, records in self.commands.items()),
-        )
-        return sent[0][-1] if sent[0] else None
+        # commands to their key's partition, in the order decided. In sequence, not gathered:
+        # see ``EventProducer.send_batches``.
+        events = await producer.send_batches(Topic.PIPELINE_EVENTS, self.events, partition=p)
+        sent = list(events)
+        for topic, records in self.commands.items():
+            sent.extend(await producer.send_batches(topic, records))
+        return (events[-1] if events else None), sent
 
 
 class Orchestrator:
@@ -411,9 +412,7 @@ class Orchestrator:
                         # batch places stages with them (an abort rebuilds them from the log).
                         self._index(p, state)
                         outbox.add(decision)
-                last = await outbox.send(self.settings, producer, p)
-                await self._send_cache_entries(p, producer)
-                await self._snapshot(p, producer, last, len(outbox.events))
+                last = await self._append(p, producer, outbox)
                 await producer.client.send_offsets_to_transaction(offsets, self._group)
         except Exception:
             self.stats.transactions_aborted += 1
@@ -458,9 +457,7 @@ class Orchestrator:
                 await self._idle_snapshot(p, producer)
                 return
             async with producer.client.transaction():
-                last = await outbox.send(self.settings, producer, p)
-                await self._send_cache_entries(p, producer)
-                await self._snapshot(p, producer, last, len(outbox.events))
+                last = await self._append(p, producer, outbox)
         except Exception:
             self.stats.transactions_aborted += 1
             log.exception("tick on partition %s failed: rebuilding it from the log", p)
@@ -469,12 +466,33 @@ class Orchestrator:
             self._appended(p, last)
             self.stats.sent(len(outbox.events), outbox.command_types)
 
-    async def _send_cache_entries(self, p: int, producer: EventProducer) -> None:
+    async def _append(self, p: int, producer: EventProducer, outbox: Outbox) -> SentBatch | None:
+        """In the producer's open transaction on partition ``p``: the outbox's events and
+        commands, the cache entries its decisions made and a snapshot if one is due; returns
+        the last batch of events (None if there were none).
+
+        Every record is acknowledged before anything else joins the transaction (the snapshot's
+        partition, the consumer's offsets). The broker checks each transactional write with the
+        transaction coordinator, and a write it checks while the coordinator is adding to the
+        transaction is refused as retriable; the client then waits its retry backoff, which was
+        the largest share of the time from a stage's report to the next RunStage at a thousand
+        agents."""
+        last, sent = await outbox.send(self.settings, producer, p)
+        acks = [batch.future for batch in sent]
+        acks += await self._send_cache_entries(p, producer)
+        await asyncio.gather(*acks)
+        await self._snapshot(p, producer, last, len(outbox.events))
+        return last
+
+    async def _send_cache_entries(
+        self, p: int, producer: EventProducer
+    ) -> list[asyncio.Future[Any]]:
         """The cache entries the transaction's decisions (on partition ``p``) made, for every
-        instance."""
+        instance; the futures of their acknowledgements."""
         out = self._cache_out.pop(p, [])
         if not self._publish_cache:
-            return
+            return []
+        acks = []
         topic = self.settings.topic(Topic.STAGE_CACHE)
         for pid, key, entry in out:
             made = StageOutputsCached(
@@ -484,7 +502,10 @@ class Orchestrator:
                 outputs=dict(entry.outputs),
             )
             key_bytes, value, headers = encode(Envelope.create(made, key=key))
-            await producer.client.send(topic, key=key_bytes, value=value, headers=headers)
+            acks.append(
+                await producer.client.send(topic, key=key_bytes, value=value, headers=headers)
+            )
+        return acks
 
     # --- snapshots ----------------------------------------------------------------------------
 

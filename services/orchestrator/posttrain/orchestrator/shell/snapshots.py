@@ -119,7 +119,8 @@ async def write_snapshot(
         cache=book.cache,
     )
     value = encode_partition(snapshot)  # now: the states change once the transaction is over
-    await client.send(topic, key=f"p{partition}".encode(), value=value, partition=partition)
+    # Acknowledged before the transaction goes on (see ``Orchestrator._append``).
+    await (await client.send(topic, key=f"p{partition}".encode(), value=value, partition=partition))
     book.events_end = events_offset
     book.events_since = 0
     book.last_at = time.monotonic()
