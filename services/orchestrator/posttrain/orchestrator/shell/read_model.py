@@ -21,6 +21,7 @@ and emptied at each commit: a batch never sees another's rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -168,10 +169,6 @@ async def _write_history(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) 
         await conn.execute(_MERGE_HISTORY)
 
 
-def _agent_id(row: tuple[Any, ...]) -> str:
-    return str(row[0])
-
-
 async def write_batch(conn: asyncpg.Connection, batch: RowBatch) -> None:
     """Write ``batch`` in one transaction (see the module's doc)."""
     async with conn.transaction():
@@ -188,7 +185,7 @@ async def write_batch(conn: asyncpg.Connection, batch: RowBatch) -> None:
         if batch.agents:
             # Every instance projects every agent: rows locked in one order (by id) by all,
             # or two instances' batches wait on each other ("deadlock detected").
-            await conn.executemany(_UPSERT_AGENT, sorted(batch.agents, key=_agent_id))
+            await conn.executemany(_UPSERT_AGENT, sorted(batch.agents, key=itemgetter(0)))
         if batch.offsets:
             await conn.executemany(_SAVE_OFFSET, batch.offsets)
         if batch.pipelines:

@@ -519,14 +519,13 @@ class Orchestrator:
         self, p: int, producer: EventProducer, last: SentBatch | None, events: int
     ) -> None:
         """In the open transaction that appended ``events`` events (the last batch of them is
-        ``last``): write the partition's snapshot if one is due, so that it and the offset it
-        stands for commit or abort together with those events."""
+        ``last``, acknowledged): write the partition's snapshot if one is due, so that it and
+        the offset it stands for commit or abort together with those events."""
         book = self._books.get(p)
         if self.snapshots is None or book is None or last is None:
             return
         book.events_since += events
         if book.due(self.snapshots, time.monotonic()):
-            await last.future
             await self._write_snapshot(p, producer, last.end())
 
     async def _idle_snapshot(self, p: int, producer: EventProducer) -> None:
