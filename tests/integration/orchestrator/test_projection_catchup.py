@@ -1,9 +1,11 @@
 """The read-model projection's catch-up of a long log, on the real broker and database: folded
 many events at a time (each batch writes a pipeline's rows once, and only the stages its events
-changed), it writes exactly the rows that folding each pipeline one event at a time gives."""
+changed), it writes exactly the rows that folding each pipeline one event at a time gives; and
+the other tasks of its event loop (the orchestrator's) run every few records meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,12 @@ from posttrain.events.kafka import KafkaSettings
 from posttrain.events.topics import Topic
 from posttrain.orchestrator.core.snapshot import archivable, decode_archived
 from posttrain.orchestrator.core.state import PipelineState, apply
-from posttrain.orchestrator.shell.projection import Projection, history_row, pipeline_rows
+from posttrain.orchestrator.shell.projection import (
+    YIELD_EVERY,
+    Projection,
+    history_row,
+    pipeline_rows,
+)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -158,3 +165,43 @@ async def test_a_catch_up_in_many_batches_writes_the_rows_of_a_one_event_at_a_ti
             ], pid
     finally:
         await conn.close()
+
+
+async def test_a_long_batch_lets_the_tasks_it_shares_the_loop_with_run_every_few_records(
+    kafka_settings, database_url, run_id
+):
+    """The orchestrator decides in the projection's event loop: while a batch of thousands of
+    records is folded, another task of the loop gets to run at least every ``YIELD_EVERY``
+    records read (it once waited for 2,000, tens of milliseconds, many times a second)."""
+    histories = _histories(run_id)
+    await _write_interleaved(kafka_settings, histories)
+    total = sum(len(lines) for lines in histories.values())
+
+    projection = Projection(kafka_settings, database_url, name=run_id)
+    await projection.start()
+    read_between: list[int] = []  # records the projection read between two turns of the other
+    done = asyncio.Event()
+
+    async def other_task() -> None:
+        seen = projection.stats.events
+        while not done.is_set():
+            await asyncio.sleep(0)
+            read_between.append(projection.stats.events - seen)
+            seen = projection.stats.events
+        read_between.append(projection.stats.events - seen)
+
+    other = asyncio.create_task(other_task())
+    try:
+
+        async def caught_up() -> bool:
+            await projection.step(timeout_ms=100)
+            return projection.stats.events == total and await projection.behind() == 0
+
+        await wait_for(caught_up, timeout=60, what="the projection to read the whole log")
+    finally:
+        done.set()
+        await other
+        await projection.stop()
+    assert sum(read_between) == total
+    # A few dozen records at most (``YIELD_EVERY``), never the thousands of one read.
+    assert max(read_between) <= min(YIELD_EVERY, 100), max(read_between)
