@@ -205,3 +205,52 @@ async def test_a_long_batch_lets_the_tasks_it_shares_the_loop_with_run_every_few
     assert sum(read_between) == total
     # A few dozen records at most (``YIELD_EVERY``), never the thousands of one read.
     assert max(read_between) <= min(YIELD_EVERY, 100), max(read_between)
+
+
+async def test_at_the_logs_end_a_batch_takes_in_what_arrives_soon_after_its_first_read(
+    kafka_settings, database_url, run_id
+):
+    """A running pipeline's events come a few at a time: at the log's end a batch gathers what
+    arrives within ``tail_window_s`` of its first read and writes the pipeline's rows once for
+    all of it (one read per batch wrote them again for every event)."""
+    path = GOLDEN / "seed_pipeline.jsonl"
+    lines = path.read_text().splitlines()
+    pipeline = orjson.loads(lines[0])["data"]["pipeline_id"]
+    pid = f"{run_id}-{pipeline}"
+    lines = [line.replace(pipeline, pid) for line in lines]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers)
+    await producer.start()
+
+    async def send(line: str) -> None:
+        await producer.send_and_wait(
+            kafka_settings.topic(Topic.PIPELINE_EVENTS), line.encode(), key=pid.encode()
+        )
+
+    projection = Projection(kafka_settings, database_url, name=run_id, tail_window_s=3.0)
+    await projection.start()
+    try:
+        await send(lines[0])
+
+        async def first_read() -> bool:
+            await projection.step(timeout_ms=100)
+            return projection.stats.events == 1
+
+        await wait_for(first_read, timeout=30, what="the projection to read the submission")
+        batch = asyncio.create_task(projection.step(timeout_ms=5_000))
+        await send(lines[1])
+        await wait_for(
+            lambda: projection.stats.events == 2, timeout=10, what="the batch's first read"
+        )
+        assert not batch.done()  # still gathering, its window open
+        await send(lines[2])
+        assert await asyncio.wait_for(batch, 30) == 2  # both events, in one batch
+    finally:
+        await producer.stop()
+        await projection.stop()
+    conn = await asyncpg.connect(database_url)
+    try:
+        version = await conn.fetchval("SELECT version FROM pipelines WHERE pipeline_id = $1", pid)
+    finally:
+        await conn.close()
+    expected, _ = _one_event_at_a_time(lines[:3])
+    assert version == expected.version == 3

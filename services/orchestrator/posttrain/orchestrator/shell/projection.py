@@ -13,7 +13,8 @@ A first catch-up of a long log (a new read-model database, a first start) is the
 a batch then folds up to ``batch_events`` records as they are read, events read as views
 (``posttrain.events.views``, no model validation) with the cyclic GC paused, yielding to the
 event loop it shares with the orchestrator every few records (``YIELD_EVERY``), and writes each
-pipeline it touched once. At the log's end a batch is what one read returned.
+pipeline it touched once. At the log's end a batch is what arrives within a quarter of a second
+(``TAIL_WINDOW_S``) of its first read.
 
 Memory and restart time follow active work, not history. A started projection resumes from the
 offsets it saved (committed with the rows they stand for), not from the log's beginning. Each
@@ -95,6 +96,11 @@ BATCH_EVENTS = 100_000
 READ_RECORDS = 5_000  # records one read of the consumer returns at most
 GATHER_S = 5.0  # a batch stops gathering after this long: rows appear as a catch-up goes
 GATHER_WAIT_MS = 100  # how long a read waits for records the last fetch said are committed
+# At the log's end a batch gathers what arrives for this long after its first read: a running
+# pipeline's events come a few at a time, and each batch that touches it writes its rows (and
+# encodes its state) again. At a thousand agents, batches of one read each (15 a second) wrote
+# each pipeline's row 11 times; the read model is this much later for it.
+TAIL_WINDOW_S = 0.25
 # Records (or pipelines' rows) handled between two yields to the event loop: the orchestrator,
 # which shares it, goes on deciding (and heartbeating to its group) while a batch is folded. A
 # yield costs microseconds, a record tens of them; at 2,000 the projection held the loop for
@@ -260,7 +266,8 @@ class Projection:
     come back from their rows as an ended one would); the bound holds between batches, a
     batch folding however many its events are about.
 
-    ``batch_events`` caps the records a batch of a catch-up gathers (``BATCH_EVENTS``)."""
+    ``batch_events`` caps the records a batch of a catch-up gathers (``BATCH_EVENTS``);
+    ``tail_window_s``, how long one at the log's end gathers (``TAIL_WINDOW_S``)."""
 
     def __init__(
         self,
@@ -271,6 +278,7 @@ class Projection:
         silence_intervals: float = 3.0,
         max_pipelines: int | None = None,
         batch_events: int = BATCH_EVENTS,
+        tail_window_s: float = TAIL_WINDOW_S,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
@@ -278,6 +286,7 @@ class Projection:
         self.silence_intervals = silence_intervals
         self.max_pipelines = max_pipelines
         self.batch_events = batch_events
+        self.tail_window_s = tail_window_s
         self.states: dict[str, PipelineState] = {}
         self.stats = ProjectionStats()
         # Each held pipeline's partition and the offset of the last event applied to its state.
@@ -346,25 +355,29 @@ class Projection:
         Behind the log's end (a first catch-up, a restart after a long stop), a batch goes on
         reading and folding while committed records are waiting, up to ``batch_events`` records
         or ``GATHER_S``, before anything is written, so that a pipeline touched many times in it
-        is written once; at the end, a batch is what one read returned. Records are folded as
-        they are read: a batch holds their rows, not their messages."""
+        is written once; at the end, a batch is what arrives within ``tail_window_s`` of its
+        first read. Records are folded as they are read: a batch holds their rows, not their
+        messages."""
         got = await self._consumer.getmany(
             timeout_ms=timeout_ms, max_records=min(READ_RECORDS, self.batch_events)
         )
         batch = _Batch()
         large = sum(len(r) for r in got.values()) >= PAUSE_GC_FROM
         with cyclic_gc_paused() if large else contextlib.nullcontext():
-            gathering_until = time.monotonic() + GATHER_S
+            began = time.monotonic()
             while got:
                 await self._fold(got, batch)
-                if (
-                    batch.records >= self.batch_events
-                    or time.monotonic() > gathering_until
-                    or not await self._committed_waiting()
-                ):
+                now = time.monotonic()
+                if batch.records >= self.batch_events or now > began + GATHER_S:
+                    break
+                if await self._committed_waiting():
+                    wait_ms = GATHER_WAIT_MS  # behind the log's end: read on
+                elif (tail_left := began + self.tail_window_s - now) > 0:
+                    wait_ms = max(1, round(tail_left * 1000))  # at its end: what comes soon
+                else:
                     break
                 got = await self._consumer.getmany(
-                    timeout_ms=GATHER_WAIT_MS,
+                    timeout_ms=wait_ms,
                     max_records=min(READ_RECORDS, self.batch_events - batch.records),
                 )
             await self._finish(batch)
