@@ -40,7 +40,8 @@ from bench.common import (
     percentile,
 )
 from posttrain.orchestrator.shell import main as orchestrator_command
-from posttrain.testing.fleet import FleetReport, FleetScript, quiet_collector, run_fleet
+from posttrain.service.collector import quiet_collector
+from posttrain.testing.fleet import STANDIN_GC_THRESHOLDS, FleetReport, FleetScript, run_fleet
 
 SMALL = FleetScript(
     agents=50,
@@ -153,7 +154,7 @@ def main(
     )
     # The submitter and the log's tally stamp times the figures are made of: no full
     # collection of this process's modules stalls them (as in the agents' shards).
-    quiet_collector()
+    quiet_collector(STANDIN_GC_THRESHOLDS, freeze=True)
     asyncio.run(run(script, [int(x) for x in instances.split(",")]))
 
 

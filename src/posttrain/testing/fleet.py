@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import multiprocessing
 import time
 import zlib
@@ -47,6 +46,7 @@ from posttrain.events.messages import (
 )
 from posttrain.events.messages.stage import report_fields
 from posttrain.events.topics import TOPICS, Topic
+from posttrain.service.collector import quiet_collector
 from posttrain.testing.orchestrator import start_orchestrator
 from posttrain.testing.services import ServiceProcess
 from posttrain.testing.waiting import wait_until
@@ -353,6 +353,14 @@ class _Shard:
         self.records.append({"kind": "back", "agent": agent.agent_id, "at": time.time()})
 
 
+# A shard plays hundreds of agents in one process, so a pause of its collector stalls all of
+# them at once, which a fleet of machines never does: with CPython's defaults a full collection
+# measured up to 144 ms, several times a run, in each shard (and in the bench's own process,
+# which stamps submissions and tallies the log). Such stand-in processes freeze what start-up
+# built and collect young objects as rarely as the orchestrator does.
+STANDIN_GC_THRESHOLDS = (20_000, 20, 20)
+
+
 def _shard_main(
     settings: KafkaSettings,
     script: FleetScript,
@@ -364,20 +372,8 @@ def _shard_main(
     async def main() -> None:  # the Kafka clients need the running loop
         await _Shard(settings, script, n, out, stop).run(ready)
 
-    quiet_collector()
+    quiet_collector(STANDIN_GC_THRESHOLDS, freeze=True)
     asyncio.run(main())
-
-
-def quiet_collector() -> None:
-    """Keep the cyclic GC from stalling a process that stands in for many machines.
-
-    A shard plays hundreds of agents in one process, so a pause of its collector stalls all of
-    them at once, which a fleet of machines never does: with CPython's defaults a full
-    collection (walking every module, class and record the process holds) measured up to 144
-    ms, several times a run, in each shard. What start-up built leaves the collector's sight
-    and young collections come less often (the orchestrator's own thresholds)."""
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
 
 
 # --- the run --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ service until SIGTERM or SIGINT, then write and commit what was read, and exit."
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import sys
@@ -18,6 +17,7 @@ from posttrain.metrics_ingest.core.batching import PRESETS
 from posttrain.metrics_ingest.endpoints import routes
 from posttrain.metrics_ingest.service import ConsumerOptions, IngestService
 from posttrain.metrics_ingest.settings import IngestConfig, load_config
+from posttrain.service.collector import quiet_collector
 from posttrain.service.commands import command_app, run_app
 from posttrain.service.http import EndpointServer
 from posttrain.service.logs import configure_json_logging
@@ -133,8 +133,7 @@ def _run(config: IngestConfig) -> None:
     # Every point makes a few short-lived tuples: with the default threshold (700) the cyclic
     # collector runs hundreds of times a second, rescanning the pending rows each time. Rows
     # hold no cycles, so collect rarely; and leave everything imported so far out of it.
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    quiet_collector((50_000, 50, 100), freeze=True)
     asyncio.run(serve(config))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from posttrain.orchestrator.shell.snapshots import (
     SnapshotPolicy,
 )
 from posttrain.service import settings as service_settings
+from posttrain.service.collector import quiet_collector
 from posttrain.service.commands import DatabaseUrlOption, bad_option, command_app, run_app
 from posttrain.service.http import EndpointServer, parse_address
 from posttrain.service.logs import configure_json_logging, without_password
@@ -77,7 +77,7 @@ async def start_http(
 
 
 async def serve(args: Options) -> None:
-    gc.set_threshold(*GC_THRESHOLDS)
+    quiet_collector(GC_THRESHOLDS, freeze=False)
     settings = KafkaSettings.from_env(client_id="orchestrator")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
