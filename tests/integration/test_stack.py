@@ -128,6 +128,23 @@ def test_up_twice_is_harmless() -> None:
         restore_stack()
 
 
+def test_the_broker_runs_with_the_jvm_settings_of_kafkas_own_start_script() -> None:
+    # A fixed 1 GB heap and G1's 20 ms pause goal (kafka-server-start.sh, kafka-run-class.sh):
+    # with 512 MB that grew on demand, a broker holding days of transaction state marked its
+    # heap every few seconds.
+    try:
+        stack_up()
+        pid = pids()["kafka"]
+        assert pid is not None
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert argv[0].endswith("java"), argv
+        for option in ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"):
+            assert option in argv, argv
+        assert argv.index("-Xmx1g") < argv.index("kafka.Kafka"), argv  # the JVM's, not Kafka's
+    finally:
+        restore_stack()
+
+
 def test_down_stops_everything_and_up_brings_back_topics_and_data(database_url: str) -> None:
     # The marker goes into this run's own database: the server's data survives as a whole,
     # and the user's default database is never written by a test.
