@@ -49,8 +49,12 @@ from bench.common import (
     percentile,
 )
 from posttrain.orchestrator.shell import main as orchestrator_command
-from posttrain.service.collector import quiet_collector
-from posttrain.testing.fleet import STANDIN_GC_THRESHOLDS, FleetReport, FleetScript, run_fleet
+from posttrain.testing.fleet import (
+    FleetReport,
+    FleetScript,
+    quiet_collector_of_standin,
+    run_fleet,
+)
 
 SMALL = FleetScript(
     agents=50,
@@ -64,6 +68,9 @@ SMALL = FleetScript(
     outage_s=4.0,
     deadline_s=60.0,
 )
+
+# Seconds of fleet run before the measured ones (see the module's doc).
+WARMUP_S = 30.0
 
 
 def summary(label: str, report: FleetReport) -> dict[str, float]:
@@ -156,8 +163,11 @@ def main(
     small: Annotated[bool, typer.Option(help="the integration test's size")] = False,
     instances: Annotated[str, typer.Option(help="orchestrator counts to run")] = "1,2",
     warmup: Annotated[
-        float, typer.Option(help="seconds of fleet run first, in no figure (0: none)")
-    ] = 30.0,
+        float | None,
+        typer.Option(
+            help="seconds of fleet run first, in no figure (0: none; default 30, 0 with --small)"
+        ),
+    ] = None,
 ) -> None:
     """Dispatch latency and decisions per second at fleet scale, one and two orchestrators."""
     script = (
@@ -173,8 +183,9 @@ def main(
     )
     # The submitter and the log's tally stamp times the figures are made of: no full
     # collection of this process's modules stalls them (as in the agents' shards).
-    quiet_collector(STANDIN_GC_THRESHOLDS, freeze=True)
-    asyncio.run(run(script, [int(x) for x in instances.split(",")], 0.0 if small else warmup))
+    quiet_collector_of_standin()
+    warmup_s = warmup if warmup is not None else (0.0 if small else WARMUP_S)
+    asyncio.run(run(script, [int(x) for x in instances.split(",")], warmup_s))
 
 
 if __name__ == "__main__":

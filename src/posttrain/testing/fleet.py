@@ -46,7 +46,7 @@ from posttrain.events.messages import (
 )
 from posttrain.events.messages.stage import report_fields
 from posttrain.events.topics import TOPICS, Topic
-from posttrain.service.collector import quiet_collector
+from posttrain.service.collector import EVENT_LOOP_THRESHOLDS, quiet_collector
 from posttrain.testing.orchestrator import start_orchestrator
 from posttrain.testing.services import ServiceProcess
 from posttrain.testing.waiting import wait_until
@@ -353,14 +353,6 @@ class _Shard:
         self.records.append({"kind": "back", "agent": agent.agent_id, "at": time.time()})
 
 
-# A shard plays hundreds of agents in one process, so a pause of its collector stalls all of
-# them at once, which a fleet of machines never does: with CPython's defaults a full collection
-# measured up to 144 ms, several times a run, in each shard (and in the bench's own process,
-# which stamps submissions and tallies the log). Such stand-in processes freeze what start-up
-# built and collect young objects as rarely as the orchestrator does.
-STANDIN_GC_THRESHOLDS = (20_000, 20, 20)
-
-
 def _shard_main(
     settings: KafkaSettings,
     script: FleetScript,
@@ -372,8 +364,18 @@ def _shard_main(
     async def main() -> None:  # the Kafka clients need the running loop
         await _Shard(settings, script, n, out, stop).run(ready)
 
-    quiet_collector(STANDIN_GC_THRESHOLDS, freeze=True)
+    quiet_collector_of_standin()
     asyncio.run(main())
+
+
+def quiet_collector_of_standin() -> None:
+    """For a process that stands in for many machines: a shard plays hundreds of agents, so a
+    pause of its collector stalls all of them at once, which a fleet of machines never does
+    (with CPython's defaults a full collection measured up to 144 ms, several times a run, in
+    each shard and in the bench's process, which stamps submissions and tallies the log). What
+    start-up built leaves the collector's sight; young objects are collected as rarely as in
+    the orchestrator."""
+    quiet_collector(EVENT_LOOP_THRESHOLDS, freeze=True)
 
 
 # --- the run --------------------------------------------------------------------------------

@@ -22,20 +22,12 @@ from posttrain.orchestrator.shell.snapshots import (
     SnapshotPolicy,
 )
 from posttrain.service import settings as service_settings
-from posttrain.service.collector import quiet_collector
+from posttrain.service.collector import EVENT_LOOP_THRESHOLDS, quiet_collector
 from posttrain.service.commands import DatabaseUrlOption, bad_option, command_app, run_app
 from posttrain.service.http import EndpointServer, parse_address
 from posttrain.service.logs import configure_json_logging, without_password
 
 log = logging.getLogger("posttrain.orchestrator")
-
-# The cyclic GC's thresholds for this process (CPython's defaults are 700, 10, 10). A decision
-# allocates hundreds of short-lived objects and the pipelines in memory are a large, long-lived
-# graph: with the defaults, bench.fleet at 1,000 agents measured (gc.callbacks) about 35
-# collections a second and a full one every few seconds, together a sixth of the loop's time
-# and each full one a stall of up to 250 ms. With these, a few young collections in a 35 s run
-# and no full one; the memory is reference-counted all the same (only cycles wait longer).
-GC_THRESHOLDS = (20_000, 20, 20)
 
 # Beside the metrics ingest (9464) and the trainer agent (9466), so one host can run all three.
 DEFAULT_HTTP = "127.0.0.1:9465"
@@ -77,7 +69,7 @@ async def start_http(
 
 
 async def serve(args: Options) -> None:
-    quiet_collector(GC_THRESHOLDS, freeze=False)
+    quiet_collector(EVENT_LOOP_THRESHOLDS, freeze=False)
     settings = KafkaSettings.from_env(client_id="orchestrator")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
