@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,11 +32,24 @@ BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 120.0
 
 
+_handed_out: set[int] = set()  # ports free_port returned in this process
+_handing_out = threading.Lock()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now (the caller's service binds it next)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now (the caller's service binds it next), never one
+    this process was given before: the kernel may offer a port it just gave, while the first
+    service is still starting, and a service started meanwhile on the same port answered the
+    other's readiness probe (the trainer agent's /healthz passed for a gateway that then failed
+    to bind)."""
+    with _handing_out:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def kafka_env(settings: KafkaSettings, database_url: str | None = None) -> dict[str, str]:
