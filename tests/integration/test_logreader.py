@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -168,3 +169,51 @@ async def test_many_small_rounds_read_what_one_large_one_does(
     got = await _read(kafka_settings, topic, starts, ends)
     assert len(got) == 2 * (300 + 200 + 20 + 1)
     assert got == _comparable(await _reference(kafka_settings, topic, starts, ends))
+
+
+async def test_bounds_are_a_read_committed_consumers(kafka_settings: KafkaSettings):
+    topic = kafka_settings.topic(Topic.PIPELINE_EVENTS)
+    await _write_mixed_log(kafka_settings, topic)
+    tps = [TopicPartition(topic, p) for p in (0, 1)]
+    starts, ends = await logreader.log_bounds(kafka_settings, tps)
+    assert (
+        {tp.partition: o for tp, o in starts.items()},
+        {tp.partition: o for tp, o in ends.items()},
+    ) == (await _bounds(kafka_settings, topic))
+    # Each partition: 721 records (200 of them aborted) and 3 transaction markers.
+    assert all(starts[tp] == 0 and ends[tp] == 724 for tp in tps)
+
+
+async def test_bounds_wait_for_an_open_transaction_to_end(kafka_settings: KafkaSettings):
+    # Replaying up to a last stable offset held back by an open transaction would forget the
+    # decisions committed after it: the bounds come only once it is over.
+    topic = kafka_settings.topic(Topic.PIPELINE_EVENTS)
+    tp = TopicPartition(topic, 0)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_settings.bootstrap_servers,
+        transactional_id=kafka_settings.group("logreader-test-open"),
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(topic, b"before", partition=0)
+        await producer.begin_transaction()
+        await producer.send_and_wait(topic, b"inside", partition=0)
+        with pytest.raises(TimeoutError, match=str(tp.partition)):
+            await logreader.log_bounds(kafka_settings, [tp], timeout_s=0.5)
+        async with logreader.LogReader(kafka_settings) as reader:
+            waiting = asyncio.ensure_future(reader.bounds([tp], timeout_s=30))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await producer.commit_transaction()
+            _, ends = await asyncio.wait_for(waiting, 30)
+            # before, its commit marker, inside, its commit marker: the stable end is past both.
+            assert ends[tp] == 4
+            values = [
+                v
+                for b in [b async for b in reader.read(topic, {0: 0}, {0: ends[tp]})]
+                for v in b.values
+            ]
+            assert values == [b"before", b"inside"]
+    finally:
+        await producer.stop()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
+from functools import cache
 from types import UnionType
 from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin
 
@@ -168,6 +169,7 @@ class EnvelopeView(msgspec.Struct, frozen=True, kw_only=True):
         return str(self.data.TYPE)
 
 
+@cache  # one class per message type: every decoder of it shares it (and msgspec's type info)
 def _derive_envelope(cls: type[Message], view: type[msgspec.Struct]) -> type[EnvelopeView]:
     # Tagged by the envelope's "type"; "version" must be the current one, so an older payload
     # fails here and goes through decode() and its upcasters.
@@ -203,6 +205,7 @@ def _with_text(annotation: Any) -> Any:
     return annotation
 
 
+@cache
 def _non_finite_metrics() -> tuple[type[EnvelopeView], tuple[str, ...]] | None:
     """The envelope view of ``MetricsReported`` whose points' float fields also take the
     non-finite strings, and the names of those fields."""

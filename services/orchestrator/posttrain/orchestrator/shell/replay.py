@@ -16,11 +16,11 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from posttrain.events import DecodeError
 from posttrain.events.kafka import KafkaSettings
-from posttrain.events.kafka.logreader import Batch, read_partitions
+from posttrain.events.kafka.logreader import Batch, LogReader
 from posttrain.events.topics import Topic
 from posttrain.events.views import ViewDecoder
 from posttrain.orchestrator.core.packing import States, pack, unpack
@@ -29,46 +29,6 @@ from posttrain.orchestrator.shell.collector import cyclic_gc_paused
 from posttrain.service.logs import configure_json_logging
 
 log = logging.getLogger(__name__)
-
-
-async def log_bounds(
-    settings: KafkaSettings, tps: list[TopicPartition], timeout_s: float = 120.0
-) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    """Where each partition's log starts, and where it ends once no transaction is open on it.
-
-    A fenced predecessor's transaction is aborted when we initialise our producer, but the abort
-    markers reach the partitions a moment later; until then the last stable offset stops short
-    of decisions that were committed. Replaying up to it would forget them, so wait until the
-    last stable offset has caught up with the high watermark."""
-    # Neither consumer is assigned: an assigned one long-polls for records, and the broker
-    # answers its offset requests only after the poll (half a second). A short retry backoff
-    # because the first request of each only learns the topic's metadata.
-    raw, committed = (
-        AIOKafkaConsumer(
-            **settings.client_options(),
-            isolation_level=isolation,
-            enable_auto_commit=False,
-            retry_backoff_ms=10,
-        )
-        for isolation in ("read_uncommitted", "read_committed")
-    )
-    await asyncio.gather(raw.start(), committed.start())
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        # The starts with the first ends, not before them: each consumer's first request waits
-        # for the topic's metadata, and both learn it at once (bounds in 20 ms instead of 31).
-        starts, high, stable = await asyncio.gather(
-            committed.beginning_offsets(tps), raw.end_offsets(tps), committed.end_offsets(tps)
-        )
-        while not all(stable[tp] >= high[tp] for tp in tps):
-            if loop.time() > deadline:
-                raise TimeoutError(f"transactions still open on {tps} after {timeout_s} s")
-            await asyncio.sleep(0.05)
-            high, stable = await asyncio.gather(raw.end_offsets(tps), committed.end_offsets(tps))
-        return dict(starts), dict(stable)
-    finally:
-        await asyncio.gather(raw.stop(), committed.stop())
 
 
 # Below this many events a replay takes under half a second in one process.
@@ -150,7 +110,7 @@ class ReplayHelpers:
             log.warning("a replay helper died: folding its share in this process")
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool, self._started = self._start_pool()
-            return await _fold_partitions(settings, topic, starts, ends)
+            return await _fold_on_own_reader(settings, topic, starts, ends)
         self.shares_folded += 1
         return _claim(path), count
 
@@ -191,7 +151,7 @@ def _replay_in_helper(
 ) -> tuple[str, int]:
     """Fold a share; returns the file its packed states are in, and the events read."""
     with cyclic_gc_paused():
-        states, count = asyncio.run(_fold_partitions(settings, topic, starts, ends))
+        states, count = asyncio.run(_fold_on_own_reader(settings, topic, starts, ends))
         blob = pack(states)
     _written.difference_update([p for p in _written if not os.path.exists(p)])  # claimed
     fd, path = tempfile.mkstemp(prefix="posttrain-replay-", suffix=".msgpack", dir=spool)
@@ -227,7 +187,19 @@ async def replay_partitions(
     tps = [TopicPartition(topic, p) for p in partitions]
     if not tps:
         return {}, 0
-    bounds = await log_bounds(settings, tps)
+    async with LogReader(settings) as reader:
+        # One client for the bounds and this process's share of the records.
+        return await _replay(reader, settings, topic, tps, helpers)
+
+
+async def _replay(
+    reader: LogReader,
+    settings: KafkaSettings,
+    topic: str,
+    tps: list[TopicPartition],
+    helpers: ReplayHelpers | None,
+) -> tuple[States, int]:
+    bounds = await reader.bounds(tps)
     starts = {tp.partition: bounds[0][tp] for tp in tps}
     ends = {tp.partition: bounds[1][tp] for tp in tps}
     sizes = {p: ends[p] - starts[p] for p in ends}
@@ -248,13 +220,13 @@ async def replay_partitions(
         ]
         try:
             states, count = await _fold_partitions(
-                settings, topic, {p: starts[p] for p in mine}, {p: ends[p] for p in mine}
+                reader, topic, {p: starts[p] for p in mine}, {p: ends[p] for p in mine}
             )
             left = [p for share in theirs for p in share]
             theirs.clear()
             if left:
                 folded, folded_count = await _fold_partitions(
-                    settings, topic, {p: starts[p] for p in left}, {p: ends[p] for p in left}
+                    reader, topic, {p: starts[p] for p in left}, {p: ends[p] for p in left}
                 )
                 states.update(folded)
                 count += folded_count
@@ -311,13 +283,20 @@ def _shares(sizes: dict[int, int], n: int) -> list[list[int]]:
     return [members for _, members in groups if members] or [[]]
 
 
-async def _fold_partitions(
+async def _fold_on_own_reader(
     settings: KafkaSettings, topic: str, starts: dict[int, int], ends: dict[int, int]
+) -> tuple[States, int]:
+    async with LogReader(settings) as reader:
+        return await _fold_partitions(reader, topic, starts, ends)
+
+
+async def _fold_partitions(
+    reader: LogReader, topic: str, starts: dict[int, int], ends: dict[int, int]
 ) -> tuple[States, int]:
     states: States = {p: {} for p in ends}
     views = ViewDecoder()  # the fold only reads fields: views skip model validation
     count = 0
-    async for batch in read_partitions(settings, topic, starts, ends):
+    async for batch in reader.read(topic, starts, ends):
         count += _fold_batch(batch, states[batch.partition], views, topic)
     return states, count
 

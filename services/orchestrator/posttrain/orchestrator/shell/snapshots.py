@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from posttrain.events import DecodeError
 from posttrain.events.kafka import KafkaSettings
-from posttrain.events.kafka.logreader import read_partitions
+from posttrain.events.kafka.logreader import log_bounds, read_partitions
 from posttrain.events.topics import Topic
 from posttrain.events.views import ViewDecoder
 from posttrain.orchestrator.core.decide import CacheEntry
@@ -39,7 +39,7 @@ from posttrain.orchestrator.core.snapshot import (
     pipelines_to_restore,
 )
 from posttrain.orchestrator.core.state import PipelineState, fold
-from posttrain.orchestrator.shell.replay import ReplayHelpers, log_bounds, replay_partitions
+from posttrain.orchestrator.shell.replay import ReplayHelpers, replay_partitions
 
 log = logging.getLogger(__name__)
 
