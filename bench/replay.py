@@ -14,11 +14,10 @@ folds all of it, in a fresh process each time, as after a restart, ``--runs`` ti
 alternated, the median reported:
 
 - alone (``--replay-processes 0``): ``in_process_events_per_s``;
-- with its replay helpers as the orchestrator starts them by default (one fewer than the CPUs,
-  at most 3), timed from before they start: their start-up is part of what a restart pays.
-  Helpers fold shares only of logs of 100,000 events or more (``--replay-parallel-from``), are
-  started only by such a log, and take a share only once started, so on this log they neither
-  start nor fold. ``replay_events_per_s``.
+- with its replay helpers as the orchestrator's process entry starts them, by default (one
+  fewer than the CPUs, at most 3, forked before the event loop starts; shares for logs of
+  10,000 events or more), timed from before they start: their start-up is part of what a
+  restart pays. ``replay_events_per_s``.
 
 Baseline in the same run: the same log read one record at a time (``getone``) and decoded into
 models, as a plain consumer would. Also printed: two orchestrator instances of one consumer
@@ -121,12 +120,11 @@ async def naive_replay(settings: KafkaSettings, limit: int) -> tuple[int, float]
 
 
 async def replay_once(
-    settings: KafkaSettings, partitions: list[int], processes: int
+    settings: KafkaSettings, partitions: list[int], helpers: ReplayHelpers | None, started: float
 ) -> dict[str, Any]:
     """What a restarted orchestrator instance does once it is given ``partitions``, timed from
-    before its replay helpers start (their start-up is part of what a restart pays)."""
-    started = time.time()
-    helpers = ReplayHelpers(processes) if processes else None
+    ``started``, before its replay helpers started (their start-up is part of what a restart
+    pays)."""
     try:
         states, count = await replay_partitions(settings, partitions, helpers)
         finished = time.time()
@@ -139,6 +137,7 @@ async def replay_once(
         "pipelines": sum(len(s) for s in states.values()),
         "succeeded": sum(1 for s in states.values() for p in s.values() if p.status == "succeeded"),
         "helper_shares": folded,
+        "helpers_started_by": helpers.start_method if helpers is not None else None,
         "started": started,
         "finished": finished,
     }
@@ -179,11 +178,17 @@ def replay_in_processes(
     return results
 
 
-async def child(namespace: str, partitions: list[int], processes: int) -> None:
+def child(namespace: str, partitions: list[int], processes: int) -> None:
     settings = replace(KafkaSettings.from_env(client_id="bench-replay"), namespace=namespace)
     print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    print(json.dumps(await replay_once(settings, partitions, processes)), flush=True)
+    sys.stdin.readline()
+    started = time.time()
+    helpers = None
+    if processes:
+        # As the orchestrator's process entry starts them: before the event loop (forks).
+        helpers = ReplayHelpers(processes)
+        helpers.start()
+    print(json.dumps(asyncio.run(replay_once(settings, partitions, helpers, started))), flush=True)
 
 
 async def run(pipelines: int, checkpoints: int, baseline_events: int, runs: int) -> None:
@@ -213,8 +218,10 @@ async def run(pipelines: int, checkpoints: int, baseline_events: int, runs: int)
                 assert r["events"] == total and r["pipelines"] == pipelines == r["succeeded"], r
                 rates[label].append(r["events"] / (r["finished"] - r["started"]))
                 print(
-                    f"run {run_ + 1} {label} ({helpers} helper processes, {r['helper_shares']} "
-                    f"shares folded by them): {r['events']} events into {r['pipelines']} "
+                    f"run {run_ + 1} {label} ({helpers} helper processes"
+                    f"{', ' + r['helpers_started_by'] if r['helpers_started_by'] else ''}, "
+                    f"{r['helper_shares']} shares folded by them): {r['events']} events into "
+                    f"{r['pipelines']} "
                     f"pipelines in {r['finished'] - r['started']:.2f} s "
                     f"({rates[label][-1]:,.0f}/s; {load()})"
                 )
@@ -237,7 +244,7 @@ def main(
     """Orchestrator replay of a transactional log, alone and with its replay helpers."""
     if child_args is not None:
         namespace, partitions, helpers = json.loads(child_args)
-        asyncio.run(child(namespace, partitions, helpers))
+        child(namespace, partitions, helpers)
         return
     asyncio.run(run(pipelines, checkpoints, baseline_events, runs))
 

@@ -8,6 +8,7 @@ import concurrent.futures
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -54,7 +55,9 @@ async def _write_copies(settings: KafkaSettings, copies: int) -> int:
 
 
 def _helper_pids(parent: int) -> list[int]:
-    """The replay helpers a process started (multiprocessing's spawned children)."""
+    """The replay helpers a process started: multiprocessing's spawned children, or forks of
+    it (the same command line)."""
+    own = Path(f"/proc/{parent}/cmdline").read_bytes()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -64,7 +67,7 @@ def _helper_pids(parent: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
-        if ppid == parent and b"spawn_main" in cmdline:
+        if ppid == parent and (b"spawn_main" in cmdline or cmdline == own):
             pids.append(int(entry.name))
     return pids
 
@@ -121,15 +124,20 @@ async def test_an_orchestrator_replays_with_helpers_that_die_with_it(kafka_setti
     )
     try:
 
-        def replayed() -> int:
+        def logged(prefix: str) -> list[dict[str, Any]]:
             lines = log.read_text().splitlines() if log.exists() else []
             docs = [orjson.loads(line) for line in lines if line.startswith("{")]
-            return sum(
-                d.get("events", 0) for d in docs if d.get("message", "").startswith("replayed")
-            )
+            return [d for d in docs if d.get("message", "").startswith(prefix)]
+
+        def replayed() -> int:
+            return sum(d["events"] for d in logged("replayed"))
 
         await wait_for(lambda: replayed() >= written, timeout=60, what="the log replayed")
         assert replayed() == written
+        # The process entry started the helper before its event loop: a fork, which took the
+        # helpers' share of the log.
+        assert [d["start_method"] for d in logged("replay helpers starting")] == ["fork"]
+        assert sum(d["helper_shares"] for d in logged("replayed")) >= 1
         helpers = _helper_pids(process.pid)
         assert len(helpers) == 1
         os.kill(process.pid, signal.SIGKILL)  # the orchestrator alone, as the OOM killer would
@@ -190,5 +198,21 @@ async def test_a_share_no_started_helper_took_is_folded_by_the_orchestrator(kafk
         )
         assert together == alone and count == written
         assert helpers.shares_folded == 0  # the orchestrator folded the helper's share itself
+    finally:
+        helpers.close()
+
+
+def _spawned(pid: int) -> bool:
+    return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+async def test_helpers_started_inside_a_running_event_loop_are_new_interpreters():
+    # A fork here would copy the running loop and its threads' held locks into the helper.
+    helpers = ReplayHelpers(1)
+    try:
+        helpers.wait_started()
+        assert helpers.start_method == "spawn"
+        (helper,) = _helper_pids(os.getpid())
+        assert _spawned(helper)
     finally:
         helpers.close()

@@ -14,7 +14,11 @@ import typer
 
 from posttrain.events.kafka import KafkaSettings
 from posttrain.orchestrator.shell.endpoints import routes
-from posttrain.orchestrator.shell.replay import DEFAULT_PARALLEL_FROM, DEFAULT_PROCESSES
+from posttrain.orchestrator.shell.replay import (
+    DEFAULT_PARALLEL_FROM,
+    DEFAULT_PROCESSES,
+    ReplayHelpers,
+)
 from posttrain.orchestrator.shell.service import GROUP, Orchestrator
 from posttrain.orchestrator.shell.snapshots import (
     DEFAULT_EVERY_EVENTS,
@@ -68,7 +72,18 @@ async def start_http(
     return server
 
 
-async def serve(args: Options) -> None:
+def start_helpers(args: Options) -> ReplayHelpers | None:
+    """The replay helpers, started. Called before the event loop and any thread, so that each
+    is a fork of this process (a few milliseconds) instead of a new interpreter (a second of
+    imports) when the first long replay needs it."""
+    if args.replay_processes <= 0:
+        return None
+    helpers = ReplayHelpers(args.replay_processes, min_events=args.replay_parallel_from)
+    helpers.start()
+    return helpers
+
+
+async def serve(args: Options, helpers: ReplayHelpers | None = None) -> None:
     quiet_collector(EVENT_LOOP_THRESHOLDS, freeze=False)
     settings = KafkaSettings.from_env(client_id="orchestrator")
     stop = asyncio.Event()
@@ -84,6 +99,7 @@ async def serve(args: Options) -> None:
         replay_parallel_from=args.replay_parallel_from,
         snapshots=args.snapshots,
         instance_id=args.instance_id,
+        helpers=helpers,
     )
     await orchestrator.start()
     http = await start_http(orchestrator, args.http)
@@ -229,7 +245,7 @@ def run(
         instance_id=instance_id or None,
     )
     configure_json_logging(service_settings.ServiceSettings().log_level)
-    asyncio.run(serve(options))
+    asyncio.run(serve(options, start_helpers(options)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,8 +31,9 @@ from posttrain.service.logs import configure_json_logging
 log = logging.getLogger(__name__)
 
 
-# Below this many events a replay takes under half a second in one process.
-DEFAULT_PARALLEL_FROM = 100_000
+# Shorter logs fold in the orchestrator alone: at 6,400 events a helper started already saves
+# 7 of 42 ms, and takes a core for it (21,200 events: 110 -> 78 ms; 63,600: 288 -> 191 ms).
+DEFAULT_PARALLEL_FROM = 10_000
 # One fewer than the CPUs (the orchestrator folds a share itself), at most three.
 DEFAULT_PROCESSES = max(0, min((os.cpu_count() or 1) - 1, 3))
 
@@ -43,12 +44,16 @@ class ReplayHelpers:
     core), and a pipeline's events all sit in one partition, so partitions fold apart and their
     states join.
 
-    They start with the first replay that gives them shares, not with the orchestrator: a
-    helper's start (a new interpreter and its imports) is about a second of CPU, taken from the
-    orchestrator's own process wherever CPU is short, and about 100 MB held for ever; with
-    snapshots a restart folds short tails and never needs them. A share goes to a helper only
-    once it has started; whatever no started helper has taken when the orchestrator is done with
-    its own share, it folds itself, so a helper still starting never holds a replay up.
+    How a helper starts decides what it costs. Started where forking is safe (``start()``
+    before the event loop runs, while no other thread does: the orchestrator's process entry
+    does so), it is a fork of the interpreter as it stands, imports done: a few milliseconds,
+    and its memory shared with the orchestrator's until either writes it. Started anywhere
+    else (inside the running orchestrator: after a helper died, or where nobody started them
+    before the loop), it is a new interpreter (spawn), never a fork of a running event loop:
+    about a second of CPU and 100 MB of its own, so those start only with the first replay
+    that gives them shares. A share goes to a helper only once it has started; whatever no
+    started helper has taken when the orchestrator is done with its own share, it folds
+    itself, so a helper still starting never holds a replay up.
 
     A helper replays exactly the offsets it is given, so the whole replay stops at the end
     offsets taken once, at its start; its states come back packed (``core.packing``). Logs
@@ -59,13 +64,19 @@ class ReplayHelpers:
         self.processes = processes
         self.min_events = min_events
         self.shares_folded = 0  # shares of a replay that helpers folded
+        self.start_method: str | None = None  # "fork" or "spawn", once started
         self._pool: ProcessPoolExecutor | None = None
         self._started: list[concurrent.futures.Future[int]] = []
 
     def start(self) -> None:
-        """Start the helpers, unless they run already; their imports take a second."""
+        """Start the helpers, unless they run already: forks where that is safe, new
+        interpreters elsewhere."""
         if self._pool is None:
             self._pool, self._started = self._start_pool()
+            log.info(
+                "replay helpers starting",
+                extra={"processes": self.processes, "start_method": self.start_method},
+            )
 
     def wait_started(self, timeout_s: float = 60.0) -> None:
         """Start the helpers if need be, and block until every one has started (imported what
@@ -84,9 +95,12 @@ class ReplayHelpers:
             await asyncio.shield(asyncio.wrap_future(self._started[helper]))
 
     def _start_pool(self) -> tuple[ProcessPoolExecutor, list[concurrent.futures.Future[int]]]:
+        self.start_method = "fork" if _fork_is_safe() else "spawn"
+        if self.start_method == "fork":
+            ViewDecoder()  # the message classes a helper decodes with, built once for all
         pool = ProcessPoolExecutor(
             max_workers=self.processes,
-            mp_context=multiprocessing.get_context("spawn"),  # never fork a running event loop
+            mp_context=multiprocessing.get_context(self.start_method),
             initializer=_helper_started,
             initargs=(logging.getLevelName(logging.getLogger().getEffectiveLevel()), os.getpid()),
         )
@@ -117,6 +131,18 @@ class ReplayHelpers:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _fork_is_safe() -> bool:
+    """Whether a fork here copies nothing that runs: no event loop in this thread, no other
+    thread (a lock held by one would stay held in the child for ever)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return threading.active_count() == 1
+    return False
 
 
 def _helper_started(level: str, parent: int) -> None:
@@ -267,9 +293,7 @@ def _events_at_least(sizes: dict[int, int]) -> int:
 
     Only offsets are known before reading, and they count transaction markers too: the
     orchestrator commits a transaction per decision (one or two events), each followed by a
-    commit marker, so up to half its offsets are markers, which cost next to nothing to pass.
-    Counted as events, they sent a log of 63,600 events (121,800 offsets) to the helpers, below
-    the length where they start to pay."""
+    commit marker, so up to half its offsets are markers, which cost next to nothing to pass."""
     return sum(sizes.values()) // 2
 
 

@@ -121,13 +121,18 @@ class Orchestrator:
         replay_parallel_from: int = DEFAULT_PARALLEL_FROM,
         snapshots: SnapshotPolicy | None = SnapshotPolicy(),  # noqa: B008 (frozen)
         instance_id: str | None = None,
+        helpers: ReplayHelpers | None = None,
     ) -> None:
         """``instance_id``: this instance's stable identity in its consumer group (static
         membership, KIP-345). Restarted under the same identity, it takes its partitions back
         at once instead of after the session timeout: fencing by transactional id keeps that
         safe. An instance with an identity does not leave the group when it stops: its
         partitions wait for it to come back, or move after the session timeout. None: a
-        dynamic member, which leaves the group on a clean stop."""
+        dynamic member, which leaves the group on a clean stop.
+
+        ``helpers``: replay helpers started already (by the process entry, before the event
+        loop: forked); without them, ``replay_processes`` helpers start with the first replay
+        that needs them."""
         self.settings = settings
         # None: no snapshots, every assignment folds the partitions' whole log, as before.
         self.snapshots = snapshots
@@ -136,7 +141,7 @@ class Orchestrator:
         self.instance_id = instance_id
         self._replay_processes = replay_processes
         self._replay_parallel_from = replay_parallel_from
-        self._helpers: ReplayHelpers | None = None
+        self._helpers = helpers
         self.tick_interval_s = tick_interval_s
         self._group = settings.group(GROUP)
         self._agents = AgentTable(settings, silence_intervals=silence_intervals)
@@ -165,7 +170,7 @@ class Orchestrator:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._replay_processes > 0:
+        if self._helpers is None and self._replay_processes > 0:
             self._helpers = ReplayHelpers(
                 self._replay_processes, min_events=self._replay_parallel_from
             )
@@ -294,6 +299,7 @@ class Orchestrator:
         if not partitions:
             return
         started = time.monotonic()
+        shares_before = self._helpers.shares_folded if self._helpers is not None else 0
         self.stats.replaying = True
         try:
             states, count = await self._replay(partitions)
@@ -305,7 +311,14 @@ class Orchestrator:
             "replayed %d events of partitions %s",
             count,
             list(partitions),
-            extra={"events": count, "partitions": list(partitions), "seconds": round(seconds, 3)},
+            extra={
+                "events": count,
+                "partitions": list(partitions),
+                "seconds": round(seconds, 3),
+                "helper_shares": (
+                    self._helpers.shares_folded - shares_before if self._helpers is not None else 0
+                ),
+            },
         )
         for p, by_pipeline in states.items():
             self.states[p] = by_pipeline
