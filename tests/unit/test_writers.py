@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from posttrain.events import Envelope, decode, encode
@@ -137,12 +137,13 @@ logged_values = floats | st.integers(-5, 5) | st.booleans() | st.none() | st.tex
     st.dictionaries(logged_names, logged_values, max_size=8)
     | st.dictionaries(logged_names, st.floats(-1e6, 1e6), max_size=8),
 )
+@example(0, None, 1000.0, {"loss": 9e307, "my_metric": 9e307})
 def test_a_step_is_written_as_its_names_are_mapped_or_left_to_the_general_way(
     step: Any, epoch: Any, timestamp: float, fields: dict[str, Any]
 ) -> None:
     """``step_document`` writes what ``canonical_fields`` then ``point_document`` write, and
-    takes every step of an int, float times and finite floats under names of their own, unless
-    their sum (its check that every one is finite) overflows."""
+    takes every step of an int, float times and finite floats under names of their own, however
+    large (two of 9e307 overflow the sum it checks them with first)."""
     fast = step_document(step, epoch, timestamp, fields)
     canonical, custom = canonical_fields(fields)
     general = point_document(step, epoch, timestamp, canonical, custom)
@@ -152,8 +153,6 @@ def test_a_step_is_written_as_its_names_are_mapped_or_left_to_the_general_way(
         and math.isfinite(timestamp)
         and "custom" not in fields
         and all(type(v) is float and math.isfinite(v) for v in fields.values())
-        # in any order, no sum of them overflows (found by hypothesis: two of 9e307)
-        and math.isfinite(sum(abs(v) for v in [timestamp, epoch or 0.0, *fields.values()]))
     )
     if plain:
         assert fast is not None
@@ -196,6 +195,8 @@ steps_logged = st.tuples(
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(steps_logged, min_size=1, max_size=6))
+# Found by hypothesis in CI: each timestamp finite, their sum not.
+@example([(0, None, 8.98846567431158e307, {"actor/grad_norm": 0.0})] * 2)
 def test_a_run_of_steps_is_written_as_each_step_is_or_left_to_be_written_one_by_one(
     steps: list[tuple[Any, Any, float, dict[str, Any]]],
 ) -> None:

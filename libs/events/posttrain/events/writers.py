@@ -22,6 +22,7 @@ holding any other step, which then goes the way above.
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -220,8 +221,10 @@ def _run_text(layout: _Layout, rows: list[tuple[Any, ...]]) -> bytes | None:
             return None
         total += sum(values)
     total += sum(filter(None, epochs))  # (None and 0.0 left out: neither changes the verdict)
-    # A float sum is finite only if every term is (or it overflowed: one by one then).
-    if total - total != 0.0:
+    # A float sum is finite only if every term is; one that is not may also have overflowed
+    # (two steps' timestamps of 9e307: found by hypothesis), so each term says then.
+    terms = itertools.chain(filter(None, epochs), *(flat[c::width] for c in range(2, width)))
+    if total - total != 0.0 and not all(map(math.isfinite, terms)):
         return None
     try:
         text = orjson.dumps(flat)
@@ -249,13 +252,16 @@ def step_document(
         _FLOAT_ONLY.issuperset(map(type, canonical)) and _FLOAT_ONLY.issuperset(map(type, custom))
     ):
         return None
-    # A float sum is finite only if every term is (or it overflowed: the general way then).
+    # A float sum is finite only if every term is; one that is not may also have overflowed,
+    # so each term says then.
     total = sum(custom, sum(canonical, timestamp))
     if epoch is not None:
         if type(epoch) is not float:
             return None
         total += epoch
-    if total - total != 0.0:
+    if total - total != 0.0 and not all(
+        map(math.isfinite, (timestamp, epoch or 0.0, *canonical, *custom))
+    ):
         return None
     document = dict(zip(layout.canonical, canonical, strict=True))
     document["step"] = step
