@@ -40,15 +40,17 @@ from posttrain.events.kafka.settings import KafkaSettings
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 _EARLIEST, _LATEST = -2, -1  # ListOffsets' timestamps for the log start and end
 # A response is read, copied and parsed whole (aiokafka's connection and protocol), so each
-# round allocates a few copies of it: responses of 16 MB took fresh pages from the kernel every
-# round (36,000 page faults and 0.11 s of system time in a 64,000-event replay), where 4 MB
-# ones reuse freed memory (18,000; 0.06 s; the replay's CPU 0.45 -> 0.43 s, median of six
-# fresh processes each, load ~5 on 2 cpus). A round is still far longer than a round trip.
-_PARTITION_FETCH_BYTES = 1024 * 1024
+# round allocates a few copies of it, and the larger they are the more of them come as fresh
+# pages from the kernel: 16 MB responses took 36,000 page faults and 0.11 s of system time in a
+# 64,000-event replay, 4 MB ones 18,000-20,000, 1 MB ones 12,500 (the replay's median over
+# eight fresh processes each, alternated: 0.299 -> 0.288 s; 0.5 MB ones took more rounds than
+# they saved, 0.296-0.308 s). A round (~1 MB folded, ~6 ms) is still far longer than a round
+# trip.
+_PARTITION_FETCH_BYTES = 256 * 1024
+_FETCH_BYTES = 1024 * 1024
 # The first round asks for little, so that folding starts while the broker reads the rest;
 # each round asks for twice as much, up to _PARTITION_FETCH_BYTES.
 _FIRST_PARTITION_FETCH_BYTES = 128 * 1024
-_FETCH_BYTES = 4 * 1024 * 1024
 _MAX_WAIT_MS = 100
 _RETRIES = 20  # leader moves and such: refresh metadata and ask again, this many times
 _RECORDS_PER_LOOP_TURN = 5_000
