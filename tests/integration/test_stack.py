@@ -17,6 +17,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from posttrain.events.kafka.admin import check_topics
 from posttrain.events.kafka.settings import KafkaSettings
@@ -141,6 +143,35 @@ def test_the_broker_runs_with_the_jvm_settings_of_kafkas_own_start_script() -> N
         for option in ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"):
             assert option in argv, argv
         assert argv.index("-Xmx1g") < argv.index("kafka.Kafka"), argv  # the JVM's, not Kafka's
+    finally:
+        restore_stack()
+
+
+async def _broker_configs(settings: KafkaSettings) -> dict[str, str]:
+    admin = AIOKafkaAdminClient(**settings.client_options())
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, "1")]  # the stack's one node
+        )
+    finally:
+        await admin.close()
+    return {
+        entry[0]: entry[1]
+        for response in responses
+        for *_, entries in response.resources
+        for entry in entries
+    }
+
+
+def test_the_coordinators_topics_roll_segments_small_enough_to_compact() -> None:
+    # At 100 MB a segment of __transaction_state never rolled on a developer's broker, so test
+    # runs' transaction states were never compacted (1.5 GB after some days).
+    try:
+        stack_up()
+        configs = asyncio.run(_broker_configs(KafkaSettings.from_env()))
+        assert configs["transaction.state.log.segment.bytes"] == str(10 * 1024 * 1024)
+        assert configs["offsets.topic.segment.bytes"] == str(10 * 1024 * 1024)
     finally:
         restore_stack()
 

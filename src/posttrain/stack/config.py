@@ -150,6 +150,10 @@ def _security_lines(security: BrokerSecurity) -> list[str]:
     ]
 
 
+# Segments of the coordinators' compacted topics (``render_server_properties``).
+INTERNAL_TOPIC_SEGMENT_BYTES = 10 * 1024 * 1024
+
+
 def render_server_properties(
     address: KafkaAddress, data_dir: Path, security: BrokerSecurity | None = None
 ) -> str:
@@ -183,6 +187,14 @@ def render_server_properties(
         "group.min.session.timeout.ms=1000",
         # Topics are declared in posttrain.events.topics and created by the project.
         "auto.create.topics.enable=false",
+        # Every test run's namespace has transactional ids and groups of its own, whose
+        # coordinators log each change of their state to compacted topics. Compaction works
+        # on rolled segments only, and at the default 100 MB a segment of a developer's broker
+        # rolls after a week: days of test runs had left 1.5 GB in __transaction_state, all
+        # loaded into the broker's heap at each start. With 10 MB segments compaction keeps
+        # the last record of each id and group as they accumulate.
+        f"transaction.state.log.segment.bytes={INTERNAL_TOPIC_SEGMENT_BYTES}",
+        f"offsets.topic.segment.bytes={INTERNAL_TOPIC_SEGMENT_BYTES}",
         "",
     ]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from testcontainers.community.postgres import PostgresContainer
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-from posttrain.stack.config import new_cluster_id
+from posttrain.stack.config import INTERNAL_TOPIC_SEGMENT_BYTES, new_cluster_id
 from posttrain.stack.paths import KAFKA_VERSION
 
 KAFKA_IMAGE = f"apache/kafka:{KAFKA_VERSION}"
@@ -74,6 +74,8 @@ def kafka_environment() -> dict[str, str]:
         "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
         "KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS": "1000",
         "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
+        "KAFKA_TRANSACTION_STATE_LOG_SEGMENT_BYTES": str(INTERNAL_TOPIC_SEGMENT_BYTES),
+        "KAFKA_OFFSETS_TOPIC_SEGMENT_BYTES": str(INTERNAL_TOPIC_SEGMENT_BYTES),
     }
 
 
