@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_right
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -141,34 +141,14 @@ class LogReader:
     ) -> dict[TopicPartition, int]:
         """One ListOffsets round for ``tps`` (``at``: earliest or latest), asked of each
         partition's leader."""
-        for attempt in range(_RETRIES):
-            by_leader = _by_leader(self._client, tps)
-            if by_leader is not None:
-                responses = await asyncio.gather(
-                    *(
-                        self._client.send(node, OffsetRequest(-1, isolation, _by_topic(on, at)))
-                        for node, on in by_leader.items()
-                    )
-                )
-                out: dict[TopicPartition, int] = {}
-                retry = False
-                for response in responses:
-                    for topic, partitions in response.topics:
-                        # v1+: (partition, error code, timestamp, offset[, leader epoch])
-                        for partition, error_code, _timestamp, offset, *_ in partitions:
-                            tp = TopicPartition(topic, partition)
-                            error = kafka_errors.for_code(error_code)
-                            if error is kafka_errors.NoError:
-                                out[tp] = offset
-                            elif error.retriable or error.invalid_metadata:
-                                retry = True
-                            else:
-                                raise error(f"offsets of {tp}")
-                if not retry:
-                    return out
-            await self._client.force_metadata_update()
-            await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
-        raise kafka_errors.KafkaTimeoutError(f"offsets of {list(tps)} still failing")
+        answers = await _ask_leaders(
+            self._client,
+            tps,
+            lambda on: OffsetRequest(-1, isolation, _by_topic(on, at)),
+            lambda tp: f"offsets of {tp}",
+        )
+        # v1+: (timestamp, offset[, leader epoch]) after the partition and its error code
+        return {tp: fields[1] for _version, tp, fields in answers}
 
     async def read(
         self, topic: str, starts: Mapping[int, int], ends: Mapping[int, int]
@@ -269,32 +249,51 @@ async def _fetch(
     client: AIOKafkaClient, topic: str, positions: Mapping[int, int], partition_bytes: int
 ) -> list[_PartitionData]:
     """One Fetch round over the partitions' leaders, up to ``partition_bytes`` of each."""
+    answers = await _ask_leaders(
+        client,
+        [TopicPartition(topic, p) for p in positions],
+        lambda on: _fetch_request(topic, on, positions, partition_bytes),
+        # out of range (the log start moved), authorisation, ...
+        lambda tp: f"{tp.topic}[{tp.partition}] at offset {positions[tp.partition]}",
+    )
+    # The fields after the high watermark.
+    return [(tp.partition, version, fields[1:]) for version, tp, fields in answers]
+
+
+async def _ask_leaders(
+    client: AIOKafkaClient,
+    tps: Sequence[TopicPartition],
+    request: Callable[[list[TopicPartition]], Any],
+    what: Callable[[TopicPartition], str],
+) -> list[tuple[int, TopicPartition, list[Any]]]:
+    """``request(partitions)`` sent to each leader of ``tps`` at once; for every partition its
+    response's version and the partition's fields after its error code. While a partition has
+    no known leader or a retriable error, the metadata is refreshed and all are asked again;
+    any other error is raised, ``what`` naming the partition."""
     for attempt in range(_RETRIES):
-        by_leader = _by_leader(client, [TopicPartition(topic, p) for p in positions])
+        by_leader = _by_leader(client, tps)
         if by_leader is not None:
-            out: list[_PartitionData] = []
-            retry = False
             responses = await asyncio.gather(
-                *(
-                    client.send(node, _fetch_request(topic, on, positions, partition_bytes))
-                    for node, on in by_leader.items()
-                )
+                *(client.send(node, request(on)) for node, on in by_leader.items())
             )
+            out: list[tuple[int, TopicPartition, list[Any]]] = []
+            retry = False
             for response in responses:
-                for _topic, partitions in response.topics:
-                    for partition, error_code, _high, *fields in partitions:
+                for topic, partitions in response.topics:
+                    for partition, error_code, *fields in partitions:
+                        tp = TopicPartition(topic, partition)
                         error = kafka_errors.for_code(error_code)
                         if error is kafka_errors.NoError:
-                            out.append((partition, response.API_VERSION, fields))
+                            out.append((response.API_VERSION, tp, fields))
                         elif error.retriable or error.invalid_metadata:
                             retry = True
-                        else:  # out of range (the log start moved), authorisation, ...
-                            raise error(f"{topic}[{partition}] at offset {positions[partition]}")
+                        else:
+                            raise error(what(tp))
             if not retry:
                 return out
         await client.force_metadata_update()
         await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
-    raise kafka_errors.KafkaTimeoutError(f"{topic}: fetch still failing after {_RETRIES} tries")
+    raise kafka_errors.KafkaTimeoutError(f"{what(tps[0])}: still failing after {_RETRIES} tries")
 
 
 def _fetch_request(
